@@ -1,0 +1,121 @@
+"""Command line: verbs, flags from the settings table, and the one exit-code boundary."""
+
+from __future__ import annotations
+
+import argparse
+import traceback
+from collections.abc import Sequence
+
+from rollback import __version__
+from rollback.errors import ConfigError, Exit, RollbackError, StepFailed
+from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Value, resolve
+
+EXIT_CODES = """exit codes:
+  0   success
+  1   failed after changes began (the next run finishes the job), or an internal error
+  2   usage or configuration error (flags, config file, kernel command line); nothing touched
+  3   refused: a safety check failed; the device was left exactly as it was
+  77  skipped: rollback.skip or the skip-next mark; the root was kept
+
+precedence: flags > kernel command line (rollback.KEY=VALUE) > config file > defaults"""
+
+
+def _settings_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: an unset flag leaves no attribute, so flags work before or after the verb
+    parent = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = parent.add_argument_group("settings (also rollback.KEY= on the kernel command line, KEY = in TOML)")
+    for s in SETTINGS:
+        if s.kind == "bool":
+            group.add_argument(s.flag, dest=s.name, action="store_const", const=True, help=s.help)
+        elif s.kind == "list":
+            group.add_argument(s.flag, dest=s.name, action="append", metavar=s.metavar, help=s.help)
+        else:
+            group.add_argument(
+                s.flag,
+                dest=s.name,
+                type=int if s.kind == "int" else str,
+                choices=s.choices or None,
+                metavar=s.metavar or None,
+                help=f"{s.help} (default: {s.default!r})",
+            )
+    parent.add_argument("--config", metavar="FILE", help=f"TOML config file (default: {DEFAULT_CONFIG} if present)")
+    parent.add_argument(
+        "--kernel-cmdline",
+        metavar="FILE",
+        help=f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores them)",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        parents=[_settings_parser()],
+        prog="rollback",
+        description="Give an ephemeral-root machine a clean btrfs root subvolume at every boot.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rollback {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parent = [_settings_parser()]
+    kw = {"parents": parent, "epilog": EXIT_CODES, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    run = verbs.add_parser("run", help="replace the root subvolume (the boot job)", **kw)  # type: ignore[arg-type]
+    run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    for name, text in (
+        ("status", "show what is on the device"),
+        ("diff", "list what the next run would erase"),
+        ("config", "print the resolved settings and where each came from"),
+    ):
+        verb = verbs.add_parser(name, help=text, **kw)  # type: ignore[arg-type]
+        verb.add_argument("--json", action="store_true", help="machine-readable output")
+    verbs.add_parser("skip-next", help="keep the current root at the next boot, once", **kw)  # type: ignore[arg-type]
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    from rollback.sources import load_config_file, read_cmdline
+
+    file_layer, file_name = load_config_file(getattr(args, "config", None), DEFAULT_CONFIG)
+    cmdline_layer = read_cmdline(getattr(args, "kernel_cmdline", DEFAULT_KERNEL_CMDLINE))
+    flags: dict[str, Value] = {}
+    for s in SETTINGS:
+        value = getattr(args, s.name, None)
+        if value is not None:
+            flags[s.name] = tuple(value) if s.kind == "list" else value
+    return resolve(file_layer, cmdline_layer, flags, file_name)
+
+
+def dispatch(args: argparse.Namespace, config: Config) -> Exit:
+    from rollback import verbs
+
+    if args.verb == "run":
+        return verbs.run(config, dry_run=args.dry_run)
+    if args.verb == "status":
+        return verbs.status(config, as_json=args.json)
+    if args.verb == "diff":
+        return verbs.diff(config, as_json=args.json)
+    if args.verb == "skip-next":
+        return verbs.skip_next(config)
+    return verbs.show_config(config, as_json=args.json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rollback import log
+
+    log.configure()
+    try:
+        return int(dispatch(args, load_config(args)))
+    except RollbackError as error:
+        kind = {ConfigError: "invalid", StepFailed: "failed"}.get(type(error), "refused")
+        log.emit(kind, f"{kind}: {error.reason}", hint=error.hint, reason=error.code, exit=int(error.exit_code))
+        return int(error.exit_code)
+    except Exception as error:  # the boundary: anything unexpected is a failure, with its traceback
+        log.emit(
+            "failed",
+            f"internal error: {error!r}",
+            reason="internal",
+            exit=int(Exit.FAILED),
+            traceback=traceback.format_exc(),
+        )
+        return int(Exit.FAILED)

@@ -1,0 +1,34 @@
+"""structlog processors that talk to systemd: journal entries and sd_notify STATUS=."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from rollback.events import journal_fields
+
+
+class JournalSink:
+    """Send the event to journald with sd_journal_sendv; drop it afterwards unless `keep`."""
+
+    def __init__(self, *, keep: bool) -> None:
+        import pystemd.journal
+
+        self._sendv = pystemd.journal.sendv
+        self._keep = keep
+
+    def __call__(self, _logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        self._sendv(*journal_fields(dict(event)))
+        if not self._keep:
+            raise structlog.DropEvent
+        return event
+
+
+def notify_status(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mirror every event as the unit's STATUS= (a oneshot needs NotifyAccess=main)."""
+    import pystemd.daemon
+
+    pystemd.daemon.notify(False, f"STATUS={event.get('event', '')}")
+    return event

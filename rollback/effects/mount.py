@@ -1,0 +1,63 @@
+"""A top-level mount that never outlives the process: a private mount namespace."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rollback.errors import Refused
+
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_private = False
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def enter_private_namespace() -> None:
+    """Unshare the mount namespace once: our mounts vanish with the process, even on SIGKILL."""
+    global _private
+    if _private:
+        return
+    _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / rprivate")
+    _private = True
+
+
+@contextmanager
+def top_level(device: str, *, read_only: bool) -> Iterator[Path]:
+    """Mount subvolid=5 of `device` privately; yield its path; unmount."""
+    enter_private_namespace()
+    where = tempfile.mkdtemp(prefix="rollback.", dir="/run" if os.path.isdir("/run") else None)
+    flags = _MS_NOSUID | _MS_NODEV | (_MS_RDONLY if read_only else 0)
+    try:
+        result = _libc.mount(os.fsencode(device), os.fsencode(where), b"btrfs", flags, b"subvolid=5")
+        if result != 0:
+            errno = ctypes.get_errno()
+            raise Refused(
+                f"cannot mount {device}: {os.strerror(errno)}",
+                "check the device with btrfs check --readonly; see dmesg",
+                code="mount-failed",
+            )
+        try:
+            yield Path(where)
+        finally:
+            if _libc.umount2(os.fsencode(where), 0) != 0:
+                _libc.umount2(os.fsencode(where), _MNT_DETACH)
+    finally:
+        os.rmdir(where)

@@ -1,0 +1,51 @@
+"""The event kinds an operator sees, each with a stable journal MESSAGE_ID (units/rollback.catalog)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EventKind:
+    message_id: str
+    level: int  # Python logging level; the journal gets the syslog PRIORITY below
+    subject: str
+
+
+EVENTS: dict[str, EventKind] = {
+    "started": EventKind("f4feb0dd8e5644f8850eb0a7c879fb8b", logging.INFO, "rollback started"),
+    "step": EventKind("bf1aef25953b4d69bc9358502cca9f52", logging.INFO, "rollback step done"),
+    "finished": EventKind("15172a831c89420d9344be4f4585af9d", logging.INFO, "rollback finished"),
+    "skipped": EventKind("1e5d07b623a8484ab725865351057de3", logging.WARNING, "rollback skipped, root kept"),
+    "refused": EventKind("28727c172dd640449e6f3ddc3fb2f43d", logging.ERROR, "rollback refused, nothing changed"),
+    "failed": EventKind("0f4befd98853477c92192ac31952c506", logging.ERROR, "rollback failed after changes began"),
+    "invalid": EventKind("31decf99c34b4416b1a1de21550c5fda", logging.ERROR, "rollback configuration invalid"),
+}
+
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+_CODE_FIELDS = {"pathname": "CODE_FILE", "lineno": "CODE_LINE", "func_name": "CODE_FUNC"}
+
+
+def syslog_priority(level: int) -> int:
+    return _SYSLOG_PRIORITY.get(level, 6)
+
+
+def journal_fields(event: dict[str, object]) -> list[str]:
+    """One structlog event dict -> journal fields (KEY=VALUE strings)."""
+    fields = dict(event)
+    message = str(fields.pop("event", ""))
+    kind = str(fields.pop("kind", ""))
+    spec = EVENTS.get(kind)
+    level = logging.getLevelName(str(fields.pop("level", "info")).upper())
+    priority = syslog_priority(level if isinstance(level, int) else logging.INFO)
+    out = [f"MESSAGE={message}", f"PRIORITY={priority}", "SYSLOG_IDENTIFIER=rollback"]
+    if spec:
+        out += [f"MESSAGE_ID={spec.message_id}", f"ROLLBACK_EVENT={kind}"]
+    for key, field in _CODE_FIELDS.items():  # set them, or pystemd stamps its own C location
+        if key in fields:
+            out.append(f"{field}={fields.pop(key)}")
+    out += [f"ROLLBACK_{key.upper()}={value}" for key, value in fields.items()]
+    return out

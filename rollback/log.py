@@ -1,0 +1,61 @@
+"""structlog, configured once by cli.main: journal fields in the initrd, readable lines on a terminal."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from rollback.events import EVENTS
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+Processor = Any  # structlog's processor protocol is loosely typed
+
+
+def configure(*, journal: bool | None = None, console: bool | None = None, notify: bool | None = None) -> None:
+    """Choose sinks: the journal when its socket exists; stderr when there is no journal or a terminal."""
+    if journal is None:
+        journal = os.path.exists(JOURNAL_SOCKET)
+    if console is None:
+        console = not journal or sys.stderr.isatty()
+    if notify is None:
+        notify = bool(os.environ.get("NOTIFY_SOCKET"))
+    processors: list[Processor] = [structlog.processors.add_log_level]
+    if journal or notify:
+        from rollback.effects import journal as sinks  # pystemd only when something will use it
+
+        if notify:
+            processors.append(sinks.notify_status)
+        if journal:
+            processors += [
+                structlog.processors.CallsiteParameterAdder(
+                    {
+                        structlog.processors.CallsiteParameter.PATHNAME,
+                        structlog.processors.CallsiteParameter.LINENO,
+                        structlog.processors.CallsiteParameter.FUNC_NAME,
+                    }
+                ),
+                sinks.JournalSink(keep=console),
+            ]
+    processors += [_drop_callsite, structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _drop_callsite(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in ("pathname", "lineno", "func_name"):
+        event.pop(key, None)
+    return event
+
+
+def emit(kind: str, message: str, **fields: object) -> None:
+    """Log one operator event of a kind listed in rollback.events.EVENTS."""
+    structlog.get_logger().log(EVENTS[kind].level, message, kind=kind, **fields)

@@ -1,0 +1,56 @@
+"""What was observed on the device: plain data, filled by the effects layer."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from rollback.names import is_within
+
+TOP_LEVEL_ID = 5
+STATE_DIR = ".rollback"
+TRASH_DIR = ".rollback/trash"
+SKIP_MARK = ".rollback/skip-next"
+
+
+class Kind(enum.Enum):
+    MISSING = "missing"
+    SUBVOLUME = "subvolume"
+    DIRECTORY = "directory"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Subvol:
+    id: int
+    path: str  # relative to the top level
+    parent_id: int
+    read_only: bool
+    otime: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    subvols: tuple[Subvol, ...]
+    default_id: int
+    kinds: Mapping[str, Kind]  # for every path the plan asks about
+    mounted: Mapping[int, str] = field(default_factory=dict)  # subvolume id -> a mount point
+    skip_mark: bool = False
+    pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
+    now: datetime = datetime.min
+
+    def kind(self, path: str) -> Kind:
+        return self.kinds.get(path, Kind.MISSING)
+
+    def get(self, path: str) -> Subvol | None:
+        return next((s for s in self.subvols if s.path == path), None)
+
+    def below(self, path: str) -> Iterator[Subvol]:
+        """Subvolumes strictly inside `path`, at any depth."""
+        return (s for s in self.subvols if s.path != path and is_within(s.path, path))
+
+    def tree(self, path: str) -> list[Subvol]:
+        """The subvolume at `path` (if any) and everything nested in it."""
+        return [s for s in self.subvols if is_within(s.path, path)]

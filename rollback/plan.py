@@ -1,0 +1,262 @@
+"""Config + observation -> a plan: the ordered steps of one run, or a refusal.
+
+Order is chosen for crash consistency: the old root is moved aside first
+(O(1) rename), the new root is created, and deletions come last.  Whatever
+an interrupted run leaves (no root, or entries in the trash) is exactly what
+the next run plans to finish.  Every check happens here, before step one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rollback import names
+from rollback.errors import Refused
+from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Kind, Observation, Subvol
+from rollback.settings import Config
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+
+    def describe(self) -> str:
+        return f"make directory {self.path}"
+
+
+@dataclass(frozen=True)
+class Rename:
+    source: str
+    dest: str
+
+    def describe(self) -> str:
+        return f"move {self.source} -> {self.dest}"
+
+
+@dataclass(frozen=True)
+class Create:
+    path: str
+
+    def describe(self) -> str:
+        return f"create empty subvolume {self.path}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    source: str
+    dest: str
+
+    def describe(self) -> str:
+        return f"snapshot {self.source} -> {self.dest} (writable)"
+
+
+@dataclass(frozen=True)
+class Delete:
+    path: str
+    count: int  # subvolumes removed, nested ones included
+
+    def describe(self) -> str:
+        return f"delete {self.path} recursively ({self.count} subvolume{'s' if self.count != 1 else ''})"
+
+
+@dataclass(frozen=True)
+class WriteMark:
+    path: str
+
+    def describe(self) -> str:
+        return f"write mark {self.path}"
+
+
+@dataclass(frozen=True)
+class RemoveMark:
+    path: str
+
+    def describe(self) -> str:
+        return f"remove mark {self.path}"
+
+
+Step = MakeDir | Rename | Create | Snapshot | Delete | WriteMark | RemoveMark
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    skipped: str = ""  # why the run keeps the root, when it does
+
+    @property
+    def deleted(self) -> int:
+        return sum(s.count for s in self.steps if isinstance(s, Delete))
+
+    def describe(self) -> list[str]:
+        return [f"{n}. {step.describe()}" for n, step in enumerate(self.steps, 1)]
+
+
+def plan_run(config: Config, obs: Observation) -> Plan:
+    if obs.skip_mark:
+        return Plan((RemoveMark(SKIP_MARK),), skipped="the skip-next mark was set")
+    check(config, obs)
+    target = config.subvolume
+    leftovers = [s.path for s in entries(obs, TRASH_DIR)]
+    taken = {names.basename(p) for p in leftovers}
+    steps: list[Step] = []
+    deletes = [Delete(p, len(obs.tree(p))) for p in leftovers]
+
+    def move(source: str, dest: str) -> None:
+        _ensure_parents(steps, obs, dest)
+        steps.append(Rename(source, dest))
+
+    def move_to_trash(source: str) -> None:
+        name = str(names.fresh_entry(obs.now, taken))
+        taken.add(name)
+        move(source, f"{TRASH_DIR}/{name}")
+        deletes.append(Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))))
+
+    if obs.kind(target) is Kind.SUBVOLUME:
+        if config.keeping:
+            archived = (names.basename(s.path) for s in entries(obs, config.archive))
+            move(target, f"{config.archive}/{names.fresh_entry(obs.now, archived)}")
+        else:
+            move_to_trash(target)
+    _ensure_parents(steps, obs, target)
+    steps.append(Snapshot(config.blank, target) if config.mode == "snapshot" else Create(target))
+    for path in prune_paths(config, obs):
+        move_to_trash(path)
+    return Plan((*steps, *deletes))
+
+
+def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
+    """Append MakeDir steps for the missing parents of `path`, outermost first, once each."""
+    parts = path.split("/")[:-1]
+    for parent in ("/".join(parts[: i + 1]) for i in range(len(parts))):
+        if obs.kind(parent) is Kind.MISSING and MakeDir(parent) not in steps:
+            steps.append(MakeDir(parent))
+
+
+def plan_skip_next(obs: Observation) -> Plan:
+    _check_state_dir(obs)
+    steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
+    return Plan((*steps, WriteMark(SKIP_MARK)))
+
+
+def paths_of_interest(config: Config) -> list[str]:
+    """Every path whose kind the plan looks at: the configured ones and their parents."""
+    wanted = [config.subvolume, config.blank, STATE_DIR, TRASH_DIR] + ([config.archive] if config.keeping else [])
+    found: list[str] = []
+    for path in wanted:
+        parts = path.split("/")
+        found += ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return list(dict.fromkeys(found))
+
+
+def entries(obs: Observation, directory: str) -> list[Subvol]:
+    """Archived roots (or trash entries) directly inside `directory`, oldest first."""
+    depth = directory.count("/") + 1
+    named = [(names.parse_entry(names.basename(s.path)), s) for s in obs.below(directory)]
+    return [s for name, s in sorted((n, s) for n, s in named if n and s.path.count("/") == depth)]
+
+
+def prune_paths(config: Config, obs: Observation) -> list[str]:
+    if not config.keeping:
+        return []
+    existing = entries(obs, config.archive)
+    by_name = {names.parse_entry(names.basename(s.path)): s.path for s in existing}
+    parsed = [e for e in by_name if e is not None]
+    if obs.kind(config.subvolume) is Kind.SUBVOLUME:
+        parsed.append(names.fresh_entry(obs.now, (names.basename(s.path) for s in existing)))
+    return [by_name[e] for e in names.to_prune(parsed, obs.now, config.keep_days, config.keep_count) if e in by_name]
+
+
+# --- the checks -------------------------------------------------------------------------
+
+
+def check(config: Config, obs: Observation) -> None:
+    """Raise Refused unless every safety check passes; never returns a partial answer."""
+    target = config.subvolume
+    _check_target(target, obs)
+    if config.mode == "snapshot":
+        _check_blank(config.blank, obs)
+    _check_state_dir(obs)
+    _check_holder(TRASH_DIR, obs, "trash directory")
+    if config.keeping:
+        _check_holder(config.archive, obs, "archive directory")
+    doomed = obs.tree(target) + [s for p in prune_paths(config, obs) for s in obs.tree(p)]
+    doomed += [s for e in entries(obs, TRASH_DIR) for s in obs.tree(e.path)]
+    _check_doomed(config, obs, doomed)
+
+
+def _check_target(target: str, obs: Observation) -> None:
+    kind = obs.kind(target)
+    if kind is Kind.DIRECTORY:
+        raise Refused(
+            f"{target!r} is a plain directory, not a subvolume",
+            "rollback only replaces subvolumes; check --subvolume",
+            code="not-subvolume",
+        )
+    if kind is Kind.OTHER:
+        raise Refused(f"{target!r} is neither a subvolume nor a directory", "check --subvolume", code="not-subvolume")
+
+
+def _check_state_dir(obs: Observation) -> None:
+    if obs.kind(STATE_DIR) not in (Kind.MISSING, Kind.DIRECTORY):
+        raise Refused(
+            f"{STATE_DIR} is a {obs.kind(STATE_DIR).value}, not the tool's state directory",
+            f"move it out of the way; rollback keeps its trash and marks in {STATE_DIR}/",
+            code="state-dir",
+        )
+
+
+def _check_blank(blank: str, obs: Observation) -> None:
+    found = obs.get(blank)
+    if found is None:
+        raise Refused(
+            f"the blank snapshot {blank!r} does not exist",
+            f"create it once: btrfs subvolume snapshot -r <top>/<empty root> <top>/{blank}",
+            code="no-blank",
+        )
+    if not found.read_only:
+        raise Refused(
+            f"the blank snapshot {blank!r} is not read-only",
+            f"btrfs property set -ts <top>/{blank} ro true",
+            code="blank-writable",
+        )
+
+
+def _check_holder(directory: str, obs: Observation, what: str) -> None:
+    """A trash/archive directory may hold only entries named by rollback (and what they contain)."""
+    kind = obs.kind(directory)
+    if kind is Kind.OTHER:
+        raise Refused(
+            f"the {what} {directory!r} is not a directory", f"move it away or choose another {what}", code="bad-holder"
+        )
+    ours = [s.path for s in entries(obs, directory)]
+    foreign = [s.path for s in obs.below(directory) if not any(names.is_within(s.path, o) for o in ours)]
+    if foreign:
+        raise Refused(
+            f"the {what} {directory!r} holds subvolumes rollback did not put there: "
+            f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}",
+            f"move them out of {directory!r}; entries must be named like 20260101T000000Z",
+            code="foreign-subvolume",
+        )
+
+
+def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> None:
+    protected = {names.basename(p) for p in config.protect}
+    for sub in doomed:
+        if names.basename(sub.path) in protected and sub.path not in (config.subvolume,):
+            raise Refused(
+                f"protected subvolume {sub.path!r} lies inside what would be deleted",
+                f"move it to the top level (e.g. {names.basename(sub.path)!r}) before the next boot",
+                code="protected-inside",
+            )
+        if sub.id == obs.default_id:
+            raise Refused(
+                f"{sub.path!r} is the default subvolume (id {sub.id})",
+                "btrfs subvolume set-default 5 <top>, and boot with rootflags=subvol=...",
+                code="default-subvolume",
+            )
+        if sub.id in obs.mounted:
+            raise Refused(
+                f"{sub.path!r} is mounted at {obs.mounted[sub.id]}",
+                "run from the initrd or a rescue system, not on the running root",
+                code="mounted",
+            )

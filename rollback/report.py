@@ -1,0 +1,116 @@
+"""What `status` and `diff` show: pure functions of the config and the observation."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rollback import names
+from rollback.model import TRASH_DIR, Kind, Observation, Subvol
+from rollback.plan import entries
+from rollback.settings import Config
+
+
+def _when(sub: Subvol, now: datetime) -> dict[str, Any]:
+    created = datetime.fromtimestamp(sub.otime, UTC)
+    return {"created": created.isoformat(timespec="seconds"), "age_seconds": int((now - created).total_seconds())}
+
+
+def status(config: Config, obs: Observation) -> dict[str, Any]:
+    root = obs.get(config.subvolume)
+    blank = obs.get(config.blank)
+    protected = {names.basename(p) for p in config.protect}
+    return {
+        "device": config.device,
+        "default_subvolume_id": obs.default_id,
+        "root": {"path": config.subvolume, "kind": obs.kind(config.subvolume).value}
+        | ({"id": root.id, "nested": len(obs.tree(root.path)) - 1, **_when(root, obs.now)} if root else {}),
+        "blank": {"path": config.blank, "exists": blank is not None, "read_only": bool(blank and blank.read_only)},
+        "archive": {
+            "path": config.archive,
+            "roots": [
+                {"path": s.path, "nested": len(obs.tree(s.path)) - 1, **_when(s, obs.now)}
+                for s in entries(obs, config.archive)
+            ],
+        }
+        if config.keeping
+        else None,
+        "protected": [
+            {"path": s.path, "id": s.id, "inside_root": names.is_within(s.path, config.subvolume)}
+            for s in obs.subvols
+            if names.basename(s.path) in protected
+        ],
+        "pending": {"trash": [s.path for s in entries(obs, TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
+        "skip_next": obs.skip_mark,
+        "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
+    }
+
+
+def _age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(seconds, 0)}s ago"
+
+
+def status_lines(report: dict[str, Any]) -> list[str]:
+    root, blank, archive = report["root"], report["blank"], report["archive"]
+    lines = [f"device:     {report['device']} (default subvolume id {report['default_subvolume_id']})"]
+    if "id" in root:
+        lines.append(
+            f"root:       {root['path']} id {root['id']}, created {root['created']} "
+            f"({_age(root['age_seconds'])}), {root['nested']} nested"
+        )
+    else:
+        lines.append(f"root:       {root['path']} {root['kind']}")
+    ro = ", read-only" if blank["read_only"] else (", WRITABLE" if blank["exists"] else "")
+    lines.append(f"blank:      {blank['path']} {'present' if blank['exists'] else 'missing'}{ro}")
+    if archive is not None:
+        lines.append(f"archive:    {archive['path']}: {len(archive['roots'])} old root(s)")
+        lines += [f"            {r['path']} ({_age(r['age_seconds'])}, {r['nested']} nested)" for r in archive["roots"]]
+    for sub in report["protected"]:
+        warning = "  <- INSIDE ROOT: a run would refuse" if sub["inside_root"] else ""
+        lines.append(f"protected:  {sub['path']} id {sub['id']}{warning}")
+    pending = report["pending"]
+    lines.append(
+        f"pending:    {len(pending['trash'])} in trash, {len(pending['kernel_cleaner'])} "
+        "deleted subvolume(s) awaiting the kernel cleaner"
+    )
+    lines.append(f"skip-next:  {'set (the next boot keeps the root once)' if report['skip_next'] else 'not set'}")
+    for subvol_id, where in report["mounted"].items():
+        lines.append(f"mounted:    subvolume id {subvol_id} at {where}")
+    return lines
+
+
+def _walk(base: Path) -> Iterator[tuple[str, tuple[int, int, int]]]:
+    """(relative path, signature) for everything below `base`, sorted, not following symlinks.
+
+    A directory's signature is only its mode: it survives if the blank has it.
+    """
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            relative = os.path.relpath(full, base) + ("/" if is_dir else "")
+            yield relative, (st.st_mode, 0, 0) if is_dir else (st.st_mode, st.st_size, st.st_mtime_ns)
+
+
+def diff(top: Path, config: Config, obs: Observation) -> list[str]:
+    """Paths in the current root that the next run would erase ('/' marks directories).
+
+    Walked through our private top-level mount, so mounts on the live system
+    (persisted bind mounts) are not in the way; nested subvolumes are included.
+    In snapshot mode, what the blank snapshot holds unchanged is not counted.
+    """
+    if obs.kind(config.subvolume) is not Kind.SUBVOLUME or obs.skip_mark:
+        return []
+    kept: dict[str, tuple[int, int, int]] = {}
+    if config.mode == "snapshot" and obs.kind(config.blank) is Kind.SUBVOLUME:
+        kept = dict(_walk(top / config.blank))
+    return [path for path, signature in _walk(top / config.subvolume) if kept.get(path) != signature]

@@ -1,0 +1,219 @@
+"""One table of settings drives the flags, the TOML file, the kernel command line and the docs.
+
+Precedence, highest first: command-line flags, kernel command line
+(`rollback.<key>=`), config file, defaults.  `protect` is the exception,
+because protection must never be removable by accident: the file's list
+replaces the default list, and the kernel command line and flags add to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rollback import names
+from rollback.errors import ConfigError
+
+Value = str | int | bool | tuple[str, ...] | None
+Kind = Literal["str", "int", "bool", "list"]
+
+DEFAULT_CONFIG = "/etc/rollback.toml"
+DEFAULT_KERNEL_CMDLINE = "/proc/cmdline"
+CMDLINE_PREFIX = "rollback."
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: Kind
+    default: Value
+    help: str
+    choices: tuple[str, ...] = ()
+    metavar: str = ""
+
+    @property
+    def key(self) -> str:
+        """The TOML key, and the kernel command line key after `rollback.`."""
+        return self.name.replace("_", "-")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("device", "str", None, "the btrfs block device (e.g. /dev/disk/by-label/nixos)", metavar="DEV"),
+    Setting("subvolume", "str", "root", "the root subvolume to replace, relative to the top level", metavar="NAME"),
+    Setting(
+        "mode",
+        "str",
+        "recreate",
+        "recreate: new empty subvolume; snapshot: writable snapshot of --blank",
+        choices=("recreate", "snapshot"),
+    ),
+    Setting("blank", "str", "root-blank", "read-only blank snapshot used by --mode snapshot", metavar="NAME"),
+    Setting(
+        "archive",
+        "str",
+        "",
+        "keep old roots in this directory instead of deleting them (empty: do not keep)",
+        metavar="DIR",
+    ),
+    Setting("keep_days", "int", 30, "prune archived roots older than N days (0: no age limit)", metavar="N"),
+    Setting("keep_count", "int", 0, "keep at most N archived roots (0: no count limit)", metavar="N"),
+    Setting(
+        "protect",
+        "list",
+        ("persist", "nix", "home"),
+        "refuse if a subvolume with this name lies inside anything to be deleted (repeatable)",
+        metavar="NAME",
+    ),
+    Setting("skip", "bool", False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
+)
+BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    device: str | None
+    subvolume: str
+    mode: str
+    blank: str
+    archive: str
+    keep_days: int
+    keep_count: int
+    protect: tuple[str, ...]
+    skip: bool
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def keeping(self) -> bool:
+        return bool(self.archive)
+
+    def require_device(self) -> str:
+        if not self.device:
+            raise ConfigError(
+                "no device given",
+                "pass --device DEV, rollback.device= or device = in the config file",
+                code="no-device",
+            )
+        return self.device
+
+
+Layer = Mapping[str, Value]
+
+
+def parse_bool(text: str, where: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"{where}: expected a boolean, got {text!r}", "use 1/0, yes/no, true/false or on/off")
+
+
+def from_text(setting: Setting, text: str, where: str) -> Value:
+    """Convert a string value (kernel command line) to the setting's type."""
+    if setting.kind == "bool":
+        return parse_bool(text, where)
+    if setting.kind == "int":
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {text!r}") from None
+    if setting.kind == "list":
+        return tuple(item for item in text.split(",") if item)
+    return text
+
+
+def check_type(setting: Setting, value: object, where: str) -> Value:
+    """Validate a value from a typed source (TOML)."""
+    if setting.kind == "list":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings")
+    expected = {"str": str, "int": int, "bool": bool}[setting.kind]
+    if type(value) is not expected:  # bool is an int subclass: compare exactly
+        raise ConfigError(f"{where}: expected {setting.kind}, got {type(value).__name__}")
+    assert isinstance(value, (str, int, bool))
+    return value
+
+
+def resolve(file_layer: Layer, cmdline_layer: Layer, flag_layer: Layer, file_name: str = "config file") -> Config:
+    """Merge the layers by precedence, then validate the result as a whole."""
+    values: dict[str, Value] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        values[setting.name], sources[setting.name] = setting.default, "default"
+        for label, layer in ((file_name, file_layer), ("kernel command line", cmdline_layer), ("flag", flag_layer)):
+            if setting.name not in layer:
+                continue
+            value = layer[setting.name]
+            if setting.kind == "list" and label != file_name:
+                current = values[setting.name]
+                assert isinstance(current, tuple) and isinstance(value, tuple)
+                value = current + tuple(v for v in value if v not in current)
+                label = f"{sources[setting.name]} + {label}"
+            values[setting.name], sources[setting.name] = value, label
+    config = Config(**values, sources=sources)  # type: ignore[arg-type]
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    paths = {"subvolume": config.subvolume, "blank": config.blank}
+    if config.archive:
+        paths["archive"] = config.archive
+    for name, value in paths.items():
+        problem = names.check_path(value)
+        if problem:
+            raise ConfigError(f"{name} {value!r} {problem}", f"fix {BY_NAME[name].flag}", code="bad-name")
+    for value in config.protect:
+        problem = names.check_path(value)
+        if problem:
+            raise ConfigError(f"protect {value!r} {problem}", "fix --protect / protect =", code="bad-name")
+    if config.mode not in BY_NAME["mode"].choices:
+        raise ConfigError(f"mode {config.mode!r} is not one of {', '.join(BY_NAME['mode'].choices)}", code="bad-mode")
+    for name in ("keep_days", "keep_count"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{BY_NAME[name].key} must be >= 0", code="bad-number")
+        if config.sources[name] != "default" and not config.archive:
+            raise ConfigError(
+                f"{BY_NAME[name].key} is set but archive is not",
+                "set --archive DIR to keep old roots, or drop the retention option",
+                code="conflict",
+            )
+    _check_overlaps(config)
+
+
+def _check_overlaps(config: Config) -> None:
+    target = config.subvolume
+    others = {"blank": config.blank if config.mode == "snapshot" else "", "archive": config.archive}
+    for name, path in others.items():
+        if path and (names.is_within(path, target) or names.is_within(target, path)):
+            raise ConfigError(
+                f"{name} {path!r} overlaps the subvolume {target!r}",
+                f"choose a {name} outside {target!r}",
+                code="conflict",
+            )
+    protected = {names.basename(p) for p in config.protect}
+    if names.basename(target) in protected:
+        raise ConfigError(
+            f"the subvolume {target!r} is in the protected list", "the target cannot be protected", code="conflict"
+        )
+
+
+def describe(config: Config) -> list[tuple[str, str, str]]:
+    """(key, value, source) rows for `rollback config`."""
+    rows = []
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        shown = ",".join(value) if isinstance(value, tuple) else ("" if value is None else str(value))
+        rows.append((setting.key, shown, config.sources.get(setting.name, "default")))
+    return rows
+
+
+def as_dict(config: Config) -> dict[str, Value]:
+    return {s.key: getattr(config, s.name) for s in SETTINGS}

@@ -1,0 +1,94 @@
+"""Read the config file and the kernel command line into setting layers."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+from rollback.errors import ConfigError
+from rollback.settings import BY_KEY, CMDLINE_PREFIX, Layer, Value, check_type, from_text
+
+
+def split_cmdline(text: str) -> list[str]:
+    """Split like the kernel does: whitespace separates, double quotes group and vanish."""
+    words: list[str] = []
+    current: list[str] = []
+    quoted = started = False
+    for char in text:
+        if char == '"':
+            quoted, started = not quoted, True
+        elif char.isspace() and not quoted:
+            if started:
+                words.append("".join(current))
+            current, started = [], False
+        else:
+            current.append(char)
+            started = True
+    if started:
+        words.append("".join(current))
+    return words
+
+
+def parse_cmdline(text: str) -> dict[str, Value]:
+    """`rollback.<key>[=value]` words; other words are none of our business."""
+    layer: dict[str, Value] = {}
+    for word in split_cmdline(text):
+        if not word.startswith(CMDLINE_PREFIX):
+            continue
+        key, has_value, raw = word[len(CMDLINE_PREFIX) :].partition("=")
+        setting = BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(
+                f"kernel command line: unknown option {word!r}",
+                f"known: {', '.join(CMDLINE_PREFIX + k for k in BY_KEY)}",
+                code="unknown-key",
+            )
+        if not has_value and setting.kind != "bool":
+            raise ConfigError(f"kernel command line: {word!r} needs a value", f"use {word}=VALUE")
+        value = from_text(setting, raw, f"kernel command line {word!r}") if has_value else True
+        if setting.kind == "list" and setting.name in layer:
+            previous = layer[setting.name]
+            assert isinstance(previous, tuple) and isinstance(value, tuple)
+            value = previous + value
+        layer[setting.name] = value
+    return layer
+
+
+def read_cmdline(path: str) -> Layer:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read kernel command line {path}: {error.strerror}", "pass --kernel-cmdline /dev/null to ignore it"
+        ) from None
+    try:
+        return parse_cmdline(raw.decode())
+    except UnicodeDecodeError:
+        raise ConfigError(f"kernel command line {path} is not UTF-8", code="bad-encoding") from None
+
+
+def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
+    """The file's layer and its name; an explicit path must exist, the default may not."""
+    if path is None:
+        if not os.path.exists(default):
+            return {}, default
+        path = default
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", "check --config") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}", code="bad-toml") from None
+    layer: dict[str, Value] = {}
+    for key, value in data.items():
+        setting = BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(
+                f"config file {path}: unknown key {key!r}", f"known: {', '.join(BY_KEY)}", code="unknown-key"
+            )
+        layer[setting.name] = check_type(setting, value, f"config file {path}: {key}")
+    return layer, path

@@ -1,0 +1,132 @@
+"""The verbs: each resolves what it needs, asks the pure core, and has the effects layer act."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rollback import report
+from rollback.errors import Exit, StepFailed
+from rollback.log import emit
+from rollback.model import Observation
+from rollback.plan import Plan, paths_of_interest, plan_run, plan_skip_next
+from rollback.settings import Config, as_dict, describe
+
+CRASH_AFTER_ENV = "ROLLBACK_TEST_CRASH_AFTER"  # test hook: SIGKILL ourselves after step N
+
+
+@contextmanager
+def _observed(config: Config, *, write: bool) -> Iterator[tuple[Path, Observation]]:
+    """Probe, lock (when writing), mount the top level privately and observe it."""
+    from rollback.effects import btrfs, device, mount
+
+    dev = config.require_device()
+    device.probe(dev)
+    mounted = device.mounted_subvolumes(dev)  # read before our own mount exists
+    with device.locked(dev) if write else _nothing(), mount.top_level(dev, read_only=not write) as top:
+        yield top, btrfs.observe(top, paths_of_interest(config), mounted, datetime.now(UTC))
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
+    from rollback.effects import btrfs
+
+    crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
+    for number, step in enumerate(plan.steps, 1):
+        began = time.monotonic()
+        try:
+            btrfs.execute(step, top)
+        except OSError as error:
+            raise StepFailed(
+                f"step {number}/{len(plan.steps)} failed: {step.describe()}: {error}",
+                "the device is consistent; the next run finishes the job (see rollback status)",
+                code="step-failed",
+            ) from error
+        emit(
+            "step",
+            step.describe(),
+            step=number,
+            steps=len(plan.steps),
+            duration_ms=round((time.monotonic() - began) * 1000, 1),
+            **fields,
+        )
+        if number == crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run(config: Config, *, dry_run: bool) -> Exit:
+    fields: dict[str, Any] = {
+        "device": config.require_device(),
+        "subvolume": config.subvolume,
+        "mode": config.mode + ("+archive" if config.keeping else ""),
+    }
+    if config.skip:
+        emit("skipped", "rollback.skip is set: the root is kept", reason="rollback.skip", **fields)
+        return Exit.SKIPPED
+    began = time.monotonic()
+    emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
+    with _observed(config, write=not dry_run) as (top, obs):
+        plan = plan_run(config, obs)
+        if dry_run:
+            print("\n".join(plan.describe()) or "nothing to do")
+            return Exit.OK
+        _execute(plan, top, fields)
+    if plan.skipped:
+        emit("skipped", f"{plan.skipped}: the root is kept this once", reason="skip-next", **fields)
+        return Exit.SKIPPED
+    emit(
+        "finished",
+        f"{config.subvolume} replaced, {plan.deleted} subvolume(s) deleted",
+        deleted=plan.deleted,
+        duration_ms=round((time.monotonic() - began) * 1000, 1),
+        **fields,
+    )
+    return Exit.OK
+
+
+def status(config: Config, *, as_json: bool) -> Exit:
+    with _observed(config, write=False) as (_top, obs):
+        found = report.status(config, obs)
+    print(json.dumps(found, indent=2) if as_json else "\n".join(report.status_lines(found)))
+    return Exit.OK
+
+
+def diff(config: Config, *, as_json: bool) -> Exit:
+    with _observed(config, write=False) as (top, obs):
+        paths = report.diff(top, config, obs)
+    if as_json:
+        print(json.dumps({"subvolume": config.subvolume, "mode": config.mode, "count": len(paths), "paths": paths}))
+    else:
+        out = sys.stdout
+        for path in paths:
+            out.write(path + "\n")
+    return Exit.OK
+
+
+def skip_next(config: Config) -> Exit:
+    with _observed(config, write=True) as (top, obs):
+        plan = plan_skip_next(obs)
+        _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
+    print(f"the next boot keeps {config.subvolume} on {config.device} once")
+    return Exit.OK
+
+
+def show_config(config: Config, *, as_json: bool) -> Exit:
+    if as_json:
+        print(json.dumps({"settings": as_dict(config), "sources": dict(config.sources)}, indent=2))
+    else:
+        for key, value, source in describe(config):
+            print(f"{key:<11} {value!s:<28} ({source})")
+    return Exit.OK
