@@ -1,0 +1,16 @@
+"""Shared test policy: in CI (CI=true) a tier that cannot run fails instead of skipping."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally, fail in CI: a skip there would hide a missing install step."""
+    if IN_CI:
+        pytest.fail(f"required in CI but unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)

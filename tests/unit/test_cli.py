@@ -1,0 +1,91 @@
+"""The CLI boundary: help, usage errors, and `config` (no root, no device)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rollback.cli import main
+from rollback.errors import Exit
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "run", "--help")
+    assert code == 0
+    for exit_code in Exit:
+        assert f"  {int(exit_code)} " in out
+
+
+def test_unknown_verb_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "explode")[0] == Exit.USAGE
+
+
+def test_config_shows_resolved_settings_with_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "rollback.toml").write_text('device = "/dev/vdb"\nmode = "snapshot"\n')
+    (tmp_path / "cmdline").write_text("quiet rollback.mode=recreate rollback.archive=old\n")
+    code, out, _ = run(
+        capsys,
+        "config",
+        "--json",
+        "--config",
+        str(tmp_path / "rollback.toml"),
+        "--kernel-cmdline",
+        str(tmp_path / "cmdline"),
+        "--keep-count",
+        "4",
+    )
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["settings"]["device"] == "/dev/vdb" and shown["settings"]["mode"] == "recreate"
+    assert shown["sources"]["mode"] == "kernel command line" and shown["sources"]["keep_count"] == "flag"
+
+
+def test_flags_work_before_the_verb(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--device", "/dev/vdc", "config", "--kernel-cmdline", "/dev/null", "--json")
+    assert code == 0 and json.loads(out)["settings"]["device"] == "/dev/vdc"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("run", "--kernel-cmdline", "/dev/null"),  # no device
+        ("run", "--kernel-cmdline", "/dev/null", "--device", "/dev/x", "--subvolume", "../etc"),
+        ("run", "--kernel-cmdline", "/dev/null", "--device", "/dev/x", "--keep-days", "3"),
+        ("run", "--kernel-cmdline", "/dev/null", "--device", "/dev/x", "--config", "/nonexistent.toml"),
+    ],
+)
+def test_config_errors_exit_2_with_a_reason(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == Exit.USAGE
+    assert "invalid:" in err and "hint=" in err
+
+
+def test_kernel_cmdline_skip_exits_77_without_touching_the_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cmdline").write_text("rollback.skip\n")
+    code, _, err = run(capsys, "run", "--device", "/dev/does-not-exist", "--kernel-cmdline", str(tmp_path / "cmdline"))
+    assert code == Exit.SKIPPED
+    assert "rollback.skip" in err
+
+
+def test_missing_device_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "status", "--device", "/dev/does-not-exist", "--kernel-cmdline", "/dev/null")
+    assert code == Exit.REFUSED and "does not exist" in err
+
+
+def test_regular_file_is_not_a_block_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "disk.img").write_bytes(b"\0" * 4096)
+    code, _, err = run(capsys, "run", "--device", str(tmp_path / "disk.img"), "--kernel-cmdline", "/dev/null")
+    assert code == Exit.REFUSED and "not a block device" in err

@@ -1,0 +1,99 @@
+"""Events: journal fields, the catalog, and what lands on stderr without a journal."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from rollback import log
+from rollback.effects.journal import JournalSink, notify_status
+from rollback.events import EVENTS, journal_fields
+
+CATALOG = Path(__file__).parents[2] / "units" / "rollback.catalog"
+
+
+def test_message_ids_are_unique_128_bit_ids() -> None:
+    ids = [e.message_id for e in EVENTS.values()]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+def test_catalog_documents_exactly_the_message_ids() -> None:
+    documented = re.findall(r"^-- ([0-9a-f]{32})$", CATALOG.read_text(), flags=re.M)
+    assert sorted(documented) == sorted(e.message_id for e in EVENTS.values())
+
+
+def test_journal_fields_carry_priority_id_and_rollback_fields() -> None:
+    fields = journal_fields(
+        {
+            "event": "refused: root is mounted",
+            "level": "error",
+            "kind": "refused",
+            "device": "/dev/vda2",
+            "reason": "mounted",
+            "pathname": "/x/verbs.py",
+            "lineno": 3,
+        }
+    )
+    assert fields[:3] == ["MESSAGE=refused: root is mounted", "PRIORITY=3", "SYSLOG_IDENTIFIER=rollback"]
+    assert f"MESSAGE_ID={EVENTS['refused'].message_id}" in fields
+    assert {
+        "ROLLBACK_DEVICE=/dev/vda2",
+        "ROLLBACK_REASON=mounted",
+        "ROLLBACK_EVENT=refused",
+        "CODE_FILE=/x/verbs.py",
+        "CODE_LINE=3",
+    } <= set(fields)
+
+
+@pytest.mark.parametrize(("level", "priority"), [("info", 6), ("warning", 4), ("error", 3), ("critical", 2)])
+def test_priorities_are_syslog_not_python(level: str, priority: int) -> None:
+    assert f"PRIORITY={priority}" in journal_fields({"event": "x", "level": level})
+
+
+def test_emit_uses_the_kind_level() -> None:
+    with capture_logs() as logs:
+        log.emit("skipped", "kept", reason="skip-next")
+    assert logs == [{"event": "kept", "kind": "skipped", "reason": "skip-next", "log_level": "warning"}]
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+def test_console_lines_without_a_journal(capsys: pytest.CaptureFixture[str]) -> None:
+    log.configure(journal=False, console=True, notify=False)
+    log.emit("refused", "refused: root is mounted at /", hint="use the initrd", device="/dev/x")
+    err = capsys.readouterr().err
+    assert "refused: root is mounted at /" in err and "device=/dev/x" in err and "error" in err
+
+
+def test_journal_sink_sends_fields_and_drops_unless_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, ...]] = []
+    sink = JournalSink(keep=False)
+    monkeypatch.setattr(sink, "_sendv", lambda *fields: sent.append(fields))
+    with pytest.raises(structlog.DropEvent):
+        sink(None, "info", {"event": "hello", "level": "info", "kind": "started"})
+    assert "MESSAGE=hello" in sent[0] and f"MESSAGE_ID={EVENTS['started'].message_id}" in sent[0]
+    kept = JournalSink(keep=True)
+    monkeypatch.setattr(kept, "_sendv", lambda *fields: sent.append(fields))
+    assert kept(None, "info", {"event": "again", "level": "info"})["event"] == "again"
+    assert "MESSAGE=again" in sent[1]
+
+
+def test_notify_status_reaches_the_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(address))
+        server.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+        notify_status(None, "info", {"event": "step 2/5 done"})
+        assert server.recv(4096) == b"STATUS=step 2/5 done"

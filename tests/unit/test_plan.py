@@ -1,0 +1,147 @@
+"""Planning: the steps for each mode, their order, and every refusal (pure, no root)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rollback.errors import Refused
+from rollback.model import SKIP_MARK, TRASH_DIR
+from rollback.plan import Create, Delete, MakeDir, RemoveMark, Rename, Snapshot, paths_of_interest, plan_run
+
+from .factory import config, observe
+
+STAMP = "20261125T060000Z"
+LAYOUT = ["root", "root/var/lib/machines", "persist", "nix", "home"]
+
+
+def refusal(cfg_flags: dict[str, object], **obs_args: object) -> str:
+    with pytest.raises(Refused) as caught:
+        plan_run(config(**cfg_flags), observe(**obs_args))  # type: ignore[arg-type]
+    return caught.value.code
+
+
+def test_recreate_moves_aside_first_creates_then_deletes_last() -> None:
+    plan = plan_run(config(), observe(LAYOUT, dirs=["root/var", "root/var/lib"]))
+    assert plan.steps == (
+        MakeDir(".rollback"),
+        MakeDir(TRASH_DIR),
+        Rename("root", f"{TRASH_DIR}/{STAMP}"),
+        Create("root"),
+        Delete(f"{TRASH_DIR}/{STAMP}", 2),
+    )
+    assert plan.deleted == 2
+
+
+def test_snapshot_mode_snapshots_the_blank() -> None:
+    plan = plan_run(config(mode="snapshot"), observe([*LAYOUT, ("root-blank", True)], dirs=[TRASH_DIR]))
+    assert plan.steps == (
+        Rename("root", f"{TRASH_DIR}/{STAMP}"),
+        Snapshot("root-blank", "root"),
+        Delete(f"{TRASH_DIR}/{STAMP}", 2),
+    )
+
+
+def test_first_run_without_root_only_creates() -> None:
+    assert plan_run(config(), observe(["persist"])).steps == (Create("root"),)
+
+
+def test_first_run_creates_missing_parent_directories() -> None:
+    assert plan_run(config(subvolume="@/os/root"), observe(["persist"])).steps == (
+        MakeDir("@"),
+        MakeDir("@/os"),
+        Create("@/os/root"),
+    )
+
+
+def test_leftovers_of_an_interrupted_run_are_finished() -> None:
+    leftover = f"{TRASH_DIR}/20261124T060000Z"
+    plan = plan_run(config(), observe(["persist", leftover, f"{leftover}/var"]))
+    assert plan.steps == (Create("root"), Delete(leftover, 2))
+
+
+def test_trash_names_never_collide() -> None:
+    taken = f"{TRASH_DIR}/{STAMP}"
+    plan = plan_run(config(), observe(["root", taken]))
+    assert Rename("root", f"{TRASH_DIR}/{STAMP}-1") in plan.steps
+    assert plan.steps[-2:] == (Delete(taken, 1), Delete(f"{TRASH_DIR}/{STAMP}-1", 1))
+
+
+def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
+    old = ["old/20261101T000000Z", "old/20261120T000000Z"]
+    plan = plan_run(config(archive="old", keep_count=2), observe(["root", *old], dirs=[TRASH_DIR]))
+    assert plan.steps == (
+        Rename("root", f"old/{STAMP}"),
+        Create("root"),
+        Rename(old[0], f"{TRASH_DIR}/{STAMP}"),
+        Delete(f"{TRASH_DIR}/{STAMP}", 1),
+    )
+
+
+def test_keeping_prunes_by_age() -> None:
+    old = ["old/20261001T000000Z", "old/20261120T000000Z"]
+    plan = plan_run(config(archive="old", keep_days=30), observe(["root", *old], dirs=[TRASH_DIR]))
+    assert Rename(old[0], f"{TRASH_DIR}/{STAMP}") in plan.steps
+    assert not any(isinstance(s, Rename) and s.source == old[1] for s in plan.steps)
+
+
+def test_archive_name_collision_gets_a_serial() -> None:
+    plan = plan_run(config(archive="old"), observe(["root", f"old/{STAMP}"]))
+    assert Rename("root", f"old/{STAMP}-1") in plan.steps
+
+
+def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
+    plan = plan_run(config(), observe(LAYOUT, skip_mark=True, dirs=[".rollback"]))
+    assert plan.steps == (RemoveMark(SKIP_MARK),)
+    assert plan.skipped
+
+
+@pytest.mark.parametrize(
+    ("flags", "obs", "code"),
+    [
+        ({}, {"subvols": ["persist"], "dirs": ["root"]}, "not-subvolume"),
+        ({}, {"subvols": ["persist"], "files": ["root"]}, "not-subvolume"),
+        ({}, {"subvols": ["root", "persist"], "default": "root"}, "default-subvolume"),
+        ({}, {"subvols": ["root", "root/a"], "default": "root/a"}, "default-subvolume"),
+        ({}, {"subvols": ["root", "root/persist"]}, "protected-inside"),
+        ({}, {"subvols": ["root", "root/a/b/nix"]}, "protected-inside"),
+        ({"protect": ["data"]}, {"subvols": ["root", "root/srv/data"]}, "protected-inside"),
+        ({}, {"subvols": ["root"], "mounted": {"root": "/"}}, "mounted"),
+        ({}, {"subvols": ["root", "root/var/x"], "mounted": {"root/var/x": "/var/x"}}, "mounted"),
+        (
+            {},
+            {
+                "subvols": ["root", f"{TRASH_DIR}/20260101T000000Z"],
+                "mounted": {f"{TRASH_DIR}/20260101T000000Z": "/mnt"},
+            },
+            "mounted",
+        ),
+        ({"archive": "old"}, {"subvols": ["root", "old/snapshot-of-home"]}, "foreign-subvolume"),
+        ({"archive": "old"}, {"subvols": ["root", "old/x/20260101T000000Z"]}, "foreign-subvolume"),
+        ({"archive": "old"}, {"subvols": ["root"], "files": ["old"]}, "bad-holder"),
+        ({}, {"subvols": ["root", f"{TRASH_DIR}/not-ours"]}, "foreign-subvolume"),
+        ({}, {"subvols": ["root"], "files": [".rollback"]}, "state-dir"),
+        ({"mode": "snapshot"}, {"subvols": ["root"]}, "no-blank"),
+        ({"mode": "snapshot"}, {"subvols": ["root", ("root-blank", False)]}, "blank-writable"),
+        (
+            {"archive": "old", "keep_count": 1},
+            {"subvols": ["root", "old/20260101T000000Z", "old/20260101T000000Z/persist"]},
+            "protected-inside",
+        ),
+    ],
+)
+def test_refusals(flags: dict[str, object], obs: dict[str, object], code: str) -> None:
+    assert refusal(flags, **obs) == code
+
+
+def test_archived_roots_may_hold_nested_subvolumes() -> None:
+    plan = plan_run(config(archive="old"), observe(["root", "old/20261101T000000Z", "old/20261101T000000Z/var"]))
+    assert Rename("root", f"old/{STAMP}") in plan.steps
+
+
+def test_protected_subvolumes_beside_the_root_are_fine() -> None:
+    assert Create("root") in plan_run(config(), observe(LAYOUT)).steps
+
+
+def test_paths_of_interest_include_parents() -> None:
+    paths = paths_of_interest(config(subvolume="@/root", archive="a/b"))
+    assert {"@", "@/root", "a", "a/b", ".rollback", TRASH_DIR, "root-blank"} <= set(paths)

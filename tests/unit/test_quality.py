@@ -1,0 +1,56 @@
+"""Lint, types and unit files are tests: a warning fails the suite."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import unavailable
+
+ROOT = Path(__file__).parents[2]
+UNITS = ROOT / "units"
+
+
+def _tool(name: str) -> str:
+    found = Path(sys.executable).parent / name
+    return str(found) if found.exists() else (shutil.which(name) or name)
+
+
+def test_ruff_check() -> None:
+    result = subprocess.run([_tool("ruff"), "check", "rollback", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format() -> None:
+    result = subprocess.run(
+        [_tool("ruff"), "format", "--check", "rollback", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict() -> None:
+    result = subprocess.run([sys.executable, "-m", "mypy", "--strict"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("policy", ["boot-on", "stop-boot"])
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, policy: str) -> None:
+    """verify exits 0 even on unknown keys here (systemd 252): any output is a failure too."""
+    if not shutil.which("systemd-analyze"):
+        unavailable("systemd-analyze is not installed")
+    unit = (UNITS / "rollback@.service").read_text().replace("/usr/bin/rollback", _tool("rollback"))
+    (tmp_path / "rollback@.service").write_text(unit)
+    if policy == "stop-boot":
+        (tmp_path / "rollback@.service.d").mkdir()
+        shutil.copy(UNITS / "rollback-stop-boot.conf", tmp_path / "rollback@.service.d" / "stop-boot.conf")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "rollback@dev-disk-by\\x2dlabel-nixos.service")],
+        capture_output=True,
+        text=True,
+        env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")

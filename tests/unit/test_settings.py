@@ -1,0 +1,141 @@
+"""Settings: precedence, the sources, and every config error (config files through pyfakefs)."""
+
+from __future__ import annotations
+
+import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
+
+from rollback.errors import ConfigError
+from rollback.settings import DEFAULT_CONFIG, SETTINGS, describe, resolve
+from rollback.sources import load_config_file, parse_cmdline, read_cmdline, split_cmdline
+
+
+def test_defaults() -> None:
+    config = resolve({}, {}, {})
+    assert (config.subvolume, config.mode, config.archive, config.protect) == (
+        "root",
+        "recreate",
+        "",
+        ("persist", "nix", "home"),
+    )
+    assert set(config.sources.values()) == {"default"}
+
+
+def test_precedence_flags_over_cmdline_over_file_over_defaults() -> None:
+    file = {"subvolume": "from-file", "mode": "snapshot", "blank": "file-blank"}
+    cmdline = {"subvolume": "from-cmdline", "mode": "recreate"}
+    flags = {"subvolume": "from-flag"}
+    config = resolve(file, cmdline, flags, "/etc/rollback.toml")
+    assert (config.subvolume, config.mode, config.blank) == ("from-flag", "recreate", "file-blank")
+    assert config.sources["subvolume"] == "flag"
+    assert config.sources["mode"] == "kernel command line"
+    assert config.sources["blank"] == "/etc/rollback.toml"
+    assert config.sources["archive"] == "default"
+
+
+def test_protect_file_replaces_defaults_and_others_add() -> None:
+    config = resolve({"protect": ("persist", "srv")}, {"protect": ("data",)}, {"protect": ("var-lib", "srv")})
+    assert config.protect == ("persist", "srv", "data", "var-lib")
+
+
+def test_describe_lists_every_setting_with_its_source() -> None:
+    rows = describe(resolve({}, {"skip": True}, {"device": "/dev/x"}))
+    assert [r[0] for r in rows] == [s.key for s in SETTINGS]
+    assert ("skip", "True", "kernel command line") in rows
+    assert ("device", "/dev/x", "flag") in rows
+
+
+@pytest.mark.parametrize(
+    ("layer", "code"),
+    [
+        ({"subvolume": ""}, "bad-name"),
+        ({"subvolume": "/root"}, "bad-name"),
+        ({"subvolume": "../root"}, "bad-name"),
+        ({"archive": "old roots"}, "bad-name"),
+        ({"protect": ("a/../b",)}, "bad-name"),
+        ({"mode": "zap"}, "bad-mode"),
+        ({"keep_days": -1, "archive": "old"}, "bad-number"),
+        ({"keep_count": 3}, "conflict"),
+        ({"archive": "root/old"}, "conflict"),
+        ({"archive": "old", "subvolume": "old/root"}, "conflict"),
+        ({"mode": "snapshot", "blank": "root"}, "conflict"),
+        ({"subvolume": "persist"}, "conflict"),
+    ],
+)
+def test_invalid_settings(layer: dict[str, object], code: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve({}, {}, layer)  # type: ignore[arg-type]
+    assert caught.value.code == code
+
+
+def test_kernel_cmdline_splitting_follows_the_kernel() -> None:
+    assert split_cmdline('root=/dev/a  rollback.blank="x y"  quiet "a b"c') == [
+        "root=/dev/a",
+        "rollback.blank=x y",
+        "quiet",
+        "a bc",
+    ]
+
+
+def test_kernel_cmdline_options() -> None:
+    layer = parse_cmdline(
+        "BOOT_IMAGE=/vmlinuz rollback.skip rollback.mode=snapshot rollback.keep-count=3 "
+        "rollback.protect=a,b rollback.protect=c ro"
+    )
+    assert layer == {"skip": True, "mode": "snapshot", "keep_count": 3, "protect": ("a", "b", "c")}
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "true", "on"])
+def test_kernel_cmdline_booleans(value: str) -> None:
+    assert parse_cmdline(f"rollback.skip={value}") == {"skip": True}
+
+
+@pytest.mark.parametrize(
+    "garbage", ["rollback.frobnicate=1", "rollback.keep-days=many", "rollback.skip=maybe", "rollback.mode"]
+)
+def test_kernel_cmdline_garbage_is_a_config_error(garbage: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_cmdline(f"quiet {garbage}")
+
+
+def test_read_cmdline_rejects_non_utf8(fs: FakeFilesystem) -> None:
+    fs.create_file("/proc/cmdline", contents=b"rollback.subvolume=\xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_cmdline("/proc/cmdline")
+
+
+def test_read_cmdline_from_file(fs: FakeFilesystem) -> None:
+    fs.create_file("/proc/cmdline", contents="initrd=x rollback.skip=0\n")
+    assert read_cmdline("/proc/cmdline") == {"skip": False}
+
+
+def test_config_file_default_absent_is_fine(fs: FakeFilesystem) -> None:
+    assert load_config_file(None, DEFAULT_CONFIG) == ({}, DEFAULT_CONFIG)
+
+
+def test_config_file_default_present_is_read(fs: FakeFilesystem) -> None:
+    fs.create_file(DEFAULT_CONFIG, contents='device = "/dev/vda2"\nkeep-days = 7\narchive = "old"\n')
+    layer, name = load_config_file(None, DEFAULT_CONFIG)
+    assert (layer, name) == ({"device": "/dev/vda2", "keep_days": 7, "archive": "old"}, DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("contents", "message"),
+    [
+        ("mode = ", "not valid TOML"),
+        ("colour = 'red'", "unknown key 'colour'"),
+        ("keep-days = '7'", "expected int"),
+        ("skip = 1", "expected bool"),
+        ("protect = 'persist'", "expected a list"),
+        ("keep_days = 7", "unknown key 'keep_days'"),
+    ],
+)
+def test_config_file_errors(fs: FakeFilesystem, contents: str, message: str) -> None:
+    fs.create_file("/etc/custom.toml", contents=contents)
+    with pytest.raises(ConfigError, match=message):
+        load_config_file("/etc/custom.toml", DEFAULT_CONFIG)
+
+
+def test_explicit_config_file_must_exist(fs: FakeFilesystem) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file("/etc/nope.toml", DEFAULT_CONFIG)
