@@ -29,6 +29,9 @@ class Subvol:
     parent_id: int
     read_only: bool
     otime: float
+    changed: bool = True  # written to since it was created (ctransid > otransid)
+    uuid: str = ""
+    parent_uuid: str = ""  # the source, for a snapshot
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Observation:
     kinds: Mapping[str, Kind]  # for every path the plan asks about
     mounted: Mapping[int, str] = field(default_factory=dict)  # subvolume id -> a mount point
     skip_mark: bool = False
+    empty: frozenset[str] = frozenset()  # paths of interest that are empty directories
     pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
     now: datetime = datetime.min
 

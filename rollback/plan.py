@@ -51,6 +51,15 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class Commit:
+    """Commit the transaction, so the new root's creation is alone in it: any later write
+    raises its ctransid, which is how the next run tells a used root from an untouched one."""
+
+    def describe(self) -> str:
+        return "commit the transaction"
+
+
+@dataclass(frozen=True)
 class Delete:
     path: str
     count: int  # subvolumes removed, nested ones included
@@ -75,7 +84,7 @@ class RemoveMark:
         return f"remove mark {self.path}"
 
 
-Step = MakeDir | Rename | Create | Snapshot | Delete | WriteMark | RemoveMark
+Step = MakeDir | Rename | Create | Snapshot | Commit | Delete | WriteMark | RemoveMark
 
 
 @dataclass(frozen=True)
@@ -111,14 +120,15 @@ def plan_run(config: Config, obs: Observation) -> Plan:
         move(source, f"{TRASH_DIR}/{name}")
         deletes.append(Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))))
 
-    if obs.kind(target) is Kind.SUBVOLUME:
-        if config.keeping:
-            archived = (names.basename(s.path) for s in entries(obs, config.archive))
-            move(target, f"{config.archive}/{names.fresh_entry(obs.now, archived)}")
-        else:
-            move_to_trash(target)
+    if archives_root(config, obs):
+        archived = (names.basename(s.path) for s in entries(obs, config.archive))
+        move(target, f"{config.archive}/{names.fresh_entry(obs.now, archived)}")
+    elif obs.kind(target) is Kind.SUBVOLUME:
+        move_to_trash(target)
     _ensure_parents(steps, obs, target)
     steps.append(Snapshot(config.blank, target) if config.mode == "snapshot" else Create(target))
+    if config.keeping:
+        steps.append(Commit())
     for path in prune_paths(config, obs):
         move_to_trash(path)
     return Plan((*steps, *deletes))
@@ -155,13 +165,27 @@ def entries(obs: Observation, directory: str) -> list[Subvol]:
     return [s for name, s in sorted((n, s) for n, s in named if n and s.path.count("/") == depth)]
 
 
+def archives_root(config: Config, obs: Observation) -> bool:
+    """Keep the old root, unless it is exactly what a run creates and nothing used it (a re-run,
+    or a run interrupted after creating it): archiving that would push real old roots out."""
+    root = obs.get(config.subvolume)
+    return config.keeping and root is not None and not untouched(root, config, obs)
+
+
+def untouched(root: Subvol, config: Config, obs: Observation) -> bool:
+    """Empty, or a snapshot of the blank not written to since the committed snapshot."""
+    blank = obs.get(config.blank)
+    from_blank = blank is not None and bool(root.parent_uuid) and root.parent_uuid == blank.uuid
+    return root.path in obs.empty or (from_blank and not root.changed)
+
+
 def prune_paths(config: Config, obs: Observation) -> list[str]:
     if not config.keeping:
         return []
     existing = entries(obs, config.archive)
     by_name = {names.parse_entry(names.basename(s.path)): s.path for s in existing}
     parsed = [e for e in by_name if e is not None]
-    if obs.kind(config.subvolume) is Kind.SUBVOLUME:
+    if archives_root(config, obs):
         parsed.append(names.fresh_entry(obs.now, (names.basename(s.path) for s in existing)))
     return [by_name[e] for e in names.to_prune(parsed, obs.now, config.keep_days, config.keep_count) if e in by_name]
 
@@ -199,7 +223,7 @@ def _check_target(target: str, obs: Observation) -> None:
 def _check_state_dir(obs: Observation) -> None:
     if obs.kind(STATE_DIR) not in (Kind.MISSING, Kind.DIRECTORY):
         raise Refused(
-            f"{STATE_DIR} is a {obs.kind(STATE_DIR).value}, not the tool's state directory",
+            f"{STATE_DIR} exists but is not a plain directory",
             f"move it out of the way; rollback keeps its trash and marks in {STATE_DIR}/",
             code="state-dir",
         )

@@ -11,14 +11,24 @@ from pathlib import Path
 import btrfsutil
 
 from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Kind, Observation, Subvol
-from rollback.plan import Create, Delete, MakeDir, RemoveMark, Rename, Snapshot, Step, WriteMark
+from rollback.plan import Commit, Create, Delete, MakeDir, RemoveMark, Rename, Snapshot, Step, WriteMark
 
 _READ_ONLY = 1  # BTRFS_SUBVOL_RDONLY
+_DIRS = (Kind.SUBVOLUME, Kind.DIRECTORY)
 
 
 def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
     return tuple(
-        Subvol(info.id, os.fsdecode(path), info.parent_id, bool(info.flags & _READ_ONLY), info.otime)
+        Subvol(
+            info.id,
+            os.fsdecode(path),
+            info.parent_id,
+            bool(info.flags & _READ_ONLY),
+            info.otime,
+            changed=info.ctransid > info.otransid,
+            uuid=info.uuid.hex(),
+            parent_uuid=info.parent_uuid.hex(),
+        )
         for path, info in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID, info=True)
     )
 
@@ -36,10 +46,12 @@ def _kind(top: Path, path: str, subvol_paths: set[str]) -> Kind:
 def observe(top: Path, paths: Iterable[str], mounted: Mapping[int, str], now: datetime) -> Observation:
     subvols = list_subvolumes(top)
     subvol_paths = {s.path for s in subvols}
+    kinds = {p: _kind(top, p, subvol_paths) for p in paths}
     return Observation(
         subvols=subvols,
         default_id=btrfsutil.get_default_subvolume(str(top)),
-        kinds={p: _kind(top, p, subvol_paths) for p in paths},
+        kinds=kinds,
+        empty=frozenset(p for p, k in kinds.items() if k in _DIRS and not any(os.scandir(top / p))),
         mounted=dict(mounted),
         skip_mark=os.path.lexists(top / SKIP_MARK),
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
@@ -61,6 +73,8 @@ def execute(step: Step, top: Path) -> None:
         btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False)
     elif isinstance(step, Delete):
         btrfsutil.delete_subvolume(str(top / step.path), recursive=True)
+    elif isinstance(step, Commit):
+        btrfsutil.sync(str(top))
     elif isinstance(step, WriteMark):
         (top / step.path).write_text("kept once by rollback skip-next\n")
     elif isinstance(step, RemoveMark):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ _MS_NODEV = 4
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
+MOUNT_POINT = "/run/rollback"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _private = False
@@ -43,21 +43,21 @@ def enter_private_namespace() -> None:
 def top_level(device: str, *, read_only: bool) -> Iterator[Path]:
     """Mount subvolid=5 of `device` privately; yield its path; unmount."""
     enter_private_namespace()
-    where = tempfile.mkdtemp(prefix="rollback.", dir="/run" if os.path.isdir("/run") else None)
+    # One fixed, empty directory: the mount on it exists only in our namespace, so concurrent
+    # processes can share it and a killed process leaves nothing to clean up.
+    os.makedirs(MOUNT_POINT, mode=0o700, exist_ok=True)
+    where = MOUNT_POINT
     flags = _MS_NOSUID | _MS_NODEV | (_MS_RDONLY if read_only else 0)
+    result = _libc.mount(os.fsencode(device), os.fsencode(where), b"btrfs", flags, b"subvolid=5")
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise Refused(
+            f"cannot mount {device}: {os.strerror(errno)}",
+            "check the device with btrfs check --readonly; see dmesg",
+            code="mount-failed",
+        )
     try:
-        result = _libc.mount(os.fsencode(device), os.fsencode(where), b"btrfs", flags, b"subvolid=5")
-        if result != 0:
-            errno = ctypes.get_errno()
-            raise Refused(
-                f"cannot mount {device}: {os.strerror(errno)}",
-                "check the device with btrfs check --readonly; see dmesg",
-                code="mount-failed",
-            )
-        try:
-            yield Path(where)
-        finally:
-            if _libc.umount2(os.fsencode(where), 0) != 0:
-                _libc.umount2(os.fsencode(where), _MNT_DETACH)
+        yield Path(where)
     finally:
-        os.rmdir(where)
+        if _libc.umount2(os.fsencode(where), 0) != 0:
+            _libc.umount2(os.fsencode(where), _MNT_DETACH)

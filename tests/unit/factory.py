@@ -26,6 +26,7 @@ def observe(
     default: str | None = None,
     mounted: dict[str, str] | None = None,
     skip_mark: bool = False,
+    empty: Iterable[str] = (),
     now: datetime = NOW,
 ) -> Observation:
     """Subvolumes by path (ids assigned in order from 256; (path, read_only) for snapshots)."""
@@ -52,6 +53,7 @@ def observe(
         kinds=kinds,
         mounted={by_path[p]: where for p, where in (mounted or {}).items()},
         skip_mark=skip_mark,
+        empty=frozenset(empty),
         now=now,
     )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from rollback.errors import Refused
 from rollback.model import SKIP_MARK, TRASH_DIR
-from rollback.plan import Create, Delete, MakeDir, RemoveMark, Rename, Snapshot, paths_of_interest, plan_run
+from rollback.plan import Commit, Create, Delete, MakeDir, RemoveMark, Rename, Snapshot, paths_of_interest, plan_run
 
 from .factory import config, observe
 
@@ -72,6 +74,7 @@ def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
     assert plan.steps == (
         Rename("root", f"old/{STAMP}"),
         Create("root"),
+        Commit(),
         Rename(old[0], f"{TRASH_DIR}/{STAMP}"),
         Delete(f"{TRASH_DIR}/{STAMP}", 1),
     )
@@ -82,6 +85,28 @@ def test_keeping_prunes_by_age() -> None:
     plan = plan_run(config(archive="old", keep_days=30), observe(["root", *old], dirs=[TRASH_DIR]))
     assert Rename(old[0], f"{TRASH_DIR}/{STAMP}") in plan.steps
     assert not any(isinstance(s, Rename) and s.source == old[1] for s in plan.steps)
+
+
+def test_an_empty_root_is_not_archived_and_does_not_count() -> None:
+    old = ["old/20261120T000000Z"]
+    plan = plan_run(config(archive="old", keep_count=1), observe(["root", *old], empty=["root"], dirs=[TRASH_DIR]))
+    assert plan.steps == (
+        Rename("root", f"{TRASH_DIR}/{STAMP}"),
+        Create("root"),
+        Commit(),
+        Delete(f"{TRASH_DIR}/{STAMP}", 1),
+    )
+
+
+def test_an_unused_snapshot_of_the_blank_is_not_archived() -> None:
+    obs = observe(["root", ("root-blank", True)], dirs=[TRASH_DIR])
+    blank = replace(obs.subvols[1], uuid="b1")
+    fresh = replace(obs.subvols[0], parent_uuid="b1", changed=False)
+    plan = plan_run(config(archive="old", mode="snapshot"), replace(obs, subvols=(fresh, blank)))
+    assert Rename("root", f"{TRASH_DIR}/{STAMP}") in plan.steps
+    used = replace(fresh, changed=True)
+    plan = plan_run(config(archive="old", mode="snapshot"), replace(obs, subvols=(used, blank)))
+    assert Rename("root", f"old/{STAMP}") in plan.steps
 
 
 def test_archive_name_collision_gets_a_serial() -> None:

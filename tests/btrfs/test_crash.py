@@ -1,0 +1,77 @@
+"""Kill the process after every step of every mode; the next run must converge, losing nothing outside root."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import btrfsutil
+import pytest
+
+from rollback.errors import Exit
+from rollback.verbs import CRASH_AFTER_ENV
+
+from .conftest import Disk, State, outside_root, populate, sh
+
+pytestmark = pytest.mark.btrfs
+
+MODES = {
+    "recreate": ["run"],
+    "snapshot": ["run", "--mode", "snapshot"],
+    "archive": ["run", "--archive", "old", "--keep-count", "1"],
+}
+STAMP = re.compile(r"\d{8}T\d{6}Z(-\d+)?")
+
+
+def prepare(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top, blank=True)
+        (top / "old").mkdir()
+    # an earlier boot already archived a root (to be pruned), then the root got cruft again
+    assert disk.rollback("run", "--archive", "old").returncode == Exit.OK
+    with disk.top() as top:
+        populate_again(top)
+
+
+def populate_again(top: Path) -> None:
+    root = top / "root"
+    (root / "cruft").write_text("again")
+    btrfsutil.create_subvolume(str(root / "nested"))
+    btrfsutil.create_subvolume(str(root / "nested" / "deeper"))
+
+
+def normalized(state: State) -> tuple[list[str], dict[str, str]]:
+    """Names of archived/trash entries depend on the clock: compare them as placeholders."""
+    subvols = [STAMP.sub("STAMP", p) for p in state.subvolume_paths()]
+    files = {STAMP.sub("STAMP", p): d for p, d in state.files.items() if not p.startswith(".rollback/trash/")}
+    return subvols, files
+
+
+def steps_of(disk: Disk, args: list[str]) -> int:
+    result = disk.rollback(*args, "--dry-run")
+    assert result.returncode == Exit.OK, result.stderr
+    return len(result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_crash_after_every_step_converges(disk: Disk, mode: str) -> None:
+    args = MODES[mode]
+    prepare(disk)
+    steps = steps_of(disk, args)
+    assert steps >= 3
+    assert disk.rollback(*args).returncode == Exit.OK  # the reference: an uninterrupted run
+    reference = normalized(disk.state())
+    for step in range(1, steps + 1):
+        sh("mkfs.btrfs", "-q", "-f", disk.device)  # the same layout again, from scratch
+        prepare(disk)
+        before = disk.state()
+        crashed = disk.rollback(*args, env={CRASH_AFTER_ENV: str(step)})
+        assert crashed.returncode == -signal.SIGKILL, (step, crashed.stderr)
+        assert outside_root(disk.state()) == outside_root(before), f"lost data after crash at step {step}"
+        finished = disk.rollback(*args)
+        assert finished.returncode == Exit.OK, (step, finished.stderr)
+        after = disk.state()
+        assert outside_root(after) == outside_root(before)
+        assert normalized(after) == reference, f"did not converge after a crash at step {step}"
+        assert disk.rollback(*args, "--dry-run").returncode == Exit.OK

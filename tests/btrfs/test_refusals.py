@@ -1,0 +1,128 @@
+"""Every refusal leaves the device exactly as it was: all subvolumes (with ids) and every file."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import btrfsutil
+import pytest
+
+from rollback.errors import Exit
+
+from .conftest import Disk, populate, sh
+
+pytestmark = pytest.mark.btrfs
+
+
+def refused(disk: Disk, *args: str, code: Exit = Exit.REFUSED) -> str:
+    before = disk.state()
+    result = disk.rollback("run", *args)
+    assert result.returncode == code, result.stderr
+    assert disk.state() == before
+    assert "hint=" in result.stderr
+    return result.stderr
+
+
+def setup(disk: Disk, change: Callable[[Path], None], **layout: object) -> None:
+    with disk.top() as top:
+        populate(top, **layout)  # type: ignore[arg-type]
+        change(top)
+
+
+def test_target_is_a_plain_directory(disk: Disk) -> None:
+    setup(disk, lambda top: (top / "plain").mkdir())
+    assert "'plain' is a plain directory" in refused(disk, "--subvolume", "plain")
+
+
+def test_target_is_the_default_subvolume(disk: Disk) -> None:
+    setup(disk, lambda top: btrfsutil.set_default_subvolume(str(top / "root")))
+    assert "default subvolume" in refused(disk)
+
+
+@pytest.mark.parametrize("where", ["root/persist2", "root/a/b/persist2"])
+def test_protected_subvolume_inside_root(disk: Disk, where: str) -> None:
+    def change(top: Path) -> None:
+        (top / where).parent.mkdir(parents=True, exist_ok=True)
+        btrfsutil.create_subvolume(str(top / where))
+        (top / where / "precious").write_text("made by hand on the running system")
+
+    setup(disk, change)
+    assert f"protected subvolume '{where}'" in refused(disk, "--protect", "persist2")
+
+
+def test_default_protected_name_inside_root(disk: Disk) -> None:
+    setup(disk, lambda top: btrfsutil.create_subvolume(str(top / "root" / "tmp" / "home")))
+    assert "protected subvolume 'root/tmp/home'" in refused(disk)
+
+
+def test_archive_holding_foreign_subvolumes(disk: Disk) -> None:
+    def change(top: Path) -> None:
+        (top / "old_roots").mkdir()
+        btrfsutil.create_subvolume(str(top / "old_roots" / "my-backup"))
+
+    setup(disk, change)
+    assert "rollback did not put there: old_roots/my-backup" in refused(disk, "--archive", "old_roots")
+
+
+def test_blank_missing_in_snapshot_mode(disk: Disk) -> None:
+    setup(disk, lambda top: None)
+    assert "blank snapshot 'root-blank' does not exist" in refused(disk, "--mode", "snapshot")
+
+
+def test_blank_not_read_only(disk: Disk) -> None:
+    setup(disk, lambda top: btrfsutil.create_subvolume(str(top / "root-blank")))
+    assert "is not read-only" in refused(disk, "--mode", "snapshot")
+
+
+def test_state_dir_taken_by_a_file(disk: Disk) -> None:
+    setup(disk, lambda top: (top / ".rollback").touch())
+    assert ".rollback exists but is not a plain directory" in refused(disk)
+
+
+@pytest.mark.parametrize("subvol", ["root", "root/var/lib/machines/guest"])
+def test_target_or_nested_mounted_elsewhere(disk: Disk, tmp_path: Path, subvol: str) -> None:
+    setup(disk, lambda top: None)
+    live = tmp_path / "live"
+    live.mkdir()
+    sh("mount", "-o", f"subvol={subvol}", disk.device, str(live))
+    try:
+        assert f"'{subvol}' is mounted at {live}" in refused(disk)
+    finally:
+        sh("umount", str(live))
+
+
+def test_another_instance_holds_the_lock(disk: Disk) -> None:
+    setup(disk, lambda top: None)
+    fd = os.open(disk.device, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert "holds the lock" in refused(disk)
+    finally:
+        os.close(fd)
+
+
+def test_not_btrfs(disk: Disk) -> None:
+    sh("wipefs", "-a", disk.device)
+    result = disk.rollback("run")
+    assert result.returncode == Exit.REFUSED and "does not hold a btrfs filesystem" in result.stderr
+
+
+def test_config_error_touches_nothing(disk: Disk) -> None:
+    setup(disk, lambda top: None)
+    assert "invalid:" in refused(disk, "--subvolume", "root/../persist", code=Exit.USAGE)
+
+
+def test_unmountable_btrfs(disk: Disk) -> None:
+    with open(disk.device, "r+b") as handle:  # keep the magic, break the superblock checksum
+        handle.seek(0x10000)
+        handle.write(b"\xff" * 32)
+    result = disk.rollback("run")
+    assert result.returncode == Exit.REFUSED and "cannot mount" in result.stderr
+
+
+def test_dry_run_refuses_the_same_way(disk: Disk) -> None:
+    setup(disk, lambda top: btrfsutil.create_subvolume(str(top / "root" / "persist2")))
+    assert "protected subvolume 'root/persist2'" in refused(disk, "--dry-run", "--protect", "persist2")

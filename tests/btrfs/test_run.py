@@ -1,0 +1,140 @@
+"""`rollback run` on real btrfs: every mode, first run, re-run, nested subvolumes, retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import btrfsutil
+import pytest
+
+from rollback.errors import Exit
+
+from .conftest import Disk, outside_root, populate
+
+pytestmark = pytest.mark.btrfs
+
+
+def test_recreate_deletes_nested_subvolumes_and_keeps_the_rest(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    result = disk.rollback("run")
+    assert result.returncode == Exit.OK, result.stderr
+    after = disk.state()
+    assert after.under("root") == {"root": after.files["root"]}  # empty
+    assert outside_root(after) == outside_root(before)
+    assert after.subvolume_paths() == ["home", "nix", "persist", "root"]
+    assert dict((p, i) for p, i, _ in after.subvolumes)["root"] not in {i for _, i, _ in before.subvolumes}
+    assert "4 subvolume(s) deleted" in result.stderr
+
+
+def test_snapshot_mode_restores_the_blank(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top, blank=True)
+    before = disk.state()
+    assert disk.rollback("run", "--mode", "snapshot").returncode == Exit.OK
+    after = disk.state()
+    assert sorted(after.under("root")) == ["root", "root/etc", "root/etc/machine-id"]
+    assert outside_root(after) == outside_root(before)
+    with disk.top() as top:
+        assert not btrfsutil.get_subvolume_read_only(str(top / "root"))
+        (top / "root" / "writable").write_text("yes")  # the new root is writable
+
+
+def test_first_run_without_root(disk: Disk) -> None:
+    with disk.top() as top:
+        btrfsutil.create_subvolume(str(top / "persist"))
+    result = disk.rollback("run")
+    assert result.returncode == Exit.OK, result.stderr
+    assert disk.state().subvolume_paths() == ["persist", "root"]
+
+
+def test_rerun_on_a_clean_device_is_harmless(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    assert disk.rollback("run").returncode == Exit.OK
+    first = disk.state()
+    assert disk.rollback("run").returncode == Exit.OK
+    second = disk.state()
+    assert second.files == first.files
+    assert second.subvolume_paths() == first.subvolume_paths()
+
+
+def test_keeping_old_roots_archives_and_prunes_by_count(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top, nested=["root/var/lib/machines"])
+    for boot in range(3):
+        with disk.top() as top:
+            (top / "root" / f"boot-{boot}").write_text(str(boot))
+        result = disk.rollback("run", "--archive", "old_roots", "--keep-count", "2")
+        assert result.returncode == Exit.OK, result.stderr
+    state = disk.state()
+    archived = sorted(p for p in state.subvolume_paths() if p.startswith("old_roots/") and p.count("/") == 1)
+    assert len(archived) == 2
+    assert [p for p in state.files if p.endswith(("boot-0", "boot-1", "boot-2"))] == [
+        f"{archived[0]}/boot-1",
+        f"{archived[1]}/boot-2",
+    ]
+    assert f"{archived[1]}/var/lib/machines" not in state.subvolume_paths()  # root had no nested left at boot 2
+    assert state.under(".rollback/trash") == {".rollback/trash": state.files[".rollback/trash"]}
+
+
+def test_keeping_prunes_by_age_recursively(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / "20200101T000000Z"))
+        btrfsutil.create_subvolume(str(top / "old" / "20200101T000000Z" / "nested"))
+    result = disk.rollback("run", "--archive", "old", "--keep-days", "30")
+    assert result.returncode == Exit.OK, result.stderr
+    archived = [p for p in disk.state().subvolume_paths() if p.startswith("old/")]
+    assert len(archived) == 4 and not any(p.startswith("old/20200101T000000Z") for p in archived)
+
+
+def test_archive_names_never_collide_within_one_second(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top, nested=[])
+    for boot in range(3):
+        with disk.top() as top:
+            (top / "root" / "used").write_text(str(boot))
+        assert disk.rollback("run", "--archive", "old").returncode == Exit.OK
+    assert len([p for p in disk.state().subvolume_paths() if p.startswith("old/")]) == 3
+
+
+def test_rerun_when_keeping_does_not_archive_the_empty_root(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top, nested=[])
+    for _ in range(3):
+        assert disk.rollback("run", "--archive", "old", "--keep-count", "1").returncode == Exit.OK
+    state = disk.state()
+    archived = [p for p in state.subvolume_paths() if p.startswith("old/")]
+    assert len(archived) == 1 and f"{archived[0]}/tmp/cruft" in state.files  # the real old root survives
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    result = disk.rollback("run", "--dry-run")
+    assert result.returncode == Exit.OK, result.stderr
+    assert "move root -> .rollback/trash/" in result.stdout
+    assert "create empty subvolume root" in result.stdout
+    assert "recursively (4 subvolumes)" in result.stdout
+    assert disk.state() == before
+
+
+def test_nested_target_path(disk: Disk) -> None:
+    with disk.top() as top:
+        (top / "@").mkdir()
+        btrfsutil.create_subvolume(str(top / "@" / "root"))
+        (top / "@" / "root" / "junk").write_text("x")
+    assert disk.rollback("run", "--subvolume", "@/root").returncode == Exit.OK
+    assert disk.state().under("@/root") == {"@/root": "dir:40755"}
+
+
+def test_the_mount_does_not_outlive_the_process(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    assert disk.rollback("run").returncode == Exit.OK
+    assert disk.device not in Path("/proc/self/mountinfo").read_text()
+    assert list(Path("/run/rollback").iterdir()) == []  # the private mount point, empty out here
