@@ -87,13 +87,12 @@ def status_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _walk(base: Path) -> Iterator[tuple[str, tuple[int, int, int]]]:
-    """(relative path, signature) for everything below `base`, sorted, not following symlinks.
+    """(relative path, signature) for everything below `base`, not following symlinks.
 
     A directory's signature is only its mode: it survives if the blank has it.
     """
     for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
+        for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             st = os.lstat(full)
             is_dir = stat.S_ISDIR(st.st_mode)
@@ -113,4 +112,4 @@ def diff(top: Path, config: Config, obs: Observation) -> list[str]:
     kept: dict[str, tuple[int, int, int]] = {}
     if config.mode == "snapshot" and obs.kind(config.blank) is Kind.SUBVOLUME:
         kept = dict(_walk(top / config.blank))
-    return [path for path, signature in _walk(top / config.subvolume) if kept.get(path) != signature]
+    return sorted(path for path, signature in _walk(top / config.subvolume) if kept.get(path) != signature)
