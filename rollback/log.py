@@ -37,7 +37,8 @@ def configure(*, journal: bool | None = None, console: bool | None = None, notif
                         structlog.processors.CallsiteParameter.PATHNAME,
                         structlog.processors.CallsiteParameter.LINENO,
                         structlog.processors.CallsiteParameter.FUNC_NAME,
-                    }
+                    },
+                    additional_ignores=[__name__],  # report emit()'s caller
                 ),
                 sinks.JournalSink(keep=console),
             ]

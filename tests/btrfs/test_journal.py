@@ -1,0 +1,98 @@
+"""The journald path for real: pystemd's sd_journal_sendv into a stand-in journal socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollback.errors import Exit
+from rollback.events import EVENTS
+from tests.conftest import unavailable
+
+from .conftest import Disk, populate
+
+pytestmark = pytest.mark.btrfs
+ROOT = Path(__file__).parents[2]
+
+
+def run_with_journal(disk: Disk, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    if not shutil.which("unshare"):
+        unavailable("unshare (util-linux) is not installed")
+    command = [sys.executable, "-m", "rollback", *args, "--device", disk.device, "--kernel-cmdline", "/dev/null"]
+    listener = [sys.executable, "-m", "tests.btrfs.journal_listener", *command]
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", *listener],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found: dict[str, object] = json.loads(result.stdout)
+    return found
+
+
+Entry = dict[str, list[str]]
+
+
+def by_event(entries: list[Entry], kind: str) -> list[dict[str, str]]:
+    """Entries of one kind, each field's first value (pystemd appends its own CODE_* after ours)."""
+    return [{k: v[0] for k, v in e.items()} for e in entries if e.get("MESSAGE_ID") == [EVENTS[kind].message_id]]
+
+
+def test_a_run_logs_every_event_to_the_journal_with_fields(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    found = run_with_journal(disk, "run")
+    assert found["returncode"] == Exit.OK
+    assert found["stderr"] == ""  # with a journal and no terminal, nothing is printed twice
+    entries: list[Entry] = found["entries"]  # type: ignore[assignment]
+    started, finished = by_event(entries, "started"), by_event(entries, "finished")
+    steps = by_event(entries, "step")
+    assert len(entries) == 7 and len(started) == 1 and len(finished) == 1 and len(steps) == 5
+    assert finished[0]["ROLLBACK_DELETED"] == "4" and float(finished[0]["ROLLBACK_DURATION_MS"]) > 0
+    for entry in started + steps + finished:
+        assert entry["SYSLOG_IDENTIFIER"] == "rollback" and entry["PRIORITY"] == "6"
+        assert entry["ROLLBACK_DEVICE"] == disk.device and entry["ROLLBACK_SUBVOLUME"] == "root"
+        assert entry["CODE_FILE"].endswith("rollback/verbs.py"), entry["CODE_FILE"]  # the caller, not log.emit
+    assert [s["ROLLBACK_STEP"] for s in steps] == ["1", "2", "3", "4", "5"]
+
+
+def test_a_refusal_reaches_the_journal_as_an_error(disk: Disk, tmp_path: Path) -> None:
+    with disk.top() as top:
+        populate(top)
+        (top / "root" / "persist2").mkdir()
+    found = run_with_journal(disk, "run", "--subvolume", "root/persist2")
+    assert found["returncode"] == Exit.REFUSED
+    refused = by_event(found["entries"], "refused")  # type: ignore[arg-type]
+    assert len(refused) == 1
+    assert refused[0]["PRIORITY"] == "3" and refused[0]["ROLLBACK_REASON"] == "not-subvolume"
+    assert refused[0]["ROLLBACK_HINT"] and refused[0]["ROLLBACK_EXIT"] == "3"
+
+
+def test_status_updates_reach_the_notify_socket(disk: Disk, tmp_path: Path) -> None:
+    with disk.top() as top:
+        populate(top)
+    address = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(address))
+        result = disk.rollback("run", env={"NOTIFY_SOCKET": str(address)})
+        assert result.returncode == Exit.OK, result.stderr
+        server.setblocking(False)
+        messages = []
+        while True:
+            try:
+                messages.append(server.recv(4096).decode())
+            except BlockingIOError:
+                break
+    assert messages[0].startswith("STATUS=replacing root on")
+    assert messages[-1] == "STATUS=root replaced, 4 subvolume(s) deleted"
+    assert len(messages) == 7
