@@ -34,7 +34,13 @@ def enter_private_namespace() -> None:
     global _private
     if _private:
         return
-    _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    if _libc.unshare(_CLONE_NEWNS) != 0:
+        errno = ctypes.get_errno()
+        raise Refused(
+            f"cannot create a private mount namespace: {os.strerror(errno)}",
+            "rollback needs root (CAP_SYS_ADMIN): run it with sudo, from the initrd unit or a root shell",
+            code="not-root",
+        )
     _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / rprivate")
     _private = True
 

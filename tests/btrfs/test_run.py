@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import btrfsutil
@@ -9,7 +12,7 @@ import pytest
 
 from rollback.errors import Exit
 
-from .conftest import Disk, outside_root, populate
+from .conftest import Disk, outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -138,3 +141,50 @@ def test_the_mount_does_not_outlive_the_process(disk: Disk) -> None:
     assert disk.rollback("run").returncode == Exit.OK
     assert disk.device not in Path("/proc/self/mountinfo").read_text()
     assert list(Path("/run/rollback").iterdir()) == []  # the private mount point, empty out here
+
+
+def test_a_failing_step_exits_1_and_the_next_run_finishes(disk: Disk) -> None:
+    """The trash directory is made immutable: moving the root into it fails after changes began."""
+    with disk.top() as top:
+        populate(top)
+        (top / ".rollback" / "trash").mkdir(parents=True)
+    with disk.top() as top:
+        sh("chattr", "+i", str(top / ".rollback" / "trash"))
+    before = disk.state()
+    failed = disk.rollback("run")
+    assert failed.returncode == Exit.FAILED, failed.stderr
+    assert "failed: step 1/3 failed: move root -> .rollback/trash/" in failed.stderr
+    assert "the next run finishes the job" in failed.stderr
+    assert disk.state() == before  # the failing step was the first change, and it did not happen
+    with disk.top() as top:
+        sh("chattr", "-i", str(top / ".rollback" / "trash"))
+    assert disk.rollback("run").returncode == Exit.OK
+    after = disk.state()
+    assert outside_root(after) == outside_root(before) and after.under("root") == {"root": "dir:40755"}
+
+
+def test_without_root_privileges_it_refuses_clearly(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    os.chmod(disk.device, 0o666)  # readable, so the only missing piece is CAP_SYS_ADMIN
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "rollback",
+            "status",
+            "--device",
+            disk.device,
+            "--kernel-cmdline",
+            "/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "needs root" in result.stderr

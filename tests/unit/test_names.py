@@ -17,7 +17,8 @@ def test_good_paths(good: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "/root", "..", "../root", "a/../b", "a//b", "./root", "my root", "root\n", "r\x00t", "rööt", "a\tb"]
+    "bad",
+    ["", ".", "/", "/root", "..", "../root", "a/../b", "a//b", "./root", "my root", "root\n", "r\x00t", "rööt", "a\tb"],
 )
 def test_bad_paths_have_a_reason(bad: str) -> None:
     assert check_path(bad)
