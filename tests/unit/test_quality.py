@@ -21,13 +21,15 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_check() -> None:
-    result = subprocess.run([_tool("ruff"), "check", "rollback", "tests"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("ruff"), "check", "rollback", "tests", "packaging"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "format", "--check", "rollback", "tests"], cwd=ROOT, capture_output=True, text=True
+        [_tool("ruff"), "format", "--check", "rollback", "tests", "packaging"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -1,0 +1,76 @@
+#!/bin/bash
+# dracut module: roll back the btrfs root subvolume in a systemd initramfs (see README, "dracut").
+#
+# Settings, from dracut.conf(.d) or the environment:
+#   rollback_python   interpreter that can import rollback (default: python3 on PATH)
+#   rollback_config   config file to install as /etc/rollback.toml (default: /etc/rollback.toml)
+#   rollback_device   device to wait for and roll back (default: `device` in that config file)
+#   rollback_policy   boot-on (default) | stop-boot: what a failed or refused rollback does
+
+# called by dracut
+check() {
+    # only when asked for: dracut --add rollback
+    return 255
+}
+
+# called by dracut
+depends() {
+    echo base systemd systemd-initrd btrfs
+    return 0
+}
+
+_rollback_setting() { # key -> value from the config file, via the interpreter we install
+    "$rollback_python" -I -S -c 'import sys, tomllib
+try:
+    print(tomllib.load(open(sys.argv[1], "rb")).get(sys.argv[2], ""))
+except FileNotFoundError:
+    pass' "$rollback_config" "$1"
+}
+
+# called by dracut
+install() {
+    local stage line kind path paths="" unit
+    rollback_python=${rollback_python:-$(command -v python3)}
+    rollback_config=${rollback_config:-/etc/rollback.toml}
+    rollback_policy=${rollback_policy:-boot-on}
+    rollback_device=${rollback_device:-$(_rollback_setting device)}
+    if [[ -z $rollback_device ]]; then
+        derror "rollback: no device: set device in $rollback_config or rollback_device in dracut.conf"
+        return 1
+    fi
+    if [[ $rollback_policy != boot-on && $rollback_policy != stop-boot ]]; then
+        derror "rollback: rollback_policy must be boot-on or stop-boot, not '$rollback_policy'"
+        return 1
+    fi
+
+    # The interpreter, and only the modules the service can import, with bytecode.
+    stage=$(mktemp -d "${DRACUT_TMPDIR:-/var/tmp}/rollback-stage.XXXXXX")
+    while read -r kind path; do
+        case $kind in
+            python) inst_binary "$path" && rollback_interpreter=$path ;;
+            lib) inst_library "$path" ;;
+            path) paths+="${paths:+, }'$path'" ;;
+        esac
+    done < <("$rollback_python" -I "$moddir/python_closure.py" "$stage") || return 1
+    [[ -n $rollback_interpreter ]] || { derror "rollback: could not stage the Python closure"; return 1; }
+    cp -a "$stage"/. "$initdir"/
+    rm -rf "$stage"
+
+    mkdir -p "$initdir/usr/bin"
+    cat > "$initdir/usr/bin/rollback" << EOF
+#!/bin/sh
+exec $rollback_interpreter -I -S -c 'import sys; sys.path += [$paths]; sys.argv[0] = "rollback"
+from rollback.cli import main; sys.exit(main())' "\$@"
+EOF
+    chmod 0755 "$initdir/usr/bin/rollback"
+
+    [[ -e $rollback_config ]] && inst_simple "$rollback_config" /etc/rollback.toml
+    inst_simple "$moddir/units/rollback@.service" "$systemdsystemunitdir/rollback@.service"
+    inst_simple "$moddir/units/rollback.catalog" /usr/lib/systemd/catalog/rollback.catalog
+    unit="rollback@$(systemd-escape --path "$rollback_device").service"
+    if [[ $rollback_policy == stop-boot ]]; then
+        inst_simple "$moddir/units/rollback-stop-boot.conf" "$systemdsystemunitdir/rollback@.service.d/stop-boot.conf"
+        $SYSTEMCTL -q --root "$initdir" add-requires sysroot.mount "$unit"
+    fi
+    $SYSTEMCTL -q --root "$initdir" add-wants initrd.target "$unit"
+}

@@ -1,0 +1,114 @@
+"""Stage the rollback service's Python import closure for an initramfs.
+
+Run with the interpreter that will run the service (the one that can import rollback and its
+dependencies). It finds, statically, every module the service can import (error paths included,
+unlike a sys.modules snapshot), copies their sources under STAGE at their absolute paths with
+bytecode compiled next to them (unchecked-hash .pyc: valid whatever timestamps the copy gets),
+and prints what the dracut module must install itself:
+
+    python <interpreter>      the real interpreter binary (dracut resolves its libraries)
+    lib <extension module>    every C extension (dracut resolves their libraries)
+    path <directory>          a sys.path entry outside the standard library (site-packages, source)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import modulefinder
+import os
+import py_compile
+import shutil
+import sys
+import sysconfig
+
+ENTRY_POINTS = [
+    "rollback.__main__",
+    "rollback.cli",
+    "rollback.verbs",
+    "rollback.sources",
+    "rollback.report",
+    "rollback.effects.btrfs",
+    "rollback.effects.device",
+    "rollback.effects.mount",
+    "rollback.effects.journal",
+    "pystemd.journal",
+    "pystemd.daemon",
+    "pystemd.__version__",  # replaces itself in sys.modules: name it
+    # what the interpreter itself needs at start-up without site
+    "encodings.utf_8",
+    "encodings.aliases",
+    "encodings.ascii",
+    "encodings.latin_1",
+]
+# Found by the static scan but never reached on any of the service's paths.
+EXCLUDE = ("tkinter", "test", "unittest", "pydoc", "idlelib", "lib2to3", "ensurepip", "distutils", "doctest")
+
+
+def search_path() -> list[str]:
+    """sys.path, plus where rollback really is (an editable install is found by a meta path hook)."""
+    spec = importlib.util.find_spec("rollback")
+    if spec is None or not spec.origin:
+        raise SystemExit("python_closure.py: this interpreter cannot import rollback")
+    return [os.path.dirname(os.path.dirname(spec.origin)), *sys.path]
+
+
+def closure() -> dict[str, str]:
+    finder = modulefinder.ModuleFinder(path=search_path(), excludes=list(EXCLUDE))
+    for name in ENTRY_POINTS:
+        finder.import_hook(name)
+    found = {name: getattr(module, "__file__", None) for name, module in finder.modules.items()}
+    return {name: path for name, path in found.items() if path}  # builtins have no file
+
+
+def stage(files: dict[str, str], root: str) -> tuple[list[str], list[str]]:
+    stdlib = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
+    extensions: list[str] = []
+    entries: set[str] = set()
+    for name, path in sorted(files.items()):
+        path = os.path.realpath(path)
+        entry = _sys_path_entry(name, path)
+        if entry and os.path.realpath(entry) not in stdlib and "lib-dynload" not in entry:
+            entries.add(entry)
+        if not path.endswith(".py"):
+            extensions.append(path)
+            continue
+        target = root + path
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(path, target)
+        cached = importlib.util.cache_from_source(path)
+        py_compile.compile(
+            path,
+            cfile=root + cached,
+            dfile=path,
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+    # the interpreter looks for lib-dynload to find its exec prefix
+    os.makedirs(root + os.path.realpath(sysconfig.get_paths()["platstdlib"]) + "/lib-dynload", exist_ok=True)
+    return extensions, sorted(entries)
+
+
+def _sys_path_entry(name: str, path: str) -> str | None:
+    """The sys.path directory `name` was found in: strip the dotted name's own path parts."""
+    depth = name.count(".") + (1 if os.path.basename(path).startswith("__init__.") else 0)
+    directory = os.path.dirname(path)
+    for _ in range(depth):
+        directory = os.path.dirname(directory)
+    return directory
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python_closure.py STAGE_DIR", file=sys.stderr)
+        return 2
+    extensions, entries = stage(closure(), sys.argv[1])
+    print(f"python {os.path.realpath(sys.executable)}")
+    for path in extensions:
+        print(f"lib {path}")
+    for entry in entries:
+        print(f"path {entry}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
