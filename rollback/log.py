@@ -24,31 +24,43 @@ def configure(*, journal: bool | None = None, console: bool | None = None, notif
         console = not journal or sys.stderr.isatty()
     if notify is None:
         notify = bool(os.environ.get("NOTIFY_SOCKET"))
-    processors: list[Processor] = [structlog.processors.add_log_level]
-    if journal or notify:
-        from rollback.effects import journal as sinks  # pystemd only when something will use it
-
-        if notify:
-            processors.append(sinks.notify_status)
-        if journal:
-            processors += [
-                structlog.processors.CallsiteParameterAdder(
-                    {
-                        structlog.processors.CallsiteParameter.PATHNAME,
-                        structlog.processors.CallsiteParameter.LINENO,
-                        structlog.processors.CallsiteParameter.FUNC_NAME,
-                    },
-                    additional_ignores=[__name__],  # report emit()'s caller
-                ),
-                sinks.JournalSink(keep=console),
-            ]
-    processors += [_drop_callsite, structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)]
+    systemd = _systemd_processors(journal=journal, notify=notify, keep=console)
+    processors = [
+        structlog.processors.add_log_level,
+        *systemd,
+        _drop_callsite,
+        structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0),
+    ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(0),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Processor]:
+    """Journal and sd_notify processors; none (so events reach stderr) when pystemd cannot load."""
+    if not (journal or notify):
+        return []
+    try:
+        from rollback.effects import journal as sinks  # pystemd only when something will use it
+
+        sinks.load()
+    except (ImportError, OSError) as error:  # logging must never stop the rollback
+        print(f"rollback: journal/notify unavailable ({error!r}); logging to stderr", file=sys.stderr)
+        return []
+    found: list[Processor] = [sinks.notify_status] if notify else []
+    if journal:
+        callsite = structlog.processors.CallsiteParameter
+        found += [
+            structlog.processors.CallsiteParameterAdder(
+                {callsite.PATHNAME, callsite.LINENO, callsite.FUNC_NAME},
+                additional_ignores=[__name__],  # report emit()'s caller
+            ),
+            sinks.JournalSink(keep=keep),
+        ]
+    return found
 
 
 def _drop_callsite(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -10,6 +10,12 @@ import structlog
 from rollback.events import journal_fields
 
 
+def load() -> None:
+    """Import pystemd's journal and notify bindings now, so a failure shows at configuration time."""
+    import pystemd.daemon
+    import pystemd.journal  # noqa: F401
+
+
 class JournalSink:
     """Send the event to journald with sd_journal_sendv; drop it afterwards unless `keep`."""
 

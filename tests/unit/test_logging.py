@@ -97,3 +97,18 @@ def test_notify_status_reaches_the_notify_socket(tmp_path: Path, monkeypatch: py
         monkeypatch.setenv("NOTIFY_SOCKET", str(address))
         notify_status(None, "info", {"event": "step 2/5 done"})
         assert server.recv(4096) == b"STATUS=step 2/5 done"
+
+
+def test_without_pystemd_events_still_reach_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import rollback.effects.journal as sinks
+
+    def broken() -> None:
+        raise ImportError("cannot import name _elementpath")
+
+    monkeypatch.setattr(sinks, "load", broken)
+    log.configure(journal=True, console=False, notify=True)
+    log.emit("started", "replacing root on /dev/vda")
+    err = capsys.readouterr().err
+    assert "journal/notify unavailable" in err and "replacing root on /dev/vda" in err

@@ -49,7 +49,7 @@ install() {
         case $kind in
             python) inst_binary "$path" && rollback_interpreter=$path ;;
             lib) inst_library "$path" ;;
-            path) paths+="${paths:+, }'$path'" ;;
+            path) paths+="${paths:+, }\"$path\"" ;;
         esac
     done < <("$rollback_python" -I "$moddir/python_closure.py" "$stage") || return 1
     [[ -n $rollback_interpreter ]] || { derror "rollback: could not stage the Python closure"; return 1; }

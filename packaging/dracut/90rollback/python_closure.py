@@ -14,10 +14,12 @@ and prints what the dracut module must install itself:
 from __future__ import annotations
 
 import importlib.util
+import json
 import modulefinder
 import os
 import py_compile
 import shutil
+import subprocess
 import sys
 import sysconfig
 
@@ -52,9 +54,9 @@ def search_path() -> list[str]:
     return [os.path.dirname(os.path.dirname(spec.origin)), *sys.path]
 
 
-def closure() -> dict[str, str]:
+def closure(names: list[str]) -> dict[str, str]:
     finder = modulefinder.ModuleFinder(path=search_path(), excludes=list(EXCLUDE))
-    for name in ENTRY_POINTS:
+    for name in names:
         finder.import_hook(name)
     found = {name: getattr(module, "__file__", None) for name, module in finder.modules.items()}
     return {name: path for name, path in found.items() if path}  # builtins have no file
@@ -97,11 +99,54 @@ def _sys_path_entry(name: str, path: str) -> str | None:
     return directory
 
 
+# Run in a fresh interpreter: import every entry point, refusing any module file outside the closure,
+# so imports made from C (invisible to the static scan) fail the build instead of the boot.
+_VERIFY = """
+import importlib.machinery, json, os, sys
+allowed, extra, names = (json.loads(a) for a in sys.argv[1:4])
+sys.path += extra
+class OnlyTheClosure:
+    def find_spec(self, name, path=None, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        origin = spec and spec.origin
+        if origin and origin not in ("built-in", "frozen") and os.path.realpath(origin) not in allowed:
+            print(name)
+            sys.exit(3)
+        return None
+sys.meta_path.insert(0, OnlyTheClosure())
+for name in names:
+    __import__(name)
+"""
+
+
+def hidden_import(files: dict[str, str], entries: list[str]) -> str:
+    """The first module imported from outside the closure (an import made from C), or ''."""
+    allowed = sorted(os.path.realpath(p) for p in files.values())
+    argv = [sys.executable, "-I", "-S", "-c", _VERIFY, json.dumps(allowed), json.dumps(entries)]
+    importable = [name for name in ENTRY_POINTS if name != "rollback.__main__"]  # that one runs main()
+    result = subprocess.run([*argv, json.dumps(importable)], capture_output=True, text=True)
+    if result.returncode == 3:
+        return result.stdout.strip()
+    if result.returncode != 0:
+        raise SystemExit(f"python_closure.py: importing the closure failed:\n{result.stderr}")
+    return ""
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print("usage: python_closure.py STAGE_DIR", file=sys.stderr)
         return 2
-    extensions, entries = stage(closure(), sys.argv[1])
+    names = list(ENTRY_POINTS)
+    for _ in range(50):  # add what C code imports until importing needs nothing else
+        files = closure(names)
+        extensions, entries = stage(files, sys.argv[1])
+        missing = hidden_import(files, entries)
+        if not missing:
+            break
+        names.append(missing)
+    else:
+        print("python_closure.py: the closure does not converge", file=sys.stderr)
+        return 1
     print(f"python {os.path.realpath(sys.executable)}")
     for path in extensions:
         print(f"lib {path}")

@@ -1,0 +1,17 @@
+#!/bin/sh
+# $1: boot | emergency. Writes facts to /dev/vdb as a tar stream, then powers off at once.
+facts=/run/rollback-test-facts
+mkdir -p "$facts"
+echo "$1" > "$facts/stage"
+cat /proc/cmdline > "$facts/cmdline"
+journalctl -b -o json --no-pager > "$facts/journal.json" 2> "$facts/journal.err"
+for unit in $(systemctl list-units --all --plain --no-legend --no-pager 'rollback@*' | cut -d' ' -f1) sysroot.mount; do
+    systemctl show --no-pager "$unit" > "$facts/unit-$unit.txt"
+done
+if grep -q ' /sysroot ' /proc/self/mountinfo; then
+    echo mounted > "$facts/sysroot"
+fi
+(cd "$facts" && tar -cf /dev/vdb .)
+sync
+echo "ROLLBACK-TEST-FACTS-WRITTEN $1" > /dev/console
+systemctl --force --force poweroff

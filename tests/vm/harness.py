@@ -1,0 +1,250 @@
+"""Build initramfs images with dracut, boot them under qemu, and read back what the guest collected.
+
+Shared by the VM test tier and the benchmarks. Everything lives under a work directory; the host
+kernel (Debian's linux-image-cloud-amd64) is only read.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.layout import State, sh, snapshot_state
+
+REPO = Path(__file__).parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "vm"
+ACCEL = os.environ.get("ROLLBACK_VM_ACCEL", "tcg,thread=multi")  # KVM hangs on these hosts
+BASE_MODULES = (
+    "base",
+    "systemd",
+    "systemd-initrd",
+    "systemd-journald",
+    "systemd-udevd",
+    "udev-rules",
+    "btrfs",
+    "qemu",
+    "kernel-modules",
+    "rollback-test",
+)
+REQUIRED_TOOLS = ("dracut", "qemu-system-x86_64", "mkfs.btrfs", "losetup", "zstd")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    vmlinuz: Path
+
+
+def find_kernel() -> Kernel | None:
+    for vmlinuz in sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"), reverse=True):
+        version = vmlinuz.removeprefix("/boot/vmlinuz-")
+        if Path("/lib/modules", version).is_dir():
+            return Kernel(version, Path(vmlinuz))
+    return None
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One initramfs: which device the rollback waits for, and what a failure does."""
+
+    name: str
+    policy: str = "boot-on"
+    device: str = "/dev/vda"
+    modules: tuple[str, ...] = ("rollback",)
+    config: str = ""  # extra lines for /etc/rollback.toml
+
+
+def dracut_base(work: Path) -> Path:
+    """A private copy of dracut's module tree with our modules linked in (nothing written to /usr)."""
+    base = work / "dracut"
+    if not base.exists():
+        shutil.copytree("/usr/lib/dracut", base, symlinks=True)
+        (base / "modules.d" / "90rollback").symlink_to(REPO / "packaging" / "dracut" / "90rollback")
+        (base / "modules.d" / "99rollback-test").symlink_to(REPO / "tests" / "vm" / "guest" / "99rollback-test")
+    return base
+
+
+def build_initramfs(kernel: Kernel, variant: Variant, work: Path, python: str) -> Path:
+    out = work / f"initramfs-{variant.name}.img"
+    config = work / f"rollback-{variant.name}.toml"
+    config.write_text(f'device = "{variant.device}"\n{variant.config}')
+    (work / "dracut.conf.d").mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "dracutbasedir": str(dracut_base(work)),
+        "rollback_python": python,
+        "rollback_config": str(config),
+        "rollback_policy": variant.policy,
+    }
+    argv = [
+        "dracut",
+        "--force",
+        "--no-hostonly",
+        "--no-early-microcode",
+        "--kver",
+        kernel.version,
+        "--modules",
+        " ".join((*BASE_MODULES, *variant.modules)),
+        "--conf",
+        "/dev/null",
+        "--confdir",
+        str(work / "dracut.conf.d"),
+        "--tmpdir",
+        str(work),
+        "--zstd",
+        "--add-drivers",
+        "virtio_blk virtio_pci btrfs",
+        str(out),
+    ]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if result.returncode != 0 or not out.exists():
+        raise RuntimeError(f"dracut failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return out
+
+
+@dataclass
+class Boot:
+    name: str
+    seconds: float
+    facts: dict[str, bytes]
+    serial: str
+    timed_out: bool
+
+    @property
+    def stage(self) -> str:
+        return self.facts.get("stage", b"").decode().strip()
+
+    def journal(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.facts.get("journal.json", b"").decode().splitlines() if line]
+
+    def unit(self, name: str) -> dict[str, str]:
+        text = self.facts.get(f"unit-{name}.txt", b"").decode()
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def units(self, prefix: str) -> list[str]:
+        return sorted(n[5:-4] for n in self.facts if n.startswith(f"unit-{prefix}") and n.endswith(".txt"))
+
+
+def boot(kernel: Kernel, initramfs: Path, disk: Path, append: str, *, name: str, timeout: float = 240) -> Boot:
+    """Boot once; the guest writes its facts to a second disk and powers off."""
+    run = disk.parent / f"boot-{name}"
+    run.mkdir(exist_ok=True)
+    facts_disk, serial = run / "facts.img", run / "serial.log"
+    with facts_disk.open("wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    cmdline = f"console=ttyS0 root=/dev/vda rootfstype=btrfs rootflags=subvol=root rw panic=-1 {append}".strip()
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        ACCEL,
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "1024",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{serial}",
+        "-kernel",
+        str(kernel.vmlinuz),
+        "-initrd",
+        str(initramfs),
+        "-append",
+        cmdline,
+        "-drive",
+        f"file={disk},format=raw,if=virtio,cache=unsafe",
+        "-drive",
+        f"file={facts_disk},format=raw,if=virtio,cache=unsafe",
+    ]
+    began = time.monotonic()
+    timed_out = False
+    try:
+        subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    seconds = time.monotonic() - began
+    return Boot(name, seconds, _read_facts(facts_disk), serial.read_text(errors="replace"), timed_out)
+
+
+def _read_facts(facts_disk: Path) -> dict[str, bytes]:
+    data = facts_disk.read_bytes()
+    if not data.strip(b"\0"):
+        return {}
+    facts: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        for member in archive.getmembers():
+            handle = archive.extractfile(member)
+            if handle is not None:
+                facts[member.name.removeprefix("./")] = handle.read()
+    return facts
+
+
+def keep_artifacts(boot_: Boot) -> Path:
+    where = ARTIFACTS / boot_.name
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "serial.log").write_text(boot_.serial)
+    for name, content in boot_.facts.items():
+        (where / name.replace("/", "_")).write_bytes(content)
+    return where
+
+
+@contextmanager
+def attached(image: Path, *, read_only: bool) -> Iterator[Path]:
+    """The image's top level (subvolid=5) mounted on the host, then detached again."""
+    mnt = image.parent / f"mnt-{image.stem}"
+    mnt.mkdir(exist_ok=True)
+    device = sh("losetup", "-f", "--show", *(["-r"] if read_only else []), str(image))
+    try:
+        options = "subvolid=5,ro,rescue=nologreplay" if read_only else "subvolid=5"
+        sh("mount", "-o", options, device, str(mnt))
+        try:
+            yield mnt
+        finally:
+            sh("umount", str(mnt))
+    finally:
+        sh("losetup", "-d", device)
+
+
+def image_state(image: Path) -> State:
+    with attached(image, read_only=True) as top:
+        return snapshot_state(top)
+
+
+def new_image(path: Path, size_mib: int = 512) -> Path:
+    with path.open("wb") as handle:
+        handle.truncate(size_mib * 1024 * 1024)
+    sh("mkfs.btrfs", "-q", str(path))
+    return path
+
+
+def copy_image(template: Path, dest: Path) -> Path:
+    sh("cp", "--sparse=always", str(template), str(dest))
+    return dest
+
+
+@dataclass
+class Timings:
+    """Per-boot figures for the closing note and the benchmark."""
+
+    rows: list[tuple[str, float, float | None]] = field(default_factory=list)
+
+    def add(self, boot_: Boot, unit_seconds: float | None) -> None:
+        self.rows.append((boot_.name, boot_.seconds, unit_seconds))
