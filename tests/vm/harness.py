@@ -24,10 +24,12 @@ from tests.layout import State, sh, snapshot_state
 REPO = Path(__file__).parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "vm"
 ACCEL = os.environ.get("ROLLBACK_VM_ACCEL", "tcg,thread=multi")  # KVM hangs on these hosts
+# what a dracut systemd initramfs has on a real system (dracut-systemd brings emergency.service)
 BASE_MODULES = (
     "base",
     "systemd",
     "systemd-initrd",
+    "dracut-systemd",
     "systemd-journald",
     "systemd-udevd",
     "udev-rules",
@@ -207,20 +209,27 @@ def keep_artifacts(boot_: Boot) -> Path:
 
 
 @contextmanager
+def loop(image: Path, *, read_only: bool = False) -> Iterator[str]:
+    """The image on a loop device, detached afterwards."""
+    device = sh("losetup", "-f", "--show", *(["-r"] if read_only else []), str(image))
+    try:
+        yield device
+    finally:
+        sh("losetup", "-d", device)
+
+
+@contextmanager
 def attached(image: Path, *, read_only: bool) -> Iterator[Path]:
     """The image's top level (subvolid=5) mounted on the host, then detached again."""
     mnt = image.parent / f"mnt-{image.stem}"
     mnt.mkdir(exist_ok=True)
-    device = sh("losetup", "-f", "--show", *(["-r"] if read_only else []), str(image))
-    try:
+    with loop(image, read_only=read_only) as device:
         options = "subvolid=5,ro,rescue=nologreplay" if read_only else "subvolid=5"
         sh("mount", "-o", options, device, str(mnt))
         try:
             yield mnt
         finally:
             sh("umount", str(mnt))
-    finally:
-        sh("losetup", "-d", device)
 
 
 def image_state(image: Path) -> State:

@@ -70,7 +70,11 @@ EOF
     unit="rollback@$(systemd-escape --path "$rollback_device").service"
     if [[ $rollback_policy == stop-boot ]]; then
         inst_simple "$moddir/units/rollback-stop-boot.conf" "$systemdsystemunitdir/rollback@.service.d/stop-boot.conf"
-        $SYSTEMCTL -q --root "$initdir" add-requires sysroot.mount "$unit"
+        # sysroot.mount is generated at boot, so `systemctl add-requires` has nothing to attach to
+        # here (it silently does nothing): a drop-in makes the root mount require the rollback.
+        mkdir -p "$initdir$systemdsystemunitdir/sysroot.mount.d"
+        printf '[Unit]\nRequires=%s\nAfter=%s\n' "$unit" "$unit" \
+            > "$initdir$systemdsystemunitdir/sysroot.mount.d/rollback.conf"
     fi
     $SYSTEMCTL -q --root "$initdir" add-wants initrd.target "$unit"
 }

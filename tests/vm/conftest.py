@@ -1,0 +1,112 @@
+"""The VM tier: dracut-built initramfs images booted under qemu (root; fails instead of skipping in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import unavailable
+from tests.layout import populate
+from tests.vm import harness
+from tests.vm.harness import Boot, Kernel, Variant
+
+pytestmark = pytest.mark.vm
+
+VARIANTS = {
+    "boot-on": Variant("boot-on"),
+    "stop-boot": Variant("stop-boot", policy="stop-boot"),
+    "luks": Variant("luks", device="/dev/mapper/cryptroot", modules=("rollback", "crypt", "dm")),
+}
+
+
+@dataclass
+class Vm:
+    kernel: Kernel
+    work: Path
+    initramfs: dict[str, Path] = field(default_factory=dict)
+    templates: dict[str, Path] = field(default_factory=dict)
+    timings: list[dict[str, object]] = field(default_factory=list)
+
+    def image(self, layout: str, dest: Path) -> Path:
+        """A fresh copy of a template image (built once per session)."""
+        if layout not in self.templates:
+            template = harness.new_image(self.work / f"template-{layout}.img")
+            with harness.attached(template, read_only=False) as top:
+                LAYOUTS[layout](top)
+            self.templates[layout] = template
+        return harness.copy_image(self.templates[layout], dest)
+
+    def boot(self, variant: str, image: Path, append: str = "", *, name: str) -> Boot:
+        if variant not in self.initramfs:
+            self.initramfs[variant] = harness.build_initramfs(self.kernel, VARIANTS[variant], self.work, sys.executable)
+        result = harness.boot(self.kernel, self.initramfs[variant], image, append, name=name)
+        if result.timed_out or not result.facts:
+            where = harness.keep_artifacts(result)
+            pytest.fail(f"boot {name} {'timed out' if result.timed_out else 'left no facts'}; serial log in {where}")
+        self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "unit_seconds": unit_seconds(result)})
+        return result
+
+
+def unit_seconds(boot: Boot) -> float | None:
+    """The rollback unit's own duration, from systemd's monotonic timestamps."""
+    for name in boot.units("rollback@"):
+        unit = boot.unit(name)
+        start, end = unit.get("ExecMainStartTimestampMonotonic"), unit.get("ExecMainExitTimestampMonotonic")
+        if start and end and int(end) >= int(start) > 0:
+            return round((int(end) - int(start)) / 1e6, 3)
+    return None
+
+
+def _standard(top: Path) -> None:
+    populate(top, blank=True)
+    (top / "old").mkdir()
+
+
+def _no_root(top: Path) -> None:
+    import btrfsutil
+
+    for name in ("persist", "nix"):
+        btrfsutil.create_subvolume(str(top / name))
+    (top / "persist" / "kept").write_text("kept\n")
+
+
+def _protected_inside(top: Path) -> None:
+    import btrfsutil
+
+    populate(top)
+    btrfsutil.create_subvolume(str(top / "root" / "home"))  # made by hand on the running system
+    (top / "root" / "home" / "precious").write_text("precious\n")
+
+
+LAYOUTS: dict[str, Callable[[Path], None]] = {
+    "standard": _standard,
+    "no-root": _no_root,
+    "protected-inside": _protected_inside,
+}
+
+
+@pytest.fixture(scope="session")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
+    if os.geteuid() != 0:
+        unavailable("VM tests need root (loop devices to build images)")
+    missing = harness.missing_tools()
+    if missing:
+        unavailable(f"VM tests need {', '.join(missing)} (scripts/setup installs them)")
+    kernel = harness.find_kernel()
+    if kernel is None:
+        unavailable("no Debian cloud kernel in /boot (linux-image-cloud-amd64)")
+        return
+    session = Vm(kernel, tmp_path_factory.mktemp("vm"))
+    yield session
+    harness.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sizes = {name: path.stat().st_size for name, path in session.initramfs.items()}
+    report = {"timings": session.timings, "initramfs_bytes": sizes}
+    (harness.ARTIFACTS / "timings.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(session.work, ignore_errors=True)

@@ -1,0 +1,159 @@
+"""Boot a dracut initramfs with the rollback under qemu; assert from inside (facts) and outside (the image)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollback.events import EVENTS
+from tests.layout import State, outside_root
+from tests.vm import harness
+from tests.vm.harness import Boot
+
+from .conftest import Vm
+
+pytestmark = pytest.mark.vm
+DEVICE = "/dev/vda"
+
+
+def events(boot: Boot, kind: str) -> list[dict[str, object]]:
+    wanted = EVENTS[kind].message_id
+    return [e for e in boot.journal() if e.get("MESSAGE_ID") == wanted]
+
+
+def rollback_unit(boot: Boot) -> dict[str, str]:
+    names = boot.units("rollback@")
+    assert names, "the rollback unit never loaded"
+    return boot.unit(names[0])
+
+
+def assert_ran_before_sysroot(boot: Boot) -> None:
+    finished = int(rollback_unit(boot)["ActiveEnterTimestampMonotonic"])
+    sysroot_started = int(boot.unit("sysroot.mount")["InactiveExitTimestampMonotonic"])
+    assert 0 < finished <= sysroot_started, (finished, sysroot_started)
+
+
+def assert_rolled_back(boot: Boot, before: State, after: State, *, deleted: int) -> None:
+    """The oracle of a normal boot: used by the scenarios and by the negative check."""
+    assert boot.stage == "boot" and boot.facts.get("sysroot") == b"mounted\n"
+    finished = events(boot, "finished")
+    assert len(finished) == 1, "no rollback finished entry in the journal"
+    entry = finished[0]
+    assert entry["ROLLBACK_DEVICE"] == DEVICE and entry["ROLLBACK_SUBVOLUME"] == "root"
+    assert entry["ROLLBACK_DELETED"] == str(deleted) and entry["PRIORITY"] == "6"
+    assert float(str(entry["ROLLBACK_DURATION_MS"])) > 0
+    assert len(events(boot, "started")) == 1 and events(boot, "step")
+    assert_ran_before_sysroot(boot)
+    assert outside_root(after) == outside_root(before)
+    assert "root/tmp/cruft" not in after.files
+
+
+def test_normal_boot(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("standard", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("boot-on", image, name="normal")
+    after = harness.image_state(image)
+    assert_rolled_back(boot, before, after, deleted=4)
+    assert sorted(p for p in after.under("root")) == ["root"]
+    assert not any(p.startswith("root/") for p in after.subvolume_paths())
+
+
+def test_first_boot_without_root(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("no-root", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("boot-on", image, name="no-root")
+    after = harness.image_state(image)
+    assert_rolled_back(boot, before, after, deleted=0)
+    assert after.subvolume_paths() == ["nix", "persist", "root"]
+
+
+def test_snapshot_mode(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("standard", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("boot-on", image, "rollback.mode=snapshot", name="snapshot")
+    after = harness.image_state(image)
+    assert_rolled_back(boot, before, after, deleted=4)
+    assert sorted(after.under("root")) == ["root", "root/etc", "root/etc/machine-id"]
+    assert after.files["root/etc/machine-id"] == before.files["root-blank/etc/machine-id"]
+
+
+def test_keeping_old_roots_across_three_boots(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("standard", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    for number in range(3):
+        with harness.attached(image, read_only=False) as top:
+            (top / "root" / f"boot-{number}").write_text(f"used during boot {number}\n")
+        boot = vm.boot("boot-on", image, "rollback.archive=old rollback.keep-count=2", name=f"keep-{number}")
+        assert events(boot, "finished"), boot.serial[-2000:]
+    after = harness.image_state(image)
+    archived = sorted(p for p in after.subvolume_paths() if p.startswith("old/") and p.count("/") == 1)
+    assert len(archived) == 2
+    markers = sorted(p.rsplit("/", 1)[1] for p in after.files if "/boot-" in p and p.startswith("old/"))
+    assert markers == ["boot-1", "boot-2"]  # boot-0's root was pruned, recursively
+    assert outside_root(after) == outside_root(before)
+
+
+def test_skipped_from_the_kernel_command_line(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("standard", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("boot-on", image, "rollback.skip", name="skip")
+    after = harness.image_state(image)
+    skipped = events(boot, "skipped")
+    assert len(skipped) == 1 and skipped[0]["ROLLBACK_REASON"] == "rollback.skip"
+    assert rollback_unit(boot)["Result"] == "success"  # exit 77 is whitelisted
+    assert after == before
+
+
+def test_skip_next_mark_keeps_the_root_once(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("standard", tmp_path / "disk.img")
+    with harness.loop(image) as device:
+        marked = subprocess.run(
+            [sys.executable, "-m", "rollback", "skip-next", "--device", device, "--kernel-cmdline", "/dev/null"],
+            capture_output=True,
+            text=True,
+        )
+        assert marked.returncode == 0, marked.stderr
+    before = harness.image_state(image)
+    first = vm.boot("boot-on", image, name="skip-next-1")
+    kept = harness.image_state(image)
+    assert [e["ROLLBACK_REASON"] for e in events(first, "skipped")] == ["skip-next"]
+    assert kept.under("root") == before.under("root")
+    assert ".rollback/skip-next" not in kept.files
+    second = vm.boot("boot-on", image, name="skip-next-2")
+    assert_rolled_back(second, before, harness.image_state(image), deleted=4)
+
+
+def test_refusal_with_boot_on_policy_boots_the_old_root(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("protected-inside", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("boot-on", image, name="refused-boot-on")
+    assert harness.image_state(image) == before
+    refused = events(boot, "refused")
+    assert len(refused) == 1 and refused[0]["PRIORITY"] == "3"
+    assert refused[0]["ROLLBACK_REASON"] == "protected-inside"
+    unit = rollback_unit(boot)
+    assert (unit["Result"], unit["ExecMainStatus"]) == ("exit-code", "3")
+    assert boot.stage == "boot" and boot.facts.get("sysroot") == b"mounted\n"  # booted on, dirty
+
+
+def test_refusal_with_stop_boot_policy_stops_the_boot(vm: Vm, tmp_path: Path) -> None:
+    image = vm.image("protected-inside", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("stop-boot", image, name="refused-stop-boot")
+    assert harness.image_state(image) == before
+    assert len(events(boot, "refused")) == 1
+    assert boot.stage == "emergency" and "sysroot" not in boot.facts  # never mounted dirty
+
+
+def test_the_suite_catches_a_missing_rollback(vm: Vm, tmp_path: Path) -> None:
+    """Negative check: with the unit masked, the normal-boot oracle must fail."""
+    image = vm.image("standard", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("boot-on", image, "rd.systemd.mask=rollback@dev-vda.service", name="masked")
+    after = harness.image_state(image)
+    with pytest.raises(AssertionError):
+        assert_rolled_back(boot, before, after, deleted=4)
+    assert "root/tmp/cruft" in after.files
