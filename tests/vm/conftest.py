@@ -19,11 +19,21 @@ from tests.vm.harness import Boot, Kernel, Variant
 
 pytestmark = pytest.mark.vm
 
-VARIANTS = {
-    "boot-on": Variant("boot-on"),
-    "stop-boot": Variant("stop-boot", policy="stop-boot"),
-    "luks": Variant("luks", device="/dev/mapper/cryptroot", modules=("rollback", "crypt", "dm")),
-}
+KEYFILE = "/etc/cryptroot.key"  # inside the initramfs
+
+
+def variants(work: Path) -> dict[str, Variant]:
+    return {
+        "boot-on": Variant("boot-on"),
+        "stop-boot": Variant("stop-boot", policy="stop-boot"),
+        "baseline": Variant("baseline", modules=()),
+        "luks": Variant(
+            "luks",
+            device="/dev/mapper/cryptroot",
+            modules=("rollback", "crypt", "dm"),
+            includes=((str(work / "cryptroot.key"), KEYFILE),),
+        ),
+    }
 
 
 @dataclass
@@ -33,23 +43,43 @@ class Vm:
     initramfs: dict[str, Path] = field(default_factory=dict)
     templates: dict[str, Path] = field(default_factory=dict)
     timings: list[dict[str, object]] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    boots: list[Boot] = field(default_factory=list)  # of the running test, kept if it fails
 
-    def image(self, layout: str, dest: Path) -> Path:
-        """A fresh copy of a template image (built once per session)."""
-        if layout not in self.templates:
-            template = harness.new_image(self.work / f"template-{layout}.img")
+    @property
+    def keyfile(self) -> Path:
+        key = self.work / "cryptroot.key"
+        if not key.exists():
+            key.write_bytes(os.urandom(64))
+        return key
+
+    def image(self, layout: str, dest: Path, *, encrypted: bool = False) -> Path:
+        """A fresh copy of a template image (built once per session); LUKS2 when `encrypted`."""
+        key = f"{layout}-luks" if encrypted else layout
+        if key not in self.templates:
+            spare = harness.LUKS_SPARE_MIB if encrypted else 0
+            template = harness.new_image(self.work / f"template-{key}.img", spare_mib=spare)
             with harness.attached(template, read_only=False) as top:
                 LAYOUTS[layout](top)
-            self.templates[layout] = template
-        return harness.copy_image(self.templates[layout], dest)
+            if encrypted:
+                harness.encrypt(template, self.keyfile)
+            self.templates[key] = template
+        return harness.copy_image(self.templates[key], dest)
 
-    def boot(self, variant: str, image: Path, append: str = "", *, name: str) -> Boot:
+    def build(self, variant: str) -> Path:
+        """The initramfs of a variant, built once per session."""
         if variant not in self.initramfs:
-            self.initramfs[variant] = harness.build_initramfs(self.kernel, VARIANTS[variant], self.work, sys.executable)
-        result = harness.boot(self.kernel, self.initramfs[variant], image, append, name=name)
+            self.keyfile  # noqa: B018 - the luks variant includes it
+            chosen = variants(self.work)[variant]
+            self.initramfs[variant] = harness.build_initramfs(self.kernel, chosen, self.work, sys.executable)
+        return self.initramfs[variant]
+
+    def boot(self, variant: str, image: Path, append: str = "", *, name: str, root: str = "/dev/vda") -> Boot:
+        result = harness.boot(self.kernel, self.build(variant), image, append, name=name, root=root)
         if result.timed_out or not result.facts:
             where = harness.keep_artifacts(result)
             pytest.fail(f"boot {name} {'timed out' if result.timed_out else 'left no facts'}; serial log in {where}")
+        self.boots.append(result)
         self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "unit_seconds": unit_seconds(result)})
         return result
 
@@ -107,6 +137,24 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
     yield session
     harness.ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sizes = {name: path.stat().st_size for name, path in session.initramfs.items()}
-    report = {"timings": session.timings, "initramfs_bytes": sizes}
+    report = {"timings": session.timings, "initramfs_bytes": sizes, "module_sizes": session.sizes}
     (harness.ARTIFACTS / "timings.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(session.work, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    setattr(item, f"report_{call.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _keep_failed_boots(request: pytest.FixtureRequest, vm: Vm) -> Iterator[None]:
+    """A failed scenario keeps each boot's facts next to its serial log in test-artifacts/vm/."""
+    vm.boots.clear()
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for boot in vm.boots:
+            harness.keep_artifacts(boot)

@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.layout import State, sh, snapshot_state
 
 REPO = Path(__file__).parents[2]
-ARTIFACTS = REPO / "test-artifacts" / "vm"
+ARTIFACTS = Path(os.environ.get("ROLLBACK_VM_ARTIFACTS", REPO / "test-artifacts" / "vm"))
 ACCEL = os.environ.get("ROLLBACK_VM_ACCEL", "tcg,thread=multi")  # KVM hangs on these hosts
 # what a dracut systemd initramfs has on a real system (dracut-systemd brings emergency.service)
 BASE_MODULES = (
@@ -38,7 +38,7 @@ BASE_MODULES = (
     "kernel-modules",
     "rollback-test",
 )
-REQUIRED_TOOLS = ("dracut", "qemu-system-x86_64", "mkfs.btrfs", "losetup", "zstd")
+REQUIRED_TOOLS = ("dracut", "qemu-system-x86_64", "mkfs.btrfs", "losetup", "zstd", "cryptsetup")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Variant:
     device: str = "/dev/vda"
     modules: tuple[str, ...] = ("rollback",)
     config: str = ""  # extra lines for /etc/rollback.toml
+    includes: tuple[tuple[str, str], ...] = ()  # (host file, path in the initramfs)
 
 
 def dracut_base(work: Path) -> Path:
@@ -110,6 +111,7 @@ def build_initramfs(kernel: Kernel, variant: Variant, work: Path, python: str) -
         "--zstd",
         "--add-drivers",
         "virtio_blk virtio_pci btrfs",
+        *(arg for source, dest in variant.includes for arg in ("--include", source, dest)),
         str(out),
     ]
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -141,14 +143,18 @@ class Boot:
         return sorted(n[5:-4] for n in self.facts if n.startswith(f"unit-{prefix}") and n.endswith(".txt"))
 
 
-def boot(kernel: Kernel, initramfs: Path, disk: Path, append: str, *, name: str, timeout: float = 240) -> Boot:
+def boot(
+    kernel: Kernel, initramfs: Path, disk: Path, append: str, *, name: str, root: str = "/dev/vda", timeout: float = 240
+) -> Boot:
     """Boot once; the guest writes its facts to a second disk and powers off."""
     run = disk.parent / f"boot-{name}"
     run.mkdir(exist_ok=True)
-    facts_disk, serial = run / "facts.img", run / "serial.log"
+    facts_disk = run / "facts.img"
+    serial = ARTIFACTS / name / "serial.log"  # written live: `tail -f` it to watch the console
+    serial.parent.mkdir(parents=True, exist_ok=True)
     with facts_disk.open("wb") as handle:
         handle.truncate(64 * 1024 * 1024)
-    cmdline = f"console=ttyS0 root=/dev/vda rootfstype=btrfs rootflags=subvol=root rw panic=-1 {append}".strip()
+    cmdline = f"console=ttyS0 root={root} rootfstype=btrfs rootflags=subvol=root rw panic=-1 {append}".strip()
     argv = [
         "qemu-system-x86_64",
         "-accel",
@@ -200,9 +206,9 @@ def _read_facts(facts_disk: Path) -> dict[str, bytes]:
 
 
 def keep_artifacts(boot_: Boot) -> Path:
+    """Next to the serial log, keep what the guest collected (for a failed boot)."""
     where = ARTIFACTS / boot_.name
     where.mkdir(parents=True, exist_ok=True)
-    (where / "serial.log").write_text(boot_.serial)
     for name, content in boot_.facts.items():
         (where / name.replace("/", "_")).write_bytes(content)
     return where
@@ -237,11 +243,38 @@ def image_state(image: Path) -> State:
         return snapshot_state(top)
 
 
-def new_image(path: Path, size_mib: int = 512) -> Path:
+def new_image(path: Path, size_mib: int = 512, *, spare_mib: int = 0) -> Path:
+    """A btrfs image; `spare_mib` at the end stay unused (room for a LUKS header, see encrypt)."""
     with path.open("wb") as handle:
         handle.truncate(size_mib * 1024 * 1024)
-    sh("mkfs.btrfs", "-q", str(path))
+    sh("mkfs.btrfs", "-q", "-b", str((size_mib - spare_mib) * 1024 * 1024), str(path))
     return path
+
+
+LUKS_SPARE_MIB = 32
+
+
+def encrypt(image: Path, keyfile: Path) -> str:
+    """Turn a btrfs image into LUKS2 in place, offline (no dm-crypt on the host); returns its UUID."""
+    sh(
+        "cryptsetup",
+        "reencrypt",
+        "--encrypt",
+        "--type",
+        "luks2",
+        "--reduce-device-size",
+        f"{LUKS_SPARE_MIB}M",
+        "--force-offline-reencrypt",
+        "--key-file",
+        str(keyfile),
+        "--batch-mode",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        str(image),
+    )
+    return sh("cryptsetup", "luksUUID", str(image))
 
 
 def copy_image(template: Path, dest: Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +150,24 @@ def test_refusal_with_stop_boot_policy_stops_the_boot(vm: Vm, tmp_path: Path) ->
     assert boot.stage == "emergency" and "sysroot" not in boot.facts  # never mounted dirty
 
 
+def test_late_device_luks_unlocked_in_the_initrd(vm: Vm, tmp_path: Path) -> None:
+    """The rollback waits for /dev/mapper/cryptroot, which exists only after the keyfile unlock."""
+    image = vm.image("standard", tmp_path / "disk.img", encrypted=True)
+    uuid = subprocess.run(["cryptsetup", "luksUUID", str(image)], capture_output=True, text=True).stdout.strip()
+    append = f"rd.luks.name={uuid}=cryptroot rd.luks.key={uuid}=/etc/cryptroot.key"
+    boot = vm.boot("luks", image, append, name="luks", root="/dev/mapper/cryptroot")
+    finished = events(boot, "finished")
+    assert len(finished) == 1 and finished[0]["ROLLBACK_DEVICE"] == "/dev/mapper/cryptroot"
+    assert finished[0]["ROLLBACK_DELETED"] == "4"
+    unlocked = boot.unit("systemd-cryptsetup@cryptroot.service")
+    rollback = rollback_unit(boot)
+    assert 0 < int(unlocked["ActiveEnterTimestampMonotonic"]) <= int(rollback["ExecMainStartTimestampMonotonic"])
+    assert_ran_before_sysroot(boot)
+    status = json.loads(boot.facts["status.json"])  # the guest's view: the host cannot open LUKS
+    assert status["root"]["nested"] == 0 and status["pending"]["trash"] == []
+    assert {p["path"] for p in status["protected"]} == {"persist", "nix", "home"}
+
+
 def test_the_suite_catches_a_missing_rollback(vm: Vm, tmp_path: Path) -> None:
     """Negative check: with the unit masked, the normal-boot oracle must fail."""
     image = vm.image("standard", tmp_path / "disk.img")
@@ -157,3 +177,30 @@ def test_the_suite_catches_a_missing_rollback(vm: Vm, tmp_path: Path) -> None:
     with pytest.raises(AssertionError):
         assert_rolled_back(boot, before, after, deleted=4)
     assert "root/tmp/cruft" in after.files
+
+
+def initramfs_paths(image: Path) -> set[str]:
+    listing = subprocess.run(["lsinitrd", str(image)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[8] for line in listing.splitlines() if len(line.split()) >= 9 and line[0] in "-dl"}
+
+
+def test_initramfs_holds_the_closure_and_nothing_more(vm: Vm) -> None:
+    """The module adds the interpreter, the import closure with bytecode, units; sizes are reported."""
+    with_module = vm.build("boot-on")
+    without = vm.build("baseline")
+    files, base_files = initramfs_paths(with_module), initramfs_paths(without)
+    added = files - base_files
+    assert "usr/bin/rollback" in added and "usr/lib/systemd/system/rollback@.service" in added
+    for wanted in (
+        "/rollback/plan.py",
+        "btrfsutil.cpython",
+        "structlog/__pycache__/",
+        "libbtrfsutil.so",
+        "rollback.catalog",
+    ):
+        assert any(wanted in path for path in added), wanted
+    for unwanted in ("psutil", "tkinter", "/test/", "/pip/", "setuptools"):
+        assert not any(unwanted in path for path in files), unwanted
+    sources = {p for p in added if p.endswith(".py")}
+    assert sources and all(importlib.util.cache_from_source("/" + p)[1:] in added for p in sources)
+    vm.sizes.update({"with rollback": with_module.stat().st_size, "without": without.stat().st_size})

@@ -5,11 +5,16 @@ mkdir -p "$facts"
 echo "$1" > "$facts/stage"
 cat /proc/cmdline > "$facts/cmdline"
 journalctl -b -o json --no-pager > "$facts/journal.json" 2> "$facts/journal.err"
-for unit in $(systemctl list-units --all --plain --no-legend --no-pager 'rollback@*' | cut -d' ' -f1) sysroot.mount; do
+units=$(systemctl list-units --all --plain --no-legend --no-pager 'rollback@*' 'systemd-cryptsetup@*' | cut -d' ' -f1)
+for unit in $units sysroot.mount; do
     systemctl show --no-pager "$unit" > "$facts/unit-$unit.txt"
 done
 if grep -q ' /sysroot ' /proc/self/mountinfo; then
     echo mounted > "$facts/sysroot"
+fi
+if [ "$1" = boot ] && [ -x /usr/bin/rollback ]; then
+    # the device as the tool sees it (the host cannot open LUKS images: no dm-crypt there)
+    rollback status --json > "$facts/status.json" 2> "$facts/status.err"
 fi
 (cd "$facts" && tar -cf /dev/vdb .)
 sync
