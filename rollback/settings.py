@@ -217,3 +217,24 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
 
 def as_dict(config: Config) -> dict[str, Value]:
     return {s.key: getattr(config, s.name) for s in SETTINGS}
+
+
+def schema() -> list[dict[str, object]]:
+    """The table as data, for packaging/nix/settings.json (the NixOS module builds its options from it)."""
+    return [
+        {
+            "key": s.key,
+            "option": s.key.split("-")[0] + "".join(part.title() for part in s.key.split("-")[1:]),
+            "kind": s.kind,
+            "default": list(s.default) if isinstance(s.default, tuple) else s.default,
+            "choices": list(s.choices),
+            "help": s.help,
+        }
+        for s in SETTINGS
+    ]
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(schema(), indent=2))
