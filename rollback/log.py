@@ -7,9 +7,13 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-import structlog
+from rollback import lazy
 
-from rollback.events import EVENTS
+lazy.defer(*lazy.STRUCTLOG_UNUSED)
+
+import structlog  # noqa: E402  (after the deferral above)
+
+from rollback.events import EVENTS  # noqa: E402
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 

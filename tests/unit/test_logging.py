@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +115,23 @@ def test_without_pystemd_events_still_reach_stderr(
     log.emit("started", "replacing root on /dev/vda")
     err = capsys.readouterr().err
     assert "journal/notify unavailable" in err and "replacing root on /dev/vda" in err
+
+
+def test_deferred_modules_run_only_when_used() -> None:
+    """asyncio (via structlog) and pystemd's D-Bus layer stay unexecuted on the boot path."""
+    code = (
+        "import sys, rollback.log; rollback.log.configure(journal=True, notify=True, console=False);"
+        "import pystemd.journal;"
+        "print('asyncio.base_events' in sys.modules, 'lxml.etree' in sys.modules, 'pystemd.DBus' in sys.modules);"
+        "import pystemd; pystemd.__version__; print('lxml.etree' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "False", "True"]  # used -> really loaded
+
+
+def test_eager_imports_switch_turns_deferral_off() -> None:
+    code = "import sys, rollback.log; print('asyncio.base_events' in sys.modules)"
+    env = {**os.environ, "ROLLBACK_EAGER_IMPORTS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.strip() == "True", result.stderr

@@ -22,14 +22,17 @@ def _tool(name: str) -> str:
 
 def test_ruff_check() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "check", "rollback", "tests", "packaging"], cwd=ROOT, capture_output=True, text=True
+        [_tool("ruff"), "check", "rollback", "tests", "packaging", "bench"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "format", "--check", "rollback", "tests", "packaging"], cwd=ROOT, capture_output=True, text=True
+        [_tool("ruff"), "format", "--check", "rollback", "tests", "packaging", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

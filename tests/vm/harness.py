@@ -78,6 +78,7 @@ def dracut_base(work: Path) -> Path:
         shutil.copytree("/usr/lib/dracut", base, symlinks=True)
         (base / "modules.d" / "90rollback").symlink_to(REPO / "packaging" / "dracut" / "90rollback")
         (base / "modules.d" / "99rollback-test").symlink_to(REPO / "tests" / "vm" / "guest" / "99rollback-test")
+        (base / "modules.d" / "90rollback-baseline").symlink_to(REPO / "bench" / "dracut" / "90rollback-baseline")
     return base
 
 

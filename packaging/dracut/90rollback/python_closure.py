@@ -35,15 +35,55 @@ ENTRY_POINTS = [
     "rollback.effects.journal",
     "pystemd.journal",
     "pystemd.daemon",
-    "pystemd.__version__",  # replaces itself in sys.modules: name it
     # what the interpreter itself needs at start-up without site
     "encodings.utf_8",
     "encodings.aliases",
     "encodings.ascii",
     "encodings.latin_1",
 ]
-# Found by the static scan but never reached on any of the service's paths.
-EXCLUDE = ("tkinter", "test", "unittest", "pydoc", "idlelib", "lib2to3", "ensurepip", "distutils", "doctest")
+# Found by the static scan but never reached: development tools; what the service defers
+# (rollback/lazy.py) from structlog's and pystemd's package inits; and modules no verb imports at
+# runtime (measured by running every verb, refusals included) that would bring C libraries
+# (libcrypto, libmpdec, libexpat) or large packages. Using one in the initramfs fails loudly.
+EXCLUDE = (
+    "tkinter",
+    "test",
+    "unittest",
+    "pydoc",
+    "idlelib",
+    "lib2to3",
+    "ensurepip",
+    "distutils",
+    "doctest",
+    "asyncio",
+    "pystemd.DBus",
+    "pystemd.machine1",
+    "pystemd.systemd1",
+    "pystemd.base",
+    "pystemd.dbuslib",
+    "pystemd.__version__",
+    "lxml",
+    "ssl",
+    "_ssl",
+    "hashlib",
+    "_hashlib",
+    "email",
+    "http",
+    "xmlrpc",
+    "multiprocessing",
+    "concurrent",
+    "tarfile",
+    "zipfile",
+    "csv",
+    "_csv",
+    "decimal",
+    "_decimal",
+    "pyexpat",
+    "xml",
+    "statistics",
+    "urllib.request",
+    "importlib.metadata",
+)
 
 
 def search_path() -> list[str]:
@@ -102,11 +142,18 @@ def _sys_path_entry(name: str, path: str) -> str | None:
 # Run in a fresh interpreter: import every entry point, refusing any module file outside the closure,
 # so imports made from C (invisible to the static scan) fail the build instead of the boot.
 _VERIFY = """
-import importlib.machinery, json, os, sys
-allowed, extra, names = (json.loads(a) for a in sys.argv[1:4])
+import importlib.abc, importlib.machinery, json, os, sys
+allowed, extra, names, left_out = (json.loads(a) for a in sys.argv[1:5])
 sys.path += extra
+class LeftOut(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        raise ImportError(f"{module.__name__} is left out of the initramfs, but the service used it")
 class OnlyTheClosure:
     def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in left_out or name in left_out:
+            return importlib.machinery.ModuleSpec(name, LeftOut(), is_package=True)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         origin = spec and spec.origin
         if origin and origin not in ("built-in", "frozen") and os.path.realpath(origin) not in allowed:
@@ -116,6 +163,10 @@ class OnlyTheClosure:
 sys.meta_path.insert(0, OnlyTheClosure())
 for name in names:
     __import__(name)
+import rollback.log  # the run's own set-up: sinks and deferred imports, then one event rendered
+rollback.log.configure(journal=True, notify=True, console=False)
+rollback.log.configure(journal=False, notify=False, console=True)
+rollback.log.emit("started", "closure check", device="/dev/null")
 """
 
 
@@ -123,8 +174,10 @@ def hidden_import(files: dict[str, str], entries: list[str]) -> str:
     """The first module imported from outside the closure (an import made from C), or ''."""
     allowed = sorted(os.path.realpath(p) for p in files.values())
     argv = [sys.executable, "-I", "-S", "-c", _VERIFY, json.dumps(allowed), json.dumps(entries)]
-    importable = [name for name in ENTRY_POINTS if name != "rollback.__main__"]  # that one runs main()
-    result = subprocess.run([*argv, json.dumps(importable)], capture_output=True, text=True)
+    # rollback.__main__ would run main(); pystemd is imported the service's way, by configure()
+    importable = [name for name in ENTRY_POINTS if name != "rollback.__main__" and not name.startswith("pystemd")]
+    left_out = list(EXCLUDE)
+    result = subprocess.run([*argv, json.dumps(importable), json.dumps(left_out)], capture_output=True, text=True)
     if result.returncode == 3:
         return result.stdout.strip()
     if result.returncode != 0:

@@ -1,0 +1,329 @@
+"""Benchmark the rollback against the seed-equivalent shell script (bench/baseline.sh).
+
+Host: one loop-device image; for each (files, nested subvolumes, mode) the two commands run
+alternately, several times each, from identical layouts (a writable snapshot of a template with
+the files, plus freshly created nested subvolumes), after the kernel cleaner has finished with the
+previous run. Figures are wall-clock times of the whole command (interpreter or shell start, mount,
+work, umount); the ratio is project median / baseline median from the same run. Also: the import
+cost of the boot path with and without deferred imports, and (with --vm) the unit's duration in a
+dracut initramfs under qemu, for both. Writes docs/benchmarks.md, benchmarks.json and a chart.
+
+usage (root): .venv/bin/python -m bench.run [--quick] [--reps N] [--vm] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import btrfsutil
+
+REPO = Path(__file__).parents[1]
+BASELINE = REPO / "bench" / "baseline.sh"
+# As the initramfs runs it (packaging/dracut/90rollback/module-setup.sh): isolated, no site.
+_PATHS = [str(REPO), *(p for p in sys.path if p.endswith("site-packages"))]
+ROLLBACK = [
+    os.path.realpath(sys.executable),
+    "-I",
+    "-S",
+    "-c",
+    f"import sys; sys.path += {_PATHS!r}; sys.argv[0] = 'rollback'\nfrom rollback.cli import main; sys.exit(main())",
+]
+MODES = {
+    "recreate": ([], "recreate"),
+    "snapshot": (["--mode", "snapshot"], "snapshot"),
+    "keep": (["--archive", "old_roots", "--keep-days", "30"], "keep"),
+}
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@contextmanager
+def device(size_gib: int) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="rollback-bench.") as work:
+        image = Path(work) / "disk.img"
+        with image.open("wb") as handle:
+            handle.truncate(size_gib << 30)
+        sh("mkfs.btrfs", "-q", str(image))
+        dev = sh("losetup", "-f", "--show", str(image))
+        try:
+            yield dev
+        finally:
+            sh("losetup", "-d", dev)
+
+
+@contextmanager
+def top(dev: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="rollback-bench-mnt.") as mnt:
+        sh("mount", "-o", "subvolid=5", dev, mnt)
+        try:
+            yield Path(mnt)
+        finally:
+            sh("umount", mnt)
+
+
+def make_template(where: Path, files: int) -> None:
+    """A subvolume with `files` empty files, 1000 per directory."""
+    btrfsutil.create_subvolume(str(where))
+    for number in range(files):
+        directory = where / f"d{number // 1000}"
+        if number % 1000 == 0:
+            directory.mkdir()
+        (directory / f"f{number}").touch()
+
+
+def prepare(dev: str, files: int, nested: int, mode: str) -> None:
+    """The same starting layout for every timed command."""
+    with top(dev) as t:
+        btrfsutil.sync(str(t))
+        subprocess.run(["btrfs", "subvolume", "sync", str(t)], check=True, capture_output=True)  # cleaner done
+        template = t / f"template-{files}"
+        if not template.exists():
+            make_template(template, files)
+        if not (t / "root-blank").exists():
+            btrfsutil.create_subvolume(str(t / "root-blank"))
+            btrfsutil.set_subvolume_read_only(str(t / "root-blank"))
+        if (t / "root").exists():
+            btrfsutil.delete_subvolume(str(t / "root"), recursive=True)
+        btrfsutil.create_snapshot(str(template), str(t / "root"))
+        for number in range(nested):  # half at depth 1, half inside those (depth 2)
+            parent = t / "root" / (f"n{number}" if number % 2 == 0 else f"n{number - 1}/n{number}")
+            btrfsutil.create_subvolume(str(parent))
+        if mode == "keep":
+            (t / "old_roots").mkdir(exist_ok=True)
+            for name in os.listdir(t / "old_roots"):
+                btrfsutil.delete_subvolume(str(t / "old_roots" / name), recursive=True)
+            btrfsutil.create_subvolume(str(t / "old_roots" / "20200101T000000Z"))  # one to prune
+        btrfsutil.sync(str(t))
+
+
+def timed(argv: list[str]) -> float:
+    began = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True)
+    elapsed = time.perf_counter() - began
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(argv)}\n{result.stderr}")
+    return elapsed
+
+
+def host(files_list: list[int], nested_list: list[int], modes: list[str], reps: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    size = 8 if max(files_list) >= 1_000_000 else 2
+    with device(size) as dev:
+        for files in files_list:
+            for nested in nested_list:
+                for mode in modes:
+                    flags, base_mode = MODES[mode]
+                    commands = {
+                        "project": [*ROLLBACK, "run", "--device", dev, "--kernel-cmdline", "/dev/null", *flags],
+                        "baseline": ["sh", str(BASELINE), dev, base_mode],
+                    }
+                    times: dict[str, list[float]] = {"project": [], "baseline": []}
+                    for rep in range(reps):
+                        order = ["project", "baseline"] if rep % 2 == 0 else ["baseline", "project"]
+                        for who in order:
+                            prepare(dev, files, nested, mode)
+                            times[who].append(timed(commands[who]))
+                    row = summarize(files, nested, mode, times)
+                    print(
+                        f"{files:>9} files {nested:>5} nested {mode:<9} project {row['project_ms']:>7.1f} ms  "
+                        f"baseline {row['baseline_ms']:>7.1f} ms  ratio {row['ratio']:.2f}",
+                        flush=True,
+                    )
+                    rows.append(row)
+    return rows
+
+
+def summarize(files: int, nested: int, mode: str, times: dict[str, list[float]]) -> dict[str, object]:
+    ms = {who: [t * 1000 for t in values] for who, values in times.items()}
+    project, baseline = statistics.median(ms["project"]), statistics.median(ms["baseline"])
+    return {
+        "files": files,
+        "nested": nested,
+        "mode": mode,
+        "project_ms": round(project, 1),
+        "project_range": [round(min(ms["project"]), 1), round(max(ms["project"]), 1)],
+        "baseline_ms": round(baseline, 1),
+        "baseline_range": [round(min(ms["baseline"]), 1), round(max(ms["baseline"]), 1)],
+        "ratio": round(project / baseline, 2),
+    }
+
+
+def import_cost(reps: int) -> dict[str, object]:
+    """The boot path's imports, with deferred imports (as shipped) and eager (as before), same run."""
+    code = (
+        "import rollback.cli, rollback.verbs, rollback.log, rollback.effects.btrfs, rollback.effects.mount,"
+        " rollback.effects.device; rollback.log.configure(journal=True, notify=True, console=False)"
+    )
+    results: dict[str, Any] = {}
+    for label, env in (("deferred", {}), ("eager", {"ROLLBACK_EAGER_IMPORTS": "1"})):
+        totals, breakdown = [], {}
+        for _ in range(reps):
+            argv = [*ROLLBACK[:3], "-X", "importtime", "-c", f"import sys; sys.path += {_PATHS!r}; {code}"]
+            result = subprocess.run(
+                argv, capture_output=True, text=True, env={**os.environ, **env, "NOTIFY_SOCKET": ""}
+            )
+            tops = {}
+            for line in result.stderr.splitlines():
+                parts = line.split("|")
+                if len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("  "):
+                    tops[parts[2].strip()] = int(parts[1]) / 1000
+            totals.append(sum(tops.values()))
+            breakdown = dict(sorted(tops.items(), key=lambda kv: -kv[1])[:8])
+        summary = {
+            "total_ms": round(statistics.median(totals), 1),
+            "top": {k: round(v, 1) for k, v in breakdown.items()},
+        }
+        results[label] = summary
+        print(f"imports ({label}): {summary['total_ms']} ms; top: {summary['top']}", flush=True)
+    return results
+
+
+def chart(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    files = max(int(str(r["files"])) for r in rows)
+    for who, style in (("project", "o-"), ("baseline", "s--")):
+        points = sorted(
+            (int(str(r["nested"])), float(str(r[f"{who}_ms"])))
+            for r in rows
+            if r["mode"] == "recreate" and r["files"] == files
+        )
+        axes.plot([p[0] for p in points], [p[1] for p in points], style, label=who)
+    axes.set_xscale("symlog", linthresh=10)
+    axes.set_xlabel("nested subvolumes in root")
+    axes.set_ylabel("end-to-end time, median (ms)")
+    axes.set_title(f"rollback vs shell baseline, recreate, {files:,} files")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """docs/benchmarks.md: method, machine, and every figure of this run."""
+    machine = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `sudo .venv/bin/python -m bench.run --vm` (bench/run.py); every figure below comes from",
+        "one run of that command, on the machine described. Nothing here is asserted by a test; CI runs",
+        "`--quick` so the benchmark cannot rot.",
+        "",
+        "## Method",
+        "",
+        "- Baseline: `bench/baseline.sh`, a seed-equivalent shell rollback with btrfs-progs (one",
+        "  `btrfs subvolume list`, nested subvolumes deleted deepest-first, then the root, in one call;",
+        "  btrfs-progs 6.2 has no `delete -R`). Never shipped.",
+        "- Project: `rollback run`, started the way the initramfs starts it (`python -I -S`).",
+        "- Host: one loop-device image. Before every timed command the layout is rebuilt identically (a",
+        "  writable snapshot of a template holding the files, then the nested subvolumes, half at depth 1",
+        "  and half at depth 2) and the kernel cleaner is waited for. The two commands alternate, "
+        f"{results['reps']} times",
+        "  each; figures are medians (min-max) of wall-clock time for the whole command: interpreter or",
+        "  shell start, mount, work, umount. Ratio = project median / baseline median, same run.",
+        "- `keep` mode archives the root and prunes one 6-year-old archived root each run.",
+        "- VM: both variants in the same dracut initramfs setup under qemu TCG; the unit's duration is",
+        "  systemd's ExecMainStart to ExecMainExit timestamps, from a fresh copy of the same image per boot.",
+        "",
+        "## Machine",
+        "",
+        f"Linux {machine['kernel']}, {machine['cpus']} CPUs, Python {machine['python']}, {machine['btrfs-progs']}.",
+        "",
+        "## Boot-path imports (ms, median)",
+        "",
+        "| | total | largest |",
+        "|---|---|---|",
+    ]
+    for label, found in results["imports"].items():
+        top = ", ".join(f"{name} {ms}" for name, ms in list(found["top"].items())[:4])
+        lines.append(f"| {label} | {found['total_ms']} | {top} |")
+    lines += [
+        "",
+        "`deferred` is as shipped (rollback/lazy.py); `eager` is the same code with",
+        "`ROLLBACK_EAGER_IMPORTS=1`, as before the change.",
+        "",
+        "## Host, end to end (ms)",
+        "",
+        "| files | nested | mode | project | baseline | ratio |",
+        "|---:|---:|---|---|---|---:|",
+    ]
+    for r in results["host"]:
+        p, b = r["project_range"], r["baseline_range"]
+        lines.append(
+            f"| {r['files']:,} | {r['nested']} | {r['mode']} | {r['project_ms']} ({p[0]}-{p[1]}) "
+            f"| {r['baseline_ms']} ({b[0]}-{b[1]}) | {r['ratio']} |"
+        )
+    lines += ["", "![time against nested subvolumes](benchmark-chart.png)", ""]
+    if "vm" in results:
+        vm = results["vm"]
+        lines += [
+            "## In the VM (qemu TCG)",
+            "",
+            "| | unit duration, median (min-max) | initramfs added (bytes) |",
+            "|---|---|---:|",
+        ]
+        for who in ("project", "baseline"):
+            lines.append(
+                f"| {who} | {vm[who]['median_s']} s ({vm[who]['range_s'][0]}-{vm[who]['range_s'][1]}), "
+                f"{vm[who]['boots']} boots | {vm['added_bytes'][who]:,} |"
+            )
+        lines += ["", f"Ratio project/baseline: {vm['ratio']}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (CI)")
+    parser.add_argument("--reps", type=int, default=0, help="repetitions per command (default 5, quick 2)")
+    parser.add_argument("--vm", action="store_true", help="also boot both variants under qemu")
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="where results go")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (loop devices, mounts)", file=sys.stderr)
+        return 2
+    reps = args.reps or (2 if args.quick else 5)
+    files_list, nested_list = ([1000], [0, 10]) if args.quick else ([1000, 100_000, 1_000_000], [0, 10, 100, 1000])
+    modes = ["recreate"] if args.quick else list(MODES)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": {
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "btrfs-progs": sh("btrfs", "--version"),
+        },
+        "reps": reps,
+        "imports": import_cost(reps),
+        "host": host(files_list, nested_list, modes, reps),
+    }
+    if args.vm:
+        from bench.vm import vm_results
+
+        results["vm"] = vm_results(3 if not args.quick else 1)
+    (args.out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
+    chart(results["host"], args.out / "benchmark-chart.png")
+    if not args.quick:
+        (args.out / "benchmarks.md").write_text(markdown(results))
+    print(f"wrote {args.out}/benchmarks.json, benchmark-chart.png" + ("" if args.quick else ", benchmarks.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""The in-initrd figure: the rollback unit's duration (systemd's own timestamps) under qemu, for the
+project and for the shell baseline in the same initramfs setup, and the size each adds."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.layout import populate
+from tests.vm import harness
+
+VARIANTS = {
+    "project": harness.Variant("bench-project"),
+    "baseline": harness.Variant("bench-baseline", modules=("rollback-baseline",)),
+    "none": harness.Variant("bench-none", modules=()),
+}
+
+
+def unit_seconds(boot: harness.Boot, prefix: str) -> float:
+    for name in boot.units(prefix):
+        unit = boot.unit(name)
+        start, end = int(unit["ExecMainStartTimestampMonotonic"]), int(unit["ExecMainExitTimestampMonotonic"])
+        if end > start > 0:
+            return (end - start) / 1e6
+    raise RuntimeError(f"boot {boot.name}: no finished {prefix} unit; serial log: {harness.ARTIFACTS / boot.name}")
+
+
+def vm_results(boots: int) -> dict[str, object]:
+    kernel = harness.find_kernel()
+    if kernel is None or harness.missing_tools():
+        raise SystemExit("bench --vm needs the Debian cloud kernel, dracut, qemu (scripts/setup installs them)")
+    with tempfile.TemporaryDirectory(prefix="rollback-bench-vm.") as tmp:
+        work = Path(tmp)
+        images = {k: harness.build_initramfs(kernel, v, work, sys.executable) for k, v in VARIANTS.items()}
+        template = harness.new_image(work / "template.img")
+        with harness.attached(template, read_only=False) as top:
+            populate(top)
+        results: dict[str, object] = {"initramfs_bytes": {k: p.stat().st_size for k, p in images.items()}}
+        durations: dict[str, list[float]] = {"project": [], "baseline": []}
+        for number in range(boots):
+            for who, prefix in (("project", "rollback@"), ("baseline", "rollback-baseline")):
+                disk = harness.copy_image(template, work / f"disk-{who}-{number}.img")
+                boot = harness.boot(kernel, images[who], disk, "", name=f"bench-{who}-{number}")
+                durations[who].append(unit_seconds(boot, prefix))
+                disk.unlink()
+        for who, values in durations.items():
+            results[who] = {
+                "median_s": round(statistics.median(values), 3),
+                "range_s": [round(min(values), 3), round(max(values), 3)],
+                "boots": len(values),
+            }
+            print(f"VM unit ({who}): median {statistics.median(values):.3f} s over {len(values)} boots", flush=True)
+        project, baseline = statistics.median(durations["project"]), statistics.median(durations["baseline"])
+        results["ratio"] = round(project / baseline, 2)
+        sizes = results["initramfs_bytes"]
+        assert isinstance(sizes, dict)
+        results["added_bytes"] = {who: sizes[who] - sizes["none"] for who in ("project", "baseline")}
+        print(f"VM ratio {results['ratio']}; initramfs added: {results['added_bytes']}", flush=True)
+        return results

@@ -1,0 +1,38 @@
+"""A smoke run of the benchmark (small sizes) so it cannot rot; figures are printed, never asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import unavailable
+
+pytestmark = pytest.mark.btrfs
+ROOT = Path(__file__).parents[2]
+
+
+def test_quick_benchmark_produces_figures_and_a_chart(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        unavailable("the benchmark needs root (loop devices)")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--reps", "1", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert [(r["files"], r["nested"], r["mode"]) for r in found["host"]] == [
+        (1000, 0, "recreate"),
+        (1000, 10, "recreate"),
+    ]
+    assert all(r["project_ms"] > 0 and r["baseline_ms"] > 0 and r["ratio"] > 0 for r in found["host"])
+    assert set(found["imports"]) == {"deferred", "eager"}
+    assert (tmp_path / "benchmark-chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ratio" in result.stdout
