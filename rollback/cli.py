@@ -89,7 +89,8 @@ def dispatch(args: argparse.Namespace, config: Config) -> Exit:
     from rollback import verbs
 
     if args.verb == "run":
-        return verbs.run(config, dry_run=args.dry_run)
+        cmdline = getattr(args, "kernel_cmdline", DEFAULT_KERNEL_CMDLINE)
+        return verbs.run(config, dry_run=args.dry_run, cmdline_path=cmdline)
     if args.verb == "status":
         return verbs.status(config, as_json=args.json)
     if args.verb == "diff":

@@ -70,6 +70,12 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="NAME",
     ),
     Setting("skip", "bool", False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
+    Setting(
+        "ignore_hibernation",
+        "bool",
+        False,
+        "roll back even when a hibernation image waits on the resume device (that session is lost)",
+    ),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
@@ -86,6 +92,7 @@ class Config:
     keep_count: int
     protect: tuple[str, ...]
     skip: bool
+    ignore_hibernation: bool
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rollback import report
-from rollback.errors import Exit, StepFailed
+from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Observation
 from rollback.plan import Plan, paths_of_interest, plan_run, plan_skip_next
@@ -66,7 +66,33 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run(config: Config, *, dry_run: bool) -> Exit:
+def _check_hibernation(config: Config, cmdline_path: str) -> None:
+    """Refuse while a hibernation image waits: mounting that filesystem now would corrupt it."""
+    from rollback import hibernation
+    from rollback.effects import device
+
+    if config.ignore_hibernation:
+        return
+    try:
+        with open(cmdline_path, encoding="utf-8", errors="replace") as handle:
+            cmdline = handle.read()
+    except OSError:
+        cmdline = ""
+    for where, offset in hibernation.resume_locations(cmdline, device.read_sysfs_resume()):
+        hint = "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation"
+        try:
+            signature = hibernation.hibernation_signature(device.swap_header_tail(where, offset))
+        except OSError as error:
+            raise Refused(
+                f"cannot check the resume device {where} for a hibernation image: {error.strerror}",
+                hint,
+                code="resume-unreadable",
+            ) from None
+        if signature:
+            raise Refused(f"a hibernation image ({signature}) is waiting on {where}", hint, code="hibernated")
+
+
+def run(config: Config, *, dry_run: bool, cmdline_path: str = "/proc/cmdline") -> Exit:
     fields: dict[str, Any] = {
         "device": config.require_device(),
         "subvolume": config.subvolume,
@@ -77,6 +103,7 @@ def run(config: Config, *, dry_run: bool) -> Exit:
         return Exit.SKIPPED
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
+    _check_hibernation(config, cmdline_path)
     with _observed(config, write=not dry_run) as (top, obs):
         plan = plan_run(config, obs)
         if dry_run:

@@ -40,6 +40,23 @@ def probe(device: str) -> None:
         raise Refused(f"{device} does not hold a btrfs filesystem", "check --device", code="not-btrfs")
 
 
+def swap_header_tail(device: str, offset_pages: int) -> bytes:
+    """The last bytes of the swap header page (where the swap or hibernation signature lives)."""
+    from rollback.hibernation import SIGNATURE_SIZE
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open(device, "rb") as handle:
+        return os.pread(handle.fileno(), SIGNATURE_SIZE, offset_pages * page + page - SIGNATURE_SIZE)
+
+
+def read_sysfs_resume(path: str = "/sys/power/resume") -> str:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read()
+    except OSError:  # no hibernation support in this kernel
+        return ""
+
+
 @contextmanager
 def locked(device: str) -> Iterator[None]:
     """Hold an exclusive BSD lock on the device node (the protocol udev also honours)."""

@@ -37,8 +37,10 @@ class Disk:
         finally:
             sh("umount", str(self.mnt))
 
-    def rollback(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "rollback", *args, "--device", self.device, "--kernel-cmdline", "/dev/null"]
+    def rollback(
+        self, *args: str, env: dict[str, str] | None = None, cmdline: str = "/dev/null"
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "rollback", *args, "--device", self.device, "--kernel-cmdline", cmdline]
         return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
     def state(self) -> State:

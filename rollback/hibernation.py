@@ -1,0 +1,50 @@
+"""Where a hibernation image could be waiting, and how to recognise one (pure).
+
+Mounting a filesystem that a hibernated kernel still has mounted corrupts it. The unit is ordered
+after resume, but resume can be misconfigured or fail, so before any change the run looks at the
+resume device itself: the kernel replaces the swap signature (SWAPSPACE2, at the end of the first
+page of the swap area) with a hibernation signature while an image is waiting.
+"""
+
+from __future__ import annotations
+
+from rollback.sources import split_cmdline
+
+# kernel/power/swap.c (HIBERNATE_SIG), older kernels, uswsusp; the normal swap signature is SWAPSPACE2
+SIGNATURES = (b"S1SUSPEND", b"S2SUSPEND", b"ULSUSPEND", b"LINHIB0001")
+SIGNATURE_SIZE = 10
+_BY = {"UUID": "by-uuid", "LABEL": "by-label", "PARTUUID": "by-partuuid", "PARTLABEL": "by-partlabel"}
+
+
+def device_path(spec: str) -> str:
+    """resume= forms: /dev/..., UUID=, LABEL=, PARTUUID=, PARTLABEL=, major:minor."""
+    tag, equals, value = spec.partition("=")
+    if equals and tag in _BY:
+        return f"/dev/disk/{_BY[tag]}/{value}"
+    if spec.count(":") == 1 and all(part.isdigit() for part in spec.split(":")):
+        return f"/dev/block/{spec}"
+    return spec
+
+
+def resume_locations(cmdline: str, sysfs_resume: str) -> list[tuple[str, int]]:
+    """(device, offset in pages) pairs to check: resume=/resume_offset= and /sys/power/resume."""
+    spec, offset = "", 0
+    for word in split_cmdline(cmdline):
+        key, _, value = word.partition("=")
+        if key == "resume" and value:
+            spec = value
+        elif key == "resume_offset" and value.isdigit():
+            offset = int(value)
+    found = [(device_path(spec), offset)] if spec else []
+    sysfs = sysfs_resume.strip()
+    if sysfs and sysfs != "0:0" and (device_path(sysfs), offset) not in found:
+        found.append((device_path(sysfs), offset))
+    return found
+
+
+def hibernation_signature(page_tail: bytes) -> str | None:
+    """The signature found in the last bytes of the swap header page, if it marks an image."""
+    for signature in SIGNATURES:
+        if page_tail.startswith(signature):
+            return signature.decode()
+    return None

@@ -1,0 +1,94 @@
+"""The hibernation guard on a real swap area whose header carries the kernel's hibernation signature."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rollback.errors import Exit
+
+from .conftest import Disk, populate, sh
+
+pytestmark = pytest.mark.btrfs
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture
+def swap(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A 32 MiB swap area (mkswap) on its own loop device."""
+    image = tmp_path / "swap.img"
+    with image.open("wb") as handle:
+        handle.truncate(32 << 20)
+    sh("mkswap", str(image))
+    device = sh("losetup", "-f", "--show", str(image))
+    try:
+        yield device, image
+    finally:
+        sh("losetup", "-d", device)
+
+
+def sign(device: str, signature: bytes, offset_pages: int = 0) -> None:
+    """What the kernel does when it writes an image: replace SWAPSPACE2 in the header page."""
+    with open(device, "r+b") as handle:
+        handle.seek(offset_pages * PAGE + PAGE - 10)
+        handle.write(signature.ljust(10, b"\0"))
+
+
+def run_with_cmdline(disk: Disk, cmdline: str, *args: str) -> tuple[int, str]:
+    path = disk.workdir / "cmdline"
+    path.write_text(cmdline + "\n")
+    result = disk.rollback("run", *args, cmdline=str(path))
+    return result.returncode, result.stderr
+
+
+def test_plain_swap_does_not_stop_the_rollback(disk: Disk, swap: tuple[str, Path]) -> None:
+    with disk.top() as top:
+        populate(top)
+    code, err = run_with_cmdline(disk, f"root=/dev/vda2 resume={swap[0]}")
+    assert code == Exit.OK, err
+
+
+@pytest.mark.parametrize("signature", [b"S1SUSPEND", b"ULSUSPEND", b"LINHIB0001"])
+def test_pending_image_is_refused_and_nothing_changes(disk: Disk, swap: tuple[str, Path], signature: bytes) -> None:
+    with disk.top() as top:
+        populate(top)
+    sign(swap[0], signature)
+    before = disk.state()
+    code, err = run_with_cmdline(disk, f"resume={swap[0]}")
+    assert code == Exit.REFUSED, err
+    assert f"a hibernation image ({signature.decode()}) is waiting on {swap[0]}" in err
+    assert disk.state() == before
+
+
+def test_swap_file_offset_is_honoured(disk: Disk, swap: tuple[str, Path]) -> None:
+    """A swap file's header sits at resume_offset pages into the device that holds it."""
+    with disk.top() as top:
+        populate(top)
+    sign(swap[0], b"S1SUSPEND", offset_pages=100)
+    before = disk.state()
+    assert run_with_cmdline(disk, f"resume={swap[0]}")[0] == Exit.OK  # page 0 is plain swap
+    assert disk.state() != before
+    before = disk.state()
+    code, err = run_with_cmdline(disk, f"resume={swap[0]} resume_offset=100")
+    assert code == Exit.REFUSED and "hibernation image (S1SUSPEND)" in err
+    assert disk.state() == before
+
+
+def test_explicit_option_overrides(disk: Disk, swap: tuple[str, Path]) -> None:
+    with disk.top() as top:
+        populate(top)
+    sign(swap[0], b"S1SUSPEND")
+    code, err = run_with_cmdline(disk, f"resume={swap[0]} rollback.ignore-hibernation")
+    assert code == Exit.OK, err
+
+
+def test_unreadable_resume_device_is_refused(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    code, err = run_with_cmdline(disk, "resume=/dev/disk/by-uuid/does-not-exist")
+    assert code == Exit.REFUSED and "cannot check the resume device" in err
+    assert disk.state() == before
