@@ -20,7 +20,8 @@ from rollback.model import Observation
 from rollback.plan import Plan, paths_of_interest, plan_run, plan_skip_next
 from rollback.settings import Config, as_dict, describe
 
-CRASH_AFTER_ENV = "ROLLBACK_TEST_CRASH_AFTER"  # test hook: SIGKILL ourselves after step N
+CRASH_AFTER_ENV = "ROLLBACK_TEST_CRASH_AFTER"  # test hook: kill ourselves after step N ...
+CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default KILL; TERM as systemd stops)
 
 
 @contextmanager
@@ -63,7 +64,7 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             **fields,
         )
         if number == crash_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
 def _check_hibernation(config: Config, cmdline_path: str) -> None:

@@ -10,7 +10,7 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-from rollback.verbs import CRASH_AFTER_ENV
+from rollback.verbs import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
 
 from .conftest import Disk, State, outside_root, populate, sh
 
@@ -54,8 +54,10 @@ def steps_of(disk: Disk, args: list[str]) -> int:
     return len(result.stdout.splitlines())
 
 
+@pytest.mark.parametrize("how", ["KILL", "TERM"])
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_crash_after_every_step_converges(disk: Disk, mode: str) -> None:
+def test_crash_after_every_step_converges(disk: Disk, mode: str, how: str) -> None:
+    """KILL: the process dies; TERM: what systemd sends when the unit is stopped (shutdown)."""
     args = MODES[mode]
     prepare(disk)
     steps = steps_of(disk, args)
@@ -66,8 +68,8 @@ def test_crash_after_every_step_converges(disk: Disk, mode: str) -> None:
         sh("mkfs.btrfs", "-q", "-f", disk.device)  # the same layout again, from scratch
         prepare(disk)
         before = disk.state()
-        crashed = disk.rollback(*args, env={CRASH_AFTER_ENV: str(step)})
-        assert crashed.returncode == -signal.SIGKILL, (step, crashed.stderr)
+        crashed = disk.rollback(*args, env={CRASH_AFTER_ENV: str(step), CRASH_SIGNAL_ENV: how})
+        assert crashed.returncode == -signal.Signals[f"SIG{how}"], (step, crashed.stderr)
         assert outside_root(disk.state()) == outside_root(before), f"lost data after crash at step {step}"
         finished = disk.rollback(*args)
         assert finished.returncode == Exit.OK, (step, finished.stderr)

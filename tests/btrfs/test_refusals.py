@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from rollback.errors import Exit
 
-from .conftest import Disk, populate, sh
+from .conftest import Disk, outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -126,3 +128,53 @@ def test_unmountable_btrfs(disk: Disk) -> None:
 def test_dry_run_refuses_the_same_way(disk: Disk) -> None:
     setup(disk, lambda top: btrfsutil.create_subvolume(str(top / "root" / "persist2")))
     assert "protected subvolume 'root/persist2'" in refused(disk, "--dry-run", "--protect", "persist2")
+
+
+def test_read_only_device_is_refused(disk: Disk, tmp_path: Path) -> None:
+    setup(disk, lambda top: None)
+    before = disk.state()
+    image = tmp_path / "disk.img"  # the fixture's image, attached a second time, read-only
+    read_only = sh("losetup", "-f", "--show", "-r", str(image))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "rollback", "run", "--device", read_only, "--kernel-cmdline", "/dev/null"],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        sh("losetup", "-d", read_only)
+    assert result.returncode == Exit.REFUSED and "cannot mount" in result.stderr
+    assert disk.state() == before
+
+
+def test_another_subvolume_mounted_read_only_does_not_matter(disk: Disk, tmp_path: Path) -> None:
+    setup(disk, lambda top: None)
+    before = disk.state()
+    live = tmp_path / "persist-ro"
+    live.mkdir()
+    sh("mount", "-o", "ro,subvol=persist", disk.device, str(live))
+    try:
+        assert disk.rollback("run").returncode == Exit.OK
+    finally:
+        sh("umount", str(live))
+    assert outside_root(disk.state()) == outside_root(before)
+
+
+def test_a_full_filesystem_still_rolls_back(disk: Disk) -> None:
+    """Data space exhausted (ENOSPC for writes): the rollback needs only metadata, and frees space."""
+
+    def fill(top: Path) -> None:
+        with (top / "persist" / "fill").open("wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\xa5" * (1 << 20))
+                    handle.flush()
+            except OSError:
+                pass
+
+    setup(disk, fill)
+    before = disk.state()
+    result = disk.rollback("run")
+    assert result.returncode == Exit.OK, result.stderr
+    after = disk.state()
+    assert outside_root(after) == outside_root(before) and "root/tmp/cruft" not in after.files
