@@ -74,6 +74,13 @@ class Vm:
             self.initramfs[variant] = harness.build_initramfs(self.kernel, chosen, self.work, sys.executable)
         return self.initramfs[variant]
 
+    def cut_power(self, variant: str, image: Path, delay: float, *, name: str) -> Boot:
+        """Boot and pull the plug `delay` s after the rollback unit starts."""
+        marker = "Starting rollback@"
+        result = harness.boot(self.kernel, self.build(variant), image, "", name=name, cut_power=(marker, delay))
+        self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "power_cut_after_s": delay})
+        return result
+
     def boot(self, variant: str, image: Path, append: str = "", *, name: str, root: str = "/dev/vda") -> Boot:
         result = harness.boot(self.kernel, self.build(variant), image, append, name=name, root=root)
         if result.timed_out or not result.facts:
@@ -115,8 +122,22 @@ def _protected_inside(top: Path) -> None:
     (top / "root" / "home" / "precious").write_text("precious\n")
 
 
+def _heavy(top: Path) -> None:
+    """A root with a lot to delete: 400 nested subvolumes (two levels) and 20,000 files."""
+    import btrfsutil
+
+    populate(top)
+    for number in range(400):
+        parent = top / "root" / "srv" / (f"n{number}" if number % 2 == 0 else f"n{number - 1}/n{number}")
+        parent.parent.mkdir(parents=True, exist_ok=True)
+        btrfsutil.create_subvolume(str(parent))
+        for file in range(50):
+            (parent / f"f{file}").write_text("x" * 100)
+
+
 LAYOUTS: dict[str, Callable[[Path], None]] = {
     "standard": _standard,
+    "heavy": _heavy,
     "no-root": _no_root,
     "protected-inside": _protected_inside,
 }

@@ -10,6 +10,7 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -145,14 +146,26 @@ class Boot:
 
 
 def boot(
-    kernel: Kernel, initramfs: Path, disk: Path, append: str, *, name: str, root: str = "/dev/vda", timeout: float = 240
+    kernel: Kernel,
+    initramfs: Path,
+    disk: Path,
+    append: str,
+    *,
+    name: str,
+    root: str = "/dev/vda",
+    timeout: float = 240,
+    cut_power: tuple[str, float] | None = None,
 ) -> Boot:
-    """Boot once; the guest writes its facts to a second disk and powers off."""
+    """Boot once; the guest writes its facts to a second disk and powers off.
+
+    cut_power=(marker, delay): kill qemu `delay` seconds after `marker` appears on the console.
+    """
     run = disk.parent / f"boot-{name}"
     run.mkdir(exist_ok=True)
     facts_disk = run / "facts.img"
     serial = ARTIFACTS / name / "serial.log"  # written live: `tail -f` it to watch the console
     serial.parent.mkdir(parents=True, exist_ok=True)
+    serial.unlink(missing_ok=True)  # a stale log would fool the power-cut watcher
     with facts_disk.open("wb") as handle:
         handle.truncate(64 * 1024 * 1024)
     cmdline = f"console=ttyS0 root={root} rootfstype=btrfs rootflags=subvol=root rw panic=-1 {append}".strip()
@@ -185,12 +198,32 @@ def boot(
     ]
     began = time.monotonic()
     timed_out = False
-    try:
-        subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as qemu:
+        try:
+            if cut_power:
+                _cut_after(qemu, serial, *cut_power, deadline=began + timeout)
+            qemu.wait(timeout=max(1.0, timeout - (time.monotonic() - began)))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            qemu.kill()
     seconds = time.monotonic() - began
     return Boot(name, seconds, _read_facts(facts_disk), serial.read_text(errors="replace"), timed_out)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # systemd's colours on the console
+
+
+def _cut_after(qemu: subprocess.Popen[bytes], serial: Path, marker: str, delay: float, *, deadline: float) -> None:
+    """Kill qemu (a power cut: nothing flushed) `delay` s after `marker` shows on the serial console."""
+    while qemu.poll() is None:
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired("qemu", 0)
+        console = _ANSI.sub("", serial.read_text(errors="replace")) if serial.exists() else ""
+        if marker in console:
+            time.sleep(delay)
+            qemu.kill()
+            return
+        time.sleep(0.05)
 
 
 def _read_facts(facts_disk: Path) -> dict[str, bytes]:
