@@ -119,6 +119,61 @@ def timed(argv: list[str]) -> float:
     return elapsed
 
 
+def run_measured(argv: list[str]) -> tuple[float, int]:
+    """Wall time (s) and the child's peak RSS (KiB), from wait4's resource usage."""
+    began = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - began
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"load command failed: {' '.join(argv)}")
+    return elapsed, usage.ru_maxrss
+
+
+def load(files_list: list[int], nested: int, archived: int) -> list[dict[str, object]]:
+    """keep mode on a big root with `archived` old roots to prune: time and peak RSS per file count."""
+    rows: list[dict[str, object]] = []
+    size = 8 if max(files_list) >= 1_000_000 else 2
+    with device(size) as dev:
+        for files in files_list:
+            prepare(dev, files, nested, "keep")
+            with top(dev) as t:
+                for number in range(archived - 1):  # prepare() made one; each old root holds a subvolume
+                    old = t / "old_roots" / f"2019{1 + number // 28:02d}{1 + number % 28:02d}T000000Z"
+                    btrfsutil.create_subvolume(str(old))
+                    btrfsutil.create_subvolume(str(old / "nested"))
+            argv = [
+                *ROLLBACK,
+                "run",
+                "--device",
+                dev,
+                "--kernel-cmdline",
+                "/dev/null",
+                "--archive",
+                "old_roots",
+                "--keep-days",
+                "30",
+            ]
+            seconds, rss = run_measured(argv)
+            with top(dev) as t:
+                left = sorted(os.listdir(t / "old_roots"))
+            assert len(left) == 1, left  # all old roots pruned, the new one archived
+            row: dict[str, object] = {
+                "files": files,
+                "nested": nested,
+                "archived": archived,
+                "ms": round(seconds * 1000, 1),
+                "peak_rss_kib": rss,
+            }
+            print(
+                f"load: {files:>9} files, {nested} nested, {archived} archived roots pruned: "
+                f"{row['ms']} ms, peak RSS {rss} KiB",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
 def host(files_list: list[int], nested_list: list[int], modes: list[str], reps: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     size = 8 if max(files_list) >= 1_000_000 else 2
@@ -270,7 +325,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['files']:,} | {r['nested']} | {r['mode']} | {r['project_ms']} ({p[0]}-{p[1]}) "
             f"| {r['baseline_ms']} ({b[0]}-{b[1]}) | {r['ratio']} |"
         )
-    lines += ["", "![time against nested subvolumes](benchmark-chart.png)", ""]
+    lines += [
+        "",
+        "![time against nested subvolumes](benchmark-chart.png)",
+        "",
+        "## Load (keep mode: archive the root, prune every old root)",
+        "",
+        "| files | nested | archived roots pruned | time (ms) | peak RSS (KiB) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.get("load", []):
+        lines.append(f"| {r['files']:,} | {r['nested']} | {r['archived']} | {r['ms']} | {r['peak_rss_kib']} |")
+    lines += [
+        "",
+        "Peak RSS is the rollback process's own (wait4); it does not walk the files, so it",
+        "does not grow with their number.",
+        "",
+    ]
     if "vm" in results:
         vm = results["vm"]
         lines += [
@@ -312,6 +383,9 @@ def main() -> int:
         "reps": reps,
         "imports": import_cost(reps),
         "host": host(files_list, nested_list, modes, reps),
+        "load": load(
+            [1000, 10_000] if args.quick else [1000, 1_000_000], 10 if args.quick else 1000, 5 if args.quick else 100
+        ),
     }
     if args.vm:
         from bench.vm import vm_results

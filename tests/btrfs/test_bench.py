@@ -34,5 +34,7 @@ def test_quick_benchmark_produces_figures_and_a_chart(tmp_path: Path) -> None:
     ]
     assert all(r["project_ms"] > 0 and r["baseline_ms"] > 0 and r["ratio"] > 0 for r in found["host"])
     assert set(found["imports"]) == {"deferred", "eager"}
+    assert [(r["files"], r["archived"]) for r in found["load"]] == [(1000, 5), (10_000, 5)]
+    assert all(r["peak_rss_kib"] > 0 for r in found["load"])
     assert (tmp_path / "benchmark-chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ratio" in result.stdout
