@@ -72,25 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(args: argparse.Namespace) -> Config:
-    from rollback.sources import load_config_file, read_cmdline
+def load_config(args: argparse.Namespace) -> tuple[Config, str]:
+    """The resolved settings, and the kernel command line they were read from."""
+    from rollback.sources import load_config_file, parse_cmdline, read_cmdline
 
     file_layer, file_name = load_config_file(getattr(args, "config", None), DEFAULT_CONFIG)
-    cmdline_layer = read_cmdline(getattr(args, "kernel_cmdline", DEFAULT_KERNEL_CMDLINE))
+    cmdline = read_cmdline(getattr(args, "kernel_cmdline", DEFAULT_KERNEL_CMDLINE))
+    cmdline_layer = parse_cmdline(cmdline)
     flags: dict[str, Value] = {}
     for s in SETTINGS:
         value = getattr(args, s.name, None)
         if value is not None:
             flags[s.name] = tuple(value) if s.kind == "list" else value
-    return resolve(file_layer, cmdline_layer, flags, file_name)
+    return resolve(file_layer, cmdline_layer, flags, file_name), cmdline
 
 
-def dispatch(args: argparse.Namespace, config: Config) -> Exit:
+def dispatch(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
 
     if args.verb == "run":
-        cmdline = getattr(args, "kernel_cmdline", DEFAULT_KERNEL_CMDLINE)
-        return verbs.run(config, dry_run=args.dry_run, cmdline_path=cmdline)
+        return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline)
     if args.verb == "status":
         return verbs.status(config, as_json=args.json)
     if args.verb == "diff":
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log.configure()
     try:
-        return int(dispatch(args, load_config(args)))
+        return int(dispatch(args, *load_config(args)))
     except RollbackError as error:
         kind = {ConfigError: "invalid", StepFailed: "failed"}.get(type(error), "refused")
         log.emit(kind, f"{kind}: {error.reason}", hint=error.hint, reason=error.code, exit=int(error.exit_code))

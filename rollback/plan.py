@@ -266,7 +266,7 @@ def _check_holder(directory: str, obs: Observation, what: str) -> None:
 def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> None:
     protected = {names.basename(p) for p in config.protect}
     for sub in doomed:
-        if names.basename(sub.path) in protected and sub.path not in (config.subvolume,):
+        if names.basename(sub.path) in protected:  # the target itself cannot be protected (settings)
             raise Refused(
                 f"protected subvolume {sub.path!r} lies inside what would be deleted",
                 f"move it to the top level (e.g. {names.basename(sub.path)!r}) before the next boot",

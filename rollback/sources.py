@@ -54,7 +54,8 @@ def parse_cmdline(text: str) -> dict[str, Value]:
     return layer
 
 
-def read_cmdline(path: str) -> Layer:
+def read_cmdline(path: str) -> str:
+    """The kernel command line's text, read once (settings and the hibernation check use it)."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
@@ -63,7 +64,7 @@ def read_cmdline(path: str) -> Layer:
             f"cannot read kernel command line {path}: {error.strerror}", "pass --kernel-cmdline /dev/null to ignore it"
         ) from None
     try:
-        return parse_cmdline(raw.decode())
+        return raw.decode()
     except UnicodeDecodeError:
         raise ConfigError(f"kernel command line {path} is not UTF-8", code="bad-encoding") from None
 

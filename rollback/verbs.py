@@ -67,18 +67,13 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
-def _check_hibernation(config: Config, cmdline_path: str) -> None:
+def _check_hibernation(config: Config, cmdline: str) -> None:
     """Refuse while a hibernation image waits: mounting that filesystem now would corrupt it."""
     from rollback import hibernation
     from rollback.effects import device
 
     if config.ignore_hibernation:
         return
-    try:
-        with open(cmdline_path, encoding="utf-8", errors="replace") as handle:
-            cmdline = handle.read()
-    except OSError:
-        cmdline = ""
     for where, offset in hibernation.resume_locations(cmdline, device.read_sysfs_resume()):
         hint = "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation"
         try:
@@ -93,7 +88,7 @@ def _check_hibernation(config: Config, cmdline_path: str) -> None:
             raise Refused(f"a hibernation image ({signature}) is waiting on {where}", hint, code="hibernated")
 
 
-def run(config: Config, *, dry_run: bool, cmdline_path: str = "/proc/cmdline") -> Exit:
+def run(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
     fields: dict[str, Any] = {
         "device": config.require_device(),
         "subvolume": config.subvolume,
@@ -104,7 +99,7 @@ def run(config: Config, *, dry_run: bool, cmdline_path: str = "/proc/cmdline") -
         return Exit.SKIPPED
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
-    _check_hibernation(config, cmdline_path)
+    _check_hibernation(config, cmdline)
     with _observed(config, write=not dry_run) as (top, obs):
         plan = plan_run(config, obs)
         if dry_run:

@@ -101,12 +101,12 @@ def test_kernel_cmdline_garbage_is_a_config_error(garbage: str) -> None:
 def test_read_cmdline_rejects_non_utf8(fs: FakeFilesystem) -> None:
     fs.create_file("/proc/cmdline", contents=b"rollback.subvolume=\xff\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
-        read_cmdline("/proc/cmdline")
+        parse_cmdline(read_cmdline("/proc/cmdline"))
 
 
 def test_read_cmdline_from_file(fs: FakeFilesystem) -> None:
     fs.create_file("/proc/cmdline", contents="initrd=x rollback.skip=0\n")
-    assert read_cmdline("/proc/cmdline") == {"skip": False}
+    assert parse_cmdline(read_cmdline("/proc/cmdline")) == {"skip": False}
 
 
 def test_config_file_default_absent_is_fine(fs: FakeFilesystem) -> None:

@@ -53,30 +53,31 @@ def assert_rolled_back(boot: Boot, before: State, after: State, *, deleted: int)
     assert "root/tmp/cruft" not in after.files
 
 
-def test_normal_boot(vm: Vm, tmp_path: Path) -> None:
-    image = vm.image("standard", tmp_path / "disk.img")
+def boot_once(
+    vm: Vm, tmp_path: Path, layout: str, append: str = "", *, name: str, variant: str = "boot-on"
+) -> tuple[State, Boot, State]:
+    """A fresh image of `layout`, booted once: (state before, the boot, state after)."""
+    image = vm.image(layout, tmp_path / "disk.img")
     before = harness.image_state(image)
-    boot = vm.boot("boot-on", image, name="normal")
-    after = harness.image_state(image)
+    boot = vm.boot(variant, image, append, name=name)
+    return before, boot, harness.image_state(image)
+
+
+def test_normal_boot(vm: Vm, tmp_path: Path) -> None:
+    before, boot, after = boot_once(vm, tmp_path, "standard", name="normal")
     assert_rolled_back(boot, before, after, deleted=4)
     assert sorted(p for p in after.under("root")) == ["root"]
     assert not any(p.startswith("root/") for p in after.subvolume_paths())
 
 
 def test_first_boot_without_root(vm: Vm, tmp_path: Path) -> None:
-    image = vm.image("no-root", tmp_path / "disk.img")
-    before = harness.image_state(image)
-    boot = vm.boot("boot-on", image, name="no-root")
-    after = harness.image_state(image)
+    before, boot, after = boot_once(vm, tmp_path, "no-root", name="no-root")
     assert_rolled_back(boot, before, after, deleted=0)
     assert after.subvolume_paths() == ["nix", "persist", "root"]
 
 
 def test_snapshot_mode(vm: Vm, tmp_path: Path) -> None:
-    image = vm.image("standard", tmp_path / "disk.img")
-    before = harness.image_state(image)
-    boot = vm.boot("boot-on", image, "rollback.mode=snapshot", name="snapshot")
-    after = harness.image_state(image)
+    before, boot, after = boot_once(vm, tmp_path, "standard", "rollback.mode=snapshot", name="snapshot")
     assert_rolled_back(boot, before, after, deleted=4)
     assert sorted(after.under("root")) == ["root", "root/etc", "root/etc/machine-id"]
     assert after.files["root/etc/machine-id"] == before.files["root-blank/etc/machine-id"]
@@ -99,10 +100,7 @@ def test_keeping_old_roots_across_three_boots(vm: Vm, tmp_path: Path) -> None:
 
 
 def test_skipped_from_the_kernel_command_line(vm: Vm, tmp_path: Path) -> None:
-    image = vm.image("standard", tmp_path / "disk.img")
-    before = harness.image_state(image)
-    boot = vm.boot("boot-on", image, "rollback.skip", name="skip")
-    after = harness.image_state(image)
+    before, boot, after = boot_once(vm, tmp_path, "standard", "rollback.skip", name="skip")
     skipped = events(boot, "skipped")
     assert len(skipped) == 1 and skipped[0]["ROLLBACK_REASON"] == "rollback.skip"
     assert rollback_unit(boot)["Result"] == "success"  # exit 77 is whitelisted
@@ -129,10 +127,8 @@ def test_skip_next_mark_keeps_the_root_once(vm: Vm, tmp_path: Path) -> None:
 
 
 def test_refusal_with_boot_on_policy_boots_the_old_root(vm: Vm, tmp_path: Path) -> None:
-    image = vm.image("protected-inside", tmp_path / "disk.img")
-    before = harness.image_state(image)
-    boot = vm.boot("boot-on", image, name="refused-boot-on")
-    assert harness.image_state(image) == before
+    before, boot, after = boot_once(vm, tmp_path, "protected-inside", name="refused-boot-on")
+    assert after == before
     refused = events(boot, "refused")
     assert len(refused) == 1 and refused[0]["PRIORITY"] == "3"
     assert refused[0]["ROLLBACK_REASON"] == "protected-inside"
@@ -142,10 +138,8 @@ def test_refusal_with_boot_on_policy_boots_the_old_root(vm: Vm, tmp_path: Path) 
 
 
 def test_refusal_with_stop_boot_policy_stops_the_boot(vm: Vm, tmp_path: Path) -> None:
-    image = vm.image("protected-inside", tmp_path / "disk.img")
-    before = harness.image_state(image)
-    boot = vm.boot("stop-boot", image, name="refused-stop-boot")
-    assert harness.image_state(image) == before
+    before, boot, after = boot_once(vm, tmp_path, "protected-inside", name="refused-stop-boot", variant="stop-boot")
+    assert after == before
     assert len(events(boot, "refused")) == 1
     assert boot.stage == "emergency" and "sysroot" not in boot.facts  # never mounted dirty
 
@@ -170,10 +164,7 @@ def test_late_device_luks_unlocked_in_the_initrd(vm: Vm, tmp_path: Path) -> None
 
 def test_the_suite_catches_a_missing_rollback(vm: Vm, tmp_path: Path) -> None:
     """Negative check: with the unit masked, the normal-boot oracle must fail."""
-    image = vm.image("standard", tmp_path / "disk.img")
-    before = harness.image_state(image)
-    boot = vm.boot("boot-on", image, "rd.systemd.mask=rollback@dev-vda.service", name="masked")
-    after = harness.image_state(image)
+    before, boot, after = boot_once(vm, tmp_path, "standard", "rd.systemd.mask=rollback@dev-vda.service", name="masked")
     with pytest.raises(AssertionError):
         assert_rolled_back(boot, before, after, deleted=4)
     assert "root/tmp/cruft" in after.files
