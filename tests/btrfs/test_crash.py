@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import btrfsutil
@@ -77,3 +81,37 @@ def test_crash_after_every_step_converges(disk: Disk, mode: str, how: str) -> No
         assert outside_root(after) == outside_root(before)
         assert normalized(after) == reference, f"did not converge after a crash at step {step}"
         assert disk.rollback(*args, "--dry-run").returncode == Exit.OK
+
+
+def test_kill_at_random_moments_converges(disk: Disk) -> None:
+    """SIGKILL at seeded random delays after start: during imports, mounting, renames or in the middle of
+    the recursive delete of 300 nested subvolumes. The next run must finish the job."""
+    rng = random.Random(20261125)
+    argv = [sys.executable, "-m", "rollback", "run", "--device", disk.device, "--kernel-cmdline", "/dev/null"]
+    with disk.top() as top:
+        populate(top, nested=[f"root/srv/n{i}" for i in range(300)])
+    began = time.monotonic()
+    assert disk.rollback("run").returncode == Exit.OK
+    whole = time.monotonic() - began  # this machine's uninterrupted run: aim the kills at all of it
+    outcomes = []
+    for attempt in range(14):
+        sh("mkfs.btrfs", "-q", "-f", disk.device)
+        with disk.top() as top:
+            populate(top, nested=[f"root/srv/n{i}" for i in range(300)])
+        before = disk.state()
+        delay = rng.uniform(0.4, 1.1) * whole
+        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+            time.sleep(delay)
+            process.kill()
+        state = disk.state()
+        assert outside_root(state) == outside_root(before), f"lost data after a kill at {delay:.3f}s"
+        trash = len([p for p in state.subvolume_paths() if p.startswith(".rollback/trash/")])
+        outcomes.append((round(delay, 3), process.returncode, trash))
+        finished = disk.rollback("run")
+        assert finished.returncode == Exit.OK, (attempt, finished.stderr)
+        after = disk.state()
+        assert outside_root(after) == outside_root(before)
+        assert after.under("root") == {"root": "dir:40755"}, attempt
+        assert not [p for p in after.subvolume_paths() if p.startswith((".rollback/", "root/"))]
+    print("kills (delay s, return code, trash entries left):", outcomes)
+    assert any(trash for _, _, trash in outcomes), f"no kill landed inside the delete: {outcomes}"
