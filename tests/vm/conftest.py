@@ -81,8 +81,20 @@ class Vm:
         self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "power_cut_after_s": delay})
         return result
 
-    def boot(self, variant: str, image: Path, append: str = "", *, name: str, root: str = "/dev/vda") -> Boot:
-        result = harness.boot(self.kernel, self.build(variant), image, append, name=name, root=root)
+    def boot(
+        self,
+        variant: str,
+        image: Path,
+        append: str = "",
+        *,
+        name: str,
+        root: str = "/dev/vda",
+        extra_disks: tuple[Path, ...] = (),
+    ) -> Boot:
+        """Boot once (extra disks follow the facts disk: /dev/vdc, ...)."""
+        result = harness.boot(
+            self.kernel, self.build(variant), image, append, name=name, root=root, extra_disks=extra_disks
+        )
         if result.timed_out or not result.facts:
             where = harness.keep_artifacts(result)
             pytest.fail(f"boot {name} {'timed out' if result.timed_out else 'left no facts'}; serial log in {where}")

@@ -155,6 +155,7 @@ def boot(
     root: str = "/dev/vda",
     timeout: float = 240,
     cut_power: tuple[str, float] | None = None,
+    extra_disks: tuple[Path, ...] = (),
 ) -> Boot:
     """Boot once; the guest writes its facts to a second disk and powers off.
 
@@ -195,6 +196,7 @@ def boot(
         f"file={disk},format=raw,if=virtio,cache=unsafe",
         "-drive",
         f"file={facts_disk},format=raw,if=virtio,cache=unsafe",
+        *(arg for extra in extra_disks for arg in ("-drive", f"file={extra},format=raw,if=virtio,cache=unsafe")),
     ]
     began = time.monotonic()
     timed_out = False

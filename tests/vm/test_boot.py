@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,27 @@ def test_initramfs_holds_the_closure_and_nothing_more(vm: Vm) -> None:
     sources = {p for p in added if p.endswith(".py")}
     assert sources and all(importlib.util.cache_from_source("/" + p)[1:] in added for p in sources)
     vm.sizes.update({"with rollback": with_module.stat().st_size, "without": without.stat().st_size})
+
+
+def test_pending_hibernation_image_is_refused_in_the_initrd(vm: Vm, tmp_path: Path) -> None:
+    """resume= names a swap disk holding a hibernation signature, but this initramfs has no resume
+    support (a misconfiguration): the rollback must refuse instead of mounting the filesystem."""
+    swap = tmp_path / "swap.img"
+    with swap.open("wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run(["mkswap", str(swap)], check=True, capture_output=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+    with swap.open("r+b") as handle:  # what the kernel writes when it saves an image
+        handle.seek(page - 10)
+        handle.write(b"S1SUSPEND\0")
+    image = vm.image("standard", tmp_path / "disk.img")
+    before = harness.image_state(image)
+    boot = vm.boot("boot-on", image, "resume=/dev/vdc", name="hibernated", extra_disks=(swap,))
+    assert harness.image_state(image) == before
+    refused = events(boot, "refused")
+    assert [e["ROLLBACK_REASON"] for e in refused] == ["hibernated"], boot.serial[-2000:]
+    assert "S1SUSPEND" in str(refused[0]["MESSAGE"]) and "/dev/vdc" in str(refused[0]["MESSAGE"])
+    assert boot.stage == "boot"  # boot-on policy: the old root boots
+    with swap.open("rb") as handle:  # and the hibernation image is left for a proper resume
+        handle.seek(page - 10)
+        assert handle.read(9) == b"S1SUSPEND"
