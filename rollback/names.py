@@ -39,6 +39,12 @@ def is_within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent + "/")
 
 
+def prefixes(path: str) -> list[str]:
+    """`a`, `a/b`, `a/b/c` for `a/b/c`: the path and every parent below the top level."""
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 

@@ -121,8 +121,7 @@ def plan_run(config: Config, obs: Observation) -> Plan:
         deletes.append(Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))))
 
     if archives_root(config, obs):
-        archived = (names.basename(s.path) for s in entries(obs, config.archive))
-        move(target, f"{config.archive}/{names.fresh_entry(obs.now, archived)}")
+        move(target, f"{config.archive}/{_archive_name(config, obs)}")
     elif obs.kind(target) is Kind.SUBVOLUME:
         move_to_trash(target)
     _ensure_parents(steps, obs, target)
@@ -136,8 +135,7 @@ def plan_run(config: Config, obs: Observation) -> Plan:
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
     """Append MakeDir steps for the missing parents of `path`, outermost first, once each."""
-    parts = path.split("/")[:-1]
-    for parent in ("/".join(parts[: i + 1]) for i in range(len(parts))):
+    for parent in names.prefixes(path)[:-1]:
         if obs.kind(parent) is Kind.MISSING and MakeDir(parent) not in steps:
             steps.append(MakeDir(parent))
 
@@ -151,18 +149,15 @@ def plan_skip_next(obs: Observation) -> Plan:
 def paths_of_interest(config: Config) -> list[str]:
     """Every path whose kind the plan looks at: the configured ones and their parents."""
     wanted = [config.subvolume, config.blank, STATE_DIR, TRASH_DIR] + ([config.archive] if config.keeping else [])
-    found: list[str] = []
-    for path in wanted:
-        parts = path.split("/")
-        found += ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
 def entries(obs: Observation, directory: str) -> list[Subvol]:
     """Archived roots (or trash entries) directly inside `directory`, oldest first."""
     depth = directory.count("/") + 1
     named = [(names.parse_entry(names.basename(s.path)), s) for s in obs.below(directory)]
-    return [s for name, s in sorted((n, s) for n, s in named if n and s.path.count("/") == depth)]
+    ours = [(name, s) for name, s in named if name is not None and s.path.count("/") == depth]
+    return [s for _, s in sorted(ours, key=lambda pair: pair[0])]
 
 
 def archives_root(config: Config, obs: Observation) -> bool:
@@ -179,6 +174,11 @@ def untouched(root: Subvol, config: Config, obs: Observation) -> bool:
     return root.path in obs.empty or (from_blank and not root.changed)
 
 
+def _archive_name(config: Config, obs: Observation) -> names.EntryName:
+    """The name this run gives the old root in the archive (planned and pruned alike)."""
+    return names.fresh_entry(obs.now, (names.basename(s.path) for s in entries(obs, config.archive)))
+
+
 def prune_paths(config: Config, obs: Observation) -> list[str]:
     if not config.keeping:
         return []
@@ -186,7 +186,7 @@ def prune_paths(config: Config, obs: Observation) -> list[str]:
     by_name = {names.parse_entry(names.basename(s.path)): s.path for s in existing}
     parsed = [e for e in by_name if e is not None]
     if archives_root(config, obs):
-        parsed.append(names.fresh_entry(obs.now, (names.basename(s.path) for s in existing)))
+        parsed.append(_archive_name(config, obs))
     return [by_name[e] for e in names.to_prune(parsed, obs.now, config.keep_days, config.keep_count) if e in by_name]
 
 

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,8 @@ def _observed(config: Config, *, write: bool) -> Iterator[tuple[Path, Observatio
     dev = config.require_device()
     device.probe(dev)
     mounted = device.mounted_subvolumes(dev)  # read before our own mount exists
-    with device.locked(dev) if write else _nothing(), mount.top_level(dev, read_only=not write) as top:
+    with device.locked(dev) if write else nullcontext(), mount.top_level(dev, read_only=not write) as top:
         yield top, btrfs.observe(top, paths_of_interest(config), mounted, datetime.now(UTC))
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:

@@ -43,6 +43,11 @@ def _kind(top: Path, path: str, subvol_paths: set[str]) -> Kind:
     return Kind.DIRECTORY if stat.S_ISDIR(mode) else Kind.OTHER
 
 
+def _is_empty(directory: Path) -> bool:
+    with os.scandir(directory) as found:
+        return next(found, None) is None
+
+
 def observe(top: Path, paths: Iterable[str], mounted: Mapping[int, str], now: datetime) -> Observation:
     subvols = list_subvolumes(top)
     subvol_paths = {s.path for s in subvols}
@@ -51,7 +56,7 @@ def observe(top: Path, paths: Iterable[str], mounted: Mapping[int, str], now: da
         subvols=subvols,
         default_id=btrfsutil.get_default_subvolume(str(top)),
         kinds=kinds,
-        empty=frozenset(p for p, k in kinds.items() if k in _DIRS and not any(os.scandir(top / p))),
+        empty=frozenset(p for p, k in kinds.items() if k in _DIRS and _is_empty(top / p)),
         mounted=dict(mounted),
         skip_mark=os.path.lexists(top / SKIP_MARK),
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
