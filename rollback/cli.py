@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import traceback
-from collections.abc import Sequence
+from rollback import lazy
 
-from rollback import __version__
-from rollback.errors import ConfigError, Exit, RollbackError, StepFailed
-from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Value, resolve
+lazy.defer(*lazy.BOOT_UNUSED)  # before anything imports them (rollback/lazy.py)
+
+import argparse  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from rollback import __version__  # noqa: E402
+from rollback.errors import ConfigError, Exit, RollbackError, StepFailed  # noqa: E402
+from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Value, resolve  # noqa: E402
 
 EXIT_CODES = """exit codes:
   0   success
@@ -48,8 +51,9 @@ def _settings_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    settings = [_settings_parser()]  # built once, copied into every verb (argparse parents)
     parser = argparse.ArgumentParser(
-        parents=[_settings_parser()],
+        parents=settings,
         prog="rollback",
         description="Give an ephemeral-root machine a clean btrfs root subvolume at every boot.",
         epilog=EXIT_CODES,
@@ -57,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rollback {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    parent = [_settings_parser()]
-    kw = {"parents": parent, "epilog": EXIT_CODES, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    kw = {"parents": settings, "epilog": EXIT_CODES, "formatter_class": argparse.RawDescriptionHelpFormatter}
     run = verbs.add_parser("run", help="replace the root subvolume (the boot job)", **kw)  # type: ignore[arg-type]
     run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     for name, text in (
@@ -113,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.emit(kind, f"{kind}: {error.reason}", hint=error.hint, reason=error.code, exit=int(error.exit_code))
         return int(error.exit_code)
     except Exception as error:  # the boundary: anything unexpected is a failure, with its traceback
+        import traceback
+
         log.emit(
             "failed",
             f"internal error: {error!r}",

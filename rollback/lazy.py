@@ -1,13 +1,16 @@
 """Defer imports the boot path never uses: a module is registered at once, executed on first use.
 
-structlog's package init imports structlog.stdlib, which imports asyncio for its async logger
-methods; pystemd's package init imports its D-Bus layer and lxml, although the sd_journal_sendv
-and sd_notify bindings (pystemd.journal, pystemd.daemon) need neither. Deferring them changes
-nothing in behaviour, only in cost: the real module runs the first time one of its attributes is
-used. (importlib.util.LazyLoader does not help here on 3.11: the import statement itself reads
-__spec__._initializing from the module, which makes LazyLoader execute it.) A deferred module
-that is absent, because the initramfs leaves it out, is a placeholder that raises ImportError
-when used. ROLLBACK_EAGER_IMPORTS=1 turns deferral off (the benchmark compares both).
+The card's libraries import more than the boot path runs. structlog's package init imports every
+processor and the stdlib integration (asyncio among them); pystemd's package init imports its
+D-Bus layer and lxml, and pystemd.utils imports uuid (with platform) and shlex, although the
+sd_journal_sendv and sd_notify bindings need none of them; dataclasses imports inspect (with
+ast, dis, tokenize) for classes that lack a docstring, and ours all have one; pathlib imports
+urllib.parse, which imports ipaddress for URLs with IPv6 hosts. Deferring them
+changes nothing in behaviour, only in cost: the real module runs the first time one of its
+attributes is used. (importlib.util.LazyLoader does not help here on 3.11: the import statement
+itself reads __spec__._initializing from the module, which makes LazyLoader execute it.) A
+deferred module that is absent, because the initramfs leaves it out, is a placeholder that raises
+ImportError when used. ROLLBACK_EAGER_IMPORTS=1 turns deferral off (the benchmark compares both).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import sys
 import types
 from importlib.machinery import ModuleSpec
 
-STRUCTLOG_UNUSED = ("asyncio",)
-PYSTEMD_UNUSED = ("pystemd",)  # its package init; pystemd.journal and pystemd.daemon still import
+STRUCTLOG_UNUSED = ("structlog", "asyncio")  # the package init; its core modules still import
+PYSTEMD_UNUSED = ("pystemd", "uuid", "shlex")  # its package init; pystemd.journal and .daemon still import
+# inspect: dataclasses', for classes without a docstring; ipaddress: urllib.parse's, which pathlib imports
+BOOT_UNUSED = (*STRUCTLOG_UNUSED, *PYSTEMD_UNUSED, "inspect", "ipaddress")  # deferred by cli before anything else
 
 
 # what the import system itself reads from a module: answering these must not execute it

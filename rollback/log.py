@@ -1,4 +1,13 @@
-"""structlog, configured once by cli.main: journal fields in the initrd, readable lines on a terminal."""
+"""structlog, set up once by cli.main: journal fields in the initrd, readable lines on a terminal.
+
+The boot path uses structlog's core only: a filtering bound logger over a PrintLogger, with our
+processors. `import structlog` would run the package init, which imports every processor, the
+console renderer and the stdlib integration (json, logging, datetime, dataclasses, inspect,
+asyncio, ...): about half of the service's start-up (docs/benchmarks.md). So the package init is
+deferred (rollback.lazy) and the core is imported from the modules that define it; a unit test
+checks they are the very objects structlog exports, so an upgrade that moves them fails CI, not a
+boot. The console renderer (structlog.dev) is imported only when events go to stderr.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +20,9 @@ from rollback import lazy
 
 lazy.defer(*lazy.STRUCTLOG_UNUSED)
 
-import structlog  # noqa: E402  (after the deferral above)
+from structlog._log_levels import add_log_level  # noqa: E402  (after the deferral above)
+from structlog._native import make_filtering_bound_logger  # noqa: E402
+from structlog._output import PrintLogger  # noqa: E402
 
 from rollback.events import EVENTS  # noqa: E402
 
@@ -19,9 +30,12 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 Processor = Any  # structlog's processor protocol is loosely typed
 
+_logger: Any = None  # the bound logger configure() made
+
 
 def configure(*, journal: bool | None = None, console: bool | None = None, notify: bool | None = None) -> None:
     """Choose sinks: the journal when its socket exists; stderr when there is no journal or a terminal."""
+    global _logger
     if journal is None:
         journal = os.path.exists(JOURNAL_SOCKET)
     if console is None:
@@ -29,18 +43,13 @@ def configure(*, journal: bool | None = None, console: bool | None = None, notif
     if notify is None:
         notify = bool(os.environ.get("NOTIFY_SOCKET"))
     systemd = _systemd_processors(journal=journal, notify=notify, keep=console)
-    processors = [
-        structlog.processors.add_log_level,
-        *systemd,
-        _drop_callsite,
-        structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0),
-    ]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(0),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    processors: list[Processor] = [add_log_level, *systemd]
+    if console or not any(getattr(p, "is_journal", False) for p in systemd):  # else events end in the journal
+        from structlog.dev import ConsoleRenderer
+
+        processors += [_drop_callsite, ConsoleRenderer(colors=False, pad_event_to=0)]
+    bound: Any = make_filtering_bound_logger(0)  # a BoundLoggerBase: (logger, processors, context)
+    _logger = bound(PrintLogger(sys.stderr), processors, {})
 
 
 def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Processor]:
@@ -56,14 +65,7 @@ def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Proc
         return []
     found: list[Processor] = [sinks.notify_status] if notify else []
     if journal:
-        callsite = structlog.processors.CallsiteParameter
-        found += [
-            structlog.processors.CallsiteParameterAdder(
-                {callsite.PATHNAME, callsite.LINENO, callsite.FUNC_NAME},
-                additional_ignores=[__name__],  # report emit()'s caller
-            ),
-            sinks.JournalSink(keep=keep),
-        ]
+        found.append(sinks.JournalSink(keep=keep))
     return found
 
 
@@ -74,5 +76,17 @@ def _drop_callsite(_logger: object, _name: str, event: MutableMapping[str, Any])
 
 
 def emit(kind: str, message: str, **fields: object) -> None:
-    """Log one operator event of a kind listed in rollback.events.EVENTS."""
-    structlog.get_logger().log(EVENTS[kind].level, message, kind=kind, **fields)
+    """Log one operator event of a kind listed in rollback.events.EVENTS, with the caller as its CODE_*."""
+    if _logger is None:
+        configure()
+    caller = sys._getframe(1)
+    code = caller.f_code
+    _logger.log(
+        EVENTS[kind].level,
+        message,
+        kind=kind,
+        pathname=code.co_filename,
+        lineno=caller.f_lineno,
+        func_name=code.co_name,
+        **fields,
+    )

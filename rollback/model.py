@@ -24,6 +24,8 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Subvol:
+    """One subvolume as observed on the device."""
+
     id: int
     path: str  # relative to the top level
     parent_id: int
@@ -36,6 +38,8 @@ class Subvol:
 
 @dataclass(frozen=True)
 class Observation:
+    """What the planner needs to know about the device, read before anything changes."""
+
     subvols: tuple[Subvol, ...]
     default_id: int
     kinds: Mapping[str, Kind]  # for every path the plan asks about

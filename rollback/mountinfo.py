@@ -10,6 +10,8 @@ _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 @dataclass(frozen=True)
 class Mount:
+    """One line of /proc/self/mountinfo, the fields the safety checks use."""
+
     mount_point: str
     fstype: str
     source: str

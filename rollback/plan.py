@@ -18,6 +18,8 @@ from rollback.settings import Config
 
 @dataclass(frozen=True)
 class MakeDir:
+    """Create a plain directory (no-op if it exists)."""
+
     path: str
 
     def describe(self) -> str:
@@ -26,6 +28,8 @@ class MakeDir:
 
 @dataclass(frozen=True)
 class Rename:
+    """Move a subvolume within the filesystem: O(1), and how a root is set aside."""
+
     source: str
     dest: str
 
@@ -35,6 +39,8 @@ class Rename:
 
 @dataclass(frozen=True)
 class Create:
+    """Create an empty subvolume."""
+
     path: str
 
     def describe(self) -> str:
@@ -43,6 +49,8 @@ class Create:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """Create a writable snapshot of a (read-only) subvolume."""
+
     source: str
     dest: str
 
@@ -61,6 +69,8 @@ class Commit:
 
 @dataclass(frozen=True)
 class Delete:
+    """Delete a subvolume and every subvolume nested in it."""
+
     path: str
     count: int  # subvolumes removed, nested ones included
 
@@ -70,6 +80,8 @@ class Delete:
 
 @dataclass(frozen=True)
 class WriteMark:
+    """Create the skip-next mark file."""
+
     path: str
 
     def describe(self) -> str:
@@ -78,6 +90,8 @@ class WriteMark:
 
 @dataclass(frozen=True)
 class RemoveMark:
+    """Remove the skip-next mark file."""
+
     path: str
 
     def describe(self) -> str:
@@ -89,6 +103,8 @@ Step = MakeDir | Rename | Create | Snapshot | Commit | Delete | WriteMark | Remo
 
 @dataclass(frozen=True)
 class Plan:
+    """The steps of one run, in order; `skipped` says why a run keeps the root."""
+
     steps: tuple[Step, ...]
     skipped: str = ""  # why the run keeps the root, when it does
 

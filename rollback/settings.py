@@ -25,6 +25,8 @@ CMDLINE_PREFIX = "rollback."
 
 @dataclass(frozen=True)
 class Setting:
+    """One row of the settings table: a flag, a TOML key and a kernel command line option."""
+
     name: str
     kind: Kind
     default: Value
@@ -83,6 +85,8 @@ BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 
 @dataclass(frozen=True)
 class Config:
+    """The resolved settings of one run, and where each value came from."""
+
     device: str | None
     subvolume: str
     mode: str

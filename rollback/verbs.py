@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -59,6 +57,8 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             **fields,
         )
         if number == crash_after:
+            import signal  # the crash tests' hook only
+
             os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
@@ -117,7 +117,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
 def status(config: Config, *, as_json: bool) -> Exit:
     with _observed(config, write=False) as (_top, obs):
         found = report.status(config, obs)
-    print(json.dumps(found, indent=2) if as_json else "\n".join(report.status_lines(found)))
+    print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 
 
@@ -125,7 +125,11 @@ def diff(config: Config, *, as_json: bool) -> Exit:
     with _observed(config, write=False) as (top, obs):
         paths = report.diff(top, config, obs)
     if as_json:
-        print(json.dumps({"subvolume": config.subvolume, "mode": config.mode, "count": len(paths), "paths": paths}))
+        print(
+            _json(
+                {"subvolume": config.subvolume, "mode": config.mode, "count": len(paths), "paths": paths}, indent=None
+            )
+        )
     else:
         out = sys.stdout
         for path in paths:
@@ -143,8 +147,14 @@ def skip_next(config: Config) -> Exit:
 
 def show_config(config: Config, *, as_json: bool) -> Exit:
     if as_json:
-        print(json.dumps({"settings": as_dict(config), "sources": dict(config.sources)}, indent=2))
+        print(_json({"settings": as_dict(config), "sources": dict(config.sources)}))
     else:
         for key, value, source in describe(config):
             print(f"{key:<11} {value!s:<28} ({source})")
     return Exit.OK
+
+
+def _json(value: object, indent: int | None = 2) -> str:
+    import json  # only the reporting verbs print JSON; the boot run does not import it
+
+    return json.dumps(value, indent=indent)

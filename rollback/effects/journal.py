@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-import structlog
+from structlog.exceptions import DropEvent
 
 from rollback.events import journal_fields
 
@@ -22,6 +22,8 @@ def load() -> None:
 class JournalSink:
     """Send the event to journald with sd_journal_sendv; drop it afterwards unless `keep`."""
 
+    is_journal = True
+
     def __init__(self, *, keep: bool) -> None:
         import pystemd.journal
 
@@ -31,7 +33,7 @@ class JournalSink:
     def __call__(self, _logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         self._sendv(*journal_fields(dict(event)))
         if not self._keep:
-            raise structlog.DropEvent
+            raise DropEvent
         return event
 
 

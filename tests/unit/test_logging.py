@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-from structlog.testing import capture_logs
 
 from rollback import log
 from rollback.effects.journal import JournalSink, notify_status
@@ -60,16 +59,44 @@ def test_priorities_are_syslog_not_python(level: str, priority: int) -> None:
     assert f"PRIORITY={priority}" in journal_fields({"event": "x", "level": level})
 
 
-def test_emit_uses_the_kind_level() -> None:
-    with capture_logs() as logs:
-        log.emit("skipped", "kept", reason="skip-next")
-    assert logs == [{"event": "kept", "kind": "skipped", "reason": "skip-next", "log_level": "warning"}]
+def test_emit_uses_the_kind_level_and_names_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, ...]] = []
+    monkeypatch.setattr("rollback.effects.journal.JournalSink.__call__", _recording(sent))
+    log.configure(journal=True, console=False, notify=False)
+    log.emit("skipped", "kept", reason="skip-next")
+    fields = set(sent[0])
+    assert {"PRIORITY=4", "ROLLBACK_EVENT=skipped", "ROLLBACK_REASON=skip-next", "MESSAGE=kept"} <= fields
+    assert f"CODE_FILE={__file__}" in fields
+    assert "CODE_FUNC=test_emit_uses_the_kind_level_and_names_the_caller" in fields
+
+
+def _recording(sent: list[tuple[str, ...]]) -> object:
+    def call(_self: object, _logger: object, _name: str, event: dict[str, object]) -> object:
+        sent.append(tuple(journal_fields(dict(event))))
+        raise structlog.DropEvent
+
+    return call
+
+
+def test_the_core_imported_directly_is_what_structlog_exports() -> None:
+    """log.py imports structlog's core from its defining modules (skipping the package init)."""
+    import structlog.dev
+    from structlog._log_levels import add_log_level
+    from structlog._native import make_filtering_bound_logger
+    from structlog._output import PrintLogger
+    from structlog.exceptions import DropEvent
+
+    assert make_filtering_bound_logger is structlog.make_filtering_bound_logger
+    assert PrintLogger is structlog.PrintLogger
+    assert add_log_level is structlog.processors.add_log_level
+    assert DropEvent is structlog.DropEvent
+    assert structlog.dev.ConsoleRenderer is structlog.dev.ConsoleRenderer
 
 
 @pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
+def _reset_logging() -> Iterator[None]:
     yield
-    structlog.reset_defaults()
+    log.configure(journal=False, console=True, notify=False)
 
 
 def test_console_lines_without_a_journal(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,17 +144,32 @@ def test_without_pystemd_events_still_reach_stderr(
     assert "journal/notify unavailable" in err and "replacing root on /dev/vda" in err
 
 
+_SITE = [str(Path(__file__).parents[2]), *(p for p in sys.path if p.endswith("site-packages"))]
+_BOOT_PATH = """
+import sys
+sys.path[:0] = PATHS  # isolated and without site, as the initramfs runs the service
+
+def ran(name):
+    module = sys.modules.get(name)
+    return module is not None and module.__dict__.get("_loaded", type(module).__name__ != "_Deferred")
+
+import rollback.cli, rollback.verbs, rollback.log
+rollback.log.configure(journal=True, notify=True, console=False)
+rollback.log.emit("started", "x")
+print(*(ran(m) for m in NAMES))
+import pystemd, inspect
+pystemd.__version__, inspect.signature
+print(ran("pystemd"), ran("inspect"))
+"""
+
+
 def test_deferred_modules_run_only_when_used() -> None:
-    """asyncio (via structlog) and pystemd's D-Bus layer stay unexecuted on the boot path."""
-    code = (
-        "import sys, rollback.log; rollback.log.configure(journal=True, notify=True, console=False);"
-        "import pystemd.journal;"
-        "print('asyncio.base_events' in sys.modules, 'lxml.etree' in sys.modules, 'pystemd.DBus' in sys.modules);"
-        "import pystemd; pystemd.__version__; print('lxml.etree' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    """What the libraries import but the boot path does not use stays unexecuted, until used."""
+    names = ["asyncio", "pystemd", "structlog", "structlog.dev", "structlog.processors", "json", "logging", "inspect"]
+    code = _BOOT_PATH.replace("PATHS", repr(_SITE)).replace("NAMES", repr(names))
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False", "False", "True"]  # used -> really loaded
+    assert result.stdout.split() == ["False"] * len(names) + ["True", "True"]  # used -> really loaded
 
 
 def test_eager_imports_switch_turns_deferral_off() -> None:
