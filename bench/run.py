@@ -40,7 +40,7 @@ ROLLBACK = [
     "-I",
     "-S",
     "-c",
-    f"import sys; sys.path += {_PATHS!r}; sys.argv[0] = 'rollback'\nfrom rollback.cli import main; sys.exit(main())",
+    f"import sys; sys.path += {_PATHS!r}; sys.argv[0] = 'rollback'\nfrom rollback.cli import run; run()",
 ]
 MODES = {
     "recreate": ([], "recreate"),

@@ -1,3 +1,3 @@
-from rollback.cli import main
+from rollback.cli import run
 
-raise SystemExit(main())
+run()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from rollback.cli import main
 from rollback.errors import Exit
+
+ROOT = Path(__file__).parents[2]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -89,3 +94,21 @@ def test_regular_file_is_not_a_block_device(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "disk.img").write_bytes(b"\0" * 4096)
     code, _, err = run(capsys, "run", "--device", str(tmp_path / "disk.img"), "--kernel-cmdline", "/dev/null")
     assert code == Exit.REFUSED and "not a block device" in err
+
+
+@pytest.mark.parametrize("argv", [("config", "--json"), ("--device", "/nonexistent", "run")])
+def test_entry_point_flushes_output_before_its_fast_exit(tmp_path: Path, argv: tuple[str, ...]) -> None:
+    """run() skips the interpreter's teardown; what main() printed into pipes must still arrive."""
+    result = subprocess.run(
+        [sys.executable, "-m", "rollback", *argv, "--config", "/dev/null", "--kernel-cmdline", "/dev/null"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(ROOT)},
+    )
+    if argv[0] == "config":
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["settings"]["subvolume"] == "root"
+    else:
+        assert result.returncode == 3
+        assert "refused" in result.stderr and "/nonexistent" in result.stderr

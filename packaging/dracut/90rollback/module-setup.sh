@@ -60,7 +60,7 @@ install() {
     cat > "$initdir/usr/bin/rollback" << EOF
 #!/bin/sh
 exec $rollback_interpreter -I -S -c 'import sys; sys.path += [$paths]; sys.argv[0] = "rollback"
-from rollback.cli import main; sys.exit(main())' "\$@"
+from rollback.cli import run; run()' "\$@"
 EOF
     chmod 0755 "$initdir/usr/bin/rollback"
 
