@@ -4,6 +4,7 @@ project and for the shell baseline in the same initramfs setup, and the size eac
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,25 @@ VARIANTS = {
     "baseline": harness.Variant("bench-baseline", modules=("rollback-baseline",)),
     "none": harness.Variant("bench-none", modules=()),
 }
+FLOOR = Path(__file__).with_name("floor.py")
+UNITS = {"project": "rollback@", "floor": "rollback@", "baseline": "rollback-baseline"}
+
+
+def floor_variant(project: Path, work: Path) -> harness.Variant:
+    """The project's initramfs with /usr/bin/rollback running bench/floor.py instead of the service:
+    same interpreter, same closure, same unit."""
+    wrapper = subprocess.run(
+        ["lsinitrd", "-f", "usr/bin/rollback", str(project)], capture_output=True, text=True, check=True
+    ).stdout
+    entry = "from rollback.cli import run; run()"
+    if entry not in wrapper:
+        raise RuntimeError(f"unexpected /usr/bin/rollback in {project}:\n{wrapper}")
+    floor = work / "rollback-floor"
+    floor.write_text(wrapper.replace(entry, 'exec(open("/usr/lib/rollback-floor.py").read())'))
+    floor.chmod(0o755)
+    return harness.Variant(
+        "bench-floor", includes=((str(floor), "/usr/bin/rollback"), (str(FLOOR), "/usr/lib/rollback-floor.py"))
+    )
 
 
 def unit_seconds(boot: harness.Boot, prefix: str) -> float:
@@ -23,6 +43,8 @@ def unit_seconds(boot: harness.Boot, prefix: str) -> float:
         unit = boot.unit(name)
         start, end = int(unit["ExecMainStartTimestampMonotonic"]), int(unit["ExecMainExitTimestampMonotonic"])
         if end > start > 0:
+            if unit.get("ExecMainStatus") != "0":
+                raise RuntimeError(f"boot {boot.name}: {name} exited {unit.get('ExecMainStatus')}")
             return (end - start) / 1e6
     raise RuntimeError(f"boot {boot.name}: no finished {prefix} unit; serial log: {harness.ARTIFACTS / boot.name}")
 
@@ -34,13 +56,14 @@ def vm_results(boots: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="rollback-bench-vm.") as tmp:
         work = Path(tmp)
         images = {k: harness.build_initramfs(kernel, v, work, sys.executable) for k, v in VARIANTS.items()}
+        images["floor"] = harness.build_initramfs(kernel, floor_variant(images["project"], work), work, sys.executable)
         template = harness.new_image(work / "template.img")
         with harness.attached(template, read_only=False) as top:
             populate(top)
         results: dict[str, object] = {"initramfs_bytes": {k: p.stat().st_size for k, p in images.items()}}
-        durations: dict[str, list[float]] = {"project": [], "baseline": []}
+        durations: dict[str, list[float]] = {who: [] for who in UNITS}
         for number in range(boots):
-            for who, prefix in (("project", "rollback@"), ("baseline", "rollback-baseline")):
+            for who, prefix in UNITS.items():
                 disk = harness.copy_image(template, work / f"disk-{who}-{number}.img")
                 boot = harness.boot(kernel, images[who], disk, "", name=f"bench-{who}-{number}")
                 durations[who].append(unit_seconds(boot, prefix))
@@ -54,6 +77,7 @@ def vm_results(boots: int) -> dict[str, object]:
             print(f"VM unit ({who}): median {statistics.median(values):.3f} s over {len(values)} boots", flush=True)
         project, baseline = statistics.median(durations["project"]), statistics.median(durations["baseline"])
         results["ratio"] = round(project / baseline, 2)
+        results["floor_ratio"] = round(statistics.median(durations["floor"]) / baseline, 2)
         sizes = results["initramfs_bytes"]
         assert isinstance(sizes, dict)
         results["added_bytes"] = {who: sizes[who] - sizes["none"] for who in ("project", "baseline")}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 
 from rollback.errors import ConfigError
 from rollback.settings import BY_KEY, CMDLINE_PREFIX, Layer, Value, check_type, from_text
@@ -75,6 +74,8 @@ def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
         if not os.path.exists(default):
             return {}, default
         path = default
+    import tomllib  # only when there is a file: a kernel-command-line-only setup never parses TOML
+
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
