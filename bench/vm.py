@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rollback.events import EVENTS
 from tests.layout import populate
 from tests.vm import harness
 
@@ -18,12 +19,14 @@ VARIANTS = {
     "none": harness.Variant("bench-none", modules=()),
 }
 FLOOR = Path(__file__).with_name("floor.py")
+FLOOR_IN_IMAGE = "/usr/lib/rollback-floor.py"
+STARTED = EVENTS["started"].message_id
 UNITS = {"project": "rollback@", "floor": "rollback@", "baseline": "rollback-baseline"}
 
 
 def floor_variant(project: Path, work: Path) -> harness.Variant:
-    """The project's initramfs with /usr/bin/rollback running bench/floor.py instead of the service:
-    same interpreter, same closure, same unit."""
+    """The project's initramfs with the rollback unit running bench/floor.py instead of the
+    service (a drop-in replaces ExecStart): same interpreter, same closure, same unit."""
     wrapper = subprocess.run(
         ["lsinitrd", "-f", "usr/bin/rollback", str(project)], capture_output=True, text=True, check=True
     ).stdout
@@ -31,10 +34,17 @@ def floor_variant(project: Path, work: Path) -> harness.Variant:
     if entry not in wrapper:
         raise RuntimeError(f"unexpected /usr/bin/rollback in {project}:\n{wrapper}")
     floor = work / "rollback-floor"
-    floor.write_text(wrapper.replace(entry, 'exec(open("/usr/lib/rollback-floor.py").read())'))
+    floor.write_text(wrapper.replace(entry, f'exec(open("{FLOOR_IN_IMAGE}").read())'))
     floor.chmod(0o755)
+    dropin = work / "floor.conf"
+    dropin.write_text("[Service]\nExecStart=\nExecStart=/usr/bin/rollback-floor run --device /%I\n")
     return harness.Variant(
-        "bench-floor", includes=((str(floor), "/usr/bin/rollback"), (str(FLOOR), "/usr/lib/rollback-floor.py"))
+        "bench-floor",
+        includes=(
+            (str(floor), "/usr/bin/rollback-floor"),
+            (str(FLOOR), FLOOR_IN_IMAGE),
+            (str(dropin), "/etc/systemd/system/rollback@.service.d/floor.conf"),
+        ),
     )
 
 
@@ -67,6 +77,9 @@ def vm_results(boots: int) -> dict[str, object]:
                 disk = harness.copy_image(template, work / f"disk-{who}-{number}.img")
                 boot = harness.boot(kernel, images[who], disk, "", name=f"bench-{who}-{number}")
                 durations[who].append(unit_seconds(boot, prefix))
+                ran_service = any(e.get("MESSAGE_ID") == STARTED for e in boot.journal())
+                if ran_service != (who == "project"):  # the floor must replace the service, not add to it
+                    raise RuntimeError(f"boot {boot.name}: the service ran: {ran_service}")
                 disk.unlink()
         for who, values in durations.items():
             results[who] = {

@@ -27,6 +27,16 @@ except FileNotFoundError:
     pass' "$rollback_config" "$1"
 }
 
+_rollback_inst_extension() { # a C extension and the libraries it links
+    # dracut-install resolves dependencies only for executable files; distributions ship
+    # extension modules 0644 (Debian's _ctypes, whose libffi would be left behind)
+    local dep
+    inst_library "$1" || return 1
+    while read -r dep; do
+        inst_library "$dep" || return 1
+    done < <(ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }')
+}
+
 # called by dracut
 install() {
     local stage line kind path paths="" unit
@@ -48,7 +58,7 @@ install() {
     while read -r kind path; do
         case $kind in
             python) inst_binary "$path" && rollback_interpreter=$path ;;
-            lib) inst_library "$path" ;;
+            lib) _rollback_inst_extension "$path" ;;
             path) paths+="${paths:+, }\"$path\"" ;;
         esac
     done < <("$rollback_python" -I "$moddir/python_closure.py" "$stage") || return 1
