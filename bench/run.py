@@ -456,7 +456,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Ratio project/baseline: {vm['ratio']}. `floor` is bench/floor.py run by the same unit from",
             "the project's initramfs: the interpreter, btrfsutil and mount(2) through ctypes, with no",
-            "settings, checks, logging or journal; no Python rollback can be faster under this setup.",
+            "settings, checks, logging or journal: what the interpreter itself costs in this setup.",
             f"Ratio floor/baseline: {vm['floor_ratio']}.",
             "",
         ]
