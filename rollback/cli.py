@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> NoReturn:
     """The program's entry point: main(), then exit without the interpreter's teardown.
 
-    Tearing down ~150 modules costs ~10 ms on the host (docs/benchmarks.md), on every boot, for
+    Tearing down ~150 modules costs ~10 ms on the host (docs/boot-path.md), on every boot, for
     nothing: by then every file is closed, every journal entry sent, the mount namespace and the
     lock go with the process. Only Python's own output buffers need flushing.
     """

@@ -3,7 +3,7 @@
 The boot path uses structlog's core only: a filtering bound logger over a PrintLogger, with our
 processors. `import structlog` would run the package init, which imports every processor, the
 console renderer and the stdlib integration (json, logging, datetime, dataclasses, inspect,
-asyncio, ...): about half of the service's start-up (docs/benchmarks.md). So the package init is
+asyncio, ...): about half of the service's start-up (docs/boot-path.md). So the package init is
 deferred (rollback.lazy) and the core is imported from the modules that define it; a unit test
 checks they are the very objects structlog exports, so an upgrade that moves them fails CI, not a
 boot. The console renderer (structlog.dev) is imported only when events go to stderr.
@@ -44,7 +44,7 @@ def configure(*, journal: bool | None = None, console: bool | None = None, notif
         notify = bool(os.environ.get("NOTIFY_SOCKET"))
     systemd = _systemd_processors(journal=journal, notify=notify, keep=console)
     processors: list[Processor] = [add_log_level, *systemd]
-    if console or not any(getattr(p, "is_journal", False) for p in systemd):  # else events end in the journal
+    if console or not (journal and systemd):  # else every event ends in the journal sink
         from structlog.dev import ConsoleRenderer
 
         processors += [_drop_callsite, ConsoleRenderer(colors=False, pad_event_to=0)]

@@ -22,8 +22,6 @@ def load() -> None:
 class JournalSink:
     """Send the event to journald with sd_journal_sendv; drop it afterwards unless `keep`."""
 
-    is_journal = True
-
     def __init__(self, *, keep: bool) -> None:
         import pystemd.journal
 
