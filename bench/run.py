@@ -408,7 +408,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "`deferred` is as shipped (rollback/lazy.py); `eager` is the same code with",
-        "`ROLLBACK_EAGER_IMPORTS=1`, as before the change.",
+        "`ROLLBACK_EAGER_IMPORTS=1`: every deferred module (structlog's and pystemd's package inits,",
+        "asyncio, inspect, uuid, shlex, ipaddress) imported at once. Both: python -I -S -X importtime,",
+        "the boot path's modules, journal logging configured; see docs/boot-path.md for the breakdown.",
         "",
         "## Host, end to end (ms)",
         "",
