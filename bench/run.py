@@ -272,7 +272,7 @@ def summarize(files: int, nested: int, mode: str, times: dict[str, list[float]])
 
 
 def import_cost(reps: int) -> dict[str, object]:
-    """The boot path's imports, with deferred imports (as shipped) and eager (as before), same run."""
+    """The boot path's imports, deferred (as shipped) and eager (every deferred module imported at once), same run."""
     code = (
         "import rollback.cli, rollback.verbs, rollback.log, rollback.effects.btrfs, rollback.effects.mount,"
         " rollback.effects.device; rollback.log.configure(journal=True, notify=True, console=False);"
