@@ -50,7 +50,20 @@ def _settings_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores them)",
     )
+    parent.add_argument(
+        "--log-target",
+        choices=log_targets(),
+        help="where events go: journal (native protocol), console (stderr), or auto: the journal when stderr "
+        "is connected to it ($JOURNAL_STREAM), else the console (default: $ROLLBACK_LOG_TARGET, "
+        "$SYSTEMD_LOG_TARGET, auto)",
+    )
     return parent
+
+
+def log_targets() -> tuple[str, ...]:
+    from rollback.log import TARGETS
+
+    return TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rollback import log
 
-    log.configure()
+    try:
+        target = log.requested_target(getattr(args, "log_target", None), os.environ)
+    except ValueError as error:
+        log.configure(target="console")
+        log.emit(
+            "invalid",
+            f"invalid: ${log.TARGET_ENV}: {error}",
+            hint=f"unset {log.TARGET_ENV} or fix it",
+            reason="bad-log-target",
+            exit=int(Exit.USAGE),
+        )
+        return int(Exit.USAGE)
+    log.configure(target=target)
     try:
         return int(dispatch(args, *load_config(args)))
     except RollbackError as error:

@@ -1,4 +1,4 @@
-"""structlog, set up once by cli.main: journal fields in the initrd, readable lines on a terminal.
+"""structlog, set up once by cli.main: journal fields when stderr is the journal, readable lines otherwise.
 
 The boot path uses structlog's core only: a filtering bound logger over a PrintLogger, with our
 processors. `import structlog` would run the package init, which imports every processor, the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from rollback import lazy
@@ -33,13 +33,51 @@ Processor = Any  # structlog's processor protocol is loosely typed
 _logger: Any = None  # the bound logger configure() made
 
 
-def configure(*, journal: bool | None = None, console: bool | None = None, notify: bool | None = None) -> None:
-    """Choose sinks: the journal when its socket exists; stderr when there is no journal or a terminal."""
+TARGET_ENV = "ROLLBACK_LOG_TARGET"
+TARGETS = ("auto", "console", "journal")
+# systemd's own variable, honoured as systemd tools do; its other values (kmsg, syslog, null) mean auto here
+_SYSTEMD_TARGETS = {"auto": "auto", "console": "console", "journal": "journal", "journal-or-kmsg": "journal"}
+
+
+def requested_target(flag: str | None, environ: Mapping[str, str]) -> str:
+    """The target asked for: --log-target, then $ROLLBACK_LOG_TARGET, then $SYSTEMD_LOG_TARGET, then auto.
+
+    Raises ValueError for a value of ours that is not a target (systemd's variable is not ours to judge).
+    """
+    for value in (flag, environ.get(TARGET_ENV)):
+        if value:
+            if value not in TARGETS:
+                raise ValueError(f"log target {value!r} is not one of {', '.join(TARGETS)}")
+            return value
+    return _SYSTEMD_TARGETS.get(environ.get("SYSTEMD_LOG_TARGET", ""), "auto")
+
+
+def stderr_is_journal(journal_stream: str, stderr_fd: int) -> bool:
+    """systemd's rule: $JOURNAL_STREAM is `<dev>:<ino>` of the stream journald gave us; is stderr that stream?"""
+    dev, _, ino = journal_stream.partition(":")
+    try:
+        st = os.fstat(stderr_fd)
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError):
+        return False
+
+
+def wants_journal(target: str, environ: Mapping[str, str], stderr_fd: int) -> bool:
+    """Native journal protocol when asked for, or (auto) when stderr already goes to the journal."""
+    if target == "journal":
+        return True
+    return target == "auto" and stderr_is_journal(environ.get("JOURNAL_STREAM", ""), stderr_fd)
+
+
+def configure(
+    *, target: str = "auto", journal: bool | None = None, console: bool | None = None, notify: bool | None = None
+) -> None:
+    """Choose sinks: the journal when `target` says so and its socket exists, else stderr (see wants_journal)."""
     global _logger
     if journal is None:
-        journal = os.path.exists(JOURNAL_SOCKET)
+        journal = wants_journal(target, os.environ, _fileno(sys.stderr)) and os.path.exists(JOURNAL_SOCKET)
     if console is None:
-        console = not journal or sys.stderr.isatty()
+        console = not journal
     if notify is None:
         notify = bool(os.environ.get("NOTIFY_SOCKET"))
     systemd = _systemd_processors(journal=journal, notify=notify, keep=console)
@@ -50,6 +88,13 @@ def configure(*, journal: bool | None = None, console: bool | None = None, notif
         processors += [_drop_callsite, ConsoleRenderer(colors=False, pad_event_to=0)]
     bound: Any = make_filtering_bound_logger(0)  # a BoundLoggerBase: (logger, processors, context)
     _logger = bound(PrintLogger(sys.stderr), processors, {})
+
+
+def _fileno(stream: Any) -> int:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced by a test's capture, or closed
+        return -1
 
 
 def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Processor]:

@@ -31,13 +31,34 @@ def parse(datagram: bytes) -> dict[str, list[str]]:
     return fields
 
 
+def run_as_a_service(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run `argv` with stderr connected to "the journal" as systemd does it: $JOURNAL_STREAM names stderr.
+
+    journald hands a service a stream socket and sets JOURNAL_STREAM to its `<dev>:<ino>`; a pipe
+    stands in for the stream here (what is written to it is returned as stderr). Callers may set
+    JOURNAL_STREAM themselves (e.g. to a stale value) and it is kept.
+    """
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}", **os.environ}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=write_end, env=env, text=True) as process:
+        os.close(write_end)
+        with os.fdopen(read_end, encoding="utf-8", errors="replace") as stream:
+            stderr = stream.read()
+        stdout = process.stdout.read() if process.stdout else ""
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
 def main() -> int:
     os.makedirs("/run/systemd", exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run/systemd"], check=True)
     os.makedirs("/run/systemd/journal")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind("/run/systemd/journal/socket")
-        result = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+        if sys.argv[1] == "--piped":  # a manual run: `rollback ... 2>&1 | tee log`
+            result = subprocess.run(sys.argv[2:], capture_output=True, text=True)
+        else:
+            result = run_as_a_service(sys.argv[1:])
         server.setblocking(False)
         entries = []
         while True:

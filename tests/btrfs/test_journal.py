@@ -22,11 +22,14 @@ pytestmark = pytest.mark.btrfs
 ROOT = Path(__file__).parents[2]
 
 
-def run_with_journal(disk: Disk, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+def run_with_journal(
+    disk: Disk, *args: str, env: dict[str, str] | None = None, service: bool = True
+) -> dict[str, object]:
+    """Run the CLI on a host with journald: as a service (stderr is the journal stream) or piped by hand."""
     if not shutil.which("unshare"):
         unavailable("unshare (util-linux) is not installed")
     command = [sys.executable, "-m", "rollback", *args, "--device", disk.device, "--kernel-cmdline", "/dev/null"]
-    listener = [sys.executable, "-m", "tests.btrfs.journal_listener", *command]
+    listener = [sys.executable, "-m", "tests.btrfs.journal_listener", *([] if service else ["--piped"]), *command]
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", *listener],
         cwd=ROOT,
@@ -96,3 +99,49 @@ def test_status_updates_reach_the_notify_socket(disk: Disk, tmp_path: Path) -> N
     assert messages[0].startswith("STATUS=replacing root on")
     assert messages[-1] == "STATUS=root replaced, 4 subvolume(s) deleted"
     assert len(messages) == 7
+
+
+def test_a_manual_run_piped_on_a_journald_host_prints_everything(disk: Disk) -> None:
+    """`rollback run 2>&1 | tee log` on a normal install: stderr is a pipe, so nothing goes to the journal."""
+    with disk.top() as top:
+        populate(top)
+    found = run_with_journal(disk, "run", service=False)
+    assert found["returncode"] == Exit.OK
+    assert found["entries"] == []
+    stderr = str(found["stderr"])
+    assert "replacing root on" in stderr and "root replaced, 4 subvolume(s) deleted" in stderr
+    assert stderr.count("\n") == 7  # started, 5 steps, finished
+
+
+@pytest.mark.parametrize(
+    ("env", "service", "to_journal"),
+    [
+        ({"ROLLBACK_LOG_TARGET": "journal"}, False, True),
+        ({"ROLLBACK_LOG_TARGET": "console"}, True, False),
+        ({"SYSTEMD_LOG_TARGET": "console"}, True, False),
+        ({"SYSTEMD_LOG_TARGET": "journal"}, False, True),
+        ({"SYSTEMD_LOG_TARGET": "kmsg"}, False, False),  # not ours to honour: auto
+        ({"JOURNAL_STREAM": "1:2"}, True, False),  # a stale JOURNAL_STREAM (inherited, not our stderr)
+        ({"ROLLBACK_LOG_TARGET": "console", "SYSTEMD_LOG_TARGET": "journal"}, False, False),  # ours first
+    ],
+)
+def test_the_log_target_can_be_chosen(disk: Disk, env: dict[str, str], service: bool, to_journal: bool) -> None:
+    found = run_with_journal(disk, "run", "--subvolume", "missing/../x", env=env, service=service)
+    assert found["returncode"] == Exit.USAGE
+    assert bool(found["entries"]) == to_journal
+    assert ("bad-name" in str(found["stderr"])) != to_journal
+
+
+def test_the_log_target_flag_wins(disk: Disk) -> None:
+    found = run_with_journal(disk, "run", "--log-target", "console", "--subvolume", "a//..", service=True)
+    assert found["returncode"] == Exit.USAGE and found["entries"] == [] and "bad-name" in str(found["stderr"])
+
+
+def test_an_invalid_log_target_is_a_usage_error(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    found = run_with_journal(disk, "run", env={"ROLLBACK_LOG_TARGET": "jounral"})
+    assert found["returncode"] == Exit.USAGE
+    assert "ROLLBACK_LOG_TARGET" in str(found["stderr"]) and found["entries"] == []
+    assert disk.state() == before

@@ -155,6 +155,9 @@ def ran(name):
 
 import rollback.cli, rollback.verbs, rollback.log
 rollback.log.configure(journal=True, notify=True, console=False)
+for processor in rollback.log._logger._processors:  # loaded for real, but sends nowhere: no host journal
+    if hasattr(processor, "_sendv"):
+        processor._sendv = lambda *fields: None
 rollback.log.emit("started", "x")
 print(*(ran(m) for m in NAMES))
 import pystemd, inspect
@@ -177,3 +180,46 @@ def test_eager_imports_switch_turns_deferral_off() -> None:
     env = {**os.environ, "ROLLBACK_EAGER_IMPORTS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "True", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "expected"),
+    [
+        (None, {}, "auto"),
+        ("console", {"ROLLBACK_LOG_TARGET": "journal"}, "console"),
+        (None, {"ROLLBACK_LOG_TARGET": "journal", "SYSTEMD_LOG_TARGET": "console"}, "journal"),
+        (None, {"SYSTEMD_LOG_TARGET": "console"}, "console"),
+        (None, {"SYSTEMD_LOG_TARGET": "journal-or-kmsg"}, "journal"),
+        (None, {"SYSTEMD_LOG_TARGET": "null"}, "auto"),
+        (None, {"ROLLBACK_LOG_TARGET": ""}, "auto"),
+    ],
+)
+def test_requested_target_precedence(flag: str | None, environ: dict[str, str], expected: str) -> None:
+    assert log.requested_target(flag, environ) == expected
+
+
+def test_an_unknown_target_of_ours_is_rejected() -> None:
+    with pytest.raises(ValueError, match="'syslog' is not one of auto, console, journal"):
+        log.requested_target(None, {"ROLLBACK_LOG_TARGET": "syslog"})
+
+
+def test_auto_means_the_journal_only_when_stderr_is_the_journal_stream(tmp_path: Path) -> None:
+    with (tmp_path / "stderr").open("w") as stream:
+        st = os.fstat(stream.fileno())
+        mine = f"{st.st_dev}:{st.st_ino}"
+        assert log.wants_journal("auto", {"JOURNAL_STREAM": mine}, stream.fileno())
+        for other in ("", f"{st.st_dev}:{st.st_ino + 1}", "garbage", f"{st.st_dev}:"):
+            assert not log.wants_journal("auto", {"JOURNAL_STREAM": other}, stream.fileno())
+        assert not log.wants_journal("auto", {"JOURNAL_STREAM": mine}, -1)
+        assert not log.wants_journal("console", {"JOURNAL_STREAM": mine}, stream.fileno())
+        assert log.wants_journal("journal", {}, stream.fileno())
+
+
+def test_the_cli_rejects_an_invalid_target_before_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rollback.cli import main
+
+    monkeypatch.setenv("ROLLBACK_LOG_TARGET", "jounral")
+    assert main(["config", "--kernel-cmdline", "/dev/null", "--config", "/dev/null"]) == 2
+    assert "ROLLBACK_LOG_TARGET" in capsys.readouterr().err
