@@ -31,6 +31,7 @@ class Subvol:
     parent_id: int
     read_only: bool
     otime: float
+    otransid: int = 0  # the transaction that created it: the filesystem's own order, unlike any clock
     changed: bool = True  # written to since it was created (ctransid > otransid)
     uuid: str = ""
     parent_uuid: str = ""  # the source, for a snapshot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -12,26 +13,34 @@ _ENTRY = re.compile(r"(\d{8}T\d{6}Z)(?:-(\d+))?")
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
-def check_path(value: str) -> str | None:
-    """Why `value` is not an acceptable path below the top level, or None.
+NAME_MAX = 255  # bytes in one component (the kernel's limit)
+PATH_LIMIT = 1024  # bytes in a whole name: ours, far below PATH_MAX, so no path we build can exceed it
 
-    Deliberately strict: a boot job that deletes things should never have to
-    guess what a name with spaces, newlines or odd bytes was meant to be.
+
+def canonical(value: str) -> str:
+    """The one spelling of a path below the top level, or ValueError saying why there is none.
+
+    Every name a user gives (flags, kernel command line, config file) goes through here once, so
+    no rule compares two spellings of one path: `persist/`, `./persist` and `persist//` are
+    `persist`. Deliberately strict otherwise: a boot job that deletes things should never have to
+    guess what a name with spaces, newlines, odd bytes or `..` was meant to be.
     """
-    if not value:
-        return "is empty"
     if value.startswith("/"):
-        return "is absolute (names are relative to the btrfs top level)"
-    for part in value.rstrip("/").split("/"):
-        if part in ("", ".", ".."):
-            return f"has a '{part or '//'}' component (must stay below the top level)"
+        raise ValueError("is absolute (names are relative to the btrfs top level)")
+    parts = [part for part in value.split("/") if part not in ("", ".")]
+    if not parts:
+        raise ValueError("names nothing below the top level")
+    for part in parts:
+        if part == "..":
+            raise ValueError("has a '..' component (must stay below the top level)")
         if not _COMPONENT.fullmatch(part):
-            return "may only use letters, digits and _ @ + . - (separated by /)"
-    return None
-
-
-def normalize(value: str) -> str:
-    return value.rstrip("/")
+            raise ValueError("may only use letters, digits and _ @ + . - (separated by /)")
+        if len(part) > NAME_MAX:
+            raise ValueError(f"has a component longer than {NAME_MAX} characters")
+    path = "/".join(parts)
+    if len(path) > PATH_LIMIT:
+        raise ValueError(f"is longer than {PATH_LIMIT} characters")
+    return path
 
 
 def is_within(path: str, parent: str) -> bool:
@@ -79,16 +88,19 @@ def fresh_entry(now: datetime, taken: Iterable[str]) -> EntryName:
     return EntryName(stamp, serial)
 
 
-def to_prune(entries: Sequence[EntryName], now: datetime, keep_days: int, keep_count: int) -> list[EntryName]:
-    """Entries beyond the retention: older than keep_days, or past the newest keep_count.
+def to_prune(stamps: Sequence[datetime], now: datetime, *, keep_days: int, keep_count: int, keep_min: int) -> list[int]:
+    """Which archived roots retention removes: indexes into `stamps`, the entries' clock times listed
+    in the order the filesystem created them (oldest first; never sorted by the clock).
 
-    A limit of 0 means no limit of that kind.
+    Past the newest `keep_count` (0: no limit), or older than `keep_days` (0: no limit) except the
+    newest `keep_min`. Clocks lie (dead RTC, no RTC, firmware reset), so an entry is never taken as
+    older than one created before it: a clock set back cannot make the newest root look oldest,
+    and a clock set ahead can age out everything but the newest `keep_min`.
     """
-    newest_first = sorted(entries, reverse=True)
-    doomed: set[EntryName] = set()
-    if keep_count:
-        doomed.update(newest_first[keep_count:])
+    newest_first = list(range(len(stamps)))[::-1]
+    doomed: set[int] = set(newest_first[keep_count:]) if keep_count else set()
     if keep_days:
         cutoff = now - timedelta(days=keep_days)
-        doomed.update(e for e in newest_first if e.stamp < cutoff)
+        effective = list(itertools.accumulate(stamps, max))
+        doomed.update(i for i in newest_first[keep_min:] if effective[i] < cutoff)
     return sorted(doomed)

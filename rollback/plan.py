@@ -9,6 +9,7 @@ the next run plans to finish.  Every check happens here, before step one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from rollback import names
 from rollback.errors import Refused
@@ -169,11 +170,14 @@ def paths_of_interest(config: Config) -> list[str]:
 
 
 def entries(obs: Observation, directory: str) -> list[Subvol]:
-    """Archived roots (or trash entries) directly inside `directory`, oldest first."""
+    """Archived roots (or trash entries) directly inside `directory`, oldest first.
+
+    Oldest by creation transid, the filesystem's own counter: names carry the clock's time at the
+    run that made them, and clocks in an initrd can be anything.
+    """
     depth = directory.count("/") + 1
-    named = [(names.parse_entry(names.basename(s.path)), s) for s in obs.below(directory)]
-    ours = [(name, s) for name, s in named if name is not None and s.path.count("/") == depth]
-    return [s for _, s in sorted(ours, key=lambda pair: pair[0])]
+    ours = [s for s in obs.below(directory) if s.path.count("/") == depth and names.parse_entry(names.basename(s.path))]
+    return sorted(ours, key=lambda s: (s.otransid, s.path))
 
 
 def archives_root(config: Config, obs: Observation) -> bool:
@@ -196,14 +200,23 @@ def _archive_name(config: Config, obs: Observation) -> names.EntryName:
 
 
 def prune_paths(config: Config, obs: Observation) -> list[str]:
+    """Archived roots retention removes this run (the root archived now counts as the newest)."""
     if not config.keeping:
         return []
     existing = entries(obs, config.archive)
-    by_name = {names.parse_entry(names.basename(s.path)): s.path for s in existing}
-    parsed = [e for e in by_name if e is not None]
+    stamps = [_entry_stamp(s) for s in existing]
     if archives_root(config, obs):
-        parsed.append(_archive_name(config, obs))
-    return [by_name[e] for e in names.to_prune(parsed, obs.now, config.keep_days, config.keep_count) if e in by_name]
+        stamps.append(obs.now)
+    doomed = names.to_prune(
+        stamps, obs.now, keep_days=config.keep_days, keep_count=config.keep_count, keep_min=config.keep_min
+    )
+    return [existing[i].path for i in doomed if i < len(existing)]
+
+
+def _entry_stamp(sub: Subvol) -> datetime:
+    entry = names.parse_entry(names.basename(sub.path))
+    assert entry is not None  # entries() lists only parsed names
+    return entry.stamp
 
 
 # --- the checks -------------------------------------------------------------------------
@@ -212,6 +225,7 @@ def prune_paths(config: Config, obs: Observation) -> list[str]:
 def check(config: Config, obs: Observation) -> None:
     """Raise Refused unless every safety check passes; never returns a partial answer."""
     target = config.subvolume
+    _check_ways(config, obs)
     _check_target(target, obs)
     if config.mode == "snapshot":
         _check_blank(config.blank, obs)
@@ -222,6 +236,20 @@ def check(config: Config, obs: Observation) -> None:
     doomed = obs.tree(target) + [s for p in prune_paths(config, obs) for s in obs.tree(p)]
     doomed += [s for e in entries(obs, TRASH_DIR) for s in obs.tree(e.path)]
     _check_doomed(config, obs, doomed)
+
+
+def _check_ways(config: Config, obs: Observation) -> None:
+    """Every directory on the way to a path the run uses is a real one: a symlink there would send a
+    rename or a mkdir somewhere else (and a file there makes every boot fail)."""
+    used = [config.subvolume, TRASH_DIR] + ([config.blank] if config.mode == "snapshot" else [])
+    for path in used + ([config.archive] if config.keeping else []):
+        for parent in names.prefixes(path)[:-1]:
+            if obs.kind(parent) is Kind.OTHER:
+                raise Refused(
+                    f"{parent!r} on the way to {path!r} is not a directory (a symbolic link or a file)",
+                    f"make {parent!r} a plain directory or a subvolume, or choose another name",
+                    code="not-directory",
+                )
 
 
 def _check_target(target: str, obs: Observation) -> None:

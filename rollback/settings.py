@@ -14,6 +14,7 @@ from typing import Literal
 
 from rollback import names
 from rollback.errors import ConfigError
+from rollback.model import STATE_DIR
 
 Value = str | int | bool | tuple[str, ...] | None
 Kind = Literal["str", "int", "bool", "list"]
@@ -33,6 +34,8 @@ class Setting:
     help: str
     choices: tuple[str, ...] = ()
     metavar: str = ""
+    path: bool = False  # a name below the top level: canonical spelling (names.canonical) before any rule
+    limits: tuple[int, int] | None = None  # inclusive range of an integer
 
     @property
     def key(self) -> str:
@@ -46,7 +49,14 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("device", "str", None, "the btrfs block device (e.g. /dev/disk/by-label/nixos)", metavar="DEV"),
-    Setting("subvolume", "str", "root", "the root subvolume to replace, relative to the top level", metavar="NAME"),
+    Setting(
+        "subvolume",
+        "str",
+        "root",
+        "the root subvolume to replace, relative to the top level",
+        metavar="NAME",
+        path=True,
+    ),
     Setting(
         "mode",
         "str",
@@ -54,22 +64,44 @@ SETTINGS: tuple[Setting, ...] = (
         "recreate: new empty subvolume; snapshot: writable snapshot of --blank",
         choices=("recreate", "snapshot"),
     ),
-    Setting("blank", "str", "root-blank", "read-only blank snapshot used by --mode snapshot", metavar="NAME"),
+    Setting(
+        "blank", "str", "root-blank", "read-only blank snapshot used by --mode snapshot", metavar="NAME", path=True
+    ),
     Setting(
         "archive",
         "str",
         "",
         "keep old roots in this directory instead of deleting them (empty: do not keep)",
         metavar="DIR",
+        path=True,
     ),
-    Setting("keep_days", "int", 30, "prune archived roots older than N days (0: no age limit)", metavar="N"),
-    Setting("keep_count", "int", 0, "keep at most N archived roots (0: no count limit)", metavar="N"),
+    Setting(
+        "keep_days",
+        "int",
+        30,
+        "prune archived roots older than N days, by their names' clock (0: no age limit)",
+        metavar="N",
+        limits=(0, 36500),
+    ),
+    Setting(
+        "keep_count", "int", 0, "keep at most N archived roots (0: no count limit)", metavar="N", limits=(0, 100000)
+    ),
+    Setting(
+        "keep_min",
+        "int",
+        3,
+        "never prune the N newest archived roots for their age: a wrong clock cannot empty the archive "
+        "(keep-count still applies)",
+        metavar="N",
+        limits=(0, 100000),
+    ),
     Setting(
         "protect",
         "list",
         ("persist", "nix", "home"),
         "refuse if a subvolume with this name lies inside anything to be deleted (repeatable)",
         metavar="NAME",
+        path=True,
     ),
     Setting("skip", "bool", False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
     Setting(
@@ -94,6 +126,7 @@ class Config:
     archive: str
     keep_days: int
     keep_count: int
+    keep_min: int
     protect: tuple[str, ...]
     skip: bool
     ignore_hibernation: bool
@@ -168,28 +201,50 @@ def resolve(file_layer: Layer, cmdline_layer: Layer, flag_layer: Layer, file_nam
                 value = current + tuple(v for v in value if v not in current)
                 label = f"{sources[setting.name]} + {label}"
             values[setting.name], sources[setting.name] = value, label
+    for setting in SETTINGS:
+        values[setting.name] = _canonical(setting, values[setting.name], sources[setting.name])
     config = Config(**values, sources=sources)  # type: ignore[arg-type]
     validate(config)
     return config
 
 
+def _canonical(setting: Setting, value: Value, source: str) -> Value:
+    """The one spelling of a name (names.canonical) or a device (devspec.device_path); ConfigError if none."""
+    from rollback import devspec
+
+    try:
+        if setting.name == "device" and isinstance(value, str):
+            return devspec.device_path(value)
+        if not setting.path or (value == "" and setting.default == ""):  # no archive: "do not keep"
+            return value
+        if isinstance(value, tuple):
+            return tuple(dict.fromkeys(names.canonical(v) for v in value))
+        assert isinstance(value, str)
+        return names.canonical(value)
+    except ValueError as error:
+        raise ConfigError(
+            f"{setting.key} {value!r} {error}", f"fix {setting.flag} (from {source})", code="bad-name"
+        ) from None
+
+
 def validate(config: Config) -> None:
-    paths = {"subvolume": config.subvolume, "blank": config.blank}
-    if config.archive:
-        paths["archive"] = config.archive
-    for name, value in paths.items():
-        problem = names.check_path(value)
-        if problem:
-            raise ConfigError(f"{name} {value!r} {problem}", f"fix {BY_NAME[name].flag}", code="bad-name")
-    for value in config.protect:
-        problem = names.check_path(value)
-        if problem:
-            raise ConfigError(f"protect {value!r} {problem}", "fix --protect / protect =", code="bad-name")
+    """Rules about the values together; each name is already canonical (resolve)."""
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        if setting.path:
+            for path in value if isinstance(value, tuple) else (value,):
+                if path and names.is_within(path, STATE_DIR):
+                    raise ConfigError(
+                        f"{setting.key} {path!r} is inside rollback's own state directory {STATE_DIR}",
+                        f"choose a name outside {STATE_DIR}/ for {setting.flag}",
+                        code="bad-name",
+                    )
+        if setting.limits and not setting.limits[0] <= value <= setting.limits[1]:
+            low, high = setting.limits
+            raise ConfigError(f"{setting.key} {value} is out of range", f"use {low} to {high}", code="bad-number")
     if config.mode not in BY_NAME["mode"].choices:
         raise ConfigError(f"mode {config.mode!r} is not one of {', '.join(BY_NAME['mode'].choices)}", code="bad-mode")
-    for name in ("keep_days", "keep_count"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{BY_NAME[name].key} must be >= 0", code="bad-number")
+    for name in ("keep_days", "keep_count", "keep_min"):
         if config.sources[name] != "default" and not config.archive:
             raise ConfigError(
                 f"{BY_NAME[name].key} is set but archive is not",
@@ -200,19 +255,24 @@ def validate(config: Config) -> None:
 
 
 def _check_overlaps(config: Config) -> None:
-    target = config.subvolume
-    others = {"blank": config.blank if config.mode == "snapshot" else "", "archive": config.archive}
-    for name, path in others.items():
-        if path and (names.is_within(path, target) or names.is_within(target, path)):
+    """The target, the blank (snapshot mode) and the archive: none inside another."""
+    named = {"subvolume": config.subvolume, "archive": config.archive}
+    if config.mode == "snapshot":
+        named["blank"] = config.blank
+    pairs = [(a, b) for a in named for b in named if a < b and named[a] and named[b]]
+    for a, b in pairs:
+        if names.is_within(named[a], named[b]) or names.is_within(named[b], named[a]):
             raise ConfigError(
-                f"{name} {path!r} overlaps the subvolume {target!r}",
-                f"choose a {name} outside {target!r}",
+                f"{a} {named[a]!r} and {b} {named[b]!r} overlap",
+                f"choose {a} and {b} so that neither lies inside the other",
                 code="conflict",
             )
     protected = {names.basename(p) for p in config.protect}
-    if names.basename(target) in protected:
+    if names.basename(config.subvolume) in protected:
         raise ConfigError(
-            f"the subvolume {target!r} is in the protected list", "the target cannot be protected", code="conflict"
+            f"the subvolume {config.subvolume!r} is in the protected list",
+            "the target cannot be protected",
+            code="conflict",
         )
 
 

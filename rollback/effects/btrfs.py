@@ -25,6 +25,7 @@ def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
             info.parent_id,
             bool(info.flags & _READ_ONLY),
             info.otime,
+            otransid=info.otransid,
             changed=info.ctransid > info.otransid,
             uuid=info.uuid.hex(),
             parent_uuid=info.parent_uuid.hex(),

@@ -29,14 +29,20 @@ def observe(
     empty: Iterable[str] = (),
     now: datetime = NOW,
 ) -> Observation:
-    """Subvolumes by path (ids assigned in order from 256; (path, read_only) for snapshots)."""
+    """Subvolumes by path, created in the order given (ids from 256, transids from 7).
+
+    (path, read_only) for snapshots."""
     built: list[Subvol] = []
     for number, item in enumerate(subvols):
         path, read_only = (item, False) if isinstance(item, str) else item
         parent = max(
             (s for s in built if is_within(path, s.path) and s.path != path), key=lambda s: len(s.path), default=None
         )
-        built.append(Subvol(256 + number, path, parent.id if parent else 5, read_only, now.timestamp() - 3600))
+        built.append(
+            Subvol(
+                256 + number, path, parent.id if parent else 5, read_only, now.timestamp() - 3600, otransid=number + 7
+            )
+        )
     kinds: dict[str, Kind] = {s.path: Kind.SUBVOLUME for s in built}
     for d in dirs:
         kinds[d] = Kind.DIRECTORY

@@ -6,22 +6,40 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rollback.names import EntryName, check_path, fresh_entry, parse_entry, to_prune
+from rollback.names import canonical, fresh_entry, parse_entry, to_prune
 
 NOW = datetime(2026, 11, 25, 6, 0, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("good", ["root", "@", "@root", "subvols/root", "root-blank", "a.b_c+d", "root/"])
-def test_good_paths(good: str) -> None:
-    assert check_path(good) is None
+@pytest.mark.parametrize("good", ["root", "@", "@root", "subvols/root", "root-blank", "a.b_c+d", "..a", "a.."])
+def test_canonical_names_stay_as_they_are(good: str) -> None:
+    assert canonical(good) == good
 
 
 @pytest.mark.parametrize(
-    "bad",
-    ["", ".", "/", "/root", "..", "../root", "a/../b", "a//b", "./root", "my root", "root\n", "r\x00t", "rööt", "a\tb"],
+    ("spelling", "name"),
+    [
+        ("persist/", "persist"),
+        ("persist//", "persist"),
+        ("./persist", "persist"),
+        ("a//b", "a/b"),
+        ("a/./b/", "a/b"),
+        ("./a/.//b/.", "a/b"),
+        ("old/", "old"),
+    ],
 )
-def test_bad_paths_have_a_reason(bad: str) -> None:
-    assert check_path(bad)
+def test_every_spelling_of_a_name_has_one_canonical_form(spelling: str, name: str) -> None:
+    assert canonical(spelling) == name
+
+
+BAD_NAMES = ["", ".", "./", "//", "/", "/root", "..", "../root", "a/../b", "a/..", "my root", "root\n", "r\x00t"]
+BAD_NAMES += ["rööt", "a\tb", "x" * 256, "/".join(["abcdefgh"] * 120)]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_bad_names_have_a_reason(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"\w"):
+        canonical(bad)
 
 
 def test_entry_names_sort_by_time_then_serial() -> None:
@@ -50,24 +68,62 @@ def test_fresh_entry_is_utc() -> None:
     assert str(fresh_entry(local, [])) == "20261125T060000Z"
 
 
-def ages(*days: int) -> list[EntryName]:
-    return [EntryName(NOW - timedelta(days=d)) for d in days]
+def stamps(*days: float) -> list[datetime]:
+    """Clock times of archived roots, listed in the order the filesystem created them."""
+    return [NOW - timedelta(days=d) for d in days]
+
+
+def prune(
+    days: list[datetime], now: datetime = NOW, *, keep_days: int = 0, keep_count: int = 0, keep_min: int = 0
+) -> list[int]:
+    return to_prune(days, now, keep_days=keep_days, keep_count=keep_count, keep_min=keep_min)
 
 
 def test_retention_by_count_keeps_the_newest() -> None:
-    entries = ages(0, 1, 2, 3)
-    assert to_prune(entries, NOW, keep_days=0, keep_count=2) == sorted(entries[2:])
+    assert prune(stamps(3, 2, 1, 0), keep_count=2) == [0, 1]
 
 
 def test_retention_by_age() -> None:
-    entries = ages(0, 29, 31, 90)
-    assert to_prune(entries, NOW, keep_days=30, keep_count=0) == sorted(entries[2:])
+    assert prune(stamps(90, 31, 29, 0), keep_days=30) == [0, 1]
 
 
 def test_retention_combines_both_limits() -> None:
-    entries = ages(0, 1, 2, 40)
-    assert to_prune(entries, NOW, keep_days=30, keep_count=2) == sorted(entries[2:])
+    assert prune(stamps(40, 2, 1, 0), keep_days=30, keep_count=2) == [0, 1]
 
 
 def test_no_limits_keep_everything() -> None:
-    assert to_prune(ages(0, 400), NOW, keep_days=0, keep_count=0) == []
+    assert prune(stamps(400, 0)) == []
+
+
+def test_count_follows_creation_order_not_the_clock() -> None:
+    """The newest root was archived while the clock said 2019: it is still the newest."""
+    created = [*stamps(3, 2, 1), datetime(2019, 1, 1, tzinfo=UTC)]
+    assert prune(created, keep_count=2) == [0, 1]
+
+
+@pytest.mark.parametrize("keep_min", [0, 1, 3, 5])
+def test_a_clock_set_back_never_makes_the_newest_look_old(keep_min: int) -> None:
+    created = [*stamps(3, 2, 1), datetime(2019, 1, 1, tzinfo=UTC)]
+    assert 3 not in prune(created, keep_days=30, keep_min=keep_min)
+
+
+@pytest.mark.parametrize("years", [1, 5, 30])
+@pytest.mark.parametrize("keep_min", [0, 1, 3, 10])
+def test_a_clock_years_ahead_prunes_down_to_the_floor_only(years: int, keep_min: int) -> None:
+    created = stamps(6, 5, 4, 3, 2, 1, 0)
+    ahead = NOW + timedelta(days=365 * years)
+    kept = set(range(7)) - set(prune(created, ahead, keep_days=30, keep_min=keep_min))
+    assert kept == set(range(7)[7 - min(keep_min, 7) :])
+
+
+def test_the_floor_never_keeps_more_than_keep_count() -> None:
+    created = stamps(60, 50, 40, 30, 20)
+    assert prune(created, keep_days=1, keep_count=2, keep_min=3) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("shift_hours", [-14, -1, 0, 1, 14])
+def test_time_zones_do_not_change_what_is_pruned(shift_hours: int) -> None:
+    """A local-time RTC read as UTC shifts every clock by hours: ages compare like with like."""
+    shift = timedelta(hours=shift_hours)
+    created = [t + shift for t in stamps(45, 31, 29, 0)]
+    assert prune(created, NOW + shift, keep_days=30) == [0, 1]

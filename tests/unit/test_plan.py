@@ -82,7 +82,7 @@ def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
 
 def test_keeping_prunes_by_age() -> None:
     old = ["old/20261001T000000Z", "old/20261120T000000Z"]
-    plan = plan_run(config(archive="old", keep_days=30), observe(["root", *old], dirs=[TRASH_DIR]))
+    plan = plan_run(config(archive="old", keep_days=30, keep_min=1), observe([*old, "root"], dirs=[TRASH_DIR]))
     assert Rename(old[0], f"{TRASH_DIR}/{STAMP}") in plan.steps
     assert not any(isinstance(s, Rename) and s.source == old[1] for s in plan.steps)
 
@@ -152,6 +152,11 @@ def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
             {"subvols": ["root", "old/20260101T000000Z", "old/20260101T000000Z/persist"]},
             "protected-inside",
         ),
+        ({"subvolume": "sys/root"}, {"subvols": ["persist"], "files": ["sys"]}, "not-directory"),
+        ({"subvolume": "a/b/root"}, {"subvols": ["persist"], "files": ["a/b"]}, "not-directory"),
+        ({"archive": "a/old"}, {"subvols": ["root"], "files": ["a"]}, "not-directory"),
+        ({"mode": "snapshot", "blank": "b/blank"}, {"subvols": ["root"], "files": ["b"]}, "not-directory"),
+        ({}, {"subvols": ["root"], "files": [TRASH_DIR]}, "bad-holder"),
     ],
 )
 def test_refusals(flags: dict[str, object], obs: dict[str, object], code: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from rollback.errors import ConfigError
-from rollback.settings import DEFAULT_CONFIG, SETTINGS, describe, resolve
+from rollback.settings import DEFAULT_CONFIG, SETTINGS, Layer, Value, describe, resolve
 from rollback.sources import load_config_file, parse_cmdline, read_cmdline, split_cmdline
 
 
@@ -55,6 +55,22 @@ def test_describe_lists_every_setting_with_its_source() -> None:
         ({"protect": ("a/../b",)}, "bad-name"),
         ({"mode": "zap"}, "bad-mode"),
         ({"keep_days": -1, "archive": "old"}, "bad-number"),
+        ({"keep_days": 740_000, "archive": "old"}, "bad-number"),
+        ({"keep_days": 36501, "archive": "old"}, "bad-number"),
+        ({"keep_count": 10**9, "archive": "old"}, "bad-number"),
+        ({"keep_min": -1, "archive": "old"}, "bad-number"),
+        ({"keep_min": 2}, "conflict"),
+        ({"subvolume": ".rollback/root"}, "bad-name"),
+        ({"subvolume": "./.rollback//trash/x"}, "bad-name"),
+        ({"archive": ".rollback"}, "bad-name"),
+        ({"archive": ".rollback/old/"}, "bad-name"),
+        ({"mode": "snapshot", "blank": ".rollback/blank"}, "bad-name"),
+        ({"protect": (".rollback/trash",)}, "bad-name"),
+        ({"archive": "old", "blank": "old/blank", "mode": "snapshot"}, "conflict"),
+        ({"archive": "old/", "subvolume": "./old//root"}, "conflict"),
+        ({"subvolume": "persist/"}, "conflict"),
+        ({"device": "sda2"}, "bad-name"),
+        ({"device": "UUID="}, "bad-name"),
         ({"keep_count": 3}, "conflict"),
         ({"archive": "root/old"}, "conflict"),
         ({"archive": "old", "subvolume": "old/root"}, "conflict"),
@@ -139,3 +155,32 @@ def test_config_file_errors(fs: FakeFilesystem, contents: str, message: str) -> 
 def test_explicit_config_file_must_exist(fs: FakeFilesystem) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file("/etc/nope.toml", DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize(("spelling", "name"), [("srv/", "srv"), ("./srv", "srv"), ("srv//", "srv"), ("a//b/.", "a/b")])
+@pytest.mark.parametrize("setting", ["subvolume", "blank", "archive", "protect"])
+def test_every_name_reaches_the_rules_in_its_one_spelling(setting: str, spelling: str, name: str) -> None:
+    value: Value = (spelling,) if setting == "protect" else spelling
+    layers: tuple[Layer, Layer, Layer]
+    for layers in (({setting: value}, {}, {}), ({}, {setting: value}, {}), ({}, {}, {setting: value})):
+        got = getattr(resolve(*layers), setting)
+        assert (name in got and spelling not in got) if setting == "protect" else got == name
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ("/dev/vda2", "/dev/vda2"),
+        ("UUID=3798ce50-7425-492a-afb0-52cde354928b", "/dev/disk/by-uuid/3798ce50-7425-492a-afb0-52cde354928b"),
+        ("uuid=abc", "/dev/disk/by-uuid/abc"),
+        ("LABEL=nixos", "/dev/disk/by-label/nixos"),
+        ("LABEL=my disk", "/dev/disk/by-label/my\\x20disk"),
+        ("LABEL=a/b", "/dev/disk/by-label/a\\x2fb"),
+        ("LABEL=päckchen", "/dev/disk/by-label/päckchen"),
+        ("PARTUUID=0fc63daf-01", "/dev/disk/by-partuuid/0fc63daf-01"),
+        ("PARTLABEL=root", "/dev/disk/by-partlabel/root"),
+    ],
+)
+def test_devices_are_written_as_in_fstab_too(spec: str, path: str) -> None:
+    config = resolve({}, {}, {"device": spec})
+    assert config.device == path and config.sources["device"] == "flag"

@@ -1,0 +1,32 @@
+"""A device as users write it (a path, or UUID=/LABEL=/PARTUUID=/PARTLABEL= as in fstab) -> a device node path."""
+
+from __future__ import annotations
+
+import string
+
+# fstab's tags and the udev symlink directories that name devices by them
+TAGS = {"UUID": "by-uuid", "LABEL": "by-label", "PARTUUID": "by-partuuid", "PARTLABEL": "by-partlabel"}
+_PLAIN = set(string.ascii_letters + string.digits + "#+-.:=@_")
+
+
+def udev_escape(value: str) -> str:
+    """How udev writes a tag value as a symlink name: bytes outside its plain set as \\xNN (UTF-8 kept)."""
+    out = []
+    for char in value:
+        if char in _PLAIN or (ord(char) > 127 and char.isprintable()):
+            out.append(char)
+        else:
+            out += [f"\\x{byte:02x}" for byte in char.encode()]
+    return "".join(out)
+
+
+def device_path(spec: str) -> str:
+    """`/dev/...` as is; `UUID=...` etc. as their /dev/disk/by-*/ link; ValueError for anything else."""
+    tag, has_tag, value = spec.partition("=")
+    if has_tag and tag.upper() in TAGS:
+        if not value:
+            raise ValueError(f"names no {tag.upper()}")
+        return f"/dev/disk/{TAGS[tag.upper()]}/{udev_escape(value)}"
+    if not spec.startswith("/"):
+        raise ValueError("is neither a device path (/dev/...) nor UUID=, LABEL=, PARTUUID= or PARTLABEL=")
+    return spec
