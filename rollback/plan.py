@@ -225,11 +225,11 @@ def _entry_stamp(sub: Subvol) -> datetime:
 def check(config: Config, obs: Observation) -> None:
     """Raise Refused unless every safety check passes; never returns a partial answer."""
     target = config.subvolume
+    _check_state_dir(obs)
     _check_ways(config, obs)
     _check_target(target, obs)
     if config.mode == "snapshot":
         _check_blank(config.blank, obs)
-    _check_state_dir(obs)
     _check_holder(TRASH_DIR, obs, "trash directory")
     if config.keeping:
         _check_holder(config.archive, obs, "archive directory")
