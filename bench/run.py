@@ -45,7 +45,7 @@ ROLLBACK = [
 MODES = {
     "recreate": ([], "recreate"),
     "snapshot": (["--mode", "snapshot"], "snapshot"),
-    "keep": (["--archive", "old_roots", "--keep-days", "30"], "keep"),
+    "keep": (["--archive", "old_roots", "--keep-days", "30", "--keep-min", "0"], "keep"),
 }
 
 
@@ -193,6 +193,8 @@ def load(files_list: list[int], nested: int, archived: int) -> list[dict[str, ob
                 "old_roots",
                 "--keep-days",
                 "30",
+                "--keep-min",
+                "0",
             ]
             seconds, rss = run_measured(argv)
             with top(dev) as t:

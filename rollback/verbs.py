@@ -23,20 +23,23 @@ CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default
 
 
 @contextmanager
-def _observed(config: Config, *, write: bool) -> Iterator[tuple[Path, Observation]]:
-    """Probe, lock (when writing), mount the top level privately and observe it."""
+def _observed(config: Config, *, lock: bool) -> Iterator[tuple[Path, Observation]]:
+    """Probe, lock the filesystem (when about to write), mount its top level privately, read-only and
+    without atime updates (a run that refuses must not have written anything), and observe it."""
     from rollback.effects import btrfs, device, mount
 
     dev = config.require_device()
-    device.probe(dev)
-    mounted = device.mounted_subvolumes(dev)  # read before our own mount exists
-    with device.locked(dev) if write else nullcontext(), mount.top_level(dev, read_only=not write) as top:
+    fsid = device.probe(dev)
+    with device.locked(dev, fsid) if lock else nullcontext(), mount.top_level(dev) as top:
+        mounted = device.mounted_subvolumes(str(top))
         yield top, btrfs.observe(top, paths_of_interest(config), mounted, datetime.now(UTC))
 
 
 def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
-    from rollback.effects import btrfs
+    """Carry out the plan's steps in order: the first write to the device happens here."""
+    from rollback.effects import btrfs, mount
 
+    mount.make_writable(top)
     crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
     for number, step in enumerate(plan.steps, 1):
         began = time.monotonic()
@@ -95,7 +98,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
     _check_hibernation(config, cmdline)
-    with _observed(config, write=not dry_run) as (top, obs):
+    with _observed(config, lock=not dry_run) as (top, obs):
         plan = plan_run(config, obs)
         if dry_run:
             print("\n".join(plan.describe()) or "nothing to do")
@@ -115,14 +118,14 @@ def run(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
 
 
 def status(config: Config, *, as_json: bool) -> Exit:
-    with _observed(config, write=False) as (_top, obs):
+    with _observed(config, lock=False) as (_top, obs):
         found = report.status(config, obs)
     print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 
 
 def diff(config: Config, *, as_json: bool) -> Exit:
-    with _observed(config, write=False) as (top, obs):
+    with _observed(config, lock=False) as (top, obs):
         paths = report.diff(top, config, obs)
     if as_json:
         print(
@@ -138,7 +141,7 @@ def diff(config: Config, *, as_json: bool) -> Exit:
 
 
 def skip_next(config: Config) -> Exit:
-    with _observed(config, write=True) as (top, obs):
+    with _observed(config, lock=True) as (top, obs):
         plan = plan_skip_next(obs)
         _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
     print(f"the next boot keeps {config.subvolume} on {config.device} once")

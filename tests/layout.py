@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import btrfsutil
@@ -18,18 +19,29 @@ def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
+class Subvolume(NamedTuple):
+    """One subvolume as the tests compare it: any write inside it moves `generation` and `ctransid`."""
+
+    path: str  # "" for the top level
+    id: int
+    read_only: bool
+    generation: int
+    ctransid: int
+
+
 @dataclass(frozen=True)
 class State:
-    """Everything observable on the filesystem: subvolumes (with ids) and every file's content."""
+    """Everything observable on the filesystem: subvolumes (with ids and generations, the top level
+    included) and every file's content. Equal states mean nothing was written, not even an atime."""
 
-    subvolumes: tuple[tuple[str, int, bool], ...]
+    subvolumes: tuple[Subvolume, ...]
     files: dict[str, str]
 
     def under(self, prefix: str) -> dict[str, str]:
         return {p: d for p, d in self.files.items() if p == prefix or p.startswith(prefix + "/")}
 
     def subvolume_paths(self) -> list[str]:
-        return [p for p, _, _ in self.subvolumes]
+        return [s.path for s in self.subvolumes if s.path]
 
 
 def _digest(path: Path) -> str:
@@ -42,13 +54,10 @@ def _digest(path: Path) -> str:
 
 
 def snapshot_state(top: Path) -> State:
-    """Every subvolume (path, id, read-only) and every file's digest, below a top-level mount."""
-    subvols = tuple(
-        sorted(
-            (os.fsdecode(p), i.id, bool(i.flags & 1))
-            for p, i in btrfsutil.SubvolumeIterator(str(top), top=5, info=True)
-        )
-    )
+    """Every subvolume (the top level first) and every file's digest, below a top-level mount."""
+    found = [("", btrfsutil.subvolume_info(str(top), 5))]
+    found += [(os.fsdecode(p), i) for p, i in btrfsutil.SubvolumeIterator(str(top), top=5, info=True)]
+    subvols = tuple(sorted(Subvolume(p, i.id, bool(i.flags & 1), i.generation, i.ctransid) for p, i in found))
     files = {}
     for dirpath, dirnames, filenames in os.walk(top):
         for name in dirnames + filenames:

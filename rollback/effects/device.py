@@ -11,12 +11,14 @@ from contextlib import contextmanager
 from rollback import mountinfo
 from rollback.errors import Refused
 
+_SUPERBLOCK = 0x10000  # the primary superblock: fsid at +0x20 (16 bytes), magic at +0x40
 _BTRFS_MAGIC = b"_BHRfS_M"
-_MAGIC_OFFSET = 0x10000 + 0x40  # primary superblock + offset of the magic
+LOCK_DIR = "/run/rollback-locks"
 
 
-def probe(device: str) -> None:
-    """Refuse unless `device` is a block device holding a btrfs filesystem."""
+def probe(device: str) -> str:
+    """The filesystem's fsid (the same on every member device); refuse unless `device` is a block
+    device holding a btrfs filesystem."""
     try:
         mode = os.stat(device).st_mode
     except FileNotFoundError:
@@ -33,11 +35,12 @@ def probe(device: str) -> None:
         )
     try:
         with open(device, "rb") as handle:
-            magic = os.pread(handle.fileno(), len(_BTRFS_MAGIC), _MAGIC_OFFSET)
+            head = os.pread(handle.fileno(), 0x48, _SUPERBLOCK)
     except OSError as error:
         raise Refused(f"cannot read {device}: {error.strerror}", code="unreadable") from None
-    if magic != _BTRFS_MAGIC:
+    if head[0x40:0x48] != _BTRFS_MAGIC:
         raise Refused(f"{device} does not hold a btrfs filesystem", "check --device", code="not-btrfs")
+    return head[0x20:0x30].hex()
 
 
 def swap_header_tail(device: str, offset_pages: int) -> bytes:
@@ -58,36 +61,60 @@ def read_sysfs_resume(path: str = "/sys/power/resume") -> str:
 
 
 @contextmanager
-def locked(device: str) -> Iterator[None]:
-    """Hold an exclusive BSD lock on the device node (the protocol udev also honours)."""
-    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+def locked(device: str, fsid: str) -> Iterator[None]:
+    """One run per filesystem, whichever member device each was given: an exclusive lock on a file
+    named by the fsid; and a BSD lock on the device node, which tells udev not to probe it meanwhile."""
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    fds = [os.open(f"{LOCK_DIR}/{fsid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Refused(
-                f"another process holds the lock on {device}",
-                "another rollback (or a disk tool) is running; wait for it",
-                code="locked",
-            ) from None
+        fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
+        for fd in fds:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Refused(
+                    f"another process holds the lock on {device}'s filesystem",
+                    "another rollback (or a disk tool) is running; wait for it",
+                    code="locked",
+                ) from None
         yield
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
-def mounted_subvolumes(device: str, table: str = "/proc/self/mountinfo") -> dict[int, str]:
-    """Subvolume id -> a mount point, for every mount of `device`'s filesystem."""
-    wanted = os.stat(device).st_rdev
-    with open(table, encoding="utf-8", errors="surrogateescape") as handle:
-        mounts = mountinfo.parse(handle.read())
+def mounted_subvolumes(top: str) -> dict[int, str]:
+    """Subvolume id -> where it is mounted, in every mount namespace on the host, for the filesystem
+    mounted at `top` (ours: identified by its superblock, not by a member device's name)."""
+    own = mountinfo.dev_of(_table("/proc/self/mountinfo"), top)
+    if own is None:
+        raise OSError(f"{top} is not in /proc/self/mountinfo")
     found: dict[int, str] = {}
-    for mount in mounts:
-        if mount.fstype != "btrfs" or mount.subvolid is None or not mount.source.startswith("/"):
-            continue
-        try:
-            if os.stat(mount.source).st_rdev != wanted:
-                continue
-        except OSError:
-            continue
-        found.setdefault(mount.subvolid, mount.mount_point)
+    for pid, table in _namespaces():
+        if pid is None:  # our own top-level mount is not in anybody's way
+            table = [m for m in table if m.mount_point != top]
+        for subvolid, where in mountinfo.subvolumes_of(table, own).items():
+            found.setdefault(subvolid, where if pid is None else f"{where} (mount namespace of PID {pid})")
     return found
+
+
+def _namespaces() -> Iterator[tuple[int | None, list[mountinfo.Mount]]]:
+    """(a process in it, its mount table) for every mount namespace: first ours, then PID 1's (None for
+    both: their paths are the ones an operator sees), then any other, e.g. a container's."""
+    seen = set()
+    pids = ["self", "1", *sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int)]
+    for pid in pids:
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+            if namespace in seen:
+                continue
+            table = _table(f"/proc/{pid}/mountinfo")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        seen.add(namespace)
+        yield (None if pid in ("self", "1") else int(pid)), table
+
+
+def _table(path: str) -> list[mountinfo.Mount]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        return mountinfo.parse(handle.read())

@@ -14,6 +14,8 @@ _CLONE_NEWNS = 0x00020000
 _MS_RDONLY = 1
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_REMOUNT = 32
+_MS_NOATIME = 1024
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
@@ -46,14 +48,19 @@ def enter_private_namespace() -> None:
 
 
 @contextmanager
-def top_level(device: str, *, read_only: bool) -> Iterator[Path]:
-    """Mount subvolid=5 of `device` privately; yield its path; unmount."""
+def top_level(device: str) -> Iterator[Path]:
+    """Mount subvolid=5 of `device` privately and read-only; yield its path; unmount.
+
+    Read-only and noatime: observing must not write (reading the root's directory on a relatime
+    mount moves its generation, which would make an untouched root look used). make_writable()
+    switches it when a plan is about to be carried out.
+    """
     enter_private_namespace()
     # One fixed, empty directory: the mount on it exists only in our namespace, so concurrent
     # processes can share it and a killed process leaves nothing to clean up.
     os.makedirs(MOUNT_POINT, mode=0o700, exist_ok=True)
     where = MOUNT_POINT
-    flags = _MS_NOSUID | _MS_NODEV | (_MS_RDONLY if read_only else 0)
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOATIME | _MS_RDONLY
     result = _libc.mount(os.fsencode(device), os.fsencode(where), b"btrfs", flags, b"subvolid=5")
     if result != 0:
         errno = ctypes.get_errno()
@@ -67,3 +74,15 @@ def top_level(device: str, *, read_only: bool) -> Iterator[Path]:
     finally:
         if _libc.umount2(os.fsencode(where), 0) != 0:
             _libc.umount2(os.fsencode(where), _MNT_DETACH)
+
+
+def make_writable(top: Path) -> None:
+    """Remount our top-level mount read-write (still noatime), in place: no gap between what was
+    observed and what is changed."""
+    if _libc.mount(None, os.fsencode(top), None, _MS_REMOUNT | _MS_NOSUID | _MS_NODEV | _MS_NOATIME, None) != 0:
+        errno = ctypes.get_errno()
+        raise Refused(
+            f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}",
+            "the device or the filesystem is read-only (blockdev --getro, dmesg); nothing was changed",
+            code="read-only",
+        )

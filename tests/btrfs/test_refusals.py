@@ -143,7 +143,8 @@ def test_read_only_device_is_refused(disk: Disk, tmp_path: Path) -> None:
         )
     finally:
         sh("losetup", "-d", read_only)
-    assert result.returncode == Exit.REFUSED and "cannot mount" in result.stderr
+    assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr
+    assert "cannot write to the filesystem" in result.stderr
     assert disk.state() == before
 
 
