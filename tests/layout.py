@@ -6,8 +6,8 @@ import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import btrfsutil
 
