@@ -48,6 +48,7 @@ class Observation:
     skip_mark: bool = False
     empty: frozenset[str] = frozenset()  # paths of interest that are empty directories
     pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
+    immutable: frozenset[str] = frozenset()  # chattr +i or +a on its top directory ("" is the top level)
     now: datetime = datetime.min
 
     def kind(self, path: str) -> Kind:

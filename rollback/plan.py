@@ -3,7 +3,9 @@
 Order is chosen for crash consistency: the old root is moved aside first
 (O(1) rename), the new root is created, and deletions come last.  Whatever
 an interrupted run leaves (no root, or entries in the trash) is exactly what
-the next run plans to finish.  Every check happens here, before step one.
+the next run plans to finish, first: on a full filesystem, deleting is what
+still works and frees the space the rename and the create need.  Every check
+happens here, before step one.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class Reclaim:
+    """Commit, and wait (bounded) for the kernel's cleaner to free what deleted subvolumes held: on a
+    full filesystem the renames and the create need that space, and it returns only then."""
+
+    timeout_s: float = 60.0
+
+    def describe(self) -> str:
+        return f"wait for the kernel to free deleted subvolumes' space (at most {self.timeout_s:g} s)"
+
+
+@dataclass(frozen=True)
 class Delete:
     """Delete a subvolume and every subvolume nested in it."""
 
@@ -77,6 +90,16 @@ class Delete:
 
     def describe(self) -> str:
         return f"delete {self.path} recursively ({self.count} subvolume{'s' if self.count != 1 else ''})"
+
+
+@dataclass(frozen=True)
+class Unlock:
+    """Clear the read-only property and +i/+a of an archived root retention removes: it is ours."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"clear read-only and immutable flags of {self.path}"
 
 
 @dataclass(frozen=True)
@@ -99,7 +122,7 @@ class RemoveMark:
         return f"remove mark {self.path}"
 
 
-Step = MakeDir | Rename | Create | Snapshot | Commit | Delete | WriteMark | RemoveMark
+Step = MakeDir | Rename | Create | Snapshot | Commit | Reclaim | Delete | Unlock | WriteMark | RemoveMark
 
 
 @dataclass(frozen=True)
@@ -124,8 +147,12 @@ def plan_run(config: Config, obs: Observation) -> Plan:
     target = config.subvolume
     leftovers = [s.path for s in entries(obs, TRASH_DIR)]
     taken = {names.basename(p) for p in leftovers}
-    steps: list[Step] = []
-    deletes = [Delete(p, len(obs.tree(p))) for p in leftovers]
+    # What an earlier run left in the trash goes first: on a full filesystem it is the space the
+    # renames and the create need (a delete still works there; a rename may not).
+    steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in leftovers]
+    if leftovers or obs.pending_cleanup:
+        steps.append(Reclaim())
+    deletes: list[Step] = []
 
     def move(source: str, dest: str) -> None:
         _ensure_parents(steps, obs, dest)
@@ -146,6 +173,9 @@ def plan_run(config: Config, obs: Observation) -> Plan:
     if config.keeping:
         steps.append(Commit())
     for path in prune_paths(config, obs):
+        pruned = obs.get(path)
+        if path in obs.immutable or (pruned and pruned.read_only):
+            steps.append(Unlock(path))
         move_to_trash(path)
     return Plan((*steps, *deletes))
 
@@ -228,6 +258,7 @@ def check(config: Config, obs: Observation) -> None:
     _check_state_dir(obs)
     _check_ways(config, obs)
     _check_target(target, obs)
+    _check_pinned(config, obs)
     if config.mode == "snapshot":
         _check_blank(config.blank, obs)
     _check_holder(TRASH_DIR, obs, "trash directory")
@@ -262,6 +293,33 @@ def _check_target(target: str, obs: Observation) -> None:
         )
     if kind is Kind.OTHER:
         raise Refused(f"{target!r} is neither a subvolume nor a directory", "check --subvolume", code="not-subvolume")
+
+
+def _check_pinned(config: Config, obs: Observation) -> None:
+    """What the run renames, or renames or creates in, must be movable: a read-only or immutable root
+    is someone's decision to keep it, and a step failing on it would fail at every boot."""
+    root = obs.get(config.subvolume)
+    if root and root.read_only:
+        raise Refused(
+            f"the subvolume {config.subvolume!r} is read-only",
+            f"if it is meant to be replaced: btrfs property set -ts <top>/{config.subvolume} ro false",
+            code="read-only-target",
+        )
+    used = [config.subvolume, _parent(config.subvolume), STATE_DIR, TRASH_DIR]
+    if config.keeping:
+        used += [config.archive, _parent(config.archive)]
+    for path in dict.fromkeys(used):
+        if path in obs.immutable:
+            raise Refused(
+                f"{repr(path) if path else 'the top level'} is immutable or append-only (chattr +i/+a): "
+                "the run could not change it",
+                f"if that is not meant: chattr -i -a <top>/{path}",
+                code="immutable",
+            )
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
 
 
 def _check_state_dir(obs: Observation) -> None:

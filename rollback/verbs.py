@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -46,6 +47,13 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
         try:
             btrfs.execute(step, top)
         except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise StepFailed(
+                    f"step {number}/{len(plan.steps)} failed: {step.describe()}: no space left on the filesystem",
+                    "what rollback itself left was deleted first; the rest is the machine's data: free space "
+                    "(btrfs filesystem usage), and the next run finishes the job",
+                    code="no-space",
+                ) from error
             raise StepFailed(
                 f"step {number}/{len(plan.steps)} failed: {step.describe()}: {error}",
                 "the device is consistent; the next run finishes the job (see rollback status)",

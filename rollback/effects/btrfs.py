@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
+import struct
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import assert_never
 
 import btrfsutil
 
 from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Kind, Observation, Subvol
-from rollback.plan import Commit, Create, Delete, MakeDir, RemoveMark, Rename, Snapshot, Step, WriteMark
+from rollback.plan import (
+    Commit,
+    Create,
+    Delete,
+    MakeDir,
+    Reclaim,
+    RemoveMark,
+    Rename,
+    Snapshot,
+    Step,
+    Unlock,
+    WriteMark,
+)
 
 _READ_ONLY = 1  # BTRFS_SUBVOL_RDONLY
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # x86_64/arm64 (long-sized argument)
+_PINNING = 0x10 | 0x20  # FS_IMMUTABLE_FL | FS_APPEND_FL
 _DIRS = (Kind.SUBVOLUME, Kind.DIRECTORY)
 
 
@@ -49,10 +68,49 @@ def _is_empty(directory: Path) -> bool:
         return next(found, None) is None
 
 
+def _pinned(path: Path) -> bool:
+    """chattr +i or +a on this directory: it cannot be renamed, and nothing in it unlinked."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+    finally:
+        os.close(fd)
+    return bool(flags & _PINNING)
+
+
+def _unpin(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+        if flags & _PINNING:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags & ~_PINNING))
+    finally:
+        os.close(fd)
+
+
+def unlock(path: Path) -> None:
+    """Make a subvolume deletable: clear its read-only property and +i/+a on its top directory."""
+    _unpin(path)
+    if btrfsutil.get_subvolume_read_only(str(path)):
+        btrfsutil.set_subvolume_read_only(str(path), False)
+
+
+def unlock_tree(path: Path) -> None:
+    """Everything the recursive delete of `path` could trip on: read-only subvolumes holding nested
+    ones, and +i/+a on a subvolume's top directory or on the directory holding a nested subvolume."""
+    unlock(path)
+    for relative in btrfsutil.SubvolumeIterator(str(path)):
+        nested = path / os.fsdecode(relative[0])
+        _unpin(nested.parent)
+        unlock(nested)
+
+
 def observe(top: Path, paths: Iterable[str], mounted: Mapping[int, str], now: datetime) -> Observation:
     subvols = list_subvolumes(top)
     subvol_paths = {s.path for s in subvols}
     kinds = {p: _kind(top, p, subvol_paths) for p in paths}
+    dirs = {p for p, k in kinds.items() if k in _DIRS}
+    entries = {s.path for s in subvols if s.path.rpartition("/")[0] in dirs}  # archived roots, trash entries
     return Observation(
         subvols=subvols,
         default_id=btrfsutil.get_default_subvolume(str(top)),
@@ -61,6 +119,7 @@ def observe(top: Path, paths: Iterable[str], mounted: Mapping[int, str], now: da
         mounted=dict(mounted),
         skip_mark=os.path.lexists(top / SKIP_MARK),
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
+        immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p)),
         now=now,
     )
 
@@ -78,10 +137,37 @@ def execute(step: Step, top: Path) -> None:
     elif isinstance(step, Snapshot):
         btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False)
     elif isinstance(step, Delete):
-        btrfsutil.delete_subvolume(str(top / step.path), recursive=True)
+        _delete(top / step.path)
+    elif isinstance(step, Unlock):
+        unlock(top / step.path)
+    elif isinstance(step, Reclaim):
+        _reclaim(top, step.timeout_s)
     elif isinstance(step, Commit):
         btrfsutil.sync(str(top))
     elif isinstance(step, WriteMark):
         (top / step.path).write_text("kept once by rollback skip-next\n")
     elif isinstance(step, RemoveMark):
         os.unlink(top / step.path)
+    else:
+        assert_never(step)
+
+
+def _delete(path: Path) -> None:
+    """Delete recursively. What is in the trash is ours: if a read-only subvolume or an immutable
+    directory inside stops the delete (EROFS, EPERM), clear those flags and delete the rest."""
+    try:
+        btrfsutil.delete_subvolume(str(path), recursive=True)
+    except btrfsutil.BtrfsUtilError as error:
+        if error.errno not in (errno.EROFS, errno.EPERM):
+            raise
+        unlock_tree(path)
+        btrfsutil.delete_subvolume(str(path), recursive=True)
+
+
+def _reclaim(top: Path, timeout_s: float) -> None:
+    """A commit starts the cleaner at once (else up to 30 s); then poll until nothing is pending. On
+    timeout go on: a step that still lacks space fails, and the next run starts from here again."""
+    btrfsutil.sync(str(top))
+    deadline = time.monotonic() + timeout_s
+    while btrfsutil.deleted_subvolumes(str(top)) and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -37,10 +37,13 @@ class Disk:
         finally:
             sh("umount", str(self.mnt))
 
+    def rollback_argv(self, *args: str, cmdline: str = "/dev/null") -> list[str]:
+        return [sys.executable, "-m", "rollback", *args, "--device", self.device, "--kernel-cmdline", cmdline]
+
     def rollback(
         self, *args: str, env: dict[str, str] | None = None, cmdline: str = "/dev/null"
     ) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "rollback", *args, "--device", self.device, "--kernel-cmdline", cmdline]
+        argv = self.rollback_argv(*args, cmdline=cmdline)
         return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
     def state(self) -> State:

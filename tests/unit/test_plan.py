@@ -8,7 +8,19 @@ import pytest
 
 from rollback.errors import Refused
 from rollback.model import SKIP_MARK, TRASH_DIR
-from rollback.plan import Commit, Create, Delete, MakeDir, RemoveMark, Rename, Snapshot, paths_of_interest, plan_run
+from rollback.plan import (
+    Commit,
+    Create,
+    Delete,
+    MakeDir,
+    Reclaim,
+    RemoveMark,
+    Rename,
+    Snapshot,
+    Unlock,
+    paths_of_interest,
+    plan_run,
+)
 
 from .factory import config, observe
 
@@ -58,14 +70,15 @@ def test_first_run_creates_missing_parent_directories() -> None:
 def test_leftovers_of_an_interrupted_run_are_finished() -> None:
     leftover = f"{TRASH_DIR}/20261124T060000Z"
     plan = plan_run(config(), observe(["persist", leftover, f"{leftover}/var"]))
-    assert plan.steps == (Create("root"), Delete(leftover, 2))
+    assert plan.steps == (Delete(leftover, 2), Reclaim(), Create("root"))
 
 
 def test_trash_names_never_collide() -> None:
     taken = f"{TRASH_DIR}/{STAMP}"
     plan = plan_run(config(), observe(["root", taken]))
     assert Rename("root", f"{TRASH_DIR}/{STAMP}-1") in plan.steps
-    assert plan.steps[-2:] == (Delete(taken, 1), Delete(f"{TRASH_DIR}/{STAMP}-1", 1))
+    assert plan.steps[:2] == (Delete(taken, 1), Reclaim())  # leftovers first: on a full disk, the space
+    assert plan.steps[-1] == Delete(f"{TRASH_DIR}/{STAMP}-1", 1)
 
 
 def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
@@ -175,3 +188,47 @@ def test_protected_subvolumes_beside_the_root_are_fine() -> None:
 def test_paths_of_interest_include_parents() -> None:
     paths = paths_of_interest(config(subvolume="@/root", archive="a/b"))
     assert {"@", "@/root", "a", "a/b", ".rollback", TRASH_DIR, "root-blank"} <= set(paths)
+
+
+def test_pending_cleanup_is_waited_for_before_anything_needs_space() -> None:
+    obs = replace(observe(["root"], dirs=[TRASH_DIR]), pending_cleanup=(300,))
+    assert plan_run(config(), obs).steps[:2] == (Reclaim(), Rename("root", f"{TRASH_DIR}/{STAMP}"))
+
+
+def test_a_normal_run_does_not_wait_for_the_cleaner() -> None:
+    assert Reclaim() not in plan_run(config(), observe(["root"], dirs=[TRASH_DIR])).steps
+
+
+@pytest.mark.parametrize(("read_only", "pinned"), [(True, False), (False, True), (True, True)])
+def test_pruned_archived_roots_are_unlocked_before_they_move(read_only: bool, pinned: bool) -> None:
+    old = "old/20200101T000000Z"
+    obs = observe([(old, read_only), "root"], dirs=[TRASH_DIR])
+    obs = replace(obs, immutable=frozenset({old} if pinned else ()))
+    steps = plan_run(config(archive="old", keep_count=1), obs).steps
+    unlock = steps.index(Unlock(old))
+    assert steps[unlock + 1] == Rename(old, f"{TRASH_DIR}/{STAMP}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "pinned", "code"),
+    [
+        ({}, "root", "immutable"),
+        ({}, "", "immutable"),
+        ({}, TRASH_DIR, "immutable"),
+        ({}, ".rollback", "immutable"),
+        ({"subvolume": "a/root"}, "a", "immutable"),
+        ({"archive": "old"}, "old", "immutable"),
+        ({"archive": "x/old"}, "x", "immutable"),
+    ],
+)
+def test_immutable_places_on_the_way_are_refused(flags: dict[str, str], pinned: str, code: str) -> None:
+    target = flags.get("subvolume", "root")
+    archive = flags.get("archive")
+    obs = observe([target], dirs=[TRASH_DIR, *([archive] if archive else [])])
+    with pytest.raises(Refused) as caught:
+        plan_run(config(**flags), replace(obs, immutable=frozenset({pinned})))
+    assert caught.value.code == code
+
+
+def test_a_read_only_root_is_refused() -> None:
+    assert refusal({}, subvols=[("root", True)]) == "read-only-target"

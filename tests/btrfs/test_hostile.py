@@ -1,0 +1,293 @@
+"""What real machines have and the lab did not: read-only and immutable things in the way, a full
+filesystem, a wrong clock. Each run either finishes or refuses with the device untouched; none
+leaves something the next run cannot finish, and none fails the same way at every boot."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import btrfsutil
+import pytest
+
+from rollback.errors import Exit
+from tests.conftest import unavailable
+
+from .conftest import Disk, outside_root, populate, sh
+
+pytestmark = pytest.mark.btrfs
+
+TRASH = ".rollback/trash"
+
+
+def chattr(flags: str, path: Path) -> None:
+    sh("chattr", flags, str(path))
+
+
+def no_leftovers(disk: Disk) -> list[str]:
+    return [p for p in disk.state().subvolume_paths() if p.startswith((TRASH, "root/"))]
+
+
+# --- 4. what the recursive delete cannot remove as is ---------------------------------------
+
+
+def _ro_nested(top: Path) -> None:
+    btrfsutil.create_subvolume(str(top / "root" / "snap"))
+    btrfsutil.create_subvolume(str(top / "root" / "snap" / "inner"))
+    btrfsutil.set_subvolume_read_only(str(top / "root" / "snap"), True)
+
+
+def _pinned_dir(flag: str) -> Callable[[Path], None]:
+    def change(top: Path) -> None:
+        (top / "root" / "srv" / "d").mkdir(parents=True)
+        btrfsutil.create_subvolume(str(top / "root" / "srv" / "d" / "sub"))
+        chattr(flag, top / "root" / "srv" / "d")
+
+    return change
+
+
+def _pinned_nested_top(top: Path) -> None:
+    btrfsutil.create_subvolume(str(top / "root" / "box"))
+    btrfsutil.create_subvolume(str(top / "root" / "box" / "inner"))
+    chattr("+i", top / "root" / "box")
+    chattr("+i", top / "root" / "box" / "inner")
+
+
+@pytest.mark.parametrize(
+    "change", [_ro_nested, _pinned_dir("+i"), _pinned_dir("+a"), _pinned_nested_top], ids=["ro", "+i", "+a", "+i-top"]
+)
+@pytest.mark.parametrize("where", ["root", "leftover"])
+def test_what_blocks_the_delete_inside_our_trash_is_cleared(
+    disk: Disk, change: Callable[[Path], None], where: str
+) -> None:
+    with disk.top() as top:
+        populate(top)
+        change(top)
+        if where == "leftover":  # left in the trash by an earlier run (or an earlier version)
+            (top / TRASH).mkdir(parents=True)
+            os.rename(top / "root", top / TRASH / "20260101T000000Z")
+            btrfsutil.create_subvolume(str(top / "root"))
+    before = disk.state()
+    result = disk.rollback("run")
+    assert result.returncode == Exit.OK, result.stderr
+    assert no_leftovers(disk) == []
+    assert outside_root(disk.state()) == outside_root(before)
+    assert disk.rollback("run").returncode == Exit.OK  # and the next boot is a normal one
+
+
+def _refused(disk: Disk, reason: str, *args: str) -> None:
+    before = disk.state()
+    result = disk.rollback("run", *args)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert f"reason={reason}" in result.stderr and "hint=" in result.stderr
+    assert disk.state() == before
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda top: btrfsutil.set_subvolume_read_only(str(top / "root"), True), "read-only-target"),
+        (lambda top: chattr("+i", top / "root"), "immutable"),
+        (lambda top: chattr("+a", top / "root"), "immutable"),
+        (lambda top: chattr("+a", top), "immutable"),
+        (lambda top: (top / TRASH).mkdir(parents=True) or chattr("+i", top / TRASH), "immutable"),
+    ],
+    ids=["ro-root", "+i-root", "+a-root", "+a-top", "+i-trash"],
+)
+def test_a_pinned_target_or_place_is_refused_untouched(
+    disk: Disk, change: Callable[[Path], object], reason: str
+) -> None:
+    with disk.top() as top:
+        populate(top)
+        change(top)
+    try:
+        _refused(disk, reason)
+    finally:
+        with disk.top() as top:  # or the fixture cannot clean up
+            for path in (top, top / "root", top / TRASH):
+                subprocess.run(["chattr", "-i", "-a", str(path)], capture_output=True)
+
+
+@pytest.mark.parametrize("pin", ["ro", "+i"])
+def test_pruned_archived_roots_that_are_read_only_or_immutable_are_pruned(disk: Disk, pin: str) -> None:
+    with disk.top() as top:
+        (top / "old").mkdir()
+        for stamp in ("20200101T000000Z", "20200102T000000Z"):
+            btrfsutil.create_subvolume(str(top / "old" / stamp))
+            btrfsutil.create_subvolume(str(top / "old" / stamp / "nested"))
+        if pin == "ro":  # e.g. made read-only for btrfs send
+            btrfsutil.set_subvolume_read_only(str(top / "old" / "20200101T000000Z"), True)
+        else:
+            chattr("+i", top / "old" / "20200101T000000Z")
+        populate(top)
+    result = disk.rollback("run", "--archive", "old", "--keep-count", "2")
+    assert result.returncode == Exit.OK, result.stderr
+    archived = [p for p in disk.state().subvolume_paths() if p.startswith("old/") and p.count("/") == 1]
+    assert "old/20200101T000000Z" not in archived and len(archived) == 2
+    assert no_leftovers(disk) == []
+
+
+# --- 5. full filesystems ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Disk]:
+    """256 MiB, single metadata: small enough to fill in seconds."""
+    if os.geteuid() != 0:
+        unavailable("real-btrfs tests need root (loop devices, mount)")
+    image = tmp_path / "small.img"
+    with image.open("wb") as handle:
+        handle.truncate(256 << 20)
+    sh("mkfs.btrfs", "-q", "-m", "single", "-d", "single", str(image))
+    device = sh("losetup", "-f", "--show", str(image))
+    (tmp_path / "mnt").mkdir()
+    try:
+        yield Disk(device, tmp_path / "mnt", tmp_path)
+    finally:
+        subprocess.run(["umount", "-R", str(tmp_path / "mnt")], capture_output=True)
+        sh("losetup", "-d", device)
+
+
+def _old_root(top: Path, files: int) -> None:
+    """An old root left in the trash by a run cut after the create (power loss)."""
+    old = top / TRASH / "20260101T000000Z"
+    (top / TRASH).mkdir(parents=True)
+    btrfsutil.create_subvolume(str(old))
+    for i in range(files):
+        if i % 1000 == 0:
+            (old / f"d{i // 1000}").mkdir()
+        (old / f"d{i // 1000}" / f"f{i}").write_bytes(b"x" * 200)  # inline: metadata only
+    chain = old / "var"
+    chain.mkdir()
+    for i in range(10):
+        chain = chain / f"n{i}"
+        btrfsutil.create_subvolume(str(chain))
+
+
+def _fill_metadata(top: Path, round_no: int) -> int:
+    """xattrs (metadata only) on new files in persist until even a 64-byte one does not fit."""
+    fill = top / "persist" / "fill"
+    fill.mkdir(exist_ok=True)
+    added = number = 0
+    for size in (15000, 4000, 1000, 256, 64):
+        failures = 0
+        while failures < 3:
+            path = fill / f"r{round_no}-{number}"
+            number += 1
+            try:
+                path.touch()
+                for key in range(64):
+                    os.setxattr(path, f"user.f{key}", b"m" * size)
+                    added += 1
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                failures += 1
+    os.sync()
+    return added
+
+
+def _metadata_full(disk: Disk, leftover_files: int) -> None:
+    with disk.top() as top:
+        for name in ("root", "persist", "nix", "home"):
+            btrfsutil.create_subvolume(str(top / name))
+        (top / "root" / "etc").mkdir()
+        (top / "persist" / "precious").write_text("keep me\n")
+        _old_root(top, leftover_files)
+        _fill_metadata(top, 0)
+    for round_no in range(1, 4):  # a fresh mount may find a little more room
+        with disk.top() as top:
+            if not _fill_metadata(top, round_no):
+                break
+    with disk.top() as top:  # the very problem: the first rename of a run has no room
+        with pytest.raises(OSError) as caught:
+            os.rename(top / "root", top / TRASH / "probe")
+        assert caught.value.errno == errno.ENOSPC
+
+
+def test_a_metadata_full_filesystem_converges_at_the_first_boot(small_disk: Disk) -> None:
+    _metadata_full(small_disk, leftover_files=20_000)
+    first = small_disk.rollback("run")
+    assert first.returncode == Exit.OK, first.stderr
+    second = small_disk.rollback("run")  # and the boot after it is a normal one
+    assert second.returncode == Exit.OK, second.stderr
+    state = small_disk.state()
+    assert [p for p in state.subvolume_paths() if p.startswith(TRASH)] == []
+    assert state.files["persist/precious"] == outside_root(state)["persist/precious"]
+
+
+def test_a_filesystem_full_of_the_machines_own_data_changes_nothing_and_says_so(small_disk: Disk) -> None:
+    """Nothing of rollback's to free: the run stops at its first write, the old root stays bootable
+    (no root at all would be worse than a dirty one), and the message says what to do."""
+    with small_disk.top() as top:
+        populate(top)
+        with (top / "persist" / "big").open("wb") as handle:
+            try:
+                while True:
+                    handle.write(b"d" * (1 << 20))
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+    before = small_disk.state()
+    for _ in range(2):
+        result = small_disk.rollback("run")
+        assert result.returncode == Exit.FAILED and "reason=no-space" in result.stderr
+        assert "free space" in result.stderr
+        assert small_disk.state().subvolumes[1:] == before.subvolumes[1:]
+        assert small_disk.state().under("root") == before.under("root")
+
+
+# --- 7. a wrong clock ------------------------------------------------------------------------
+
+
+def _boots(disk: Disk, count: int, *args: str, clock: str = "") -> None:
+    for _ in range(count):
+        with disk.top() as top:
+            (top / "root" / "used").write_text("the machine ran on this root\n")
+        prefix = ["faketime", "-f", clock] if clock else []
+        argv = [*prefix, *disk.rollback_argv("run", "--archive", "old", *args)]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert result.returncode == Exit.OK, result.stderr
+
+
+def _archived(disk: Disk) -> list[tuple[int, str]]:
+    """(creation transid, name) of every archived root, oldest first."""
+    with disk.top(read_only=True) as top:
+        found = [(btrfsutil.subvolume_info(str(top / "old" / name)).otransid, name) for name in os.listdir(top / "old")]
+    return sorted(found)
+
+
+@pytest.fixture
+def clocked(disk: Disk) -> Disk:
+    if subprocess.run(["which", "faketime"], capture_output=True).returncode != 0:
+        unavailable("faketime is not installed (Debian package faketime)")
+    with disk.top() as top:
+        populate(top, nested=[])
+    return disk
+
+
+def test_a_clock_years_ahead_prunes_down_to_keep_min_only(clocked: Disk) -> None:
+    _boots(clocked, 5)
+    assert len(_archived(clocked)) == 5
+    newest = [name for _, name in _archived(clocked)][-2:]
+    _boots(clocked, 1, "--keep-days", "30", clock="+1825d")  # an RTC five years ahead
+    left = [name for _, name in _archived(clocked)]
+    assert len(left) == 3 and left[:2] == newest  # keep-min 3: the two newest and the root just archived
+    assert left[2].startswith(str(int(newest[-1][:4]) + 5))
+
+
+def test_a_clock_set_back_never_prunes_the_newest(clocked: Disk) -> None:
+    _boots(clocked, 3)
+    _boots(clocked, 2, "--keep-count", "3", clock="-3650d")  # a dead RTC battery: back ten years
+    left = _archived(clocked)
+    assert len(left) == 3
+    assert [name[:4] for _, name in left][-2:] == [left[-1][1][:4]] * 2  # the two archived in "2016"
+    assert int(left[-1][1][:4]) < int(left[0][1][:4])  # named earlier, yet kept as the newest
+
+
+def test_keep_min_zero_lets_age_prune_everything_old(clocked: Disk) -> None:
+    _boots(clocked, 3)
+    _boots(clocked, 1, "--keep-days", "30", "--keep-min", "0", clock="+1825d")
+    assert len(_archived(clocked)) == 1  # only the root archived just now
