@@ -139,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(target=target)
     try:
         return int(dispatch(args, *load_config(args)))
+    except BrokenPipeError:  # the reader stopped early (`rollback diff | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(Exit.OK)
     except RollbackError as error:
         kind = {ConfigError: "invalid", StepFailed: "failed"}.get(type(error), "refused")
         log.emit(kind, f"{kind}: {error.reason}", hint=error.hint, reason=error.code, exit=int(error.exit_code))
@@ -167,6 +170,8 @@ def run() -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed or broken pipe: nothing left to say
+        except BrokenPipeError:  # the reader stopped early: what it wanted, it got
+            pass
+        except (OSError, ValueError):  # closed, or a full disk behind a redirect: output was lost
             code = code or int(Exit.FAILED)
     os._exit(code)

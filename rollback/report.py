@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from rollback import names
@@ -86,21 +83,36 @@ def status_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _walk(base: Path) -> Iterator[tuple[str, tuple[int, int, int]]]:
-    """(relative path, signature) for everything below `base`, not following symlinks.
+def escape(path: str, *, ascii_only: bool = False) -> str:
+    r"""One line per path, unambiguously: `\\` for a backslash, `\n` `\t` `\r`, `\xNN` for another
+    control character (NN < 80) or a byte that is not UTF-8 (NN >= 80), `\uXXXX`/`\UXXXXXXXX` for
+    a character that is not printable (or any non-ASCII one, where the output cannot carry it)."""
+    out = []
+    for char in path:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif char in _NAMED:
+            out.append(_NAMED[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: one undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x80 and not char.isprintable():
+            out.append(f"\\x{code:02x}")
+        elif code >= 0x80 and (ascii_only or not char.isprintable()):
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
-    A directory's signature is only its mode: it survives if the blank has it.
-    """
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            is_dir = stat.S_ISDIR(st.st_mode)
-            relative = os.path.relpath(full, base) + ("/" if is_dir else "")
-            yield relative, (st.st_mode, 0, 0) if is_dir else (st.st_mode, st.st_size, st.st_mtime_ns)
+
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
-def diff(top: Path, config: Config, obs: Observation) -> list[str]:
+Signature = tuple[int, int, int]
+Walk = Callable[[str], Iterator[tuple[str, Signature]]]
+
+
+def diff(walk: Walk, config: Config, obs: Observation) -> list[str]:
     """Paths in the current root that the next run would erase ('/' marks directories).
 
     Walked through our private top-level mount, so mounts on the live system
@@ -111,5 +123,5 @@ def diff(top: Path, config: Config, obs: Observation) -> list[str]:
         return []
     kept: dict[str, tuple[int, int, int]] = {}
     if config.mode == "snapshot" and obs.kind(config.blank) is Kind.SUBVOLUME:
-        kept = dict(_walk(top / config.blank))
-    return sorted(path for path, signature in _walk(top / config.subvolume) if kept.get(path) != signature)
+        kept = dict(walk(config.blank))
+    return sorted(path for path, signature in walk(config.subvolume) if kept.get(path) != signature)

@@ -133,18 +133,23 @@ def status(config: Config, *, as_json: bool) -> Exit:
 
 
 def diff(config: Config, *, as_json: bool) -> Exit:
+    from functools import partial
+
+    from rollback.effects.walk import walk
+
     with _observed(config, lock=False) as (top, obs):
-        paths = report.diff(top, config, obs)
+        paths = report.diff(partial(walk, top), config, obs)
     if as_json:
+        escaped = [report.escape(p) for p in paths]
         print(
             _json(
-                {"subvolume": config.subvolume, "mode": config.mode, "count": len(paths), "paths": paths}, indent=None
+                {"subvolume": config.subvolume, "mode": config.mode, "count": len(paths), "paths": escaped},
+                indent=None,
             )
         )
     else:
-        out = sys.stdout
-        for path in paths:
-            out.write(path + "\n")
+        ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"
+        sys.stdout.writelines(report.escape(path, ascii_only=ascii_only) + "\n" for path in paths)
     return Exit.OK
 
 
