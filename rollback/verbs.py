@@ -19,6 +19,7 @@ from rollback.model import Observation
 from rollback.plan import Plan, paths_of_interest, plan_run, plan_skip_next
 from rollback.settings import Config, as_dict, describe
 
+FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would
 CRASH_AFTER_ENV = "ROLLBACK_TEST_CRASH_AFTER"  # test hook: kill ourselves after step N ...
 CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default KILL; TERM as systemd stops)
 
@@ -42,9 +43,12 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
 
     mount.make_writable(top)
     crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
+    fail_at = int(os.environ.get(FAIL_AT_ENV, "0") or 0)
     for number, step in enumerate(plan.steps, 1):
         began = time.monotonic()
         try:
+            if number == fail_at:
+                raise OSError(errno.EIO, "injected by " + FAIL_AT_ENV)
             btrfs.execute(step, top)
         except OSError as error:
             if error.errno == errno.ENOSPC:
