@@ -78,6 +78,11 @@ def test_what_blocks_the_delete_inside_our_trash_is_cleared(
     assert disk.rollback("run").returncode == Exit.OK  # and the next boot is a normal one
 
 
+def _pinned_trash(top: Path) -> None:
+    (top / TRASH).mkdir(parents=True)
+    chattr("+i", top / TRASH)
+
+
 def _refused(disk: Disk, reason: str, *args: str) -> None:
     before = disk.state()
     result = disk.rollback("run", *args)
@@ -93,7 +98,7 @@ def _refused(disk: Disk, reason: str, *args: str) -> None:
         (lambda top: chattr("+i", top / "root"), "immutable"),
         (lambda top: chattr("+a", top / "root"), "immutable"),
         (lambda top: chattr("+a", top), "immutable"),
-        (lambda top: (top / TRASH).mkdir(parents=True) or chattr("+i", top / TRASH), "immutable"),
+        (lambda top: _pinned_trash(top), "immutable"),
     ],
     ids=["ro-root", "+i-root", "+a-root", "+a-top", "+i-trash"],
 )
