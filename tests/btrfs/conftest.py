@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import btrfsutil
 import pytest
 
 from tests.conftest import unavailable
@@ -47,7 +48,10 @@ class Disk:
         return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
     def state(self) -> State:
+        """What is on the device. A commit first: a run's unmount need not commit while another mount
+        namespace (any other run's, copied from the host) still holds the filesystem."""
         with self.top(read_only=True) as top:
+            btrfsutil.sync(str(top))
             return snapshot_state(top)
 
 
