@@ -50,20 +50,16 @@ def _settings_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores them)",
     )
+    from rollback.log import TARGETS
+
     parent.add_argument(
         "--log-target",
-        choices=log_targets(),
+        choices=TARGETS,
         help="where events go: journal (native protocol), console (stderr), or auto: the journal when stderr "
         "is connected to it ($JOURNAL_STREAM), else the console (default: $ROLLBACK_LOG_TARGET, "
         "$SYSTEMD_LOG_TARGET, auto)",
     )
     return parent
-
-
-def log_targets() -> tuple[str, ...]:
-    from rollback.log import TARGETS
-
-    return TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,17 +51,15 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
                 raise OSError(errno.EIO, "injected by " + FAIL_AT_ENV)
             btrfs.execute(step, top)
         except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise StepFailed(
-                    f"step {number}/{len(plan.steps)} failed: {step.describe()}: no space left on the filesystem",
-                    "what rollback itself left was deleted first; the rest is the machine's data: free space "
-                    "(btrfs filesystem usage), and the next run finishes the job",
-                    code="no-space",
-                ) from error
+            full = error.errno == errno.ENOSPC
             raise StepFailed(
-                f"step {number}/{len(plan.steps)} failed: {step.describe()}: {error}",
-                "the device is consistent; the next run finishes the job (see rollback status)",
-                code="step-failed",
+                f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
+                + ("no space left on the filesystem" if full else str(error)),
+                "what rollback itself left was deleted first; the rest is the machine's data: free space "
+                "(btrfs filesystem usage), and the next run finishes the job"
+                if full
+                else "the device is consistent; the next run finishes the job (see rollback status)",
+                code="no-space" if full else "step-failed",
             ) from error
         emit(
             "step",

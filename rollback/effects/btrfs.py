@@ -8,7 +8,8 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import assert_never
@@ -68,24 +69,26 @@ def _is_empty(directory: Path) -> bool:
         return next(found, None) is None
 
 
-def _pinned(path: Path) -> bool:
-    """chattr +i or +a on this directory: it cannot be renamed, and nothing in it unlinked."""
+@contextmanager
+def _inode_flags(path: Path) -> Iterator[tuple[int, int]]:
+    """(an open fd, its inode flags) for the directory at `path`, never following a symlink."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+        yield fd, struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
     finally:
         os.close(fd)
-    return bool(flags & _PINNING)
+
+
+def _pinned(path: Path) -> bool:
+    """chattr +i or +a on this directory: it cannot be renamed, and nothing in it unlinked."""
+    with _inode_flags(path) as (_fd, flags):
+        return bool(flags & _PINNING)
 
 
 def _unpin(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+    with _inode_flags(path) as (fd, flags):
         if flags & _PINNING:
             fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags & ~_PINNING))
-    finally:
-        os.close(fd)
 
 
 def unlock(path: Path) -> None:

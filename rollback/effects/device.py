@@ -86,11 +86,12 @@ def locked(device: str, fsid: str) -> Iterator[None]:
 def mounted_subvolumes(top: str) -> dict[int, str]:
     """Subvolume id -> where it is mounted, in every mount namespace on the host, for the filesystem
     mounted at `top` (ours: identified by its superblock, not by a member device's name)."""
-    own = mountinfo.dev_of(_table("/proc/self/mountinfo"), top)
+    tables = list(_namespaces())  # ours first
+    own = mountinfo.dev_of(tables[0][1], top)
     if own is None:
         raise OSError(f"{top} is not in /proc/self/mountinfo")
     found: dict[int, str] = {}
-    for pid, table in _namespaces():
+    for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]
         for subvolid, where in mountinfo.subvolumes_of(table, own).items():
@@ -110,6 +111,8 @@ def _namespaces() -> Iterator[tuple[int | None, list[mountinfo.Mount]]]:
                 continue
             table = _table(f"/proc/{pid}/mountinfo")
         except OSError:  # gone meanwhile, or a kernel thread
+            if pid == "self":
+                raise
             continue
         seen.add(namespace)
         yield (None if pid in ("self", "1") else int(pid)), table
