@@ -19,7 +19,18 @@ import pytest
 from tests.conftest import unavailable
 from tests.layout import NESTED, State, outside_root, populate, sh, snapshot_state
 
-__all__ = ["NESTED", "Disk", "State", "outside_root", "parse_json", "populate", "sh"]
+__all__ = [
+    "NESTED",
+    "Disk",
+    "State",
+    "loop_device",
+    "outside_root",
+    "parse_json",
+    "populate",
+    "require_root",
+    "sh",
+    "single_disk",
+]
 
 pytestmark = pytest.mark.btrfs
 
@@ -55,25 +66,45 @@ class Disk:
             return snapshot_state(top)
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Disk]:
+def require_root(*tools: str) -> None:
+    """Skip locally, fail in CI, unless we are root and every tool is installed."""
     if os.geteuid() != 0:
         unavailable("real-btrfs tests need root (loop devices, mount)")
-    for tool in ("mkfs.btrfs", "losetup", "mount"):
+    for tool in tools:
         if not shutil.which(tool):
             unavailable(f"{tool} is not installed")
-    image = tmp_path / "disk.img"
+
+
+@contextmanager
+def loop_device(image: Path, size: int) -> Iterator[str]:
+    """A sparse image of `size` bytes attached to a loop device, detached afterwards."""
     with image.open("wb") as handle:
-        handle.truncate(512 * 1024 * 1024)
-    sh("mkfs.btrfs", "-q", str(image))
+        handle.truncate(size)
     device = sh("losetup", "-f", "--show", str(image))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
     try:
-        yield Disk(device, mnt, tmp_path)
+        yield device
     finally:
-        subprocess.run(["umount", "-R", str(mnt)], capture_output=True)
         sh("losetup", "-d", device)
+
+
+@contextmanager
+def single_disk(tmp_path: Path, size: int, *mkfs_options: str) -> Iterator[Disk]:
+    """A one-device btrfs on a loop device, with a mount point that is emptied afterwards."""
+    require_root("mkfs.btrfs", "losetup", "mount")
+    with loop_device(tmp_path / "disk.img", size) as device:
+        sh("mkfs.btrfs", "-q", *mkfs_options, device)
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        try:
+            yield Disk(device, mnt, tmp_path)
+        finally:
+            subprocess.run(["umount", "-R", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    with single_disk(tmp_path, 512 * 1024 * 1024) as found:
+        yield found
 
 
 def parse_json(result: subprocess.CompletedProcess[str]) -> Any:

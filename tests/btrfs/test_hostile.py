@@ -16,7 +16,7 @@ import pytest
 from rollback.errors import Exit
 from tests.conftest import unavailable
 
-from .conftest import Disk, outside_root, populate, sh
+from .conftest import Disk, outside_root, populate, sh, single_disk
 
 pytestmark = pytest.mark.btrfs
 
@@ -141,19 +141,8 @@ def test_pruned_archived_roots_that_are_read_only_or_immutable_are_pruned(disk: 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Disk]:
     """256 MiB, single metadata: small enough to fill in seconds."""
-    if os.geteuid() != 0:
-        unavailable("real-btrfs tests need root (loop devices, mount)")
-    image = tmp_path / "small.img"
-    with image.open("wb") as handle:
-        handle.truncate(256 << 20)
-    sh("mkfs.btrfs", "-q", "-m", "single", "-d", "single", str(image))
-    device = sh("losetup", "-f", "--show", str(image))
-    (tmp_path / "mnt").mkdir()
-    try:
-        yield Disk(device, tmp_path / "mnt", tmp_path)
-    finally:
-        subprocess.run(["umount", "-R", str(tmp_path / "mnt")], capture_output=True)
-        sh("losetup", "-d", device)
+    with single_disk(tmp_path, 256 << 20, "-m", "single", "-d", "single") as found:
+        yield found
 
 
 def _old_root(top: Path, files: int) -> None:

@@ -6,22 +6,19 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-from tests.conftest import unavailable
-from tests.layout import snapshot_state
 
-from .conftest import NESTED, Disk, State, outside_root, populate, sh
+from .conftest import NESTED, Disk, State, loop_device, outside_root, populate, require_root, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -30,44 +27,25 @@ DAY_NS = 86400 * 10**9
 Raid = tuple[Disk, Disk]  # one filesystem, seen through each of its two member devices
 
 
-def state(disk: Disk) -> State:
-    """disk.state(), with whatever is pending committed first: an unmount commits nothing while a copy
-    of the mount lives on in another mount namespace (any process that unshared meanwhile has one)."""
-    with disk.top(read_only=True) as top:
-        btrfsutil.sync(str(top))
-        return snapshot_state(top)
-
-
 @pytest.fixture
 def raid(tmp_path: Path) -> Iterator[Raid]:
     """A btrfs raid1 (data and metadata) over two loop devices of 512 MiB sparse images."""
-    if os.geteuid() != 0:
-        unavailable("real-btrfs tests need root (loop devices, mount)")
-    for tool in ("mkfs.btrfs", "btrfs", "losetup", "mount", "unshare"):
-        if not shutil.which(tool):
-            unavailable(f"{tool} is not installed")
+    require_root("mkfs.btrfs", "btrfs", "losetup", "mount", "unshare")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    members: list[str] = []
-    try:
-        for n in (1, 2):
-            image = tmp_path / f"member{n}.img"
-            with image.open("wb") as handle:
-                handle.truncate(512 * 1024 * 1024)
-            members.append(sh("losetup", "-f", "--show", str(image)))
+    with ExitStack() as stack:
+        members = [stack.enter_context(loop_device(tmp_path / f"member{n}.img", 512 << 20)) for n in (1, 2)]
+        for member in members:  # on the way out, before the detach: forget only our own members
+            stack.callback(subprocess.run, ["btrfs", "device", "scan", "--forget", member], capture_output=True)
+        stack.callback(subprocess.run, ["umount", "-R", str(mnt)], capture_output=True)
         sh("mkfs.btrfs", "-q", "-f", "-d", "raid1", "-m", "raid1", *members)
         sh("btrfs", "device", "scan", *members)
         yield Disk(members[0], mnt, tmp_path), Disk(members[1], mnt, tmp_path)
-    finally:
-        subprocess.run(["umount", "-R", str(mnt)], capture_output=True)
-        for member in members:  # forget only our own members, then detach them
-            subprocess.run(["btrfs", "device", "scan", "--forget", member], capture_output=True)
-            sh("losetup", "-d", member)
 
 
 def states(*views: Disk) -> State:
     """The device state, read through every view given: one filesystem, so one answer."""
-    found = [state(view) for view in views]
+    found = [view.state() for view in views]
     assert all(s == found[0] for s in found), "the members disagree"
     return found[0]
 
@@ -160,9 +138,9 @@ def test_root_mounted_through_an_alias_of_the_device(disk: Disk, tmp_path: Path)
     try:
         with mounted(disk.device, "root", tmp_path / "live"):
             view = Disk(alias, disk.mnt, tmp_path)
-            before = state(disk)
+            before = disk.state()
             result = view.rollback("run", "--dry-run")  # the same checks as a run; never a write through the alias
-            assert state(disk) == before
+            assert disk.state() == before
             assert result.returncode == Exit.REFUSED and "reason=mounted" in result.stderr, result.stdout
     finally:
         released(alias)
@@ -229,7 +207,7 @@ def dirty(top: Path) -> None:
 def test_concurrent_runs_through_both_members(raid: Raid) -> None:
     with raid[0].top() as top:
         populate(top)
-    before = state(raid[0])
+    before = raid[0].state()
     outcomes = []
     for attempt in range(5):
         if attempt:
@@ -254,7 +232,7 @@ def test_a_run_through_the_second_member(raid: Raid) -> None:
     before = states(*raid)
     result = raid[1].rollback("run")
     assert result.returncode == Exit.OK, result.stderr
-    after = state(raid[0])  # read through the other member
+    after = raid[0].state()  # read through the other member
     rolled_back(before, after)
     ids = {s.path: s.id for s in before.subvolumes}
     assert {s.path: s.id for s in after.subvolumes}["root"] != ids["root"]
@@ -273,7 +251,7 @@ def aged(disk: Disk, change: Callable[[Path], None] = lambda top: None) -> State
         for dirpath, _, _ in os.walk(top / "root"):
             mtime = os.stat(dirpath).st_mtime_ns
             os.utime(dirpath, ns=(mtime - 3 * DAY_NS, mtime))
-    return state(disk)
+    return disk.state()
 
 
 def protected_home_inside_root(top: Path) -> None:
@@ -288,7 +266,7 @@ def test_the_oracle_sees_an_atime_update(disk: Disk) -> None:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
         assert "relatime" in next(line for line in mounts if f" {top} " in line)
         os.listdir(top / "root")
-    after = state(disk)
+    after = disk.state()
     root_before, root_after = (next(s for s in st.subvolumes if s.path == "root") for st in (before, after))
     assert root_after.generation > root_before.generation
     assert root_after.ctransid > root_before.ctransid
@@ -299,7 +277,7 @@ def test_a_refusal_writes_nothing_not_even_an_atime(disk: Disk) -> None:
     before = aged(disk, protected_home_inside_root)
     result = disk.rollback("run")
     assert result.returncode == Exit.REFUSED and "reason=protected-inside" in result.stderr, result.stderr
-    assert state(disk) == before
+    assert disk.state() == before
 
 
 @pytest.mark.parametrize(
@@ -318,4 +296,4 @@ def test_observing_verbs_write_nothing(disk: Disk, args: tuple[str, ...], code: 
     before = aged(disk)
     result = disk.rollback(*args)
     assert result.returncode == code, result.stderr
-    assert state(disk) == before
+    assert disk.state() == before
