@@ -20,7 +20,8 @@ EXIT_CODES = """exit codes:
   0   success
   1   failed after changes began (the next run finishes the job), or an internal error
   2   usage or configuration error (flags, config file, kernel command line); nothing touched
-  3   refused: a safety check failed; the device was left exactly as it was
+  3   refused: a safety check failed, or no room for the first change; the device was
+      left exactly as it was
   77  skipped: rollback.skip or the skip-next mark; the root was kept
 
 precedence: flags > kernel command line (rollback.KEY=VALUE) > config file > defaults"""

@@ -11,7 +11,7 @@ class Exit(enum.IntEnum):
     OK = 0
     FAILED = 1  # an error after changes began (or an internal error); see the log
     USAGE = 2  # bad command line, config file or kernel command line; nothing touched
-    REFUSED = 3  # a safety check failed; the device was left exactly as it was
+    REFUSED = 3  # a safety check failed, or no room for the first change; the device was left exactly as it was
     SKIPPED = 77  # asked not to run (rollback.skip, skip-next mark); nothing deleted
 
 

@@ -33,7 +33,7 @@ def _observed(config: Config, *, lock: bool) -> Iterator[tuple[Path, Observation
     dev = config.require_device()
     fsid = device.probe(dev)
     with device.locked(dev, fsid) if lock else nullcontext(), mount.top_level(dev) as top:
-        mounted = device.mounted_subvolumes(str(top))
+        mounted = device.mounted_subvolumes(str(top), fsid)
         yield top, btrfs.observe(top, paths_of_interest(config), mounted, datetime.now(UTC))
 
 
@@ -51,16 +51,7 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
                 raise OSError(errno.EIO, "injected by " + FAIL_AT_ENV)
             btrfs.execute(step, top)
         except OSError as error:
-            full = error.errno == errno.ENOSPC
-            raise StepFailed(
-                f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
-                + ("no space left on the filesystem" if full else str(error)),
-                "what rollback itself left was deleted first; the rest is the machine's data: free space "
-                "(btrfs filesystem usage), and the next run finishes the job"
-                if full
-                else "the device is consistent; the next run finishes the job (see rollback status)",
-                code="no-space" if full else "step-failed",
-            ) from error
+            raise _failure(number, plan, error) from error
         emit(
             "step",
             step.describe(),
@@ -73,6 +64,36 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             import signal  # the crash tests' hook only
 
             os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
+
+
+def _failure(number: int, plan: Plan, error: OSError) -> Refused | StepFailed:
+    """What a failing step means. No room for the very first change, when that change is one system
+    call (btrfs reserves its space before it alters anything), leaves the device exactly as it was: a
+    refusal, which says so, rather than a failure after changes began."""
+    from rollback.plan import Create, MakeDir, Rename, Snapshot, WriteMark
+
+    step = plan.steps[number - 1]
+    what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
+    if error.errno != errno.ENOSPC:
+        return StepFailed(
+            what + str(error),
+            "the device is consistent; the next run finishes the job (see rollback status)",
+            code="step-failed",
+        )
+    free = "free space (btrfs filesystem usage); the old root stays in use until then"
+    if number == 1 and isinstance(step, MakeDir | Rename | Create | Snapshot | WriteMark):
+        return Refused(
+            what + "no space left on the filesystem, before any change; nothing of rollback's to free",
+            free,
+            code="no-space",
+        )
+    return StepFailed(
+        what + "no space left on the filesystem",
+        "what rollback itself left was deleted first; the rest is the machine's data: "
+        + free
+        + ", and the next run finishes the job",
+        code="no-space",
+    )
 
 
 def _check_hibernation(config: Config, cmdline: str) -> None:

@@ -83,20 +83,82 @@ def locked(device: str, fsid: str) -> Iterator[None]:
             os.close(fd)
 
 
-def mounted_subvolumes(top: str) -> dict[int, str]:
+def mounted_subvolumes(top: str, fsid: str) -> dict[int, str]:
     """Subvolume id -> where it is mounted, in every mount namespace on the host, for the filesystem
-    mounted at `top` (ours: identified by its superblock, not by a member device's name)."""
+    mounted at `top` (ours: identified by its superblock, not by a member device's name). Refuse when
+    the same filesystem may also be mounted as another superblock, whose mounts we cannot attribute."""
     tables = list(_namespaces())  # ours first
     own = mountinfo.dev_of(tables[0][1], top)
     if own is None:
         raise OSError(f"{top} is not in /proc/self/mountinfo")
+    _refuse_twins(top, fsid, own, tables)
     found: dict[int, str] = {}
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]
         for subvolid, where in mountinfo.subvolumes_of(table, own).items():
-            found.setdefault(subvolid, where if pid is None else f"{where} (mount namespace of PID {pid})")
+            found.setdefault(subvolid, _where(where, pid))
     return found
+
+
+def _where(mount_point: str, pid: int | None) -> str:
+    return mount_point if pid is None else f"{mount_point} (mount namespace of PID {pid})"
+
+
+def _refuse_twins(top: str, fsid: str, own: str, tables: list[tuple[int | None, list[mountinfo.Mount]]]) -> None:
+    """A second block device over the same bytes (a loop alias, a multipath path, or a copy made with dd)
+    is mounted by the kernel (>= 6.7) as a separate filesystem with a temporary fsid: its mounts carry
+    another major:minor. Either ours got the temporary fsid (the kernel says so), or another mount's
+    device carries our fsid on disk. We cannot tell an alias from a copy, so both refuse."""
+    hint = (
+        "unmount it; if it is a copy of this disk (dd, a snapshot of a VM image), give the copy a new "
+        "UUID (btrfstune -u) so the two can be told apart"
+    )
+    if _kernel_fsid(top) not in (fsid, None):
+        raise Refused(
+            f"the kernel mounted this device under a temporary fsid: another device holding the filesystem "
+            f"{_uuid(fsid)} is mounted (this device under another name, or a copy), and what it has "
+            "mounted cannot be seen from here",
+            hint,
+            code="mounted",
+        )
+    checked: set[str] = set()
+    for pid, table in tables:
+        for mount in table:
+            if mount.fstype != "btrfs" or mount.dev == own or mount.source in checked:
+                continue
+            checked.add(mount.source)
+            try:
+                theirs = probe(mount.source)
+            except Refused:  # not a device node we can read from here: the kernel's check above remains
+                continue
+            if theirs == fsid:
+                raise Refused(
+                    f"{mount.source}, another device holding the filesystem {_uuid(fsid)}, is mounted at "
+                    f"{_where(mount.mount_point, pid)}: this device under another name, or a copy",
+                    hint,
+                    code="mounted",
+                )
+
+
+_FS_INFO = 0x8400941F  # BTRFS_IOC_FS_INFO: struct btrfs_ioctl_fs_info_args (1024 bytes), fsid at 16
+
+
+def _kernel_fsid(top: str) -> str | None:
+    """The fsid the kernel gave the mounted filesystem (None where the ioctl is unavailable)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        args = bytearray(1024)
+        fcntl.ioctl(fd, _FS_INFO, args)
+        return bytes(args[16:32]).hex()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _uuid(fsid: str) -> str:
+    return f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
 
 
 def _namespaces() -> Iterator[tuple[int | None, list[mountinfo.Mount]]]:

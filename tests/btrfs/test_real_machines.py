@@ -126,25 +126,89 @@ def test_root_mounted_only_in_another_namespace(disk: Disk, tmp_path: Path) -> N
     assert f"'root' is mounted at {where} (mount namespace of PID {pid})" in stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a second block device over the same bytes (a loop alias, a multipath path) mounts as a "
-    "separate superblock (a temporary fsid, kernel >= 6.7), so the mounts through the first are not seen",
-)
-def test_root_mounted_through_an_alias_of_the_device(disk: Disk, tmp_path: Path) -> None:
+@pytest.fixture
+def alias(disk: Disk, tmp_path: Path) -> Iterator[Disk]:
+    """The same image through a second loop device: the same bytes under another name, as a loop alias or
+    a multipath path presents them; the kernel mounts whichever comes second under a temporary fsid."""
     with disk.top() as top:
         populate(top)
-    alias = sh("losetup", "-f", "--show", str(tmp_path / "disk.img"))  # the same image, a second loop device
+    device = sh("losetup", "-f", "--show", str(tmp_path / "disk.img"))
     try:
-        with mounted(disk.device, "root", tmp_path / "live"):
-            view = Disk(alias, disk.mnt, tmp_path)
-            before = disk.state()
-            result = view.rollback("run", "--dry-run")  # the same checks as a run; never a write through the alias
-            assert disk.state() == before
-            assert result.returncode == Exit.REFUSED and "reason=mounted" in result.stderr, result.stdout
+        yield Disk(device, disk.mnt, tmp_path)
     finally:
-        released(alias)
-        sh("losetup", "-d", alias)
+        assert released(device)
+        sh("losetup", "-d", device)
+
+
+@pytest.mark.parametrize("run_via_alias", [True, False], ids=["live-via-device", "live-via-alias"])
+def test_root_mounted_through_another_name_of_the_device(
+    disk: Disk, alias: Disk, tmp_path: Path, run_via_alias: bool
+) -> None:
+    """Whichever name mounted the live root, our own top-level mount comes second: the kernel's fsid
+    for it is a temporary one, which says another device holds this filesystem and is mounted."""
+    live, via = (disk, alias) if run_via_alias else (alias, disk)
+    with mounted(live.device, "root", tmp_path / "live"):
+        stderr = refused(via, reason="mounted")
+    assert "temporary fsid" in stderr
+
+
+@pytest.mark.parametrize("namespace", ["ours", "another"])
+def test_root_through_an_alias_while_the_filesystem_is_mounted_through_the_device(
+    disk: Disk, alias: Disk, tmp_path: Path, namespace: str
+) -> None:
+    """/persist mounted through the device makes our top-level mount share its superblock (no temporary
+    fsid); the live root through the alias is a separate superblock, found by its device's fsid on disk."""
+    with ExitStack() as stack:
+        stack.enter_context(mounted(disk.device, "persist", tmp_path / "persist"))
+        where = tmp_path / "live"
+        if namespace == "ours":
+            stack.enter_context(mounted(alias.device, "root", where))
+        else:
+            pid = stack.enter_context(mounted_in_another_namespace(alias.device, "root", where, []))
+            where = Path(f"{where} (mount namespace of PID {pid})")
+        stderr = refused(disk, reason="mounted")
+    assert f"{alias.device}, another device holding the filesystem" in stderr and f"at {where}" in stderr
+
+
+def test_a_mounted_copy_of_the_disk_refuses_until_unmounted(disk: Disk, tmp_path: Path) -> None:
+    """A dd copy carries the same fsid, and nothing on the host tells it from an alias: refuse while it is
+    mounted (the hint says how to tell them apart), run normally once it is not."""
+    with disk.top() as top:
+        populate(top)
+    sh("sync")
+    copy_image = tmp_path / "copy.img"
+    sh("cp", "--sparse=always", str(tmp_path / "disk.img"), str(copy_image))
+    with loop_device_for(copy_image) as copy:
+        with mounted(copy, "persist", tmp_path / "copy"):
+            stderr = refused(disk, reason="mounted")
+        assert "btrfstune -u" in stderr
+        assert released(copy)
+    before = disk.state()
+    result = disk.rollback("run")
+    assert result.returncode == Exit.OK, result.stderr
+    rolled_back(before, disk.state())
+
+
+def test_an_unrelated_btrfs_mounted_is_no_obstacle(disk: Disk, tmp_path: Path) -> None:
+    with disk.top() as top:
+        populate(top)
+    with loop_device(tmp_path / "other.img", 256 << 20) as other:
+        sh("mkfs.btrfs", "-q", other)
+        with mounted(other, "/", tmp_path / "other"):
+            before = disk.state()
+            result = disk.rollback("run")
+        assert result.returncode == Exit.OK, result.stderr
+        rolled_back(before, disk.state())
+
+
+@contextmanager
+def loop_device_for(image: Path) -> Iterator[str]:
+    device = sh("losetup", "-f", "--show", str(image))
+    try:
+        yield device
+    finally:
+        released(device)
+        sh("losetup", "-d", device)
 
 
 # --- raid1: one filesystem, two member devices ---------------------------------------------
