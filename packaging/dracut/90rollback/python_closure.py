@@ -1,14 +1,24 @@
-"""Stage the rollback service's Python import closure for an initramfs.
+"""Stage the rollback service's Python import closure for an initramfs: one builder for dracut and NixOS.
 
 Run with the interpreter that will run the service (the one that can import rollback and its
 dependencies). It finds, statically, every module the service can import (error paths included,
-unlike a sys.modules snapshot), compiles each to bytecode under STAGE at its absolute path, as a
-sourceless module.pyc beside where module.py is (unchecked-hash: valid whatever timestamps the
-copy gets; no source is shipped), and prints what the dracut module must install itself:
+unlike a sys.modules snapshot) and compiles each to sourceless bytecode (module.pyc where
+module.py would be; unchecked-hash: valid whatever timestamps the copy gets; no source shipped).
 
-    python <interpreter>      the real interpreter binary (dracut resolves its libraries)
-    lib <extension module>    every C extension (dracut resolves their libraries)
-    path <directory>          a sys.path entry outside the standard library (site-packages, source)
+    python_closure.py STAGE_DIR
+        (dracut) bytecode under STAGE_DIR at each module's absolute path; prints what the dracut
+        module installs itself:
+            python <interpreter>      the real interpreter binary (dracut resolves its libraries)
+            lib <extension module>    every C extension (dracut resolves their libraries)
+            path <directory>          a sys.path entry outside the standard library
+
+    python_closure.py --tree PREFIX --unit UNIT_FILE [--destdir DIR]
+        (NixOS) a self-contained tree at DIR/PREFIX that refers to nothing outside itself but the ELF
+        libraries its binaries link: PREFIX/bin/python3 (the interpreter, which finds its stdlib
+        beside itself), PREFIX/lib/pythonX.Y/ (stdlib and site-packages modules merged, extensions
+        included), PREFIX/bin/rollback (launcher), PREFIX/lib/systemd/system/rollback@.service (the
+        unit, ExecStart pointing at the launcher), PREFIX/share/rollback/manifest.json. The staged
+        interpreter then imports the service from the tree alone, or the build fails.
 """
 
 from __future__ import annotations
@@ -18,9 +28,11 @@ import json
 import modulefinder
 import os
 import py_compile
+import shutil
 import subprocess
 import sys
 import sysconfig
+from typing import Any
 
 ENTRY_POINTS = [
     "rollback.__main__",
@@ -104,34 +116,39 @@ def closure(names: list[str]) -> dict[str, str]:
 
 
 def stage(files: dict[str, str], root: str) -> tuple[list[str], list[str]]:
-    stdlib = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
     extensions: list[str] = []
-    entries: set[str] = set()
-    for name, path in sorted(files.items()):
-        path = os.path.realpath(path)
-        entry = _sys_path_entry(name, path)
-        if entry and os.path.realpath(entry) not in stdlib and "lib-dynload" not in entry:
-            entries.add(entry)
+    for path in sorted(os.path.realpath(p) for p in files.values()):
         if not path.endswith(".py"):
             extensions.append(path)
             continue
         # bytecode only, where the source would be (sourceless import): half the size, no source
         # lookups; tracebacks still name the original file (dfile), without its lines
-        target = root + path + "c"
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        py_compile.compile(
-            path,
-            cfile=target,
-            dfile=path,
-            doraise=True,
-            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-        )
+        compile_to(path, root + path + "c", path)
     # the interpreter looks for lib-dynload to find its exec prefix
     os.makedirs(root + os.path.realpath(sysconfig.get_paths()["platstdlib"]) + "/lib-dynload", exist_ok=True)
-    return extensions, sorted(entries)
+    return extensions, extra_entries(files)
 
 
-def _sys_path_entry(name: str, path: str) -> str | None:
+def extra_entries(files: dict[str, str]) -> list[str]:
+    """The sys.path entries the closure needs beyond the standard library (site-packages, a source tree)."""
+    stdlib = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
+    entries = {_sys_path_entry(name, os.path.realpath(path)) for name, path in files.items()}
+    return sorted(e for e in entries if os.path.realpath(e) not in stdlib and "lib-dynload" not in e)
+
+
+def compile_to(source: str, target: str, shown_as: str) -> None:
+    """Sourceless bytecode at `target`; tracebacks name `shown_as` (where the module is, once installed)."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    py_compile.compile(
+        source,
+        cfile=target,
+        dfile=shown_as,
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+
+
+def _sys_path_entry(name: str, path: str) -> str:
     """The sys.path directory `name` was found in: strip the dotted name's own path parts."""
     depth = name.count(".") + (1 if os.path.basename(path).startswith("__init__.") else 0)
     directory = os.path.dirname(path)
@@ -186,21 +203,169 @@ def hidden_import(files: dict[str, str], entries: list[str]) -> str:
     return ""
 
 
-def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: python_closure.py STAGE_DIR", file=sys.stderr)
-        return 2
+# --- the NixOS tree: self-contained, relocated -------------------------------------------------
+
+
+def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str) -> dict[str, Any]:
+    """Lay out the tree (see the module's docstring); return its manifest."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    lib = f"{prefix}/lib/{version}"
+    staged: dict[str, str] = {}
+    for name, path in sorted(files.items()):
+        path = os.path.realpath(path)
+        entry = _sys_path_entry(name, path)
+        where = f"{lib}/lib-dynload" if os.path.basename(entry) == "lib-dynload" else lib
+        target = f"{where}/{os.path.relpath(path, entry)}"
+        if path.endswith(".py"):
+            compile_to(path, destdir + target + "c", target)
+            target += "c"
+        else:
+            _copy(path, destdir + target, strip=True)
+        staged[name] = target
+    os.makedirs(f"{destdir}{lib}/lib-dynload", exist_ok=True)  # the exec-prefix landmark
+    interpreter = os.path.realpath(f"{sys.base_prefix}/bin/{version}")
+    _copy(interpreter, f"{destdir}{prefix}/bin/python3", strip=True)
+    libpython = _libpython()
+    if libpython:  # a shared libpython (Nix, pyenv): beside the interpreter, found through its RUNPATH
+        _copy(libpython, f"{destdir}{prefix}/lib/{os.path.basename(libpython)}", strip=True)
+    # no RUNPATH may name the interpreter's own directories (they are not in the initrd); the
+    # interpreter finds libpython in the tree (absolute, as make-initrd-ng resolves it; $ORIGIN for a
+    # staged copy not yet in place)
+    old = {os.path.realpath(str(sysconfig.get_config_var("LIBDIR"))), os.path.realpath(sys.base_prefix)}
+    shared = [f"{prefix}/lib/{os.path.basename(libpython)}"] if libpython else []
+    for target in [f"{prefix}/bin/python3", *shared, *(t for t in staged.values() if not t.endswith(".pyc"))]:
+        first = [f"{prefix}/lib", "$ORIGIN/../lib"] if target.endswith("/bin/python3") and libpython else []
+        _runpath(destdir + target, first, old)
+    _write(f"{destdir}{prefix}/bin/rollback", LAUNCHER.format(python=f"{prefix}/bin/python3"), 0o755)
+    _write(f"{destdir}{prefix}/lib/systemd/system/rollback@.service", _unit(unit, f"{prefix}/bin/rollback"))
+    manifest = {  # paths in the tree only: a source path here would be a reference Nix follows
+        "modules": staged,
+        "totals": {"modules": len(staged), "bytes": _size(f"{destdir}{prefix}")},
+    }
+    _write(f"{destdir}{prefix}/share/rollback/manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def _size(root: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(root) for f in names)
+
+
+def _libpython() -> str:
+    """The shared libpython the interpreter links, or "" when it is linked in (Debian's)."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return ""
+    name = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    return os.path.realpath(f"{sysconfig.get_config_var('LIBDIR')}/{name}")
+
+
+def _runpath(binary: str, first: list[str], dropped: set[str]) -> None:
+    """Set `binary`'s RUNPATH to `first`, then its own entries outside the `dropped` directories."""
+    found = subprocess.run(["patchelf", "--print-rpath", binary], capture_output=True, text=True, check=True)
+    entries = [d for d in found.stdout.strip().split(":") if d]
+    kept = [d for d in entries if not any(_within(d, top) for top in dropped)]
+    if first or kept != entries:
+        subprocess.run(["patchelf", "--set-rpath", ":".join([*first, *kept]), binary], check=True)
+
+
+def _within(path: str, top: str) -> bool:
+    real = os.path.realpath(path)
+    return real == top or real.startswith(top.rstrip("/") + "/")
+
+
+LAUNCHER = """#!{python} -IS
+import sys
+sys.argv[0] = "rollback"
+from rollback.cli import run
+run()
+"""
+
+
+def _unit(path: str, launcher: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if "ExecStart=/usr/bin/rollback " not in text:
+        raise SystemExit(f"python_closure.py: {path} has no ExecStart=/usr/bin/rollback")
+    return text.replace("ExecStart=/usr/bin/rollback ", f"ExecStart={launcher} ")
+
+
+def _copy(source: str, target: str, *, strip: bool = False) -> None:
+    """A copy, executable; an ELF file without its symbols (pyenv's libpython: 23 MB, 4 MB stripped)."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o755)
+    if strip:
+        subprocess.run(["strip", "--strip-unneeded", target], check=True)
+
+
+def _write(target: str, text: str, mode: int = 0o644) -> None:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(target, mode)
+
+
+# Run by the staged interpreter, isolated: it must find its stdlib beside itself and import the
+# service, and everything the service uses, from the tree alone.
+_TREE_CHECK = """
+import json, os, sys
+root, names = sys.argv[1], json.loads(sys.argv[2])
+assert os.path.realpath(sys.prefix) == os.path.realpath(root), (sys.prefix, root)
+for name in names:
+    __import__(name)
+import rollback.log  # the run's own set-up: sinks and deferred imports (pystemd), one event rendered
+rollback.log.configure(journal=True, notify=True, console=False)
+rollback.log.configure(journal=False, notify=False, console=True)
+rollback.log.emit("started", "tree check", device="/dev/null")
+outside = sorted(m.__file__ for m in list(sys.modules.values())
+                 if getattr(m, "__file__", None) and not os.path.realpath(m.__file__).startswith(root + "/"))
+print(json.dumps(outside))
+"""
+
+
+def check_tree(root: str, manifest: dict[str, Any]) -> None:
+    names = [n for n in ENTRY_POINTS if n != "rollback.__main__" and not n.startswith("pystemd")]
+    result = subprocess.run(
+        [f"{root}/bin/python3", "-I", "-S", "-c", _TREE_CHECK, os.path.realpath(root), json.dumps(names)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0 or json.loads(result.stdout or "null") != []:
+        raise SystemExit(
+            f"python_closure.py: the tree at {root} is not self-contained:\n{result.stdout}{result.stderr}"
+        )
+
+
+def converged() -> tuple[dict[str, str], list[str]]:
+    """The closure, grown by what C code imports until importing needs nothing else."""
     names = list(ENTRY_POINTS)
-    for _ in range(50):  # add what C code imports until importing needs nothing else
+    for _ in range(50):
         files = closure(names)
-        extensions, entries = stage(files, sys.argv[1])
+        entries = extra_entries(files)
         missing = hidden_import(files, entries)
         if not missing:
-            break
+            return files, entries
         names.append(missing)
-    else:
-        print("python_closure.py: the closure does not converge", file=sys.stderr)
-        return 1
+    raise SystemExit("python_closure.py: the closure does not converge")
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python_closure.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", nargs="?", metavar="STAGE_DIR", help="dracut: stage at absolute paths")
+    parser.add_argument("--tree", metavar="PREFIX", help="NixOS: a self-contained tree at PREFIX")
+    parser.add_argument("--unit", metavar="UNIT_FILE", help="with --tree: units/rollback@.service")
+    parser.add_argument("--destdir", default="", metavar="DIR", help="with --tree: write below DIR")
+    args = parser.parse_args(argv)
+    if (args.stage is None) == (args.tree is None) or (args.tree is not None) != (args.unit is not None):
+        parser.error("give STAGE_DIR, or --tree PREFIX with --unit UNIT_FILE")
+    files, _ = converged()
+    if args.tree is not None:
+        manifest = build_tree(files, args.tree, args.destdir, args.unit)
+        check_tree(args.destdir + args.tree, manifest)
+        print(json.dumps(manifest["totals"]))
+        return 0
+    extensions, entries = stage(files, args.stage)
     print(f"python {os.path.realpath(sys.executable)}")
     for path in extensions:
         print(f"lib {path}")
@@ -210,4 +375,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

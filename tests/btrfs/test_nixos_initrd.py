@@ -1,0 +1,198 @@
+"""What make-initrd-ng would put in the NixOS initrd, replayed offline, and the service run from it.
+
+make-initrd-ng (nixpkgs pkgs/build-support/kernel/make-initrd-ng) copies the store paths it is
+given (a directory whole), for each ELF file its PT_INTERP and DT_NEEDED libraries, and symlink
+targets; it follows no Nix reference, no `#!` interpreter, no path named in a script. The tree that
+packaging/nix/initrd-tree.nix builds (python_closure.py --tree) must run from exactly that.
+
+Replay, here on Debian: the tree is built with the project's interpreter at a store-like prefix;
+the root holds the tree and its ELF dependencies only (resolved with ldd: Debian's libraries have
+no RUNPATH, so the loader's default directories stand in for it); the unit's ExecStart runs in a
+chroot of it. The negative control is what the package shipped before: a console script whose
+interpreter and modules make-initrd-ng never copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rollback.errors import Exit
+
+from .conftest import require_root
+
+pytestmark = pytest.mark.btrfs
+
+ROOT = Path(__file__).parents[2]
+BUILDER = ROOT / "packaging/dracut/90rollback/python_closure.py"
+PREFIX = "/nix/store/" + "0" * 32 + "-rollback-initrd-0.1.0"
+DEVICE = "/dev/disk/by-label/nixos"
+LDD_LINE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$")
+
+
+@pytest.fixture(scope="module")
+def initrd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A root holding what make-initrd-ng would copy for storePaths = [ the tree ], plus the
+    /etc/rollback.toml the NixOS module writes."""
+    require_root("chroot", "patchelf", "strip", "ldd", "zstd", "tar")
+    work = tmp_path_factory.mktemp("nixos-initrd")
+    staged, root = work / "staged", work / "root"
+    built = subprocess.run(
+        [sys.executable, "-I", str(BUILDER), "--tree", PREFIX, "--destdir", str(staged), "--unit", str(unit_file())],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    make_initrd_ng(staged, [PREFIX], root)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/rollback.toml").write_text(f'device = "{DEVICE}"\n')
+    (root / "etc/cmdline").write_text("rollback.subvolume=rootfs\n")
+    yield root
+
+
+def unit_file() -> Path:
+    return ROOT / "units/rollback@.service"
+
+
+def make_initrd_ng(source: Path, store_paths: list[str], root: Path) -> None:
+    """Copy each store path whole, then every ELF file's interpreter and libraries (transitively, as
+    ldd resolves them), each at its own path, with symlink targets. Nothing else."""
+    for store_path in store_paths:
+        shutil.copytree(f"{source}{store_path}", f"{root}{store_path}", symlinks=True)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.read_bytes()[:4] == b"\x7fELF":
+            for library in elf_dependencies(path):
+                copy_with_targets(Path(library), root)
+
+
+def elf_dependencies(path: Path) -> list[str]:
+    found = subprocess.run(["ldd", str(path)], capture_output=True, text=True)
+    if "not a dynamic executable" in found.stdout + found.stderr:
+        return []
+    assert found.returncode == 0 and "not found" not in found.stdout, (path, found.stdout)
+    return [m.group(1) for line in found.stdout.splitlines() if (m := LDD_LINE.match(line))]
+
+
+def copy_with_targets(path: Path, root: Path) -> None:
+    target = Path(f"{root}{path}")
+    if target.exists() or target.is_symlink() or str(path).startswith(str(root)):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        link = os.readlink(path)
+        target.symlink_to(link)
+        copy_with_targets(path.parent / link if not os.path.isabs(link) else Path(link), root)
+    else:
+        shutil.copy2(path, target)
+
+
+def exec_start(root: Path) -> list[str]:
+    """The unit's ExecStart for the instance of DEVICE (%I is the unescaped instance: DEVICE minus '/')."""
+    unit = (root / PREFIX.lstrip("/") / "lib/systemd/system/rollback@.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
+    return line.removeprefix("ExecStart=").replace("/%I", DEVICE).split()
+
+
+def in_chroot(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/nonexistent", "LANG": "C.UTF-8"}
+    chroot = shutil.which("chroot") or "chroot"
+    return subprocess.run([chroot, str(root), *argv], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_the_units_command_runs_the_boot_path_to_its_first_check(initrd: Path) -> None:
+    """ExecStart as systemd runs it: through the whole boot path up to the device probe, which refuses
+    (no device in this chroot): exit 3, the refusal logged. Nothing is missing from the initrd."""
+    result = in_chroot(initrd, *exec_start(initrd), "--kernel-cmdline", "/etc/cmdline")
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert f"device {DEVICE} does not exist" in result.stderr and "reason=no-device" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_and_config_run_from_the_initrd(initrd: Path) -> None:
+    launcher = exec_start(initrd)[0]
+    shown = in_chroot(initrd, launcher, "--help")
+    assert shown.returncode == 0 and "exit codes:" in shown.stdout, shown.stderr
+    config = in_chroot(initrd, launcher, "config", "--json", "--kernel-cmdline", "/etc/cmdline")
+    assert config.returncode == 0, config.stderr
+    settings = json.loads(config.stdout)["settings"]
+    assert (settings["device"], settings["subvolume"]) == (DEVICE, "rootfs")
+
+
+def test_every_module_of_the_boot_path_imports_from_the_tree_alone(initrd: Path) -> None:
+    script = (
+        "import sys, rollback.cli, rollback.verbs, rollback.effects.btrfs, rollback.effects.device, "
+        "rollback.effects.mount, rollback.effects.journal, rollback.report, pystemd.journal, pystemd.daemon\n"
+        f"bad = [m for m in sys.modules.values() if getattr(m, '__file__', None) "
+        f"and not m.__file__.startswith('{PREFIX}/')]\nprint(bad)"
+    )
+    result = in_chroot(initrd, f"{PREFIX}/bin/python3", "-I", "-S", "-c", script)
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+
+
+def test_nothing_in_the_tree_names_a_path_outside_it(initrd: Path) -> None:
+    """What Nix would take as references (disallowedReferences in initrd-tree.nix): the interpreter's
+    prefix, the venv, the checkout. No text or bytecode names one, and no RUNPATH. Other strings in
+    ELF files (a compiled-in build prefix, source file names) are fallbacks that Nix blanks
+    (remove-references-to); the runs above prove them unused."""
+    tree = initrd / PREFIX.lstrip("/")
+    outside = {sys.base_prefix, sys.prefix, str(ROOT)}
+    files = [p for p in tree.rglob("*") if p.is_file()]
+    elf = {p for p in files if p.read_bytes()[:4] == b"\x7fELF"}
+    named = [
+        str(p.relative_to(tree)) for p in files if p not in elf and any(o.encode() in p.read_bytes() for o in outside)
+    ]
+    assert named == []
+    runpaths = {str(p.relative_to(tree)): runpath(p) for p in elf}
+    assert runpaths["bin/python3"].startswith(f"{PREFIX}/lib:")
+    assert [(p, r) for p, r in runpaths.items() if any(o in r for o in outside)] == []
+
+
+def runpath(path: Path) -> str:
+    return subprocess.run(["patchelf", "--print-rpath", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def test_the_size_of_what_the_initrd_gains(initrd: Path) -> None:
+    """Reported, not asserted against time: files and bytes of the tree and of its ELF dependencies,
+    and the tree compressed with zstd as NixOS compresses its initrd."""
+    tree = initrd / PREFIX.lstrip("/")
+    files = [p for p in tree.rglob("*") if p.is_file()]
+    libraries = [p for p in initrd.rglob("*") if p.is_file() and not str(p).startswith(str(tree)) and ".so" in p.name]
+    packed = zstd_mb(initrd, PREFIX.lstrip("/"))
+    report: dict[str, object] = {
+        "tree_files": len(files),
+        "tree_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2),
+        "tree_zstd19_mb": packed,
+        "tree_and_every_elf_dependency_zstd19_mb": zstd_mb(initrd, "."),  # glibc, libsystemd... included
+        "elf_dependencies": sorted(p.name for p in libraries),
+    }
+    print(json.dumps(report))
+    assert packed <= 4, report
+
+
+def zstd_mb(root: Path, what: str) -> float:
+    tar = subprocess.run(["tar", "-C", str(root), "-c", what], capture_output=True, check=True).stdout
+    packed = subprocess.run(["zstd", "-19", "-T0", "-c"], input=tar, capture_output=True, check=True).stdout
+    return round(len(packed) / 1e6, 2)
+
+
+def test_the_console_script_alone_cannot_run_in_the_initrd(tmp_path: Path) -> None:
+    """The negative control (issue 11, bug 1): the package's bin/rollback is a script; make-initrd-ng
+    copies it and not its interpreter or modules, so the unit's command cannot even start."""
+    require_root("chroot")
+    script = shutil.which("rollback") or str(Path(sys.executable).parent / "rollback")
+    store = f"/nix/store/{'1' * 32}-rollback-0.1.0"
+    staged = tmp_path / "staged" / store.lstrip("/") / "bin"
+    staged.mkdir(parents=True)
+    shutil.copy(script, staged / "rollback")
+    root = tmp_path / "root"
+    make_initrd_ng(tmp_path / "staged", [store], root)
+    result = in_chroot(root, f"{store}/bin/rollback", "--help")
+    assert result.returncode != 0 and "exit codes:" not in result.stdout
