@@ -13,18 +13,30 @@ from collections.abc import Sequence  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 from rollback import __version__  # noqa: E402
-from rollback.errors import ConfigError, Exit, RollbackError, StepFailed  # noqa: E402
+from rollback.errors import KIND, MEANING, Exit, RollbackError  # noqa: E402
 from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Value, resolve  # noqa: E402
 
-EXIT_CODES = """exit codes:
-  0   success
-  1   failed after changes began (the next run finishes the job), or an internal error
-  2   usage or configuration error (flags, config file, kernel command line); nothing touched
-  3   refused: a safety check failed, or no room for the first change; the device was
-      left exactly as it was
-  77  skipped: rollback.skip or the skip-next mark; the root was kept
 
-precedence: flags > kernel command line (rollback.KEY=VALUE) > config file > defaults"""
+def _hanging(first: str, text: str, width: int = 88) -> str:
+    """`first` then `text` word-wrapped, continuation lines indented to the text (no textwrap on the boot path)."""
+    lines, line = [], first
+    for word in text.split():
+        if len(line) + 1 + len(word) > width and line.strip():
+            lines.append(line)
+            line = " " * len(first) + word
+        else:
+            line += ("" if line.endswith(" ") else " ") + word
+    return "\n".join([*lines, line])
+
+
+EXIT_CODES = "\n".join(
+    [
+        "exit codes (all but 0 log a reason: reason=, ROLLBACK_REASON in the journal):",
+        *(_hanging(f"  {int(code):<3} ", text) for code, text in MEANING.items()),
+        "",
+        "precedence: flags > kernel command line (rollback.KEY=VALUE) > config file > defaults",
+    ]
+)
 
 
 def _settings_parser() -> argparse.ArgumentParser:
@@ -140,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(Exit.OK)
     except RollbackError as error:
-        kind = {ConfigError: "invalid", StepFailed: "failed"}.get(type(error), "refused")
+        kind = KIND[error.exit_code]
         log.emit(kind, f"{kind}: {error.reason}", hint=error.hint, reason=error.code, exit=int(error.exit_code))
         return int(error.exit_code)
     except Exception as error:  # the boundary: anything unexpected is a failure, with its traceback

@@ -1,4 +1,5 @@
-"""Exit codes and the exceptions that carry them to the one boundary in cli.main."""
+"""Exit codes and the exceptions that carry them to the one boundary in cli.main. Each error has a
+reason code from rollback/reasons.py, whose table gives the code's exit status (test-checked)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,25 @@ import enum
 
 
 class Exit(enum.IntEnum):
-    """Documented exit codes (README, --help, units/rollback@.service)."""
+    """Documented exit codes: MEANING below is what --help and the README say (test-checked)."""
 
     OK = 0
-    FAILED = 1  # an error after changes began (or an internal error); see the log
-    USAGE = 2  # bad command line, config file or kernel command line; nothing touched
-    REFUSED = 3  # a safety check failed, or no room for the first change; the device was left exactly as it was
-    SKIPPED = 77  # asked not to run (rollback.skip, skip-next mark); nothing deleted
+    FAILED = 1
+    USAGE = 2
+    REFUSED = 3
+    SKIPPED = 77
+
+
+MEANING: dict[Exit, str] = {
+    Exit.OK: "success",
+    Exit.FAILED: "failed after changes began (the device is consistent; the next run finishes the job), "
+    "or an internal error",
+    Exit.USAGE: "usage or configuration error (flags, config file, kernel command line); nothing touched",
+    Exit.REFUSED: "refused: a safety check failed, or no room for the first change; the device was left "
+    "exactly as it was",
+    Exit.SKIPPED: "skipped: rollback.skip or the skip-next mark; the root was kept",
+}
+KIND = {Exit.USAGE: "invalid", Exit.REFUSED: "refused", Exit.FAILED: "failed"}  # the event each error logs
 
 
 class RollbackError(Exception):
@@ -20,7 +33,7 @@ class RollbackError(Exception):
 
     exit_code = Exit.FAILED
 
-    def __init__(self, reason: str, hint: str = "", *, code: str = "error") -> None:
+    def __init__(self, reason: str, hint: str = "", *, code: str) -> None:
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
@@ -29,9 +42,6 @@ class RollbackError(Exception):
 
 class ConfigError(RollbackError):
     exit_code = Exit.USAGE
-
-    def __init__(self, reason: str, hint: str = "", *, code: str = "config") -> None:
-        super().__init__(reason, hint, code=code)
 
 
 class Refused(RollbackError):

@@ -141,7 +141,7 @@ class Config:
             raise ConfigError(
                 "no device given",
                 "pass --device DEV, rollback.device= or device = in the config file",
-                code="no-device",
+                code="device-unset",
             )
         return self.device
 
@@ -155,7 +155,9 @@ def parse_bool(text: str, where: str) -> bool:
         return True
     if lowered in ("0", "no", "false", "off"):
         return False
-    raise ConfigError(f"{where}: expected a boolean, got {text!r}", "use 1/0, yes/no, true/false or on/off")
+    raise ConfigError(
+        f"{where}: expected a boolean, got {text!r}", "use 1/0, yes/no, true/false or on/off", code="bad-value"
+    )
 
 
 def from_text(setting: Setting, text: str, where: str) -> Value:
@@ -166,7 +168,7 @@ def from_text(setting: Setting, text: str, where: str) -> Value:
         try:
             return int(text, 10)
         except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {text!r}") from None
+            raise ConfigError(f"{where}: expected an integer, got {text!r}", code="bad-value") from None
     if setting.kind == "list":
         return tuple(item for item in text.split(",") if item)
     return text
@@ -177,10 +179,10 @@ def check_type(setting: Setting, value: object, where: str) -> Value:
     if setting.kind == "list":
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
-        raise ConfigError(f"{where}: expected a list of strings")
+        raise ConfigError(f"{where}: expected a list of strings", code="bad-value")
     expected = {"str": str, "int": int, "bool": bool}[setting.kind]
     if type(value) is not expected:  # bool is an int subclass: compare exactly
-        raise ConfigError(f"{where}: expected {setting.kind}, got {type(value).__name__}")
+        raise ConfigError(f"{where}: expected {setting.kind}, got {type(value).__name__}", code="bad-value")
     assert isinstance(value, (str, int, bool))
     return value
 

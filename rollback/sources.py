@@ -43,7 +43,7 @@ def parse_cmdline(text: str) -> dict[str, Value]:
                 code="unknown-key",
             )
         if not has_value and setting.kind != "bool":
-            raise ConfigError(f"kernel command line: {word!r} needs a value", f"use {word}=VALUE")
+            raise ConfigError(f"kernel command line: {word!r} needs a value", f"use {word}=VALUE", code="bad-value")
         value = from_text(setting, raw, f"kernel command line {word!r}") if has_value else True
         if setting.kind == "list" and setting.name in layer:
             previous = layer[setting.name]
@@ -60,7 +60,9 @@ def read_cmdline(path: str) -> str:
             raw = handle.read()
     except OSError as error:
         raise ConfigError(
-            f"cannot read kernel command line {path}: {error.strerror}", "pass --kernel-cmdline /dev/null to ignore it"
+            f"cannot read kernel command line {path}: {error.strerror}",
+            "pass --kernel-cmdline /dev/null to ignore it",
+            code="cmdline-unreadable",
         ) from None
     try:
         return raw.decode()
@@ -80,9 +82,9 @@ def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", "check --config") from None
+        raise ConfigError(f"config file {path} does not exist", "check --config", code="config-unreadable") from None
     except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}", code="config-unreadable") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}", code="bad-toml") from None
     layer: dict[str, Value] = {}

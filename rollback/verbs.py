@@ -92,7 +92,7 @@ def _failure(number: int, plan: Plan, error: OSError) -> Refused | StepFailed:
         "what rollback itself left was deleted first; the rest is the machine's data: "
         + free
         + ", and the next run finishes the job",
-        code="no-space",
+        code="no-space-midway",
     )
 
 

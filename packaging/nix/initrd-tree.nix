@@ -27,7 +27,7 @@ let
   # The service's Python environment: rollback and what it propagates (btrfsutil, pystemd, structlog).
   env = python3.withPackages (_: [ (python3.pkgs.toPythonModule rollback) ]);
   builder = ../dracut/90rollback/python_closure.py;
-  unit = ../../units + "/rollback@.service";
+  unit = "${../../units}/rollback@.service"; # a path literal cannot hold the "@"
 in
 runCommand "rollback-initrd-${rollback.version}"
   {

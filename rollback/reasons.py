@@ -1,0 +1,90 @@
+"""Why a run did not succeed: one table of reasons (ROLLBACK_REASON in the journal, `reason=` on the
+console), each with its exit code and what to do. The errors are built from it, the README's table is
+checked against it, and a test checks that every reason raised in the code is here and vice versa."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rollback.errors import Exit
+
+
+@dataclass(frozen=True)
+class Reason:
+    exit: Exit
+    when: str  # what happened, for the reference table
+    action: str  # what the operator does about it
+
+
+def _usage(when: str, action: str) -> Reason:
+    return Reason(Exit.USAGE, when, action)
+
+
+def _refused(when: str, action: str) -> Reason:
+    return Reason(Exit.REFUSED, when, action)
+
+
+REASONS: dict[str, Reason] = {
+    # exit 2: the command line, the config file or the kernel command line; nothing was touched
+    "device-unset": _usage("no device given anywhere", "set --device, `device =` or rollback.device="),
+    "bad-name": _usage("a subvolume name is malformed, or inside `.rollback/`", "fix the name the message quotes"),
+    "bad-value": _usage("a setting has the wrong type (a word for a number, a string for a list)", "fix it"),
+    "bad-number": _usage("a number is out of its range", "use a value in the range the hint gives"),
+    "bad-mode": _usage("`mode` is not one of its choices", "use recreate or snapshot"),
+    "conflict": _usage("two settings contradict each other", "change one of the two the message names"),
+    "unknown-key": _usage("an unknown key in the config file or rollback.* option", "fix the spelling"),
+    "bad-encoding": _usage("the kernel command line is not UTF-8", "fix the boot entry"),
+    "bad-toml": _usage("the config file is not valid TOML", "fix the file at the line the message gives"),
+    "config-unreadable": _usage("the config file cannot be read", "check its path and permissions"),
+    "cmdline-unreadable": _usage("the kernel command line file cannot be read", "--kernel-cmdline /dev/null"),
+    "bad-log-target": _usage("$ROLLBACK_LOG_TARGET is not auto, console or journal", "unset or fix it"),
+    # exit 3: refused before the first change; the device is exactly as it was
+    "no-device": _refused("the device does not exist (or cannot be examined)", "check --device"),
+    "not-block-device": _refused("the device is not a block device", "pass the device node"),
+    "unreadable": _refused("the device cannot be read", "see dmesg"),
+    "not-btrfs": _refused("the device holds no btrfs filesystem", "check --device"),
+    "not-root": _refused("no private mount namespace (not root)", "run as root"),
+    "mount-failed": _refused("the top level cannot be mounted", "btrfs check --readonly; dmesg"),
+    "locked": _refused("another run holds the filesystem's lock", "wait for it"),
+    "hibernated": _refused("a hibernation image waits on the resume device", "resume it, or --ignore-hibernation"),
+    "resume-unreadable": _refused("the resume device cannot be read", "fix resume= or --ignore-hibernation"),
+    "mounted": _refused(
+        "something to delete or move is mounted (any namespace, any member or alias of the device)",
+        "run from the initrd or a rescue system; unmount it",
+    ),
+    "default-subvolume": _refused("something to delete is the default subvolume", "btrfs subvolume set-default 5"),
+    "protected-inside": _refused("a protected subvolume lies inside what would be deleted", "move it out"),
+    "foreign-subvolume": _refused("the archive or trash holds subvolumes rollback did not put there", "move them"),
+    "bad-holder": _refused("the archive or trash is not a directory", "move it away"),
+    "state-dir": _refused("`.rollback` is not a plain directory", "move it away"),
+    "not-subvolume": _refused("the target is a plain directory or not a directory", "check --subvolume"),
+    "not-directory": _refused("a symbolic link or a file on the way to a name", "make it a plain directory"),
+    "read-only-target": _refused("the target subvolume is read-only", "btrfs property set ... ro false"),
+    "immutable": _refused("a place the run changes is chattr +i/+a", "chattr -i -a, if that is not meant"),
+    "no-blank": _refused("snapshot mode, and the blank snapshot does not exist", "create it (README)"),
+    "blank-writable": _refused("the blank snapshot is writable", "btrfs property set ... ro true"),
+    "read-only": _refused("the filesystem cannot be remounted read-write", "blockdev --getro; dmesg"),
+    "no-space": _refused(
+        "no room for the first change: the filesystem is full of the machine's own data",
+        "free space (btrfs filesystem usage); the old root stays in use until then",
+    ),
+    # exit 1: after changes began; the device is consistent and the next run finishes the job
+    "step-failed": Reason(Exit.FAILED, "a step failed (I/O error...)", "see the message; rollback status"),
+    "no-space-midway": Reason(
+        Exit.FAILED, "space ran out after what rollback itself left was freed", "free space; the next run finishes"
+    ),
+    "internal": Reason(Exit.FAILED, "an unexpected error (a bug): the traceback is logged", "report it"),
+    # exit 77: asked not to run; the root was kept
+    "rollback.skip": Reason(Exit.SKIPPED, "`rollback.skip` on the kernel command line", "nothing: as asked"),
+    "skip-next": Reason(Exit.SKIPPED, "the mark `rollback skip-next` set, consumed now", "nothing: as asked"),
+}
+
+
+def exit_of(code: str) -> Exit:
+    return REASONS[code].exit
+
+
+def table() -> str:
+    """The README's reference table."""
+    rows = [f"| `{code}` | {int(r.exit)} | {r.when} | {r.action} |" for code, r in REASONS.items()]
+    return "\n".join(["| reason | exit | when | what to do |", "|---|---|---|---|", *rows])
