@@ -9,7 +9,8 @@ lazy.defer(*lazy.BOOT_UNUSED)  # before anything imports them (rollback/lazy.py)
 import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 from rollback import __version__  # noqa: E402
@@ -75,6 +76,62 @@ def _settings_parser() -> argparse.ArgumentParser:
     return parent
 
 
+Handler = Callable[[argparse.Namespace, Config, str], Exit]
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One verb: the parser and the dispatch are both built from VERBS, so neither can miss one."""
+
+    name: str
+    help: str
+    flags: tuple[tuple[str, str], ...]  # (flag, help) of its store_true options, e.g. --json
+    handler: Handler
+
+
+_JSON = ("--json", "machine-readable output")
+
+
+def _run(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
+    from rollback import verbs
+
+    return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline)
+
+
+def _status(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
+    from rollback import verbs
+
+    return verbs.status(config, as_json=args.json)
+
+
+def _diff(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
+    from rollback import verbs
+
+    return verbs.diff(config, as_json=args.json)
+
+
+def _skip_next(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
+    from rollback import verbs
+
+    return verbs.skip_next(config)
+
+
+def _config(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
+    from rollback import verbs
+
+    return verbs.show_config(config, as_json=args.json)
+
+
+VERBS = (
+    Verb("run", "replace the root subvolume (the boot job)", (("--dry-run", "print the plan, change nothing"),), _run),
+    Verb("status", "show what is on the device", (_JSON,), _status),
+    Verb("diff", "list what the next run would erase", (_JSON,), _diff),
+    Verb("skip-next", "keep the current root at the next boot, once", (), _skip_next),
+    Verb("config", "print the resolved settings and where each came from", (_JSON,), _config),
+)
+BY_VERB = {verb.name: verb for verb in VERBS}
+
+
 def build_parser() -> argparse.ArgumentParser:
     settings = [_settings_parser()]  # built once, copied into every verb (argparse parents)
     parser = argparse.ArgumentParser(
@@ -85,18 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rollback {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    kw = {"parents": settings, "epilog": EXIT_CODES, "formatter_class": argparse.RawDescriptionHelpFormatter}
-    run = verbs.add_parser("run", help="replace the root subvolume (the boot job)", **kw)  # type: ignore[arg-type]
-    run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    for name, text in (
-        ("status", "show what is on the device"),
-        ("diff", "list what the next run would erase"),
-        ("config", "print the resolved settings and where each came from"),
-    ):
-        verb = verbs.add_parser(name, help=text, **kw)  # type: ignore[arg-type]
-        verb.add_argument("--json", action="store_true", help="machine-readable output")
-    verbs.add_parser("skip-next", help="keep the current root at the next boot, once", **kw)  # type: ignore[arg-type]
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS:
+        sub = subparsers.add_parser(
+            verb.name,
+            help=verb.help,
+            parents=settings,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for flag, text in verb.flags:
+            sub.add_argument(flag, action="store_true", help=text)
     return parser
 
 
@@ -116,17 +172,7 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
 
 
 def dispatch(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
-    from rollback import verbs
-
-    if args.verb == "run":
-        return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline)
-    if args.verb == "status":
-        return verbs.status(config, as_json=args.json)
-    if args.verb == "diff":
-        return verbs.diff(config, as_json=args.json)
-    if args.verb == "skip-next":
-        return verbs.skip_next(config)
-    return verbs.show_config(config, as_json=args.json)
+    return BY_VERB[args.verb].handler(args, config, cmdline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

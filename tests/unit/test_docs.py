@@ -24,3 +24,15 @@ def test_every_exit_code_is_documented() -> None:
 def test_every_message_id_is_documented() -> None:
     for kind, event in EVENTS.items():
         assert f"| {kind} | `{event.message_id}` |" in README, kind
+
+
+def test_every_verb_and_its_flags_are_in_the_readme_usage() -> None:
+    from rollback.cli import VERBS
+
+    usage = README[README.index("## Using it") :]
+    usage = usage[: usage.index("```", usage.index("```") + 3)]
+    for verb in VERBS:
+        lines = [line for line in usage.splitlines() if line.startswith(f"rollback {verb.name} ")]
+        assert lines, verb.name
+        for flag, _ in verb.flags:
+            assert any(flag in line for line in lines), (verb.name, flag)
