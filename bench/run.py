@@ -40,7 +40,7 @@ ROLLBACK = [
     "-I",
     "-S",
     "-c",
-    f"import sys; sys.path += {_PATHS!r}; sys.argv[0] = 'rollback'\nfrom rollback.cli import run; run()",
+    f"import sys; sys.path += {_PATHS!r}; sys.argv[0] = 'rollback'\nfrom rollback.entry import main; main()",
 ]
 MODES = {
     "recreate": ([], "recreate"),
@@ -269,9 +269,9 @@ def summarize(files: int, nested: int, mode: str, times: dict[str, list[float]])
 def import_cost(reps: int) -> dict[str, object]:
     """The boot path's imports, deferred (as shipped) and eager (every deferred module imported at once), same run."""
     code = (
-        "import rollback.cli, rollback.verbs, rollback.log, rollback.effects.btrfs, rollback.effects.mount,"
-        " rollback.effects.device; rollback.log.configure(journal=True, notify=True, console=False);"
-        " rollback.log.emit('started', 'import cost')"
+        "import rollback.entry, rollback.cli, rollback.verbs, rollback.log, rollback.effects.btrfs,"
+        " rollback.effects.mount, rollback.effects.device;"
+        " rollback.log.configure(journal=True, notify=True, console=False); rollback.log.emit('started', 'import cost')"
     )
     results: dict[str, Any] = {}
     for label, env in (("deferred", {}), ("eager", {"ROLLBACK_EAGER_IMPORTS": "1"})):

@@ -30,7 +30,7 @@ def floor_variant(project: Path, work: Path) -> harness.Variant:
     wrapper = subprocess.run(
         ["lsinitrd", "-f", "usr/bin/rollback", str(project)], capture_output=True, text=True, check=True
     ).stdout
-    entry = "from rollback.cli import run; run()"
+    entry = "from rollback.entry import main; main()"
     if entry not in wrapper:
         raise RuntimeError(f"unexpected /usr/bin/rollback in {project}:\n{wrapper}")
     floor = work / "rollback-floor"

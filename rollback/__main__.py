@@ -1,3 +1,3 @@
-from rollback.cli import run
+from rollback.entry import main
 
-run()
+main()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from rollback import lazy
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
 
-lazy.defer(*lazy.BOOT_UNUSED)  # before anything imports them (rollback/lazy.py)
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import NoReturn  # noqa: E402
-
-from rollback import __version__  # noqa: E402
-from rollback.errors import KIND, MEANING, Exit, RollbackError  # noqa: E402
-from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Value, resolve  # noqa: E402
+from rollback import __version__
+from rollback.errors import KIND, MEANING, Exit, RollbackError
+from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Value, resolve
 
 
 def _hanging(first: str, text: str, width: int = 88) -> str:

@@ -24,7 +24,7 @@ from importlib.machinery import ModuleSpec
 STRUCTLOG_UNUSED = ("structlog", "asyncio")  # the package init; its core modules still import
 PYSTEMD_UNUSED = ("pystemd", "uuid", "shlex")  # its package init; pystemd.journal and .daemon still import
 # inspect: dataclasses', for classes without a docstring; ipaddress: urllib.parse's, which pathlib imports
-BOOT_UNUSED = (*STRUCTLOG_UNUSED, *PYSTEMD_UNUSED, "inspect", "ipaddress")  # deferred by cli before anything else
+BOOT_UNUSED = (*STRUCTLOG_UNUSED, *PYSTEMD_UNUSED, "inspect", "ipaddress")  # deferred by rollback.entry, first
 
 
 # what the import system itself reads from a module: answering these must not execute it

@@ -4,8 +4,8 @@ The boot path uses structlog's core only: a filtering bound logger over a PrintL
 processors. `import structlog` would run the package init, which imports every processor, the
 console renderer and the stdlib integration (json, logging, datetime, dataclasses, inspect,
 asyncio, ...): about half of the service's start-up (docs/boot-path.md). So the package init is
-deferred (rollback.lazy) and the core is imported from the modules that define it; a unit test
-checks they are the very objects structlog exports, so an upgrade that moves them fails CI, not a
+deferred (rollback.lazy, applied by rollback.entry) and the core is imported from the modules that
+define it; a unit test checks they are the very objects structlog exports, so an upgrade that moves them fails CI, not a
 boot. The console renderer (structlog.dev) is imported only when events go to stderr.
 """
 
@@ -16,15 +16,11 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from rollback import lazy
+from structlog._log_levels import add_log_level  # the core, not the package init (see above)
+from structlog._native import make_filtering_bound_logger
+from structlog._output import PrintLogger
 
-lazy.defer(*lazy.STRUCTLOG_UNUSED)
-
-from structlog._log_levels import add_log_level  # noqa: E402  (after the deferral above)
-from structlog._native import make_filtering_bound_logger  # noqa: E402
-from structlog._output import PrintLogger  # noqa: E402
-
-from rollback.events import EVENTS  # noqa: E402
+from rollback.events import EVENTS
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 

@@ -12,9 +12,6 @@ from rollback.events import journal_fields
 
 def load() -> None:
     """Import pystemd's journal and notify bindings now, so a failure shows at configuration time."""
-    from rollback import lazy
-
-    lazy.defer(*lazy.PYSTEMD_UNUSED)
     import pystemd.daemon
     import pystemd.journal  # noqa: F401
 

@@ -128,7 +128,7 @@ def test_help_and_config_run_from_the_initrd(initrd: Path) -> None:
 
 def test_every_module_of_the_boot_path_imports_from_the_tree_alone(initrd: Path) -> None:
     script = (
-        "import sys, rollback.cli, rollback.verbs, rollback.effects.btrfs, rollback.effects.device, "
+        "import sys, rollback.entry, rollback.cli, rollback.verbs, rollback.effects.btrfs, rollback.effects.device, "
         "rollback.effects.mount, rollback.effects.journal, rollback.report, pystemd.journal, pystemd.daemon\n"
         f"bad = [m for m in sys.modules.values() if getattr(m, '__file__', None) "
         f"and not m.__file__.startswith('{PREFIX}/')]\nprint(bad)"

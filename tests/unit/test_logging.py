@@ -153,7 +153,7 @@ def ran(name):
     module = sys.modules.get(name)
     return module is not None and module.__dict__.get("_loaded", type(module).__name__ != "_Deferred")
 
-import rollback.cli, rollback.verbs, rollback.log
+import rollback.entry, rollback.cli, rollback.verbs, rollback.log
 rollback.log.configure(journal=True, notify=True, console=False)
 for processor in rollback.log._logger._processors:  # loaded for real, but sends nowhere: no host journal
     if hasattr(processor, "_sendv"):
@@ -176,7 +176,7 @@ def test_deferred_modules_run_only_when_used() -> None:
 
 
 def test_eager_imports_switch_turns_deferral_off() -> None:
-    code = "import sys, rollback.log; print('asyncio.base_events' in sys.modules)"
+    code = "import sys, rollback.entry, rollback.log; print('asyncio.base_events' in sys.modules)"
     env = {**os.environ, "ROLLBACK_EAGER_IMPORTS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "True", result.stderr
@@ -223,3 +223,18 @@ def test_the_cli_rejects_an_invalid_target_before_anything(
     monkeypatch.setenv("ROLLBACK_LOG_TARGET", "jounral")
     assert main(["config", "--kernel-cmdline", "/dev/null", "--config", "/dev/null"]) == 2
     assert "ROLLBACK_LOG_TARGET" in capsys.readouterr().err
+
+
+def test_importing_the_package_defers_nothing_only_the_entry_point_does() -> None:
+    """Tests and the benchmark import rollback.cli, .log, .verbs: sys.modules must stay as they find it."""
+    code = (
+        "import sys, rollback.cli, rollback.log, rollback.verbs, rollback.effects.journal\n"
+        "print(sorted(n for n, m in sys.modules.items() if type(m).__module__ == 'rollback.lazy'))\n"
+        "import rollback.entry\n"
+        "print(sorted(n for n, m in sys.modules.items() if type(m).__module__ == 'rollback.lazy'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.splitlines()
+    assert before == "[]"
+    assert after != "[]"  # the entry point still defers what it can (what is already imported stays)

@@ -70,7 +70,7 @@ install() {
     cat > "$initdir/usr/bin/rollback" << EOF
 #!/bin/sh
 exec $rollback_interpreter -I -S -c 'import sys; sys.path += [$paths]; sys.argv[0] = "rollback"
-from rollback.cli import run; run()' "\$@"
+from rollback.entry import main; main()' "\$@"
 EOF
     chmod 0755 "$initdir/usr/bin/rollback"
 

@@ -34,7 +34,8 @@ import sys
 import sysconfig
 from typing import Any
 
-ENTRY_POINTS = [
+ENTRY_POINTS = [  # imported in this order by the checks: rollback.entry applies the deferrals first
+    "rollback.entry",
     "rollback.__main__",
     "rollback.cli",
     "rollback.verbs",
@@ -275,8 +276,8 @@ def _within(path: str, top: str) -> bool:
 LAUNCHER = """#!{python} -IS
 import sys
 sys.argv[0] = "rollback"
-from rollback.cli import run
-run()
+from rollback.entry import main
+main()
 """
 
 
