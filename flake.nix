@@ -13,17 +13,26 @@
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
     in
     {
-      packages = forAllSystems (pkgs: {
-        default = pkgs.python3Packages.callPackage ./packaging/nix/package.nix { };
-      });
+      packages = forAllSystems (
+        pkgs:
+        let
+          rollback = pkgs.python3Packages.callPackage ./packaging/nix/package.nix { };
+        in
+        {
+          default = rollback;
+          # what the NixOS module puts in the initrd (boot.rollback.initrdPackage)
+          initrd = pkgs.callPackage ./packaging/nix/initrd-tree.nix { inherit rollback; };
+        }
+      );
 
       nixosModules.default = ./packaging/nix/module.nix;
 
       checks = forAllSystems (pkgs: {
-        package = self.packages.${pkgs.system}.default;
+        package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        initrd = self.packages.${pkgs.stdenv.hostPlatform.system}.initrd;
         vm = import ./packaging/nix/test.nix { inherit pkgs self; };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
     };
 }

@@ -10,13 +10,15 @@ _PLAIN = set(string.ascii_letters + string.digits + "#+-.:=@_")
 
 
 def udev_escape(value: str) -> str:
-    """How udev writes a tag value as a symlink name: bytes outside its plain set as \\xNN (UTF-8 kept)."""
+    """How udev writes a tag value as a symlink name (systemd's encode_devnode_name): every valid
+    multi-byte UTF-8 character kept, ASCII outside its plain set as \\xNN, a raw byte (a surrogate
+    escape) as \\xNN."""
     out = []
     for char in value:
-        if char in _PLAIN or (ord(char) > 127 and char.isprintable()):
+        if char in _PLAIN or (ord(char) > 127 and not 0xD800 <= ord(char) <= 0xDFFF):
             out.append(char)
         else:
-            out += [f"\\x{byte:02x}" for byte in char.encode()]
+            out += [f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape")]
     return "".join(out)
 
 

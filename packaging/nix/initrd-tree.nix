@@ -19,6 +19,7 @@
   runCommand,
   python3,
   patchelf,
+  binutils,
   removeReferencesTo,
   rollback,
 }:
@@ -32,7 +33,8 @@ in
 runCommand "rollback-initrd-${rollback.version}"
   {
     nativeBuildInputs = [
-      patchelf
+      patchelf # the interpreter's RUNPATH -> the libpython copied beside it
+      binutils # strip: the copied ELF files without their symbols
       removeReferencesTo
     ];
     # Anything that make-initrd-ng would not copy: the build fails instead of the boot.

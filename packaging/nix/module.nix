@@ -1,5 +1,12 @@
 # NixOS module: roll back the btrfs root subvolume in the systemd initrd, before sysroot.mount.
 # Options mirror the CLI: they are built from settings.json, generated from rollback/settings.py.
+#
+# What goes into the initrd: /etc/rollback.toml and the tree of initrd-tree.nix (interpreter, the
+# service's import closure, a launcher and rollback@.service pointing at it). make-initrd-ng copies
+# store paths and the libraries their ELF files link, never Nix references, so the package itself
+# (a wrapper around a Python environment) would not run there. Drop-ins go through
+# boot.initrd.systemd.services with overrideStrategy = "asDropin": /etc/systemd/system is one
+# read-only store path in the initrd, nothing can be added below it through `contents`.
 {
   config,
   lib,
@@ -10,6 +17,7 @@
 
 let
   cfg = config.boot.rollback;
+  tree = cfg.initrdPackage;
   settings = builtins.fromJSON (builtins.readFile ./settings.json);
   defaultOf = option: (lib.findFirst (s: s.option == option) null settings).default;
 
@@ -28,38 +36,167 @@ let
     else
       lib.types.str;
 
+  notes.device = ''
+    Default (null): the device of the `fileSystems` entry mounted on `/`. A device path
+    (`/dev/disk/by-label/nixos`) or an fstab tag: `UUID=`, `LABEL=`, `PARTUUID=`, `PARTLABEL=`
+    become their `/dev/disk/by-*/` link, as systemd's fstab generator maps them, so that the
+    unit waits for a `.device` unit that appears.
+  '';
   settingOptions = builtins.listToAttrs (
     map (s: {
       name = s.option;
       value = lib.mkOption {
         type = typeOf s;
         default = s.default;
-        description = "${s.help} (`${s.key}` in rollback.toml, `rollback.${s.key}=` on the kernel command line).";
+        description =
+          "${lib.toUpper (builtins.substring 0 1 s.help)}${builtins.substring 1 (-1) s.help} "
+          + "(`${s.key}` in rollback.toml, `rollback.${s.key}=` on the kernel command line)."
+          + lib.optionalString (notes ? ${s.option}) "\n\n${notes.${s.option}}";
       };
     }) settings
   );
 
-  rootFs = config.fileSystems."/" or null;
-  device = if cfg.device != null then cfg.device else (if rootFs == null then null else rootFs.device);
-  instance = "rollback@${utils.escapeSystemdPath device}.service";
+  # The root is the entry mounted on /, whatever its attribute name (fileSystems drops enable = false).
+  refOf = name: "fileSystems.${lib.strings.escapeNixIdentifier name}";
+  rootName = lib.findFirst (n: config.fileSystems.${n}.mountPoint == "/") null (
+    lib.attrNames config.fileSystems
+  );
+  rootFs = if rootName == null then null else config.fileSystems.${rootName};
+  rootRef = if rootName == null then ''fileSystems."/"'' else refOf rootName;
+
+  # The device as written: boot.rollback.device, else the root's. NixOS turns `label = "x"` into an
+  # fstab-escaped /dev/disk/by-label/ path (a space as \040); the label itself maps exactly.
+  fstabEscape = builtins.replaceStrings [ " " "\t" ] [ "\\040" "\\011" ];
+  spec =
+    if cfg.device != null then
+      cfg.device
+    else if rootFs == null then
+      null
+    else if rootFs.label != null && rootFs.device == "/dev/disk/by-label/${fstabEscape rootFs.label}" then
+      "LABEL=${rootFs.label}"
+    else
+      rootFs.device;
+  specRef = if cfg.device != null then "boot.rollback.device" else "${rootRef}.device";
+
+  # Every byte a Nix string can hold, with its value: ASCII from JSON escapes (NUL excepted), and the
+  # bytes of UTF-8 sequences cut out of characters whose encoding begins or continues with them.
+  hex2 = n: lib.fixedWidthString 2 "0" (lib.toLower (lib.toHexString n));
+  hex4 = n: lib.fixedWidthString 4 "0" (lib.toLower (lib.toHexString n));
+  char =
+    cp:
+    if cp < 65536 then
+      builtins.fromJSON ''"\u${hex4 cp}"''
+    else
+      builtins.fromJSON ''"\u${hex4 (55296 + (cp - 65536) / 1024)}\u${
+        hex4 (56320 + lib.mod (cp - 65536) 1024)
+      }"'';
+  byte =
+    n:
+    if n < 128 then
+      char n
+    else if n < 192 then
+      builtins.substring 1 1 (char n) # U+0080..U+00BF: C2 n
+    else if n < 224 then
+      builtins.substring 0 1 (char ((n - 192) * 64))
+    else if n < 240 then
+      builtins.substring 0 1 (char ((n - 224) * 4096 + (if n == 224 then 2048 else 0)))
+    else
+      builtins.substring 0 1 (char ((n - 240) * 262144 + (if n == 240 then 65536 else 0)));
+  bytes = lib.range 1 191 ++ lib.range 194 244; # C0, C1, F5-FF: never in UTF-8
+  escapeBytes =
+    keep: s:
+    let
+      escaped = lib.filter (n: !(keep n)) bytes;
+    in
+    builtins.replaceStrings (map byte escaped) (map (n: "\\x${hex2 n}") escaped) s;
+  isAsciiIn = chars: n: n < 128 && lib.elem (byte n) (lib.stringToCharacters chars);
+  alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+  # Tags as systemd's fstab generator maps them, the value escaped as udev names the link (the rules
+  # of rollback/devspec.py, checked against it by tests/unit/test_nix.py): ASCII outside
+  # [A-Za-z0-9#+-.:=@_] as \xNN, UTF-8 sequences kept.
+  tagDirs = {
+    UUID = "by-uuid";
+    LABEL = "by-label";
+    PARTUUID = "by-partuuid";
+    PARTLABEL = "by-partlabel";
+  };
+  udevEscape = escapeBytes (n: n >= 128 || isAsciiIn "${alnum}#+-.:=@_" n);
+
+  # `systemd-escape --path`, which utils.escapeSystemdPath is for ASCII; a byte outside ASCII, which
+  # that keeps, makes a unit name systemd rejects (a label with a UTF-8 character). null when the
+  # path is not normalized (a `..`).
+  components = path: lib.filter (c: c != "" && c != ".") (lib.splitString "/" path);
+  escapePath =
+    path:
+    let
+      inner = lib.concatStringsSep "/" (components path);
+      escape = s: builtins.replaceStrings [ "/" ] [ "-" ] (escapeBytes (isAsciiIn "${alnum}:_./") s);
+    in
+    if lib.elem ".." (components path) then
+      null
+    else if inner == "" then
+      "-"
+    else if lib.hasPrefix "." inner then
+      "\\x2e" + escape (builtins.substring 1 (-1) inner)
+    else
+      escape inner;
+
+  tag = if spec == null then null else lib.toUpper (lib.head (lib.splitString "=" spec));
+  tagged = spec != null && lib.hasInfix "=" spec && tagDirs ? ${tag};
+  tagValue = lib.removePrefix "${lib.head (lib.splitString "=" spec)}=" spec;
+  devicePath =
+    if spec == null then
+      null
+    else if tagged then
+      (if tagValue == "" then null else "/dev/disk/${tagDirs.${tag}}/${udevEscape tagValue}")
+    else if lib.hasPrefix "/" spec then
+      spec
+    else
+      null;
+
+  # The instance names the device: it waits for that device's own .device unit (systemd#24904).
+  escapedDevice = if devicePath == null then null else escapePath devicePath;
+  instance = "rollback@${escapedDevice}";
   stopBoot = cfg.failurePolicy == "stop-boot";
+
+  # units/rollback-stop-boot.conf, the drop-in the dracut module installs, as [Unit] options (the
+  # file has no other section; a test keeps the two equal).
+  stopBootLines = lib.splitString "\n" (builtins.readFile ../../units/rollback-stop-boot.conf);
+  stopBootUnit =
+    assert lib.all (line: !(lib.hasPrefix "[" line) || line == "[Unit]") stopBootLines;
+    builtins.listToAttrs (
+      map (kv: lib.nameValuePair (lib.head kv) (lib.elemAt kv 1)) (
+        lib.filter (kv: kv != null) (map (builtins.match "([A-Za-z]+)=(.*)") stopBootLines)
+      )
+    );
 
   # What /etc/rollback.toml says in the initrd: the device, and every setting not at its default
   # (the CLI rejects, say, an explicit keep-days without archive; defaults need not be written).
   values = builtins.listToAttrs (
     map (s: {
       name = s.key;
-      value = if s.option == "device" then device else cfg.${s.option};
+      value = if s.option == "device" then devicePath else cfg.${s.option};
     }) (builtins.filter (s: s.option == "device" || cfg.${s.option} != defaultOf s.option) settings)
   );
   configFile = (pkgs.formats.toml { }).generate "rollback.toml" values;
 
   subvolOf = fs: lib.findFirst (o: lib.hasPrefix "subvol=" o) null fs.options;
-  usesSubvol = name: fs: lib.elem (subvolOf fs) [ "subvol=${name}" "subvol=/${name}" ];
+  usesSubvol = name: fs: lib.elem (subvolOf fs) [
+    "subvol=${name}"
+    "subvol=/${name}"
+  ];
   isProtected = fs: fs.fsType == "btrfs" && lib.any (p: usesSubvol p fs) cfg.protect;
-  protectedNotNeeded = lib.filter (fs: isProtected fs && !(utils.fsNeededForBoot fs)) (
-    lib.attrValues config.fileSystems
+  protectedNotNeeded = lib.attrNames (
+    lib.filterAttrs (_: fs: isProtected fs && !(utils.fsNeededForBoot fs)) config.fileSystems
   );
+  retention = [
+    "keepDays"
+    "keepCount"
+    "keepMin"
+  ];
+  retentionSet = lib.filter (o: cfg.${o} != defaultOf o) retention;
+  basename = p: lib.last (lib.splitString "/" p);
 in
 {
   options.boot.rollback = settingOptions // {
@@ -69,7 +206,18 @@ in
       type = lib.types.package;
       default = pkgs.python3Packages.callPackage ./package.nix { };
       defaultText = lib.literalExpression "pkgs.python3Packages.callPackage ./package.nix { }";
-      description = "The rollback package.";
+      description = "The rollback package, from which the initrd tree (`initrdPackage`) is built.";
+    };
+
+    initrdPackage = lib.mkOption {
+      type = lib.types.package;
+      readOnly = true;
+      default = pkgs.callPackage ./initrd-tree.nix { rollback = cfg.package; };
+      defaultText = lib.literalExpression "pkgs.callPackage ./initrd-tree.nix { rollback = config.boot.rollback.package; }";
+      description = ''
+        What the initrd gets (read-only): the interpreter, the modules the service imports, a
+        launcher and rollback@.service, in one store path that needs nothing else.
+      '';
     };
 
     failurePolicy = lib.mkOption {
@@ -100,56 +248,69 @@ in
       }
       {
         assertion = rootFs != null && rootFs.fsType == "btrfs";
-        message = "boot.rollback needs a btrfs root: fileSystems.\"/\".fsType must be \"btrfs\".";
+        message =
+          if rootFs == null then
+            "boot.rollback needs a btrfs root: no fileSystems entry has mountPoint = \"/\"."
+          else
+            "boot.rollback needs a btrfs root: ${rootRef}.fsType must be \"btrfs\".";
       }
       {
         assertion = rootFs != null && usesSubvol cfg.subvolume rootFs;
-        message = "boot.rollback replaces the subvolume `${cfg.subvolume}`: add \"subvol=${cfg.subvolume}\" to fileSystems.\"/\".options (or set boot.rollback.subvolume).";
+        message = "boot.rollback replaces the subvolume `${cfg.subvolume}`: add \"subvol=${cfg.subvolume}\" to ${rootRef}.options (or set boot.rollback.subvolume).";
       }
       {
-        assertion = device != null;
-        message = "boot.rollback: set boot.rollback.device (fileSystems.\"/\" has no device).";
+        assertion = spec != null;
+        message = "boot.rollback: set boot.rollback.device (${rootRef} has no device).";
+      }
+      {
+        assertion = spec == null || devicePath != null;
+        message =
+          if tagged then
+            "boot.rollback: ${specRef} = \"${spec}\" names no ${tag}: write ${tag}=<value>."
+          else
+            "boot.rollback: ${specRef} = \"${spec}\" is neither a device path nor a tag: write /dev/disk/by-label/<label>, /dev/disk/by-uuid/<uuid> or any /dev path, or UUID=, LABEL=, PARTUUID=, PARTLABEL=.";
+      }
+      {
+        assertion = devicePath == null || escapedDevice != null;
+        message = "boot.rollback: ${specRef} = \"${spec}\" is not a normalized path: write it without `..`.";
       }
       {
         assertion = protectedNotNeeded == [ ];
         message = "boot.rollback: protected subvolumes must be mounted in the initrd: set neededForBoot = true on ${
-          lib.concatMapStringsSep ", " (fs: "fileSystems.\"${fs.mountPoint}\"") protectedNotNeeded
+          lib.concatMapStringsSep ", " refOf protectedNotNeeded
         }.";
       }
       {
-        assertion = cfg.archive != "" || (cfg.keepDays == defaultOf "keepDays" && cfg.keepCount == defaultOf "keepCount");
-        message = "boot.rollback: keepDays/keepCount only apply when old roots are kept: set boot.rollback.archive.";
+        assertion = cfg.archive != "" || retentionSet == [ ];
+        message = "boot.rollback: ${
+          lib.concatStringsSep ", " retentionSet
+        } only apply when old roots are kept: set boot.rollback.archive.";
       }
       {
-        assertion = !(lib.elem (lib.last (lib.splitString "/" cfg.subvolume)) cfg.protect);
+        assertion = !(lib.elem (basename cfg.subvolume) (map basename cfg.protect));
         message = "boot.rollback: the target subvolume `${cfg.subvolume}` is in boot.rollback.protect; it would be refused at every boot.";
       }
     ];
 
-    boot.initrd.systemd = {
-      packages = [ cfg.package ]; # rollback@.service from units/, ExecStart pointing at the package
-      storePaths = [ cfg.package ];
-      contents =
-        {
-          "/etc/rollback.toml".source = configFile;
-        }
-        // lib.optionalAttrs stopBoot {
-          "/etc/systemd/system/${instance}.d/stop-boot.conf".source =
-            "${cfg.package}/share/rollback/rollback-stop-boot.conf";
-          "/etc/systemd/system/sysroot.mount.d/rollback.conf".text = ''
-            [Unit]
-            Requires=${instance}
-            After=${instance}
-          '';
-        }
-        // lib.optionalAttrs (!cfg.kernelCommandLine) {
-          "/etc/systemd/system/${instance}.d/no-kernel-cmdline.conf".text = ''
-            [Service]
-            ExecStart=
-            ExecStart=${lib.getExe cfg.package} run --device /%I --kernel-cmdline /dev/null
-          '';
+    boot.initrd.systemd = lib.mkIf (escapedDevice != null) {
+      packages = [ tree ]; # rollback@.service, ExecStart=${tree}/bin/rollback
+      storePaths = [ tree ];
+      contents."/etc/rollback.toml".source = configFile;
+      # Wanted by name: systemd instantiates the template; a services entry is only for drop-ins.
+      targets.initrd.wants = [ "${instance}.service" ];
+      services = lib.optionalAttrs (stopBoot || !cfg.kernelCommandLine) {
+        ${instance} = {
+          overrideStrategy = "asDropin"; # <instance>.service.d/overrides.conf; the template stays
+          requiredBy = lib.optional stopBoot "sysroot.mount"; # the unit is already Before= it
+          unitConfig = lib.optionalAttrs stopBoot stopBootUnit;
+          serviceConfig = lib.optionalAttrs (!cfg.kernelCommandLine) {
+            ExecStart = [
+              ""
+              "${tree}/bin/rollback run --device /%I --kernel-cmdline /dev/null"
+            ];
+          };
         };
-      targets.initrd.wants = [ instance ];
+      };
     };
   };
 }

@@ -42,6 +42,8 @@ pkgs.testers.runNixOSTest {
         boot.rollback = {
           enable = true;
           device = "/dev/vdb";
+          # the drop-in path (asDropin, sysroot.mount.requires): a failed rollback would stop this boot
+          failurePolicy = "stop-boot";
         };
       };
     };

@@ -1,61 +1,258 @@
-"""The NixOS module, checked offline: every .nix file parses, and module.nix evaluates (against a
-stub of the few nixpkgs functions it uses, tests/nix/eval-module.nix) to options that mirror the
-CLI, a config file the CLI accepts, and assertions with clear messages."""
+"""The NixOS module and package, checked offline with nixpkgs' own module system.
+
+tests/nix/check.nix evaluates machines with nixpkgs' real lib (lib.evalModules), upstream's NixOS
+declarations of what the module touches (../shared/nix/upstream: the systemd initrd and its
+generateUnits, fileSystems, assertions, utils) and a stand-in pkgs (tests/nix/stand-in-pkgs.nix: real
+derivations, never built), in one `nix-instantiate --eval` for all machines. It reports what each
+machine's initrd would get: what make-initrd-ng is given, the units, /etc/rollback.toml and the failed
+assertions. On top of that:
+- generateUnits' script runs against a stand-in store to lay out the initrd's /etc/systemd/system,
+  and systemd loads the instance from the result (`systemd-analyze verify`);
+- the package's check phase is replayed on exactly the files its lib.fileset ships;
+- the device mapping is compared with rollback/devspec.py and with `systemd-escape --path`.
+Where ../shared/nix, nix-instantiate or a tool is missing: unavailable() (skip locally, fail in CI).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rollback.devspec import device_path
 from rollback.settings import schema
 from tests.conftest import unavailable
 
 ROOT = Path(__file__).parents[2]
+KIT = ROOT.parent / "shared" / "nix"
+CHECK = ROOT / "tests/nix/check.nix"
 NIX_FILES = sorted(p for p in ROOT.rglob("*.nix") if ".venv" not in p.parts)
-MODULE_ONLY = {"enable", "package", "failurePolicy", "kernelCommandLine"}
-GOOD: dict[str, Any] = {
-    "rollback": {"enable": True},
-    "systemdInitrd": True,
-    "fileSystems": {
-        "/": {"device": "/dev/vda2", "fsType": "btrfs", "options": ["subvol=root", "compress=zstd"]},
-        "/persist": {"device": "/dev/vda2", "fsType": "btrfs", "options": ["subvol=persist"], "neededForBoot": True},
-        "/nix": {"device": "/dev/vda2", "fsType": "btrfs", "options": ["subvol=nix"]},
+MODULE_ONLY = {"enable", "package", "initrdPackage", "failurePolicy", "kernelCommandLine"}
+DEVICE = "/dev/vda2"
+INSTANCE = "rollback@dev-vda2.service"
+
+Machine = dict[str, Any]
+
+
+def btrfs(subvol: str, **more: Any) -> dict[str, Any]:
+    return {"device": DEVICE, "fsType": "btrfs", "options": [f"subvol={subvol}"], **more}
+
+
+def machine(rollback: dict[str, Any] | None = None, fs: dict[str, Any] | None = None, **more: Any) -> Machine:
+    """A NixOS module as JSON: systemd stage 1, the root from subvol=root, /persist mounted in stage 1,
+    /nix; `fs` adds, replaces or (None) removes fileSystems entries; `more` is merged in."""
+    filesystems = {"/": btrfs("root"), "/persist": btrfs("persist", neededForBoot=True), "/nix": btrfs("nix")}
+    filesystems.update(fs or {})
+    found: Machine = {
+        "boot": {"initrd": {"systemd": {"enable": True}}, "rollback": {"enable": True, **(rollback or {})}},
+        "fileSystems": {name: value for name, value in filesystems.items() if value is not None},
+    }
+    return merged(found, more)
+
+
+def merged(base: Machine, more: Machine) -> Machine:
+    out = dict(base)
+    for key, value in more.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# The failing machines: each fault, and every message it must produce (and no other).
+FAILS: dict[str, tuple[Machine, list[str]]] = {
+    "no-systemd-initrd": (
+        machine(boot={"initrd": {"systemd": {"enable": False}}}),
+        ["set boot.initrd.systemd.enable = true"],
+    ),
+    "ext4-root": (
+        machine(fs={"/": {"device": DEVICE, "fsType": "ext4", "options": ["subvol=root"]}}),
+        ['fileSystems."/".fsType must be "btrfs"'],
+    ),
+    "no-root": (
+        machine(fs={"/": None}),
+        [
+            'no fileSystems entry has mountPoint = "/"',
+            'add "subvol=root" to fileSystems."/".options',
+            'set boot.rollback.device (fileSystems."/" has no device)',
+            "does not specify your root file system",  # upstream initrd.nix's own
+        ],
+    ),
+    "wrong-subvol": (machine(fs={"/": btrfs("@")}), ['add "subvol=root" to fileSystems."/".options']),
+    "root-without-device": (
+        machine(fs={"/": {"fsType": "btrfs", "options": ["subvol=root"]}}),
+        ['set boot.rollback.device (fileSystems."/" has no device)'],
+    ),
+    "device-not-a-path": (
+        machine({"device": "nixos"}),
+        ['boot.rollback.device = "nixos" is neither a device path nor a tag: write /dev/disk/by-label/<label>'],
+    ),
+    "root-device-not-a-path": (
+        machine(fs={"/": btrfs("root", device="nixos")}),
+        ['fileSystems."/".device = "nixos" is neither a device path nor a tag'],
+    ),
+    "empty-tag": (machine({"device": "uuid="}), ['boot.rollback.device = "uuid=" names no UUID: write UUID=<value>']),
+    "not-normalized": (
+        machine({"device": "/dev/disk/../vda2"}),
+        ['boot.rollback.device = "/dev/disk/../vda2" is not a normalized path'],
+    ),
+    "persist-not-needed": (
+        machine(fs={"/persist": btrfs("persist")}),
+        ['set neededForBoot = true on fileSystems."/persist".'],
+    ),
+    "persist-by-name-not-needed": (
+        machine(fs={"/persist": None, "keep": btrfs("persist", mountPoint="/persist")}),
+        ["set neededForBoot = true on fileSystems.keep."],
+    ),
+    "target-protected": (
+        machine({"subvolume": "persist"}, fs={"/": btrfs("persist"), "/persist": None}),
+        ["the target subvolume `persist` is in boot.rollback.protect"],
+    ),
+    "retention-without-archive": (
+        machine({"keepDays": 7, "keepCount": 3}),
+        ["keepDays, keepCount only apply when old roots are kept: set boot.rollback.archive"],
+    ),
+    "keep-min-without-archive": (
+        machine({"keepMin": 5}),
+        ["keepMin only apply when old roots are kept: set boot.rollback.archive"],
+    ),
+    "root-by-name-ext4": (
+        machine(
+            fs={"/": None, "root": {"mountPoint": "/", "device": DEVICE, "fsType": "ext4", "options": ["subvol=root"]}}
+        ),
+        ['fileSystems.root.fsType must be "btrfs"'],
+    ),
+}
+
+# Devices as users write them (boot.rollback.device), mapped by the module and by devspec.
+DEVICE_VALUES = [
+    "/dev/vda2",
+    "/dev/disk/by-id/nvme-Samsung_SSD_980-part2",
+    "UUID=0f5c8a4e-2d6b-4f1e-9a55-3c1d2b7e8f90",
+    "PARTUUID=6a1f-03",
+    "LABEL=nixos",
+    "LABEL=my root",
+    "LABEL=a/b",
+    "label=lower case tag",
+    "PARTLABEL=EFI\\system",
+    "LABEL=tab\there",
+    "LABEL=.dot",
+    "LABEL=#+-.:=@_",
+    "LABEL=naïve",
+    "LABEL=日本語",
+    "LABEL=😀",
+    "LABEL=a\u00a0b",  # U+00A0: not printable for Python, kept by udev (encode_devnode_name)
+]
+DEVICES = DEVICE_VALUES  # each maps as rollback/devspec.py maps it, and as udev names it
+
+MACHINES: dict[str, Machine] = {
+    "impermanence": {"_imports": ["machines/impermanence.nix"]},
+    "boot-on": machine(),
+    "stop-boot": machine({"failurePolicy": "stop-boot"}),
+    "no-cmdline": machine({"kernelCommandLine": False}),
+    "stop-boot-no-cmdline": machine({"failurePolicy": "stop-boot", "kernelCommandLine": False}),
+    "archive": machine(
+        {
+            "archive": "old_roots",
+            "keepDays": 14,
+            "keepCount": 10,
+            "keepMin": 2,
+            "protect": ["persist", "nix", "srv"],
+            "mode": "snapshot",
+            "ignoreHibernation": True,
+        }
+    ),
+    "root-by-name": machine(
+        fs={
+            "/": None,
+            "/persist": None,
+            "root": btrfs("root", mountPoint="/"),
+            "persist": btrfs("persist", mountPoint="/persist", neededForBoot=True),
+        }
+    ),
+    "root-entry-disabled": machine(
+        fs={"/": {"enable": False, "device": "/dev/sda1", "fsType": "ext4"}, "root": btrfs("root", mountPoint="/")}
+    ),
+    "root-by-label": machine(fs={"/": {"label": "my root", "fsType": "btrfs", "options": ["subvol=root"]}}),
+    "disabled": machine({"enable": False}),
+    "without-module": {
+        "_withoutModule": True,
+        **{k: v for k, v in machine().items() if k != "boot"},
+        "boot": {"initrd": {"systemd": {"enable": True}}},
     },
+    # The way not to: a services entry for the instance without asDropin replaces the template.
+    "naive-instance": machine(
+        boot={"initrd": {"systemd": {"services": {"rollback@dev-vda2": {"serviceConfig": {"Environment": "A=1"}}}}}}
+    ),
+    # The way the module did it before: a drop-in through contents, below the generated unit directory.
+    "contents-below-units": machine(
+        boot={"initrd": {"systemd": {"contents": {"/etc/systemd/system/sysroot.mount.d/x.conf": {"text": "x"}}}}}
+    ),
+    **{f"fails:{name}": found for name, (found, _) in FAILS.items()},
+    **{f"device:{i}": machine({"device": spec}) for i, spec in enumerate(DEVICE_VALUES)},
 }
 
 
-def nix(*argv: str) -> str:
+def nix(*argv: str) -> subprocess.CompletedProcess[str]:
     if not shutil.which("nix-instantiate"):
         unavailable("nix-instantiate is not installed (Debian: nix-bin)")
     result = subprocess.run(["nix-instantiate", *argv], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return result
 
 
-def evaluate(machine: dict[str, Any]) -> dict[str, Any]:
-    out = nix(
-        "--eval", "--strict", "--json", str(ROOT / "tests/nix/eval-module.nix"), "--argstr", "json", json.dumps(machine)
+@pytest.fixture(scope="session")
+def nixpkgs_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nixpkgs' lib from the kit, extracted outside the repository."""
+    tarball = KIT / "nixpkgs-lib.tar.xz"
+    if not tarball.is_file() or not (KIT / "upstream").is_dir():
+        unavailable(f"{KIT} (nixpkgs' lib and upstream NixOS declarations) is not here")
+    dest = tmp_path_factory.mktemp("nixpkgs-lib")
+    subprocess.run(["tar", "-xJf", str(tarball), "-C", str(dest)], check=True)
+    return dest / "nixpkgs-lib" / "lib"
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    machines: dict[str, dict[str, Any]]
+    flake: dict[str, Any]
+    package: dict[str, Any]
+    store: dict[str, str]
+    stderr: str
+    seconds: float
+
+
+def evaluate(nixpkgs_lib: Path, machines: dict[str, Machine]) -> Evaluated:
+    start = time.monotonic()
+    result = nix(
+        "--eval",
+        "--strict",
+        "--json",
+        str(CHECK),
+        *("--argstr", "kit", str(KIT)),
+        *("--argstr", "nixpkgsLib", str(nixpkgs_lib)),
+        *("--argstr", "machines", json.dumps(machines)),
     )
-    found: dict[str, Any] = json.loads(out)
-    return found
+    found = json.loads(result.stdout)
+    return Evaluated(
+        found["machines"], found["flake"], found["package"], found["store"], result.stderr, time.monotonic() - start
+    )
 
 
-def with_(**changes: Any) -> dict[str, Any]:
-    machine: dict[str, Any] = json.loads(json.dumps(GOOD))
-    for key, value in changes.items():
-        if key == "rollback":
-            machine["rollback"].update(value)
-        elif key == "fs":
-            machine["fileSystems"].update(value)
-        else:
-            machine[key] = value
-    return machine
+@pytest.fixture(scope="module")
+def evaluated(nixpkgs_lib: Path) -> Evaluated:
+    return evaluate(nixpkgs_lib, MACHINES)
+
+
+# Parsing and the generated settings
 
 
 @pytest.mark.parametrize("path", NIX_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -68,22 +265,207 @@ def test_settings_json_is_generated_from_the_settings_table() -> None:
     assert committed == schema(), "regenerate: python -m rollback.settings > packaging/nix/settings.json"
 
 
-def test_module_options_mirror_the_cli_flags() -> None:
-    options = set(evaluate(GOOD)["options"])
+def test_module_options_mirror_the_cli_flags(evaluated: Evaluated) -> None:
+    options = set(evaluated.machines["boot-on"]["options"])
     assert options - MODULE_ONLY == {s["option"] for s in schema()}
     assert options >= MODULE_ONLY
 
 
-def test_a_good_machine_passes_and_enables_the_device_unit() -> None:
-    found = evaluate(GOOD)
+def test_docs_describe_every_option(evaluated: Evaluated) -> None:
+    docs = (ROOT / "docs/nixos.md").read_text()
+    missing = [o for o in evaluated.machines["boot-on"]["options"] if f"`{o}`" not in docs]
+    assert missing == [], "docs/nixos.md does not describe these boot.rollback options"
+
+
+def test_evaluation_prints_no_warning(evaluated: Evaluated) -> None:
+    assert "warning" not in evaluated.stderr.lower(), evaluated.stderr
+    assert {name: m["warnings"] for name, m in evaluated.machines.items() if m["warnings"]} == {}
+
+
+def test_the_stand_in_warns_where_nixpkgs_does(nixpkgs_lib: Path) -> None:
+    """The negative control of the test above: what issue 11 found warning in nixpkgs warns here."""
+
+    def path(p: Path) -> str:
+        return f"(/. + {json.dumps(str(p))})"
+
+    expr = f"""let
+      lib = import {path(KIT / "readfiletype-polyfill.nix")} {path(nixpkgs_lib)};
+      pkgs = import {path(CHECK.parent / "stand-in-pkgs.nix")} {{ inherit lib; }};
+      old = pkgs.python3Packages.buildPythonApplication {{ pname = "x"; version = "1"; pytestFlagsArray = [ ]; }};
+    in [ pkgs.system pkgs.nixfmt-rfc-style.name old.name ]"""
+    stderr = nix("--eval", "--strict", "-E", expr).stderr
+    for name in ("'system' has been renamed", "nixfmt-rfc-style is now", "pytestFlagsArray is deprecated"):
+        assert name in stderr, stderr
+
+
+# The minimal machine: what the initrd gets
+
+
+def test_the_impermanence_machine_passes_and_wants_its_device_instance(evaluated: Evaluated) -> None:
+    found = evaluated.machines["impermanence"]
     assert found["failed"] == []
-    assert found["wants"] == ["rollback@dev-vda2.service"]
-    assert found["toml"] == {"device": "/dev/vda2"}
+    instance = r"rollback@dev-disk-by\x2dlabel-nixos.service"
+    assert found["wants"] == [instance]
+    assert found["toml"] == {"device": "/dev/disk/by-label/nixos"}
+    assert not any(name.startswith("rollback@") for name in found["units"]), "boot-on needs no services entry"
 
 
-def test_the_generated_config_file_is_accepted_by_the_cli(tmp_path: Path) -> None:
-    machine = with_(rollback={"archive": "old", "keepCount": 5, "protect": ["persist", "srv"], "mode": "snapshot"})
-    values = evaluate(machine)["toml"]
+def test_make_initrd_ng_gets_the_tree_and_the_config_not_the_package(evaluated: Evaluated) -> None:
+    found = evaluated.machines["impermanence"]
+    tree, package = found["tree"], found["package"]
+    assert re.fullmatch(r"/nix/store/[0-9a-z]{32}-rollback-initrd-0\.1\.0", tree), tree
+    assert found["packages"] == [tree]  # rollback@.service from the tree, not from the package
+    given = {(entry["source"], entry["target"]) for entry in found["initrd"]}
+    assert (tree, None) in given
+    assert (found["contents"]["/etc/rollback.toml"], "/etc/rollback.toml") in given
+    assert not any(package in source for source, _ in given), "the package's wrapper cannot run in the initrd"
+
+
+def below_unit_directory(found: dict[str, Any]) -> list[str]:
+    targets = [entry["target"] for entry in found["initrd"] if entry["target"]]
+    return [t for t in targets if t.startswith("/etc/systemd/system/")]
+
+
+@pytest.mark.parametrize("name", sorted(set(MACHINES) - {"contents-below-units"}))
+def test_nothing_is_added_below_the_read_only_unit_directory(evaluated: Evaluated, name: str) -> None:
+    """make-initrd-ng would write below /etc/systemd/system, one read-only store path: the build fails."""
+    assert below_unit_directory(evaluated.machines[name]) == []
+
+
+def test_a_drop_in_through_contents_is_seen_below_the_unit_directory(evaluated: Evaluated) -> None:
+    """The negative control of the test above."""
+    found = evaluated.machines["contents-below-units"]
+    assert below_unit_directory(found) == ["/etc/systemd/system/sysroot.mount.d/x.conf"]
+
+
+# Failure policies and the kernel command line, as units and as the laid-out unit directory
+
+
+def stop_boot_unit_lines() -> list[str]:
+    text = (ROOT / "units/rollback-stop-boot.conf").read_text()
+    return [line for line in text.splitlines() if re.fullmatch(r"[A-Za-z]+=.*", line)]
+
+
+def test_stop_boot_is_a_drop_in_that_sysroot_mount_requires(evaluated: Evaluated) -> None:
+    unit = evaluated.machines["stop-boot"]["units"][INSTANCE]
+    assert unit["overrideStrategy"] == "asDropin"
+    assert unit["requiredBy"] == ["sysroot.mount"]
+    body = unit["text"].splitlines()
+    assert [line for line in body if "=" in line] == stop_boot_unit_lines()  # units/rollback-stop-boot.conf
+
+
+def test_kernel_command_line_off_replaces_exec_start_with_the_trees_launcher(evaluated: Evaluated) -> None:
+    found = evaluated.machines["no-cmdline"]
+    unit = found["units"][INSTANCE]
+    assert unit["overrideStrategy"] == "asDropin"
+    assert unit["requiredBy"] == []
+    template = (ROOT / "units/rollback@.service").read_text()
+    exec_start = re.findall(r"^ExecStart=/usr/bin/rollback (.*)$", template, re.MULTILINE)
+    assert len(exec_start) == 1, "units/rollback@.service has one ExecStart"
+    launcher = f"{found['tree']}/bin/rollback"
+    assert f"ExecStart=\nExecStart={launcher} {exec_start[0]} --kernel-cmdline /dev/null\n" in unit["text"]
+    assert "OnFailure" not in unit["text"]
+
+
+def lay_out_units(found: dict[str, Any], store: dict[str, str], work: Path) -> Path:
+    """Run each unit's makeUnit script and generateUnits' script (upstream systemd-lib.nix) as the
+    builder would, in a stand-in store (work/store for /nix/store); return the initrd's
+    /etc/systemd/system. Links point into the stand-in store, so that systemd on this host can read it."""
+    fake = work / "store"
+    fake.mkdir()
+
+    def here(text: str) -> str:
+        return text.replace("/nix/store/", f"{fake}/")
+
+    script = found["unitsDir"]["build"]
+    upstream = re.findall(r"for i in ([^;]*); do\n\s*fn=/nix/store/([^/]+)/example/systemd/system/\$i", script)
+    assert len(upstream) == 2, "upstream units and .wants directories"
+    for names, systemd in upstream:
+        example = fake / systemd / "example/systemd/system"
+        example.mkdir(parents=True, exist_ok=True)
+        for name in names.split():
+            if name.endswith(".wants"):
+                (example / name).mkdir()
+                (example / name / "systemd-journald.service").symlink_to("../systemd-journald.service")
+            else:
+                (example / name).write_text("[Unit]\n")
+    lndir = Path(here(store["lndir"])) / "bin/lndir"
+    lndir.parent.mkdir(parents=True)
+    lndir.write_text('#!/bin/sh\ncp -rs "$1/." "$2/"\n')
+    lndir.chmod(0o755)
+    assert found["packages"] == [found["tree"]]
+    unit = (ROOT / "units/rollback@.service").read_text()
+    tree_unit = Path(here(found["tree"])) / "lib/systemd/system/rollback@.service"
+    tree_unit.parent.mkdir(parents=True)
+    tree_unit.write_text(unit.replace("/usr/bin/rollback", f"{found['tree']}/bin/rollback"))
+
+    def build(script: str, out: str, **env: str) -> None:
+        run = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + here(script)],
+            env={"PATH": os.environ["PATH"], "out": here(out), **env},
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+
+    for i, made in enumerate(found["units"].values()):
+        if made["enable"]:
+            text = work / f"text-{i}"
+            text.write_text(made["text"] or "")
+            build(made["build"], made["out"], textPath=str(text))
+    build(script, found["unitsDir"]["out"])
+    return Path(here(found["unitsDir"]["out"]))
+
+
+def systemd_verify(units: Path, unit: str) -> list[str]:
+    """What systemd's loader says of `unit` in that unit directory (the other, stand-in units of the
+    directory have their own complaints: only the lines about `unit` are returned)."""
+    if not shutil.which("systemd-analyze"):
+        unavailable("systemd-analyze is not installed")
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", unit],
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+        capture_output=True,
+        text=True,
+    )
+    return [line for line in (verified.stdout + verified.stderr).splitlines() if unit in line]
+
+
+@pytest.mark.parametrize("name", ["stop-boot", "stop-boot-no-cmdline", "no-cmdline", "boot-on"])
+def test_the_laid_out_units_extend_the_template(evaluated: Evaluated, tmp_path: Path, name: str) -> None:
+    found = evaluated.machines[name]
+    units = lay_out_units(found, evaluated.store, tmp_path)
+    assert (units / "rollback@.service").resolve().is_file()
+    assert not os.path.lexists(units / INSTANCE), "a whole unit for the instance replaces the template"
+    assert f"Wants={INSTANCE}" in (units / "initrd.target.d/overrides.conf").read_text()
+    stop_boot = "stop-boot" in name
+    assert os.path.lexists(units / "sysroot.mount.requires" / INSTANCE) == stop_boot
+    drop_in = units / f"{INSTANCE}.d/overrides.conf"
+    assert drop_in.exists() == (name != "boot-on")
+    text = drop_in.read_text() if drop_in.exists() else ""
+    assert all((line in text.splitlines()) == stop_boot for line in stop_boot_unit_lines())
+    assert ("--kernel-cmdline /dev/null" in text) == ("no-cmdline" in name)
+    # systemd merges template and drop-in: its only complaint is that the tree is not on this host
+    said = systemd_verify(units, INSTANCE)
+    assert said, "systemd-analyze said nothing about the instance"
+    assert [line for line in said if f"{found['tree']}/bin/rollback is not executable" not in line] == []
+
+
+def test_a_services_entry_without_as_dropin_would_replace_the_template(evaluated: Evaluated, tmp_path: Path) -> None:
+    """The negative control of the test above: what upstream makes of the naive way, and what systemd
+    then loads (the entry's few lines, no ExecStart)."""
+    units = lay_out_units(evaluated.machines["naive-instance"], evaluated.store, tmp_path)
+    assert os.path.lexists(units / INSTANCE)
+    assert any("ExecStart" in line for line in systemd_verify(units, INSTANCE))
+
+
+# Archive and retention: the config file the CLI reads
+
+
+def test_the_generated_config_file_is_accepted_by_the_cli(evaluated: Evaluated, tmp_path: Path) -> None:
+    found = evaluated.machines["archive"]
+    assert found["failed"] == []
+    values = found["toml"]
     toml = tmp_path / "rollback.toml"
     toml.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
     result = subprocess.run(
@@ -93,45 +475,162 @@ def test_the_generated_config_file_is_accepted_by_the_cli(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)["settings"]
-    assert (shown["archive"], shown["keep-count"], shown["mode"]) == ("old", 5, "snapshot")
-    assert shown["protect"] == ["persist", "srv"]
+    assert (shown["archive"], shown["keep-days"], shown["keep-count"], shown["keep-min"]) == ("old_roots", 14, 10, 2)
+    assert (shown["mode"], shown["ignore-hibernation"], shown["device"]) == ("snapshot", True, DEVICE)
+    assert shown["protect"] == ["persist", "nix", "srv"]
 
 
-@pytest.mark.parametrize(
-    ("machine", "message"),
-    [
-        (with_(systemdInitrd=False), "set boot.initrd.systemd.enable = true"),
-        (with_(fs={"/": {"device": "/dev/vda2", "fsType": "ext4", "options": []}}), 'fsType must be "btrfs"'),
-        (
-            with_(fs={"/": {"device": "/dev/vda2", "fsType": "btrfs", "options": ["subvol=@"]}}),
-            'add "subvol=root" to fileSystems."/".options',
-        ),
-        (
-            with_(fs={"/persist": {"device": "/dev/vda2", "fsType": "btrfs", "options": ["subvol=persist"]}}),
-            'set neededForBoot = true on fileSystems."/persist"',
-        ),
-        (
-            with_(
-                rollback={"subvolume": "persist"},
-                fs={"/": {"device": "/dev/vda2", "fsType": "btrfs", "options": ["subvol=persist"]}},
-            ),
-            "is in boot.rollback.protect",
-        ),
-        (with_(rollback={"keepDays": 7}), "set boot.rollback.archive"),
-    ],
-)
-def test_assertions_say_what_to_change(machine: dict[str, Any], message: str) -> None:
-    failed = evaluate(machine)["failed"]
-    assert any(message in m for m in failed), failed
+# Assertions
 
 
-def test_stop_boot_policy_installs_the_drop_ins() -> None:
-    contents = evaluate(with_(rollback={"failurePolicy": "stop-boot", "kernelCommandLine": False}))["contents"]
-    assert "/etc/systemd/system/sysroot.mount.d/rollback.conf" in contents
-    assert "/etc/systemd/system/rollback@dev-vda2.service.d/stop-boot.conf" in contents
-    assert "/etc/systemd/system/rollback@dev-vda2.service.d/no-kernel-cmdline.conf" in contents
+@pytest.mark.parametrize("name", sorted(FAILS))
+def test_assertions_say_what_to_change(evaluated: Evaluated, name: str) -> None:
+    failed = evaluated.machines[f"fails:{name}"]["failed"]
+    expected = FAILS[name][1]
+    assert len(failed) == len(expected), failed
+    for message in expected:
+        assert any(message in m for m in failed), (message, failed)
 
 
-def test_disabled_module_does_nothing() -> None:
-    found = evaluate(with_(rollback={"enable": False}))
-    assert (found["failed"], found["wants"], found["contents"]) == ([], [], [])
+def test_every_assertion_of_the_module_fails_on_some_machine(evaluated: Evaluated) -> None:
+    ours = [evaluated.machines[f"fails:{name}"]["ours"] for name in FAILS]
+    count = len(evaluated.machines["boot-on"]["ours"])
+    assert count == (ROOT / "packaging/nix/module.nix").read_text().count("assertion =")
+    assert [i for i in range(count) if all(oks[i] for oks in ours)] == []
+
+
+@pytest.mark.parametrize("name", ["boot-on", "impermanence", "archive", "root-by-name", "root-entry-disabled"])
+def test_good_machines_fail_no_assertion(evaluated: Evaluated, name: str) -> None:
+    assert evaluated.machines[name]["failed"] == []
+
+
+def test_the_root_is_found_by_mount_point_whatever_its_name(evaluated: Evaluated) -> None:
+    for name in ("root-by-name", "root-entry-disabled"):
+        found = evaluated.machines[name]
+        assert (found["wants"], found["toml"]) == ([INSTANCE], {"device": DEVICE}), name
+
+
+# Devices
+
+
+@pytest.mark.parametrize("spec", DEVICES)
+def test_devices_map_as_devspec_maps_them(evaluated: Evaluated, spec: str) -> None:
+    found = evaluated.machines[f"device:{DEVICE_VALUES.index(spec)}"]
+    assert found["failed"] == []
+    assert found["toml"]["device"] == device_path(spec)
+
+
+@pytest.mark.parametrize("spec", DEVICE_VALUES)
+def test_the_instance_is_the_escaped_device_path(evaluated: Evaluated, spec: str) -> None:
+    """Named as `systemd-escape --path` names it, so that its .device unit and `/%I` are the device's."""
+    if not shutil.which("systemd-escape"):
+        unavailable("systemd-escape is not installed")
+    found = evaluated.machines[f"device:{DEVICE_VALUES.index(spec)}"]
+    path = found["toml"]["device"]
+    escaped = subprocess.run(["systemd-escape", "--path", path], capture_output=True, text=True, check=True)
+    assert found["wants"] == [f"rollback@{escaped.stdout.strip()}.service"]
+
+
+@pytest.mark.parametrize(("name", "message"), [("empty-tag", "names no"), ("device-not-a-path", "neither")])
+def test_devspec_refuses_what_the_module_refuses(name: str, message: str) -> None:
+    spec = FAILS[name][0]["boot"]["rollback"]["device"]
+    with pytest.raises(ValueError, match=message):
+        device_path(spec)
+
+
+def test_a_root_label_maps_to_its_by_label_link(evaluated: Evaluated) -> None:
+    """NixOS writes `label = "my root"` as /dev/disk/by-label/my\\040root (fstab's escape); udev's link is
+    /dev/disk/by-label/my\\x20root."""
+    found = evaluated.machines["root-by-label"]
+    assert found["failed"] == []
+    assert found["toml"] == {"device": device_path("LABEL=my root")}
+
+
+# Turned off
+
+
+def test_the_disabled_module_changes_nothing(evaluated: Evaluated) -> None:
+    disabled, without = evaluated.machines["disabled"], evaluated.machines["without-module"]
+    assert disabled["initrdDrv"] == without["initrdDrv"]  # the same initrd, to the derivation
+    assert disabled["unitsDir"] == without["unitsDir"]
+    assert (disabled["failed"], disabled["tree"], disabled["toml"]) == ([], None, None)
+
+
+# The flake and the package
+
+
+def test_the_flake_outputs_evaluate(evaluated: Evaluated) -> None:
+    flake = evaluated.flake
+    for system in ("x86_64-linux", "aarch64-linux"):
+        assert flake["packages"][system] == {"default": "rollback-0.1.0", "initrd": "rollback-initrd-0.1.0"}
+        assert flake["checks"][system] == {
+            "package": "rollback-0.1.0",
+            "initrd": "rollback-initrd-0.1.0",
+            "vm": "vm-test-run-rollback",
+        }
+        assert flake["formatter"][system].startswith("nixfmt-")
+    assert flake["module"] is True
+
+
+def test_the_package_relaxes_the_btrfsutil_bound_pyproject_sets_for_debian(evaluated: Evaluated) -> None:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("btrfsutil") and "<" in d for d in dependencies)
+    assert evaluated.package["pythonRelaxDeps"] == ["btrfsutil"]
+
+
+def shipped_files(evaluated: Evaluated) -> list[str]:
+    """What lib.fileset selects, of what a flake sees (git's files, tracked or not ignored)."""
+    if not (ROOT / ".git").exists() or not shutil.which("git"):
+        unavailable("not a git checkout: the files a flake would see are unknown")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    present = {f for f in listed if f and (ROOT / f).is_file()}
+    return sorted(set(evaluated.package["files"]) & present)
+
+
+def test_the_check_phase_passes_on_exactly_the_shipped_files(evaluated: Evaluated, tmp_path: Path) -> None:
+    """pytestCheckHook's run, replayed on a copy of exactly the fileset: a test that imports or reads a
+    file the package does not ship fails here (bench/, packaging/ were such files)."""
+    package = evaluated.package
+    src = tmp_path / "src"
+    for name in shipped_files(evaluated):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, src / name)
+    for glob in package["disabledTestPaths"]:  # the hook aborts on a glob that matches nothing
+        assert list(src.glob(glob)), glob
+    for path in package["enabledTestPaths"]:
+        assert (src / path).exists(), path
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTHONPATH")}  # as in the build sandbox
+    where = subprocess.run(
+        [sys.executable, "-c", "import rollback, bench.run; print(rollback.__file__)"],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert where.returncode == 0 and where.stdout.startswith(str(src)), where.stdout + where.stderr
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            *package["enabledTestPaths"],
+            *(f"--ignore-glob={glob}" for glob in package["disabledTestPaths"]),
+        ],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+ passed in [\d.]+s", summary), result.stdout[-4000:]  # nothing skipped

@@ -177,6 +177,8 @@ def test_every_name_reaches_the_rules_in_its_one_spelling(setting: str, spelling
         ("LABEL=my disk", "/dev/disk/by-label/my\\x20disk"),
         ("LABEL=a/b", "/dev/disk/by-label/a\\x2fb"),
         ("LABEL=päckchen", "/dev/disk/by-label/päckchen"),
+        ("LABEL=a\u00a0b", "/dev/disk/by-label/a\u00a0b"),  # not printable for Python; udev keeps any UTF-8
+        ("LABEL=raw\udcffbyte", "/dev/disk/by-label/raw\\xffbyte"),  # an undecodable byte
         ("PARTUUID=0fc63daf-01", "/dev/disk/by-partuuid/0fc63daf-01"),
         ("PARTLABEL=root", "/dev/disk/by-partlabel/root"),
     ],
