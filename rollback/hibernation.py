@@ -8,7 +8,7 @@ page of the swap area) with a hibernation signature while an image is waiting.
 
 from __future__ import annotations
 
-from rollback.sources import split_cmdline
+from rollback.cmdline import split_cmdline
 
 # kernel/power/swap.c (HIBERNATE_SIG), older kernels, uswsusp; the normal swap signature is SWAPSPACE2
 SIGNATURES = (b"S1SUSPEND", b"S2SUSPEND", b"ULSUSPEND", b"LINHIB0001")

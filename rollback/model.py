@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rollback.names import is_within
+from rollback.names import basename, is_within, parse_entry
 
 TOP_LEVEL_ID = 5
 STATE_DIR = ".rollback"
@@ -60,6 +60,16 @@ class Observation:
     def below(self, path: str) -> Iterator[Subvol]:
         """Subvolumes strictly inside `path`, at any depth."""
         return (s for s in self.subvols if s.path != path and is_within(s.path, path))
+
+    def entries(self, directory: str) -> list[Subvol]:
+        """Archived roots (or trash entries) directly inside `directory`, oldest first.
+
+        Oldest by creation transid, the filesystem's own counter: names carry the clock's time at the
+        run that made them, and clocks in an initrd can be anything.
+        """
+        depth = directory.count("/") + 1
+        ours = [s for s in self.below(directory) if s.path.count("/") == depth and parse_entry(basename(s.path))]
+        return sorted(ours, key=lambda s: (s.otransid, s.path))
 
     def tree(self, path: str) -> list[Subvol]:
         """The subvolume at `path` (if any) and everything nested in it."""

@@ -145,7 +145,7 @@ def plan_run(config: Config, obs: Observation) -> Plan:
         return Plan((RemoveMark(SKIP_MARK),), skipped="the skip-next mark was set")
     check(config, obs)
     target = config.subvolume
-    leftovers = [s.path for s in entries(obs, TRASH_DIR)]
+    leftovers = [s.path for s in obs.entries(TRASH_DIR)]
     taken = {names.basename(p) for p in leftovers}
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
@@ -199,17 +199,6 @@ def paths_of_interest(config: Config) -> list[str]:
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
-def entries(obs: Observation, directory: str) -> list[Subvol]:
-    """Archived roots (or trash entries) directly inside `directory`, oldest first.
-
-    Oldest by creation transid, the filesystem's own counter: names carry the clock's time at the
-    run that made them, and clocks in an initrd can be anything.
-    """
-    depth = directory.count("/") + 1
-    ours = [s for s in obs.below(directory) if s.path.count("/") == depth and names.parse_entry(names.basename(s.path))]
-    return sorted(ours, key=lambda s: (s.otransid, s.path))
-
-
 def archives_root(config: Config, obs: Observation) -> bool:
     """Keep the old root, unless it is exactly what a run creates and nothing used it (a re-run,
     or a run interrupted after creating it): archiving that would push real old roots out."""
@@ -226,14 +215,14 @@ def untouched(root: Subvol, config: Config, obs: Observation) -> bool:
 
 def _archive_name(config: Config, obs: Observation) -> names.EntryName:
     """The name this run gives the old root in the archive (planned and pruned alike)."""
-    return names.fresh_entry(obs.now, (names.basename(s.path) for s in entries(obs, config.archive)))
+    return names.fresh_entry(obs.now, (names.basename(s.path) for s in obs.entries(config.archive)))
 
 
 def prune_paths(config: Config, obs: Observation) -> list[str]:
     """Archived roots retention removes this run (the root archived now counts as the newest)."""
     if not config.keeping:
         return []
-    existing = entries(obs, config.archive)
+    existing = obs.entries(config.archive)
     stamps = [_entry_stamp(s) for s in existing]
     if archives_root(config, obs):
         stamps.append(obs.now)
@@ -245,7 +234,7 @@ def prune_paths(config: Config, obs: Observation) -> list[str]:
 
 def _entry_stamp(sub: Subvol) -> datetime:
     entry = names.parse_entry(names.basename(sub.path))
-    assert entry is not None  # entries() lists only parsed names
+    assert entry is not None  # Observation.entries lists only parsed names
     return entry.stamp
 
 
@@ -265,7 +254,7 @@ def check(config: Config, obs: Observation) -> None:
     if config.keeping:
         _check_holder(config.archive, obs, "archive directory")
     doomed = obs.tree(target) + [s for p in prune_paths(config, obs) for s in obs.tree(p)]
-    doomed += [s for e in entries(obs, TRASH_DIR) for s in obs.tree(e.path)]
+    doomed += [s for e in obs.entries(TRASH_DIR) for s in obs.tree(e.path)]
     _check_doomed(config, obs, doomed)
 
 
@@ -354,7 +343,7 @@ def _check_holder(directory: str, obs: Observation, what: str) -> None:
         raise Refused(
             f"the {what} {directory!r} is not a directory", f"move it away or choose another {what}", code="bad-holder"
         )
-    ours = [s.path for s in entries(obs, directory)]
+    ours = [s.path for s in obs.entries(directory)]
     foreign = [s.path for s in obs.below(directory) if not any(names.is_within(s.path, o) for o in ours)]
     if foreign:
         raise Refused(

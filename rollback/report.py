@@ -8,7 +8,6 @@ from typing import Any
 
 from rollback import names
 from rollback.model import TRASH_DIR, Kind, Observation, Subvol
-from rollback.plan import entries
 from rollback.settings import Config
 
 
@@ -31,7 +30,7 @@ def status(config: Config, obs: Observation) -> dict[str, Any]:
             "path": config.archive,
             "roots": [
                 {"path": s.path, "nested": len(obs.tree(s.path)) - 1, **_when(s, obs.now)}
-                for s in entries(obs, config.archive)
+                for s in obs.entries(config.archive)
             ],
         }
         if config.keeping
@@ -41,7 +40,7 @@ def status(config: Config, obs: Observation) -> dict[str, Any]:
             for s in obs.subvols
             if names.basename(s.path) in protected
         ],
-        "pending": {"trash": [s.path for s in entries(obs, TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
+        "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
         "skip_next": obs.skip_mark,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
     }

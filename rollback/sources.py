@@ -4,28 +4,9 @@ from __future__ import annotations
 
 import os
 
+from rollback.cmdline import split_cmdline
 from rollback.errors import ConfigError
 from rollback.settings import BY_KEY, CMDLINE_PREFIX, Layer, Value, check_type, from_text
-
-
-def split_cmdline(text: str) -> list[str]:
-    """Split like the kernel does: whitespace separates, double quotes group and vanish."""
-    words: list[str] = []
-    current: list[str] = []
-    quoted = started = False
-    for char in text:
-        if char == '"':
-            quoted, started = not quoted, True
-        elif char.isspace() and not quoted:
-            if started:
-                words.append("".join(current))
-            current, started = [], False
-        else:
-            current.append(char)
-            started = True
-    if started:
-        words.append("".join(current))
-    return words
 
 
 def parse_cmdline(text: str) -> dict[str, Value]:

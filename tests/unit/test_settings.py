@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
+from rollback.cmdline import split_cmdline
 from rollback.errors import ConfigError
 from rollback.settings import DEFAULT_CONFIG, SETTINGS, Layer, Value, describe, resolve
-from rollback.sources import load_config_file, parse_cmdline, read_cmdline, split_cmdline
+from rollback.sources import load_config_file, parse_cmdline, read_cmdline
 
 
 def test_defaults() -> None:

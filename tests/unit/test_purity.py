@@ -1,0 +1,56 @@
+"""Pure means pure: the modules that decide import nothing that acts (no os, no subprocess, no
+btrfsutil, nothing of rollback.effects); only rollback/effects/, verbs, sources, log and cli do."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2] / "rollback"
+PURE = [
+    "cmdline",
+    "devspec",
+    "errors",
+    "events",
+    "hibernation",
+    "model",
+    "mountinfo",
+    "names",
+    "plan",
+    "reasons",
+    "report",
+    "settings",
+]
+# the standard library's modules that compute without touching the system
+STDLIB_PURE = {
+    "__future__", "collections", "dataclasses", "datetime", "enum", "itertools", "json", "re", "string", "typing",
+}  # fmt: skip
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "rollback":  # from rollback import names
+            found |= {f"rollback.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_pure_modules_import_only_pure_modules(name: str) -> None:
+    for module in imports(ROOT / f"{name}.py"):
+        top = module.split(".")[0]
+        if top == "rollback":
+            assert module.split(".")[1] in PURE, (name, module)
+        else:
+            assert top in STDLIB_PURE, (name, module)
+
+
+def test_every_module_is_either_pure_or_known_to_act() -> None:
+    acting = {"__init__", "__main__", "cli", "entry", "lazy", "log", "sources", "verbs"}
+    assert {p.stem for p in ROOT.glob("*.py")} == set(PURE) | acting
