@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rollback import __version__
 from rollback.errors import KIND, MEANING, Exit, RollbackError
@@ -36,24 +36,18 @@ EXIT_CODES = "\n".join(
 )
 
 
+def _shown(default: Value) -> str:
+    return ",".join(default) if isinstance(default, tuple) else repr(default)
+
+
 def _settings_parser() -> argparse.ArgumentParser:
     # SUPPRESS: an unset flag leaves no attribute, so flags work before or after the verb
     parent = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     group = parent.add_argument_group("settings (also rollback.KEY= on the kernel command line, KEY = in TOML)")
     for s in SETTINGS:
-        if s.kind == "bool":
-            group.add_argument(s.flag, dest=s.name, action="store_const", const=True, help=s.help)
-        elif s.kind == "list":
-            group.add_argument(s.flag, dest=s.name, action="append", metavar=s.metavar, help=s.help)
-        else:
-            group.add_argument(
-                s.flag,
-                dest=s.name,
-                type=int if s.kind == "int" else str,
-                choices=s.choices or None,
-                metavar=s.metavar or None,
-                help=f"{s.help} (default: {s.default!r})",
-            )
+        shown = s.help if s.parser.bare is not None else f"{s.help} (default: {_shown(s.default)})"
+        keywords: dict[str, Any] = {**s.parser.cli, **({"choices": s.choices} if s.choices else {})}
+        group.add_argument(s.flag, dest=s.name, metavar=s.metavar or None, help=shown, **keywords)
     parent.add_argument("--config", metavar="FILE", help=f"TOML config file (default: {DEFAULT_CONFIG} if present)")
     parent.add_argument(
         "--kernel-cmdline",
@@ -163,7 +157,7 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
     for s in SETTINGS:
         value = getattr(args, s.name, None)
         if value is not None:
-            flags[s.name] = tuple(value) if s.kind == "list" else value
+            flags[s.name] = s.parser.from_cli(value)
     return resolve(file_layer, cmdline_layer, flags, file_name), cmdline
 
 

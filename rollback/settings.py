@@ -8,20 +8,92 @@ replaces the default list, and the kernel command line and flags add to it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 from rollback import names
 from rollback.errors import ConfigError
 from rollback.model import STATE_DIR
 
 Value = str | int | bool | tuple[str, ...] | None
-Kind = Literal["str", "int", "bool", "list"]
 
 DEFAULT_CONFIG = "/etc/rollback.toml"
 DEFAULT_KERNEL_CMDLINE = "/proc/cmdline"
 CMDLINE_PREFIX = "rollback."
+
+
+class Merge(enum.Enum):
+    """How a layer's value meets the one below it (the config file always replaces the default)."""
+
+    REPLACE = "replace"  # the higher layer wins
+    EXTEND = "extend"  # the kernel command line and flags add to what the file (or default) says
+
+
+@dataclass(frozen=True)
+class Parser:
+    """How one type of value is read from each source: each setting carries its parser, and no
+    module branches on a type name (ukify's config items carry theirs the same way)."""
+
+    label: str  # in messages and settings.json: str, int, bool, list
+    text: Callable[[str, str], Value]  # (the kernel command line's text, where) -> value
+    toml: Callable[[object, str], Value]  # (a TOML value, where) -> value
+    cli: Mapping[str, object]  # argparse keywords for its flag
+    bare: Value = None  # a bare `rollback.KEY` (no `=`) means this; None: a value is needed
+    from_cli: Callable[[Any], Value] = lambda value: value
+
+
+def parse_bool(text: str, where: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(
+        f"{where}: expected a boolean, got {text!r}", "use 1/0, yes/no, true/false or on/off", code="bad-value"
+    )
+
+
+def _integer(text: str, where: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ConfigError(f"{where}: expected an integer, got {text!r}", code="bad-value") from None
+
+
+def _typed(expected: type[str | int | bool], label: str) -> Callable[[object, str], Value]:
+    def check(value: object, where: str) -> Value:
+        if type(value) is not expected:  # bool is an int subclass: compare exactly
+            raise ConfigError(f"{where}: expected {label}, got {type(value).__name__}", code="bad-value")
+        assert isinstance(value, (str, int, bool))
+        return value
+
+    return check
+
+
+def _string_list(value: object, where: str) -> Value:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: expected a list of strings", code="bad-value")
+
+
+TEXT = Parser("str", lambda text, where: text, _typed(str, "str"), {"type": str})
+INTEGER = Parser("int", _integer, _typed(int, "int"), {"type": int})
+BOOLEAN = Parser("bool", parse_bool, _typed(bool, "bool"), {"action": "store_const", "const": True}, bare=True)
+NAMES = Parser(
+    "list",
+    lambda text, where: tuple(item for item in text.split(",") if item),
+    _string_list,
+    {"action": "append"},
+    from_cli=tuple,
+)
+
+
+def _device(spec: str) -> str:
+    from rollback import devspec
+
+    return devspec.device_path(spec)
 
 
 @dataclass(frozen=True)
@@ -29,13 +101,14 @@ class Setting:
     """One row of the settings table: a flag, a TOML key and a kernel command line option."""
 
     name: str
-    kind: Kind
+    parser: Parser
     default: Value
     help: str
     choices: tuple[str, ...] = ()
     metavar: str = ""
-    path: bool = False  # a name below the top level: canonical spelling (names.canonical) before any rule
+    canonical: Callable[[str], str] | None = None  # the one spelling (ValueError: none), before any rule
     limits: tuple[int, int] | None = None  # inclusive range of an integer
+    merge: Merge = Merge.REPLACE
 
     @property
     def key(self) -> str:
@@ -46,49 +119,66 @@ class Setting:
     def flag(self) -> str:
         return "--" + self.key
 
+    @property
+    def path(self) -> bool:
+        """A name below the top level (the state-directory and overlap rules apply)."""
+        return self.canonical is names.canonical
+
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("device", "str", None, "the btrfs block device (e.g. /dev/disk/by-label/nixos)", metavar="DEV"),
+    Setting(
+        "device",
+        TEXT,
+        None,
+        "the btrfs block device (e.g. /dev/disk/by-label/nixos, or UUID=/LABEL=/PARTUUID=/PARTLABEL=)",
+        metavar="DEV",
+        canonical=_device,
+    ),
     Setting(
         "subvolume",
-        "str",
+        TEXT,
         "root",
         "the root subvolume to replace, relative to the top level",
         metavar="NAME",
-        path=True,
+        canonical=names.canonical,
     ),
     Setting(
         "mode",
-        "str",
+        TEXT,
         "recreate",
         "recreate: new empty subvolume; snapshot: writable snapshot of --blank",
         choices=("recreate", "snapshot"),
     ),
     Setting(
-        "blank", "str", "root-blank", "read-only blank snapshot used by --mode snapshot", metavar="NAME", path=True
+        "blank",
+        TEXT,
+        "root-blank",
+        "read-only blank snapshot used by --mode snapshot",
+        metavar="NAME",
+        canonical=names.canonical,
     ),
     Setting(
         "archive",
-        "str",
+        TEXT,
         "",
         "keep old roots in this directory instead of deleting them (empty: do not keep)",
         metavar="DIR",
-        path=True,
+        canonical=names.canonical,
     ),
     Setting(
         "keep_days",
-        "int",
+        INTEGER,
         30,
         "prune archived roots older than N days, by their names' clock (0: no age limit)",
         metavar="N",
         limits=(0, 36500),
     ),
     Setting(
-        "keep_count", "int", 0, "keep at most N archived roots (0: no count limit)", metavar="N", limits=(0, 100000)
+        "keep_count", INTEGER, 0, "keep at most N archived roots (0: no count limit)", metavar="N", limits=(0, 100000)
     ),
     Setting(
         "keep_min",
-        "int",
+        INTEGER,
         3,
         "never prune the N newest archived roots for their age: a wrong clock cannot empty the archive "
         "(keep-count still applies)",
@@ -97,16 +187,17 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "protect",
-        "list",
+        NAMES,
         ("persist", "nix", "home"),
         "refuse if a subvolume with this name lies inside anything to be deleted (repeatable)",
         metavar="NAME",
-        path=True,
+        canonical=names.canonical,
+        merge=Merge.EXTEND,
     ),
-    Setting("skip", "bool", False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
+    Setting("skip", BOOLEAN, False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
     Setting(
         "ignore_hibernation",
-        "bool",
+        BOOLEAN,
         False,
         "roll back even when a hibernation image waits on the resume device (that session is lost)",
     ),
@@ -149,61 +240,28 @@ class Config:
 Layer = Mapping[str, Value]
 
 
-def parse_bool(text: str, where: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "yes", "true", "on"):
-        return True
-    if lowered in ("0", "no", "false", "off"):
-        return False
-    raise ConfigError(
-        f"{where}: expected a boolean, got {text!r}", "use 1/0, yes/no, true/false or on/off", code="bad-value"
-    )
-
-
-def from_text(setting: Setting, text: str, where: str) -> Value:
-    """Convert a string value (kernel command line) to the setting's type."""
-    if setting.kind == "bool":
-        return parse_bool(text, where)
-    if setting.kind == "int":
-        try:
-            return int(text, 10)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {text!r}", code="bad-value") from None
-    if setting.kind == "list":
-        return tuple(item for item in text.split(",") if item)
-    return text
-
-
-def check_type(setting: Setting, value: object, where: str) -> Value:
-    """Validate a value from a typed source (TOML)."""
-    if setting.kind == "list":
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{where}: expected a list of strings", code="bad-value")
-    expected = {"str": str, "int": int, "bool": bool}[setting.kind]
-    if type(value) is not expected:  # bool is an int subclass: compare exactly
-        raise ConfigError(f"{where}: expected {setting.kind}, got {type(value).__name__}", code="bad-value")
-    assert isinstance(value, (str, int, bool))
-    return value
-
-
 def resolve(file_layer: Layer, cmdline_layer: Layer, flag_layer: Layer, file_name: str = "config file") -> Config:
-    """Merge the layers by precedence, then validate the result as a whole."""
+    """Merge the layers by precedence and each setting's merge policy, canonicalise, then validate
+    the result as a whole."""
+    layers = (
+        (file_name, file_layer, Merge.REPLACE),
+        ("kernel command line", cmdline_layer, None),
+        ("flag", flag_layer, None),
+    )
     values: dict[str, Value] = {}
     sources: dict[str, str] = {}
     for setting in SETTINGS:
         values[setting.name], sources[setting.name] = setting.default, "default"
-        for label, layer in ((file_name, file_layer), ("kernel command line", cmdline_layer), ("flag", flag_layer)):
+        for label, layer, forced in layers:  # the file replaces even an extending setting's default
             if setting.name not in layer:
                 continue
             value = layer[setting.name]
-            if setting.kind == "list" and label != file_name:
+            if (forced or setting.merge) is Merge.EXTEND:
                 current = values[setting.name]
                 assert isinstance(current, tuple) and isinstance(value, tuple)
                 value = current + tuple(v for v in value if v not in current)
                 label = f"{sources[setting.name]} + {label}"
             values[setting.name], sources[setting.name] = value, label
-    for setting in SETTINGS:
         values[setting.name] = _canonical(setting, values[setting.name], sources[setting.name])
     config = Config(**values, sources=sources)  # type: ignore[arg-type]
     validate(config)
@@ -211,18 +269,14 @@ def resolve(file_layer: Layer, cmdline_layer: Layer, flag_layer: Layer, file_nam
 
 
 def _canonical(setting: Setting, value: Value, source: str) -> Value:
-    """The one spelling of a name (names.canonical) or a device (devspec.device_path); ConfigError if none."""
-    from rollback import devspec
-
+    """The setting's one spelling of its value (a name, a device); ConfigError if there is none."""
+    if setting.canonical is None or value is None or (value == "" and setting.default == ""):  # "" archive: do not keep
+        return value
     try:
-        if setting.name == "device" and isinstance(value, str):
-            return devspec.device_path(value)
-        if not setting.path or (value == "" and setting.default == ""):  # no archive: "do not keep"
-            return value
         if isinstance(value, tuple):
-            return tuple(dict.fromkeys(names.canonical(v) for v in value))
+            return tuple(dict.fromkeys(setting.canonical(v) for v in value))
         assert isinstance(value, str)
-        return names.canonical(value)
+        return setting.canonical(value)
     except ValueError as error:
         raise ConfigError(
             f"{setting.key} {value!r} {error}", f"fix {setting.flag} (from {source})", code="bad-name"
@@ -298,7 +352,7 @@ def schema() -> list[dict[str, object]]:
         {
             "key": s.key,
             "option": s.key.split("-")[0] + "".join(part.title() for part in s.key.split("-")[1:]),
-            "kind": s.kind,
+            "kind": s.parser.label,
             "default": list(s.default) if isinstance(s.default, tuple) else s.default,
             "choices": list(s.choices),
             "help": s.help,

@@ -6,7 +6,7 @@ import os
 
 from rollback.cmdline import split_cmdline
 from rollback.errors import ConfigError
-from rollback.settings import BY_KEY, CMDLINE_PREFIX, Layer, Value, check_type, from_text
+from rollback.settings import BY_KEY, CMDLINE_PREFIX, Layer, Merge, Value
 
 
 def parse_cmdline(text: str) -> dict[str, Value]:
@@ -23,10 +23,10 @@ def parse_cmdline(text: str) -> dict[str, Value]:
                 f"known: {', '.join(CMDLINE_PREFIX + k for k in BY_KEY)}",
                 code="unknown-key",
             )
-        if not has_value and setting.kind != "bool":
+        if not has_value and setting.parser.bare is None:
             raise ConfigError(f"kernel command line: {word!r} needs a value", f"use {word}=VALUE", code="bad-value")
-        value = from_text(setting, raw, f"kernel command line {word!r}") if has_value else True
-        if setting.kind == "list" and setting.name in layer:
+        value = setting.parser.text(raw, f"kernel command line {word!r}") if has_value else setting.parser.bare
+        if setting.merge is Merge.EXTEND and setting.name in layer:  # repeated: each adds
             previous = layer[setting.name]
             assert isinstance(previous, tuple) and isinstance(value, tuple)
             value = previous + value
@@ -75,5 +75,5 @@ def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
             raise ConfigError(
                 f"config file {path}: unknown key {key!r}", f"known: {', '.join(BY_KEY)}", code="unknown-key"
             )
-        layer[setting.name] = check_type(setting, value, f"config file {path}: {key}")
+        layer[setting.name] = setting.parser.toml(value, f"config file {path}: {key}")
     return layer, path

@@ -187,3 +187,14 @@ def test_every_name_reaches_the_rules_in_its_one_spelling(setting: str, spelling
 def test_devices_are_written_as_in_fstab_too(spec: str, path: str) -> None:
     config = resolve({}, {}, {"device": spec})
     assert config.device == path and config.sources["device"] == "flag"
+
+
+def test_no_module_branches_on_a_type_name() -> None:
+    """Each setting carries its parser and merge policy; code that asks "is this a list?" would let a
+    new type of setting be handled wrongly in silence."""
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[2] / "rollback").rglob("*.py"):
+        text = path.read_text()
+        for smell in (".label ==", ".label !=", "kind == \"", "kind != \""):
+            assert smell not in text, (path.name, smell)
