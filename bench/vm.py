@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from rollback.events import EVENTS
-from tests.layout import populate
-from tests.vm import harness
+from tests.support import vm as harness
+from tests.support.layout import populate
 
 VARIANTS = {
     "project": harness.Variant("bench-project"),

@@ -21,6 +21,7 @@ let
     ../../units
     ../../tests/__init__.py
     ../../tests/conftest.py
+    ../../tests/support # what the tests share (tests/unit imports the CLI invocation and the plan factory)
     ../../tests/unit
     # tests/unit/test_bench_report.py checks the benchmark's report logic (stdlib and btrfsutil only)
     ../../bench/__init__.py

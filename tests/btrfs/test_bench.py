@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.support.environment import unavailable
 
 pytestmark = pytest.mark.btrfs
 ROOT = Path(__file__).parents[2]

@@ -6,7 +6,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
-
-from .conftest import Disk, State, outside_root, populate, sh
+from tests.support.disks import Disk
+from tests.support.layout import State, outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -87,7 +86,7 @@ def test_kill_at_random_moments_converges(disk: Disk) -> None:
     """SIGKILL at seeded random delays after start: during imports, mounting, renames or in the middle of
     the recursive delete of 300 nested subvolumes. The next run must finish the job."""
     rng = random.Random(20261125)
-    argv = [sys.executable, "-m", "rollback", "run", "--device", disk.device, "--kernel-cmdline", "/dev/null"]
+    argv = disk.rollback_argv("run")
     with disk.top() as top:
         populate(top, nested=[f"root/srv/n{i}" for i in range(300)])
     began = time.monotonic()

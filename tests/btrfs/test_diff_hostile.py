@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from rollback.errors import Exit
-
-from .conftest import Disk, populate
+from tests.support.disks import Disk
+from tests.support.layout import populate
 
 pytestmark = pytest.mark.btrfs
 

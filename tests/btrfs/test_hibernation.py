@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rollback.errors import Exit
-
-from .conftest import Disk, populate, sh
+from tests.support.disks import Disk
+from tests.support.layout import populate, sh
+from tests.support.swap import write_signature
 
 pytestmark = pytest.mark.btrfs
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.fixture
@@ -28,13 +27,6 @@ def swap(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield device, image
     finally:
         sh("losetup", "-d", device)
-
-
-def sign(device: str, signature: bytes, offset_pages: int = 0) -> None:
-    """What the kernel does when it writes an image: replace SWAPSPACE2 in the header page."""
-    with open(device, "r+b") as handle:
-        handle.seek(offset_pages * PAGE + PAGE - 10)
-        handle.write(signature.ljust(10, b"\0"))
 
 
 def run_with_cmdline(disk: Disk, cmdline: str, *args: str) -> tuple[int, str]:
@@ -55,7 +47,7 @@ def test_plain_swap_does_not_stop_the_rollback(disk: Disk, swap: tuple[str, Path
 def test_pending_image_is_refused_and_nothing_changes(disk: Disk, swap: tuple[str, Path], signature: bytes) -> None:
     with disk.top() as top:
         populate(top)
-    sign(swap[0], signature)
+    write_signature(swap[0], signature)
     before = disk.state()
     code, err = run_with_cmdline(disk, f"resume={swap[0]}")
     assert code == Exit.REFUSED, err
@@ -67,7 +59,7 @@ def test_swap_file_offset_is_honoured(disk: Disk, swap: tuple[str, Path]) -> Non
     """A swap file's header sits at resume_offset pages into the device that holds it."""
     with disk.top() as top:
         populate(top)
-    sign(swap[0], b"S1SUSPEND", offset_pages=100)
+    write_signature(swap[0], b"S1SUSPEND", offset_pages=100)
     before = disk.state()
     assert run_with_cmdline(disk, f"resume={swap[0]}")[0] == Exit.OK  # page 0 is plain swap
     assert disk.state() != before
@@ -80,7 +72,7 @@ def test_swap_file_offset_is_honoured(disk: Disk, swap: tuple[str, Path]) -> Non
 def test_explicit_option_overrides(disk: Disk, swap: tuple[str, Path]) -> None:
     with disk.top() as top:
         populate(top)
-    sign(swap[0], b"S1SUSPEND")
+    write_signature(swap[0], b"S1SUSPEND")
     code, err = run_with_cmdline(disk, f"resume={swap[0]} rollback.ignore-hibernation")
     assert code == Exit.OK, err
 

@@ -14,9 +14,9 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-from tests.conftest import unavailable
-
-from .conftest import Disk, outside_root, populate, sh, single_disk
+from tests.support.disks import Disk, single_disk
+from tests.support.environment import unavailable
+from tests.support.layout import outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
 

@@ -14,9 +14,9 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.events import EVENTS
-from tests.conftest import unavailable
-
-from .conftest import Disk, populate
+from tests.support.disks import Disk
+from tests.support.environment import unavailable
+from tests.support.layout import populate
 
 pytestmark = pytest.mark.btrfs
 ROOT = Path(__file__).parents[2]
@@ -28,8 +28,8 @@ def run_with_journal(
     """Run the CLI on a host with journald: as a service (stderr is the journal stream) or piped by hand."""
     if not shutil.which("unshare"):
         unavailable("unshare (util-linux) is not installed")
-    command = [sys.executable, "-m", "rollback", *args, "--device", disk.device, "--kernel-cmdline", "/dev/null"]
-    listener = [sys.executable, "-m", "tests.btrfs.journal_listener", *([] if service else ["--piped"]), *command]
+    command = disk.rollback_argv(*args)
+    listener = [sys.executable, "-m", "tests.support.journal_listener", *([] if service else ["--piped"]), *command]
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", *listener],
         cwd=ROOT,

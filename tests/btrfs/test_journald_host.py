@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.support.environment import unavailable
 
 pytestmark = pytest.mark.btrfs
 ROOT = Path(__file__).parents[2]
@@ -26,7 +26,16 @@ def test_the_suite_on_a_journald_host_passes_and_writes_nothing_to_the_journal()
     pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not vm", "tests/unit"]
     pytest_argv += ["tests/btrfs", "--deselect", f"tests/btrfs/{Path(__file__).name}"]
     result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "tests.journald_host", *pytest_argv],
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-m",
+            "tests.support.journald_host",
+            *pytest_argv,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

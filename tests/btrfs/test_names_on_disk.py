@@ -11,9 +11,8 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-from tests.layout import snapshot_state
-
-from .conftest import Disk, State, outside_root, populate
+from tests.support.disks import Disk
+from tests.support.layout import State, outside_root, populate, snapshot_state
 
 pytestmark = pytest.mark.btrfs
 

@@ -26,8 +26,7 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import Exit
-
-from .conftest import require_root
+from tests.support.environment import require_root
 
 pytestmark = pytest.mark.btrfs
 

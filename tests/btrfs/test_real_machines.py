@@ -7,7 +7,6 @@ import fcntl
 import os
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -17,8 +16,9 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-
-from .conftest import NESTED, Disk, State, loop_device, outside_root, populate, require_root, sh
+from tests.support.disks import Disk, loop_device
+from tests.support.environment import require_root
+from tests.support.layout import NESTED, State, outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -277,9 +277,9 @@ def test_concurrent_runs_through_both_members(raid: Raid) -> None:
         if attempt:
             with raid[attempt % 2].top() as top:
                 dirty(top)
-        argv = [sys.executable, "-m", "rollback", "run", "--kernel-cmdline", "/dev/null", "--device"]
         procs = [
-            subprocess.Popen([*argv, d.device], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in raid
+            subprocess.Popen(d.rollback_argv("run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for d in raid
         ]
         results = [(p.communicate(timeout=120)[1], p.returncode) for p in procs]
         codes = sorted(code for _, code in results)

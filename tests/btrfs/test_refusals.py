@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +12,9 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-
-from .conftest import Disk, outside_root, populate, sh
+from tests.support.cli import rollback_argv
+from tests.support.disks import Disk
+from tests.support.layout import outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -137,7 +137,7 @@ def test_read_only_device_is_refused(disk: Disk, tmp_path: Path) -> None:
     read_only = sh("losetup", "-f", "--show", "-r", str(image))
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "rollback", "run", "--device", read_only, "--kernel-cmdline", "/dev/null"],
+            rollback_argv("run", device=read_only),
             capture_output=True,
             text=True,
         )

@@ -8,8 +8,8 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-
-from .conftest import Disk, parse_json, populate, sh
+from tests.support.disks import Disk, parse_json
+from tests.support.layout import populate, sh
 
 pytestmark = pytest.mark.btrfs
 

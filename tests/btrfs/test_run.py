@@ -12,8 +12,8 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV
-
-from .conftest import Disk, outside_root, populate
+from tests.support.disks import Disk
+from tests.support.layout import outside_root, populate
 
 pytestmark = pytest.mark.btrfs
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rollback.cli import main
 from rollback.errors import Exit
+from tests.support.cli import rollback_argv
 
 ROOT = Path(__file__).parents[2]
 
@@ -100,7 +100,7 @@ def test_regular_file_is_not_a_block_device(tmp_path: Path, capsys: pytest.Captu
 def test_entry_point_flushes_output_before_its_fast_exit(tmp_path: Path, argv: tuple[str, ...]) -> None:
     """run() skips the interpreter's teardown; what main() printed into pipes must still arrive."""
     result = subprocess.run(
-        [sys.executable, "-m", "rollback", *argv, "--config", "/dev/null", "--kernel-cmdline", "/dev/null"],
+        rollback_argv(*argv, config="/dev/null"),
         capture_output=True,
         text=True,
         cwd=tmp_path,

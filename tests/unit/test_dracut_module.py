@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import unavailable
+from tests.support.environment import unavailable
 
 MODULE_SETUP = Path(__file__).parents[2] / "packaging" / "dracut" / "90rollback" / "module-setup.sh"
 

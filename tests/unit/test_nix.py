@@ -31,7 +31,8 @@ import pytest
 
 from rollback.devspec import device_path
 from rollback.settings import schema
-from tests.conftest import unavailable
+from tests.support.cli import rollback_argv
+from tests.support.environment import unavailable
 
 ROOT = Path(__file__).parents[2]
 KIT = ROOT.parent / "shared" / "nix"
@@ -469,7 +470,7 @@ def test_the_generated_config_file_is_accepted_by_the_cli(evaluated: Evaluated, 
     toml = tmp_path / "rollback.toml"
     toml.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
     result = subprocess.run(
-        [sys.executable, "-m", "rollback", "config", "--json", "--config", str(toml), "--kernel-cmdline", "/dev/null"],
+        rollback_argv("config", "--json", config=str(toml)),
         capture_output=True,
         text=True,
     )

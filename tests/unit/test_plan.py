@@ -21,8 +21,7 @@ from rollback.plan import (
     paths_of_interest,
     plan_run,
 )
-
-from .factory import config, observe
+from tests.support.factory import config, observe
 
 STAMP = "20261125T060000Z"
 LAYOUT = ["root", "root/var/lib/machines", "persist", "nix", "home"]

@@ -36,8 +36,8 @@ def imports(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module == "rollback":  # from rollback import names
             found |= {f"rollback.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            found.add("." * node.level + (node.module or ""))
     return found
 
 
@@ -54,3 +54,12 @@ def test_pure_modules_import_only_pure_modules(name: str) -> None:
 def test_every_module_is_either_pure_or_known_to_act() -> None:
     acting = {"__init__", "__main__", "cli", "entry", "lazy", "log", "sources", "verbs"}
     assert {p.stem for p in ROOT.glob("*.py")} == set(PURE) | acting
+
+
+def test_tests_share_helpers_only_through_tests_support() -> None:
+    """No test module imports from a conftest file or from another test module; the bench likewise."""
+    root = ROOT.parent
+    for path in [*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")]:
+        for module in imports(path):
+            if module.startswith("tests.") or (module.startswith(".") and path.parent.name != "support"):
+                assert module.startswith("tests.support"), (str(path.relative_to(root)), module)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.support.environment import unavailable
 
 ROOT = Path(__file__).parents[2]
 UNITS = ROOT / "units"

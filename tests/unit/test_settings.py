@@ -196,5 +196,5 @@ def test_no_module_branches_on_a_type_name() -> None:
 
     for path in (Path(__file__).parents[2] / "rollback").rglob("*.py"):
         text = path.read_text()
-        for smell in (".label ==", ".label !=", "kind == \"", "kind != \""):
+        for smell in (".label ==", ".label !=", 'kind == "', 'kind != "'):
             assert smell not in text, (path.name, smell)

@@ -5,154 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import unavailable
-from tests.layout import populate
-from tests.vm import harness
-from tests.vm.harness import Boot, Kernel, Variant
+from tests.support import vm as harness
+from tests.support.environment import unavailable
+from tests.support.vm_session import Vm
 
 pytestmark = pytest.mark.vm
-
-KEYFILE = "/etc/cryptroot.key"  # inside the initramfs
-
-
-def variants(work: Path) -> dict[str, Variant]:
-    return {
-        "boot-on": Variant("boot-on"),
-        "stop-boot": Variant("stop-boot", policy="stop-boot"),
-        "baseline": Variant("baseline", modules=()),
-        "luks": Variant(
-            "luks",
-            device="/dev/mapper/cryptroot",
-            modules=("rollback", "crypt", "dm"),
-            includes=((str(work / "cryptroot.key"), KEYFILE),),
-        ),
-    }
-
-
-@dataclass
-class Vm:
-    kernel: Kernel
-    work: Path
-    initramfs: dict[str, Path] = field(default_factory=dict)
-    templates: dict[str, Path] = field(default_factory=dict)
-    timings: list[dict[str, object]] = field(default_factory=list)
-    sizes: dict[str, int] = field(default_factory=dict)
-    boots: list[Boot] = field(default_factory=list)  # of the running test, kept if it fails
-
-    @property
-    def keyfile(self) -> Path:
-        key = self.work / "cryptroot.key"
-        if not key.exists():
-            key.write_bytes(os.urandom(64))
-        return key
-
-    def image(self, layout: str, dest: Path, *, encrypted: bool = False) -> Path:
-        """A fresh copy of a template image (built once per session); LUKS2 when `encrypted`."""
-        key = f"{layout}-luks" if encrypted else layout
-        if key not in self.templates:
-            spare = harness.LUKS_SPARE_MIB if encrypted else 0
-            template = harness.new_image(self.work / f"template-{key}.img", spare_mib=spare)
-            with harness.attached(template, read_only=False) as top:
-                LAYOUTS[layout](top)
-            if encrypted:
-                harness.encrypt(template, self.keyfile)
-            self.templates[key] = template
-        return harness.copy_image(self.templates[key], dest)
-
-    def build(self, variant: str) -> Path:
-        """The initramfs of a variant, built once per session."""
-        if variant not in self.initramfs:
-            self.keyfile  # noqa: B018 - the luks variant includes it
-            chosen = variants(self.work)[variant]
-            self.initramfs[variant] = harness.build_initramfs(self.kernel, chosen, self.work, sys.executable)
-        return self.initramfs[variant]
-
-    def cut_power(self, variant: str, image: Path, delay: float, *, name: str) -> Boot:
-        """Boot and pull the plug `delay` s after the rollback unit starts."""
-        marker = "Starting rollback@"
-        result = harness.boot(self.kernel, self.build(variant), image, "", name=name, cut_power=(marker, delay))
-        self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "power_cut_after_s": delay})
-        return result
-
-    def boot(
-        self,
-        variant: str,
-        image: Path,
-        append: str = "",
-        *,
-        name: str,
-        root: str = "/dev/vda",
-        extra_disks: tuple[Path, ...] = (),
-    ) -> Boot:
-        """Boot once (extra disks follow the facts disk: /dev/vdc, ...)."""
-        result = harness.boot(
-            self.kernel, self.build(variant), image, append, name=name, root=root, extra_disks=extra_disks
-        )
-        if result.timed_out or not result.facts:
-            where = harness.keep_artifacts(result)
-            pytest.fail(f"boot {name} {'timed out' if result.timed_out else 'left no facts'}; serial log in {where}")
-        self.boots.append(result)
-        self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "unit_seconds": unit_seconds(result)})
-        return result
-
-
-def unit_seconds(boot: Boot) -> float | None:
-    """The rollback unit's own duration, from systemd's monotonic timestamps."""
-    for name in boot.units("rollback@"):
-        unit = boot.unit(name)
-        start, end = unit.get("ExecMainStartTimestampMonotonic"), unit.get("ExecMainExitTimestampMonotonic")
-        if start and end and int(end) >= int(start) > 0:
-            return round((int(end) - int(start)) / 1e6, 3)
-    return None
-
-
-def _standard(top: Path) -> None:
-    populate(top, blank=True)
-    (top / "old").mkdir()
-
-
-def _no_root(top: Path) -> None:
-    import btrfsutil
-
-    for name in ("persist", "nix"):
-        btrfsutil.create_subvolume(str(top / name))
-    (top / "persist" / "kept").write_text("kept\n")
-
-
-def _protected_inside(top: Path) -> None:
-    import btrfsutil
-
-    populate(top)
-    btrfsutil.create_subvolume(str(top / "root" / "home"))  # made by hand on the running system
-    (top / "root" / "home" / "precious").write_text("precious\n")
-
-
-def _heavy(top: Path) -> None:
-    """A root with a lot to delete: 400 nested subvolumes (two levels) and 20,000 files."""
-    import btrfsutil
-
-    populate(top)
-    for number in range(400):
-        parent = top / "root" / "srv" / (f"n{number}" if number % 2 == 0 else f"n{number - 1}/n{number}")
-        parent.parent.mkdir(parents=True, exist_ok=True)
-        btrfsutil.create_subvolume(str(parent))
-        for file in range(50):
-            (parent / f"f{file}").write_text("x" * 100)
-
-
-LAYOUTS: dict[str, Callable[[Path], None]] = {
-    "standard": _standard,
-    "heavy": _heavy,
-    "no-root": _no_root,
-    "protected-inside": _protected_inside,
-}
 
 
 @pytest.fixture(scope="session")

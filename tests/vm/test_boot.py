@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from rollback.events import EVENTS
-from tests.layout import State, outside_root
-from tests.vm import harness
-from tests.vm.harness import Boot
-
-from .conftest import Vm
+from tests.support import vm as harness
+from tests.support.cli import rollback_argv
+from tests.support.layout import State, outside_root
+from tests.support.swap import read_signature, write_signature
+from tests.support.vm import Boot, assert_ran_before_sysroot, events, rollback_unit
+from tests.support.vm_session import Vm
 
 pytestmark = pytest.mark.vm
 DEVICE = "/dev/vda"
-
-
-def events(boot: Boot, kind: str) -> list[dict[str, object]]:
-    wanted = EVENTS[kind].message_id
-    return [e for e in boot.journal() if e.get("MESSAGE_ID") == wanted]
-
-
-def rollback_unit(boot: Boot) -> dict[str, str]:
-    names = boot.units("rollback@")
-    assert names, "the rollback unit never loaded"
-    return boot.unit(names[0])
-
-
-def assert_ran_before_sysroot(boot: Boot) -> None:
-    finished = int(rollback_unit(boot)["ActiveEnterTimestampMonotonic"])
-    sysroot_started = int(boot.unit("sysroot.mount")["InactiveExitTimestampMonotonic"])
-    assert 0 < finished <= sysroot_started, (finished, sysroot_started)
 
 
 def assert_rolled_back(boot: Boot, before: State, after: State, *, deleted: int) -> None:
@@ -111,7 +92,7 @@ def test_skip_next_mark_keeps_the_root_once(vm: Vm, tmp_path: Path) -> None:
     image = vm.image("standard", tmp_path / "disk.img")
     with harness.loop(image) as device:
         marked = subprocess.run(
-            [sys.executable, "-m", "rollback", "skip-next", "--device", device, "--kernel-cmdline", "/dev/null"],
+            rollback_argv("skip-next", device=device),
             capture_output=True,
             text=True,
         )
@@ -204,10 +185,7 @@ def test_pending_hibernation_image_is_refused_in_the_initrd(vm: Vm, tmp_path: Pa
     with swap.open("wb") as handle:
         handle.truncate(64 << 20)
     subprocess.run(["mkswap", str(swap)], check=True, capture_output=True)
-    page = os.sysconf("SC_PAGE_SIZE")
-    with swap.open("r+b") as handle:  # what the kernel writes when it saves an image
-        handle.seek(page - 10)
-        handle.write(b"S1SUSPEND\0")
+    write_signature(str(swap), b"S1SUSPEND")  # what the kernel writes when it saves an image
     image = vm.image("standard", tmp_path / "disk.img")
     before = harness.image_state(image)
     boot = vm.boot("boot-on", image, "resume=/dev/vdc", name="hibernated", extra_disks=(swap,))
@@ -216,6 +194,4 @@ def test_pending_hibernation_image_is_refused_in_the_initrd(vm: Vm, tmp_path: Pa
     assert [e["ROLLBACK_REASON"] for e in refused] == ["hibernated"], boot.serial[-2000:]
     assert "S1SUSPEND" in str(refused[0]["MESSAGE"]) and "/dev/vdc" in str(refused[0]["MESSAGE"])
     assert boot.stage == "boot"  # boot-on policy: the old root boots
-    with swap.open("rb") as handle:  # and the hibernation image is left for a proper resume
-        handle.seek(page - 10)
-        assert handle.read(9) == b"S1SUSPEND"
+    assert read_signature(str(swap)) == b"S1SUSPEND"  # and the image is left for a proper resume

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.layout import outside_root
-from tests.vm import harness
-
-from .conftest import Vm
-from .test_boot import assert_ran_before_sysroot, events
+from tests.support import vm as harness
+from tests.support.layout import outside_root
+from tests.support.vm import assert_ran_before_sysroot, events
+from tests.support.vm_session import Vm
 
 pytestmark = pytest.mark.vm
 CUTS = 4

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.layout import State, sh, snapshot_state
+from rollback.events import EVENTS
+from tests.support.layout import State, sh, snapshot_state
 
 REPO = Path(__file__).parents[2]
 ARTIFACTS = Path(os.environ.get("ROLLBACK_VM_ARTIFACTS", REPO / "test-artifacts" / "vm"))
@@ -326,3 +327,23 @@ class Timings:
 
     def add(self, boot_: Boot, unit_seconds: float | None) -> None:
         self.rows.append((boot_.name, boot_.seconds, unit_seconds))
+
+
+# --- what a boot's journal and units say, as the scenarios check it ---------------------------
+
+
+def events(boot: Boot, kind: str) -> list[dict[str, object]]:
+    wanted = EVENTS[kind].message_id
+    return [e for e in boot.journal() if e.get("MESSAGE_ID") == wanted]
+
+
+def rollback_unit(boot: Boot) -> dict[str, str]:
+    names = boot.units("rollback@")
+    assert names, "the rollback unit never loaded"
+    return boot.unit(names[0])
+
+
+def assert_ran_before_sysroot(boot: Boot) -> None:
+    finished = int(rollback_unit(boot)["ActiveEnterTimestampMonotonic"])
+    sysroot_started = int(boot.unit("sysroot.mount")["InactiveExitTimestampMonotonic"])
+    assert 0 < finished <= sysroot_started, (finished, sysroot_started)

@@ -1,0 +1,80 @@
+"""Real btrfs on loop devices (root only): every image lives in a temp dir and every loop is detached."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import btrfsutil
+
+from tests.support.cli import rollback_argv
+from tests.support.environment import require_root
+from tests.support.layout import State, sh, snapshot_state
+
+
+@dataclass
+class Disk:
+    device: str
+    mnt: Path
+    workdir: Path
+
+    @contextmanager
+    def top(self, *, read_only: bool = False) -> Iterator[Path]:
+        sh("mount", "-o", "subvolid=5" + (",ro" if read_only else ""), self.device, str(self.mnt))
+        try:
+            yield self.mnt
+        finally:
+            sh("umount", str(self.mnt))
+
+    def rollback_argv(self, *args: str, cmdline: str = "/dev/null") -> list[str]:
+        return rollback_argv(*args, device=self.device, cmdline=cmdline)
+
+    def rollback(
+        self, *args: str, env: dict[str, str] | None = None, cmdline: str = "/dev/null"
+    ) -> subprocess.CompletedProcess[str]:
+        argv = self.rollback_argv(*args, cmdline=cmdline)
+        return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+    def state(self) -> State:
+        """What is on the device. A commit first: a run's unmount need not commit while another mount
+        namespace (any other run's, copied from the host) still holds the filesystem."""
+        with self.top(read_only=True) as top:
+            btrfsutil.sync(str(top))
+            return snapshot_state(top)
+
+
+@contextmanager
+def loop_device(image: Path, size: int) -> Iterator[str]:
+    """A sparse image of `size` bytes attached to a loop device, detached afterwards."""
+    with image.open("wb") as handle:
+        handle.truncate(size)
+    device = sh("losetup", "-f", "--show", str(image))
+    try:
+        yield device
+    finally:
+        sh("losetup", "-d", device)
+
+
+@contextmanager
+def single_disk(tmp_path: Path, size: int, *mkfs_options: str) -> Iterator[Disk]:
+    """A one-device btrfs on a loop device, with a mount point that is emptied afterwards."""
+    require_root("mkfs.btrfs", "losetup", "mount")
+    with loop_device(tmp_path / "disk.img", size) as device:
+        sh("mkfs.btrfs", "-q", *mkfs_options, device)
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        try:
+            yield Disk(device, mnt, tmp_path)
+        finally:
+            subprocess.run(["umount", "-R", str(mnt)], capture_output=True)
+
+
+def parse_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
