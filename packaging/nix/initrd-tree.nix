@@ -21,6 +21,7 @@
   patchelf,
   binutils,
   removeReferencesTo,
+  bash,
   rollback,
 }:
 
@@ -51,8 +52,12 @@ runCommand "rollback-initrd-${rollback.version}"
     meta.description = "rollback's import closure for the NixOS systemd initrd";
   }
   ''
-    ${env}/bin/python3 ${builder} --tree "$out" --unit ${unit} > staged
-    # The build prefix compiled into the interpreter is a fallback only: the stdlib is found beside
-    # the executable (lib/pythonX.Y/os.pyc), so the string can go.
-    find "$out" -type f -exec remove-references-to -t ${python3} -t ${env} -t ${rollback} '{}' +
+    # --present: upstream's systemd initrd holds "${bash}/bin" (subprocess.py names ${bash}/bin/sh);
+    # the builder fails on any other store path that is not the tree or a RUNPATH's
+    ${env}/bin/python3 ${builder} --tree "$out" --unit ${unit} --present ${bash} > staged
+    # Only the interpreter's own files may name its build prefix: a getpath fallback (the stdlib is
+    # found beside the executable, lib/pythonX.Y/os.pyc). Anything else left over fails the build.
+    for file in "$out"/bin/python3 "$out"/lib/libpython*; do
+      if [ -e "$file" ]; then remove-references-to -t ${python3} "$file"; fi
+    done
   ''

@@ -14,14 +14,16 @@ interpreter and modules make-initrd-ng never copies.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,18 +36,20 @@ ROOT = Path(__file__).parents[2]
 BUILDER = ROOT / "packaging/dracut/90rollback/python_closure.py"
 PREFIX = "/nix/store/" + "0" * 32 + "-rollback-initrd-0.1.0"
 DEVICE = "/dev/disk/by-label/nixos"
-LDD_LINE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$")
 
 
-@pytest.fixture(scope="module")
-def initrd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+@pytest.fixture(scope="module", params=["venv", "wrapped-env"])
+def initrd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A root holding what make-initrd-ng would copy for storePaths = [ the tree ], plus the
-    /etc/rollback.toml the NixOS module writes."""
-    require_root("chroot", "patchelf", "strip", "ldd", "zstd", "tar")
+    /etc/rollback.toml the NixOS module writes. The tree is built by the project's interpreter, or
+    through an environment like nixpkgs' withPackages: its bin/pythonX.Y a wrapper that execs the real
+    interpreter, its prefix (sys.prefix == sys.base_prefix) the environment's own."""
+    require_root("chroot", "patchelf", "strip", "zstd", "tar", "gcc")
     work = tmp_path_factory.mktemp("nixos-initrd")
     staged, root = work / "staged", work / "root"
+    python = sys.executable if request.param == "venv" else wrapped_env(work / "env")
     built = subprocess.run(
-        [sys.executable, "-I", str(BUILDER), "--tree", PREFIX, "--destdir", str(staged), "--unit", str(unit_file())],
+        [python, "-I", str(BUILDER), "--tree", PREFIX, "--destdir", str(staged), "--unit", str(unit_file())],
         capture_output=True,
         text=True,
     )
@@ -57,40 +61,99 @@ def initrd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield root
 
 
+def wrapped_env(env: Path) -> str:
+    """An environment as nixpkgs' python3.withPackages makes it (makeBinaryWrapper --inherit-argv0):
+    lib/pythonX.Y links to the stdlib and the venv's site-packages, bin/pythonX.Y execs the real one."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    lib = env / "lib" / version
+    lib.mkdir(parents=True)
+    for entry in Path(sysconfig.get_paths()["stdlib"]).iterdir():
+        if entry.name != "site-packages":
+            (lib / entry.name).symlink_to(entry)
+    (lib / "site-packages").symlink_to(sysconfig.get_paths()["purelib"])
+    return compile_wrapper(env / "bin" / version, os.path.realpath(f"{sysconfig.get_config_var('BINDIR')}/{version}"))
+
+
+def compile_wrapper(where: Path, real: str) -> str:
+    where.parent.mkdir(parents=True, exist_ok=True)
+    source = where.parent / "wrapper.c"
+    source.write_text(f'#include <unistd.h>\nint main(int c, char **v) {{ execv("{real}", v); return 127; }}\n')
+    subprocess.run(["gcc", "-O2", "-o", str(where), str(source)], check=True)
+    source.unlink()
+    return str(where)
+
+
+def closure_builder() -> Any:
+    """packaging/dracut/90rollback/python_closure.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("python_closure", BUILDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def unit_file() -> Path:
     return ROOT / "units/rollback@.service"
 
 
 def make_initrd_ng(source: Path, store_paths: list[str], root: Path) -> None:
-    """Copy each store path whole, then every ELF file's interpreter and libraries (transitively, as
-    ldd resolves them), each at its own path, with symlink targets. Nothing else."""
+    """Copy each store path whole, then for every ELF file its interpreter and DT_NEEDED libraries,
+    transitively, each at its own path with symlink targets. Nothing else. A library is looked up in
+    the file's RUNPATH, as make-initrd-ng does; Debian's own libraries have none, so they (and only
+    libraries the tree does not ship) are looked up in the loader's default directories instead."""
     for store_path in store_paths:
         shutil.copytree(f"{source}{store_path}", f"{root}{store_path}", symlinks=True)
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and path.read_bytes()[:4] == b"\x7fELF":
-            for library in elf_dependencies(path):
-                copy_with_targets(Path(library), root)
+    shipped = {p.name for p in root.rglob("*") if p.is_file()}
+    queue = [p for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink() and is_elf(p)]
+    while queue:
+        for library in elf_dependencies(queue.pop(), root, shipped):
+            copied = copy_with_targets(Path(library), root)
+            queue += [p for p in copied if is_elf(p)]
 
 
-def elf_dependencies(path: Path) -> list[str]:
-    found = subprocess.run(["ldd", str(path)], capture_output=True, text=True)
-    if "not a dynamic executable" in found.stdout + found.stderr:
-        return []
-    assert found.returncode == 0 and "not found" not in found.stdout, (path, found.stdout)
-    return [m.group(1) for line in found.stdout.splitlines() if (m := LDD_LINE.match(line))]
+def is_elf(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"\x7fELF"
 
 
-def copy_with_targets(path: Path, root: Path) -> None:
+def patchelf(*args: str) -> list[str]:
+    found = subprocess.run(["patchelf", *args], capture_output=True, text=True)
+    return found.stdout.split() if found.returncode == 0 else []
+
+
+def elf_dependencies(path: Path, root: Path, shipped: set[str]) -> list[str]:
+    """Host paths of what `path` (inside `root`) needs: its interpreter and each DT_NEEDED, resolved."""
+    found = [p for p in patchelf("--print-interpreter", str(path))]
+    runpath = [d for d in ":".join(patchelf("--print-rpath", str(path))).split(":") if d]
+    for needed in patchelf("--print-needed", str(path)):
+        in_runpath = [
+            f"{d}/{needed}" for d in runpath if Path(f"{root}{d}/{needed}").exists() or Path(f"{d}/{needed}").exists()
+        ]
+        if in_runpath:
+            found.append(in_runpath[0])
+            continue
+        assert needed not in shipped, f"{path}: the tree ships {needed} but its RUNPATH {runpath} does not lead there"
+        default = [f"{d}/{needed}" for d in DEFAULT_DIRS if Path(f"{d}/{needed}").exists()]
+        assert default, f"{path}: {needed} not found"
+        found.append(default[0])
+    return found
+
+
+DEFAULT_DIRS = ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"]
+
+
+def copy_with_targets(path: Path, root: Path) -> list[Path]:
+    """Copy a host file (and, for a symlink, its target) to the same path in `root`: the copies made."""
     target = Path(f"{root}{path}")
-    if target.exists() or target.is_symlink() or str(path).startswith(str(root)):
-        return
+    if target.exists() or target.is_symlink():
+        return []
     target.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink():
         link = os.readlink(path)
         target.symlink_to(link)
-        copy_with_targets(path.parent / link if not os.path.isabs(link) else Path(link), root)
-    else:
-        shutil.copy2(path, target)
+        return copy_with_targets(path.parent / link if not os.path.isabs(link) else Path(link), root)
+    shutil.copy2(path, target)
+    return [target]
 
 
 def exec_start(root: Path) -> list[str]:
@@ -195,3 +258,42 @@ def test_the_console_script_alone_cannot_run_in_the_initrd(tmp_path: Path) -> No
     make_initrd_ng(tmp_path / "staged", [store], root)
     result = in_chroot(root, f"{store}/bin/rollback", "--help")
     assert result.returncode != 0 and "exit codes" not in result.stdout
+
+
+@pytest.mark.parametrize("damage", ["a-module-missing", "a-wrapper-as-interpreter"])
+def test_the_builds_own_check_fails_a_tree_that_is_not_self_contained(
+    initrd: Path, tmp_path: Path, damage: str
+) -> None:
+    """The negative controls of check_tree, which runs at every build (python_closure.py --tree)."""
+    tree = tmp_path / "tree"
+    shutil.copytree(initrd.parent / "staged" / PREFIX.lstrip("/"), tree, symlinks=True)
+    if damage == "a-module-missing":
+        (next(tree.glob("lib/python3*/json/__init__.pyc"))).unlink()
+    else:
+        (tree / "bin/python3").rename(tree / "bin/python3.real")
+        compile_wrapper(tree / "bin/python3", str(tree / "bin/python3.real"))
+    with pytest.raises(SystemExit, match="not self-contained"):
+        closure_builder().check_tree(str(tree), {})
+
+
+def test_store_paths_the_tree_names_must_be_in_the_initrd(tmp_path: Path) -> None:
+    """Only the tree itself, what a RUNPATH leads to, what is present anyway (--present), and in the
+    interpreter's own files its build prefix: anything else would be missing at boot."""
+    builder = closure_builder()
+    bash, python, other = (
+        f"/nix/store/{c * 32}-{n}" for c, n in (("b", "bash-5.3"), ("p", "python3-3.13"), ("o", "x"))
+    )
+    tree = tmp_path / PREFIX.lstrip("/")
+    (tree / "lib/python3.13").mkdir(parents=True)
+    (tree / "bin").mkdir()
+    (tree / "lib/python3.13/subprocess.pyc").write_bytes(f"\0{bash}/bin/sh\0{PREFIX}/lib".encode())
+    (tree / "bin/python3").write_bytes(f"prefix={python}".encode())
+    assert builder.foreign_store_paths(str(tmp_path), PREFIX, [bash, python]) == []
+    assert builder.foreign_store_paths(str(tmp_path), PREFIX, [python]) == [
+        f"{PREFIX}/lib/python3.13/subprocess.pyc: {bash}"
+    ]
+    (tree / "lib/python3.13/json.pyc").write_bytes(f"{python}/lib {other}/share".encode())
+    assert builder.foreign_store_paths(str(tmp_path), PREFIX, [bash, python]) == [
+        f"{PREFIX}/lib/python3.13/json.pyc: {other}",
+        f"{PREFIX}/lib/python3.13/json.pyc: {python}",
+    ]

@@ -28,6 +28,7 @@ import json
 import modulefinder
 import os
 import py_compile
+import re
 import shutil
 import subprocess
 import sys
@@ -207,8 +208,9 @@ def hidden_import(files: dict[str, str], entries: list[str]) -> str:
 # --- the NixOS tree: self-contained, relocated -------------------------------------------------
 
 
-def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str) -> dict[str, Any]:
-    """Lay out the tree (see the module's docstring); return its manifest."""
+def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str, present: list[str]) -> dict[str, Any]:
+    """Lay out the tree (see the module's docstring); return its manifest. Fails unless every store
+    path the tree names is its own, one its binaries' RUNPATH leads to, or one `present` anyway."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     lib = f"{prefix}/lib/{version}"
     staged: dict[str, str] = {}
@@ -216,7 +218,10 @@ def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str) -> d
         path = os.path.realpath(path)
         entry = _sys_path_entry(name, path)
         where = f"{lib}/lib-dynload" if os.path.basename(entry) == "lib-dynload" else lib
-        target = f"{where}/{os.path.relpath(path, entry)}"
+        relative = os.path.relpath(path, entry)
+        if relative.startswith("../"):
+            raise SystemExit(f"python_closure.py: {name} ({path}) is not below its sys.path entry {entry}")
+        target = f"{where}/{relative}"
         if path.endswith(".py"):
             compile_to(path, destdir + target + "c", target)
             target += "c"
@@ -224,7 +229,9 @@ def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str) -> d
             _copy(path, destdir + target, strip=True)
         staged[name] = target
     os.makedirs(f"{destdir}{lib}/lib-dynload", exist_ok=True)  # the exec-prefix landmark
-    interpreter = os.path.realpath(f"{sys.base_prefix}/bin/{version}")
+    # the real interpreter, from the build's own configuration: sys.base_prefix may be an environment
+    # whose bin/pythonX.Y is a wrapper exec'ing it (nixpkgs' withPackages since 2025-09)
+    interpreter = os.path.realpath(f"{sysconfig.get_config_var('BINDIR')}/{version}")
     _copy(interpreter, f"{destdir}{prefix}/bin/python3", strip=True)
     libpython = _libpython()
     if libpython:  # a shared libpython (Nix, pyenv): beside the interpreter, found through its RUNPATH
@@ -232,19 +239,62 @@ def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str) -> d
     # no RUNPATH may name the interpreter's own directories (they are not in the initrd); the
     # interpreter finds libpython in the tree (absolute, as make-initrd-ng resolves it; $ORIGIN for a
     # staged copy not yet in place)
-    old = {os.path.realpath(str(sysconfig.get_config_var("LIBDIR"))), os.path.realpath(sys.base_prefix)}
+    old = {os.path.realpath(str(sysconfig.get_config_var(v))) for v in ("LIBDIR", "prefix")}
     shared = [f"{prefix}/lib/{os.path.basename(libpython)}"] if libpython else []
     for target in [f"{prefix}/bin/python3", *shared, *(t for t in staged.values() if not t.endswith(".pyc"))]:
         first = [f"{prefix}/lib", "$ORIGIN/../lib"] if target.endswith("/bin/python3") and libpython else []
         _runpath(destdir + target, first, old)
     _write(f"{destdir}{prefix}/bin/rollback", LAUNCHER.format(python=f"{prefix}/bin/python3"), 0o755)
     _write(f"{destdir}{prefix}/lib/systemd/system/rollback@.service", _unit(unit, f"{prefix}/bin/rollback"))
+    foreign = foreign_store_paths(destdir, prefix, [*present, str(sysconfig.get_config_var("prefix"))])
+    if foreign:
+        raise SystemExit(
+            "python_closure.py: the tree names store paths the initrd would not hold:\n" + "\n".join(foreign)
+        )
     manifest = {  # paths in the tree only: a source path here would be a reference Nix follows
         "modules": staged,
         "totals": {"modules": len(staged), "bytes": _size(f"{destdir}{prefix}")},
     }
     _write(f"{destdir}{prefix}/share/rollback/manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
+
+
+STORE_PATH = re.compile(rb"/nix/store/[0-9a-z]{32}-[^/\x00\s\"'<>;:,)]*")
+INTERPRETER_FILES = re.compile(r"/(bin/python3|lib/libpython[^/]*)$")
+
+
+def foreign_store_paths(destdir: str, prefix: str, present: list[str]) -> list[str]:
+    """`file: store path` for each store path a file of the tree names that make-initrd-ng would not
+    copy: not the tree, not a directory a RUNPATH of the tree's binaries names (their libraries are
+    copied from there), not one of `present`. The interpreter's own files may name its build prefix
+    (`present`'s last entry, a getpath fallback that Nix blanks with remove-references-to)."""
+    root = destdir + prefix
+    files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
+    allowed = {_store_root(prefix), *(_store_root(p) for p in present[:-1])}
+    for path in files:
+        allowed |= {_store_root(d) for d in _runpath_of(path)}
+    found = []
+    for path in sorted(files):
+        with open(path, "rb") as handle:
+            named = {_store_root(m.decode(errors="replace")) for m in STORE_PATH.findall(handle.read())}
+        if INTERPRETER_FILES.search(path):
+            named.discard(_store_root(present[-1]))
+        found += [f"{path[len(destdir) :]}: {n}" for n in sorted(named - allowed)]
+    return found
+
+
+def _store_root(path: str) -> str:
+    """/nix/store/<hash>-<name> of a path below it (the path itself otherwise)."""
+    parts = path.split("/")
+    return "/".join(parts[:4]) if path.startswith("/nix/store/") else path
+
+
+def _runpath_of(path: str) -> list[str]:
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"\x7fELF":
+            return []
+    found = subprocess.run(["patchelf", "--print-rpath", path], capture_output=True, text=True)
+    return [d for d in found.stdout.strip().split(":") if d]
 
 
 def _size(root: str) -> int:
@@ -311,6 +361,8 @@ _TREE_CHECK = """
 import json, os, sys
 root, names = sys.argv[1], json.loads(sys.argv[2])
 assert os.path.realpath(sys.prefix) == os.path.realpath(root), (sys.prefix, root)
+# the interpreter running is the tree's own, not something a wrapper there exec'ed
+assert os.readlink("/proc/self/exe") == os.path.realpath(root + "/bin/python3"), os.readlink("/proc/self/exe")
 for name in names:
     __import__(name)
 import rollback.log  # the run's own set-up: sinks and deferred imports (pystemd), one event rendered
@@ -357,12 +409,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tree", metavar="PREFIX", help="NixOS: a self-contained tree at PREFIX")
     parser.add_argument("--unit", metavar="UNIT_FILE", help="with --tree: units/rollback@.service")
     parser.add_argument("--destdir", default="", metavar="DIR", help="with --tree: write below DIR")
+    parser.add_argument(
+        "--present",
+        action="append",
+        default=[],
+        metavar="STORE_PATH",
+        help="with --tree: a store path the initrd holds anyway (the tree may name it)",
+    )
     args = parser.parse_args(argv)
     if (args.stage is None) == (args.tree is None) or (args.tree is not None) != (args.unit is not None):
         parser.error("give STAGE_DIR, or --tree PREFIX with --unit UNIT_FILE")
     files, _ = converged()
     if args.tree is not None:
-        manifest = build_tree(files, args.tree, args.destdir, args.unit)
+        manifest = build_tree(files, args.tree, args.destdir, args.unit, args.present)
         check_tree(args.destdir + args.tree, manifest)
         print(json.dumps(manifest["totals"]))
         return 0
