@@ -35,7 +35,23 @@ from tests.support.cli import rollback_argv
 from tests.support.environment import unavailable
 
 ROOT = Path(__file__).parents[2]
-KIT = ROOT.parent / "shared" / "nix"
+KIT_ENV = "ROLLBACK_NIX_KIT"
+
+
+def find_kit() -> Path:
+    """The evaluation kit (nixpkgs' lib, upstream declarations): $ROLLBACK_NIX_KIT, else ../shared/nix
+    beside this checkout, else beside the checkout it was cloned from (CI runs on a fresh clone)."""
+    if os.environ.get(KIT_ENV):
+        return Path(os.environ[KIT_ENV])
+    origin = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"], capture_output=True, text=True)
+    places = [ROOT.parent]
+    if origin.returncode == 0 and origin.stdout.strip().startswith("/"):
+        places.append(Path(origin.stdout.strip()).parent)
+    found = [place / "shared" / "nix" for place in places if (place / "shared" / "nix").is_dir()]
+    return found[0] if found else ROOT.parent / "shared" / "nix"
+
+
+KIT = find_kit()
 CHECK = ROOT / "tests/nix/check.nix"
 NIX_FILES = sorted(p for p in ROOT.rglob("*.nix") if ".venv" not in p.parts)
 MODULE_ONLY = {"enable", "package", "initrdPackage", "failurePolicy", "kernelCommandLine"}
@@ -215,7 +231,7 @@ def nixpkgs_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """nixpkgs' lib from the kit, extracted outside the repository."""
     tarball = KIT / "nixpkgs-lib.tar.xz"
     if not tarball.is_file() or not (KIT / "upstream").is_dir():
-        unavailable(f"{KIT} (nixpkgs' lib and upstream NixOS declarations) is not here")
+        unavailable(f"{KIT} (nixpkgs' lib and upstream NixOS declarations) is not here; set ${KIT_ENV}")
     dest = tmp_path_factory.mktemp("nixpkgs-lib")
     subprocess.run(["tar", "-xJf", str(tarball), "-C", str(dest)], check=True)
     return dest / "nixpkgs-lib" / "lib"
