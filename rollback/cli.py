@@ -88,6 +88,12 @@ def _run(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline)
 
 
+def _cleanup(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
+    from rollback import verbs
+
+    return verbs.cleanup(config, dry_run=args.dry_run)
+
+
 def _status(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
 
@@ -114,6 +120,12 @@ def _config(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
 
 VERBS = (
     Verb("run", "replace the root subvolume (the boot job)", (("--dry-run", "print the plan, change nothing"),), _run),
+    Verb(
+        "cleanup",
+        "delete the old roots boots left in the trash (cleanup = after-boot; the running system)",
+        (("--dry-run", "print the plan, change nothing"),),
+        _cleanup,
+    ),
     Verb("status", "show what is on the device", (_JSON,), _status),
     Verb("diff", "list what the next run would erase", (_JSON,), _diff),
     Verb("skip-next", "keep the current root at the next boot, once", (), _skip_next),

@@ -177,7 +177,18 @@ def plan_run(config: Config, obs: Observation) -> Plan:
         if path in obs.immutable or (pruned and pruned.read_only):
             steps.append(Unlock(path))
         move_to_trash(path)
-    return Plan((*steps, *deletes))
+    # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
+    # it first if the cleanup never ran: the trash holds at most one boot's worth)
+    return Plan((*steps, *(deletes if config.cleanup == "boot" else ())))
+
+
+def plan_cleanup(config: Config, obs: Observation) -> Plan:
+    """Delete what the trash holds (on the running system, after boot), with the run's checks on it."""
+    _check_state_dir(obs)
+    _check_holder(TRASH_DIR, obs, "trash directory")
+    entries = obs.entries(TRASH_DIR)
+    _check_doomed(config, obs, [s for e in entries for s in obs.tree(e.path)])
+    return Plan(tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries))
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:

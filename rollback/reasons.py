@@ -30,7 +30,7 @@ REASONS: dict[str, Reason] = {
     "bad-name": _usage("a subvolume name is malformed, or inside `.rollback/`", "fix the name the message quotes"),
     "bad-value": _usage("a setting has the wrong type (a word for a number, a string for a list)", "fix it"),
     "bad-number": _usage("a number is out of its range", "use a value in the range the hint gives"),
-    "bad-mode": _usage("`mode` is not one of its choices", "use recreate or snapshot"),
+    "bad-choice": _usage("`mode` or `cleanup` is not one of its choices", "use one the message lists"),
     "conflict": _usage("two settings contradict each other", "change one of the two the message names"),
     "unknown-key": _usage("an unknown key in the config file or rollback.* option", "fix the spelling"),
     "bad-encoding": _usage("the kernel command line is not UTF-8", "fix the boot entry"),

@@ -194,6 +194,14 @@ SETTINGS: tuple[Setting, ...] = (
         canonical=names.canonical,
         merge=Merge.EXTEND,
     ),
+    Setting(
+        "cleanup",
+        TEXT,
+        "boot",
+        "where old roots are deleted: boot (the run's last step), or after-boot (`rollback cleanup`, the "
+        "rollback-cleanup@ unit of the running system; a boot then deletes only what earlier boots left)",
+        choices=("boot", "after-boot"),
+    ),
     Setting("skip", BOOLEAN, False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
     Setting(
         "ignore_hibernation",
@@ -219,6 +227,7 @@ class Config:
     keep_count: int
     keep_min: int
     protect: tuple[str, ...]
+    cleanup: str
     skip: bool
     ignore_hibernation: bool
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -298,8 +307,14 @@ def validate(config: Config) -> None:
         if setting.limits and not setting.limits[0] <= value <= setting.limits[1]:
             low, high = setting.limits
             raise ConfigError(f"{setting.key} {value} is out of range", f"use {low} to {high}", code="bad-number")
-    if config.mode not in BY_NAME["mode"].choices:
-        raise ConfigError(f"mode {config.mode!r} is not one of {', '.join(BY_NAME['mode'].choices)}", code="bad-mode")
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        if setting.choices and value not in setting.choices:
+            raise ConfigError(
+                f"{setting.key} {value!r} is not one of {', '.join(setting.choices)}",
+                f"fix {setting.flag} (from {config.sources[setting.name]})",
+                code="bad-choice",
+            )
     for name in ("keep_days", "keep_count", "keep_min"):
         if config.sources[name] != "default" and not config.archive:
             raise ConfigError(

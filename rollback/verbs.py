@@ -16,7 +16,7 @@ from rollback import report
 from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Observation
-from rollback.plan import Plan, paths_of_interest, plan_run, plan_skip_next
+from rollback.plan import Plan, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
 from rollback.settings import Config, as_dict, describe
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would
@@ -141,6 +141,33 @@ def run(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
     emit(
         "finished",
         f"{config.subvolume} replaced, {plan.deleted} subvolume(s) deleted",
+        deleted=plan.deleted,
+        duration_ms=round((time.monotonic() - began) * 1000, 1),
+        **fields,
+    )
+    return Exit.OK
+
+
+def cleanup(config: Config, *, dry_run: bool) -> Exit:
+    """Delete what boots left in the trash (cleanup = after-boot), on the running system, at idle
+    priority: the same checks as a run (nothing mounted anywhere, the lock, a private mount)."""
+    from rollback.effects import priority
+
+    fields: dict[str, Any] = {"device": config.require_device(), "subvolume": config.subvolume, "mode": "cleanup"}
+    if not dry_run:
+        priority.idle()
+    began = time.monotonic()
+    with _observed(config, lock=not dry_run) as (top, obs):
+        plan = plan_cleanup(config, obs)
+        if dry_run:
+            print("\n".join(plan.describe()) or "nothing to do")
+            return Exit.OK
+        if plan.steps:
+            emit("started", f"deleting {len(plan.steps)} old root(s) from the trash on {fields['device']}", **fields)
+            _execute(plan, top, fields)
+    emit(
+        "finished",
+        f"trash emptied, {plan.deleted} subvolume(s) deleted" if plan.steps else "the trash is empty: nothing to do",
         deleted=plan.deleted,
         duration_ms=round((time.monotonic() - began) * 1000, 1),
         **fields,

@@ -19,6 +19,7 @@ from rollback.plan import (
     Snapshot,
     Unlock,
     paths_of_interest,
+    plan_cleanup,
     plan_run,
 )
 from tests.support.factory import config, observe
@@ -231,3 +232,57 @@ def test_immutable_places_on_the_way_are_refused(flags: dict[str, str], pinned: 
 
 def test_a_read_only_root_is_refused() -> None:
     assert refusal({}, subvols=[("root", True)]) == "read-only-target"
+
+
+# --- cleanup after boot --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["recreate", "snapshot"])
+def test_after_boot_cleanup_leaves_the_old_root_in_the_trash(mode: str) -> None:
+    """The boot does only constant-time steps: the deletes are the cleanup's."""
+    layout: list[str | tuple[str, bool]] = [*LAYOUT, ("root-blank", True)]
+    plan = plan_run(config(cleanup="after-boot", mode=mode), observe(layout, dirs=[TRASH_DIR]))
+    assert Rename("root", f"{TRASH_DIR}/{STAMP}") in plan.steps
+    assert [s for s in plan.steps if isinstance(s, Delete | Reclaim)] == []
+
+
+def test_after_boot_cleanup_still_deletes_what_earlier_boots_left_first() -> None:
+    """The cleanup never ran: the boot deletes what earlier boots left (bounded), then moves today's."""
+    leftover = f"{TRASH_DIR}/20261124T060000Z"
+    plan = plan_run(config(cleanup="after-boot"), observe([*LAYOUT, leftover, f"{leftover}/var"]))
+    assert plan.steps[:2] == (Delete(leftover, 2), Reclaim())
+    assert plan.steps[2:] == (Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"))
+
+
+def test_after_boot_pruned_archives_wait_in_the_trash_too() -> None:
+    old = "old/20260101T000000Z"
+    flags = {"cleanup": "after-boot", "archive": "old", "keep_count": 1, "keep_min": 0}
+    plan = plan_run(config(**flags), observe([*LAYOUT, old], dirs=[TRASH_DIR]))  # type: ignore[arg-type]
+    assert Rename(old, f"{TRASH_DIR}/{STAMP}") in plan.steps
+    assert [s for s in plan.steps if isinstance(s, Delete)] == []
+
+
+def test_cleanup_deletes_every_trash_entry_oldest_first() -> None:
+    first, second = f"{TRASH_DIR}/20261123T060000Z", f"{TRASH_DIR}/20261124T060000Z"
+    plan = plan_cleanup(config(), observe([*LAYOUT, first, f"{first}/var", second]))
+    assert plan.steps == (Delete(first, 2), Delete(second, 1))
+    assert plan_cleanup(config(), observe(LAYOUT, dirs=[TRASH_DIR])).steps == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "obs_args", "code"),
+    [
+        (
+            [f"{TRASH_DIR}/{STAMP}", f"{TRASH_DIR}/{STAMP}/srv"],
+            {"mounted": {f"{TRASH_DIR}/{STAMP}/srv": "/srv"}},
+            "mounted",
+        ),
+        ([f"{TRASH_DIR}/{STAMP}"], {"default": f"{TRASH_DIR}/{STAMP}"}, "default-subvolume"),
+        ([f"{TRASH_DIR}/{STAMP}", f"{TRASH_DIR}/{STAMP}/persist"], {}, "protected-inside"),
+        ([f"{TRASH_DIR}/not-ours"], {}, "foreign-subvolume"),
+    ],
+)
+def test_cleanup_refuses_what_a_run_refuses(extra: list[str], obs_args: dict[str, object], code: str) -> None:
+    with pytest.raises(Refused) as caught:
+        plan_cleanup(config(), observe([*LAYOUT, *extra], **obs_args))  # type: ignore[arg-type]
+    assert caught.value.code == code

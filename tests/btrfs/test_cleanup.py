@@ -1,0 +1,166 @@
+"""Deletion after boot (cleanup = after-boot): the boot only renames and creates, `rollback cleanup`
+deletes on the running system; kills in either part converge; the trash never holds more than one
+boot's worth; the cleanup refuses what a run refuses and then changes nothing."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rollback.errors import Exit
+from rollback.verbs import CRASH_AFTER_ENV
+from tests.support.disks import Disk, parse_json
+from tests.support.layout import State, outside_root, populate, sh
+
+pytestmark = pytest.mark.btrfs
+
+TRASH = ".rollback/trash/"
+AFTER_BOOT = ("--cleanup", "after-boot")
+
+
+def trash(state: State) -> list[str]:
+    """Trash entries (not what they hold)."""
+    return [p for p in state.subvolume_paths() if p.startswith(TRASH) and p.count("/") == 2]
+
+
+def boot(disk: Disk) -> None:
+    """A boot with cleanup after boot; then the running system writes cruft into the new root."""
+    result = disk.rollback("run", *AFTER_BOOT)
+    assert result.returncode == Exit.OK, result.stderr
+    with disk.top() as top:
+        (top / "root" / "cruft").write_text("written by the running system\n")
+        sh("btrfs", "subvolume", "create", str(top / "root" / "machines"))
+
+
+def test_the_boot_leaves_the_old_root_and_the_cleanup_deletes_it(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top, nested=[f"root/srv/n{i}" for i in range(20)])
+    before = disk.state()
+    result = disk.rollback("run", *AFTER_BOOT)
+    assert result.returncode == Exit.OK, result.stderr
+    assert "0 subvolume(s) deleted" in result.stderr
+    booted = disk.state()
+    assert booted.under("root") == {"root": "dir:40755"}
+    assert len(trash(booted)) == 1
+    assert outside_root(booted) == outside_root(before)
+    pending = parse_json(disk.rollback("status", "--json"))["pending"]["trash"]
+    assert pending == trash(booted)
+
+    cleaned = disk.rollback("cleanup")
+    assert cleaned.returncode == Exit.OK, cleaned.stderr
+    held = len([p for p in booted.subvolume_paths() if p.startswith(TRASH)])  # the old root and its nested
+    assert held == 21 and f"{held} subvolume(s) deleted" in cleaned.stderr
+    after = disk.state()
+    assert trash(after) == [] and outside_root(after) == outside_root(before)
+    assert after.under("root") == booted.under("root")
+    again = disk.rollback("cleanup")
+    assert again.returncode == Exit.OK and "nothing to do" in again.stderr
+    assert disk.state().subvolumes == after.subvolumes  # nothing written, generations included
+
+
+def test_without_the_cleanup_the_trash_holds_one_boots_worth(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    for _ in range(4):
+        boot(disk)
+        assert len(trash(disk.state())) == 1
+    assert outside_root(disk.state()) == outside_root(before)
+
+
+def test_cleanup_dry_run_prints_the_plan_and_changes_nothing(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    boot(disk)
+    before = disk.state()
+    shown = disk.rollback("cleanup", "--dry-run")
+    assert shown.returncode == Exit.OK
+    assert shown.stdout.startswith("1. delete .rollback/trash/")
+    assert disk.state() == before
+
+
+def test_cleanup_refuses_when_something_in_the_trash_is_mounted(disk: Disk) -> None:
+    with disk.top() as top:
+        populate(top)
+    boot(disk)
+    state = disk.state()
+    (entry,) = trash(state)
+    where = disk.workdir / "held"
+    where.mkdir()
+    sh("mount", "-o", f"subvol={entry}/var/lib/machines", disk.device, str(where))
+    try:
+        before = disk.state()
+        result = disk.rollback("cleanup")
+        assert result.returncode == Exit.REFUSED and "reason=mounted" in result.stderr, result.stderr
+        assert disk.state() == before
+    finally:
+        sh("umount", str(where))
+
+
+@pytest.mark.parametrize("after_step", [1, 2])
+def test_a_cleanup_killed_between_deletes_is_finished_by_the_next(disk: Disk, after_step: int) -> None:
+    with disk.top() as top:
+        populate(top)
+    boot(disk)
+    with disk.top() as top:  # a second entry: what a boot left while an earlier cleanup was pending
+        sh("btrfs", "subvolume", "create", str(top / TRASH / "20200101T000000Z"))
+    assert len(trash(disk.state())) == 2
+    killed = disk.rollback("cleanup", env={CRASH_AFTER_ENV: str(after_step)})
+    assert killed.returncode == -9
+    assert len(trash(disk.state())) == 2 - after_step
+    assert disk.rollback("cleanup").returncode == Exit.OK
+    assert trash(disk.state()) == []
+
+
+def test_kills_at_random_moments_of_the_cleanup_and_the_boot_converge(disk: Disk) -> None:
+    """SIGKILL at seeded random delays into a cleanup deleting 300 nested subvolumes, then a boot: the
+    boot deletes what the cleanup left (an earlier boot's), moves today's root, and data stays."""
+    rng = random.Random(20261127)
+    nested = [f"root/srv/n{i}" for i in range(300)]
+    with disk.top() as top:
+        populate(top, nested=nested)
+    boot(disk)
+    began = time.monotonic()
+    assert disk.rollback("cleanup").returncode == Exit.OK
+    whole = time.monotonic() - began
+    outcomes = []
+    for attempt in range(8):
+        with disk.top() as top:
+            for path in nested:
+                os.makedirs(top / os.path.dirname(path), exist_ok=True)
+                sh("btrfs", "subvolume", "create", str(top / path))
+        boot(disk)
+        before = disk.state()
+        delay = rng.uniform(0.3, 1.0) * whole
+        with subprocess.Popen(disk.rollback_argv("cleanup"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as p:
+            time.sleep(delay)
+            p.kill()
+        left = disk.state()
+        assert outside_root(left) == outside_root(before), attempt
+        outcomes.append(
+            (round(delay, 3), p.returncode, len([s for s in left.subvolume_paths() if s.startswith(TRASH)]))
+        )
+        result = disk.rollback("run", *AFTER_BOOT)  # the next boot, the cleanup not run again
+        assert result.returncode == Exit.OK, (attempt, result.stderr)
+        after = disk.state()
+        assert len(trash(after)) == 1 and after.under("root") == {"root": "dir:40755"}
+        assert outside_root(after) == outside_root(before)
+        assert disk.rollback("cleanup").returncode == Exit.OK
+    print("cleanup kills (delay s, return code, trash subvolumes left):", outcomes)
+    assert any(0 < left < 302 for _, _, left in outcomes), f"no kill landed inside the delete: {outcomes}"
+
+
+def test_the_cleanup_runs_at_idle_priority() -> None:
+    """SCHED_IDLE for the CPU and the idle I/O class, as ionice (util-linux) reads them back."""
+    code = (
+        "import os, subprocess; from rollback.effects import priority; priority.idle(); "
+        "print(os.sched_getscheduler(0) == os.SCHED_IDLE, "
+        "subprocess.run(['ionice', '-p', str(os.getpid())], capture_output=True, text=True).stdout.strip())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["True", "idle"], result.stderr
