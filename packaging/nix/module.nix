@@ -240,77 +240,90 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = config.boot.initrd.systemd.enable;
-        message = "boot.rollback needs the systemd initrd: set boot.initrd.systemd.enable = true.";
-      }
-      {
-        assertion = rootFs != null && rootFs.fsType == "btrfs";
-        message =
-          if rootFs == null then
-            "boot.rollback needs a btrfs root: no fileSystems entry has mountPoint = \"/\"."
-          else
-            "boot.rollback needs a btrfs root: ${rootRef}.fsType must be \"btrfs\".";
-      }
-      {
-        assertion = rootFs != null && usesSubvol cfg.subvolume rootFs;
-        message = "boot.rollback replaces the subvolume `${cfg.subvolume}`: add \"subvol=${cfg.subvolume}\" to ${rootRef}.options (or set boot.rollback.subvolume).";
-      }
-      {
-        assertion = spec != null;
-        message = "boot.rollback: set boot.rollback.device (${rootRef} has no device).";
-      }
-      {
-        assertion = spec == null || devicePath != null;
-        message =
-          if tagged then
-            "boot.rollback: ${specRef} = \"${spec}\" names no ${tag}: write ${tag}=<value>."
-          else
-            "boot.rollback: ${specRef} = \"${spec}\" is neither a device path nor a tag: write /dev/disk/by-label/<label>, /dev/disk/by-uuid/<uuid> or any /dev path, or UUID=, LABEL=, PARTUUID=, PARTLABEL=.";
-      }
-      {
-        assertion = devicePath == null || escapedDevice != null;
-        message = "boot.rollback: ${specRef} = \"${spec}\" is not a normalized path: write it without `..`.";
-      }
-      {
-        assertion = protectedNotNeeded == [ ];
-        message = "boot.rollback: protected subvolumes must be mounted in the initrd: set neededForBoot = true on ${
-          lib.concatMapStringsSep ", " refOf protectedNotNeeded
-        }.";
-      }
-      {
-        assertion = cfg.archive != "" || retentionSet == [ ];
-        message = "boot.rollback: ${
-          lib.concatStringsSep ", " retentionSet
-        } only apply when old roots are kept: set boot.rollback.archive.";
-      }
-      {
-        assertion = !(lib.elem (basename cfg.subvolume) (map basename cfg.protect));
-        message = "boot.rollback: the target subvolume `${cfg.subvolume}` is in boot.rollback.protect; it would be refused at every boot.";
-      }
-    ];
-
-    boot.initrd.systemd = lib.mkIf (escapedDevice != null) {
-      packages = [ tree ]; # rollback@.service, ExecStart=${tree}/bin/rollback
-      storePaths = [ tree ];
-      contents."/etc/rollback.toml".source = configFile;
-      # Wanted by name: systemd instantiates the template; a services entry is only for drop-ins.
-      targets.initrd.wants = [ "${instance}.service" ];
-      services = lib.optionalAttrs (stopBoot || !cfg.kernelCommandLine) {
-        ${instance} = {
-          overrideStrategy = "asDropin"; # <instance>.service.d/overrides.conf; the template stays
-          requiredBy = lib.optional stopBoot "sysroot.mount"; # the unit is already Before= it
-          unitConfig = lib.optionalAttrs stopBoot stopBootUnit;
-          serviceConfig = lib.optionalAttrs (!cfg.kernelCommandLine) {
-            ExecStart = [
-              ""
-              "${tree}/bin/rollback run --device /%I --kernel-cmdline /dev/null"
-            ];
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
+{
+        assertions = [
+          {
+            assertion = config.boot.initrd.systemd.enable;
+            message = "boot.rollback needs the systemd initrd: set boot.initrd.systemd.enable = true.";
+          }
+          {
+            assertion = rootFs != null && rootFs.fsType == "btrfs";
+            message =
+              if rootFs == null then
+                "boot.rollback needs a btrfs root: no fileSystems entry has mountPoint = \"/\"."
+              else
+                "boot.rollback needs a btrfs root: ${rootRef}.fsType must be \"btrfs\".";
+          }
+          {
+            assertion = rootFs != null && usesSubvol cfg.subvolume rootFs;
+            message = "boot.rollback replaces the subvolume `${cfg.subvolume}`: add \"subvol=${cfg.subvolume}\" to ${rootRef}.options (or set boot.rollback.subvolume).";
+          }
+          {
+            assertion = spec != null;
+            message = "boot.rollback: set boot.rollback.device (${rootRef} has no device).";
+          }
+          {
+            assertion = spec == null || devicePath != null;
+            message =
+              if tagged then
+                "boot.rollback: ${specRef} = \"${spec}\" names no ${tag}: write ${tag}=<value>."
+              else
+                "boot.rollback: ${specRef} = \"${spec}\" is neither a device path nor a tag: write /dev/disk/by-label/<label>, /dev/disk/by-uuid/<uuid> or any /dev path, or UUID=, LABEL=, PARTUUID=, PARTLABEL=.";
+          }
+          {
+            assertion = devicePath == null || escapedDevice != null;
+            message = "boot.rollback: ${specRef} = \"${spec}\" is not a normalized path: write it without `..`.";
+          }
+          {
+            assertion = protectedNotNeeded == [ ];
+            message = "boot.rollback: protected subvolumes must be mounted in the initrd: set neededForBoot = true on ${
+              lib.concatMapStringsSep ", " refOf protectedNotNeeded
+            }.";
+          }
+          {
+            assertion = cfg.archive != "" || retentionSet == [ ];
+            message = "boot.rollback: ${
+              lib.concatStringsSep ", " retentionSet
+            } only apply when old roots are kept: set boot.rollback.archive.";
+          }
+          {
+            assertion = !(lib.elem (basename cfg.subvolume) (map basename cfg.protect));
+            message = "boot.rollback: the target subvolume `${cfg.subvolume}` is in boot.rollback.protect; it would be refused at every boot.";
+          }
+        ];
+    
+        boot.initrd.systemd = lib.mkIf (escapedDevice != null) {
+          packages = [ tree ]; # rollback@.service, ExecStart=${tree}/bin/rollback
+          storePaths = [ tree ];
+          contents."/etc/rollback.toml".source = configFile;
+          # Wanted by name: systemd instantiates the template; a services entry is only for drop-ins.
+          targets.initrd.wants = [ "${instance}.service" ];
+          services = lib.optionalAttrs (stopBoot || !cfg.kernelCommandLine) {
+            ${instance} = {
+              overrideStrategy = "asDropin"; # <instance>.service.d/overrides.conf; the template stays
+              requiredBy = lib.optional stopBoot "sysroot.mount"; # the unit is already Before= it
+              unitConfig = lib.optionalAttrs stopBoot stopBootUnit;
+              serviceConfig = lib.optionalAttrs (!cfg.kernelCommandLine) {
+                ExecStart = [
+                  ""
+                  "${tree}/bin/rollback run --device /%I --kernel-cmdline /dev/null"
+                ];
+              };
+            };
           };
         };
-      };
-    };
-  };
+      }
+      # cleanup = "after-boot": the running system deletes the trash at idle priority (the boot only
+      # renames and creates); the package's rollback-cleanup@.service, instance wanted by multi-user.
+      (lib.mkIf (cfg.cleanup == "after-boot" && escapedDevice != null) {
+        systemd.packages = [ cfg.package ];
+        systemd.services."rollback-cleanup@${escapedDevice}" = {
+          overrideStrategy = "asDropin";
+          wantedBy = [ "multi-user.target" ];
+        };
+      })
+    ]
+  );
 }

@@ -66,6 +66,9 @@ buildPythonApplication {
     install -Dm644 units/rollback@.service $out/lib/systemd/system/rollback@.service
     substituteInPlace $out/lib/systemd/system/rollback@.service \
       --replace-fail /usr/bin/rollback $out/bin/rollback
+    install -Dm644 units/rollback-cleanup@.service $out/lib/systemd/system/rollback-cleanup@.service
+    substituteInPlace $out/lib/systemd/system/rollback-cleanup@.service \
+      --replace-fail /usr/bin/rollback $out/bin/rollback
     install -Dm644 units/rollback-stop-boot.conf $out/share/rollback/rollback-stop-boot.conf
     install -Dm644 units/rollback.catalog $out/lib/systemd/catalog/rollback.catalog
   '';

@@ -24,7 +24,7 @@ let
     "stage-1-neededForBoot"
     "filesystems"
     "initrd"
-  ];
+  ] ++ [ ./main-system-stand-in.nix ];
   args =
     { config, ... }:
     {
@@ -66,7 +66,7 @@ let
     {
       options = lib.attrNames (options.boot.rollback or { });
       failed = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
-      ours = if machine._withoutModule or false then [ ] else map (a: a.assertion) module.config.content.assertions;
+      ours = if machine._withoutModule or false then [ ] else map (a: a.assertion) (lib.head module.config.content.contents).assertions;
       inherit (config) warnings;
       toml = if toml == null then null else builtins.fromJSON toml.value;
       tree = if rollback.enable then toString rollback.initrdPackage else null;
@@ -95,6 +95,11 @@ let
         out = u.unit.outPath;
         build = u.unit.buildCommand;
       }) initrd.units;
+      # The running system's cleanup after boot (cleanup = "after-boot").
+      system = {
+        packages = map toString config.systemd.packages;
+        services = lib.mapAttrs (_: s: { inherit (s) overrideStrategy wantedBy; }) config.systemd.services;
+      };
       unitsDir = {
         out = build.stage1Units.outPath or null;
         build = build.stage1Units.buildCommand or null;

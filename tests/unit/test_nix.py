@@ -176,6 +176,7 @@ MACHINES: dict[str, Machine] = {
     "stop-boot": machine({"failurePolicy": "stop-boot"}),
     "no-cmdline": machine({"kernelCommandLine": False}),
     "stop-boot-no-cmdline": machine({"failurePolicy": "stop-boot", "kernelCommandLine": False}),
+    "cleanup-after-boot": machine({"cleanup": "after-boot"}),
     "archive": machine(
         {
             "archive": "old_roots",
@@ -325,6 +326,19 @@ def test_the_impermanence_machine_passes_and_wants_its_device_instance(evaluated
     assert found["wants"] == [instance]
     assert found["toml"] == {"device": "/dev/disk/by-label/nixos"}
     assert not any(name.startswith("rollback@") for name in found["units"]), "boot-on needs no services entry"
+
+
+def test_cleanup_after_boot_installs_the_running_systems_cleanup_instance(evaluated: Evaluated) -> None:
+    """cleanup = "after-boot": the package's rollback-cleanup@.service, its device instance wanted by
+    multi-user.target as a drop-in (the template stays), and the initrd's config says after-boot."""
+    found = evaluated.machines["cleanup-after-boot"]
+    assert found["system"]["packages"] == [found["package"]]
+    assert found["system"]["services"] == {
+        "rollback-cleanup@dev-vda2": {"overrideStrategy": "asDropin", "wantedBy": ["multi-user.target"]}
+    }
+    assert found["toml"]["cleanup"] == "after-boot"
+    default = evaluated.machines["impermanence"]
+    assert default["system"] == {"packages": [], "services": {}} and "cleanup" not in default["toml"]
 
 
 def test_make_initrd_ng_gets_the_tree_and_the_config_not_the_package(evaluated: Evaluated) -> None:

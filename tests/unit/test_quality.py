@@ -59,3 +59,22 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, policy: str) -> None:
         env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},
     )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_the_cleanup_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    if not shutil.which("systemd-analyze"):
+        unavailable("systemd-analyze is not installed")
+    unit = (UNITS / "rollback-cleanup@.service").read_text().replace("/usr/bin/rollback", _tool("rollback"))
+    (tmp_path / "rollback-cleanup@.service").write_text(unit)
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            str(tmp_path / "rollback-cleanup@dev-disk-by\\x2dlabel-nixos.service"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")

@@ -1,0 +1,14 @@
+# STAND-IN for one declaration the kit (../shared/nix: the systemd initrd) lacks: the running
+# system's `systemd.services` (upstream: nixos/modules/system/boot/systemd.nix), typed with
+# upstream's own stage-2 service type from the kit's systemd-types.nix, so what the module sets for
+# the cleanup after boot (cleanup = "after-boot") is checked as NixOS would check it.
+# (`systemd.packages` is declared by the kit's misc.nix.)
+{ lib, utils, ... }:
+
+{
+  options.systemd.services = lib.mkOption {
+    default = { };
+    type = utils.systemdUtils.types.services;
+    description = "Definition of systemd service units (the running system).";
+  };
+}
