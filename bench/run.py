@@ -46,6 +46,8 @@ MODES = {
     "recreate": ([], "recreate"),
     "snapshot": (["--mode", "snapshot"], "snapshot"),
     "keep": (["--archive", "old_roots", "--keep-days", "30", "--keep-min", "0"], "keep"),
+    # deletion after boot (rollback cleanup, on the running system) against the script deleting at boot
+    "after-boot": (["--cleanup", "after-boot"], "recreate"),
 }
 
 
@@ -90,6 +92,9 @@ def make_template(where: Path, files: int) -> None:
 def prepare(dev: str, files: int, nested: int, mode: str) -> None:
     """The same starting layout for every timed command."""
     with top(dev) as t:
+        trash = t / ".rollback" / "trash"  # what an after-boot run left: its cleanup ran (not measured here)
+        for name in os.listdir(trash) if trash.exists() else []:
+            btrfsutil.delete_subvolume(str(trash / name), recursive=True)
         btrfsutil.sync(str(t))
         subprocess.run(["btrfs", "subvolume", "sync", str(t)], check=True, capture_output=True)  # cleaner done
         template = t / f"template-{files}"
@@ -170,8 +175,9 @@ def run_measured(argv: list[str]) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss
 
 
-def load(files_list: list[int], nested: int, archived: int) -> list[dict[str, object]]:
-    """keep mode on a big root with `archived` old roots to prune: time and peak RSS per file count."""
+def load(files_list: list[int], nested: int, archived: int, *, cleanup: bool = False) -> list[dict[str, object]]:
+    """keep mode on a big root with `archived` old roots to prune: time and peak RSS per file count. With
+    `cleanup`, the run defers deletion (cleanup = after-boot) and `rollback cleanup` is what is measured."""
     rows: list[dict[str, object]] = []
     size = 8 if max(files_list) >= 1_000_000 else 2
     with device(size) as dev:
@@ -196,11 +202,18 @@ def load(files_list: list[int], nested: int, archived: int) -> list[dict[str, ob
                 "--keep-min",
                 "0",
             ]
+            if cleanup:
+                timed([*argv, "--cleanup", "after-boot"])
+                argv = [*ROLLBACK, "cleanup", "--device", dev, "--kernel-cmdline", "/dev/null"]
             seconds, rss = run_measured(argv)
             with top(dev) as t:
                 left = sorted(os.listdir(t / "old_roots"))
             assert len(left) == 1, left  # all old roots pruned, the new one archived
+            if cleanup:
+                with top(dev) as t:
+                    assert not os.listdir(t / ".rollback/trash"), "the cleanup left the trash"
             row: dict[str, object] = {
+                "what": "cleanup" if cleanup else "run",
                 "files": files,
                 "nested": nested,
                 "archived": archived,
@@ -208,7 +221,7 @@ def load(files_list: list[int], nested: int, archived: int) -> list[dict[str, ob
                 "peak_rss_kib": rss,
             }
             print(
-                f"load: {files:>9} files, {nested} nested, {archived} archived roots pruned: "
+                f"load ({row['what']}): {files:>9} files, {nested} nested, {archived} archived roots pruned: "
                 f"{row['ms']} ms, peak RSS {rss} KiB",
                 flush=True,
             )

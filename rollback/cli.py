@@ -76,7 +76,8 @@ class Verb:
     name: str
     help: str
     flags: tuple[tuple[str, str], ...]  # (flag, help) of its store_true options, e.g. --json
-    handler: Handler
+    handler: Handler | None  # with the resolved settings
+    raw: Callable[[argparse.Namespace], int] | None = None  # instead: before any setting is read
 
 
 _JSON = ("--json", "machine-readable output")
@@ -118,6 +119,12 @@ def _config(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     return verbs.show_config(config, as_json=args.json)
 
 
+def _standby(args: argparse.Namespace) -> int:
+    from rollback.effects import standby
+
+    return standby.serve(args.directory, args.command, main)
+
+
 VERBS = (
     Verb("run", "replace the root subvolume (the boot job)", (("--dry-run", "print the plan, change nothing"),), _run),
     Verb(
@@ -130,6 +137,13 @@ VERBS = (
     Verb("diff", "list what the next run would erase", (_JSON,), _diff),
     Verb("skip-next", "keep the current root at the next boot, once", (), _skip_next),
     Verb("config", "print the resolved settings and where each came from", (_JSON,), _config),
+    Verb(
+        "standby",
+        "(the early initrd unit) import now, run COMMAND when units/rollback-trigger says so",
+        (),
+        None,
+        _standby,
+    ),
 )
 BY_VERB = {verb.name: verb for verb in VERBS}
 
@@ -149,12 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(
             verb.name,
             help=verb.help,
-            parents=settings,
+            parents=settings if verb.raw is None else [],
             epilog=EXIT_CODES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         for flag, text in verb.flags:
             sub.add_argument(flag, action="store_true", help=text)
+        if verb.raw is not None:  # standby DIR COMMAND...: the command is a whole rollback command line
+            sub.add_argument("directory", metavar="DIR", help="where the trigger finds this process")
+            sub.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="e.g. run --device DEV")
     return parser
 
 
@@ -174,11 +191,16 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
 
 
 def dispatch(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
-    return BY_VERB[args.verb].handler(args, config, cmdline)
+    handler = BY_VERB[args.verb].handler
+    assert handler is not None
+    return handler(args, config, cmdline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raw = BY_VERB[args.verb].raw
+    if raw is not None:
+        return raw(args)
     from rollback import log
 
     try:

@@ -63,8 +63,10 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Commit:
-    """Commit the transaction, so the new root's creation is alone in it: any later write
-    raises its ctransid, which is how the next run tells a used root from an untouched one."""
+    """Commit the transaction after the new root is made: from here a power cut boots a clean root
+    (without it, the renames may not reach the disk before the root is mounted and used), and the
+    creation is alone in its transaction: any later write raises the new root's ctransid, which is
+    how the next run tells a used root from an untouched one."""
 
     def describe(self) -> str:
         return "commit the transaction"
@@ -170,8 +172,7 @@ def plan_run(config: Config, obs: Observation) -> Plan:
         move_to_trash(target)
     _ensure_parents(steps, obs, target)
     steps.append(Snapshot(config.blank, target) if config.mode == "snapshot" else Create(target))
-    if config.keeping:
-        steps.append(Commit())
+    steps.append(Commit())
     for path in prune_paths(config, obs):
         pruned = obs.get(path)
         if path in obs.immutable or (pruned and pruned.read_only):

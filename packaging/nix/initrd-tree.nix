@@ -12,7 +12,8 @@
 #   bin/python3, lib/libpython*.so*     the interpreter (RUNPATH set to $out/lib by the builder)
 #   bin/rollback                        launcher: #!$out/bin/python3 -IS
 #   lib/pythonX.Y/...                   the import closure, stdlib and site-packages merged
-#   lib/systemd/system/rollback@.service  units/rollback@.service, ExecStart=$out/bin/rollback
+#   bin/rollback-trigger                units/rollback-trigger (bash: the initrd's /bin/bash)
+#   lib/systemd/system/rollback@.service, rollback-early@.service   from units/, commands in $out
 #   share/rollback/manifest.json        what was staged (modules, extensions, sizes)
 {
   lib,
@@ -29,7 +30,7 @@ let
   # The service's Python environment: rollback and what it propagates (btrfsutil, pystemd, structlog).
   env = python3.withPackages (_: [ (python3.pkgs.toPythonModule rollback) ]);
   builder = ../dracut/90rollback/python_closure.py;
-  unit = "${../../units}/rollback@.service"; # a path literal cannot hold the "@"
+  units = ../../units; # rollback@.service, rollback-early@.service, rollback-trigger
 in
 runCommand "rollback-initrd-${rollback.version}"
   {
@@ -54,7 +55,7 @@ runCommand "rollback-initrd-${rollback.version}"
   ''
     # --present: upstream's systemd initrd holds "${bash}/bin" (subprocess.py names ${bash}/bin/sh);
     # the builder fails on any other store path that is not the tree or a RUNPATH's
-    ${env}/bin/python3 ${builder} --tree "$out" --unit ${unit} --present ${bash} > staged
+    ${env}/bin/python3 ${builder} --tree "$out" --units ${units} --present ${bash} > staged
     # Only the interpreter's own files may name its build prefix: a getpath fallback (the stdlib is
     # found beside the executable, lib/pythonX.Y/os.pyc). Anything else left over fails the build.
     for file in "$out"/bin/python3 "$out"/lib/libpython*; do

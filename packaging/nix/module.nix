@@ -159,6 +159,7 @@ let
   escapedDevice = if devicePath == null then null else escapePath devicePath;
   instance = "rollback@${escapedDevice}";
   stopBoot = cfg.failurePolicy == "stop-boot";
+  standby = "/run/rollback/standby/%i"; # where rollback-early@ waits for rollback@'s trigger
 
   # units/rollback-stop-boot.conf, the drop-in the dracut module installs, as [Unit] options (the
   # file has no other section; a test keeps the two equal).
@@ -300,19 +301,30 @@ in
           contents."/etc/rollback.toml".source = configFile;
           # Wanted by name: systemd instantiates the template; a services entry is only for drop-ins.
           targets.initrd.wants = [ "${instance}.service" ];
-          services = lib.optionalAttrs (stopBoot || !cfg.kernelCommandLine) {
-            ${instance} = {
-              overrideStrategy = "asDropin"; # <instance>.service.d/overrides.conf; the template stays
-              requiredBy = lib.optional stopBoot "sysroot.mount"; # the unit is already Before= it
-              unitConfig = lib.optionalAttrs stopBoot stopBootUnit;
-              serviceConfig = lib.optionalAttrs (!cfg.kernelCommandLine) {
-                ExecStart = [
+          services =
+            lib.optionalAttrs (stopBoot || !cfg.kernelCommandLine) {
+              ${instance} = {
+                overrideStrategy = "asDropin"; # <instance>.service.d/overrides.conf; the template stays
+                requiredBy = lib.optional stopBoot "sysroot.mount"; # the unit is already Before= it
+                unitConfig = lib.optionalAttrs stopBoot stopBootUnit;
+                serviceConfig = lib.optionalAttrs (!cfg.kernelCommandLine) {
+                  ExecStart = [
+                    ""
+                    "${tree}/bin/rollback-trigger ${standby} ${tree}/bin/rollback run --device /%I --kernel-cmdline /dev/null"
+                  ];
+                };
+              };
+            }
+            # the early process runs the same command line (rollback@ only triggers it)
+            // lib.optionalAttrs (!cfg.kernelCommandLine) {
+              "rollback-early@${escapedDevice}" = {
+                overrideStrategy = "asDropin";
+                serviceConfig.ExecStart = [
                   ""
-                  "${tree}/bin/rollback run --device /%I --kernel-cmdline /dev/null"
+                  "${tree}/bin/rollback standby ${standby} run --device /%I --kernel-cmdline /dev/null"
                 ];
               };
             };
-          };
         };
       }
       # cleanup = "after-boot": the running system deletes the trash at idle priority (the boot only

@@ -66,6 +66,12 @@ buildPythonApplication {
     install -Dm644 units/rollback@.service $out/lib/systemd/system/rollback@.service
     substituteInPlace $out/lib/systemd/system/rollback@.service \
       --replace-fail /usr/bin/rollback $out/bin/rollback
+    install -Dm644 units/rollback-early@.service $out/lib/systemd/system/rollback-early@.service
+    substituteInPlace $out/lib/systemd/system/rollback-early@.service \
+      --replace-fail /usr/bin/rollback $out/bin/rollback
+    install -Dm755 units/rollback-trigger $out/libexec/rollback/rollback-trigger
+    substituteInPlace $out/lib/systemd/system/rollback@.service \
+      --replace-fail /usr/lib/rollback/rollback-trigger $out/libexec/rollback/rollback-trigger
     install -Dm644 units/rollback-cleanup@.service $out/lib/systemd/system/rollback-cleanup@.service
     substituteInPlace $out/lib/systemd/system/rollback-cleanup@.service \
       --replace-fail /usr/bin/rollback $out/bin/rollback

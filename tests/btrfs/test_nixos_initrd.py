@@ -18,9 +18,11 @@ import importlib.util
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,12 +51,15 @@ def initrd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     staged, root = work / "staged", work / "root"
     python = sys.executable if request.param == "venv" else wrapped_env(work / "env")
     built = subprocess.run(
-        [python, "-I", str(BUILDER), "--tree", PREFIX, "--destdir", str(staged), "--unit", str(unit_file())],
+        [python, "-I", str(BUILDER), "--tree", PREFIX, "--destdir", str(staged), "--units", str(ROOT / "units")],
         capture_output=True,
         text=True,
     )
     assert built.returncode == 0, built.stderr
     make_initrd_ng(staged, [PREFIX], root)
+    add_bash(root)  # upstream's initrd has /bin/bash (boot.initrd.systemd.initrdBin), for rollback-trigger
+    (root / "dev").mkdir()
+    os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # the initrd's devtmpfs has it
     (root / "etc").mkdir(exist_ok=True)
     (root / "etc/rollback.toml").write_text(f'device = "{DEVICE}"\n')
     (root / "etc/cmdline").write_text("rollback.subvolume=rootfs\n")
@@ -92,8 +97,13 @@ def closure_builder() -> Any:
     return module
 
 
-def unit_file() -> Path:
-    return ROOT / "units/rollback@.service"
+def add_bash(root: Path) -> None:
+    (root / "bin").mkdir(exist_ok=True)
+    shutil.copy2(os.path.realpath("/bin/bash"), root / "bin/bash")
+    queue = [root / "bin/bash"]
+    while queue:
+        for library in elf_dependencies(queue.pop(), root, set()):
+            queue += [p for p in copy_with_targets(Path(library), root) if is_elf(p)]
 
 
 def make_initrd_ng(source: Path, store_paths: list[str], root: Path) -> None:
@@ -156,11 +166,14 @@ def copy_with_targets(path: Path, root: Path) -> list[Path]:
     return [target]
 
 
-def exec_start(root: Path) -> list[str]:
-    """The unit's ExecStart for the instance of DEVICE (%I is the unescaped instance: DEVICE minus '/')."""
-    unit = (root / PREFIX.lstrip("/") / "lib/systemd/system/rollback@.service").read_text()
-    (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
-    return line.removeprefix("ExecStart=").replace("/%I", DEVICE).split()
+INSTANCE = "dev-disk-by\\x2dlabel-nixos"  # systemd-escape --path DEVICE
+
+
+def exec_start(root: Path, unit: str = "rollback@.service") -> list[str]:
+    """A unit's ExecStart for the instance of DEVICE, as systemd expands %I and %i."""
+    text = (root / PREFIX.lstrip("/") / "lib/systemd/system" / unit).read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("ExecStart=")]
+    return line.removeprefix("ExecStart=").replace("/%I", DEVICE).replace("%i", INSTANCE).split()
 
 
 def in_chroot(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -169,17 +182,47 @@ def in_chroot(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([chroot, str(root), *argv], capture_output=True, text=True, env=env, timeout=60)
 
 
-def test_the_units_command_runs_the_boot_path_to_its_first_check(initrd: Path) -> None:
-    """ExecStart as systemd runs it: through the whole boot path up to the device probe, which refuses
-    (no device in this chroot): exit 3, the refusal logged. Nothing is missing from the initrd."""
+def test_the_units_command_alone_runs_the_boot_path_to_its_first_check(initrd: Path) -> None:
+    """rollback@'s ExecStart as systemd runs it, without the early unit: the trigger runs the command
+    itself, through the whole boot path up to the device probe, which refuses (no device in this
+    chroot): exit 3, the refusal logged. Nothing is missing from the initrd."""
     result = in_chroot(initrd, *exec_start(initrd), "--kernel-cmdline", "/etc/cmdline")
     assert result.returncode == Exit.REFUSED, result.stderr
     assert f"device {DEVICE} does not exist" in result.stderr and "reason=no-device" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+def test_the_early_unit_and_the_trigger_run_it_together(initrd: Path) -> None:
+    """Both units' commands as systemd starts them: the early one imports and waits, the device-ordered
+    one triggers it and exits with its status (3 here: no device in this chroot)."""
+    (initrd / "run").mkdir(exist_ok=True)
+    chroot = shutil.which("chroot") or "chroot"
+    env = {"PATH": "/nonexistent", "LANG": "C.UTF-8"}
+    argv = [chroot, str(initrd), *exec_start(initrd, "rollback-early@.service"), "--kernel-cmdline", "/etc/cmdline"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as early:
+        pid_file = initrd / "run/rollback/standby" / INSTANCE / "pid"
+        deadline = time.monotonic() + 60
+        while not pid_file.exists():
+            assert early.poll() is None and time.monotonic() < deadline, early.communicate()
+            time.sleep(0.02)
+        trigger = subprocess.Popen(
+            [chroot, str(initrd), *exec_start(initrd)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            _, trigger_log = trigger.communicate(timeout=60)
+            _, early_log = early.communicate(timeout=60)
+        finally:
+            early.kill()
+    assert (early.returncode, trigger.returncode) == (Exit.REFUSED, Exit.REFUSED), (early_log, trigger_log)
+    assert "reason=no-device" in early_log and trigger_log == ""  # the early process did it, alone
+
+
 def test_help_and_config_run_from_the_initrd(initrd: Path) -> None:
-    launcher = exec_start(initrd)[0]
+    launcher = f"{PREFIX}/bin/rollback"
     shown = in_chroot(initrd, launcher, "--help")
     assert shown.returncode == 0 and "exit codes" in shown.stdout, shown.stderr
     config = in_chroot(initrd, launcher, "config", "--json", "--kernel-cmdline", "/etc/cmdline")

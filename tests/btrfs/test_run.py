@@ -152,7 +152,7 @@ def test_a_failing_step_exits_1_and_the_next_run_finishes(disk: Disk, step: int)
     before = disk.state()
     failed = disk.rollback("run", env={FAIL_AT_ENV: str(step)})
     assert failed.returncode == Exit.FAILED, failed.stderr
-    assert f"failed: step {step}/5 failed:" in failed.stderr and "the next run finishes the job" in failed.stderr
+    assert f"failed: step {step}/6 failed:" in failed.stderr and "the next run finishes the job" in failed.stderr
     assert disk.rollback("run").returncode == Exit.OK
     after = disk.state()
     assert outside_root(after) == outside_root(before) and after.under("root") == {"root": "dir:40755"}

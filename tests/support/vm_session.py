@@ -21,6 +21,7 @@ KEYFILE = "/etc/cryptroot.key"  # inside the initramfs
 def variants(work: Path) -> dict[str, Variant]:
     return {
         "boot-on": Variant("boot-on"),
+        "after-boot": Variant("after-boot", config='cleanup = "after-boot"'),
         "stop-boot": Variant("stop-boot", policy="stop-boot"),
         "baseline": Variant("baseline", modules=()),
         "luks": Variant(

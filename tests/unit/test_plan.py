@@ -41,6 +41,7 @@ def test_recreate_moves_aside_first_creates_then_deletes_last() -> None:
         MakeDir(TRASH_DIR),
         Rename("root", f"{TRASH_DIR}/{STAMP}"),
         Create("root"),
+        Commit(),  # the new root durable before the long part
         Delete(f"{TRASH_DIR}/{STAMP}", 2),
     )
     assert plan.deleted == 2
@@ -51,12 +52,13 @@ def test_snapshot_mode_snapshots_the_blank() -> None:
     assert plan.steps == (
         Rename("root", f"{TRASH_DIR}/{STAMP}"),
         Snapshot("root-blank", "root"),
+        Commit(),
         Delete(f"{TRASH_DIR}/{STAMP}", 2),
     )
 
 
 def test_first_run_without_root_only_creates() -> None:
-    assert plan_run(config(), observe(["persist"])).steps == (Create("root"),)
+    assert plan_run(config(), observe(["persist"])).steps == (Create("root"), Commit())
 
 
 def test_first_run_creates_missing_parent_directories() -> None:
@@ -64,13 +66,14 @@ def test_first_run_creates_missing_parent_directories() -> None:
         MakeDir("@"),
         MakeDir("@/os"),
         Create("@/os/root"),
+        Commit(),
     )
 
 
 def test_leftovers_of_an_interrupted_run_are_finished() -> None:
     leftover = f"{TRASH_DIR}/20261124T060000Z"
     plan = plan_run(config(), observe(["persist", leftover, f"{leftover}/var"]))
-    assert plan.steps == (Delete(leftover, 2), Reclaim(), Create("root"))
+    assert plan.steps == (Delete(leftover, 2), Reclaim(), Create("root"), Commit())
 
 
 def test_trash_names_never_collide() -> None:
@@ -251,7 +254,7 @@ def test_after_boot_cleanup_still_deletes_what_earlier_boots_left_first() -> Non
     leftover = f"{TRASH_DIR}/20261124T060000Z"
     plan = plan_run(config(cleanup="after-boot"), observe([*LAYOUT, leftover, f"{leftover}/var"]))
     assert plan.steps[:2] == (Delete(leftover, 2), Reclaim())
-    assert plan.steps[2:] == (Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"))
+    assert plan.steps[2:] == (Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"), Commit())
 
 
 def test_after_boot_pruned_archives_wait_in_the_trash_too() -> None:

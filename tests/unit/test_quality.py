@@ -47,13 +47,15 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, policy: str) -> None:
     """verify exits 0 even on unknown keys here (systemd 252): any output is a failure too."""
     if not shutil.which("systemd-analyze"):
         unavailable("systemd-analyze is not installed")
-    unit = (UNITS / "rollback@.service").read_text().replace("/usr/bin/rollback", _tool("rollback"))
-    (tmp_path / "rollback@.service").write_text(unit)
+    for name in ("rollback@.service", "rollback-early@.service"):  # the commands, where they are here
+        unit = (UNITS / name).read_text().replace("/usr/lib/rollback/rollback-trigger", str(UNITS / "rollback-trigger"))
+        (tmp_path / name).write_text(unit.replace("/usr/bin/rollback", _tool("rollback")))
     if policy == "stop-boot":
         (tmp_path / "rollback@.service.d").mkdir()
         shutil.copy(UNITS / "rollback-stop-boot.conf", tmp_path / "rollback@.service.d" / "stop-boot.conf")
+    instances = [str(tmp_path / f"{u}@dev-disk-by\\x2dlabel-nixos.service") for u in ("rollback", "rollback-early")]
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "rollback@dev-disk-by\\x2dlabel-nixos.service")],
+        ["systemd-analyze", "verify", "--man=no", *instances],
         capture_output=True,
         text=True,
         env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},

@@ -49,6 +49,22 @@ def test_normal_boot(vm: Vm, tmp_path: Path) -> None:
     assert_rolled_back(boot, before, after, deleted=4)
     assert sorted(p for p in after.under("root")) == ["root"]
     assert not any(p.startswith("root/") for p in after.subvolume_paths())
+    # the work was done by the early process, ready (imports done) before the trigger started
+    (finished,) = events(boot, "finished")
+    assert str(finished.get("_SYSTEMD_UNIT", "")).startswith("rollback-early@"), finished.get("_SYSTEMD_UNIT")
+    (early,) = boot.units("rollback-early@")
+    ready = int(boot.unit(early)["ActiveEnterTimestampMonotonic"])  # READY=1: imports done
+    assert 0 < ready <= int(rollback_unit(boot)["ExecMainStartTimestampMonotonic"])
+
+
+def test_without_the_early_unit_the_rollback_runs_alone(vm: Vm, tmp_path: Path) -> None:
+    """The fallback: rollback-early masked, rollback@'s trigger runs the whole command itself."""
+    before, boot, after = boot_once(
+        vm, tmp_path, "standard", "rd.systemd.mask=rollback-early@dev-vda.service", name="no-early"
+    )
+    assert_rolled_back(boot, before, after, deleted=4)
+    (finished,) = events(boot, "finished")
+    assert str(finished.get("_SYSTEMD_UNIT", "")).startswith("rollback@"), finished.get("_SYSTEMD_UNIT")
 
 
 def test_first_boot_without_root(vm: Vm, tmp_path: Path) -> None:

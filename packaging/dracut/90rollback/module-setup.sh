@@ -15,7 +15,7 @@ check() {
 
 # called by dracut
 depends() {
-    echo base systemd systemd-initrd btrfs
+    echo base bash systemd systemd-initrd btrfs
     return 0
 }
 
@@ -76,6 +76,10 @@ EOF
 
     [[ -e $rollback_config ]] && inst_simple "$rollback_config" /etc/rollback.toml
     inst_simple "$moddir/units/rollback@.service" "$systemdsystemunitdir/rollback@.service"
+    # the early start: imports while the device is awaited; rollback@ triggers it (or runs alone)
+    inst_simple "$moddir/units/rollback-early@.service" "$systemdsystemunitdir/rollback-early@.service"
+    inst_simple "$moddir/units/rollback-trigger" /usr/lib/rollback/rollback-trigger
+    chmod 0755 "$initdir/usr/lib/rollback/rollback-trigger"
     inst_simple "$moddir/units/rollback.catalog" /usr/lib/systemd/catalog/rollback.catalog
     unit="rollback@$(systemd-escape --path "$rollback_device").service"
     if [[ $rollback_policy == stop-boot ]]; then

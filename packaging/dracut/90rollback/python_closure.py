@@ -12,12 +12,13 @@ module.py would be; unchecked-hash: valid whatever timestamps the copy gets; no 
             lib <extension module>    every C extension (dracut resolves their libraries)
             path <directory>          a sys.path entry outside the standard library
 
-    python_closure.py --tree PREFIX --unit UNIT_FILE [--destdir DIR]
+    python_closure.py --tree PREFIX --units UNITS_DIR [--destdir DIR] [--present STORE_PATH]...
         (NixOS) a self-contained tree at DIR/PREFIX that refers to nothing outside itself but the ELF
         libraries its binaries link: PREFIX/bin/python3 (the interpreter, which finds its stdlib
         beside itself), PREFIX/lib/pythonX.Y/ (stdlib and site-packages modules merged, extensions
-        included), PREFIX/bin/rollback (launcher), PREFIX/lib/systemd/system/rollback@.service (the
-        unit, ExecStart pointing at the launcher), PREFIX/share/rollback/manifest.json. The staged
+        included), PREFIX/bin/rollback (launcher), PREFIX/bin/rollback-trigger, the units
+        rollback@.service and rollback-early@.service in PREFIX/lib/systemd/system (their commands
+        pointing into PREFIX), PREFIX/share/rollback/manifest.json. The staged
         interpreter then imports the service from the tree alone, or the build fails.
 """
 
@@ -208,7 +209,7 @@ def hidden_import(files: dict[str, str], entries: list[str]) -> str:
 # --- the NixOS tree: self-contained, relocated -------------------------------------------------
 
 
-def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str, present: list[str]) -> dict[str, Any]:
+def build_tree(files: dict[str, str], prefix: str, destdir: str, units: str, present: list[str]) -> dict[str, Any]:
     """Lay out the tree (see the module's docstring); return its manifest. Fails unless every store
     path the tree names is its own, one its binaries' RUNPATH leads to, or one `present` anyway."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -245,7 +246,10 @@ def build_tree(files: dict[str, str], prefix: str, destdir: str, unit: str, pres
         first = [f"{prefix}/lib", "$ORIGIN/../lib"] if target.endswith("/bin/python3") and libpython else []
         _runpath(destdir + target, first, old)
     _write(f"{destdir}{prefix}/bin/rollback", LAUNCHER.format(python=f"{prefix}/bin/python3"), 0o755)
-    _write(f"{destdir}{prefix}/lib/systemd/system/rollback@.service", _unit(unit, f"{prefix}/bin/rollback"))
+    with open(f"{units}/rollback-trigger", encoding="utf-8") as handle:
+        _write(f"{destdir}{prefix}/bin/rollback-trigger", handle.read(), 0o755)
+    for name in ("rollback@.service", "rollback-early@.service"):
+        _write(f"{destdir}{prefix}/lib/systemd/system/{name}", _unit(f"{units}/{name}", prefix))
     foreign = foreign_store_paths(destdir, prefix, [*present, str(sysconfig.get_config_var("prefix"))])
     if foreign:
         raise SystemExit(
@@ -331,12 +335,16 @@ main()
 """
 
 
-def _unit(path: str, launcher: str) -> str:
+def _unit(path: str, prefix: str) -> str:
+    """A unit with its commands pointing into the tree."""
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
-    if "ExecStart=/usr/bin/rollback " not in text:
-        raise SystemExit(f"python_closure.py: {path} has no ExecStart=/usr/bin/rollback")
-    return text.replace("ExecStart=/usr/bin/rollback ", f"ExecStart={launcher} ")
+    moved = {"/usr/bin/rollback ": f"{prefix}/bin/rollback ", "/usr/lib/rollback/": f"{prefix}/bin/"}
+    if "/usr/bin/rollback " not in text:
+        raise SystemExit(f"python_closure.py: {path} does not run /usr/bin/rollback")
+    for old, new in moved.items():
+        text = text.replace(old, new)
+    return text
 
 
 def _copy(source: str, target: str, *, strip: bool = False) -> None:
@@ -407,7 +415,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python_closure.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", nargs="?", metavar="STAGE_DIR", help="dracut: stage at absolute paths")
     parser.add_argument("--tree", metavar="PREFIX", help="NixOS: a self-contained tree at PREFIX")
-    parser.add_argument("--unit", metavar="UNIT_FILE", help="with --tree: units/rollback@.service")
+    parser.add_argument("--units", metavar="UNITS_DIR", help="with --tree: the repository's units/")
     parser.add_argument("--destdir", default="", metavar="DIR", help="with --tree: write below DIR")
     parser.add_argument(
         "--present",
@@ -417,11 +425,11 @@ def main(argv: list[str]) -> int:
         help="with --tree: a store path the initrd holds anyway (the tree may name it)",
     )
     args = parser.parse_args(argv)
-    if (args.stage is None) == (args.tree is None) or (args.tree is not None) != (args.unit is not None):
-        parser.error("give STAGE_DIR, or --tree PREFIX with --unit UNIT_FILE")
+    if (args.stage is None) == (args.tree is None) or (args.tree is not None) != (args.units is not None):
+        parser.error("give STAGE_DIR, or --tree PREFIX with --units UNITS_DIR")
     files, _ = converged()
     if args.tree is not None:
-        manifest = build_tree(files, args.tree, args.destdir, args.unit, args.present)
+        manifest = build_tree(files, args.tree, args.destdir, args.units, args.present)
         check_tree(args.destdir + args.tree, manifest)
         print(json.dumps(manifest["totals"]))
         return 0

@@ -1,0 +1,65 @@
+"""Start-up ahead of the device: the interpreter starts and imports while the initrd still waits for
+the root device; the device-ordered unit then only triggers the work (units/rollback-trigger).
+
+Protocol, in DIR (/run/rollback/standby/<instance>): two FIFOs, `go` and `result`, both held open
+read-write by this process (so a trigger's open never blocks, and a FIFO outlives nobody's use),
+then `pid`, then READY=1 to systemd (the early unit is Type=notify: the device-ordered unit, ordered
+after it, starts no sooner). The trigger writes a line to `go`; this process runs the command line
+it was given exactly as `rollback` would (settings, checks, lock, all after the trigger, so after
+every ordering of the device-ordered unit), writes its exit status to `result` and exits with it.
+If this process is missing or dies, the trigger runs the command itself: nothing depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+
+def warm() -> None:
+    """Import what a run imports (the boot path), so that only the work is left after the trigger."""
+    import tomllib  # noqa: F401  (the config file)
+
+    import rollback.effects.btrfs
+    import rollback.effects.device
+    import rollback.effects.mount
+    import rollback.hibernation
+    import rollback.plan
+    import rollback.sources
+    import rollback.verbs  # noqa: F401
+    from rollback.effects import journal
+
+    journal.load()
+
+
+def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], int]) -> int:
+    warm()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fds = [_fifo(os.path.join(directory, name)) for name in ("go", "result")]
+    _publish(os.path.join(directory, "pid"), f"{os.getpid()}\n")
+    _ready()
+    while not os.read(fds[0], 64):  # a FIFO held read-write never reads EOF; a line means go
+        pass
+    code = run(argv)
+    os.write(fds[1], f"{code}\n".encode())
+    return code
+
+
+def _fifo(path: str) -> int:
+    if os.path.lexists(path):
+        os.unlink(path)  # one from an earlier early process (died), never shared: /run is per boot
+    os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+def _publish(path: str, text: str) -> None:
+    with open(path + ".new", "w", encoding="ascii") as handle:
+        handle.write(text)
+    os.replace(path + ".new", path)
+
+
+def _ready() -> None:
+    if os.environ.get("NOTIFY_SOCKET"):
+        import pystemd.daemon
+
+        pystemd.daemon.notify(False, "READY=1")
