@@ -152,7 +152,8 @@ def plan_run(config: Config, obs: Observation) -> Plan:
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
     steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in leftovers]
-    if leftovers or obs.pending_cleanup:
+    # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
+    if leftovers or (obs.pending_cleanup and config.cleanup == "boot"):
         steps.append(Reclaim())
     deletes: list[Step] = []
 
@@ -189,7 +190,10 @@ def plan_cleanup(config: Config, obs: Observation) -> Plan:
     _check_holder(TRASH_DIR, obs, "trash directory")
     entries = obs.entries(TRASH_DIR)
     _check_doomed(config, obs, [s for e in entries for s in obs.tree(e.path)])
-    return Plan(tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries))
+    deletes = tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries)
+    # and the space back before it ends, so that the next boot has nothing to wait for (a boot that
+    # finds deleted subvolumes not yet cleaned would wait for them, on the critical path)
+    return Plan((*deletes, Reclaim(timeout_s=3600.0)) if deletes else ())
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:

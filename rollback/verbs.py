@@ -25,14 +25,14 @@ CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default
 
 
 @contextmanager
-def _observed(config: Config, *, lock: bool) -> Iterator[tuple[Path, Observation]]:
+def _observed(config: Config, *, lock: bool, lock_node: bool = True) -> Iterator[tuple[Path, Observation]]:
     """Probe, lock the filesystem (when about to write), mount its top level privately, read-only and
     without atime updates (a run that refuses must not have written anything), and observe it."""
     from rollback.effects import btrfs, device, mount
 
     dev = config.require_device()
     fsid = device.probe(dev)
-    with device.locked(dev, fsid) if lock else nullcontext(), mount.top_level(dev) as top:
+    with device.locked(dev, fsid, node=lock_node) if lock else nullcontext(), mount.top_level(dev) as top:
         mounted = device.mounted_subvolumes(str(top), fsid)
         yield top, btrfs.observe(top, paths_of_interest(config), mounted, datetime.now(UTC))
 
@@ -157,7 +157,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     if not dry_run:
         priority.idle()
     began = time.monotonic()
-    with _observed(config, lock=not dry_run) as (top, obs):
+    with _observed(config, lock=not dry_run, lock_node=False) as (top, obs):
         plan = plan_cleanup(config, obs)
         if dry_run:
             print("\n".join(plan.describe()) or "nothing to do")

@@ -330,10 +330,17 @@ in
       # cleanup = "after-boot": the running system deletes the trash at idle priority (the boot only
       # renames and creates); the package's rollback-cleanup@.service, instance wanted by multi-user.
       (lib.mkIf (cfg.cleanup == "after-boot" && escapedDevice != null) {
+        environment.etc."rollback.toml".source = configFile; # the same settings for cleanup and status
         systemd.packages = [ cfg.package ];
         systemd.services."rollback-cleanup@${escapedDevice}" = {
           overrideStrategy = "asDropin";
           wantedBy = [ "multi-user.target" ];
+          serviceConfig = lib.optionalAttrs (!cfg.kernelCommandLine) {
+            ExecStart = [
+              ""
+              "${lib.getExe cfg.package} cleanup --device /%I --kernel-cmdline /dev/null"
+            ];
+          };
         };
       })
     ]

@@ -61,13 +61,15 @@ def read_sysfs_resume(path: str = "/sys/power/resume") -> str:
 
 
 @contextmanager
-def locked(device: str, fsid: str) -> Iterator[None]:
+def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[None]:
     """One run per filesystem, whichever member device each was given: an exclusive lock on a file
-    named by the fsid; and a BSD lock on the device node, which tells udev not to probe it meanwhile."""
+    named by the fsid; and (`node`) a BSD lock on the device node, which tells udev not to probe it
+    meanwhile (not for the long cleanup on a running system: udev would hold the disk's events)."""
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
     fds = [os.open(f"{LOCK_DIR}/{fsid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
     try:
-        fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
+        if node:
+            fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
         for fd in fds:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

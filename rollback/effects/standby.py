@@ -3,7 +3,8 @@ the root device; the device-ordered unit then only triggers the work (units/roll
 
 Protocol, in DIR (/run/rollback/standby/<instance>): two FIFOs, `go` and `result`, both held open
 read-write by this process (so a trigger's open never blocks, and a FIFO outlives nobody's use),
-then `pid`, then READY=1 to systemd (the early unit is Type=notify: the device-ordered unit, ordered
+then `argv` (the command line it will run: the trigger uses it only for exactly its own), then
+`pid`, then READY=1 to systemd (the early unit is Type=notify: the device-ordered unit, ordered
 after it, starts no sooner). The trigger writes a line to `go`; this process runs the command line
 it was given exactly as `rollback` would (settings, checks, lock, all after the trigger, so after
 every ordering of the device-ordered unit), writes its exit status to `result` and exits with it.
@@ -36,10 +37,12 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
     warm()
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fds = [_fifo(os.path.join(directory, name)) for name in ("go", "result")]
+    _publish(os.path.join(directory, "argv"), "".join(f"{arg}\0" for arg in argv))  # what it will run
     _publish(os.path.join(directory, "pid"), f"{os.getpid()}\n")
     _ready()
     while not os.read(fds[0], 64):  # a FIFO held read-write never reads EOF; a line means go
         pass
+    os.unlink(os.path.join(directory, "pid"))  # triggered once: no later trigger may wait on this pid
     code = run(argv)
     os.write(fds[1], f"{code}\n".encode())
     return code
@@ -53,7 +56,7 @@ def _fifo(path: str) -> int:
 
 
 def _publish(path: str, text: str) -> None:
-    with open(path + ".new", "w", encoding="ascii") as handle:
+    with open(path + ".new", "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.write(text)
     os.replace(path + ".new", path)
 

@@ -206,7 +206,7 @@ def test_the_early_unit_and_the_trigger_run_it_together(initrd: Path) -> None:
             assert early.poll() is None and time.monotonic() < deadline, early.communicate()
             time.sleep(0.02)
         trigger = subprocess.Popen(
-            [chroot, str(initrd), *exec_start(initrd)],
+            [chroot, str(initrd), *exec_start(initrd), "--kernel-cmdline", "/etc/cmdline"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

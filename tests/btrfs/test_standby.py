@@ -75,7 +75,7 @@ def test_the_early_process_waits_then_runs_when_triggered(disk: Disk, tmp_path: 
     with early(disk, directory) as process:
         time.sleep(0.3)
         assert disk.state() == before  # imported, waiting: nothing read or written yet
-        result = trigger(disk, directory, "false", early=process)  # the fallback must not be needed
+        result = trigger(disk, directory, early=process)
         assert result.returncode == Exit.OK, result.stderr
         assert process.returncode == Exit.OK
     rolled_back(disk, before)
@@ -96,7 +96,7 @@ def test_a_refusal_or_a_skip_passes_through_with_its_exit_status(disk: Disk, tmp
         before = disk.state()
         directory = tmp_path / "standby"
         with early(disk, directory, cmdline=str(cmdline)) as process:
-            result = trigger(disk, directory, "false", early=process)
+            result = trigger(disk, directory, *disk.rollback_argv("run", cmdline=str(cmdline)), early=process)
             expected = Exit.REFUSED if outcome == "refused" else Exit.SKIPPED
             assert result.returncode == expected, result.stderr
             assert process.returncode == expected
@@ -152,6 +152,7 @@ def test_an_exit_status_written_slowly_is_read_whole(tmp_path: Path) -> None:
         "d = sys.argv[1]; os.makedirs(d)\n"
         "for n in ('go', 'result'): os.mkfifo(f'{d}/{n}')\n"
         "go, result = (os.open(f'{d}/{n}', os.O_RDWR) for n in ('go', 'result'))\n"
+        "open(f'{d}/argv', 'w').write('x\\0')\n"
         "open(f'{d}/pid', 'w').write(f'{os.getpid()}\\n')\n"
         "os.read(go, 64)\n"
         "for part in (b'7', b'7', b'\\n'):\n"
@@ -160,6 +161,59 @@ def test_an_exit_status_written_slowly_is_read_whole(tmp_path: Path) -> None:
     with subprocess.Popen([sys.executable, "-c", fake, str(directory)]) as early:
         while not (directory / "pid").exists():
             time.sleep(0.01)
-        result = subprocess.run(["bash", str(TRIGGER), str(directory), "false"], capture_output=True, text=True)
-        early.wait()
+        result = subprocess.run(["bash", str(TRIGGER), str(directory), "false", "x"], capture_output=True, text=True)
+        early.wait(timeout=30)
     assert result.returncode == 77, result.stderr
+
+
+FAKE_EARLY = (
+    "import os, sys, time\n"
+    "d = sys.argv[1]; os.makedirs(d)\n"
+    "for n in ('go', 'result'): os.mkfifo(f'{d}/{n}')\n"
+    "go, result = (os.open(f'{d}/{n}', os.O_RDWR) for n in ('go', 'result'))\n"
+    "open(f'{d}/argv', 'w').write('x\\0')\n"
+    "open(f'{d}/pid', 'w').write(f'{os.getpid()}\\n')\n"
+    "os.read(go, 64)\n"
+    "time.sleep(60)\n"  # a long run
+)
+
+
+def test_stopping_the_trigger_stops_the_run(tmp_path: Path) -> None:
+    """rollback@ stopped or timed out: the run must not go on alone while the boot continues."""
+    directory = tmp_path / "standby"
+    with subprocess.Popen([sys.executable, "-c", FAKE_EARLY, str(directory)]) as early:
+        while not (directory / "pid").exists():
+            time.sleep(0.01)
+        with subprocess.Popen(["bash", str(TRIGGER), str(directory), "false", "x"]) as trigger:
+            time.sleep(0.5)
+            trigger.terminate()
+            early.wait(timeout=10)  # reaped here: the trigger waits for it to be gone
+            assert trigger.wait(timeout=10) == 143
+        assert early.returncode == -signal.SIGKILL
+
+
+def test_an_early_process_for_another_command_line_is_not_used(disk: Disk, tmp_path: Path) -> None:
+    """A drop-in changed rollback@'s command: the early process (started for the old one) must not run
+    it; the trigger runs its own command line."""
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    directory = tmp_path / "standby"
+    with early(disk, directory) as process:
+        result = trigger(disk, directory, *disk.rollback_argv("run", "--subvolume", "root"))
+        assert process.poll() is None  # never triggered: still waiting
+    assert result.returncode == Exit.OK, result.stderr
+    assert "the early process runs" in result.stderr
+    rolled_back(disk, before)
+
+
+def test_a_second_trigger_after_a_finished_run_runs_the_command(disk: Disk, tmp_path: Path) -> None:
+    """The early process triggers once: a later trigger (a restarted unit) must not wait on its pid."""
+    with disk.top() as top:
+        populate(top)
+    directory = tmp_path / "standby"
+    with early(disk, directory) as process:
+        assert trigger(disk, directory, early=process).returncode == Exit.OK
+    assert not (directory / "pid").exists()
+    again = trigger(disk, directory)
+    assert again.returncode == Exit.OK, again.stderr

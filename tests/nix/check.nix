@@ -98,7 +98,11 @@ let
       # The running system's cleanup after boot (cleanup = "after-boot").
       system = {
         packages = map toString config.systemd.packages;
-        services = lib.mapAttrs (_: s: { inherit (s) overrideStrategy wantedBy; }) config.systemd.services;
+        services = lib.mapAttrs (_: s: {
+          inherit (s) overrideStrategy wantedBy;
+          execStart = s.serviceConfig.ExecStart or null;
+        }) config.systemd.services;
+        etc = lib.mapAttrs (_: e: toString e.source) config.environment.etc;
       };
       unitsDir = {
         out = build.stage1Units.outPath or null;

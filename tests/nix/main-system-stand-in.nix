@@ -11,4 +11,9 @@
     type = utils.systemdUtils.types.services;
     description = "Definition of systemd service units (the running system).";
   };
+  # upstream: nixos/modules/system/etc/etc.nix (only `source` is set here)
+  options.environment.etc = lib.mkOption {
+    default = { };
+    type = lib.types.attrsOf (lib.types.submodule { options.source = lib.mkOption { type = lib.types.path; }; });
+  };
 }

@@ -179,6 +179,7 @@ MACHINES: dict[str, Machine] = {
     "no-cmdline": machine({"kernelCommandLine": False}),
     "stop-boot-no-cmdline": machine({"failurePolicy": "stop-boot", "kernelCommandLine": False}),
     "cleanup-after-boot": machine({"cleanup": "after-boot"}),
+    "cleanup-after-boot-no-cmdline": machine({"cleanup": "after-boot", "kernelCommandLine": False}),
     "archive": machine(
         {
             "archive": "old_roots",
@@ -336,11 +337,22 @@ def test_cleanup_after_boot_installs_the_running_systems_cleanup_instance(evalua
     found = evaluated.machines["cleanup-after-boot"]
     assert found["system"]["packages"] == [found["package"]]
     assert found["system"]["services"] == {
-        "rollback-cleanup@dev-vda2": {"overrideStrategy": "asDropin", "wantedBy": ["multi-user.target"]}
+        "rollback-cleanup@dev-vda2": {
+            "overrideStrategy": "asDropin",
+            "wantedBy": ["multi-user.target"],
+            "execStart": None,
+        }
     }
     assert found["toml"]["cleanup"] == "after-boot"
+    # the running system's cleanup and status read the same settings as the initrd
+    assert found["system"]["etc"] == {"rollback.toml": found["contents"]["/etc/rollback.toml"]}
+    quiet = evaluated.machines["cleanup-after-boot-no-cmdline"]["system"]["services"]["rollback-cleanup@dev-vda2"]
+    assert quiet["execStart"] == [
+        "",
+        f"{found['package']}/bin/rollback cleanup --device /%I --kernel-cmdline /dev/null",
+    ]
     default = evaluated.machines["impermanence"]
-    assert default["system"] == {"packages": [], "services": {}} and "cleanup" not in default["toml"]
+    assert default["system"] == {"packages": [], "services": {}, "etc": {}} and "cleanup" not in default["toml"]
 
 
 def test_make_initrd_ng_gets_the_tree_and_the_config_not_the_package(evaluated: Evaluated) -> None:

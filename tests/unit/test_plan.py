@@ -268,7 +268,7 @@ def test_after_boot_pruned_archives_wait_in_the_trash_too() -> None:
 def test_cleanup_deletes_every_trash_entry_oldest_first() -> None:
     first, second = f"{TRASH_DIR}/20261123T060000Z", f"{TRASH_DIR}/20261124T060000Z"
     plan = plan_cleanup(config(), observe([*LAYOUT, first, f"{first}/var", second]))
-    assert plan.steps == (Delete(first, 2), Delete(second, 1))
+    assert plan.steps == (Delete(first, 2), Delete(second, 1), Reclaim(timeout_s=3600.0))
     assert plan_cleanup(config(), observe(LAYOUT, dirs=[TRASH_DIR])).steps == ()
 
 
@@ -289,3 +289,11 @@ def test_cleanup_refuses_what_a_run_refuses(extra: list[str], obs_args: dict[str
     with pytest.raises(Refused) as caught:
         plan_cleanup(config(), observe([*LAYOUT, *extra], **obs_args))  # type: ignore[arg-type]
     assert caught.value.code == code
+
+
+def test_after_boot_a_boot_does_not_wait_for_the_cleaners_work_on_the_cleanups_deletes() -> None:
+    """Deleted subvolumes the kernel has not cleaned yet (the cleanup ran late): a boot with cleanup after
+    boot does not wait for them (its Reclaim could take a minute); deletion at boot still does."""
+    obs = replace(observe(LAYOUT, dirs=[TRASH_DIR]), pending_cleanup=(300, 301))
+    assert Reclaim() not in plan_run(config(cleanup="after-boot"), obs).steps
+    assert Reclaim() in plan_run(config(), obs).steps
