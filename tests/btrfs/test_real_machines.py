@@ -18,7 +18,7 @@ import pytest
 from rollback.errors import Exit
 from tests.support.disks import Disk, loop_device
 from tests.support.environment import require_root
-from tests.support.layout import NESTED, State, outside_root, populate, sh
+from tests.support.layout import NESTED, State, populate, rolled_back, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -59,14 +59,6 @@ def refused(via: Disk, *args: str, reason: str, readers: Sequence[Disk] = ()) ->
     assert f"reason={reason}" in result.stderr and "hint=" in result.stderr, result.stderr
     assert states(*readers) == before
     return result.stderr
-
-
-def rolled_back(before: State, after: State) -> None:
-    """A finished run: one new, empty root; nested subvolumes and the trash gone; the rest intact."""
-    assert after.subvolume_paths() == ["home", "nix", "persist", "root"]
-    assert after.under("root") == {"root": after.files["root"]}
-    assert [p for p in after.files if p.startswith(".rollback/trash/")] == []
-    assert outside_root(after) == outside_root(before)
 
 
 @contextmanager

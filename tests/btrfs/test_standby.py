@@ -19,7 +19,7 @@ from rollback.errors import Exit
 from rollback.verbs import CRASH_AFTER_ENV
 from tests.support.cli import rollback_argv
 from tests.support.disks import Disk
-from tests.support.layout import outside_root, populate, sh
+from tests.support.layout import populate, rolled_back, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -61,12 +61,6 @@ def trigger(
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
-def rolled_back(disk: Disk, before: object) -> None:
-    after = disk.state()
-    assert after.under("root") == {"root": "dir:40755"}
-    assert outside_root(after) == outside_root(before)  # type: ignore[arg-type]
-
-
 def test_the_early_process_waits_then_runs_when_triggered(disk: Disk, tmp_path: Path) -> None:
     with disk.top() as top:
         populate(top)
@@ -78,7 +72,7 @@ def test_the_early_process_waits_then_runs_when_triggered(disk: Disk, tmp_path: 
         result = trigger(disk, directory, early=process)
         assert result.returncode == Exit.OK, result.stderr
         assert process.returncode == Exit.OK
-    rolled_back(disk, before)
+    rolled_back(before, disk.state())
 
 
 @pytest.mark.parametrize("outcome", ["refused", "skipped"])
@@ -112,7 +106,7 @@ def test_without_an_early_process_the_trigger_runs_the_command(disk: Disk, tmp_p
     before = disk.state()
     result = trigger(disk, tmp_path / "never-started")
     assert result.returncode == Exit.OK, result.stderr
-    rolled_back(disk, before)
+    rolled_back(before, disk.state())
 
 
 def test_an_early_process_killed_while_waiting_is_replaced_by_the_command(disk: Disk, tmp_path: Path) -> None:
@@ -125,7 +119,7 @@ def test_an_early_process_killed_while_waiting_is_replaced_by_the_command(disk: 
         process.wait()
         result = trigger(disk, directory)
     assert result.returncode == Exit.OK, result.stderr
-    rolled_back(disk, before)
+    rolled_back(before, disk.state())
 
 
 @pytest.mark.parametrize("after_step", [1, 2, 3])
@@ -139,7 +133,7 @@ def test_an_early_process_dying_mid_run_is_finished_by_the_command(disk: Disk, t
         assert process.returncode == -signal.SIGKILL
     assert result.returncode == Exit.OK, result.stderr
     assert "died" in result.stderr
-    rolled_back(disk, before)
+    rolled_back(before, disk.state())
     assert not [p for p in disk.state().subvolume_paths() if p.startswith(".rollback/trash/")]
 
 
@@ -181,7 +175,7 @@ def test_an_early_process_for_another_command_line_is_not_used(disk: Disk, tmp_p
         assert process.poll() is None  # never triggered: still waiting
     assert result.returncode == Exit.OK, result.stderr
     assert "the early process runs" in result.stderr
-    rolled_back(disk, before)
+    rolled_back(before, disk.state())
 
 
 def test_a_second_trigger_after_a_finished_run_runs_the_command(disk: Disk, tmp_path: Path) -> None:

@@ -91,3 +91,11 @@ def populate(top: Path, *, nested: list[str] | None = None, blank: bool = False)
 def outside_root(state: State) -> dict[str, str]:
     """What must survive every run: persist, nix, home (and a blank)."""
     return {p: d for p, d in state.files.items() if p.split("/")[0] in ("persist", "nix", "home", "root-blank")}
+
+
+def rolled_back(before: State, after: State) -> None:
+    """A finished run: one new, empty root; nested subvolumes and the trash gone; the rest intact."""
+    assert after.subvolume_paths() == ["home", "nix", "persist", "root"]
+    assert after.under("root") == {"root": after.files["root"]}
+    assert [p for p in after.files if p.startswith(".rollback/trash/")] == []
+    assert outside_root(after) == outside_root(before)
