@@ -1,14 +1,19 @@
 """Start-up ahead of the device: the interpreter starts and imports while the initrd still waits for
 the root device; the device-ordered unit then only triggers the work (units/rollback-trigger).
 
-Protocol, in DIR (/run/rollback/standby/<instance>): two FIFOs, `go` and `result`, both held open
+Protocol, in DIR (/run/rollback/standby/<instance>): two FIFOs, `go` and `wake`, both held open
 read-write by this process (so a trigger's open never blocks, and a FIFO outlives nobody's use),
 then `argv` (the command line it will run: the trigger uses it only for exactly its own), then
 `pid`, then READY=1 to systemd (the early unit is Type=notify: the device-ordered unit, ordered
 after it, starts no sooner). The trigger writes a line to `go`; this process runs the command line
 it was given exactly as `rollback` would (settings, checks, lock, all after the trigger, so after
-every ordering of the device-ordered unit), writes its exit status to `result` and exits with it.
-If this process is missing or dies, the trigger runs the command itself: nothing depends on it.
+every ordering of the device-ordered unit), then publishes its exit status as the file `status`
+(written whole, then renamed: it exists complete or not at all), writes a line to `wake` so the
+waiting trigger looks now, and exits with it. The status is a file, not a line read from a pipe
+with a timeout: a shell's timed read can lose what it was reading when the timer fires, and a lost
+status made the trigger run the command a second time (seen once in 50 power-cut boots).
+If this process is missing or dies before the status exists, the trigger runs the command itself:
+nothing depends on it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ def warm() -> None:
 def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], int]) -> int:
     warm()
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fds = [_fifo(os.path.join(directory, name)) for name in ("go", "result")]
+    status = os.path.join(directory, "status")
+    if os.path.lexists(status):
+        os.unlink(status)  # an earlier early process's (it died): never this run's outcome
+    fds = [_fifo(os.path.join(directory, name)) for name in ("go", "wake")]
     _publish(os.path.join(directory, "argv"), "".join(f"{arg}\0" for arg in argv))  # what it will run
     _publish(os.path.join(directory, "pid"), f"{os.getpid()}\n")
     _ready()
@@ -44,7 +52,8 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
         pass
     os.unlink(os.path.join(directory, "pid"))  # triggered once: no later trigger may wait on this pid
     code = run(argv)
-    os.write(fds[1], f"{code}\n".encode())
+    _publish(status, f"{code}\n")
+    os.write(fds[1], b"\n")  # the trigger sleeps in a timed read of `wake`: it looks at once
     return code
 
 

@@ -137,24 +137,59 @@ def test_an_early_process_dying_mid_run_is_finished_by_the_command(disk: Disk, t
     assert not [p for p in disk.state().subvolume_paths() if p.startswith(".rollback/trash/")]
 
 
-FAKE_EARLY = (
+FAKE_EARLY = (  # the protocol of rollback/effects/standby.py, with a run of argv[2] s exiting argv[3]
     "import os, sys, time\n"
-    "d = sys.argv[1]; os.makedirs(d)\n"
-    "for n in ('go', 'result'): os.mkfifo(f'{d}/{n}')\n"
-    "go, result = (os.open(f'{d}/{n}', os.O_RDWR) for n in ('go', 'result'))\n"
+    "d, seconds, code = sys.argv[1], float(sys.argv[2]), sys.argv[3]; os.makedirs(d)\n"
+    "for n in ('go', 'wake'): os.mkfifo(f'{d}/{n}')\n"
+    "go, wake = (os.open(f'{d}/{n}', os.O_RDWR) for n in ('go', 'wake'))\n"
     "open(f'{d}/argv', 'w').write('x\\0')\n"
     "open(f'{d}/pid', 'w').write(f'{os.getpid()}\\n')\n"
-    "os.read(go, 64)\n"
-    "time.sleep(60)\n"  # a long run
+    "os.read(go, 64); os.unlink(f'{d}/pid')\n"
+    "time.sleep(seconds)\n"
+    "open(f'{d}/status.new', 'w').write(f'{code}\\n'); os.rename(f'{d}/status.new', f'{d}/status')\n"
+    "if len(sys.argv) > 4: os.write(wake, b'\\n')\n"
 )
+FALLBACK = ("sh", "-c", "exit 99", "x")  # the trigger's own command: it must never run after a run ended
+
+
+@contextmanager
+def fake_early(directory: Path, seconds: float, code: int, *, wake: bool = True) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-c", FAKE_EARLY, str(directory), str(seconds), str(code), *(["wake"] if wake else [])]
+    with subprocess.Popen(argv) as process:
+        while not (directory / "pid").exists():
+            assert process.poll() is None
+            time.sleep(0.005)
+        yield process
+
+
+# runs that end at every moment relative to the trigger's looks (every 50 ms), with or without the
+# line on `wake`: the exit status is passed on each time, and the command never runs a second time
+TIMINGS = [(seconds, wake) for seconds in (0, 0.001, 0.01, 0.049, 0.05, 0.051, 0.099, 0.2) for wake in (True, False)]
+
+
+@pytest.mark.parametrize(("seconds", "wake"), TIMINGS)
+def test_the_exit_status_is_never_lost_and_the_run_never_repeated(tmp_path: Path, seconds: float, wake: bool) -> None:
+    for attempt, code in enumerate((0, 1, 3, 77)):
+        directory = tmp_path / f"standby-{attempt}"
+        with fake_early(directory, seconds, code, wake=wake) as early:
+            result = subprocess.run(["bash", str(TRIGGER), str(directory), *FALLBACK], capture_output=True, timeout=30)
+            early.wait(timeout=10)
+        assert (result.returncode, result.stderr) == (code, b"")
+
+
+def test_a_finished_early_process_not_yet_reaped_still_passes_its_status_on(tmp_path: Path) -> None:
+    """A zombie answers kill -0 like a live process: the status decides, not the pid."""
+    directory = tmp_path / "standby"
+    with fake_early(directory, 0, 3, wake=False) as early:
+        result = subprocess.run(["bash", str(TRIGGER), str(directory), *FALLBACK], capture_output=True, timeout=30)
+        assert early.poll() is not None  # reaped only now: it was a zombie while the trigger looked
+    assert (result.returncode, result.stderr) == (3, b"")
 
 
 def test_stopping_the_trigger_stops_the_run(tmp_path: Path) -> None:
     """rollback@ stopped or timed out: the run must not go on alone while the boot continues."""
     directory = tmp_path / "standby"
-    with subprocess.Popen([sys.executable, "-c", FAKE_EARLY, str(directory)]) as early:
-        while not (directory / "pid").exists():
-            time.sleep(0.01)
+    with fake_early(directory, 60, 0) as early:  # a long run
         with subprocess.Popen(["bash", str(TRIGGER), str(directory), "false", "x"]) as trigger:
             time.sleep(0.5)
             trigger.terminate()
