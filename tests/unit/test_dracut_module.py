@@ -14,7 +14,7 @@ MODULE_SETUP = Path(__file__).parents[2] / "packaging" / "dracut" / "90rollback"
 
 def installed_for(extension: str) -> list[str]:
     """What _rollback_inst_extension asks dracut to install for one C extension."""
-    script = f'inst_library() {{ echo "$1"; }}\n. "{MODULE_SETUP}"\n_rollback_inst_extension "$1"\n'
+    script = f'inst() {{ echo "$1"; }}\n. "{MODULE_SETUP}"\n_rollback_inst_extension "$1"\n'
     result = subprocess.run(["bash", "-c", script, "bash", extension], capture_output=True, text=True, check=True)
     return result.stdout.split()
 

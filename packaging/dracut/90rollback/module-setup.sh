@@ -29,11 +29,13 @@ except FileNotFoundError:
 
 _rollback_inst_extension() { # a C extension and the libraries it links
     # dracut-install resolves dependencies only for executable files; distributions ship
-    # extension modules 0644 (Debian's _ctypes, whose libffi would be left behind)
+    # extension modules 0644 (Debian's _ctypes, whose libffi would be left behind). `inst`, not
+    # `inst_library`: dracut-ng (Debian 13) has no inst_library, and a missing function here once
+    # left every extension out of the initramfs without failing the build.
     local dep
-    inst_library "$1" || return 1
+    [[ -e $1 ]] && inst "$1" || return 1
     while read -r dep; do
-        inst_library "$dep" || return 1
+        inst "$dep" || return 1
     done < <(ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }')
 }
 
@@ -58,7 +60,7 @@ install() {
     while read -r kind path; do
         case $kind in
             python) inst_binary "$path" && rollback_interpreter=$path ;;
-            lib) _rollback_inst_extension "$path" ;;
+            lib) _rollback_inst_extension "$path" || { derror "rollback: cannot install $path"; return 1; } ;;
             path) paths+="${paths:+, }\"$path\"" ;;
         esac
     done < <("$rollback_python" -I "$moddir/python_closure.py" "$stage") || return 1
@@ -81,7 +83,13 @@ EOF
     inst_simple "$moddir/units/rollback-trigger" /usr/lib/rollback/rollback-trigger
     chmod 0755 "$initdir/usr/lib/rollback/rollback-trigger"
     inst_simple "$moddir/units/rollback.catalog" /usr/lib/systemd/catalog/rollback.catalog
-    unit="rollback@$(systemd-escape --path "$rollback_device").service"
+    # UUID=, LABEL=, ... as their /dev/disk/by-*/ link: the unit waits for that device unit
+    path=$("$rollback_python" -I -c 'import sys; from rollback.devspec import device_path
+print(device_path(sys.argv[1]))' "$rollback_device") || {
+        derror "rollback: device '$rollback_device' is not a device path or UUID=, LABEL=, PARTUUID=, PARTLABEL="
+        return 1
+    }
+    unit="rollback@$(systemd-escape --path "$path").service"
     if [[ $rollback_policy == stop-boot ]]; then
         inst_simple "$moddir/units/rollback-stop-boot.conf" "$systemdsystemunitdir/rollback@.service.d/stop-boot.conf"
         # sysroot.mount is generated at boot, so `systemctl add-requires` has nothing to attach to

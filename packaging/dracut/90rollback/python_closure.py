@@ -127,8 +127,11 @@ def stage(files: dict[str, str], root: str) -> tuple[list[str], list[str]]:
         # bytecode only, where the source would be (sourceless import): half the size, no source
         # lookups; tracebacks still name the original file (dfile), without its lines
         compile_to(path, root + path + "c", path)
-    # the interpreter looks for lib-dynload to find its exec prefix
-    os.makedirs(root + os.path.realpath(sysconfig.get_paths()["platstdlib"]) + "/lib-dynload", exist_ok=True)
+    # the interpreter looks for lib-dynload below its own exec prefix to find it (in a venv,
+    # sysconfig's platstdlib is the venv's, not the interpreter's: Debian 13 warned at every start)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    landmark = os.path.join(os.path.realpath(sys.base_exec_prefix), sys.platlibdir, version, "lib-dynload")
+    os.makedirs(root + landmark, exist_ok=True)
     return extensions, extra_entries(files)
 
 
