@@ -32,3 +32,24 @@ def device_path(spec: str) -> str:
     if not spec.startswith("/"):
         raise ValueError("is neither a device path (/dev/...) nor UUID=, LABEL=, PARTUUID= or PARTLABEL=")
     return spec
+
+
+_UNIT_PLAIN = set(string.ascii_letters + string.digits + ":_.")
+
+
+def unit_path_escape(path: str) -> str:
+    """A path as `systemd-escape --path` writes it in a unit name (the instance of rollback@ and of
+    its device unit): slashes trimmed and collapsed, then `/` as `-`, a leading `.` and every byte
+    outside [A-Za-z0-9:_.] as \\xNN."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    if not parts:
+        return "-"
+    out = []
+    for index, char in enumerate("/".join(parts)):
+        if char == "/":
+            out.append("-")
+        elif char in _UNIT_PLAIN and not (index == 0 and char == "."):
+            out.append(char)
+        else:
+            out += [f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape")]
+    return "".join(out)

@@ -59,6 +59,7 @@ buildPythonApplication {
     "tests/unit/test_docs.py" # README is not part of the runtime
     "tests/unit/test_nix.py" # the packaging itself: needs nix-instantiate and ../shared/nix (CI)
     "tests/unit/test_dracut_module.py" # the dracut module (packaging/dracut) is not in this package
+    "tests/unit/test_installer.py" # scripts/install (packaging/installer.py) is for dracut machines
   ];
 
   # units/ is the single source of truth for the unit; only the interpreter path changes.

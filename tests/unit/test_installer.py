@@ -1,0 +1,137 @@
+"""scripts/install's decisions, on machines described rather than observed: every unsupported machine
+is refused (exit 3) before anything is written, usage errors exit 2, and the plan writes what a boot
+needs (pure: packaging/installer.py's plan(), nothing run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.support.environment import unavailable
+
+ROOT = Path(__file__).parents[2]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("installer", ROOT / "packaging" / "installer.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["installer"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+installer = _load()
+BTRFS_ROOT = {"SOURCE": "/dev/vda2[/root]", "FSTYPE": "btrfs", "UUID": "1234-abcd", "FSROOT": "/root"}
+GOOD = installer.Machine(0, (3, 11), "/usr/bin/dracut", True, BTRFS_ROOT, None, None, None)
+
+
+def plan(machine: object = GOOD, *args: str) -> Any:
+    return installer.plan(installer.parse(list(args)), machine)
+
+
+UNSUPPORTED = {
+    "not root": (dataclasses.replace(GOOD, euid=1000), ()),
+    "old python": (dataclasses.replace(GOOD, python=(3, 10)), ()),
+    "no dracut": (dataclasses.replace(GOOD, dracut=None), ()),
+    "no systemd in the initrd": (dataclasses.replace(GOOD, systemd_modules=False), ()),
+    "root on ext4": (dataclasses.replace(GOOD, root={**BTRFS_ROOT, "FSTYPE": "ext4"}), ()),
+    "root unknown": (dataclasses.replace(GOOD, root=None), ()),
+    "root is the top level": (dataclasses.replace(GOOD, root={**BTRFS_ROOT, "FSROOT": "/"}), ()),
+    "device missing": (GOOD, ("--device", "/dev/sdz")),
+    "device not btrfs": (dataclasses.replace(GOOD, node="/dev/sdb", fstype="ext4"), ("--device", "/dev/sdb")),
+    "device blank": (dataclasses.replace(GOOD, node="/dev/sdb", fstype=None), ("--device", "/dev/sdb")),
+    "prefix not ours": (dataclasses.replace(GOOD, prefix_ours=False), ()),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED)
+def test_an_unsupported_machine_is_refused_with_exit_3(case: str) -> None:
+    machine, args = UNSUPPORTED[case]
+    with pytest.raises(installer.Refused) as refused:
+        plan(machine, *args)
+    assert refused.value.code == 3 and str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--device", "sda"), ("--device", "UUID="), ("--unchecked",), ("--policy", "maybe"), ("--cleanup", "never")],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as error:
+        installer.parse(list(args))
+    assert error.value.code == 2
+
+
+def test_the_running_root_is_named_by_its_filesystem_uuid_and_checked_by_node() -> None:
+    out = plan()
+    config = dict((str(p), text) for p, text, _ in out.files)["/etc/rollback.toml"]
+    assert 'device = "UUID=1234-abcd"' in config and 'subvolume = "root"' in config
+    assert out.checks[-1][-3:] == ["status", "--device", "/dev/vda2"]
+    assert installer.CONFIG in out.keep_if_present
+
+
+def test_a_device_for_another_machine_is_written_unchecked() -> None:
+    out = plan(GOOD, "--device", "/dev/vda", "--unchecked", "--subvolume", "@")
+    config = dict((str(p), text) for p, text, _ in out.files)["/etc/rollback.toml"]
+    assert 'device = "/dev/vda"' in config and 'subvolume = "@"' in config
+    assert [c for c in out.checks if "status" in c] == []
+
+
+def test_the_boot_gets_the_module_its_units_and_the_policy() -> None:
+    out = plan(GOOD, "--policy", "stop-boot")
+    files = {str(p): (text, mode) for p, text, mode in out.files}
+    module = "/usr/lib/dracut/modules.d/90rollback/"
+    for name in ("module-setup.sh", "python_closure.py", "units/rollback@.service", "units/rollback-early@.service"):
+        assert module + name in files
+    assert files[module + "units/rollback-trigger"][1] == 0o755
+    assert 'rollback_policy="stop-boot"' in files["/etc/dracut.conf.d/90-rollback.conf"][0]
+    assert "/usr/bin/rollback" not in files["/usr/local/lib/systemd/system/rollback-cleanup@.service"][0]
+
+
+def test_deletion_after_boot_enables_the_cleanup_unit() -> None:
+    boot, after = plan(), plan(GOOD, "--cleanup", "after-boot")
+    assert [p for p, _ in boot.links] == [installer.BIN]
+    (wants,) = [p for p, _ in after.links if p != installer.BIN]
+    assert wants.parent == installer.WANTS and wants.name.startswith("rollback-cleanup@")
+    assert 'cleanup = "after-boot"' in dict((str(p), t) for p, t, _ in after.files)["/etc/rollback.toml"]
+
+
+ESCAPE_CASES = [
+    "/dev/vda",
+    "/dev/disk/by-uuid/1234-abcd",
+    "/dev/disk/by-label/my\\x20root",
+    "/dev/mapper/crypt-root",
+    "//dev//./sda1/",
+    "/.hidden/x",
+    "/dev/disk/by-label/café",
+    "/dev/disk/by-partlabel/a:b_c.d",
+    "/",
+]
+
+
+@pytest.mark.parametrize("path", ESCAPE_CASES)
+def test_unit_names_are_escaped_as_systemd_escape_does(path: str) -> None:
+    from rollback.devspec import unit_path_escape
+
+    if not shutil.which("systemd-escape"):
+        unavailable("systemd-escape is not installed (scripts/setup installs systemd)")
+    expected = subprocess.run(["systemd-escape", "--path", path], capture_output=True, text=True, check=True)
+    assert unit_path_escape(path) == expected.stdout.strip()
+
+
+def test_docs_list_every_path_the_installer_writes() -> None:
+    design = (ROOT / "docs" / "design.md").read_text()
+    section = design[design.index("## What scripts/install writes") :]
+    out = plan(GOOD, "--cleanup", "after-boot")
+    for path in [*out.paths(), installer.MANIFEST]:
+        shown = str(path) if not path.name.startswith("rollback-cleanup@") else str(path.parent)
+        assert f"`{shown}" in section, path
