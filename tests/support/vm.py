@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rollback.events import EVENTS
-from tests.support.layout import State, sh, snapshot_state
+from tests.support.layout import State, outside_root, sh, snapshot_state
 
 REPO = Path(__file__).parents[2]
 ARTIFACTS = Path(os.environ.get("ROLLBACK_VM_ARTIFACTS", REPO / "test-artifacts" / "vm"))
+DEVICE = "/dev/vda"  # the guest's first disk: the image under test
 ACCEL = os.environ.get("ROLLBACK_VM_ACCEL", "tcg,thread=multi")  # KVM hangs on these hosts
 # what a dracut systemd initramfs has on a real system (dracut-systemd brings emergency.service)
 BASE_MODULES = (
@@ -73,6 +74,14 @@ class Variant:
     includes: tuple[tuple[str, str], ...] = ()  # (host file, path in the initramfs)
 
 
+def present(modules: tuple[str, ...], base: Path) -> tuple[str, ...]:
+    """The modules this dracut has: a variant names what any platform's dracut may need (dracut-ng
+    split systemd-cryptsetup out of crypt; dracut 059 has no such module), as a default build would
+    pick them."""
+    have = {entry.name[2:] for entry in (base / "modules.d").iterdir()}
+    return tuple(module for module in modules if module in have)
+
+
 def dracut_base(work: Path) -> Path:
     """A private copy of dracut's module tree with our modules linked in (nothing written to /usr)."""
     base = work / "dracut"
@@ -90,12 +99,35 @@ def build_initramfs(kernel: Kernel, variant: Variant, work: Path, python: str) -
     config.write_text(f'device = "{variant.device}"\n{variant.config}')
     (work / "dracut.conf.d").mkdir(exist_ok=True)
     env = {
-        **os.environ,
         "dracutbasedir": str(dracut_base(work)),
         "rollback_python": python,
         "rollback_config": str(config),
         "rollback_policy": variant.policy,
     }
+    modules = present((*BASE_MODULES, *variant.modules), dracut_base(work))
+    return _dracut(kernel, out, work, env, modules, work / "dracut.conf.d", variant.includes)
+
+
+def build_installed_initramfs(kernel: Kernel, work: Path) -> Path:
+    """As `dracut --force` after scripts/install: the installed module and the machine's dracut
+    configuration (which adds it), plus only the test module that collects the guest's facts."""
+    base = work / "dracut-installed"
+    if not base.exists():
+        shutil.copytree("/usr/lib/dracut", base, symlinks=True)
+        (base / "modules.d" / "99rollback-test").symlink_to(REPO / "tests" / "vm" / "guest" / "99rollback-test")
+    out = work / "initramfs-installed.img"
+    return _dracut(kernel, out, work, {"dracutbasedir": str(base)}, BASE_MODULES, Path("/etc/dracut.conf.d"), ())
+
+
+def _dracut(
+    kernel: Kernel,
+    out: Path,
+    work: Path,
+    env: dict[str, str],
+    modules: tuple[str, ...],
+    confdir: Path,
+    includes: tuple[tuple[str, str], ...],
+) -> Path:
     argv = [
         "dracut",
         "--force",
@@ -104,20 +136,20 @@ def build_initramfs(kernel: Kernel, variant: Variant, work: Path, python: str) -
         "--kver",
         kernel.version,
         "--modules",
-        " ".join((*BASE_MODULES, *variant.modules)),
+        " ".join(modules),
         "--conf",
         "/dev/null",
         "--confdir",
-        str(work / "dracut.conf.d"),
+        str(confdir),
         "--tmpdir",
         str(work),
         "--zstd",
         "--add-drivers",
         "virtio_blk virtio_pci btrfs",
-        *(arg for source, dest in variant.includes for arg in ("--include", source, dest)),
+        *(arg for source, dest in includes for arg in ("--include", source, dest)),
         str(out),
     ]
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    result = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True)
     if result.returncode != 0 or not out.exists():
         raise RuntimeError(f"dracut failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return out
@@ -341,6 +373,21 @@ def rollback_unit(boot: Boot) -> dict[str, str]:
     names = boot.units("rollback@")
     assert names, "the rollback unit never loaded"
     return boot.unit(names[0])
+
+
+def assert_rolled_back(boot: Boot, before: State, after: State, *, deleted: int, device: str = DEVICE) -> None:
+    """The oracle of a normal boot: used by the scenarios and by the negative check."""
+    assert boot.stage == "boot" and boot.facts.get("sysroot") == b"mounted\n"
+    finished = events(boot, "finished")
+    assert len(finished) == 1, "no rollback finished entry in the journal"
+    entry = finished[0]
+    assert entry["ROLLBACK_DEVICE"] == device and entry["ROLLBACK_SUBVOLUME"] == "root"
+    assert entry["ROLLBACK_DELETED"] == str(deleted) and entry["PRIORITY"] == "6"
+    assert float(str(entry["ROLLBACK_DURATION_MS"])) > 0
+    assert len(events(boot, "started")) == 1 and events(boot, "step")
+    assert_ran_before_sysroot(boot)
+    assert outside_root(after) == outside_root(before)
+    assert "root/tmp/cruft" not in after.files
 
 
 def assert_ran_before_sysroot(boot: Boot) -> None:

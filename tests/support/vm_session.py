@@ -16,6 +16,9 @@ from tests.support.layout import populate
 from tests.support.vm import Boot, Kernel, Variant
 
 KEYFILE = "/etc/cryptroot.key"  # inside the initramfs
+# the VM tier's userlands: the host's Debian 12, and Debian 13 from tests/support/trixie.py; a test
+# runs on both with `@pytest.mark.parametrize("vm", PLATFORMS, indirect=True)`
+PLATFORMS = ["debian12", "trixie"]
 
 
 def variants(work: Path) -> dict[str, Variant]:
@@ -27,7 +30,7 @@ def variants(work: Path) -> dict[str, Variant]:
         "luks": Variant(
             "luks",
             device="/dev/mapper/cryptroot",
-            modules=("rollback", "crypt", "dm"),
+            modules=("rollback", "crypt", "dm", "systemd-cryptsetup"),
             includes=((str(work / "cryptroot.key"), KEYFILE),),
         ),
     }
@@ -37,6 +40,8 @@ def variants(work: Path) -> dict[str, Variant]:
 class Vm:
     kernel: Kernel
     work: Path
+    platform: str = "debian12"  # the host's own userland; "trixie": tests/support/trixie.py
+    builder: Callable[[Variant], Path] | None = None  # another platform's initramfs build
     initramfs: dict[str, Path] = field(default_factory=dict)
     templates: dict[str, Path] = field(default_factory=dict)
     timings: list[dict[str, object]] = field(default_factory=list)
@@ -49,6 +54,10 @@ class Vm:
         if not key.exists():
             key.write_bytes(os.urandom(64))
         return key
+
+    def named(self, boot: str) -> str:
+        """A boot's name (its artifacts' directory), with the platform unless it is the host's."""
+        return boot if self.platform == "debian12" else f"{self.platform}-{boot}"
 
     def image(self, layout: str, dest: Path, *, encrypted: bool = False) -> Path:
         """A fresh copy of a template image (built once per session); LUKS2 when `encrypted`."""
@@ -68,12 +77,16 @@ class Vm:
         if variant not in self.initramfs:
             self.keyfile  # noqa: B018 - the luks variant includes it
             chosen = variants(self.work)[variant]
-            self.initramfs[variant] = harness.build_initramfs(self.kernel, chosen, self.work, sys.executable)
+            if self.builder is not None:
+                self.initramfs[variant] = self.builder(chosen)
+            else:
+                self.initramfs[variant] = harness.build_initramfs(self.kernel, chosen, self.work, sys.executable)
         return self.initramfs[variant]
 
     def cut_power(self, variant: str, image: Path, delay: float, *, name: str) -> Boot:
         """Boot and pull the plug `delay` s after the rollback unit starts."""
         marker = "Starting rollback@"
+        name = self.named(name)
         result = harness.boot(self.kernel, self.build(variant), image, "", name=name, cut_power=(marker, delay))
         self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "power_cut_after_s": delay})
         return result
@@ -89,9 +102,21 @@ class Vm:
         extra_disks: tuple[Path, ...] = (),
     ) -> Boot:
         """Boot once (extra disks follow the facts disk: /dev/vdc, ...)."""
-        result = harness.boot(
-            self.kernel, self.build(variant), image, append, name=name, root=root, extra_disks=extra_disks
-        )
+        return self.boot_initramfs(self.build(variant), image, append, name=name, root=root, extra_disks=extra_disks)
+
+    def boot_initramfs(
+        self,
+        initramfs: Path,
+        image: Path,
+        append: str = "",
+        *,
+        name: str,
+        root: str = "/dev/vda",
+        extra_disks: tuple[Path, ...] = (),
+    ) -> Boot:
+        """Boot a given initramfs once; a boot that times out or leaves no facts fails the test."""
+        name = self.named(name)
+        result = harness.boot(self.kernel, initramfs, image, append, name=name, root=root, extra_disks=extra_disks)
         if result.timed_out or not result.facts:
             where = harness.keep_artifacts(result)
             pytest.fail(f"boot {name} {'timed out' if result.timed_out else 'left no facts'}; serial log in {where}")

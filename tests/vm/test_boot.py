@@ -12,26 +12,12 @@ from tests.support import vm as harness
 from tests.support.cli import rollback_argv
 from tests.support.layout import State, outside_root
 from tests.support.swap import read_signature, write_signature
-from tests.support.vm import Boot, assert_ran_before_sysroot, events, rollback_unit
-from tests.support.vm_session import Vm
+from tests.support.vm import Boot, assert_ran_before_sysroot, assert_rolled_back, events, rollback_unit
+from tests.support.vm_session import PLATFORMS, Vm
 
 pytestmark = pytest.mark.vm
-DEVICE = "/dev/vda"
-
-
-def assert_rolled_back(boot: Boot, before: State, after: State, *, deleted: int) -> None:
-    """The oracle of a normal boot: used by the scenarios and by the negative check."""
-    assert boot.stage == "boot" and boot.facts.get("sysroot") == b"mounted\n"
-    finished = events(boot, "finished")
-    assert len(finished) == 1, "no rollback finished entry in the journal"
-    entry = finished[0]
-    assert entry["ROLLBACK_DEVICE"] == DEVICE and entry["ROLLBACK_SUBVOLUME"] == "root"
-    assert entry["ROLLBACK_DELETED"] == str(deleted) and entry["PRIORITY"] == "6"
-    assert float(str(entry["ROLLBACK_DURATION_MS"])) > 0
-    assert len(events(boot, "started")) == 1 and events(boot, "step")
-    assert_ran_before_sysroot(boot)
-    assert outside_root(after) == outside_root(before)
-    assert "root/tmp/cruft" not in after.files
+# the scenarios the Debian 13 (trixie) userland must pass too: its systemd, dracut and Python
+ON_EVERY_PLATFORM = pytest.mark.parametrize("vm", PLATFORMS, indirect=True)
 
 
 def boot_once(
@@ -44,6 +30,7 @@ def boot_once(
     return before, boot, harness.image_state(image)
 
 
+@ON_EVERY_PLATFORM
 def test_normal_boot(vm: Vm, tmp_path: Path) -> None:
     before, boot, after = boot_once(vm, tmp_path, "standard", name="normal")
     assert_rolled_back(boot, before, after, deleted=4)
@@ -73,6 +60,7 @@ def test_first_boot_without_root(vm: Vm, tmp_path: Path) -> None:
     assert after.subvolume_paths() == ["nix", "persist", "root"]
 
 
+@ON_EVERY_PLATFORM
 def test_snapshot_mode(vm: Vm, tmp_path: Path) -> None:
     before, boot, after = boot_once(vm, tmp_path, "standard", "rollback.mode=snapshot", name="snapshot")
     assert_rolled_back(boot, before, after, deleted=4)
@@ -80,6 +68,7 @@ def test_snapshot_mode(vm: Vm, tmp_path: Path) -> None:
     assert after.files["root/etc/machine-id"] == before.files["root-blank/etc/machine-id"]
 
 
+@ON_EVERY_PLATFORM
 def test_keeping_old_roots_across_three_boots(vm: Vm, tmp_path: Path) -> None:
     image = vm.image("standard", tmp_path / "disk.img")
     before = harness.image_state(image)
@@ -134,6 +123,7 @@ def test_refusal_with_boot_on_policy_boots_the_old_root(vm: Vm, tmp_path: Path) 
     assert boot.stage == "boot" and boot.facts.get("sysroot") == b"mounted\n"  # booted on, dirty
 
 
+@ON_EVERY_PLATFORM
 def test_refusal_with_stop_boot_policy_stops_the_boot(vm: Vm, tmp_path: Path) -> None:
     before, boot, after = boot_once(vm, tmp_path, "protected-inside", name="refused-stop-boot", variant="stop-boot")
     assert after == before
@@ -141,6 +131,7 @@ def test_refusal_with_stop_boot_policy_stops_the_boot(vm: Vm, tmp_path: Path) ->
     assert boot.stage == "emergency" and "sysroot" not in boot.facts  # never mounted dirty
 
 
+@ON_EVERY_PLATFORM
 def test_late_device_luks_unlocked_in_the_initrd(vm: Vm, tmp_path: Path) -> None:
     """The rollback waits for /dev/mapper/cryptroot, which exists only after the keyfile unlock."""
     image = vm.image("standard", tmp_path / "disk.img", encrypted=True)
@@ -197,6 +188,7 @@ def test_initramfs_holds_the_closure_and_nothing_more(vm: Vm) -> None:
     vm.sizes.update({"with rollback": with_module.stat().st_size, "without": without.stat().st_size})
 
 
+@ON_EVERY_PLATFORM
 def test_pending_hibernation_image_is_refused_in_the_initrd(vm: Vm, tmp_path: Path) -> None:
     """resume= names a swap disk holding a hibernation signature, but this initramfs has no resume
     support (a misconfiguration): the rollback must refuse instead of mounting the filesystem."""

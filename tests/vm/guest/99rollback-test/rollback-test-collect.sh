@@ -5,7 +5,7 @@ mkdir -p "$facts"
 echo "$1" > "$facts/stage"
 cat /proc/cmdline > "$facts/cmdline"
 journalctl -b -o json --no-pager > "$facts/journal.json" 2> "$facts/journal.err"
-units=$(systemctl list-units --all --plain --no-legend --no-pager 'rollback@*' 'rollback-early@*' 'rollback-baseline*' 'systemd-cryptsetup@*' 'dev-vd*.device' 'dev-mapper-*.device' | cut -d' ' -f1)
+units=$(systemctl list-units --all --plain --no-legend --no-pager 'rollback@*' 'rollback-early@*' 'rollback-baseline*' 'rollback-seed*' 'systemd-cryptsetup@*' 'dev-vd*.device' 'dev-mapper-*.device' | cut -d' ' -f1)
 for unit in $units sysroot.mount; do
     systemctl show --no-pager "$unit" > "$facts/unit-$unit.txt"
 done

@@ -1,0 +1,61 @@
+"""scripts/install on this machine, as a user runs it: the initramfs dracut then builds from what was
+installed boots and rolls back; --uninstall leaves every tree it wrote into as it found it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import vm as harness
+from tests.support.install import install, listing
+from tests.support.layout import sh
+from tests.support.vm import assert_rolled_back
+from tests.support.vm_session import Vm
+
+pytestmark = pytest.mark.vm
+MANIFEST = Path("/var/lib/rollback/install-manifest")
+PREFIX = "/opt/rollback"
+
+
+def written(dry_run: str) -> set[str]:
+    return {line.split()[2] for line in dry_run.splitlines() if line.startswith(("would write", "would link"))}
+
+
+def outside_prefix(found: dict[str, str]) -> dict[str, str]:
+    return {path: kind for path, kind in found.items() if not path.startswith(PREFIX + "/")}
+
+
+def test_install_then_boot_then_uninstall_leaves_nothing(vm: Vm, tmp_path: Path) -> None:
+    assert not MANIFEST.exists(), "rollback is installed on this machine already: uninstall it first"
+    before = listing()
+    image = vm.image("standard", tmp_path / "disk.img")
+    layout = harness.image_state(image)
+    with harness.loop(image) as node:  # the installer checks the device it is given, as blkid finds it
+        uuid = sh("blkid", "-o", "value", "-s", "UUID", node)
+        dry = install("--device", f"UUID={uuid}", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert listing() == before, "--dry-run wrote something"
+        try:
+            first = install("--device", f"UUID={uuid}")
+            assert first.returncode == 0, first.stderr
+            installed = listing()
+            entries = [json.loads(line) for line in MANIFEST.read_text().splitlines()]
+            owned = {e["path"] for e in entries if e["kind"] in ("file", "link")}
+            assert owned | {str(MANIFEST)} == written(dry.stdout), "the dry run and the manifest disagree"
+            again = install("--device", f"UUID={uuid}")  # idempotent: the same files again
+            assert again.returncode == 0, again.stderr
+            assert outside_prefix(listing()) == outside_prefix(installed)
+            assert 'device = "UUID=' + uuid + '"' in Path("/etc/rollback.toml").read_text()
+        except BaseException:
+            install("--uninstall")
+            raise
+    try:
+        initramfs = harness.build_installed_initramfs(vm.kernel, vm.work)
+    finally:
+        gone = install("--uninstall")
+    assert gone.returncode == 0, gone.stderr
+    assert listing() == before, "the uninstall left something behind, or removed something"
+    boot = vm.boot_initramfs(initramfs, image, name="installed")
+    assert_rolled_back(boot, layout, harness.image_state(image), deleted=4, device=f"/dev/disk/by-uuid/{uuid}")
