@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from rollback.errors import Exit
+
 
 def warm() -> None:
     """Import what a run imports (the boot path), so that only the work is left after the trigger."""
@@ -51,9 +53,14 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
     while not os.read(fds[0], 64):  # a FIFO held read-write never reads EOF; a line means go
         pass
     os.unlink(os.path.join(directory, "pid"))  # triggered once: no later trigger may wait on this pid
-    code = run(argv)
-    _publish(status, f"{code}\n")
-    os.write(fds[1], b"\n")  # the trigger sleeps in a timed read of `wake`: it looks at once
+    code = int(Exit.FAILED)  # whatever ends the run (an exception, a SystemExit), a status is published:
+    try:  # without one the trigger would run the command again (a second rollback in one boot)
+        code = run(argv)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(Exit.USAGE)
+    finally:
+        _publish(status, f"{code}\n")
+        os.write(fds[1], b"\n")  # the trigger sleeps in a timed read of `wake`: it looks at once
     return code
 
 

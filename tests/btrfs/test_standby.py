@@ -223,3 +223,19 @@ def test_a_second_trigger_after_a_finished_run_runs_the_command(disk: Disk, tmp_
     assert not (directory / "pid").exists()
     again = trigger(disk, directory)
     assert again.returncode == Exit.OK, again.stderr
+
+
+def test_a_run_that_ends_in_an_exception_still_passes_its_status_on(tmp_path: Path) -> None:
+    """A usage error raises SystemExit inside the early process: its status is published all the same,
+    and the trigger does not run the command a second time."""
+    directory = tmp_path / "standby"
+    argv = rollback_argv("standby", str(directory), "run", "--no-such-flag", cmdline=None)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        while not (directory / "pid").exists():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
+        command = ["sh", "-c", "exit 99", "run", "--no-such-flag"]  # ends with the early process's argv
+        result = subprocess.run(["bash", str(TRIGGER), str(directory), *command], capture_output=True, timeout=60)
+        process.communicate(timeout=30)
+    assert (result.returncode, result.stderr) == (Exit.USAGE, b"")
+    assert process.returncode == Exit.USAGE
