@@ -6,24 +6,31 @@ distribution's python3 before anything of ours is installed. What it writes is l
 (/var/lib/rollback/install-manifest, JSON lines, written before the first change), and --uninstall
 removes exactly that: a file only if it is still what was written (an edited config file stays).
 
-Exit codes: 0 done; 1 a command failed midway (run it again: it rewrites the same files); 2 usage;
+Exit codes: 0 done; 1 a step failed midway (run it again: it rewrites the same files); 2 usage;
 3 refused, nothing written (not root, no dracut or no systemd in its initrd, the device is not
-btrfs, Python older than 3.11, a prefix that is not ours).
+btrfs or its root is the default subvolume, Python older than 3.11, no compiler or headers for the
+dependencies, a path or prefix that is not ours, a kept config file that contradicts an option).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # nothing written into the checkout (rollback/__pycache__)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from rollback.devspec import device_path, unit_path_escape  # noqa: E402  (pure, standard library only)
@@ -39,6 +46,16 @@ WANTS = Path("/etc/systemd/system/multi-user.target.wants")
 CONFIG = Path("/etc/rollback.toml")
 MODULE_FILES = ("module-setup.sh", "python_closure.py")
 INITRD_UNITS = ("rollback@.service", "rollback-early@.service", "rollback-stop-boot.conf", "rollback-trigger")
+PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "rollback")  # what pip builds the package from
+SOURCE = "<a copy of the package's files>"  # in a planned command: replaced by that copy's path
+BUILD_NEEDS = {  # what building btrfsutil and pystemd from PyPI needs -> Debian and Fedora packages
+    "a C compiler (cc)": "gcc / gcc",
+    "Python's headers (Python.h)": "python3-dev / python3-devel",
+    "pkg-config": "pkg-config / pkgconf-pkg-config",
+    "libbtrfsutil's headers": "libbtrfsutil-dev / btrfs-progs-devel",
+    "libsystemd's headers": "libsystemd-dev / systemd-devel",
+    "venv": "python3-venv / (python3)",
+}
 
 
 class Refused(Exception):
@@ -47,6 +64,10 @@ class Refused(Exception):
     def __init__(self, message: str, code: int = 3) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Failed(Exception):
+    """A step failed after changes began (exit 1: running the installer again finishes)."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +79,14 @@ class Machine:
     dracut: str | None
     systemd_modules: bool  # dracut's systemd and systemd-initrd modules
     root: dict[str, str] | None  # findmnt's SOURCE, FSTYPE, UUID, FSROOT of /
+    root_is_default: bool  # the running root is the filesystem's default subvolume
     node: str | None  # the --device's node here (UUID= and the like found by blkid, without udev)
     fstype: str | None  # of the --device, if it exists here
-    prefix_ours: bool | None  # None: no prefix yet (or empty); True: our manifest lists it
+    installed_prefix: str | None  # the prefix an earlier install made (the manifest's tree)
+    prefix_exists: bool
+    foreign: frozenset[str]  # paths the installer may write that exist and are not its own, unchanged
+    config: dict[str, object] | None  # /etc/rollback.toml if it exists and is not ours unchanged
+    missing: tuple[str, ...] = ()  # build prerequisites (BUILD_NEEDS keys)
 
 
 @dataclass(frozen=True)
@@ -68,52 +94,95 @@ class Target:
     device: str
     subvolume: str
     node: str | None  # where to check it here (None: --unchecked)
+    cleanup: str
 
 
 @dataclass
 class Plan:
     files: list[tuple[Path, str, int]] = field(default_factory=list)  # path, content, mode
     links: list[tuple[Path, str]] = field(default_factory=list)
-    keep_if_present: set[Path] = field(default_factory=set)
-    commands: list[list[str]] = field(default_factory=list)  # after the files
+    keep: set[Path] = field(default_factory=set)  # files not written: a config file that is not ours
+    commands: list[list[str]] = field(default_factory=list)  # [:2] make the prefix; the rest after the files
     checks: list[list[str]] = field(default_factory=list)  # after the commands: must exit 0
 
     def paths(self) -> list[Path]:
-        return [path for path, _, _ in self.files] + [path for path, _ in self.links]
+        return [path for path, _, _ in self.files if path not in self.keep] + [path for path, _ in self.links]
+
+
+# --- observing ----------------------------------------------------------------------------------
 
 
 def observe(args: argparse.Namespace) -> Machine:
-    dracut = shutil.which("dracut")
     modules = [name[2:] for name in os.listdir(DRACUT_MODULES)] if DRACUT_MODULES.is_dir() else []
     root = None
     found = _run(["findmnt", "-n", "-J", "-o", "SOURCE,FSTYPE,UUID,FSROOT", "/"])
     if found:
         root = {k.upper(): v or "" for k, v in json.loads(found)["filesystems"][0].items()}
-    node = fstype = None
-    if args.device and not args.unchecked:
-        node = resolve(args.device)
-        fstype = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", node]) if node else None
-    prefix = Path(args.prefix)
-    listed = {entry["path"] for entry in read_manifest() if entry["kind"] == "tree"}
-    ours = str(prefix) in listed if prefix.exists() and any(prefix.iterdir()) else None
+    old = read_manifest()
+    config = None if _unchanged(_entry(old, CONFIG)) or not CONFIG.exists() else _read_config()
+    device = args.device or (str(config.get("device", "")) if config else "") or None
+    node = resolve(device) if device and not args.unchecked else None
+    fstype = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", node]) if node else None
+    trees = [entry["path"] for entry in old if entry["kind"] == "tree"]
     return Machine(
         os.geteuid(),
         sys.version_info[:2],
-        dracut,
+        shutil.which("dracut"),
         "systemd" in modules and "systemd-initrd" in modules,
         root,
+        bool(root and root["FSTYPE"] == "btrfs" and _is_default("/")),
         node,
         fstype.strip() if fstype else None,
-        ours,
+        trees[0] if trees else None,
+        os.path.lexists(args.prefix),
+        frozenset(path for path in _candidates() if os.path.lexists(path) and not _unchanged(_entry(old, Path(path)))),
+        config,
+        missing_build(),
     )
+
+
+def _candidates() -> list[str]:
+    """Every path an install may write (a wants link for any device included)."""
+    paths = [str(BIN), str(CATALOG), str(DRACUT_CONF), str(UNITS / "rollback-cleanup@.service"), str(MODULE)]
+    paths += [str(MODULE / name) for name in MODULE_FILES]
+    paths += [str(MODULE / "units" / name) for name in (*INITRD_UNITS, "rollback.catalog")]
+    return paths + glob.glob(str(WANTS / "rollback-cleanup@*.service"))
+
+
+def _read_config() -> dict[str, object]:
+    try:
+        with CONFIG.open("rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        return {"__error__": str(error)}
+
+
+def _is_default(path: str) -> bool:
+    default = _run(["btrfs", "subvolume", "get-default", path]) or ""
+    mine = (_run(["btrfs", "inspect-internal", "rootid", path]) or "").strip()
+    return bool(mine) and default.split()[1:2] == [mine]  # "ID 256 gen ... path root"
+
+
+def missing_build() -> tuple[str, ...]:
+    include = sysconfig.get_paths().get("include", "")
+    present = {
+        "a C compiler (cc)": bool(shutil.which("cc") or shutil.which("gcc")),
+        "Python's headers (Python.h)": os.path.exists(os.path.join(include, "Python.h")),
+        "pkg-config": bool(shutil.which("pkg-config")),
+        "libbtrfsutil's headers": _run(["pkg-config", "--exists", "libbtrfsutil"]) is not None
+        or os.path.exists("/usr/include/btrfsutil.h"),
+        "libsystemd's headers": _run(["pkg-config", "--exists", "libsystemd"]) is not None,
+        "venv": _run([sys.executable, "-c", "import ensurepip, venv"]) is not None,
+    }
+    return tuple(name for name, ok in present.items() if not ok)
 
 
 def resolve(device: str) -> str | None:
     """The device node a --device names on this machine, or None."""
-    if device.startswith("/"):
-        return device if os.path.exists(device) else None
-    found = _run(["blkid", "-o", "device", "-t", device])  # UUID=..., LABEL=...: read from the disks
-    return found.splitlines()[0] if found else None
+    if not device.startswith("/"):  # UUID=, LABEL=, ...: read from the disks (this machine may have no udev)
+        found = _run(["blkid", "-o", "device", "-t", device])
+        return found.splitlines()[0] if found else None
+    return device if os.path.exists(device) else None
 
 
 def _run(argv: list[str]) -> str | None:
@@ -124,14 +193,39 @@ def _run(argv: list[str]) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
+# --- deciding -----------------------------------------------------------------------------------
+
+
+def check(machine: Machine, args: argparse.Namespace) -> None:
+    if machine.euid != 0 and not args.dry_run:
+        raise Refused("run as root (it writes to /usr, /etc and the prefix); --dry-run needs no root")
+    if machine.python < (3, 11):
+        raise Refused(f"Python {machine.python[0]}.{machine.python[1]} is older than 3.11 (tomllib)")
+    if machine.dracut is None:
+        raise Refused("no dracut: rollback runs in a dracut-built systemd initramfs (NixOS: docs/nixos.md)")
+    if not machine.systemd_modules:
+        raise Refused(f"dracut has no systemd/systemd-initrd modules in {DRACUT_MODULES}: no systemd in the initrd")
+    if machine.installed_prefix and machine.installed_prefix != args.prefix:
+        raise Refused(f"rollback is installed in {machine.installed_prefix}: --uninstall first to move it")
+    if machine.prefix_exists and machine.installed_prefix != args.prefix:
+        raise Refused(f"{args.prefix} exists and was not made by this installer: choose another --prefix")
+    if machine.missing:
+        packages = ", ".join(BUILD_NEEDS[name] for name in machine.missing)
+        raise Refused(f"missing {', '.join(machine.missing)}; install (Debian / Fedora): {packages}")
+
+
 def target(args: argparse.Namespace, machine: Machine) -> Target:
-    """The device and subvolume to write into the config: --device, or the running root's."""
+    """The device, subvolume and cleanup the config names: a kept config file's, --device, or the
+    running root's."""
+    if machine.config is not None:
+        return _kept(args, machine, machine.config)
+    cleanup = args.cleanup or "boot"
     if args.device:
         if not args.unchecked and machine.node is None:
             raise Refused(f"--device {args.device}: no such device here (an image for another machine: --unchecked)")
         if not args.unchecked and machine.fstype != "btrfs":
             raise Refused(f"--device {args.device} holds {machine.fstype or 'no filesystem'}, not btrfs")
-        return Target(args.device, args.subvolume or "root", machine.node)
+        return Target(args.device, args.subvolume or "root", machine.node, cleanup)
     root = machine.root
     if root is None or root["FSTYPE"] != "btrfs":
         kind = root["FSTYPE"] if root else "unknown"
@@ -139,21 +233,38 @@ def target(args: argparse.Namespace, machine: Machine) -> Target:
     subvolume = root["FSROOT"].strip("/")
     if not subvolume:
         raise Refused("the root is btrfs's top level, not a subvolume: rollback replaces a subvolume")
+    if machine.root_is_default and not args.subvolume:
+        raise Refused(
+            "the root is the filesystem's default subvolume, which rollback refuses to delete at every boot: "
+            "btrfs subvolume set-default 5 /, and mount the root with subvol= (fstab, kernel command line)"
+        )
     node = root["SOURCE"].partition("[")[0]  # /dev/vda2[/root]: the subvolume follows the node
-    return Target(f"UUID={root['UUID']}", args.subvolume or subvolume, node)
+    return Target(f"UUID={root['UUID']}", args.subvolume or subvolume, node, cleanup)
 
 
-def check(machine: Machine, args: argparse.Namespace) -> None:
-    if machine.euid != 0:
-        raise Refused("run as root (it writes to /usr, /etc and the prefix)")
-    if machine.python < (3, 11):
-        raise Refused(f"Python {machine.python[0]}.{machine.python[1]} is older than 3.11 (tomllib)")
-    if machine.dracut is None:
-        raise Refused("no dracut: rollback runs in a dracut-built systemd initramfs (NixOS: docs/nixos.md)")
-    if not machine.systemd_modules:
-        raise Refused(f"dracut has no systemd/systemd-initrd modules in {DRACUT_MODULES}: no systemd in the initrd")
-    if machine.prefix_ours is False:
-        raise Refused(f"{args.prefix} exists and was not made by this installer (not in {MANIFEST}): choose --prefix")
+def _kept(args: argparse.Namespace, machine: Machine, config: dict[str, object]) -> Target:
+    """A config file that is not ours (or edited since) stays: it decides, and options may not
+    contradict it."""
+    if "__error__" in config:
+        raise Refused(f"{CONFIG} is not ours and cannot be read ({config['__error__']}): fix or move it")
+    kept = Target(
+        str(config.get("device", "")), str(config.get("subvolume", "root")), None, str(config.get("cleanup", "boot"))
+    )
+    asked = {"--device": args.device, "--subvolume": args.subvolume, "--cleanup": args.cleanup}
+    kept_values = {"--device": kept.device, "--subvolume": kept.subvolume, "--cleanup": kept.cleanup}
+    for flag, value in asked.items():
+        if value is not None and value != kept_values[flag]:
+            raise Refused(
+                f"{CONFIG} (kept: not written by this installer) has {flag[2:]} {kept_values[flag]!r}, "
+                f"not {value!r}: edit it, or move it away to have it written"
+            )
+    if not kept.device:
+        raise Refused(f"{CONFIG} (kept) names no device: add device = ...")
+    if not args.unchecked and machine.node is None:
+        raise Refused(f"{CONFIG} (kept) names device {kept.device!r}, not found here (an image: --unchecked)")
+    if not args.unchecked and machine.fstype != "btrfs":
+        raise Refused(f"{CONFIG} (kept) names device {kept.device!r}, which holds {machine.fstype or 'nothing'}")
+    return Target(kept.device, kept.subvolume, None if args.unchecked else machine.node, kept.cleanup)
 
 
 def plan(args: argparse.Namespace, machine: Machine) -> Plan:
@@ -162,10 +273,8 @@ def plan(args: argparse.Namespace, machine: Machine) -> Plan:
     prefix = Path(args.prefix)
     out = Plan()
     python = prefix / "bin" / "python3"
-    out.commands += [
-        [sys.executable, "-m", "venv", "--clear", str(prefix)],
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", str(REPO)],
-    ]
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", SOURCE]
+    out.commands += [[sys.executable, "-m", "venv", "--clear", str(prefix)], pip]
     out.links.append((BIN, str(prefix / "bin" / "rollback")))
     for name in MODULE_FILES:
         out.files.append((MODULE / name, _read(REPO / "packaging/dracut/90rollback" / name), 0o755))
@@ -176,11 +285,15 @@ def plan(args: argparse.Namespace, machine: Machine) -> Plan:
     cleanup = _read(REPO / "units/rollback-cleanup@.service").replace("/usr/bin/rollback", str(BIN))
     out.files.append((UNITS / "rollback-cleanup@.service", cleanup, 0o644))
     out.files.append((DRACUT_CONF, dracut_conf(python, args.policy), 0o644))
-    out.files.append((CONFIG, config_text(chosen, args.cleanup), 0o644))
-    out.keep_if_present.add(CONFIG)
-    if args.cleanup == "after-boot":
+    out.files.append((CONFIG, config_text(chosen), 0o644))
+    if machine.config is not None:
+        out.keep.add(CONFIG)
+    if chosen.cleanup == "after-boot":
         unit = f"rollback-cleanup@{unit_path_escape(device_path(chosen.device))}.service"
         out.links.append((WANTS / unit, str(UNITS / "rollback-cleanup@.service")))
+    taken = sorted(str(path) for path in out.paths() if str(path) in machine.foreign)
+    if taken:
+        raise Refused("these exist and were not written by this installer (move them away): " + ", ".join(taken))
     out.commands.append(["journalctl", "--update-catalog"])
     rollback = [str(BIN), "--config", str(CONFIG), "--kernel-cmdline", "/dev/null"]
     out.checks.append([*rollback, "config"])
@@ -193,19 +306,22 @@ def dracut_conf(python: Path, policy: str) -> str:
     return (
         "# Written by rollback's scripts/install (removed by scripts/install --uninstall).\n"
         'add_dracutmodules+=" rollback "\n'
-        f'rollback_python="{python}"\n'
-        f"# boot-on: a failed or refused rollback boots yesterday's root; stop-boot: emergency mode\n"
-        f'rollback_policy="{policy}"\n'
+        f"rollback_python={shlex.quote(str(python))}\n"
+        "# boot-on: a failed or refused rollback boots yesterday's root; stop-boot: emergency mode\n"
+        f"rollback_policy={shlex.quote(policy)}\n"
     )
 
 
-def config_text(chosen: Target, cleanup: str) -> str:
+def config_text(chosen: Target) -> str:
+    def toml(value: str) -> str:
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+
     return f"""# rollback's settings (README: Settings). Written by scripts/install; it keeps this file if you edit it.
 # Changes reach the boot when the initramfs is rebuilt: sudo dracut --force
 
 # The btrfs filesystem whose subvolume is replaced at every boot.
-device = "{chosen.device}"
-subvolume = "{chosen.subvolume}"
+device = {toml(chosen.device)}
+subvolume = {toml(chosen.subvolume)}
 
 # recreate: a new empty subvolume; snapshot: a writable snapshot of the read-only `blank`
 # mode = "snapshot"
@@ -220,7 +336,7 @@ subvolume = "{chosen.subvolume}"
 # protect = ["persist", "nix", "home"]
 
 # boot: old roots are deleted during boot; after-boot: by rollback-cleanup@.service
-cleanup = "{cleanup}"
+cleanup = {toml(chosen.cleanup)}
 """
 
 
@@ -232,7 +348,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# --- acting: the manifest first, then the commands, files and links, then the checks ----------
+# --- the manifest -------------------------------------------------------------------------------
 
 
 def read_manifest() -> list[dict[str, str]]:
@@ -241,30 +357,38 @@ def read_manifest() -> list[dict[str, str]]:
     return [json.loads(line) for line in MANIFEST.read_text(encoding="utf-8").splitlines() if line]
 
 
-def kept_files(out: Plan, old: list[dict[str, str]]) -> set[Path]:
-    """Files of keep_if_present that exist and are not (or no longer) what an install wrote."""
-    previous = {entry["path"]: entry for entry in old}
-    return {p for p in out.keep_if_present if p.exists() and not _unchanged(previous.get(str(p)))}
+def write_manifest(entries: list[dict[str, str]]) -> None:
+    _write(MANIFEST, "".join(json.dumps(entry) + "\n" for entry in entries), 0o644)
 
 
-def manifest(out: Plan, prefix: Path, old: list[dict[str, str]], kept: set[Path]) -> list[dict[str, str]]:
+def manifest(out: Plan, prefix: Path, old: list[dict[str, str]]) -> list[dict[str, str]]:
     """What this install owns: the directories it made (before, and now in creation order), the
-    prefix, every file it writes (its content's hash) and link; a kept file keeps its old entry
-    (ours but edited: uninstall keeps it) or has none (never ours)."""
+    prefix, every file it writes (its content's hash) and link; a kept config file keeps its old
+    entry (ours but edited: uninstall keeps it) or has none (never ours)."""
     entries = [entry for entry in old if entry["kind"] == "dir"]
-    made = {entry["path"] for entry in entries}
+    entries += [{"path": path, "kind": "dir"} for path in new_directories(out, prefix, entries)]
+    entries.append({"path": str(prefix), "kind": "tree"})
+    entries += [entry for entry in old if Path(entry["path"]) in out.keep]
+    for path, content, _ in out.files:
+        if path not in out.keep:
+            entries.append({"path": str(path), "kind": "file", "sha256": hashlib.sha256(content.encode()).hexdigest()})
+    entries += [{"path": str(path), "kind": "link", "target": target} for path, target in out.links]
+    return entries
+
+
+def new_directories(out: Plan, prefix: Path, known: list[dict[str, str]]) -> list[str]:
+    made = {entry["path"] for entry in known}
+    found = []
     for path in [prefix, *out.paths(), MANIFEST]:
         for parent in reversed(path.parents):
             if not parent.exists() and str(parent) not in made:
                 made.add(str(parent))
-                entries.append({"path": str(parent), "kind": "dir"})
-    entries.append({"path": str(prefix), "kind": "tree"})
-    entries += [entry for entry in old if Path(entry["path"]) in kept]
-    for path, content, _ in out.files:
-        if path not in kept:
-            entries.append({"path": str(path), "kind": "file", "sha256": hashlib.sha256(content.encode()).hexdigest()})
-    entries += [{"path": str(path), "kind": "link", "target": target} for path, target in out.links]
-    return entries
+                found.append(str(parent))
+    return found
+
+
+def _entry(entries: list[dict[str, str]], path: Path) -> dict[str, str] | None:
+    return next((entry for entry in entries if entry["path"] == str(path)), None)
 
 
 def _unchanged(entry: dict[str, str] | None) -> bool:
@@ -279,22 +403,28 @@ def _unchanged(entry: dict[str, str] | None) -> bool:
     return True
 
 
+# --- acting: the manifest first, then the prefix, files and links, then the checks -------------
+
+
 def install(out: Plan, prefix: Path) -> None:
     old = read_manifest()
-    kept = kept_files(out, old)
-    entries = manifest(out, prefix, old, kept)
-    _write(MANIFEST, "".join(json.dumps(entry) + "\n" for entry in entries), 0o644)  # before any change
-    for command in out.commands[:2]:  # the prefix: a venv, then the package and its dependencies
-        _command(command)
+    entries = manifest(out, prefix, old)
+    write_manifest(entries)  # before any change: an interrupted install can be uninstalled
+    with tempfile.TemporaryDirectory(prefix="rollback-install.") as source:
+        for name in PACKAGE_FILES:  # pip builds in the source tree: a copy, not the user's checkout
+            copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+            copy(REPO / name, Path(source) / name)
+        for command in out.commands[:2]:  # the prefix: a venv, then the package and its dependencies
+            _command([source if arg == SOURCE else arg for arg in command])
     for path, content, mode in out.files:
-        if path in kept:
-            print(f"install: kept {path} (not written by this installer, or edited since): check it", file=sys.stderr)
+        if path in out.keep:
+            print(f"install: kept {path} (not written by this installer, or edited since)", file=sys.stderr)
         else:
             _write(path, content, mode)
     for path, link in out.links:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink() or path.exists():
-            path.unlink()
+        if path.is_symlink():
+            path.unlink()  # ours (refused otherwise)
         path.symlink_to(link)
     owned = {entry["path"] for entry in entries}
     remove([e for e in old if e["path"] not in owned and e["kind"] in ("file", "link")])  # e.g. a wants link
@@ -312,33 +442,37 @@ def _write(path: Path, content: str, mode: int) -> None:
     new.replace(path)
 
 
-class Failed(Exception):
-    """A command failed after changes began (exit 1: running the installer again finishes)."""
-
-
 def _command(argv: list[str], *, optional: bool = False) -> None:
     if optional and not shutil.which(argv[0]):
         return
+    print("install: " + " ".join(shlex.quote(arg) for arg in argv), file=sys.stderr)
     result = subprocess.run(argv, check=False)
     if result.returncode != 0 and not optional:
         raise Failed(f"{' '.join(argv)} exited {result.returncode}")
 
 
-def remove(entries: list[dict[str, str]]) -> list[str]:
-    """Remove what the entries name, newest first; returns what was kept (edited since)."""
-    kept = []
+def remove(entries: list[dict[str, str]]) -> tuple[list[str], list[dict[str, str]]]:
+    """Remove what the entries name, newest first: (what was kept, edited since; what could not be
+    removed)."""
+    kept: list[str] = []
+    failed: list[dict[str, str]] = []
     for entry in reversed(entries):
         path = Path(entry["path"])
-        if entry["kind"] == "tree":
-            shutil.rmtree(path, ignore_errors=True)
-        elif entry["kind"] == "dir":
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-        elif _unchanged(entry):
-            path.unlink()
-        elif path.exists() or path.is_symlink():
-            kept.append(str(path))
-    return kept
+        try:
+            if entry["kind"] == "tree":
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+            elif entry["kind"] == "dir":
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+            elif _unchanged(entry):
+                path.unlink()
+            elif path.exists() or path.is_symlink():
+                kept.append(str(path))
+        except OSError as error:
+            print(f"install: cannot remove {path}: {error}", file=sys.stderr)
+            failed.insert(0, entry)
+    return kept, failed
 
 
 def uninstall(dry_run: bool) -> int:
@@ -348,10 +482,14 @@ def uninstall(dry_run: bool) -> int:
         return 0
     if dry_run:
         for entry in reversed(entries):
-            print(f"would remove {entry['kind']} {entry['path']}")
+            print(f"would remove {entry['kind']} {entry['path']} (if still as written)")
+        print(f"would remove {MANIFEST}")
         return 0
     MANIFEST.unlink()  # first: the directories it sits in are in the manifest too
-    kept = remove(entries)
+    kept, failed = remove(entries)
+    if failed:  # what is left stays listed: --uninstall again finishes
+        write_manifest([*(e for e in entries if e["kind"] == "dir"), *failed])
+        return 1
     _command(["journalctl", "--update-catalog"], optional=True)
     for path in kept:
         print(f"install: kept {path}: edited since it was installed", file=sys.stderr)
@@ -359,15 +497,25 @@ def uninstall(dry_run: bool) -> int:
     return 0
 
 
-def show(out: Plan) -> None:
+def show(out: Plan, prefix: Path) -> None:
+    old = read_manifest()
+    for directory in new_directories(out, prefix, [e for e in old if e["kind"] == "dir"]):
+        print(f"would make {directory}/")
     for command in out.commands[:2]:
         print("would run  " + " ".join(command))
     for path, _, mode in out.files:
-        note = " (kept if it exists and is not ours)" if path in out.keep_if_present else ""
-        print(f"would write {path} ({mode:o}){note}")
+        print(
+            f"would keep  {path} (not written by this installer)"
+            if path in out.keep
+            else f"would write {path} ({mode:o})"
+        )
     for path, link in out.links:
         print(f"would link {path} -> {link}")
     print(f"would write {MANIFEST}")
+    owned = {str(path) for path in out.paths()}
+    for entry in old:
+        if entry["kind"] in ("file", "link") and entry["path"] not in owned:
+            print(f"would remove {entry['path']} (an earlier install's)")
     for command in [*out.commands[2:], *out.checks]:
         print("would run  " + " ".join(command))
 
@@ -378,23 +526,26 @@ rollback is installed. Next:
   2. Failure policy ({policy}): boot-on boots yesterday's root when the rollback fails or refuses;
      stop-boot never mounts a dirty root (emergency mode instead). Change: scripts/install --policy ...
   3. Rebuild the initramfs, then reboot:  sudo dracut --force
-  4. After the reboot: rollback status; journalctl -b -u 'rollback@*'
+  4. After the reboot: rollback status; journalctl -b -u 'rollback@*' -u 'rollback-early@*'
 """
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/install", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prefix", default="/opt/rollback", help="where the self-contained copy goes")
+    parser.add_argument("--prefix", default="/opt/rollback", help="where the self-contained copy goes (absolute)")
     parser.add_argument("--device", help="the btrfs device (default: the running root's, as UUID=...)")
     parser.add_argument("--subvolume", help="the subvolume to replace (default: the running root's)")
     parser.add_argument("--unchecked", action="store_true", help="with --device: for another machine, not checked")
     parser.add_argument("--policy", choices=("boot-on", "stop-boot"), default="boot-on")
-    parser.add_argument("--cleanup", choices=("boot", "after-boot"), default="boot")
+    parser.add_argument("--cleanup", choices=("boot", "after-boot"), help="where old roots are deleted (boot)")
     parser.add_argument("--dry-run", action="store_true", help="print every path and command, change nothing")
     parser.add_argument("--uninstall", action="store_true", help=f"remove what {MANIFEST} lists")
     args = parser.parse_args(argv)
     if args.unchecked and not args.device:
         parser.error("--unchecked needs --device")
+    if not os.path.isabs(args.prefix) or os.path.normpath(args.prefix) in ("/", "/usr", "/opt", "/usr/local"):
+        parser.error(f"--prefix {args.prefix}: an absolute path of its own (e.g. /opt/rollback)")
+    args.prefix = os.path.normpath(args.prefix)
     try:
         device_path(args.device or "/")
     except ValueError as error:
@@ -409,20 +560,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if os.geteuid() != 0 and not args.dry_run:
                 raise Refused("run as root")
             return uninstall(args.dry_run)
-        machine = observe(args)
-        out = plan(args, machine)
+        out = plan(args, observe(args))
         if args.dry_run:
-            show(out)
+            show(out, Path(args.prefix))
             return 0
         install(out, Path(args.prefix))
     except Refused as error:
         print(f"install: refused: {error}", file=sys.stderr)
         return error.code
-    except Failed as error:
+    except (Failed, OSError) as error:
         print(f"install: failed: {error}; run it again to finish, or --uninstall", file=sys.stderr)
         return 1
-    device = next(line for line in CONFIG.read_text().splitlines() if line.startswith("device"))
-    print(NEXT.format(device=device.partition("=")[2].strip(), policy=args.policy))
+    device = _read_config().get("device", "?")
+    print(NEXT.format(device=json.dumps(device), policy=args.policy))
     return 0
 
 

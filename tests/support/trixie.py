@@ -14,8 +14,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.vm import BASE_MODULES, REPO, Kernel, Variant, present
@@ -43,34 +41,14 @@ def userland(root: Path) -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
         build = root.parent / "trixie-build"
         _sh("debootstrap", "--variant=minbase", "trixie", str(build), MIRROR)
-        with mounted(build):
-            _chroot(build, "apt-get", "update", "-qq")
-            env = {"DEBIAN_FRONTEND": "noninteractive"}
-            _chroot(build, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES, env=env)
-            _chroot(build, "apt-get", "clean")
+        _chroot(build, "apt-get", "update", "-qq")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        _chroot(build, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES, env=env)
+        _chroot(build, "apt-get", "clean")
         _sh("tar", "-C", str(build), "-cf", f"{tarball}.part", ".")
         os.replace(f"{tarball}.part", tarball)
         shutil.rmtree(build)
     _sh("tar", "-C", str(root), "-xf", str(tarball))
-
-
-@contextmanager
-def mounted(root: Path) -> Iterator[Path]:
-    """/proc, /sys and /dev for a chroot (dracut and pip need them), unmounted afterwards."""
-    done: list[Path] = []
-    try:
-        for name, argv in (
-            ("proc", ["-t", "proc", "proc"]),
-            ("sys", ["--rbind", "/sys"]),
-            ("dev", ["--rbind", "/dev"]),
-        ):
-            target = root / name
-            _sh("mount", *argv, str(target))
-            done.append(target)
-        yield root
-    finally:
-        for target in reversed(done):
-            subprocess.run(["umount", "-R", "-l", str(target)], check=False)
 
 
 def install(root: Path) -> str:
@@ -89,9 +67,8 @@ def install(root: Path) -> str:
             shutil.copy2(REPO / name, source / name, follow_symlinks=False)
     # pip verifies the registry with the host's CA bundle (the chroot's own does not verify it here)
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "etc/ssl/certs/ca-certificates.crt")
-    with mounted(root):
-        env = {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"}
-        return _chroot(root, "/src/rollback/scripts/install", "--device", "/dev/vda", "--unchecked", env=env)
+    env = {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"}
+    return _chroot(root, "/src/rollback/scripts/install", "--device", "/dev/vda", "--unchecked", env=env)
 
 
 def versions(root: Path) -> dict[str, object]:
@@ -121,9 +98,14 @@ def find_kernel(root: Path) -> Kernel:
     return Kernel(Path(vmlinuz).name.removeprefix("vmlinuz-"), Path(vmlinuz))
 
 
+INSTALLED = Variant("boot-on")  # what install() asked for: /dev/vda, boot-on, no other setting
+
+
 def build_initramfs(root: Path, kernel: Kernel, variant: Variant, work: Path) -> Path:
-    """trixie's dracut, inside the userland, with the installed module and interpreter (the variant's
-    device, policy and settings passed as the dracut module's documented variables)."""
+    """trixie's dracut, inside the userland, with the installed module and interpreter. The variant
+    the install made is built as `dracut --force` would be, from the configuration it wrote
+    (/etc/dracut.conf.d, /etc/rollback.toml); any other passes its device, policy and settings as
+    the dracut module's documented variables, with no configuration file."""
     for module in ("tests/vm/guest/99rollback-test", "bench/dracut/90rollback-seed"):  # test and benchmark only
         where = root / "usr/lib/dracut/modules.d" / Path(module).name
         if not where.exists():
@@ -134,11 +116,13 @@ def build_initramfs(root: Path, kernel: Kernel, variant: Variant, work: Path) ->
     (root / inside.relative_to("/") / "conf.d").mkdir(exist_ok=True)
     for source, dest in variant.includes:  # e.g. the LUKS key file
         shutil.copy(source, root / inside.relative_to("/") / Path(dest).name)
+    installed = variant == INSTALLED
     env = {
         "rollback_python": "/opt/rollback/bin/python3",
         "rollback_config": f"{inside}/rollback.toml",
         "rollback_policy": variant.policy,
     }
+    modules = (*BASE_MODULES, *(() if installed else variant.modules))  # installed: its conf adds rollback
     argv = [
         "dracut",
         "--force",
@@ -147,26 +131,39 @@ def build_initramfs(root: Path, kernel: Kernel, variant: Variant, work: Path) ->
         "--kver",
         kernel.version,
         "--modules",
-        " ".join(present((*BASE_MODULES, *variant.modules), root / "usr/lib/dracut")),
+        " ".join(present(modules, root / "usr/lib/dracut")),
         "--conf",
         "/dev/null",
         "--confdir",
-        f"{inside}/conf.d",
+        "/etc/dracut.conf.d" if installed else f"{inside}/conf.d",
         "--zstd",
         "--add-drivers",
         "virtio_blk virtio_pci btrfs",
         *(arg for _, dest in variant.includes for arg in ("--include", f"{inside}/{Path(dest).name}", dest)),
         f"{inside}/initramfs.img",
     ]
-    with mounted(root):
-        _chroot(root, *argv, env=env)
+    _chroot(root, *argv, env={} if installed else env)
     out = work / f"initramfs-trixie-{variant.name}.img"
     shutil.move(root / inside.relative_to("/") / "initramfs.img", out)
     return out
 
 
+# /proc, /sys and /dev for the chroot (dracut and pip need them), mounted in a mount namespace of the
+# command's own with private propagation: they vanish with it, and nothing reaches the host's mounts
+# (an rbind torn down with a lazy recursive unmount can take the host's /dev/pts with it)
+_IN_NAMESPACE = " && ".join(
+    (
+        'mount -t proc proc "$0/proc"',
+        'mount --rbind /sys "$0/sys"',
+        'mount --rbind /dev "$0/dev"',
+        'exec chroot "$0" "$@"',
+    )
+)
+
+
 def _chroot(root: Path, *argv: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-    command = ["chroot", str(root), "env", "-i", *(f"{k}={v}" for k, v in {**CLEAN_ENV, **(env or {})}.items())]
+    clean = ["env", "-i", *(f"{k}={v}" for k, v in {**CLEAN_ENV, **(env or {})}.items())]
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _IN_NAMESPACE, str(root), *clean]
     result = subprocess.run([*command, *argv], capture_output=True, text=True)
     if result.returncode != 0 and check:
         raise RuntimeError(

@@ -9,6 +9,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,7 +32,20 @@ def _load() -> ModuleType:
 
 installer = _load()
 BTRFS_ROOT = {"SOURCE": "/dev/vda2[/root]", "FSTYPE": "btrfs", "UUID": "1234-abcd", "FSROOT": "/root"}
-GOOD = installer.Machine(0, (3, 11), "/usr/bin/dracut", True, BTRFS_ROOT, None, None, None)
+GOOD = installer.Machine(
+    euid=0,
+    python=(3, 11),
+    dracut="/usr/bin/dracut",
+    systemd_modules=True,
+    root=BTRFS_ROOT,
+    root_is_default=False,
+    node=None,
+    fstype=None,
+    installed_prefix=None,
+    prefix_exists=False,
+    foreign=frozenset(),
+    config=None,
+)
 
 
 def plan(machine: object = GOOD, *args: str) -> Any:
@@ -49,7 +63,25 @@ UNSUPPORTED = {
     "device missing": (GOOD, ("--device", "/dev/sdz")),
     "device not btrfs": (dataclasses.replace(GOOD, node="/dev/sdb", fstype="ext4"), ("--device", "/dev/sdb")),
     "device blank": (dataclasses.replace(GOOD, node="/dev/sdb", fstype=None), ("--device", "/dev/sdb")),
-    "prefix not ours": (dataclasses.replace(GOOD, prefix_ours=False), ()),
+    "prefix not ours": (dataclasses.replace(GOOD, prefix_exists=True), ()),
+    "installed elsewhere": (dataclasses.replace(GOOD, installed_prefix="/srv/rollback"), ()),
+    "root is the default subvolume": (dataclasses.replace(GOOD, root_is_default=True), ()),
+    "no compiler": (dataclasses.replace(GOOD, missing=("a C compiler (cc)",)), ()),
+    "a path not ours": (dataclasses.replace(GOOD, foreign=frozenset({"/usr/local/bin/rollback"})), ()),
+    "a module not ours": (
+        dataclasses.replace(GOOD, foreign=frozenset({str(installer.MODULE / "module-setup.sh")})),
+        (),
+    ),
+    "kept config, other device": (
+        dataclasses.replace(GOOD, config={"device": "/dev/sdb"}, node="/dev/sdb", fstype="btrfs"),
+        ("--device", "/dev/sdc", "--unchecked"),
+    ),
+    "kept config, other cleanup": (
+        dataclasses.replace(GOOD, config={"device": "/dev/sdb"}, node="/dev/sdb", fstype="btrfs"),
+        ("--cleanup", "after-boot"),
+    ),
+    "kept config unreadable": (dataclasses.replace(GOOD, config={"__error__": "bad toml"}), ()),
+    "kept config, device not btrfs": (dataclasses.replace(GOOD, config={"device": "/dev/sdb"}, node="/dev/sdb"), ()),
 }
 
 
@@ -63,7 +95,16 @@ def test_an_unsupported_machine_is_refused_with_exit_3(case: str) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("--device", "sda"), ("--device", "UUID="), ("--unchecked",), ("--policy", "maybe"), ("--cleanup", "never")],
+    [
+        ("--device", "sda"),
+        ("--device", "UUID="),
+        ("--unchecked",),
+        ("--policy", "maybe"),
+        ("--cleanup", "never"),
+        ("--prefix", "venv"),
+        ("--prefix", "/opt"),
+        ("--prefix", "/"),
+    ],
 )
 def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     with pytest.raises(SystemExit) as error:
@@ -76,7 +117,25 @@ def test_the_running_root_is_named_by_its_filesystem_uuid_and_checked_by_node() 
     config = dict((str(p), text) for p, text, _ in out.files)["/etc/rollback.toml"]
     assert 'device = "UUID=1234-abcd"' in config and 'subvolume = "root"' in config
     assert out.checks[-1][-3:] == ["status", "--device", "/dev/vda2"]
-    assert installer.CONFIG in out.keep_if_present
+    assert installer.CONFIG not in out.keep
+
+
+def test_a_config_file_that_is_not_ours_is_kept_and_decides() -> None:
+    mine = {"device": "LABEL=my root", "subvolume": "@", "cleanup": "after-boot"}
+    out = plan(dataclasses.replace(GOOD, config=mine, node="/dev/sdb", fstype="btrfs"))
+    assert out.keep == {installer.CONFIG} and installer.CONFIG not in out.paths()
+    assert out.checks[-1][-3:] == ["status", "--device", "/dev/sdb"]
+    assert any(p.name == "rollback-cleanup@dev-disk-by\\x2dlabel-my\\x5cx20root.service" for p, _ in out.links)
+
+
+def test_names_are_written_escaped() -> None:
+    out = plan(dataclasses.replace(GOOD, node="/dev/sdb", fstype="btrfs"), "--device", 'LABEL=a\\b"c')
+    config = dict((str(p), text) for p, text, _ in out.files)["/etc/rollback.toml"]
+    assert tomllib.loads(config)["device"] == 'LABEL=a\\b"c'
+
+
+def test_dry_run_needs_no_root() -> None:
+    assert plan(dataclasses.replace(GOOD, euid=1000), "--dry-run").files
 
 
 def test_a_device_for_another_machine_is_written_unchecked() -> None:
@@ -93,7 +152,7 @@ def test_the_boot_gets_the_module_its_units_and_the_policy() -> None:
     for name in ("module-setup.sh", "python_closure.py", "units/rollback@.service", "units/rollback-early@.service"):
         assert module + name in files
     assert files[module + "units/rollback-trigger"][1] == 0o755
-    assert 'rollback_policy="stop-boot"' in files["/etc/dracut.conf.d/90-rollback.conf"][0]
+    assert "rollback_policy=stop-boot\n" in files["/etc/dracut.conf.d/90-rollback.conf"][0]
     assert "/usr/bin/rollback" not in files["/usr/local/lib/systemd/system/rollback-cleanup@.service"][0]
 
 

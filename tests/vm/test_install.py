@@ -59,3 +59,24 @@ def test_install_then_boot_then_uninstall_leaves_nothing(vm: Vm, tmp_path: Path)
     assert listing() == before, "the uninstall left something behind, or removed something"
     boot = vm.boot_initramfs(initramfs, image, name="installed")
     assert_rolled_back(boot, layout, harness.image_state(image), deleted=4, device=f"/dev/disk/by-uuid/{uuid}")
+
+
+def test_a_path_that_is_not_its_own_is_refused_before_anything_is_written(vm: Vm, tmp_path: Path) -> None:
+    """Another /usr/local/bin/rollback, or a module copied by hand: exit 3, every watched tree as it was."""
+    assert not MANIFEST.exists(), "rollback is installed on this machine already: uninstall it first"
+    image = vm.image("standard", tmp_path / "disk.img")
+    theirs = Path("/usr/local/bin/rollback")
+    assert not theirs.exists()
+    theirs.write_text("#!/bin/sh\necho someone else's\n")
+    try:
+        before = listing()
+        with harness.loop(image) as node:
+            uuid = sh("blkid", "-o", "value", "-s", "UUID", node)
+            refused = install("--device", f"UUID={uuid}")
+        assert refused.returncode == 3, refused.stderr
+        assert "/usr/local/bin/rollback" in refused.stderr and "refused" in refused.stderr
+        assert listing() == before
+        again = install("--uninstall")  # nothing installed: nothing to do, nothing touched
+        assert again.returncode == 0 and listing() == before
+    finally:
+        theirs.unlink()

@@ -86,7 +86,7 @@ EOF
     # UUID=, LABEL=, ... as their /dev/disk/by-*/ link: the unit waits for that device unit
     path=$("$rollback_python" -I -c 'import sys; from rollback.devspec import device_path
 print(device_path(sys.argv[1]))' "$rollback_device") || {
-        derror "rollback: device '$rollback_device' is not a device path or UUID=, LABEL=, PARTUUID=, PARTLABEL="
+        derror "rollback: $rollback_python could not map device '$rollback_device' (a path, UUID=, LABEL=, PARTUUID= or PARTLABEL=; and rollback_python must import rollback)"
         return 1
     }
     unit="rollback@$(systemd-escape --path "$path").service"
