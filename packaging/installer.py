@@ -21,6 +21,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -84,7 +85,7 @@ class Machine:
     fstype: str | None  # of the --device, if it exists here
     installed_prefix: str | None  # the prefix an earlier install made (the manifest's tree)
     prefix_exists: bool
-    foreign: frozenset[str]  # paths the installer may write that exist and are not its own, unchanged
+    foreign: frozenset[str]  # paths the installer may write that exist and its manifest does not list
     config: dict[str, object] | None  # /etc/rollback.toml if it exists and is not ours unchanged
     missing: tuple[str, ...] = ()  # build prerequisites (BUILD_NEEDS keys)
 
@@ -135,7 +136,7 @@ def observe(args: argparse.Namespace) -> Machine:
         fstype.strip() if fstype else None,
         trees[0] if trees else None,
         os.path.lexists(args.prefix),
-        frozenset(path for path in _candidates() if os.path.lexists(path) and not _unchanged(_entry(old, Path(path)))),
+        frozenset(path for path in _candidates() if os.path.lexists(path) and _entry(old, Path(path)) is None),
         config,
         missing_build(),
     )
@@ -180,7 +181,7 @@ def missing_build() -> tuple[str, ...]:
 def resolve(device: str) -> str | None:
     """The device node a --device names on this machine, or None."""
     if not device.startswith("/"):  # UUID=, LABEL=, ...: read from the disks (this machine may have no udev)
-        found = _run(["blkid", "-o", "device", "-t", device])
+        found = _run(["blkid", "-c", "/dev/null", "-o", "device", "-t", device])  # no cache: a detached loop
         return found.splitlines()[0] if found else None
     return device if os.path.exists(device) else None
 
@@ -392,15 +393,35 @@ def _entry(entries: list[dict[str, str]], path: Path) -> dict[str, str] | None:
 
 
 def _unchanged(entry: dict[str, str] | None) -> bool:
-    """Still what the installer wrote (so it may be rewritten or removed)."""
+    """The config file is still as the installer wrote it (one of the contents an interrupted run may
+    have left); any other path the manifest lists is the installer's whatever it holds now."""
     if entry is None:
         return False
     path = Path(entry["path"])
     if entry["kind"] == "file":
-        return path.is_file() and not path.is_symlink() and _sha(path) == entry["sha256"]
-    if entry["kind"] == "link":
-        return path.is_symlink() and os.readlink(path) == entry["target"]
+        hashes = entry["sha256"] if isinstance(entry["sha256"], list) else [entry["sha256"]]
+        return path.is_file() and not path.is_symlink() and _sha(path) in hashes
     return True
+
+
+def merged(old: list[dict[str, str]], new: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The manifest while an install runs: everything the old one listed and the new one will, a
+    file's old and new hashes both (interrupted anywhere, a re-run or --uninstall still knows it all)."""
+    by_path = {entry["path"]: dict(entry) for entry in old}
+    for entry in new:
+        before = by_path.get(entry["path"])
+        if before and before["kind"] == entry["kind"] == "file":
+            hashes = [*_hashes(before), *_hashes(entry)]
+            entry = {**entry, "sha256": list(dict.fromkeys(hashes))}  # type: ignore[dict-item]
+        by_path[entry["path"]] = entry
+    dirs = [e for e in by_path.values() if e["kind"] == "dir"]
+    rest = [e for e in by_path.values() if e["kind"] != "dir"]
+    return dirs + sorted(rest, key=lambda e: e["kind"] != "tree")
+
+
+def _hashes(entry: dict[str, str]) -> list[str]:
+    value: object = entry["sha256"]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 # --- acting: the manifest first, then the prefix, files and links, then the checks -------------
@@ -409,7 +430,7 @@ def _unchanged(entry: dict[str, str] | None) -> bool:
 def install(out: Plan, prefix: Path) -> None:
     old = read_manifest()
     entries = manifest(out, prefix, old)
-    write_manifest(entries)  # before any change: an interrupted install can be uninstalled
+    write_manifest(merged(old, entries))  # before any change: an interrupted run can be re-run or uninstalled
     with tempfile.TemporaryDirectory(prefix="rollback-install.") as source:
         for name in PACKAGE_FILES:  # pip builds in the source tree: a copy, not the user's checkout
             copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
@@ -428,6 +449,7 @@ def install(out: Plan, prefix: Path) -> None:
         path.symlink_to(link)
     owned = {entry["path"] for entry in entries}
     remove([e for e in old if e["path"] not in owned and e["kind"] in ("file", "link")])  # e.g. a wants link
+    write_manifest(entries)  # done: exactly what this install owns
     for command in out.commands[2:]:
         _command(command, optional=True)
     for command in out.checks:
@@ -446,9 +468,23 @@ def _command(argv: list[str], *, optional: bool = False) -> None:
     if optional and not shutil.which(argv[0]):
         return
     print("install: " + " ".join(shlex.quote(arg) for arg in argv), file=sys.stderr)
-    result = subprocess.run(argv, check=False)
-    if result.returncode != 0 and not optional:
-        raise Failed(f"{' '.join(argv)} exited {result.returncode}")
+    with subprocess.Popen(argv) as child:
+        try:
+            code = child.wait()
+        except BaseException:  # interrupted: the child (pip writing into the prefix) stops with us
+            child.terminate()
+            child.wait()
+            raise
+    if code != 0 and not optional:
+        raise Failed(f"{' '.join(argv)} exited {code}")
+
+
+class Interrupted(Exception):
+    """SIGTERM, SIGHUP or Ctrl-C: stopped midway (exit 1: running the installer again finishes)."""
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def remove(entries: list[dict[str, str]]) -> tuple[list[str], list[dict[str, str]]]:
@@ -465,10 +501,10 @@ def remove(entries: list[dict[str, str]]) -> tuple[list[str], list[dict[str, str
             elif entry["kind"] == "dir":
                 if path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
-            elif _unchanged(entry):
-                path.unlink()
-            elif path.exists() or path.is_symlink():
-                kept.append(str(path))
+            elif path == CONFIG and path.exists() and not _unchanged(entry):
+                kept.append(str(path))  # the user's settings, edited since: theirs now
+            elif path.is_symlink() or path.is_file():
+                path.unlink()  # ours, edited or not (a dracut conf naming a removed module would break dracut)
         except OSError as error:
             print(f"install: cannot remove {path}: {error}", file=sys.stderr)
             failed.insert(0, entry)
@@ -512,7 +548,7 @@ def show(out: Plan, prefix: Path) -> None:
     for path, link in out.links:
         print(f"would link {path} -> {link}")
     print(f"would write {MANIFEST}")
-    owned = {str(path) for path in out.paths()}
+    owned = {str(path) for path in [*out.paths(), *out.keep]}
     for entry in old:
         if entry["kind"] in ("file", "link") and entry["path"] not in owned:
             print(f"would remove {entry['path']} (an earlier install's)")
@@ -546,6 +582,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     if not os.path.isabs(args.prefix) or os.path.normpath(args.prefix) in ("/", "/usr", "/opt", "/usr/local"):
         parser.error(f"--prefix {args.prefix}: an absolute path of its own (e.g. /opt/rollback)")
     args.prefix = os.path.normpath(args.prefix)
+    for path in (MANIFEST.parent, BIN, MODULE, UNITS, CONFIG, DRACUT_CONF, CATALOG, WANTS):
+        if args.prefix == str(path) or path.is_relative_to(args.prefix) or Path(args.prefix).is_relative_to(path):
+            parser.error(f"--prefix {args.prefix} overlaps {path}, which the installer writes: choose another")
     try:
         device_path(args.device or "/")
     except ValueError as error:
@@ -555,6 +594,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupted)
     try:
         if args.uninstall:
             if os.geteuid() != 0 and not args.dry_run:
@@ -568,8 +609,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refused as error:
         print(f"install: refused: {error}", file=sys.stderr)
         return error.code
-    except (Failed, OSError) as error:
-        print(f"install: failed: {error}; run it again to finish, or --uninstall", file=sys.stderr)
+    except (Failed, OSError, Interrupted, KeyboardInterrupt) as error:
+        what = "interrupted" if isinstance(error, Interrupted | KeyboardInterrupt) else "failed"
+        print(f"install: {what}: {error or 'SIGINT'}; run it again to finish, or --uninstall", file=sys.stderr)
         return 1
     device = _read_config().get("device", "?")
     print(NEXT.format(device=json.dumps(device), policy=args.policy))

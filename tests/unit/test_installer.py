@@ -194,3 +194,32 @@ def test_docs_list_every_path_the_installer_writes() -> None:
     for path in [*out.paths(), installer.MANIFEST]:
         shown = str(path) if not path.name.startswith("rollback-cleanup@") else str(path.parent)
         assert f"`{shown}" in section, path
+
+
+@pytest.mark.parametrize(
+    "prefix", ["/var/lib/rollback", "/var/lib", "/usr/local/bin", "/etc", "/usr/local/bin/rollback"]
+)
+def test_a_prefix_that_overlaps_what_the_installer_writes_is_a_usage_error(prefix: str) -> None:
+    with pytest.raises(SystemExit) as error:
+        installer.parse(["--prefix", prefix])
+    assert error.value.code == 2
+
+
+def test_while_an_install_runs_the_manifest_knows_the_old_and_the_new() -> None:
+    """Interrupted anywhere, a re-run or --uninstall must still own every path of both installs."""
+    old = [
+        {"path": "/x", "kind": "dir"},
+        {"path": "/opt/rollback", "kind": "tree"},
+        {"path": "/etc/rollback.toml", "kind": "file", "sha256": "a"},
+        {"path": "/etc/systemd/system/multi-user.target.wants/u.service", "kind": "link", "target": "/t"},
+    ]
+    new = [
+        {"path": "/opt/rollback", "kind": "tree"},
+        {"path": "/etc/rollback.toml", "kind": "file", "sha256": "b"},
+        {"path": "/y", "kind": "dir"},
+    ]
+    merged = {entry["path"]: entry for entry in installer.merged(old, new)}
+    assert merged["/etc/rollback.toml"]["sha256"] == ["a", "b"]
+    assert set(merged) == {entry["path"] for entry in old + new}
+    kinds = [entry["kind"] for entry in installer.merged(old, new)]
+    assert kinds[:3] == ["dir", "dir", "tree"]  # removed last, in reverse: files and links go first

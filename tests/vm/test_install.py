@@ -4,12 +4,15 @@ installed boots and rolls back; --uninstall leaves every tree it wrote into as i
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import vm as harness
-from tests.support.install import install, listing
+from tests.support.install import INSTALL, install, listing
 from tests.support.layout import sh
 from tests.support.vm import assert_rolled_back
 from tests.support.vm_session import Vm
@@ -25,6 +28,30 @@ def written(dry_run: str) -> set[str]:
 
 def outside_prefix(found: dict[str, str]) -> dict[str, str]:
     return {path: kind for path, kind in found.items() if not path.startswith(PREFIX + "/")}
+
+
+def interrupted(uuid: str) -> None:
+    """A re-run with other options, stopped (SIGTERM) while pip builds: exit 1, no pip left running;
+    what it was changing stays listed, so --uninstall still removes all of it."""
+    argv = [str(INSTALL), "--device", f"UUID={uuid}", "--cleanup", "after-boot", "--policy", "stop-boot"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        deadline = time.monotonic() + 60
+        while "pip install" not in " ".join(_children(run.pid)):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 1 and "interrupted" in stderr, stderr
+    assert not [cmd for cmd in _all_commands() if PREFIX in cmd and "pip" in cmd], "pip still runs"
+
+
+def _children(pid: int) -> list[str]:
+    found = subprocess.run(["ps", "-o", "args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return found.splitlines()
+
+
+def _all_commands() -> list[str]:
+    return subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout.splitlines()
 
 
 def test_install_then_boot_then_uninstall_leaves_nothing(vm: Vm, tmp_path: Path) -> None:
@@ -48,13 +75,14 @@ def test_install_then_boot_then_uninstall_leaves_nothing(vm: Vm, tmp_path: Path)
             assert again.returncode == 0, again.stderr
             assert outside_prefix(listing()) == outside_prefix(installed)
             assert 'device = "UUID=' + uuid + '"' in Path("/etc/rollback.toml").read_text()
+            initramfs = harness.build_installed_initramfs(vm.kernel, vm.work)
+            interrupted(uuid)
+            with Path("/etc/dracut.conf.d/90-rollback.conf").open("a") as conf:
+                conf.write("# the user's edit: still the installer's file (it names the module it installed)\n")
         except BaseException:
             install("--uninstall")
             raise
-    try:
-        initramfs = harness.build_installed_initramfs(vm.kernel, vm.work)
-    finally:
-        gone = install("--uninstall")
+    gone = install("--uninstall")
     assert gone.returncode == 0, gone.stderr
     assert listing() == before, "the uninstall left something behind, or removed something"
     boot = vm.boot_initramfs(initramfs, image, name="installed")
