@@ -45,8 +45,25 @@ CATALOG = Path("/usr/lib/systemd/catalog/rollback.catalog")
 UNITS = Path("/usr/local/lib/systemd/system")
 WANTS = Path("/etc/systemd/system/multi-user.target.wants")
 CONFIG = Path("/etc/rollback.toml")
-MODULE_FILES = ("module-setup.sh", "python_closure.py")
-INITRD_UNITS = ("rollback@.service", "rollback-early@.service", "rollback-stop-boot.conf", "rollback-trigger")
+CLEANUP_UNIT = UNITS / "rollback-cleanup@.service"
+# copied as they are: (where, from the repository, mode): the dracut module with the initrd's units
+SHIPPED = (
+    *(
+        (MODULE / name, Path("packaging/dracut/90rollback") / name, 0o755)
+        for name in ("module-setup.sh", "python_closure.py")
+    ),
+    *(
+        (MODULE / "units" / name, Path("units") / name, 0o755 if name == "rollback-trigger" else 0o644)
+        for name in (
+            "rollback@.service",
+            "rollback-early@.service",
+            "rollback-stop-boot.conf",
+            "rollback-trigger",
+            "rollback.catalog",
+        )
+    ),
+    (CATALOG, Path("units/rollback.catalog"), 0o644),
+)
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "rollback")  # what pip builds the package from
 SOURCE = "<a copy of the package's files>"  # in a planned command: replaced by that copy's path
 BUILD_NEEDS = {  # what building btrfsutil and pystemd from PyPI needs -> Debian and Fedora packages
@@ -144,9 +161,7 @@ def observe(args: argparse.Namespace) -> Machine:
 
 def _candidates() -> list[str]:
     """Every path an install may write (a wants link for any device included)."""
-    paths = [str(BIN), str(CATALOG), str(DRACUT_CONF), str(UNITS / "rollback-cleanup@.service"), str(MODULE)]
-    paths += [str(MODULE / name) for name in MODULE_FILES]
-    paths += [str(MODULE / "units" / name) for name in (*INITRD_UNITS, "rollback.catalog")]
+    paths = [str(BIN), str(DRACUT_CONF), str(CLEANUP_UNIT), *(str(where) for where, _, _ in SHIPPED)]
     return paths + glob.glob(str(WANTS / "rollback-cleanup@*.service"))
 
 
@@ -277,21 +292,16 @@ def plan(args: argparse.Namespace, machine: Machine) -> Plan:
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", SOURCE]
     out.commands += [[sys.executable, "-m", "venv", "--clear", str(prefix)], pip]
     out.links.append((BIN, str(prefix / "bin" / "rollback")))
-    for name in MODULE_FILES:
-        out.files.append((MODULE / name, _read(REPO / "packaging/dracut/90rollback" / name), 0o755))
-    for name in (*INITRD_UNITS, "rollback.catalog"):
-        mode = 0o755 if name == "rollback-trigger" else 0o644
-        out.files.append((MODULE / "units" / name, _read(REPO / "units" / name), mode))
-    out.files.append((CATALOG, _read(REPO / "units/rollback.catalog"), 0o644))
+    out.files += [(where, _read(REPO / source), mode) for where, source, mode in SHIPPED]
     cleanup = _read(REPO / "units/rollback-cleanup@.service").replace("/usr/bin/rollback", str(BIN))
-    out.files.append((UNITS / "rollback-cleanup@.service", cleanup, 0o644))
+    out.files.append((CLEANUP_UNIT, cleanup, 0o644))
     out.files.append((DRACUT_CONF, dracut_conf(python, args.policy), 0o644))
     out.files.append((CONFIG, config_text(chosen), 0o644))
     if machine.config is not None:
         out.keep.add(CONFIG)
     if chosen.cleanup == "after-boot":
         unit = f"rollback-cleanup@{unit_path_escape(device_path(chosen.device))}.service"
-        out.links.append((WANTS / unit, str(UNITS / "rollback-cleanup@.service")))
+        out.links.append((WANTS / unit, str(CLEANUP_UNIT)))
     taken = sorted(str(path) for path in out.paths() if str(path) in machine.foreign)
     if taken:
         raise Refused("these exist and were not written by this installer (move them away): " + ", ".join(taken))

@@ -26,6 +26,15 @@ pytestmark = pytest.mark.btrfs
 TRIGGER = Path(__file__).parents[2] / "units/rollback-trigger"
 
 
+def published(directory: Path, process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Wait until an early process (real or fake) has published its pid: its imports done, waiting."""
+    deadline = time.monotonic() + 30
+    while not (directory / "pid").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no pid file"
+        time.sleep(0.01)
+
+
 @contextmanager
 def early(
     disk: Disk, directory: Path, env: dict[str, str] | None = None, cmdline: str = "/dev/null"
@@ -36,11 +45,7 @@ def early(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
     )
     try:
-        deadline = time.monotonic() + 30
-        while not (directory / "pid").exists():
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no pid file"
-            time.sleep(0.01)
+        published(directory, process)
         yield process
     finally:
         if process.poll() is None:
@@ -156,9 +161,7 @@ FALLBACK = ("sh", "-c", "exit 99", "x")  # the trigger's own command: it must ne
 def fake_early(directory: Path, seconds: float, code: int, *, wake: bool = True) -> Iterator[subprocess.Popen[bytes]]:
     argv = [sys.executable, "-c", FAKE_EARLY, str(directory), str(seconds), str(code), *(["wake"] if wake else [])]
     with subprocess.Popen(argv) as process:
-        while not (directory / "pid").exists():
-            assert process.poll() is None
-            time.sleep(0.005)
+        published(directory, process)
         yield process
 
 
@@ -231,9 +234,7 @@ def test_a_run_that_ends_in_an_exception_still_passes_its_status_on(tmp_path: Pa
     directory = tmp_path / "standby"
     argv = rollback_argv("standby", str(directory), "run", "--no-such-flag", cmdline=None)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
-        while not (directory / "pid").exists():
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.01)
+        published(directory, process)
         command = ["sh", "-c", "exit 99", "run", "--no-such-flag"]  # ends with the early process's argv
         result = subprocess.run(["bash", str(TRIGGER), str(directory), *command], capture_output=True, timeout=60)
         process.communicate(timeout=30)

@@ -16,7 +16,11 @@ NESTED = ["root/var/lib/machines", "root/var/lib/machines/guest", "root/var/lib/
 
 
 def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+    """Run a command; its output, stripped. A failure raises with what the command said on stderr."""
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result.stdout.strip()
 
 
 class Subvolume(NamedTuple):

@@ -16,7 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.vm import BASE_MODULES, REPO, Kernel, Variant, present
+from tests.support.layout import sh
+from tests.support.vm import BASE_MODULES, REPO, Kernel, Variant, dracut_argv, present
 
 CACHE = Path(os.environ.get("ROLLBACK_VM_CACHE", "/var/cache/rollback-tests"))
 MIRROR = "http://deb.debian.org/debian"
@@ -40,15 +41,15 @@ def userland(root: Path) -> None:
     if not tarball.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         build = root.parent / "trixie-build"
-        _sh("debootstrap", "--variant=minbase", "trixie", str(build), MIRROR)
+        sh("debootstrap", "--variant=minbase", "trixie", str(build), MIRROR)
         _chroot(build, "apt-get", "update", "-qq")
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         _chroot(build, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES, env=env)
         _chroot(build, "apt-get", "clean")
-        _sh("tar", "-C", str(build), "-cf", f"{tarball}.part", ".")
+        sh("tar", "-C", str(build), "-cf", f"{tarball}.part", ".")
         os.replace(f"{tarball}.part", tarball)
         shutil.rmtree(build)
-    _sh("tar", "-C", str(root), "-xf", str(tarball))
+    sh("tar", "-C", str(root), "-xf", str(tarball))
 
 
 def install(root: Path) -> str:
@@ -123,25 +124,9 @@ def build_initramfs(root: Path, kernel: Kernel, variant: Variant, work: Path) ->
         "rollback_policy": variant.policy,
     }
     modules = (*BASE_MODULES, *(() if installed else variant.modules))  # installed: its conf adds rollback
-    argv = [
-        "dracut",
-        "--force",
-        "--no-hostonly",
-        "--no-early-microcode",
-        "--kver",
-        kernel.version,
-        "--modules",
-        " ".join(present(modules, root / "usr/lib/dracut")),
-        "--conf",
-        "/dev/null",
-        "--confdir",
-        "/etc/dracut.conf.d" if installed else f"{inside}/conf.d",
-        "--zstd",
-        "--add-drivers",
-        "virtio_blk virtio_pci btrfs",
-        *(arg for _, dest in variant.includes for arg in ("--include", f"{inside}/{Path(dest).name}", dest)),
-        f"{inside}/initramfs.img",
-    ]
+    confdir = "/etc/dracut.conf.d" if installed else f"{inside}/conf.d"
+    includes = tuple((f"{inside}/{Path(dest).name}", dest) for _, dest in variant.includes)
+    argv = dracut_argv(kernel, f"{inside}/initramfs.img", present(modules, root / "usr/lib/dracut"), confdir, includes)
     _chroot(root, *argv, env={} if installed else env)
     out = work / f"initramfs-trixie-{variant.name}.img"
     shutil.move(root / inside.relative_to("/") / "initramfs.img", out)
@@ -170,9 +155,3 @@ def _chroot(root: Path, *argv: str, env: dict[str, str] | None = None, check: bo
             f"in the trixie chroot, {' '.join(argv)} exited {result.returncode}:\n{result.stderr[-4000:]}"
         )
     return result.stdout + result.stderr
-
-
-def _sh(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr[-4000:]}")

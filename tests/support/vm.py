@@ -119,16 +119,19 @@ def build_installed_initramfs(kernel: Kernel, work: Path) -> Path:
     return _dracut(kernel, out, work, {"dracutbasedir": str(base)}, BASE_MODULES, Path("/etc/dracut.conf.d"), ())
 
 
-def _dracut(
+def dracut_argv(
     kernel: Kernel,
-    out: Path,
-    work: Path,
-    env: dict[str, str],
+    out: str,
     modules: tuple[str, ...],
-    confdir: Path,
+    confdir: str,
     includes: tuple[tuple[str, str], ...],
-) -> Path:
-    argv = [
+    *,
+    tmpdir: str | None = None,
+) -> list[str]:
+    """The dracut command line of every VM-tier initramfs, on any platform: a generic (not host-only)
+    systemd initramfs of exactly `modules`, no configuration but `confdir`, the virtio and btrfs
+    drivers; `includes` as (file, path in the initramfs)."""
+    return [
         "dracut",
         "--force",
         "--no-hostonly",
@@ -140,15 +143,26 @@ def _dracut(
         "--conf",
         "/dev/null",
         "--confdir",
-        str(confdir),
-        "--tmpdir",
-        str(work),
+        confdir,
+        *(["--tmpdir", tmpdir] if tmpdir else []),
         "--zstd",
         "--add-drivers",
         "virtio_blk virtio_pci btrfs",
         *(arg for source, dest in includes for arg in ("--include", source, dest)),
-        str(out),
+        out,
     ]
+
+
+def _dracut(
+    kernel: Kernel,
+    out: Path,
+    work: Path,
+    env: dict[str, str],
+    modules: tuple[str, ...],
+    confdir: Path,
+    includes: tuple[tuple[str, str], ...],
+) -> Path:
+    argv = dracut_argv(kernel, str(out), modules, str(confdir), includes, tmpdir=str(work))
     result = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True)
     if result.returncode != 0 or not out.exists():
         raise RuntimeError(f"dracut failed ({result.returncode}):\n{result.stderr[-4000:]}")
