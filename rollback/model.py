@@ -24,13 +24,20 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Subvol:
-    """One subvolume as observed on the device."""
+    """One subvolume as observed on the device: every subvolume is listed, with its id and path."""
 
     id: int
     path: str  # relative to the top level
-    parent_id: int
-    read_only: bool
-    otime: float
+
+
+@dataclass(frozen=True)
+class Examined(Subvol):
+    """A subvolume whose record was read as well: only those a plan or a report looks at (the root, the
+    blank, archived roots, trash entries). Reading it for every nested subvolume would put one search
+    per subvolume on the boot path."""
+
+    read_only: bool = False
+    otime: float = 0.0
     otransid: int = 0  # the transaction that created it: the filesystem's own order, unlike any clock
     changed: bool = True  # written to since it was created (ctransid > otransid)
     uuid: str = ""
@@ -54,21 +61,26 @@ class Observation:
     def kind(self, path: str) -> Kind:
         return self.kinds.get(path, Kind.MISSING)
 
-    def get(self, path: str) -> Subvol | None:
-        return next((s for s in self.subvols if s.path == path), None)
+    def get(self, path: str) -> Examined | None:
+        """The subvolume at `path`, which must be one the observation examined."""
+        found = next((s for s in self.subvols if s.path == path), None)
+        if found is None or isinstance(found, Examined):
+            return found
+        raise LookupError(f"{path!r} was listed, not examined: the observer reads every path a plan asks about")
 
     def below(self, path: str) -> Iterator[Subvol]:
         """Subvolumes strictly inside `path`, at any depth."""
         return (s for s in self.subvols if s.path != path and is_within(s.path, path))
 
-    def entries(self, directory: str) -> list[Subvol]:
+    def entries(self, directory: str) -> list[Examined]:
         """Archived roots (or trash entries) directly inside `directory`, oldest first.
 
         Oldest by creation transid, the filesystem's own counter: names carry the clock's time at the
         run that made them, and clocks in an initrd can be anything.
         """
         depth = directory.count("/") + 1
-        ours = [s for s in self.below(directory) if s.path.count("/") == depth and parse_entry(basename(s.path))]
+        named = (s.path for s in self.below(directory) if s.path.count("/") == depth and parse_entry(basename(s.path)))
+        ours = [s for s in map(self.get, named) if s]
         return sorted(ours, key=lambda s: (s.otransid, s.path))
 
     def tree(self, path: str) -> list[Subvol]:

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from rollback import names
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Kind, Observation, Subvol
+from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Examined, Kind, Observation, Subvol
 from rollback.settings import Config
 
 
@@ -215,6 +215,11 @@ def paths_of_interest(config: Config) -> list[str]:
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
+def holders(config: Config) -> list[str]:
+    """The directories whose entries (trash entries, archived roots) the plan examines one by one."""
+    return [TRASH_DIR] + ([config.archive] if config.keeping else [])
+
+
 def archives_root(config: Config, obs: Observation) -> bool:
     """Keep the old root, unless it is exactly what a run creates and nothing used it (a re-run,
     or a run interrupted after creating it): archiving that would push real old roots out."""
@@ -222,7 +227,7 @@ def archives_root(config: Config, obs: Observation) -> bool:
     return config.keeping and root is not None and not untouched(root, config, obs)
 
 
-def untouched(root: Subvol, config: Config, obs: Observation) -> bool:
+def untouched(root: Examined, config: Config, obs: Observation) -> bool:
     """Empty, or a snapshot of the blank not written to since the committed snapshot."""
     blank = obs.get(config.blank)
     from_blank = blank is not None and bool(root.parent_uuid) and root.parent_uuid == blank.uuid
@@ -248,7 +253,7 @@ def prune_paths(config: Config, obs: Observation) -> list[str]:
     return [existing[i].path for i in doomed if i < len(existing)]
 
 
-def _entry_stamp(sub: Subvol) -> datetime:
+def _entry_stamp(sub: Examined) -> datetime:
     entry = names.parse_entry(names.basename(sub.path))
     assert entry is not None  # Observation.entries lists only parsed names
     return entry.stamp

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rollback import names
-from rollback.model import TRASH_DIR, Kind, Observation, Subvol
+from rollback.model import TRASH_DIR, Examined, Kind, Observation
 from rollback.settings import Config
 
 
-def _when(sub: Subvol, now: datetime) -> dict[str, Any]:
+def _when(sub: Examined, now: datetime) -> dict[str, Any]:
     created = datetime.fromtimestamp(sub.otime, UTC)
     return {"created": created.isoformat(timespec="seconds"), "age_seconds": int((now - created).total_seconds())}
 

@@ -16,7 +16,7 @@ from rollback import report
 from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Observation
-from rollback.plan import Plan, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
+from rollback.plan import Plan, holders, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
 from rollback.settings import Config, as_dict, describe
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would
@@ -34,7 +34,7 @@ def _observed(config: Config, *, lock: bool, lock_node: bool = True) -> Iterator
     fsid = device.probe(dev)
     with device.locked(dev, fsid, node=lock_node) if lock else nullcontext(), mount.top_level(dev) as top:
         mounted = device.mounted_subvolumes(str(top), fsid)
-        yield top, btrfs.observe(top, paths_of_interest(config), mounted, datetime.now(UTC))
+        yield top, btrfs.observe(top, paths_of_interest(config), holders(config), mounted, datetime.now(UTC))
 
 
 def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import assert_never
 
 import btrfsutil
 
-from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Kind, Observation, Subvol
+from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Observation, Subvol
 from rollback.plan import (
     Commit,
     Create,
@@ -38,19 +38,21 @@ _DIRS = (Kind.SUBVOLUME, Kind.DIRECTORY)
 
 
 def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
-    return tuple(
-        Subvol(
-            info.id,
-            os.fsdecode(path),
-            info.parent_id,
-            bool(info.flags & _READ_ONLY),
-            info.otime,
-            otransid=info.otransid,
-            changed=info.ctransid > info.otransid,
-            uuid=info.uuid.hex(),
-            parent_uuid=info.parent_uuid.hex(),
-        )
-        for path, info in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID, info=True)
+    """Every subvolume, by id and path: no per-subvolume record read (that is what examine() does)."""
+    return tuple(Subvol(i, os.fsdecode(path)) for path, i in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID))
+
+
+def examine(top: Path, sub: Subvol) -> Examined:
+    info = btrfsutil.subvolume_info(str(top / sub.path))
+    return Examined(
+        sub.id,
+        sub.path,
+        read_only=bool(info.flags & _READ_ONLY),
+        otime=info.otime,
+        otransid=info.otransid,
+        changed=info.ctransid > info.otransid,
+        uuid=info.uuid.hex(),
+        parent_uuid=info.parent_uuid.hex(),
     )
 
 
@@ -108,17 +110,24 @@ def unlock_tree(path: Path) -> None:
         unlock(nested)
 
 
-def observe(top: Path, paths: Iterable[str], mounted: Mapping[int, str], now: datetime) -> Observation:
-    subvols = list_subvolumes(top)
-    subvol_paths = {s.path for s in subvols}
+def observe(
+    top: Path, paths: Iterable[str], holders: Iterable[str], mounted: Mapping[int, str], now: datetime
+) -> Observation:
+    """What the plan needs: every subvolume listed; examined (and checked for +i/+a) only the `paths` it
+    asks about and the entries directly inside `holders` (the trash, the archive). Nothing here reads a
+    subvolume nested in the root: the boot's cost does not grow with them."""
+    listed = list_subvolumes(top)
+    subvol_paths = {s.path for s in listed}
     kinds = {p: _kind(top, p, subvol_paths) for p in paths}
     dirs = {p for p, k in kinds.items() if k in _DIRS}
-    entries = {s.path for s in subvols if s.path.rpartition("/")[0] in dirs}  # archived roots, trash entries
+    holding = {h for h in holders if h in dirs}
+    entries = {s.path for s in listed if s.path.rpartition("/")[0] in holding}  # archived roots, trash entries
+    wanted = entries | {p for p, k in kinds.items() if k is Kind.SUBVOLUME}
     return Observation(
-        subvols=subvols,
+        subvols=tuple(examine(top, s) if s.path in wanted else s for s in listed),
         default_id=btrfsutil.get_default_subvolume(str(top)),
         kinds=kinds,
-        empty=frozenset(p for p, k in kinds.items() if k in _DIRS and _is_empty(top / p)),
+        empty=frozenset(p for p in dirs if _is_empty(top / p)),
         mounted=dict(mounted),
         skip_mark=os.path.lexists(top / SKIP_MARK),
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),

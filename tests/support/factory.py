@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from rollback.model import STATE_DIR, TRASH_DIR, Kind, Observation, Subvol
-from rollback.names import is_within
+from rollback.model import STATE_DIR, TRASH_DIR, Examined, Kind, Observation
 from rollback.settings import Config, Value, resolve
 
 NOW = datetime(2026, 11, 25, 6, 0, 0, tzinfo=UTC)
@@ -32,17 +31,10 @@ def observe(
     """Subvolumes by path, created in the order given (ids from 256, transids from 7).
 
     (path, read_only) for snapshots."""
-    built: list[Subvol] = []
+    built: list[Examined] = []
     for number, item in enumerate(subvols):
         path, read_only = (item, False) if isinstance(item, str) else item
-        parent = max(
-            (s for s in built if is_within(path, s.path) and s.path != path), key=lambda s: len(s.path), default=None
-        )
-        built.append(
-            Subvol(
-                256 + number, path, parent.id if parent else 5, read_only, now.timestamp() - 3600, otransid=number + 7
-            )
-        )
+        built.append(Examined(256 + number, path, read_only, now.timestamp() - 3600, otransid=number + 7))
     kinds: dict[str, Kind] = {s.path: Kind.SUBVOLUME for s in built}
     for d in dirs:
         kinds[d] = Kind.DIRECTORY

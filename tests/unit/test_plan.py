@@ -116,8 +116,10 @@ def test_an_empty_root_is_not_archived_and_does_not_count() -> None:
 
 def test_an_unused_snapshot_of_the_blank_is_not_archived() -> None:
     obs = observe(["root", ("root-blank", True)], dirs=[TRASH_DIR])
-    blank = replace(obs.subvols[1], uuid="b1")
-    fresh = replace(obs.subvols[0], parent_uuid="b1", changed=False)
+    root, blank = obs.get("root"), obs.get("root-blank")
+    assert root and blank
+    blank = replace(blank, uuid="b1")
+    fresh = replace(root, parent_uuid="b1", changed=False)
     plan = plan_run(config(archive="old", mode="snapshot"), replace(obs, subvols=(fresh, blank)))
     assert Rename("root", f"{TRASH_DIR}/{STAMP}") in plan.steps
     used = replace(fresh, changed=True)
