@@ -35,6 +35,8 @@ from rollback.settings import schema
 from tests.support.cli import rollback_argv
 from tests.support.environment import unavailable
 
+pytestmark = pytest.mark.static
+
 ROOT = Path(__file__).parents[2]
 KIT_ENV = "ROLLBACK_NIX_KIT"
 

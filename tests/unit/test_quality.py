@@ -11,6 +11,8 @@ import pytest
 
 from tests.support.environment import unavailable
 
+pytestmark = pytest.mark.static
+
 ROOT = Path(__file__).parents[2]
 UNITS = ROOT / "units"
 
