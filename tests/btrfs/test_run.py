@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import btrfsutil
@@ -164,20 +163,7 @@ def test_without_root_privileges_it_refuses_clearly(disk: Disk) -> None:
         populate(top)
     os.chmod(disk.device, 0o666)  # readable, so the only missing piece is CAP_SYS_ADMIN
     result = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            sys.executable,
-            "-m",
-            "rollback",
-            "status",
-            "--device",
-            disk.device,
-            "--kernel-cmdline",
-            "/dev/null",
-        ],
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *disk.rollback_argv("status")],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parents[2],

@@ -34,8 +34,10 @@ def imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module == "rollback":  # from rollback import names
-            found |= {f"rollback.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module in ("rollback", "tests"):  # from tests import conftest
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level and not node.module:  # from . import names
+            found |= {"." * node.level + alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
             found.add("." * node.level + (node.module or ""))
     return found
@@ -57,9 +59,13 @@ def test_every_module_is_either_pure_or_known_to_act() -> None:
 
 
 def test_tests_share_helpers_only_through_tests_support() -> None:
-    """No test module imports from a conftest file or from another test module; the bench likewise."""
+    """No test module imports from a conftest file or from another test module, by any spelling (`from tests
+    import conftest`, a bare `import conftest`, `from . import test_plan`); the bench likewise."""
     root = ROOT.parent
     for path in [*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")]:
         for module in imports(path):
+            where = (str(path.relative_to(root)), module)
             if module.startswith("tests.") or (module.startswith(".") and path.parent.name != "support"):
-                assert module.startswith("tests.support"), (str(path.relative_to(root)), module)
+                assert module.startswith("tests.support"), where
+            assert "conftest" not in module.split("."), where
+            assert not module.lstrip(".").split(".")[0].startswith("test_"), where
