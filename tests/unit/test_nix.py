@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import tomllib
 from dataclasses import dataclass
@@ -664,9 +665,13 @@ def test_the_check_phase_passes_on_exactly_the_shipped_files(evaluated: Evaluate
         assert list(src.glob(glob)), glob
     for path in package["enabledTestPaths"]:
         assert (src / path).exists(), path
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTHONPATH")}  # as in the build sandbox
+    # as in the build sandbox: a bare interpreter, the dependencies reachable only through PYTHONPATH (as
+    # nixpkgs' python setup hook puts them), so a test that replaces PYTHONPATH loses them here too
+    deps = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib")))
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTHONPATH")} | {"PYTHONPATH": deps}
+    python = getattr(sys, "_base_executable", sys.executable)
     where = subprocess.run(
-        [sys.executable, "-c", "import rollback, bench.run; print(rollback.__file__)"],
+        [python, "-c", "import rollback, bench.run; print(rollback.__file__)"],
         cwd=src,
         env=env,
         capture_output=True,
@@ -675,7 +680,7 @@ def test_the_check_phase_passes_on_exactly_the_shipped_files(evaluated: Evaluate
     assert where.returncode == 0 and where.stdout.startswith(str(src)), where.stdout + where.stderr
     result = subprocess.run(
         [
-            sys.executable,
+            python,
             "-m",
             "pytest",
             "-q",
