@@ -237,7 +237,7 @@ def build_tree(files: dict[str, str], prefix: str, destdir: str, units: str, pre
     # whose bin/pythonX.Y is a wrapper exec'ing it (nixpkgs' withPackages since 2025-09)
     interpreter = os.path.realpath(f"{sysconfig.get_config_var('BINDIR')}/{version}")
     _copy(interpreter, f"{destdir}{prefix}/bin/python3", strip=True)
-    libpython = _libpython()
+    libpython = _libpython(interpreter)
     if libpython:  # a shared libpython (Nix, pyenv): beside the interpreter, found through its RUNPATH
         _copy(libpython, f"{destdir}{prefix}/lib/{os.path.basename(libpython)}", strip=True)
     # no RUNPATH may name the interpreter's own directories (they are not in the initrd); the
@@ -308,11 +308,16 @@ def _size(root: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(root) for f in names)
 
 
-def _libpython() -> str:
-    """The shared libpython the interpreter links, or "" when it is linked in (Debian's)."""
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        return ""
+def _libpython(interpreter: str) -> str:
+    """The shared libpython the interpreter links, or "" when it is linked in. Asked of the binary
+    itself: Debian builds with Py_ENABLE_SHARED and ships libpython for embedders, yet its
+    /usr/bin/python3.X links none (copying it would add 7.7 MB nothing loads)."""
     name = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not name:
+        return ""
+    needed = subprocess.run(["patchelf", "--print-needed", interpreter], capture_output=True, text=True, check=True)
+    if name not in needed.stdout.split():
+        return ""
     return os.path.realpath(f"{sysconfig.get_config_var('LIBDIR')}/{name}")
 
 
