@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, assert_never
 
 from rollback import __version__
 from rollback.errors import KIND, MEANING, Exit, RollbackError
@@ -66,7 +66,18 @@ def _settings_parser() -> argparse.ArgumentParser:
     return parent
 
 
-Handler = Callable[[argparse.Namespace, Config, str], Exit]
+@dataclass(frozen=True)
+class WithSettings:
+    """A verb run with the resolved settings and the kernel command line they were read from."""
+
+    call: Callable[[argparse.Namespace, Config, str], Exit]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A verb run before any setting is read (standby: it reads them when triggered)."""
+
+    call: Callable[[argparse.Namespace], int]
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,7 @@ class Verb:
     name: str
     help: str
     flags: tuple[tuple[str, str], ...]  # (flag, help) of its store_true options, e.g. --json
-    handler: Handler | None  # with the resolved settings
-    raw: Callable[[argparse.Namespace], int] | None = None  # instead: before any setting is read
+    handler: WithSettings | Raw
 
 
 _JSON = ("--json", "machine-readable output")
@@ -126,23 +136,27 @@ def _standby(args: argparse.Namespace) -> int:
 
 
 VERBS = (
-    Verb("run", "replace the root subvolume (the boot job)", (("--dry-run", "print the plan, change nothing"),), _run),
+    Verb(
+        "run",
+        "replace the root subvolume (the boot job)",
+        (("--dry-run", "print the plan, change nothing"),),
+        WithSettings(_run),
+    ),
     Verb(
         "cleanup",
         "delete the old roots boots left in the trash (cleanup = after-boot; the running system)",
         (("--dry-run", "print the plan, change nothing"),),
-        _cleanup,
+        WithSettings(_cleanup),
     ),
-    Verb("status", "show what is on the device", (_JSON,), _status),
-    Verb("diff", "list what the next run would erase", (_JSON,), _diff),
-    Verb("skip-next", "keep the current root at the next boot, once", (), _skip_next),
-    Verb("config", "print the resolved settings and where each came from", (_JSON,), _config),
+    Verb("status", "show what is on the device", (_JSON,), WithSettings(_status)),
+    Verb("diff", "list what the next run would erase", (_JSON,), WithSettings(_diff)),
+    Verb("skip-next", "keep the current root at the next boot, once", (), WithSettings(_skip_next)),
+    Verb("config", "print the resolved settings and where each came from", (_JSON,), WithSettings(_config)),
     Verb(
         "standby",
         "(the early initrd unit) import now, run COMMAND when units/rollback-trigger says so",
         (),
-        None,
-        _standby,
+        Raw(_standby),
     ),
 )
 BY_VERB = {verb.name: verb for verb in VERBS}
@@ -163,13 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(
             verb.name,
             help=verb.help,
-            parents=settings if verb.raw is None else [],
+            parents=[] if isinstance(verb.handler, Raw) else settings,
             epilog=EXIT_CODES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         for flag, text in verb.flags:
             sub.add_argument(flag, action="store_true", help=text)
-        if verb.raw is not None:  # standby DIR COMMAND...: the command is a whole rollback command line
+        if isinstance(verb.handler, Raw):  # standby DIR COMMAND...: the command is a whole rollback command line
             sub.add_argument("directory", metavar="DIR", help="where the trigger finds this process")
             sub.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="e.g. run --device DEV")
     return parser
@@ -190,17 +204,20 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
     return resolve(file_layer, cmdline_layer, flags, file_name), cmdline
 
 
-def dispatch(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
-    handler = BY_VERB[args.verb].handler
-    assert handler is not None
-    return handler(args, config, cmdline)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    raw = BY_VERB[args.verb].raw
-    if raw is not None:
-        return raw(args)
+    handler = BY_VERB[args.verb].handler
+    match handler:
+        case Raw(call):
+            return call(args)
+        case WithSettings(call):
+            return _with_settings(args, call)
+        case _:
+            assert_never(handler)
+
+
+def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace, Config, str], Exit]) -> int:
+    """Configure logging, resolve the settings, run the verb: the exit-code boundary."""
     from rollback import log
 
     try:
@@ -217,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(Exit.USAGE)
     log.configure(target=target)
     try:
-        return int(dispatch(args, *load_config(args)))
+        return int(call(args, *load_config(args)))
     except BrokenPipeError:  # the reader stopped early (`rollback diff | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(Exit.OK)
