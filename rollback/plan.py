@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import assert_never
 
 from rollback import names
 from rollback.errors import Refused
@@ -125,6 +126,18 @@ class RemoveMark:
 
 
 Step = MakeDir | Rename | Create | Snapshot | Commit | Reclaim | Delete | Unlock | WriteMark | RemoveMark
+
+
+def changes_nothing_on_enospc(step: Step) -> bool:
+    """One system call for which btrfs reserves its space before it alters anything: failing with ENOSPC
+    as a run's first step, it left the device exactly as it was (a refusal, not a failure midway)."""
+    match step:
+        case MakeDir() | Rename() | Create() | Snapshot() | WriteMark():
+            return True
+        case Commit() | Reclaim() | Delete() | Unlock() | RemoveMark():
+            return False
+        case _:
+            assert_never(step)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def _failure(number: int, plan: Plan, error: OSError) -> Refused | StepFailed:
     """What a failing step means. No room for the very first change, when that change is one system
     call (btrfs reserves its space before it alters anything), leaves the device exactly as it was: a
     refusal, which says so, rather than a failure after changes began."""
-    from rollback.plan import Create, MakeDir, Rename, Snapshot, WriteMark
+    from rollback.plan import changes_nothing_on_enospc
 
     step = plan.steps[number - 1]
     what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
@@ -81,7 +81,7 @@ def _failure(number: int, plan: Plan, error: OSError) -> Refused | StepFailed:
             code="step-failed",
         )
     free = "free space (btrfs filesystem usage); the old root stays in use until then"
-    if number == 1 and isinstance(step, MakeDir | Rename | Create | Snapshot | WriteMark):
+    if number == 1 and changes_nothing_on_enospc(step):
         return Refused(
             what + "no space left on the filesystem, before any change; nothing of rollback's to free",
             free,
@@ -117,7 +117,7 @@ def _check_hibernation(config: Config, cmdline: str) -> None:
             raise Refused(f"a hibernation image ({signature}) is waiting on {where}", hint, code="hibernated")
 
 
-def run(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
+def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     fields: dict[str, Any] = {
         "device": config.require_device(),
         "subvolume": config.subvolume,
