@@ -4,35 +4,104 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from rollback import names
 from rollback.model import TRASH_DIR, Examined, Kind, Observation
 from rollback.settings import Config
 
 
-def _when(sub: Examined, now: datetime) -> dict[str, Any]:
+class When(TypedDict):
+    created: str  # ISO 8601, UTC
+    age_seconds: int
+
+
+class RootReport(TypedDict):
+    path: str
+    kind: str  # model.Kind's value
+    id: NotRequired[int]  # these four when it is a subvolume
+    nested: NotRequired[int]
+    created: NotRequired[str]
+    age_seconds: NotRequired[int]
+
+
+class BlankReport(TypedDict):
+    path: str
+    exists: bool
+    read_only: bool
+
+
+class ArchivedRoot(TypedDict):
+    path: str
+    nested: int
+    created: str
+    age_seconds: int
+
+
+class ArchiveReport(TypedDict):
+    path: str
+    roots: list[ArchivedRoot]
+
+
+class ProtectedReport(TypedDict):
+    path: str
+    id: int
+    inside_root: bool
+
+
+class PendingReport(TypedDict):
+    trash: list[str]
+    kernel_cleaner: list[int]
+
+
+class Status(TypedDict):
+    """What `status` shows; `status --json` prints it as is."""
+
+    device: str | None
+    default_subvolume_id: int
+    root: RootReport
+    blank: BlankReport
+    archive: ArchiveReport | None  # when old roots are kept
+    protected: list[ProtectedReport]
+    pending: PendingReport
+    skip_next: bool
+    mounted: dict[str, str]  # subvolume id -> where
+
+
+def _when(sub: Examined, now: datetime) -> When:
     created = datetime.fromtimestamp(sub.otime, UTC)
     return {"created": created.isoformat(timespec="seconds"), "age_seconds": int((now - created).total_seconds())}
 
 
-def status(config: Config, obs: Observation) -> dict[str, Any]:
+def _root(config: Config, obs: Observation) -> RootReport:
+    found: RootReport = {"path": config.subvolume, "kind": obs.kind(config.subvolume).value}
     root = obs.get(config.subvolume)
+    if root:
+        when = _when(root, obs.now)
+        found["id"], found["nested"] = root.id, len(obs.tree(root.path)) - 1
+        found["created"], found["age_seconds"] = when["created"], when["age_seconds"]
+    return found
+
+
+def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
+    when = _when(sub, obs.now)
+    return {
+        "path": sub.path,
+        "nested": len(obs.tree(sub.path)) - 1,
+        "created": when["created"],
+        "age_seconds": when["age_seconds"],
+    }
+
+
+def status(config: Config, obs: Observation) -> Status:
     blank = obs.get(config.blank)
     protected = {names.basename(p) for p in config.protect}
     return {
         "device": config.device,
         "default_subvolume_id": obs.default_id,
-        "root": {"path": config.subvolume, "kind": obs.kind(config.subvolume).value}
-        | ({"id": root.id, "nested": len(obs.tree(root.path)) - 1, **_when(root, obs.now)} if root else {}),
+        "root": _root(config, obs),
         "blank": {"path": config.blank, "exists": blank is not None, "read_only": bool(blank and blank.read_only)},
-        "archive": {
-            "path": config.archive,
-            "roots": [
-                {"path": s.path, "nested": len(obs.tree(s.path)) - 1, **_when(s, obs.now)}
-                for s in obs.entries(config.archive)
-            ],
-        }
+        "archive": {"path": config.archive, "roots": [_archived(s, obs) for s in obs.entries(config.archive)]}
         if config.keeping
         else None,
         "protected": [
@@ -53,7 +122,7 @@ def _age(seconds: int) -> str:
     return f"{max(seconds, 0)}s ago"
 
 
-def status_lines(report: dict[str, Any]) -> list[str]:
+def status_lines(report: Status) -> list[str]:
     root, blank, archive = report["root"], report["blank"], report["archive"]
     lines = [f"device:     {report['device']} (default subvolume id {report['default_subvolume_id']})"]
     if "id" in root:
