@@ -52,3 +52,9 @@ class StepFailed(RollbackError):
     """A step raised after the plan started executing."""
 
     exit_code = Exit.FAILED
+
+
+class ReadFailed(RollbackError):
+    """A reporting verb could not read what it reports on (nothing was changed)."""
+
+    exit_code = Exit.FAILED

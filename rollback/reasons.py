@@ -73,6 +73,9 @@ REASONS: dict[str, Reason] = {
     "no-space-midway": Reason(
         Exit.FAILED, "space ran out after what rollback itself left was freed", "free space; the next run finishes"
     ),
+    "tree-unreadable": Reason(
+        Exit.FAILED, "`diff` could not read a directory or file of the root (I/O error)", "see dmesg; btrfs scrub"
+    ),
     "internal": Reason(Exit.FAILED, "an unexpected error (a bug): the traceback is logged", "report it"),
     # exit 77: asked not to run; the root was kept
     "rollback.skip": Reason(Exit.SKIPPED, "`rollback.skip` on the kernel command line", "nothing: as asked"),

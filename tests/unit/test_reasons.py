@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from rollback import cli, reasons
-from rollback.errors import MEANING, ConfigError, Exit, Refused, RollbackError, StepFailed
+from rollback.errors import MEANING, ConfigError, Exit, ReadFailed, Refused, RollbackError, StepFailed
 
 ROOT = Path(__file__).parents[2]
-CLASSES: dict[str, type[RollbackError]] = {c.__name__: c for c in (ConfigError, Refused, StepFailed)}
+CLASSES: dict[str, type[RollbackError]] = {c.__name__: c for c in (ConfigError, Refused, StepFailed, ReadFailed)}
 
 
 def raised() -> list[tuple[str, str, str]]:
