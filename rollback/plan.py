@@ -140,6 +140,18 @@ def changes_nothing_on_enospc(step: Step) -> bool:
             assert_never(step)
 
 
+def put_back(steps: tuple[Step, ...], failed: int) -> Rename | None:
+    """When making the new root fails (step `failed`, e.g. no space), the move that set the old root
+    aside in this run, reversed: the boot goes on with yesterday's root rather than with none (a root
+    archived, then no room to create its successor, would otherwise leave every later boot rootless)."""
+    match steps[failed - 1]:
+        case Create(path=target) | Snapshot(dest=target):
+            moved = [s for s in steps[: failed - 1] if isinstance(s, Rename) and s.source == target]
+            return Rename(moved[-1].dest, target) if moved else None
+        case _:
+            return None
+
+
 @dataclass(frozen=True)
 class Plan:
     """The steps of one run, in order; `skipped` says why a run keeps the root."""

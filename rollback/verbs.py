@@ -19,7 +19,8 @@ from rollback.model import Observation
 from rollback.plan import Plan, holders, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
 from rollback.settings import Config, as_dict, describe
 
-FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would
+FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would ...
+FAIL_ERRNO_ENV = "ROLLBACK_TEST_FAIL_ERRNO"  # ... or with this errno (e.g. 28, ENOSPC)
 CRASH_AFTER_ENV = "ROLLBACK_TEST_CRASH_AFTER"  # test hook: kill ourselves after step N ...
 CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default KILL; TERM as systemd stops)
 
@@ -48,10 +49,11 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
         began = time.monotonic()
         try:
             if number == fail_at:
-                raise OSError(errno.EIO, "injected by " + FAIL_AT_ENV)
+                code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or errno.EIO)
+                raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             btrfs.execute(step, top)
         except OSError as error:
-            raise _failure(number, plan, error) from error
+            raise _failure(number, plan, error, _put_back(plan, number, top)) from error
         emit(
             "step",
             step.describe(),
@@ -66,7 +68,22 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
-def _failure(number: int, plan: Plan, error: OSError) -> Refused | StepFailed:
+def _put_back(plan: Plan, failed: int, top: Path) -> str:
+    """Move the old root back if making the new one failed (plan.put_back); say what happened."""
+    from rollback.effects import btrfs
+    from rollback.plan import put_back
+
+    undo = put_back(plan.steps, failed)
+    if undo is None:
+        return ""
+    try:
+        btrfs.execute(undo, top)
+    except OSError as error:
+        return f"; moving the old root back failed too ({error.strerror}): this boot has no {undo.dest}"
+    return f"; the old root was moved back ({undo.describe()}): this boot uses it"
+
+
+def _failure(number: int, plan: Plan, error: OSError, undone: str = "") -> Refused | StepFailed:
     """What a failing step means. No room for the very first change, when that change is one system
     call (btrfs reserves its space before it alters anything), leaves the device exactly as it was: a
     refusal, which says so, rather than a failure after changes began."""
@@ -76,7 +93,7 @@ def _failure(number: int, plan: Plan, error: OSError) -> Refused | StepFailed:
     what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
     if error.errno != errno.ENOSPC:
         return StepFailed(
-            what + str(error),
+            what + str(error) + undone,
             "the device is consistent; the next run finishes the job (see rollback status)",
             code="step-failed",
         )
@@ -88,7 +105,7 @@ def _failure(number: int, plan: Plan, error: OSError) -> Refused | StepFailed:
             code="no-space",
         )
     return StepFailed(
-        what + "no space left on the filesystem",
+        what + "no space left on the filesystem" + undone,
         "what rollback itself left was deleted first; the rest is the machine's data: "
         + free
         + ", and the next run finishes the job",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-from rollback.verbs import FAIL_AT_ENV
+from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.disks import Disk
 from tests.support.layout import outside_root, populate
 
@@ -156,6 +157,34 @@ def test_a_failing_step_exits_1_and_the_next_run_finishes(disk: Disk, step: int)
     after = disk.state()
     assert outside_root(after) == outside_root(before) and after.under("root") == {"root": "dir:40755"}
     assert [p for p in after.subvolume_paths() if p.startswith((".rollback/", "root/"))] == []
+
+
+MODES = {"recreate": (), "keep": ("--archive", "old", "--keep-min", "0"), "snapshot": ("--mode", "snapshot")}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no-space-midway"), (errno.EIO, "step-failed")])
+def test_when_the_new_root_cannot_be_made_the_old_one_is_moved_back(
+    disk: Disk, mode: str, code: int, reason: str
+) -> None:
+    """The old root was set aside (into the trash or the archive), then making the new one fails: the
+    old root goes back, so this boot has a root (yesterday's) rather than none, and so does the next
+    one if space never comes back. With the space back, the next run finishes the job."""
+    with disk.top() as top:
+        populate(top, blank=True)
+    flags = MODES[mode]
+    planned = disk.rollback("run", "--dry-run", *flags).stdout.splitlines()
+    making = next(n for n, line in enumerate(planned, 1) if " subvolume root" in line or "-> root (" in line)
+    before = disk.state()
+    failed = disk.rollback("run", *flags, env={FAIL_AT_ENV: str(making), FAIL_ERRNO_ENV: str(code)})
+    assert failed.returncode == Exit.FAILED, failed.stderr
+    assert f"reason={reason}" in failed.stderr and "the old root was moved back" in failed.stderr, failed.stderr
+    after = disk.state()
+    ids = {s.path: s.id for s in after.subvolumes}
+    assert ids["root"] == {s.path: s.id for s in before.subvolumes}["root"]  # the same subvolume, back
+    assert after.under("root") == before.under("root") and outside_root(after) == outside_root(before)
+    assert disk.rollback("run", *flags).returncode == Exit.OK
+    assert disk.state().under("root") != before.under("root")
 
 
 def test_without_root_privileges_it_refuses_clearly(disk: Disk) -> None:

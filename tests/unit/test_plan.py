@@ -21,6 +21,7 @@ from rollback.plan import (
     paths_of_interest,
     plan_cleanup,
     plan_run,
+    put_back,
 )
 from tests.support.factory import config, observe
 
@@ -299,3 +300,25 @@ def test_after_boot_a_boot_does_not_wait_for_the_cleaners_work_on_the_cleanups_d
     obs = replace(observe(LAYOUT, dirs=[TRASH_DIR]), pending_cleanup=(300, 301))
     assert Reclaim() not in plan_run(config(cleanup="after-boot"), obs).steps
     assert Reclaim() in plan_run(config(), obs).steps
+
+
+@pytest.mark.parametrize(
+    "flags", [{}, {"archive": "old"}, {"mode": "snapshot"}, {"cleanup": "after-boot"}, {"subvolume": "@/root"}]
+)
+def test_only_a_failed_making_of_the_new_root_puts_the_old_one_back(flags: dict[str, str]) -> None:
+    target = flags.get("subvolume", "root")
+    obs = observe([target, ("root-blank", True), "persist", f"old/{STAMP}-0"], dirs=[TRASH_DIR])
+    steps = plan_run(config(**flags), obs).steps
+    making = next(
+        n
+        for n, s in enumerate(steps, 1)
+        if isinstance(s, Create | Snapshot) and target in (getattr(s, "path", None), getattr(s, "dest", None))
+    )
+    moved = next(s for s in steps if isinstance(s, Rename) and s.source == target)
+    assert put_back(steps, making) == Rename(moved.dest, target)
+    assert [n for n in range(1, len(steps) + 1) if put_back(steps, n)] == [making]
+
+
+def test_nothing_is_put_back_when_there_was_no_old_root() -> None:
+    steps = plan_run(config(), observe(["persist"], dirs=[TRASH_DIR])).steps
+    assert steps == (Create("root"), Commit()) and put_back(steps, 1) is None
