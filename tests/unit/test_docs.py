@@ -36,3 +36,24 @@ def test_every_verb_and_its_flags_are_in_the_readme_usage() -> None:
         assert lines, verb.name
         for flag, _ in verb.flags:
             assert any(flag in line for line in lines), (verb.name, flag)
+
+
+def test_every_test_the_reliability_table_names_exists() -> None:
+    """docs/reliability.md counts cases by the tests that prove them: a renamed or removed test must not
+    leave a row pointing at nothing."""
+    import fnmatch
+    import re
+
+    tests = Path(__file__).parents[1]
+    text = (tests.parent / "docs" / "reliability.md").read_text()
+    checked = 0
+    for cell in re.findall(r"\| ([^|]*test_\w+\.py[^|]*) \|\s*$", text, re.MULTILINE):  # the last column
+        path = ""
+        for token in re.findall(r"(?:(?:unit|btrfs|vm)/test_\w+\.py)|\btest_[\w*]+", cell):
+            if token.endswith(".py"):
+                path = token
+                defined = re.findall(r"^def (test_\w+)", (tests / path).read_text(), re.MULTILINE)
+            else:
+                assert path and fnmatch.filter(defined, token), f"docs/reliability.md names {path}::{token}"
+                checked += 1
+    assert checked > 60
