@@ -5,12 +5,14 @@ say what the tables say."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 from rollback import cli, reasons
-from rollback.errors import MEANING, ConfigError, Exit, ReadFailed, Refused, RollbackError, StepFailed
+from rollback.errors import KIND, MEANING, ConfigError, Exit, ReadFailed, Refused, RollbackError, StepFailed
+from rollback.events import EVENTS
 
 ROOT = Path(__file__).parents[2]
 CLASSES: dict[str, type[RollbackError]] = {c.__name__: c for c in (ConfigError, Refused, StepFailed, ReadFailed)}
@@ -63,4 +65,16 @@ def test_help_the_readme_and_the_unit_say_what_the_tables_say() -> None:
         assert " ".join(text.split()) in " ".join(cli.EXIT_CODES.split())
     unit = (ROOT / "units/rollback@.service").read_text()
     comment = " ".join(line.lstrip("# ") for line in unit.splitlines() if line.startswith("#"))
-    assert all(f"{int(code)} " in comment for code in Exit)
+    for code, text in MEANING.items():  # "3 refused", "2 usage ...": the number with its meaning's first word
+        assert f"{int(code)} {text.split()[0].rstrip(':')}" in comment, code
+
+
+def test_the_catalog_gives_each_event_the_exit_status_the_code_gives_it() -> None:
+    """units/rollback.catalog says, per event, which status the unit exits with: the one whose errors log
+    that event (errors.KIND), 77 for a skip."""
+    catalog = (ROOT / "units/rollback.catalog").read_text()
+    expected = {kind: code for code, kind in KIND.items()} | {"skipped": Exit.SKIPPED}
+    entries = {block.split("\n", 1)[0].strip(): block for block in catalog.split("\n-- ")[1:]}
+    for kind, code in expected.items():
+        said = re.findall(r"exits\s+with\s+status\s+(\d+)", entries[EVENTS[kind].message_id])
+        assert said == [str(int(code))], (kind, said)
