@@ -95,12 +95,18 @@ def to_prune(stamps: Sequence[datetime], now: datetime, *, keep_days: int, keep_
     Past the newest `keep_count` (0: no limit), or older than `keep_days` (0: no limit) except the
     newest `keep_min`. Clocks lie (dead RTC, no RTC, firmware reset), so an entry is never taken as
     older than one created before it: a clock set back cannot make the newest root look oldest,
-    and a clock set ahead can age out everything but the newest `keep_min`.
+    and a clock set ahead can age out everything but the newest `keep_min`. A stamp still in the
+    future is a clock that was ahead then: it keeps its own entry (until its time comes) but does
+    not pass on to later entries, or one boot with a clock years ahead would stop all pruning by age
+    for years.
     """
     newest_first = list(range(len(stamps)))[::-1]
     doomed: set[int] = set(newest_first[keep_count:]) if keep_count else set()
     if keep_days:
         cutoff = now - timedelta(days=keep_days)
-        effective = list(itertools.accumulate(stamps, max))
+        earliest = min(stamps, default=now)
+        past = [stamp if stamp <= now else earliest for stamp in stamps]  # a future stamp passes on nothing
+        before = [earliest, *itertools.accumulate(past, max)]  # the latest believable stamp before each
+        effective = [max(stamp, before[i]) for i, stamp in enumerate(stamps)]
         doomed.update(i for i in newest_first[keep_min:] if effective[i] < cutoff)
     return sorted(doomed)

@@ -116,6 +116,20 @@ def test_a_clock_years_ahead_prunes_down_to_the_floor_only(years: int, keep_min:
     assert kept == set(range(7)[7 - min(keep_min, 7) :])
 
 
+@pytest.mark.parametrize("years", [1, 5, 30])
+@pytest.mark.parametrize("keep_min", [0, 1, 3])
+def test_one_boot_with_a_clock_ahead_does_not_stop_pruning_afterwards(years: int, keep_min: int) -> None:
+    """A root archived once under a clock `years` ahead, then 60 daily boots with the right clock: the
+    roots after it age out as usual (before, they inherited its future stamp and none ever did: the
+    archive grew for years). That one root stays until its own time comes, as a root that looks new."""
+    ahead = NOW - timedelta(days=70) + timedelta(days=365 * years)
+    created = [*stamps(80, 75), ahead, *(NOW - timedelta(days=d) for d in range(69, -1, -1))]
+    pruned = set(prune(created, keep_days=30, keep_min=keep_min))
+    assert 2 not in pruned  # the future-stamped one
+    aged = {i for i, stamp in enumerate(created) if i != 2 and stamp < NOW - timedelta(days=30)}
+    assert pruned == aged - set(range(len(created))[len(created) - keep_min :])
+
+
 def test_the_floor_never_keeps_more_than_keep_count() -> None:
     created = stamps(60, 50, 40, 30, 20)
     assert prune(created, keep_days=1, keep_count=2, keep_min=3) == [0, 1, 2]
