@@ -31,6 +31,8 @@ from typing import Any
 
 import btrfsutil
 
+from tests.support.cli import rollback_argv
+
 REPO = Path(__file__).parents[1]
 BASELINE = REPO / "bench" / "baseline.sh"
 # As the initramfs runs it (packaging/dracut/90rollback/module-setup.sh): isolated, no site.
@@ -188,23 +190,12 @@ def load(files_list: list[int], nested: int, archived: int, *, cleanup: bool = F
                     old = t / "old_roots" / f"2019{1 + number // 28:02d}{1 + number % 28:02d}T000000Z"
                     btrfsutil.create_subvolume(str(old))
                     btrfsutil.create_subvolume(str(old / "nested"))
-            argv = [
-                *ROLLBACK,
-                "run",
-                "--device",
-                dev,
-                "--kernel-cmdline",
-                "/dev/null",
-                "--archive",
-                "old_roots",
-                "--keep-days",
-                "30",
-                "--keep-min",
-                "0",
-            ]
+            argv = rollback_argv(
+                "run", "--archive", "old_roots", "--keep-days", "30", "--keep-min", "0", device=dev, launcher=ROLLBACK
+            )
             if cleanup:
                 timed([*argv, "--cleanup", "after-boot"])
-                argv = [*ROLLBACK, "cleanup", "--device", dev, "--kernel-cmdline", "/dev/null"]
+                argv = rollback_argv("cleanup", device=dev, launcher=ROLLBACK)
             seconds, rss = run_measured(argv)
             with top(dev) as t:
                 left = sorted(os.listdir(t / "old_roots"))
@@ -245,7 +236,7 @@ def compare(dev: str, files: int, nested: int, mode: str, cache: str, reps: int)
     """The two commands alternated from the same layout, `reps` times each."""
     flags, base_mode = MODES[mode]
     commands = {
-        "project": [*ROLLBACK, "run", "--device", dev, "--kernel-cmdline", "/dev/null", *flags],
+        "project": rollback_argv("run", *flags, device=dev, launcher=ROLLBACK),
         "baseline": ["sh", str(BASELINE), dev, base_mode],
     }
     times: dict[str, list[float]] = {"project": [], "baseline": []}
