@@ -243,7 +243,7 @@ in
 
   config = lib.mkIf cfg.enable (
     lib.mkMerge [
-{
+      {
         assertions = [
           {
             assertion = config.boot.initrd.systemd.enable;
@@ -294,7 +294,7 @@ in
             message = "boot.rollback: the target subvolume `${cfg.subvolume}` is in boot.rollback.protect; it would be refused at every boot.";
           }
         ];
-    
+
         boot.initrd.systemd = lib.mkIf (escapedDevice != null) {
           packages = [ tree ]; # rollback@.service, ExecStart=${tree}/bin/rollback
           storePaths = [ tree ];
