@@ -43,7 +43,9 @@ def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
 
 
 def examine(top: Path, sub: Subvol) -> Examined:
-    info = btrfsutil.subvolume_info(str(top / sub.path))
+    """The record of the subvolume listed as `sub`, by its id: by path, a name renamed meanwhile would
+    give the record of whatever holds that path now."""
+    info = btrfsutil.subvolume_info(str(top), sub.id)
     return Examined(
         sub.id,
         sub.path,
