@@ -71,16 +71,17 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
 def _put_back(plan: Plan, failed: int, top: Path) -> str:
     """Move the old root back if making the new one failed (plan.put_back); say what happened."""
     from rollback.effects import btrfs
-    from rollback.plan import put_back
+    from rollback.plan import Commit, put_back
 
     undo = put_back(plan.steps, failed)
     if undo is None:
         return ""
     try:
         btrfs.execute(undo, top)
+        btrfs.execute(Commit(), top)  # on disk before the boot goes on
     except OSError as error:
-        return f"; moving the old root back failed too ({error.strerror}): this boot has no {undo.dest}"
-    return f"; the old root was moved back ({undo.describe()}): this boot uses it"
+        return f"; moving the old root back failed too ({error}): it is at {undo.source}"
+    return f"; the old root was moved back ({undo.describe()})"
 
 
 def _failure(number: int, plan: Plan, error: OSError, undone: str = "") -> Refused | StepFailed:
