@@ -96,13 +96,15 @@ def to_prune(stamps: Sequence[datetime], now: datetime, *, keep_days: int, keep_
     newest `keep_min`. Clocks lie (dead RTC, no RTC, firmware reset), so an entry is never taken as
     older than one created before it: a clock set back cannot make the newest root look oldest,
     and a clock set ahead can age out everything but the newest `keep_min`. A stamp still in the
-    future is a clock that was ahead then: it keeps its own entry (until its time comes) but does
-    not pass on to later entries, or one boot with a clock years ahead would stop all pruning by age
-    for years.
+    future means one of two clocks is wrong. If it is the newest entry's (the root archived by this
+    run, stamped `now`, aside), the clock may be behind now: nothing is aged out this run. Otherwise
+    it was a clock ahead then: that entry keeps its own stamp but passes it on to no later entry,
+    or one boot with a clock years ahead would stop all pruning by age for years.
     """
     newest_first = list(range(len(stamps)))[::-1]
     doomed: set[int] = set(newest_first[keep_count:]) if keep_count else set()
-    if keep_days:
+    earlier = [stamp for stamp in stamps if stamp != now]  # the root archived now carries `now`
+    if keep_days and not (earlier and earlier[-1] > now):
         cutoff = now - timedelta(days=keep_days)
         earliest = min(stamps, default=now)
         past = [stamp if stamp <= now else earliest for stamp in stamps]  # a future stamp passes on nothing

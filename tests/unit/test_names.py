@@ -130,6 +130,17 @@ def test_one_boot_with_a_clock_ahead_does_not_stop_pruning_afterwards(years: int
     assert pruned == aged - set(range(len(created))[len(created) - keep_min :])
 
 
+@pytest.mark.parametrize("keep_min", [0, 1])
+@pytest.mark.parametrize("archived_now", [False, True])
+def test_a_clock_behind_now_ages_nothing_out(keep_min: int, archived_now: bool) -> None:
+    """The newest entry is stamped after `now`: this boot's clock is behind (reset, dead battery), so the
+    ages it would compute mean nothing. The entry stamped 2023 sits between two from 2026: it was archived
+    two weeks ago under a clock that was behind then too, and must not be pruned as 'old'."""
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    created = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2023, 6, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)]
+    assert prune([*created, *([now] if archived_now else [])], now, keep_days=30, keep_min=keep_min) == []
+
+
 def test_the_floor_never_keeps_more_than_keep_count() -> None:
     created = stamps(60, 50, 40, 30, 20)
     assert prune(created, keep_days=1, keep_count=2, keep_min=3) == [0, 1, 2]
