@@ -19,7 +19,7 @@ class Exit(enum.IntEnum):
 MEANING: dict[Exit, str] = {
     Exit.OK: "success",
     Exit.FAILED: "failed after changes began (the device is consistent; the next run finishes the job), "
-    "or an internal error",
+    "a reporting verb could not read the device, or an internal error",
     Exit.USAGE: "usage or configuration error (flags, config file, kernel command line); nothing touched",
     Exit.REFUSED: "refused: a safety check failed, or no room for the first change; the device was left "
     "exactly as it was",

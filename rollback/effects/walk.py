@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -19,11 +20,15 @@ def walk(top: Path, relative: str) -> Iterator[tuple[str, Signature]]:
     """(path relative to `relative`, signature) for everything below it, not following symlinks.
 
     A directory's signature is only its mode ('/' ends its path): it survives if the blank has it.
-    Every system call names one entry relative to an open directory, so no path is too long however
-    deep the tree. `diff` is for live systems: what vanishes meanwhile, or stops being a directory, is
+    Every system call names one entry relative to an open directory, so no path is too long; one
+    directory is open per level (the soft limit on open files is raised to the hard one for that).
+    `diff` is for live systems: what vanishes meanwhile, or stops being a directory, is
     not listed (os.fwalk would end the whole walk there). Any other error (EIO...) ends the walk
     (reason tree-unreadable): a silently shorter list would hide what the next run erases.
     """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     base = str(top / relative)
     frames: list[tuple[int, str, list[str]]] = []  # (open directory, its path + "/", subdirectories left)
     try:
