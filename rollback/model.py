@@ -6,6 +6,7 @@ import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from rollback.names import basename, is_within, parse_entry
 
@@ -58,12 +59,16 @@ class Observation:
     immutable: frozenset[str] = frozenset()  # chattr +i or +a on its top directory ("" is the top level)
     now: datetime = datetime.min
 
+    @cached_property
+    def _by_path(self) -> dict[str, Subvol]:
+        return {s.path: s for s in self.subvols}
+
     def kind(self, path: str) -> Kind:
         return self.kinds.get(path, Kind.MISSING)
 
     def get(self, path: str) -> Examined | None:
         """The subvolume at `path`, which must be one the observation examined."""
-        found = next((s for s in self.subvols if s.path == path), None)
+        found = self._by_path.get(path)
         if found is None or isinstance(found, Examined):
             return found
         raise LookupError(f"{path!r} was listed, not examined: the observer reads every path a plan asks about")
