@@ -53,7 +53,7 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             btrfs.execute(step, top)
         except OSError as error:
-            raise _failure(number, plan, error, _put_back(plan, number, top)) from error
+            raise _failure(number, plan, error, _put_back(plan, number, top, fields)) from error
         emit(
             "step",
             step.describe(),
@@ -68,7 +68,7 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
-def _put_back(plan: Plan, failed: int, top: Path) -> str:
+def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> str:
     """Move the old root back if making the new one failed (plan.put_back); say what happened."""
     from rollback.effects import btrfs
     from rollback.plan import Commit, put_back
@@ -81,6 +81,7 @@ def _put_back(plan: Plan, failed: int, top: Path) -> str:
         btrfs.execute(Commit(), top)  # on disk before the boot goes on
     except OSError as error:
         return f"; moving the old root back failed too ({error}): it is at {undo.source}"
+    emit("step", f"put back: {undo.describe()}", step=failed, steps=len(plan.steps), **fields)
     return f"; the old root was moved back ({undo.describe()})"
 
 

@@ -179,6 +179,7 @@ def test_when_the_new_root_cannot_be_made_the_old_one_is_moved_back(
     failed = disk.rollback("run", *flags, env={FAIL_AT_ENV: str(making), FAIL_ERRNO_ENV: str(code)})
     assert failed.returncode == Exit.FAILED, failed.stderr
     assert f"reason={reason}" in failed.stderr and "the old root was moved back" in failed.stderr, failed.stderr
+    assert "put back: move " in failed.stderr  # its own step event, before the failure
     after = disk.state()
     ids = {s.path: s.id for s in after.subvolumes}
     assert ids["root"] == {s.path: s.id for s in before.subvolumes}["root"]  # the same subvolume, back
