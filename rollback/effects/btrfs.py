@@ -42,10 +42,16 @@ def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
     return tuple(Subvol(i, os.fsdecode(path)) for path, i in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID))
 
 
-def examine(top: Path, sub: Subvol) -> Examined:
+def examine(top: Path, sub: Subvol) -> Examined | None:
     """The record of the subvolume listed as `sub`, by its id: by path, a name renamed meanwhile would
-    give the record of whatever holds that path now."""
-    info = btrfsutil.subvolume_info(str(top), sub.id)
+    give the record of whatever holds that path now. None if it was deleted since it was listed (a
+    `status` while a cleanup runs): it is not there."""
+    try:
+        info = btrfsutil.subvolume_info(str(top), sub.id)
+    except btrfsutil.BtrfsUtilError as error:
+        if error.errno == errno.ENOENT:
+            return None
+        raise
     return Examined(
         sub.id,
         sub.path,
@@ -85,8 +91,11 @@ def _inode_flags(path: Path) -> Iterator[tuple[int, int]]:
 
 def _pinned(path: Path) -> bool:
     """chattr +i or +a on this directory: it cannot be renamed, and nothing in it unlinked."""
-    with _inode_flags(path) as (_fd, flags):
-        return bool(flags & _PINNING)
+    try:
+        with _inode_flags(path) as (_fd, flags):
+            return bool(flags & _PINNING)
+    except FileNotFoundError:  # deleted since it was listed (a cleanup, while `status` looks)
+        return False
 
 
 def _unpin(path: Path) -> None:
@@ -126,7 +135,7 @@ def observe(
     entries = {s.path for s in listed if s.path.rpartition("/")[0] in holding}  # archived roots, trash entries
     wanted = entries | {p for p, k in kinds.items() if k is Kind.SUBVOLUME}
     return Observation(
-        subvols=tuple(examine(top, s) if s.path in wanted else s for s in listed),
+        subvols=tuple(found for s in listed if (found := examine(top, s) if s.path in wanted else s)),
         default_id=btrfsutil.get_default_subvolume(str(top)),
         kinds=kinds,
         empty=frozenset(p for p in dirs if _is_empty(top / p)),

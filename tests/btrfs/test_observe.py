@@ -8,6 +8,7 @@ opened one by one, which on a cold disk with 1000 nested subvolumes cost ~80 ms 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_only_what_a_plan_looks_at_is_examined(disk: Disk, monkeypatch: pytest.M
     opened: list[str] = []
     examine, pinned = btrfs.examine, btrfs._pinned
 
-    def examining(top: Path, sub: Subvol) -> Examined:
+    def examining(top: Path, sub: Subvol) -> Examined | None:
         examined.append(sub.path)
         return examine(top, sub)
 
@@ -68,3 +69,30 @@ def test_a_path_asked_about_but_not_examined_is_a_loud_error(disk: Disk) -> None
     assert obs.get("root") is not None
     with pytest.raises(LookupError, match="not examined"):
         obs.get(NESTED[0])
+
+
+def test_a_subvolume_deleted_between_listing_and_examining_is_not_there(
+    disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status` takes no lock: a cleanup may delete a trash entry after it was listed."""
+    with disk.top() as top:
+        populate(top)
+        (top / TRASH_DIR).mkdir(parents=True)
+        btrfsutil.create_subvolume(str(top / LEFT))
+    list_subvolumes = btrfs.list_subvolumes
+
+    def listed_then_deleted(top: Path) -> tuple[Subvol, ...]:
+        found = list_subvolumes(top)
+        btrfsutil.delete_subvolume(str(top / LEFT))
+        btrfsutil.sync(str(top))
+        deadline = time.monotonic() + 30
+        while btrfsutil.deleted_subvolumes(str(top)) and time.monotonic() < deadline:  # its record gone too
+            time.sleep(0.01)
+        return found
+
+    monkeypatch.setattr(btrfs, "list_subvolumes", listed_then_deleted)
+    wanted = config()
+    with disk.top() as top:
+        obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), {}, datetime.now(UTC))
+    assert obs.entries(TRASH_DIR) == [] and LEFT not in {s.path for s in obs.subvols}
+    assert obs.get("root") is not None
