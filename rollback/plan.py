@@ -178,7 +178,7 @@ def plan_run(config: Config, obs: Observation) -> Plan:
     # renames and the create need (a delete still works there; a rename may not).
     steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in leftovers]
     # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
-    if leftovers or (obs.pending_cleanup and config.cleanup == "boot"):
+    if leftovers or (obs.pending_cleanup and config.deletes_at_boot):
         steps.append(Reclaim())
     deletes: list[Step] = []
 
@@ -197,7 +197,7 @@ def plan_run(config: Config, obs: Observation) -> Plan:
     elif obs.kind(target) is Kind.SUBVOLUME:
         move_to_trash(target)
     _ensure_parents(steps, obs, target)
-    steps.append(Snapshot(config.blank, target) if config.mode == "snapshot" else Create(target))
+    steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
     steps.append(Commit())
     for path in prune_paths(config, obs):
         pruned = obs.get(path)
@@ -206,7 +206,7 @@ def plan_run(config: Config, obs: Observation) -> Plan:
         move_to_trash(path)
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
-    return Plan((*steps, *(deletes if config.cleanup == "boot" else ())))
+    return Plan((*steps, *(deletes if config.deletes_at_boot else ())))
 
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:
@@ -294,7 +294,7 @@ def check(config: Config, obs: Observation) -> None:
     _check_ways(config, obs)
     _check_target(target, obs)
     _check_pinned(config, obs)
-    if config.mode == "snapshot":
+    if config.from_blank:
         _check_blank(config.blank, obs)
     _check_holder(TRASH_DIR, obs, "trash directory")
     if config.keeping:
@@ -307,7 +307,7 @@ def check(config: Config, obs: Observation) -> None:
 def _check_ways(config: Config, obs: Observation) -> None:
     """Every directory on the way to a path the run uses is a real one: a symlink there would send a
     rename or a mkdir somewhere else (and a file there makes every boot fail)."""
-    used = [config.subvolume, TRASH_DIR] + ([config.blank] if config.mode == "snapshot" else [])
+    used = [config.subvolume, TRASH_DIR] + ([config.blank] if config.from_blank else [])
     for path in used + ([config.archive] if config.keeping else []):
         for parent in names.prefixes(path)[:-1]:
             if obs.kind(parent) is Kind.OTHER:

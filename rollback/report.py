@@ -190,6 +190,6 @@ def diff(walk: Walk, config: Config, obs: Observation) -> list[str]:
     if obs.kind(config.subvolume) is not Kind.SUBVOLUME or obs.skip_mark:
         return []
     kept: dict[str, Signature] = {}
-    if config.mode == "snapshot" and obs.kind(config.blank) is Kind.SUBVOLUME:
+    if config.from_blank and obs.kind(config.blank) is Kind.SUBVOLUME:
         kept = dict(walk(config.blank))
     return sorted(path for path, signature in walk(config.subvolume) if kept.get(path) != signature)

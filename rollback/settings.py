@@ -11,11 +11,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, assert_never, get_args
 
 from rollback import names
 from rollback.errors import ConfigError
 from rollback.model import STATE_DIR
+
+Mode = Literal["recreate", "snapshot"]  # what the new root is: empty, or a snapshot of the blank
+Cleanup = Literal["boot", "after-boot"]  # where old roots are deleted
 
 Value = str | int | bool | tuple[str, ...] | None
 
@@ -147,7 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
         TEXT,
         "recreate",
         "recreate: new empty subvolume; snapshot: writable snapshot of --blank",
-        choices=("recreate", "snapshot"),
+        choices=get_args(Mode),
     ),
     Setting(
         "blank",
@@ -200,7 +203,7 @@ SETTINGS: tuple[Setting, ...] = (
         "boot",
         "where old roots are deleted: boot (the run's last step), or after-boot (`rollback cleanup`, the "
         "rollback-cleanup@ unit of the running system; a boot then deletes only what earlier boots left)",
-        choices=("boot", "after-boot"),
+        choices=get_args(Cleanup),
     ),
     Setting("skip", BOOLEAN, False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
     Setting(
@@ -220,14 +223,14 @@ class Config:
 
     device: str | None
     subvolume: str
-    mode: str
+    mode: Mode
     blank: str
     archive: str
     keep_days: int
     keep_count: int
     keep_min: int
     protect: tuple[str, ...]
-    cleanup: str
+    cleanup: Cleanup
     skip: bool
     ignore_hibernation: bool
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -235,6 +238,28 @@ class Config:
     @property
     def keeping(self) -> bool:
         return bool(self.archive)
+
+    @property
+    def from_blank(self) -> bool:
+        """The new root is a snapshot of the blank (else an empty subvolume)."""
+        match self.mode:
+            case "snapshot":
+                return True
+            case "recreate":
+                return False
+            case _:
+                assert_never(self.mode)
+
+    @property
+    def deletes_at_boot(self) -> bool:
+        """A run deletes what it moves to the trash (else `rollback cleanup` does, after boot)."""
+        match self.cleanup:
+            case "boot":
+                return True
+            case "after-boot":
+                return False
+            case _:
+                assert_never(self.cleanup)
 
     def require_device(self) -> str:
         if not self.device:
@@ -328,7 +353,7 @@ def validate(config: Config) -> None:
 def _check_overlaps(config: Config) -> None:
     """The target, the blank (snapshot mode) and the archive: none inside another."""
     named = {"subvolume": config.subvolume, "archive": config.archive}
-    if config.mode == "snapshot":
+    if config.from_blank:
         named["blank"] = config.blank
     pairs = [(a, b) for a in named for b in named if a < b and named[a] and named[b]]
     for a, b in pairs:
