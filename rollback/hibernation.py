@@ -8,19 +8,20 @@ page of the swap area) with a hibernation signature while an image is waiting.
 
 from __future__ import annotations
 
+from rollback import devspec
 from rollback.cmdline import split_cmdline
 
 # kernel/power/swap.c (HIBERNATE_SIG), older kernels, uswsusp; the normal swap signature is SWAPSPACE2
 SIGNATURES = (b"S1SUSPEND", b"S2SUSPEND", b"ULSUSPEND", b"LINHIB0001")
 SIGNATURE_SIZE = 10
-_BY = {"UUID": "by-uuid", "LABEL": "by-label", "PARTUUID": "by-partuuid", "PARTLABEL": "by-partlabel"}
 
 
 def device_path(spec: str) -> str:
-    """resume= forms: /dev/..., UUID=, LABEL=, PARTUUID=, PARTLABEL=, major:minor."""
+    """resume= forms: /dev/..., UUID=, LABEL=, PARTUUID=, PARTLABEL= (the /dev/disk/by-* link as udev
+    names it: a label with a space or a slash is escaped), major:minor."""
     tag, equals, value = spec.partition("=")
-    if equals and tag in _BY:
-        return f"/dev/disk/{_BY[tag]}/{value}"
+    if equals and tag in devspec.TAGS and value:
+        return devspec.device_path(spec)
     if spec.count(":") == 1 and all(part.isdigit() for part in spec.split(":")):
         return f"/dev/block/{spec}"
     return spec

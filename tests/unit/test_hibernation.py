@@ -16,6 +16,8 @@ from rollback.hibernation import device_path, hibernation_signature, resume_loca
         ("PARTUUID=0a-01", "/dev/disk/by-partuuid/0a-01"),
         ("PARTLABEL=swap", "/dev/disk/by-partlabel/swap"),
         ("254:2", "/dev/block/254:2"),
+        ("LABEL=my swap", "/dev/disk/by-label/my\\x20swap"),  # as udev names the link
+        ("PARTLABEL=a/b", "/dev/disk/by-partlabel/a\\x2fb"),
     ],
 )
 def test_resume_device_forms(spec: str, path: str) -> None:
@@ -25,6 +27,10 @@ def test_resume_device_forms(spec: str, path: str) -> None:
 def test_cmdline_and_sysfs_locations() -> None:
     cmdline = "root=/dev/vda2 resume=UUID=ab resume_offset=34816 quiet"
     assert resume_locations(cmdline, "254:2\n") == [("/dev/disk/by-uuid/ab", 34816), ("/dev/block/254:2", 34816)]
+
+
+def test_a_quoted_label_with_a_space_is_found_where_udev_links_it() -> None:
+    assert resume_locations('root=/dev/vda2 "resume=LABEL=my swap"', "") == [("/dev/disk/by-label/my\\x20swap", 0)]
 
 
 def test_no_resume_configured() -> None:
