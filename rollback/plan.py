@@ -236,7 +236,7 @@ def plan_skip_next(obs: Observation) -> Plan:
 
 def paths_of_interest(config: Config) -> list[str]:
     """Every path whose kind the plan looks at: the configured ones and their parents."""
-    wanted = [config.subvolume, config.blank, STATE_DIR, TRASH_DIR] + ([config.archive] if config.keeping else [])
+    wanted = [config.subvolume, config.blank, STATE_DIR, *holders(config)]
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 

@@ -85,7 +85,7 @@ def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> str
     return f"; the old root was moved back ({undo.describe()})"
 
 
-def _failure(number: int, plan: Plan, error: OSError, undone: str = "") -> Refused | StepFailed:
+def _failure(number: int, plan: Plan, error: OSError, undone: str) -> Refused | StepFailed:
     """What a failing step means. No room for the very first change, when that change is one system
     call (btrfs reserves its space before it alters anything), leaves the device exactly as it was: a
     refusal, which says so, rather than a failure after changes began."""
