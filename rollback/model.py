@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 
-from rollback.names import basename, is_within, parse_entry
+from rollback.names import basename, parse_entry
 
 TOP_LEVEL_ID = 5
 STATE_DIR = ".rollback"
@@ -73,9 +73,18 @@ class Observation:
             return found
         raise LookupError(f"{path!r} was listed, not examined: the observer reads every path a plan asks about")
 
+    @cached_property
+    def _by_directory(self) -> dict[str, list[Subvol]]:
+        """Subvolumes by the directory holding them ("" for the top level's own)."""
+        held: dict[str, list[Subvol]] = {}
+        for s in self.subvols:
+            held.setdefault(s.path.rpartition("/")[0], []).append(s)
+        return held
+
     def below(self, path: str) -> Iterator[Subvol]:
         """Subvolumes strictly inside `path`, at any depth."""
-        return (s for s in self.subvols if s.path != path and is_within(s.path, path))
+        inside = path + "/"
+        return (s for s in self.subvols if s.path.startswith(inside))
 
     def entries(self, directory: str) -> list[Examined]:
         """Archived roots (or trash entries) directly inside `directory`, oldest first.
@@ -83,11 +92,11 @@ class Observation:
         Oldest by creation transid, the filesystem's own counter: names carry the clock's time at the
         run that made them, and clocks in an initrd can be anything.
         """
-        depth = directory.count("/") + 1
-        named = (s.path for s in self.below(directory) if s.path.count("/") == depth and parse_entry(basename(s.path)))
+        named = (s.path for s in self._by_directory.get(directory, ()) if parse_entry(basename(s.path)))
         ours = [s for s in map(self.get, named) if s]
         return sorted(ours, key=lambda s: (s.otransid, s.path))
 
     def tree(self, path: str) -> list[Subvol]:
         """The subvolume at `path` (if any) and everything nested in it."""
-        return [s for s in self.subvols if is_within(s.path, path)]
+        inside = path + "/"
+        return [s for s in self.subvols if s.path == path or s.path.startswith(inside)]

@@ -240,6 +240,21 @@ def paths_of_interest(config: Config) -> list[str]:
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
+def only_moved(config: Config, path: str) -> bool:
+    """A subvolume a run moves aside (the root into the trash, an archived root within the archive or into
+    the trash) and leaves the delete of to `rollback cleanup`: the run lists only the subvolumes directly
+    inside it (there a hand-made `root/nix` is, and the protected-name check finds it), not those nested
+    deeper, so the boot's work does not grow with them. Mounted and default subvolumes are found by id
+    at any depth. The run that deletes the tree (the cleanup, or the next boot if the cleanup never
+    ran) lists and checks all of it before deleting anything."""
+    if config.deletes_at_boot:
+        return False
+    if path == config.subvolume:
+        return True
+    archived = path.rpartition("/")[0] == config.archive and names.parse_entry(names.basename(path)) is not None
+    return config.keeping and archived
+
+
 def holders(config: Config) -> list[str]:
     """The directories whose entries (trash entries, archived roots) the plan examines one by one."""
     return [TRASH_DIR] + ([config.archive] if config.keeping else [])

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from rollback import report
 from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Observation
-from rollback.plan import Plan, holders, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
+from rollback.plan import Plan, holders, only_moved, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
 from rollback.settings import Config, as_dict, describe
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would ...
@@ -26,16 +27,21 @@ CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default
 
 
 @contextmanager
-def _observed(config: Config, *, lock: bool, lock_node: bool = True) -> Iterator[tuple[Path, Observation]]:
+def _observed(
+    config: Config, *, lock: bool, lock_node: bool = True, bounded: bool = False
+) -> Iterator[tuple[Path, Observation]]:
     """Probe, lock the filesystem (when about to write), mount its top level privately, read-only and
-    without atime updates (a run that refuses must not have written anything), and observe it."""
+    without atime updates (a run that refuses must not have written anything), and observe it; `bounded`:
+    what a run only moves is listed one level deep (plan.only_moved)."""
     from rollback.effects import btrfs, device, mount
 
     dev = config.require_device()
     fsid = device.probe(dev)
+    shallow = partial(only_moved, config) if bounded and not config.deletes_at_boot else None
     with device.locked(dev, fsid, node=lock_node) if lock else nullcontext(), mount.top_level(dev) as top:
         mounted = device.mounted_subvolumes(str(top), fsid)
-        yield top, btrfs.observe(top, paths_of_interest(config), holders(config), mounted, datetime.now(UTC))
+        now = datetime.now(UTC)
+        yield top, btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, shallow)
 
 
 def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
@@ -148,7 +154,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
     _check_hibernation(config, cmdline)
-    with _observed(config, lock=not dry_run) as (top, obs):
+    with _observed(config, lock=not dry_run, bounded=True) as (top, obs):
         plan = plan_run(config, obs)
         if dry_run:
             print("\n".join(plan.describe()) or "nothing to do")

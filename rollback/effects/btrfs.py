@@ -7,8 +7,9 @@ import fcntl
 import os
 import stat
 import struct
+import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import assert_never
 
 import btrfsutil
 
+from rollback.effects import refs
 from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Observation, Subvol
 from rollback.plan import (
     Commit,
@@ -35,11 +37,50 @@ _READ_ONLY = 1  # BTRFS_SUBVOL_RDONLY
 _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # x86_64/arm64 (long-sized argument)
 _PINNING = 0x10 | 0x20  # FS_IMMUTABLE_FL | FS_APPEND_FL
 _DIRS = (Kind.SUBVOLUME, Kind.DIRECTORY)
+_FS_CODEC = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # os.fsdecode's, without its checks
 
 
 def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
     """Every subvolume, by id and path: no per-subvolume record read (that is what examine() does)."""
     return tuple(Subvol(i, os.fsdecode(path)) for path, i in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID))
+
+
+def list_bounded(top: Path, shallow: Callable[[str], bool]) -> tuple[Subvol, ...]:
+    """Every subvolume, except those nested in a subvolume directly inside one that `shallow` names:
+    there the listing stops one level down (plan.only_moved). One tree search per subvolume it looks
+    into, one inode lookup per directory holding subvolumes."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        found: list[Subvol] = []
+        pending = [(TOP_LEVEL_ID, "")]
+        while pending:
+            tree, path = pending.pop()
+            descend = not (path and shallow(path))
+            held_in: dict[int, bytes] = {}  # directory inode -> its path inside `tree` (b"" or ending in b"/")
+            for child, inode, name in refs.children(fd, tree):
+                if inode not in held_in:
+                    held_in[inode] = refs.directory(fd, tree, inode)
+                sub = Subvol(child, f"{path}/" * bool(path) + (held_in[inode] + name).decode(*_FS_CODEC))
+                found.append(sub)
+                if descend:
+                    pending.append((child, sub.path))
+        return tuple(found)
+    finally:
+        os.close(fd)
+
+
+def _by_id(top: Path, ids: Iterable[int], listed: tuple[Subvol, ...]) -> tuple[Subvol, ...]:
+    """Those of `ids` (mounted, the default) the listing left out, by their paths: a bounded listing
+    does not reach every depth, and the checks must see them wherever they are."""
+    known = {s.id for s in listed} | {TOP_LEVEL_ID}
+    extra: list[Subvol] = []
+    for i in dict.fromkeys(i for i in ids if i not in known):
+        try:
+            extra.append(Subvol(i, os.fsdecode(btrfsutil.subvolume_path(str(top), i))))
+        except btrfsutil.BtrfsUtilError as error:
+            if error.errno != errno.ENOENT:  # deleted, still mounted: nothing of it is in any tree
+                raise
+    return tuple(extra)
 
 
 def examine(top: Path, sub: Subvol) -> Examined | None:
@@ -122,12 +163,20 @@ def unlock_tree(path: Path) -> None:
 
 
 def observe(
-    top: Path, paths: Iterable[str], holders: Iterable[str], mounted: Mapping[int, str], now: datetime
+    top: Path,
+    paths: Iterable[str],
+    holders: Iterable[str],
+    mounted: Mapping[int, str],
+    now: datetime,
+    shallow: Callable[[str], bool] | None = None,
 ) -> Observation:
-    """What the plan needs: every subvolume listed; examined (and checked for +i/+a) only the `paths` it
+    """What the plan needs: every subvolume listed (with `shallow`, as list_bounded() bounds it, and the
+    mounted and default ones wherever they are); examined (and checked for +i/+a) only the `paths` it
     asks about and the entries directly inside `holders` (the trash, the archive). Nothing here reads a
     subvolume nested in the root: the boot's cost does not grow with them."""
-    listed = list_subvolumes(top)
+    default_id = btrfsutil.get_default_subvolume(str(top))
+    listed = list_subvolumes(top) if shallow is None else list_bounded(top, shallow)
+    listed += _by_id(top, [*mounted, default_id], listed)
     subvol_paths = {s.path for s in listed}
     kinds = {p: _kind(top, p, subvol_paths) for p in paths}
     dirs = {p for p, k in kinds.items() if k in _DIRS}
@@ -136,7 +185,7 @@ def observe(
     wanted = entries | {p for p, k in kinds.items() if k is Kind.SUBVOLUME}
     return Observation(
         subvols=tuple(found for s in listed if (found := examine(top, s) if s.path in wanted else s)),
-        default_id=btrfsutil.get_default_subvolume(str(top)),
+        default_id=default_id,
         kinds=kinds,
         empty=frozenset(p for p in dirs if _is_empty(top / p)),
         mounted=dict(mounted),

@@ -8,8 +8,10 @@ opened one by one, which on a cold disk with 1000 nested subvolumes cost ~80 ms 
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import btrfsutil
@@ -17,7 +19,7 @@ import pytest
 
 from rollback.effects import btrfs
 from rollback.model import TRASH_DIR, Examined, Subvol
-from rollback.plan import holders, paths_of_interest
+from rollback.plan import holders, only_moved, paths_of_interest
 from tests.support.disks import Disk
 from tests.support.factory import config
 from tests.support.layout import NESTED, populate
@@ -96,3 +98,81 @@ def test_a_subvolume_deleted_between_listing_and_examining_is_not_there(
         obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), {}, datetime.now(UTC))
     assert obs.entries(TRASH_DIR) == [] and LEFT not in {s.path for s in obs.subvols}
     assert obs.get("root") is not None
+
+
+# Names the kernel allows: spaces, a newline, non-UTF-8 bytes, a 255-byte name, a subvolume in a plain
+# directory of a nested subvolume; 700 children of one subvolume (more than one search returns).
+HOSTILE = [
+    b"root/a b",
+    b"root/a b/new\nline",
+    b"root/\xff\xfe/latin1",
+    b"root/" + b"n" * 255,
+    b"root/d/e/f/deep",
+    b"root/d/e/f/deep/g/h/deeper",
+    b"persist/docker",
+    b"top dir/with space/sub",
+    b"top dir/with space/sub/x",
+]
+WIDE = [f"root/wide/w{i}".encode() for i in range(700)]
+
+
+def make(top: Path, paths: list[bytes]) -> None:
+    for path in paths:
+        os.makedirs(os.path.dirname(os.fsencode(top) + b"/" + path), exist_ok=True)
+        btrfsutil.create_subvolume(os.fsencode(top) + b"/" + path)
+
+
+def test_the_bounded_listing_sees_what_the_library_sees(disk: Disk) -> None:
+    """Told to stop nowhere, the hand-read ROOT_REF listing (refs.py) is exactly btrfsutil's iterator."""
+    with disk.top() as top:
+        populate(top)
+        make(top, [*HOSTILE, *WIDE])
+    with disk.top(read_only=True) as top:
+        library = btrfs.list_subvolumes(top)
+        bounded = btrfs.list_bounded(top, lambda path: False)
+    assert len(library) == len(set(library)) == 4 + len(NESTED) + len(HOSTILE) + len(WIDE)
+    assert sorted(bounded, key=lambda s: s.id) == sorted(library, key=lambda s: s.id)
+
+
+def test_a_run_that_only_moves_the_root_lists_one_level_into_it(disk: Disk) -> None:
+    """Directly inside the root and an archived root: listed (wherever their directory is); deeper: not,
+    except what is mounted or the default subvolume (found by id); the trash's entries, deleted by this
+    boot if the cleanup never ran, and everything outside: all of it."""
+    archived, left = OLD, LEFT
+    with disk.top() as top:
+        populate(top)
+        make(top, [*HOSTILE, *WIDE])
+        for entry in (archived, left):
+            make(top, [entry.encode(), f"{entry}/a/b".encode(), f"{entry}/a/b/c".encode()])
+        default = btrfsutil.subvolume_id(str(top / "root/d/e/f/deep/g/h/deeper"))
+        btrfsutil.set_default_subvolume(str(top), default)
+        mounted = btrfsutil.subvolume_id(str(top / NESTED[-1]))
+    wanted = config(archive="old", cleanup="after-boot")
+    with disk.top(read_only=True) as top:
+        everything = {s.path for s in btrfs.list_subvolumes(top)}
+        obs = btrfs.observe(
+            top,
+            paths_of_interest(wanted),
+            holders(wanted),
+            {mounted: "/x"},
+            datetime.now(UTC),
+            partial(only_moved, wanted),
+        )
+    listed = {s.path for s in obs.subvols}
+
+    def depth_below(path: str, tree: str) -> int:  # subvolumes between `tree` and `path`, `path` included
+        return (
+            sum(
+                1
+                for other in everything
+                if other != tree and path.startswith(other + "/") and other.startswith(tree + "/")
+            )
+            + 1
+        )
+
+    deeper = {p for p in everything for t in ("root", archived) if p.startswith(t + "/") and depth_below(p, t) > 1}
+    assert deeper  # the layout has them
+    assert listed == (everything - deeper) | {NESTED[-1], "root/d/e/f/deep/g/h/deeper"}
+    assert {f"{left}/a/b/c", "persist/docker", "top dir/with space/sub/x"} <= listed
+    assert {f"{archived}/a/b/c", "root/a b/new\nline"}.isdisjoint(listed)
+    assert obs.default_id == default and obs.get("root") is not None

@@ -18,6 +18,7 @@ from rollback.plan import (
     Rename,
     Snapshot,
     Unlock,
+    only_moved,
     paths_of_interest,
     plan_cleanup,
     plan_run,
@@ -322,3 +323,25 @@ def test_only_a_failed_making_of_the_new_root_puts_the_old_one_back(flags: dict[
 def test_nothing_is_put_back_when_there_was_no_old_root() -> None:
     steps = plan_run(config(), observe(["persist"], dirs=[TRASH_DIR])).steps
     assert steps == (Create("root"), Commit()) and put_back(steps, 1) is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "moved_only"),
+    [
+        ({"cleanup": "after-boot"}, {"root"}),
+        ({"cleanup": "after-boot", "archive": "old"}, {"root", f"old/{STAMP}"}),
+        ({"cleanup": "after-boot", "archive": "old", "subvolume": "sys/root"}, {"sys/root", f"old/{STAMP}"}),
+        ({"cleanup": "boot"}, set()),
+        ({"cleanup": "boot", "archive": "old"}, set()),
+    ],
+)
+def test_only_what_a_run_moves_without_deleting_is_listed_one_level_deep(
+    flags: dict[str, str], moved_only: set[str]
+) -> None:
+    """A run deleting at boot lists every tree it deletes whole; after boot, the root and the archived
+    roots are only moved (the cleanup lists them whole), the trash's leftovers are deleted: whole."""
+    asked = [
+        "root", "sys/root", "root/var/lib/machines", f"old/{STAMP}", "old/my-backup", f"old/{STAMP}/nested",
+        f"{TRASH_DIR}/{STAMP}", "persist", "nix", f"archive/{STAMP}", "",
+    ]  # fmt: skip
+    assert {path for path in asked if only_moved(config(**flags), path)} == moved_only
