@@ -30,3 +30,30 @@ def test_an_extension_brings_the_libraries_it_links_even_when_not_executable() -
     installed = installed_for(extension)
     assert installed[0] == extension
     assert any(Path(lib).name.startswith("libffi.so") for lib in installed[1:]), installed
+
+
+def test_our_elf_files_are_installed_without_symbol_tables(tmp_path: Path) -> None:
+    """dracut strips debug info only: pyenv's libpython kept 0.3 MB (zstd) of symbols in the initramfs.
+    The module strips what it installed (through a symlink, as the interpreter's libraries are named)."""
+    source = tmp_path / "lib.c"
+    source.write_text(
+        "int visible(void) { return 1; }\nstatic int local(void) { return 2; }\nint use(void) { return local(); }\n"
+    )
+    built = tmp_path / "built" / "libexample.so.1.0"
+    built.parent.mkdir()
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(built), str(source)], check=True)
+    (tmp_path / "built" / "libexample.so.1").symlink_to(built.name)
+    initdir = tmp_path / "initramfs"
+    installed = initdir / str(built).lstrip("/")
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(built.read_bytes())
+
+    def sections(path: Path) -> str:
+        return subprocess.run(["readelf", "-S", str(path)], capture_output=True, text=True, check=True).stdout
+
+    assert ".symtab" in sections(installed)
+    script = f'. "{MODULE_SETUP}"\n_rollback_strip "$@"\n'
+    argv = [str(tmp_path / "built" / "libexample.so.1"), str(tmp_path / "absent.so")]
+    subprocess.run(["bash", "-c", script, "bash", *argv], env={**os.environ, "initdir": str(initdir)}, check=True)
+    assert ".symtab" not in sections(installed) and ".dynsym" in sections(installed)
+    assert ".symtab" in sections(built)  # the system's own file is left alone

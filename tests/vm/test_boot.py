@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,8 +168,21 @@ def initramfs_paths(image: Path) -> set[str]:
     return {line.split()[8] for line in listing.splitlines() if len(line.split()) >= 9 and line[0] in "-dl"}
 
 
-def test_initramfs_holds_the_closure_and_nothing_more(vm: Vm) -> None:
-    """The module adds the interpreter, the import closure with bytecode, units; sizes are reported."""
+def with_symbol_tables(image: Path, paths: set[str], where: Path) -> list[str]:
+    """Those of `paths` (files in the image) that are ELF files still carrying a symbol table."""
+    subprocess.run(["lsinitrd", "--unpack", str(image), *sorted(paths)], cwd=where, check=True, capture_output=True)
+    found = [where / p for p in sorted(paths) if (where / p).is_file() and not (where / p).is_symlink()]
+    elves = [f for f in found if f.read_bytes()[:4] == b"\x7fELF"]
+    assert elves, "no ELF file among them"
+    sections = {
+        f: subprocess.run(["readelf", "-S", str(f)], capture_output=True, text=True, check=True).stdout for f in elves
+    }
+    return [str(f.relative_to(where)) for f, text in sections.items() if ".symtab" in text]
+
+
+def test_initramfs_holds_the_closure_and_nothing_more(vm: Vm, tmp_path: Path) -> None:
+    """The module adds the interpreter, the import closure with bytecode, units; sizes are reported.
+    What it adds is stripped: dracut strips debug info only, pyenv's libpython kept 0.3 MB of symbols."""
     with_module = vm.build("boot-on")
     without = vm.build("baseline")
     files, base_files = initramfs_paths(with_module), initramfs_paths(without)
@@ -185,6 +200,11 @@ def test_initramfs_holds_the_closure_and_nothing_more(vm: Vm) -> None:
         assert not any(unwanted in path for path in files), unwanted
     assert not any(p.endswith(".py") or "__pycache__" in p for p in added)  # bytecode only, sourceless
     assert sum(p.endswith(".pyc") for p in added) > 100
+    binaries = {p for p in added if ".so" in p or "/bin/python" in p}
+    linked = subprocess.run(["ldd", os.path.realpath(sys.executable)], capture_output=True, text=True).stdout
+    assert any("libpython" in p for p in binaries) == ("libpython" in linked), binaries  # pyenv's: shared
+    assert any("/bin/python" in p for p in binaries), binaries
+    assert with_symbol_tables(with_module, binaries, tmp_path) == []
     vm.sizes.update({"with rollback": with_module.stat().st_size, "without": without.stat().st_size})
 
 

@@ -39,9 +39,20 @@ _rollback_inst_extension() { # a C extension and the libraries it links
     done < <(ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }')
 }
 
+_rollback_strip() { # our ELF files in the initramfs, without symbol tables (dracut strips debug info only)
+    # pyenv's libpython and extensions keep theirs (0.3 MB zstd); a distribution's are stripped already
+    local file
+    command -v strip > /dev/null || return 0
+    for file; do
+        file=$(realpath -e "$file") || continue
+        [[ -f $initdir$file ]] && { strip --strip-unneeded "$initdir$file" || return 1; }
+    done
+    return 0
+}
+
 # called by dracut
 install() {
-    local stage line kind path paths="" unit
+    local stage line kind path paths="" unit elves=()
     rollback_python=${rollback_python:-$(command -v python3)}
     rollback_config=${rollback_config:-/etc/rollback.toml}
     rollback_policy=${rollback_policy:-boot-on}
@@ -59,12 +70,17 @@ install() {
     stage=$(mktemp -d "${DRACUT_TMPDIR:-/var/tmp}/rollback-stage.XXXXXX")
     while read -r kind path; do
         case $kind in
-            python) inst_binary "$path" && rollback_interpreter=$path ;;
-            lib) _rollback_inst_extension "$path" || { derror "rollback: cannot install $path"; return 1; } ;;
+            python) inst_binary "$path" && rollback_interpreter=$path && elves+=("$path") ;;
+            lib) _rollback_inst_extension "$path" && elves+=("$path") || { derror "rollback: cannot install $path"; return 1; } ;;
             path) paths+="${paths:+, }\"$path\"" ;;
         esac
     done < <("$rollback_python" -I "$moddir/python_closure.py" "$stage") || return 1
     [[ -n $rollback_interpreter ]] || { derror "rollback: could not stage the Python closure"; return 1; }
+    # dracut resolves libraries after the modules (DRACUT_RESOLVE_LAZY): libpython, installed here
+    while read -r path; do
+        inst "$path" && elves+=("$path") || { derror "rollback: cannot install $path"; return 1; }
+    done < <(ldd "$rollback_interpreter" | awk '$1 ~ /^libpython/ && $3 ~ /^\// { print $3 }')
+    _rollback_strip "${elves[@]}" || { derror "rollback: strip failed"; return 1; }
     cp -a "$stage"/. "$initdir"/
     rm -rf "$stage"
 

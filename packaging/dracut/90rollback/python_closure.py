@@ -99,6 +99,13 @@ EXCLUDE = (
     "importlib.metadata",
     "unicodedata",  # 1.1 MB; only re's \N{...} escapes and idna use it
     "typing_extensions",  # only for older Pythons or type checkers
+    # shutil (argparse's, for the terminal width) tries them inside `except ImportError`; with libbz2
+    # and liblzma they are 0.06 MB of the initramfs
+    "bz2",
+    "_bz2",
+    "lzma",
+    "_lzma",
+    "_compression",
 )
 
 
