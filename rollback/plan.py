@@ -10,9 +10,11 @@ happens here, before step one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import assert_never
+from functools import partial
+from typing import NamedTuple, assert_never
 
 from rollback import names
 from rollback.errors import Refused
@@ -240,13 +242,29 @@ def paths_of_interest(config: Config) -> list[str]:
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
+class Bounds(NamedTuple):
+    """How far a run that leaves the delete to the cleanup lists what it only moves (only_moved)."""
+
+    shallow: Callable[[str], bool]  # inside this subvolume, only subvolumes ...
+    named: frozenset[str]  # ... with these names (the protected ones) are listed
+
+
+def bounds(config: Config) -> Bounds | None:
+    """None when the run deletes at boot: then it lists everything it deletes, whole."""
+    return None if config.deletes_at_boot else Bounds(partial(only_moved, config), protected_names(config))
+
+
+def protected_names(config: Config) -> frozenset[str]:
+    """A subvolume with one of these names inside what is deleted or moved into the trash is refused."""
+    return frozenset(names.basename(p) for p in config.protect)
+
+
 def only_moved(config: Config, path: str) -> bool:
-    """A subvolume a run moves aside (the root into the trash, an archived root within the archive or into
-    the trash) and leaves the delete of to `rollback cleanup`: the run lists only the subvolumes directly
-    inside it (there a hand-made `root/nix` is, and the protected-name check finds it), not those nested
-    deeper, so the boot's work does not grow with them. Mounted and default subvolumes are found by id
-    at any depth. The run that deletes the tree (the cleanup, or the next boot if the cleanup never
-    ran) lists and checks all of it before deleting anything."""
+    """A subvolume a run moves aside (the root into the trash or the archive, an archived root into the
+    trash) and leaves the delete of to `rollback cleanup`: inside it, the run lists only what its checks
+    refuse there, at any depth: subvolumes with a protected name, mounted ones and the default one (by
+    id). So the boot's work barely grows with nested subvolumes and it refuses what a deleting run
+    refuses; the run that deletes the tree (the cleanup, or a boot) lists all of it."""
     if config.deletes_at_boot:
         return False
     if path == config.subvolume:
@@ -416,7 +434,7 @@ def _check_holder(directory: str, obs: Observation, what: str) -> None:
 
 
 def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> None:
-    protected = {names.basename(p) for p in config.protect}
+    protected = protected_names(config)
     for sub in doomed:
         if names.basename(sub.path) in protected:  # the target itself cannot be protected (settings)
             raise Refused(

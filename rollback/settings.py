@@ -202,8 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
         TEXT,
         "boot",
         "where old roots are deleted: boot (the run's last step), or after-boot (`rollback cleanup`, the "
-        "rollback-cleanup@ unit of the running system; a boot then deletes only what earlier boots left, and "
-        "checks the root's subvolumes one level deep: the cleanup checks all it deletes)",
+        "rollback-cleanup@ unit of the running system; a boot then deletes only what earlier boots left)",
         choices=get_args(Cleanup),
     ),
     Setting("skip", BOOLEAN, False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from rollback import report
 from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Observation
-from rollback.plan import Plan, holders, only_moved, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
+from rollback.plan import Plan, bounds, holders, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
 from rollback.settings import Config, as_dict, describe
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would ...
@@ -32,16 +31,16 @@ def _observed(
 ) -> Iterator[tuple[Path, Observation]]:
     """Probe, lock the filesystem (when about to write), mount its top level privately, read-only and
     without atime updates (a run that refuses must not have written anything), and observe it; `bounded`:
-    what a run only moves is listed one level deep (plan.only_moved)."""
+    what a run only moves is listed as plan.bounds() says."""
     from rollback.effects import btrfs, device, mount
 
     dev = config.require_device()
     fsid = device.probe(dev)
-    shallow = partial(only_moved, config) if bounded and not config.deletes_at_boot else None
+    limits = bounds(config) if bounded else None
     with device.locked(dev, fsid, node=lock_node) if lock else nullcontext(), mount.top_level(dev) as top:
         mounted = device.mounted_subvolumes(str(top), fsid)
         now = datetime.now(UTC)
-        yield top, btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, shallow)
+        yield top, btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
 
 
 def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:

@@ -9,7 +9,8 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import btrfsutil
 from rollback.effects import refs
 from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Observation, Subvol
 from rollback.plan import (
+    Bounds,
     Commit,
     Create,
     Delete,
@@ -45,28 +47,71 @@ def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
     return tuple(Subvol(i, os.fsdecode(path)) for path, i in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID))
 
 
-def list_bounded(top: Path, shallow: Callable[[str], bool]) -> tuple[Subvol, ...]:
-    """Every subvolume, except those nested in a subvolume directly inside one that `shallow` names:
-    there the listing stops one level down (plan.only_moved). One tree search per subvolume it looks
-    into, one inode lookup per directory holding subvolumes."""
+def list_bounded(top: Path, shallow: Callable[[str], bool], named: Collection[str]) -> tuple[Subvol, ...]:
+    """Every subvolume, except that inside a subvolume `shallow` calls (plan.only_moved) only those
+    whose name is one of `named` are listed, at any depth (the protected names: the check must see
+    them; nothing else in there is needed at boot). One range search for every subvolume's name and
+    parent (refs.all_refs); a path is built, one inode lookup per directory, only for what is listed."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        every = refs.all_refs(fd)  # in (parent, child) order
+        path_of = _Paths(fd, every)
         found: list[Subvol] = []
-        pending = [(TOP_LEVEL_ID, "")]
+        pending = [TOP_LEVEL_ID]
         while pending:
-            tree, path = pending.pop()
-            descend = not (path and shallow(path))
-            held_in: dict[int, bytes] = {}  # directory inode -> its path inside `tree` (b"" or ending in b"/")
-            for child, inode, name in refs.children(fd, tree):
-                if inode not in held_in:
-                    held_in[inode] = refs.directory(fd, tree, inode)
-                sub = Subvol(child, f"{path}/" * bool(path) + (held_in[inode] + name).decode(*_FS_CODEC))
-                found.append(sub)
-                if descend:
-                    pending.append((child, sub.path))
+            tree = pending.pop()
+            if tree != TOP_LEVEL_ID and shallow(path_of(tree) or ""):
+                continue
+            for ref in every[bisect_left(every, (tree,)) : bisect_left(every, (tree + 1,))]:  # its children
+                if (path := path_of.of(ref)) is not None:  # None: gone since the search
+                    found.append(Subvol(ref[1], path))
+                    pending.append(ref[1])
+        listed = {s.id for s in found}
+        wanted = {os.fsencode(name) for name in named}
+        for _parent, child, _inode, name in every:  # not listed: inside a `shallow` one
+            if name in wanted and child not in listed and (path := path_of(child)) is not None:
+                found.append(Subvol(child, path))
         return tuple(found)
     finally:
         os.close(fd)
+
+
+class _Paths:
+    """A subvolume's path from the top level, built from the ROOT_REF items (and cached): None if a
+    directory on the way is gone (deleted since the search, by a concurrent cleanup)."""
+
+    def __init__(self, fd: int, every: list[refs.Ref]) -> None:
+        self._fd = fd
+        self._every = every
+        self._up: dict[int, refs.Ref] = {}  # child -> its item, made when first needed
+        self._paths: dict[int, str | None] = {TOP_LEVEL_ID: ""}
+        self._dirs: dict[tuple[int, int], bytes | None] = {}
+
+    def __call__(self, subvolume: int) -> str | None:
+        """By id, at any depth."""
+        if subvolume in self._paths:
+            return self._paths[subvolume]
+        if not self._up:
+            self._up = {ref[1]: ref for ref in self._every}
+        return self.of(self._up[subvolume])
+
+    def of(self, ref: refs.Ref) -> str | None:
+        """By its ROOT_REF item."""
+        holder, child, inode, name = ref
+        parent, where = self(holder), self._directory(holder, inode)
+        path = None
+        if parent is not None and where is not None:
+            path = f"{parent}/" * bool(parent) + (where + name).decode(*_FS_CODEC)
+        self._paths[child] = path
+        return path
+
+    def _directory(self, tree: int, inode: int) -> bytes | None:
+        if (tree, inode) not in self._dirs:
+            try:
+                self._dirs[tree, inode] = refs.directory(self._fd, tree, inode)
+            except FileNotFoundError:
+                self._dirs[tree, inode] = None
+        return self._dirs[tree, inode]
 
 
 def _by_id(top: Path, ids: Iterable[int], listed: tuple[Subvol, ...]) -> tuple[Subvol, ...]:
@@ -168,14 +213,14 @@ def observe(
     holders: Iterable[str],
     mounted: Mapping[int, str],
     now: datetime,
-    shallow: Callable[[str], bool] | None = None,
+    bounds: Bounds | None = None,
 ) -> Observation:
-    """What the plan needs: every subvolume listed (with `shallow`, as list_bounded() bounds it, and the
+    """What the plan needs: every subvolume listed (with `bounds`, as list_bounded() bounds it, and the
     mounted and default ones wherever they are); examined (and checked for +i/+a) only the `paths` it
     asks about and the entries directly inside `holders` (the trash, the archive). Nothing here reads a
     subvolume nested in the root: the boot's cost does not grow with them."""
     default_id = btrfsutil.get_default_subvolume(str(top))
-    listed = list_subvolumes(top) if shallow is None else list_bounded(top, shallow)
+    listed = list_subvolumes(top) if bounds is None else list_bounded(top, *bounds)
     listed += _by_id(top, [*mounted, default_id], listed)
     subvol_paths = {s.path for s in listed}
     kinds = {p: _kind(top, p, subvol_paths) for p in paths}

@@ -1,11 +1,12 @@
-"""A subvolume's direct children, read from the filesystem's root tree: what btrfsutil cannot list.
+"""Every subvolume's name and parent, read from the filesystem's root tree: what btrfsutil cannot give.
 
-btrfsutil's iterator lists a subvolume's whole subtree (one search per subvolume, to find its own
-children): a boot that only moves the root aside needs the subvolumes directly inside it (where a
-hand-made `root/nix` is), not the thousand below them. The root tree holds, for every subvolume, one
-ROOT_REF item per child, keyed (parent id, ROOT_REF, child id): one contiguous key range, read with
-one tree search. Each item names the child and the directory (inode) of the parent holding it; that
-directory's path inside the parent is one inode lookup, made once per directory.
+btrfsutil's iterator lists a subtree with a tree search per subvolume (to find its children) and a
+path built for each. A boot that only moves the root aside needs, inside it, only the names (the
+protected-name check), not a path per nested subvolume. The root tree holds one ROOT_REF item per
+subvolume, keyed (parent id, ROOT_REF, child id), naming the child and the directory (inode) of the
+parent holding it: all of them come with one range search (a few ioctls; the other items of the
+range are skipped). A directory's path inside its subvolume is one inode lookup, made only for what
+is listed.
 """
 
 from __future__ import annotations
@@ -16,44 +17,65 @@ import struct
 _TREE_SEARCH_V2 = 0xC0709411  # _IOWR(0x94, 17, struct btrfs_ioctl_search_args_v2): 104-byte key + u64 buf_size
 _INO_LOOKUP = 0xD0009412  # _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): u64 treeid, u64 objectid, char[4080]
 _ROOT_TREE = 1
+_TOP_LEVEL = 5
 _ROOT_REF = 156
 _FIRST_FREE = 256  # the inode of a subvolume's top directory
-_MAX = 2**64 - 1
-# btrfs_ioctl_search_key: tree_id, min/max objectid, min/max offset, min/max transid; min/max type, nr_items, pad; 4 pad
-_KEY = struct.Struct("=7Q4I4Q")
-_HEADER = struct.Struct("=3Q2I")  # btrfs_ioctl_search_header: transid, objectid, offset, type, len
-_REF = struct.Struct("=QQH")  # btrfs_root_ref: dirid, sequence, name_len; the name follows
-_BUFFER = 16 * 1024  # ~300 children per search; more are read by searching on from the last one
+_MAX64, _MAX8 = 2**64 - 1, 255
+# btrfs_ioctl_search_key: tree_id, min/max objectid, min/max offset, min/max transid;
+# min/max type, nr_items, pad; 4 pad
+_KEY = struct.Struct("<7Q4I4Q")
+_HEADER = struct.Struct("<3Q2I")  # btrfs_ioctl_search_header: transid, objectid, offset, type, len
+_KIND_LENGTH = struct.Struct("<2I")  # the header's last two fields, at offset 24
+# a header, then btrfs_root_ref (dirid, sequence, name_len; the name follows). The header is in CPU
+# order, the item as on disk, little-endian: one order on the machines this runs on (x86_64, arm64,
+# whose ioctl numbers these are)
+_REF_ITEM = struct.Struct("<3Q2IQQH")
+_BUFFER = 256 * 1024  # ~500 subvolumes' items (a ROOT_ITEM is 439 bytes) per ioctl
 
 
-def children(fd: int, parent: int) -> list[tuple[int, int, bytes]]:
-    """(child id, directory inode in the parent, name) of every subvolume directly inside subvolume
-    `parent`, in id order. `fd` is any open file of the filesystem (the top level's)."""
-    found: list[tuple[int, int, bytes]] = []
-    start = 0
-    while True:
-        args = bytearray(_KEY.size + 8 + _BUFFER)
-        key = (_ROOT_TREE, parent, parent, start, _MAX, 0, _MAX, _ROOT_REF, _ROOT_REF, 2**32 - 1, 0, 0, 0, 0, 0)
+Ref = tuple[int, int, int, bytes]  # parent (the subvolume holding it), child, inode (the parent's directory), name
+
+
+def all_refs(fd: int) -> list[Ref]:
+    """The ROOT_REF item of every subvolume but the top level, in (parent, child) order. `fd` is any
+    open file of the filesystem (the top level's)."""
+    found: list[Ref] = []
+    args = bytearray(_KEY.size + 8 + _BUFFER)
+    start: tuple[int, int, int] | None = (_TOP_LEVEL, _ROOT_REF, 0)
+    while start is not None:
+        key = (_ROOT_TREE, start[0], _MAX64, start[2], _MAX64, 0, _MAX64, start[1], _ROOT_REF, 2**32 - 1, 0, 0, 0, 0, 0)
         _KEY.pack_into(args, 0, *key)
         struct.pack_into("=Q", args, _KEY.size, _BUFFER)
         fcntl.ioctl(fd, _TREE_SEARCH_V2, args)
         count = _KEY.unpack_from(args, 0)[9]  # the kernel writes back how many items it copied
+        if count == 0:
+            break
         pos = _KEY.size + 8
-        for _ in range(count):
-            _transid, objectid, child, kind, length = _HEADER.unpack_from(args, pos)
-            pos += _HEADER.size
-            if objectid == parent and kind == _ROOT_REF:  # the key range is exact; checked all the same
-                dirid, _sequence, name_length = _REF.unpack_from(args, pos)
-                found.append((child, dirid, bytes(args[pos + _REF.size : pos + _REF.size + name_length])))
-            pos += length
-        if count == 0 or not found or found[-1][0] == _MAX:
-            return found
-        start = found[-1][0] + 1
+        for _ in range(count):  # the range holds every item between: ROOT_ITEMs, ROOT_BACKREFs, skipped
+            kind, length = _KIND_LENGTH.unpack_from(args, pos + 24)
+            if kind == _ROOT_REF:
+                _transid, objectid, offset, _kind, _length, inode, _sequence, size = _REF_ITEM.unpack_from(args, pos)
+                name = pos + _REF_ITEM.size
+                found.append((objectid, offset, inode, bytes(args[name : name + size])))
+            last = pos
+            pos += _HEADER.size + length
+        _transid, objectid, offset, kind, _length = _HEADER.unpack_from(args, last)
+        start = _after(objectid, kind, offset)  # from the last item returned, whatever its kind
+    return found
+
+
+def _after(objectid: int, kind: int, offset: int) -> tuple[int, int, int] | None:
+    """The key right after (objectid, kind, offset), in the tree's order; None after the last one."""
+    if offset < _MAX64:
+        return objectid, kind, offset + 1
+    if kind < _MAX8:
+        return objectid, kind + 1, 0
+    return (objectid + 1, 0, 0) if objectid < _MAX64 else None
 
 
 def directory(fd: int, tree: int, inode: int) -> bytes:
     """The path of directory `inode` inside subvolume `tree`, relative to its top: b"" for the top
-    directory itself, else ending in b"/" (b"var/lib/")."""
+    directory itself, else ending in b"/" (b"var/lib/"). FileNotFoundError if it is gone."""
     if inode == _FIRST_FREE:
         return b""
     args = bytearray(4096)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import btrfsutil
 import pytest
 
 from rollback.errors import Exit
@@ -101,32 +100,6 @@ def test_cleanup_refuses_when_something_in_the_trash_is_mounted(disk: Disk) -> N
         assert disk.state() == before
     finally:
         sh("umount", str(where))
-
-
-def test_a_protected_name_nested_deeper_is_moved_by_the_boot_and_refused_by_the_cleanup(disk: Disk) -> None:
-    """A boot that leaves the delete to the cleanup checks what is directly inside the root (a hand-made
-    root/nix: refused at boot, test_refusals.py) but not deeper (plan.only_moved): a `nix` inside a
-    nested subvolume goes to the trash with the root, whole; the cleanup, which lists everything it
-    deletes, refuses it, and so does the next boot that would delete the leftover. Nothing is lost."""
-    deep = "root/var/lib/machines/guest/nix"
-    with disk.top() as top:
-        populate(top)
-        btrfsutil.create_subvolume(str(top / deep))
-        (top / deep / "precious").write_text("made by hand\n")
-    before = disk.state()
-    result = disk.rollback("run", *AFTER_BOOT)
-    assert result.returncode == Exit.OK, result.stderr
-    booted = disk.state()
-    (entry,) = trash(booted)
-    moved = entry + deep.removeprefix("root")
-    assert booted.files[moved + "/precious"] == before.files[deep + "/precious"]
-    assert outside_root(booted) == outside_root(before)
-    for verb in ("cleanup", "run"):  # the cleanup, and a next boot whose cleanup never ran
-        extra = AFTER_BOOT if verb == "run" else ()
-        refused = disk.rollback(verb, *extra)
-        assert refused.returncode == Exit.REFUSED, refused.stderr
-        assert f"protected subvolume '{moved}' lies inside what would be deleted" in refused.stderr
-        assert disk.state() == booted  # generations included
 
 
 @pytest.mark.parametrize("after_step", [1, 2])

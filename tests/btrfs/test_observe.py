@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import btrfsutil
@@ -19,7 +18,7 @@ import pytest
 
 from rollback.effects import btrfs
 from rollback.model import TRASH_DIR, Examined, Subvol
-from rollback.plan import holders, only_moved, paths_of_interest
+from rollback.plan import bounds, holders, paths_of_interest
 from tests.support.disks import Disk
 from tests.support.factory import config
 from tests.support.layout import NESTED, populate
@@ -129,50 +128,34 @@ def test_the_bounded_listing_sees_what_the_library_sees(disk: Disk) -> None:
         make(top, [*HOSTILE, *WIDE])
     with disk.top(read_only=True) as top:
         library = btrfs.list_subvolumes(top)
-        bounded = btrfs.list_bounded(top, lambda path: False)
+        bounded = btrfs.list_bounded(top, lambda path: False, ())
     assert len(library) == len(set(library)) == 4 + len(NESTED) + len(HOSTILE) + len(WIDE)
     assert sorted(bounded, key=lambda s: s.id) == sorted(library, key=lambda s: s.id)
 
 
-def test_a_run_that_only_moves_the_root_lists_one_level_into_it(disk: Disk) -> None:
-    """Directly inside the root and an archived root: listed (wherever their directory is); deeper: not,
-    except what is mounted or the default subvolume (found by id); the trash's entries, deleted by this
-    boot if the cleanup never ran, and everything outside: all of it."""
+def test_a_run_that_only_moves_the_root_lists_inside_it_only_what_its_checks_refuse(disk: Disk) -> None:
+    """Inside the root and an archived root (which this boot moves, the cleanup deletes): only protected
+    names, at any depth, and what is mounted or the default subvolume (found by id); the trash's entries,
+    which this boot deletes if the cleanup never ran, and everything outside: all of it, with paths."""
     archived, left = OLD, LEFT
+    named = ["root/nix", "root/a b/new\nline/nix", f"{archived}/a/b/c/home", "root/d/e/f/deep/g/persist"]
     with disk.top() as top:
         populate(top)
         make(top, [*HOSTILE, *WIDE])
         for entry in (archived, left):
             make(top, [entry.encode(), f"{entry}/a/b".encode(), f"{entry}/a/b/c".encode()])
+        make(top, [p.encode() for p in named])
         default = btrfsutil.subvolume_id(str(top / "root/d/e/f/deep/g/h/deeper"))
         btrfsutil.set_default_subvolume(str(top), default)
         mounted = btrfsutil.subvolume_id(str(top / NESTED[-1]))
     wanted = config(archive="old", cleanup="after-boot")
     with disk.top(read_only=True) as top:
         everything = {s.path for s in btrfs.list_subvolumes(top)}
-        obs = btrfs.observe(
-            top,
-            paths_of_interest(wanted),
-            holders(wanted),
-            {mounted: "/x"},
-            datetime.now(UTC),
-            partial(only_moved, wanted),
-        )
+        now = datetime.now(UTC)
+        obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), {mounted: "/x"}, now, bounds(wanted))
     listed = {s.path for s in obs.subvols}
-
-    def depth_below(path: str, tree: str) -> int:  # subvolumes between `tree` and `path`, `path` included
-        return (
-            sum(
-                1
-                for other in everything
-                if other != tree and path.startswith(other + "/") and other.startswith(tree + "/")
-            )
-            + 1
-        )
-
-    deeper = {p for p in everything for t in ("root", archived) if p.startswith(t + "/") and depth_below(p, t) > 1}
-    assert deeper  # the layout has them
-    assert listed == (everything - deeper) | {NESTED[-1], "root/d/e/f/deep/g/h/deeper"}
+    inside = {p for p in everything if p.startswith(("root/", archived + "/"))}
+    assert len(inside) > len(WIDE) and set(named) <= inside  # the layout has them
+    assert listed == (everything - inside) | {NESTED[-1], "root/d/e/f/deep/g/h/deeper", *named}
     assert {f"{left}/a/b/c", "persist/docker", "top dir/with space/sub/x"} <= listed
-    assert {f"{archived}/a/b/c", "root/a b/new\nline"}.isdisjoint(listed)
-    assert obs.default_id == default and obs.get("root") is not None
+    assert obs.default_id == default and obs.get("root") is not None and obs.get(archived) is not None

@@ -52,15 +52,21 @@ def test_target_or_nested_is_the_default_subvolume(disk: Disk, subvol: str, clea
 
 
 @CLEANUPS
-@pytest.mark.parametrize("where", ["root/persist2", "root/a/b/persist2"])
-def test_protected_subvolume_inside_root(disk: Disk, where: str, cleanup: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("keep", [(), ("--archive", "old_roots")], ids=["recreate", "keep"])
+@pytest.mark.parametrize("where", ["root/persist2", "root/a/b/persist2", "root/var/lib/machines/guest/x/persist2"])
+def test_protected_subvolume_inside_root(
+    disk: Disk, where: str, keep: tuple[str, ...], cleanup: tuple[str, ...]
+) -> None:
+    """At any depth, whether the run deletes the root, archives it, or moves it into the trash for the
+    cleanup (a run that then knows below the root's direct subvolumes only names: plan.bounds)."""
+
     def change(top: Path) -> None:
         (top / where).parent.mkdir(parents=True, exist_ok=True)
         btrfsutil.create_subvolume(str(top / where))
         (top / where / "precious").write_text("made by hand on the running system")
 
     setup(disk, change)
-    assert f"protected subvolume '{where}'" in refused(disk, "--protect", "persist2", *cleanup)
+    assert f"protected subvolume '{where}'" in refused(disk, "--protect", "persist2", *keep, *cleanup)
 
 
 @CLEANUPS

@@ -18,6 +18,7 @@ from rollback.plan import (
     Rename,
     Snapshot,
     Unlock,
+    bounds,
     only_moved,
     paths_of_interest,
     plan_cleanup,
@@ -335,13 +336,21 @@ def test_nothing_is_put_back_when_there_was_no_old_root() -> None:
         ({"cleanup": "boot", "archive": "old"}, set()),
     ],
 )
-def test_only_what_a_run_moves_without_deleting_is_listed_one_level_deep(
+def test_what_a_run_moves_without_deleting_is_listed_by_protected_names(
     flags: dict[str, str], moved_only: set[str]
 ) -> None:
     """A run deleting at boot lists every tree it deletes whole; after boot, the root and the archived
-    roots are only moved (the cleanup lists them whole), the trash's leftovers are deleted: whole."""
+    roots are only moved (inside them a run lists protected names; the cleanup lists them whole), the
+    trash's leftovers are deleted: whole."""
     asked = [
         "root", "sys/root", "root/var/lib/machines", f"old/{STAMP}", "old/my-backup", f"old/{STAMP}/nested",
         f"{TRASH_DIR}/{STAMP}", "persist", "nix", f"archive/{STAMP}", "",
     ]  # fmt: skip
     assert {path for path in asked if only_moved(config(**flags), path)} == moved_only
+
+
+def test_a_run_leaving_the_delete_to_the_cleanup_still_looks_for_protected_names_at_any_depth() -> None:
+    assert bounds(config()) is None and bounds(config(archive="old")) is None  # deleting at boot: everything
+    found = bounds(config(cleanup="after-boot", protect=["persist", "data/nix", "home"]))
+    assert found is not None and found.named == {"persist", "nix", "home"}
+    assert found.shallow("root") and not found.shallow("persist")
