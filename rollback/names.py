@@ -74,7 +74,10 @@ def parse_entry(name: str) -> EntryName | None:
     match = _ENTRY.fullmatch(name)
     if not match:
         return None
-    stamp = datetime.strptime(match.group(1), _STAMP_FORMAT).replace(tzinfo=UTC)
+    try:
+        stamp = datetime.strptime(match.group(1), _STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # shaped like ours, not a date (month 13): not ours, so refused as foreign
+        return None
     return EntryName(stamp, int(match.group(2) or 0))
 
 

@@ -88,12 +88,21 @@ class _Paths:
         self._dirs: dict[tuple[int, int], bytes | None] = {}
 
     def __call__(self, subvolume: int) -> str | None:
-        """By id, at any depth."""
-        if subvolume in self._paths:
-            return self._paths[subvolume]
+        """By id, at any depth; None also if the search's answer has no way up from it (read while
+        subvolumes were renamed: the several ioctls are not one snapshot)."""
         if not self._up:
             self._up = {ref[1]: ref for ref in self._every}
-        return self.of(self._up[subvolume])
+        chain: list[refs.Ref] = []  # from `subvolume` up to one whose path is known: a loop, not recursion
+        at = subvolume
+        while at not in self._paths:
+            ref = self._up.get(at)
+            if ref is None or len(chain) > len(self._up):  # missing, or a cycle
+                return None
+            chain.append(ref)
+            at = ref[0]
+        for ref in reversed(chain):
+            self.of(ref)
+        return self._paths[subvolume]
 
     def of(self, ref: refs.Ref) -> str | None:
         """By its ROOT_REF item."""
@@ -218,7 +227,8 @@ def observe(
     """What the plan needs: every subvolume listed (with `bounds`, as list_bounded() bounds it, and the
     mounted and default ones wherever they are); examined (and checked for +i/+a) only the `paths` it
     asks about and the entries directly inside `holders` (the trash, the archive). Nothing here reads a
-    subvolume nested in the root: the boot's cost does not grow with them."""
+    subvolume nested in the root (but, bounded, the directories leading to a protected name): the
+    boot's cost barely grows with them."""
     default_id = btrfsutil.get_default_subvolume(str(top))
     listed = list_subvolumes(top) if bounds is None else list_bounded(top, *bounds)
     listed += _by_id(top, [*mounted, default_id], listed)

@@ -32,6 +32,8 @@ def _results() -> dict[str, Any]:
             _host(1000, 1000, 190, 200),
             _host(1000, 0, 50, 25),
             _host(1_000_000, 0, 65, 26),
+            {**_host(100_000, 0, 70, 28), "mode": "after-boot"},
+            {**_host(100_000, 1000, 84, 255), "mode": "after-boot"},
         ],
         "load": [],
         "vm": {
@@ -49,7 +51,9 @@ def test_each_target_is_judged_from_the_matching_row() -> None:
     assert judged["host, 1,000 files / 1000 nested: <= 0.8x"] == ("0.95x", False)
     assert judged["flat in file count, 0 nested: 1k vs 1M within 20%"] == ("+30%", False)
     assert judged["VM: rollback unit <= 1.0x the baseline's"] == ("1.5x", False)
-    assert judged["initramfs growth over the baseline's <= 4 MB zstd"] == ("3.95 MB", True)
+    assert judged["initramfs growth over the baseline's <= 3 MB zstd"] == ("3.95 MB", False)
+    assert judged["host after-boot, 100k files / 1000 nested: <= 0.4x"] == ("0.33x", True)
+    assert judged["host after-boot, 100k files: 1000 nested within 15% of 0"] == ("1.20x", False)
 
 
 def test_the_report_marks_unmet_targets() -> None:

@@ -53,7 +53,11 @@ def test_entry_names_sort_by_time_then_serial() -> None:
     ]
 
 
-@pytest.mark.parametrize("foreign", ["root", "2026-11-25", "20261125T060000", "20261125T060000Z-", "x20261125T060000Z"])
+@pytest.mark.parametrize(
+    "foreign",
+    ["root", "2026-11-25", "20261125T060000", "20261125T060000Z-", "x20261125T060000Z", "20241301T000000Z",
+     "20260230T000000Z", "20261125T250000Z-1"],
+)  # fmt: skip
 def test_foreign_names_are_not_entries(foreign: str) -> None:
     assert parse_entry(foreign) is None
 

@@ -162,6 +162,8 @@ def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
             "mounted",
         ),
         ({"archive": "old"}, {"subvols": ["root", "old/snapshot-of-home"]}, "foreign-subvolume"),
+        ({"archive": "old"}, {"subvols": ["root", "old/20241301T000000Z"]}, "foreign-subvolume"),  # month 13
+        ({"cleanup": "after-boot"}, {"subvols": ["root", f"{TRASH_DIR}/20260230T000000Z"]}, "foreign-subvolume"),
         ({"archive": "old"}, {"subvols": ["root", "old/x/20260101T000000Z"]}, "foreign-subvolume"),
         ({"archive": "old"}, {"subvols": ["root"], "files": ["old"]}, "bad-holder"),
         ({}, {"subvols": ["root", f"{TRASH_DIR}/not-ours"]}, "foreign-subvolume"),
