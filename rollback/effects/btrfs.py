@@ -82,16 +82,13 @@ class _Paths:
 
     def __init__(self, fd: int, every: list[refs.Ref]) -> None:
         self._fd = fd
-        self._every = every
-        self._up: dict[int, refs.Ref] = {}  # child -> its item, made when first needed
+        self._up = {ref[1]: ref for ref in every}  # child -> its item
         self._paths: dict[int, str | None] = {TOP_LEVEL_ID: ""}
         self._dirs: dict[tuple[int, int], bytes | None] = {}
 
     def __call__(self, subvolume: int) -> str | None:
         """By id, at any depth; None also if the search's answer has no way up from it (read while
         subvolumes were renamed: the several ioctls are not one snapshot)."""
-        if not self._up:
-            self._up = {ref[1]: ref for ref in self._every}
         chain: list[refs.Ref] = []  # from `subvolume` up to one whose path is known: a loop, not recursion
         at = subvolume
         while at not in self._paths:
