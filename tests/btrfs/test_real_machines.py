@@ -206,16 +206,19 @@ def loop_device_for(image: Path) -> Iterator[str]:
 # --- raid1: one filesystem, two member devices ---------------------------------------------
 
 
-@pytest.mark.parametrize("subvol", ["root", "root/var/lib/machines"])
+@pytest.mark.parametrize("cleanup", [(), ("--cleanup", "after-boot")], ids=["delete-at-boot", "after-boot"])
+@pytest.mark.parametrize("subvol", ["root", "root/var/lib/machines", "root/var/lib/machines/guest/srv"])
 @pytest.mark.parametrize(("mount_via", "run_via"), [(0, 1), (1, 0)], ids=["mount-L1-run-L2", "mount-L2-run-L1"])
 def test_mounted_through_one_member_refused_through_the_other(
-    raid: Raid, tmp_path: Path, subvol: str, mount_via: int, run_via: int
+    raid: Raid, tmp_path: Path, subvol: str, mount_via: int, run_via: int, cleanup: tuple[str, ...]
 ) -> None:
+    """After boot, the run reads the subvolumes' ROOT_REF items itself (plan.bounds) and finds a mounted
+    one by id, three levels deep too: on two devices as on one."""
     with raid[0].top() as top:
         populate(top)
     live = tmp_path / "live"
     with mounted(raid[mount_via].device, subvol, live):
-        stderr = refused(raid[run_via], reason="mounted", readers=raid)
+        stderr = refused(raid[run_via], *cleanup, reason="mounted", readers=raid)
     assert f"'{subvol}' is mounted at {live}" in stderr
 
 
