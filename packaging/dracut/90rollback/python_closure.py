@@ -24,11 +24,12 @@ module.py would be; unchecked-hash: valid whatever timestamps the copy gets; no 
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import marshal
 import modulefinder
 import os
-import py_compile
 import re
 import shutil
 import subprocess
@@ -150,15 +151,26 @@ def extra_entries(files: dict[str, str]) -> list[str]:
 
 
 def compile_to(source: str, target: str, shown_as: str) -> None:
-    """Sourceless bytecode at `target`; tracebacks name `shown_as` (where the module is, once installed)."""
+    """Sourceless bytecode at `target`; tracebacks name `shown_as` (where the module is, once installed).
+
+    Without what the service never reads, a third of the bytecode (0.44 MB of the compressed
+    initramfs): column positions (the script re-runs itself with -X no_debug_ranges; tracebacks keep
+    their line numbers) and module and function docstrings. Class docstrings stay (a dataclass
+    without one has it computed with inspect at import), and so do asserts (optimize=2 drops them)."""
+    with open(source, "rb") as handle:
+        data = handle.read()
+    tree = ast.parse(data, shown_as)
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if ast.get_docstring(node, False) is not None:
+            node.body = node.body[1:] or [ast.Pass()]
+    code = compile(ast.fix_missing_locations(tree), shown_as, "exec", dont_inherit=True)
+    unchecked_hash = (0b01).to_bytes(4, "little")  # PEP 552: valid whatever timestamps the copy gets
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    py_compile.compile(
-        source,
-        cfile=target,
-        dfile=shown_as,
-        doraise=True,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
+    with open(target, "wb") as handle:
+        handle.write(importlib.util.MAGIC_NUMBER + unchecked_hash + importlib.util.source_hash(data))
+        handle.write(marshal.dumps(code))
 
 
 def _sys_path_entry(name: str, path: str) -> str:
@@ -458,4 +470,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if "no_debug_ranges" not in sys._xoptions:  # compile without column positions (see compile_to)
+        os.execv(sys.executable, [sys.executable, "-X", "no_debug_ranges", *sys.orig_argv[1:]])
     raise SystemExit(main(sys.argv[1:]))
