@@ -95,8 +95,10 @@ def prepare(dev: str, files: int, nested: int, mode: str) -> None:
     """The same starting layout for every timed command."""
     with top(dev) as t:
         trash = t / ".rollback" / "trash"  # what an after-boot run left: its cleanup ran (not measured here)
-        for name in os.listdir(trash) if trash.exists() else []:
-            btrfsutil.delete_subvolume(str(trash / name), recursive=True)
+        archive = t / "old_roots"  # what keep mode left: only keep mode's layout has archived roots
+        for holder in (trash, archive):
+            for name in os.listdir(holder) if holder.exists() else []:
+                btrfsutil.delete_subvolume(str(holder / name), recursive=True)
         btrfsutil.sync(str(t))
         subprocess.run(["btrfs", "subvolume", "sync", str(t)], check=True, capture_output=True)  # cleaner done
         template = t / f"template-{files}"
@@ -112,10 +114,8 @@ def prepare(dev: str, files: int, nested: int, mode: str) -> None:
             parent = t / "root" / (f"n{number}" if number % 2 == 0 else f"n{number - 1}/n{number}")
             btrfsutil.create_subvolume(str(parent))
         if mode == "keep":
-            (t / "old_roots").mkdir(exist_ok=True)
-            for name in os.listdir(t / "old_roots"):
-                btrfsutil.delete_subvolume(str(t / "old_roots" / name), recursive=True)
-            btrfsutil.create_subvolume(str(t / "old_roots" / "20200101T000000Z"))  # one to prune
+            archive.mkdir(exist_ok=True)
+            btrfsutil.create_subvolume(str(archive / "20200101T000000Z"))  # one to prune
         btrfsutil.sync(str(t))
 
 
