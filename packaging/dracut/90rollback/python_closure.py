@@ -137,10 +137,14 @@ def stage(files: dict[str, str], root: str) -> tuple[list[str], list[str]]:
         compile_to(path, root + path + "c", path)
     # the interpreter looks for lib-dynload below its own exec prefix to find it (in a venv,
     # sysconfig's platstdlib is the venv's, not the interpreter's: Debian 13 warned at every start)
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    landmark = os.path.join(os.path.realpath(sys.base_exec_prefix), sys.platlibdir, version, "lib-dynload")
-    os.makedirs(root + landmark, exist_ok=True)
+    os.makedirs(root + _dynload(), exist_ok=True)
     return extensions, extra_entries(files)
+
+
+def _dynload() -> str:
+    """The interpreter's own lib-dynload (in a venv, sysconfig's platstdlib is the venv's)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return os.path.join(os.path.realpath(sys.base_exec_prefix), sys.platlibdir, version, "lib-dynload")
 
 
 def extra_entries(files: dict[str, str]) -> list[str]:
@@ -153,10 +157,11 @@ def extra_entries(files: dict[str, str]) -> list[str]:
 def compile_to(source: str, target: str, shown_as: str) -> None:
     """Sourceless bytecode at `target`; tracebacks name `shown_as` (where the module is, once installed).
 
-    Without what the service never reads, a third of the bytecode (0.44 MB of the compressed
-    initramfs): column positions (the script re-runs itself with -X no_debug_ranges; tracebacks keep
+    Without what the service never reads, a third of the bytecode (the initramfs 0.40 MB smaller,
+    zstd): column positions (the script re-runs itself with -X no_debug_ranges; tracebacks keep
     their line numbers) and module and function docstrings. Class docstrings stay (a dataclass
-    without one has it computed with inspect at import), and so do asserts (optimize=2 drops them)."""
+    without one has it computed with inspect at import), and so do asserts (optimize=0, whatever the
+    builder runs with)."""
     with open(source, "rb") as handle:
         data = handle.read()
     tree = ast.parse(data, shown_as)
@@ -165,7 +170,7 @@ def compile_to(source: str, target: str, shown_as: str) -> None:
             continue
         if ast.get_docstring(node, False) is not None:
             node.body = node.body[1:] or [ast.Pass()]
-    code = compile(ast.fix_missing_locations(tree), shown_as, "exec", dont_inherit=True)
+    code = compile(ast.fix_missing_locations(tree), shown_as, "exec", dont_inherit=True, optimize=0)
     unchecked_hash = (0b01).to_bytes(4, "little")  # PEP 552: valid whatever timestamps the copy gets
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with open(target, "wb") as handle:
@@ -423,6 +428,56 @@ def check_tree(root: str, manifest: dict[str, Any]) -> None:
         )
 
 
+# The staged bytecode itself, run as the initramfs runs it: the boot path's imports and its logging
+# set-up (the check above ran the sources). The initramfs holds the bytecode staged here and the C
+# extensions where they are on this system: one finder looks up each module in both places, as the
+# initramfs's path finder will, and nothing else (no source, no namespace package, no other path).
+_STAGE_CHECK = """
+import json, os, sys
+from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader, FrozenImporter
+from importlib.machinery import SourcelessFileLoader
+from importlib.util import spec_from_file_location
+root, paths, names = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+class Staged:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        tail = name.rpartition(".")[2]
+        for directory in paths if path is None else path:
+            for suffix in EXTENSION_SUFFIXES:
+                where = os.path.join(directory, tail + suffix)
+                if os.path.isfile(where):
+                    return spec_from_file_location(name, where, loader=ExtensionFileLoader(name, where))
+            package = os.path.join(root + directory, tail, "__init__.pyc")
+            if os.path.isfile(package):
+                inside = [os.path.join(directory, tail)]
+                loader = SourcelessFileLoader(name, package)
+                return spec_from_file_location(name, package, loader=loader, submodule_search_locations=inside)
+            module = os.path.join(root + directory, tail + ".pyc")
+            if os.path.isfile(module):
+                return spec_from_file_location(name, module, loader=SourcelessFileLoader(name, module))
+        return None
+sys.meta_path[:] = [BuiltinImporter, FrozenImporter, Staged]
+sys.path_importer_cache.clear()
+for name in names:
+    __import__(name)
+import rollback.log
+rollback.log.configure(journal=True, notify=True, console=False)
+rollback.log.configure(journal=False, notify=False, console=True)
+rollback.log.emit("started", "stage check", device="/dev/null")
+print(sum(isinstance(getattr(m, "__loader__", None), SourcelessFileLoader) for m in list(sys.modules.values())))
+"""
+
+
+def check_stage(root: str, entries: list[str]) -> None:
+    """Fail the build unless the staged bytecode runs the boot path's imports by itself."""
+    paths = [os.path.realpath(sysconfig.get_paths()["stdlib"]), *entries, _dynload()]
+    names = [n for n in ENTRY_POINTS if n != "rollback.__main__" and not n.startswith("pystemd")]
+    argv = [sys.executable, "-I", "-S", "-B", "-c", _STAGE_CHECK, root, json.dumps(paths), json.dumps(names)]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0 or int(result.stdout or 0) < len(names):
+        raise SystemExit(f"python_closure.py: the staged bytecode does not run:\n{result.stdout}{result.stderr}")
+
+
 def converged() -> tuple[dict[str, str], list[str]]:
     """The closure, grown by what C code imports until importing needs nothing else."""
     names = list(ENTRY_POINTS)
@@ -461,6 +516,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(manifest["totals"]))
         return 0
     extensions, entries = stage(files, args.stage)
+    check_stage(args.stage, entries)
     print(f"python {os.path.realpath(sys.executable)}")
     for path in extensions:
         print(f"lib {path}")
@@ -471,5 +527,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if "no_debug_ranges" not in sys._xoptions:  # compile without column positions (see compile_to)
-        os.execv(sys.executable, [sys.executable, "-X", "no_debug_ranges", *sys.orig_argv[1:]])
+        # -B: what the builder itself imports is not cached without columns for the host's later runs
+        os.execv(sys.executable, [sys.executable, "-B", "-X", "no_debug_ranges", *sys.orig_argv[1:]])
     raise SystemExit(main(sys.argv[1:]))
