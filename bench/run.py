@@ -99,6 +99,8 @@ def prepare(dev: str, files: int, nested: int, mode: str) -> None:
         for holder in (trash, archive):
             for name in os.listdir(holder) if holder.exists() else []:
                 btrfsutil.delete_subvolume(str(holder / name), recursive=True)
+        if (t / "root").exists():  # what the last command made: gone before the wait, not after it
+            btrfsutil.delete_subvolume(str(t / "root"), recursive=True)
         btrfsutil.sync(str(t))
         subprocess.run(["btrfs", "subvolume", "sync", str(t)], check=True, capture_output=True)  # cleaner done
         template = t / f"template-{files}"
@@ -107,8 +109,6 @@ def prepare(dev: str, files: int, nested: int, mode: str) -> None:
         if not (t / "root-blank").exists():
             btrfsutil.create_subvolume(str(t / "root-blank"))
             btrfsutil.set_subvolume_read_only(str(t / "root-blank"))
-        if (t / "root").exists():
-            btrfsutil.delete_subvolume(str(t / "root"), recursive=True)
         btrfsutil.create_snapshot(str(template), str(t / "root"))
         for number in range(nested):  # half at depth 1, half inside those (depth 2)
             parent = t / "root" / (f"n{number}" if number % 2 == 0 else f"n{number - 1}/n{number}")
@@ -117,6 +117,8 @@ def prepare(dev: str, files: int, nested: int, mode: str) -> None:
             archive.mkdir(exist_ok=True)
             btrfsutil.create_subvolume(str(archive / "20200101T000000Z"))  # one to prune
         btrfsutil.sync(str(t))
+        if btrfsutil.deleted_subvolumes(str(t)):  # the project would wait for the cleaner (Reclaim), not the baseline
+            raise RuntimeError("bench: a deleted subvolume is still being cleaned before the timed command")
 
 
 def drop_device_cache(dev: str) -> None:

@@ -5,6 +5,7 @@ import __future__
 
 import argparse
 import dis
+import encodings
 import glob
 import importlib.util
 import marshal
@@ -16,9 +17,12 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
+import pystemd.utils
 import pytest
 import structlog
+import structlog.processors
 
+import rollback.plan
 from tests.support.environment import unavailable
 
 MODULE_SETUP = Path(__file__).parents[2] / "packaging" / "dracut" / "90rollback" / "module-setup.sh"
@@ -118,24 +122,36 @@ def test_each_module_is_compiled_with_its_own_future_imports_only(staged: tuple[
 
 def test_the_build_fails_unless_the_staged_bytecode_runs(staged: tuple[Path, list[str]], tmp_path: Path) -> None:
     """The build's import check runs the sources; the stage check runs the bytecode that ships, with
-    the C extensions where dracut installs them from: a missing or unreadable staged module fails it."""
+    the C extensions dracut installs: a staged module missing or unreadable fails it, one the
+    interpreter loads at start-up (encodings) or one only pystemd's loading reaches included, and so
+    does an extension the build would not install."""
     spec = importlib.util.spec_from_file_location("python_closure", BUILDER)
     assert spec and spec.loader
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
     entries = [line.split(" ", 1)[1] for line in staged[1] if line.startswith("path ")]
-    builder.check_stage(str(staged[0]), entries)  # what the build just checked
-    plan = str(Path(__file__).parents[2] / "rollback" / "plan.pyc").lstrip("/")
-    processors = str(Path(structlog.__file__).parent / "processors.pyc").lstrip("/")
-    for victim, spoil in ((plan, "remove"), (plan, "magic"), (processors, "remove")):
-        copy = tmp_path / f"{spoil}-{Path(victim).stem}"
+    extensions = [line.split(" ", 1)[1] for line in staged[1] if line.startswith("lib ")]
+    builder.check_stage(str(staged[0]), entries, extensions)  # what the build just checked
+
+    def staged_as(module: types.ModuleType) -> str:
+        return str(Path(str(module.__file__)).with_suffix(".pyc")).lstrip("/")
+
+    plan, processors = staged_as(rollback.plan), staged_as(structlog.processors)
+    encodings_init, pystemd_utils = staged_as(encodings), staged_as(pystemd.utils)
+    spoilt = [(plan, "remove"), (plan, "magic"), (processors, "remove"), (encodings_init, "magic")]
+    for victim, spoil in [*spoilt, (pystemd_utils, "magic")]:
+        copy = tmp_path / f"{spoil}-{victim.replace('/', '_')}"
         shutil.copytree(staged[0], copy, symlinks=True)
         if spoil == "remove":
             (copy / victim).unlink()
         else:
             (copy / victim).write_bytes(b"\0\0\0\0" + (copy / victim).read_bytes()[4:])
         with pytest.raises(SystemExit, match="the staged bytecode does not run"):
-            builder.check_stage(str(copy), entries)
+            builder.check_stage(str(copy), entries, extensions)
+    without = [path for path in extensions if "btrfsutil" not in Path(path).name]
+    assert len(without) == len(extensions) - 1
+    with pytest.raises(SystemExit, match="the staged bytecode does not run"):
+        builder.check_stage(str(staged[0]), entries, without)
 
 
 def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:

@@ -428,53 +428,67 @@ def check_tree(root: str, manifest: dict[str, Any]) -> None:
         )
 
 
-# The staged bytecode itself, run as the initramfs runs it: the boot path's imports and its logging
-# set-up (the check above ran the sources). The initramfs holds the bytecode staged here and the C
-# extensions where they are on this system: one finder looks up each module in both places, as the
-# initramfs's path finder will, and nothing else (no source, no namespace package, no other path).
+# The staged bytecode itself, run as the initramfs runs it: the boot path's imports, pystemd loaded
+# the service's way, the logging set-up (the check above ran the sources). The initramfs holds the
+# bytecode staged here and the C extensions listed for dracut: one finder looks up each module in
+# those places only, in the path finder's order (package, extension, bytecode). Nothing is imported
+# from a file before it is in place; what the interpreter itself loaded from this system at start-up
+# (encodings) is run again from the stage. Arguments are joined with \x1f.
 _STAGE_CHECK = """
-import json, os, sys
-from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, ExtensionFileLoader, FrozenImporter
-from importlib.machinery import SourcelessFileLoader
-from importlib.util import spec_from_file_location
-root, paths, names = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+import sys, _imp
+from _frozen_importlib import BuiltinImporter, FrozenImporter, module_from_spec
+from _frozen_importlib_external import ExtensionFileLoader, SourcelessFileLoader, spec_from_file_location
+from _frozen_importlib_external import _path_isfile, _path_join
+root, paths, names, extensions = sys.argv[1], *(argument.split("\x1f") for argument in sys.argv[2:5])
 class Staged:
     @staticmethod
     def find_spec(name, path=None, target=None):
         tail = name.rpartition(".")[2]
         for directory in paths if path is None else path:
-            for suffix in EXTENSION_SUFFIXES:
-                where = os.path.join(directory, tail + suffix)
-                if os.path.isfile(where):
-                    return spec_from_file_location(name, where, loader=ExtensionFileLoader(name, where))
-            package = os.path.join(root + directory, tail, "__init__.pyc")
-            if os.path.isfile(package):
-                inside = [os.path.join(directory, tail)]
+            package = _path_join(root + directory, tail, "__init__.pyc")
+            if _path_isfile(package):
+                inside = [_path_join(directory, tail)]
                 loader = SourcelessFileLoader(name, package)
                 return spec_from_file_location(name, package, loader=loader, submodule_search_locations=inside)
-            module = os.path.join(root + directory, tail + ".pyc")
-            if os.path.isfile(module):
+            for suffix in _imp.extension_suffixes():
+                where = _path_join(directory, tail + suffix)
+                if where in extensions:
+                    return spec_from_file_location(name, where, loader=ExtensionFileLoader(name, where))
+            module = _path_join(root + directory, tail + ".pyc")
+            if _path_isfile(module):
                 return spec_from_file_location(name, module, loader=SourcelessFileLoader(name, module))
         return None
 sys.meta_path[:] = [BuiltinImporter, FrozenImporter, Staged]
-sys.path_importer_cache.clear()
+early = [n for n, m in sys.modules.items() if getattr(m, "__file__", None) and m.__loader__ is not FrozenImporter]
+for name in early:
+    parent = name.rpartition(".")[0]
+    spec = Staged.find_spec(name, sys.modules[parent].__path__ if parent else None)
+    if spec is None:
+        raise ImportError(f"{name} is imported at start-up but not staged")
+    exec(spec.loader.get_code(name), module_from_spec(spec).__dict__)
 for name in names:
     __import__(name)
+from rollback.effects import journal
+journal.load()  # at boot a failure here is a warning, and the journal and sd_notify are lost
 import rollback.log
 rollback.log.configure(journal=True, notify=True, console=False)
 rollback.log.configure(journal=False, notify=False, console=True)
 rollback.log.emit("started", "stage check", device="/dev/null")
-print(sum(isinstance(getattr(m, "__loader__", None), SourcelessFileLoader) for m in list(sys.modules.values())))
+staged = (SourcelessFileLoader, ExtensionFileLoader)
+found = {n for n, m in sys.modules.items() if getattr(m, "__file__", None) and m.__loader__ is not FrozenImporter}
+print("not staged:", *sorted(n for n in found - set(early) if not isinstance(sys.modules[n].__loader__, staged)))
 """
 
 
-def check_stage(root: str, entries: list[str]) -> None:
+def check_stage(root: str, entries: list[str], extensions: list[str]) -> None:
     """Fail the build unless the staged bytecode runs the boot path's imports by itself."""
-    paths = [os.path.realpath(sysconfig.get_paths()["stdlib"]), *entries, _dynload()]
+    paths = [os.path.realpath(sysconfig.get_paths()["stdlib"]), _dynload(), *entries]  # the launcher's order
     names = [n for n in ENTRY_POINTS if n != "rollback.__main__" and not n.startswith("pystemd")]
-    argv = [sys.executable, "-I", "-S", "-B", "-c", _STAGE_CHECK, root, json.dumps(paths), json.dumps(names)]
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0 or int(result.stdout or 0) < len(names):
+    joined = ["\x1f".join(part) for part in (paths, names, extensions)]
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", _STAGE_CHECK, root, *joined], capture_output=True, text=True
+    )
+    if result.returncode != 0 or result.stdout.splitlines()[-1:] != ["not staged:"]:
         raise SystemExit(f"python_closure.py: the staged bytecode does not run:\n{result.stdout}{result.stderr}")
 
 
@@ -516,7 +530,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(manifest["totals"]))
         return 0
     extensions, entries = stage(files, args.stage)
-    check_stage(args.stage, entries)
+    check_stage(args.stage, entries, extensions)
     print(f"python {os.path.realpath(sys.executable)}")
     for path in extensions:
         print(f"lib {path}")
