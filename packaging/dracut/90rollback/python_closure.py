@@ -187,9 +187,24 @@ def _sys_path_entry(name: str, path: str) -> str:
     return directory
 
 
+# What each build check below runs after importing _IMPORTED: the run's own set-up, pystemd loaded
+# the service's way (which at boot only warns if it fails: the journal and sd_notify would be lost),
+# the sinks configured both ways, one event rendered.
+_SET_UP = """
+from rollback.effects import journal
+journal.load()
+import rollback.log
+rollback.log.configure(journal=True, notify=True, console=False)
+rollback.log.configure(journal=False, notify=False, console=True)
+rollback.log.emit("started", "build check", device="/dev/null")
+"""
+# rollback.__main__ would run main(); pystemd is imported the service's way, by _SET_UP
+_IMPORTED = [name for name in ENTRY_POINTS if name != "rollback.__main__" and not name.startswith("pystemd")]
+
 # Run in a fresh interpreter: import every entry point, refusing any module file outside the closure,
 # so imports made from C (invisible to the static scan) fail the build instead of the boot.
-_VERIFY = """
+_VERIFY = (
+    """
 import importlib.abc, importlib.machinery, json, os, sys
 allowed, extra, names, left_out = (json.loads(a) for a in sys.argv[1:5])
 sys.path += extra
@@ -211,21 +226,17 @@ class OnlyTheClosure:
 sys.meta_path.insert(0, OnlyTheClosure())
 for name in names:
     __import__(name)
-import rollback.log  # the run's own set-up: sinks and deferred imports, then one event rendered
-rollback.log.configure(journal=True, notify=True, console=False)
-rollback.log.configure(journal=False, notify=False, console=True)
-rollback.log.emit("started", "closure check", device="/dev/null")
 """
+    + _SET_UP
+)
 
 
 def hidden_import(files: dict[str, str], entries: list[str]) -> str:
     """The first module imported from outside the closure (an import made from C), or ''."""
     allowed = sorted(os.path.realpath(p) for p in files.values())
     argv = [sys.executable, "-I", "-S", "-c", _VERIFY, json.dumps(allowed), json.dumps(entries)]
-    # rollback.__main__ would run main(); pystemd is imported the service's way, by configure()
-    importable = [name for name in ENTRY_POINTS if name != "rollback.__main__" and not name.startswith("pystemd")]
     left_out = list(EXCLUDE)
-    result = subprocess.run([*argv, json.dumps(importable), json.dumps(left_out)], capture_output=True, text=True)
+    result = subprocess.run([*argv, json.dumps(_IMPORTED), json.dumps(left_out)], capture_output=True, text=True)
     if result.returncode == 3:
         return result.stdout.strip()
     if result.returncode != 0:
@@ -397,7 +408,8 @@ def _write(target: str, text: str, mode: int = 0o644) -> None:
 
 # Run by the staged interpreter, isolated: it must find its stdlib beside itself and import the
 # service, and everything the service uses, from the tree alone.
-_TREE_CHECK = """
+_TREE_CHECK = (
+    """
 import json, os, sys
 root, names = sys.argv[1], json.loads(sys.argv[2])
 assert os.path.realpath(sys.prefix) == os.path.realpath(root), (sys.prefix, root)
@@ -405,20 +417,19 @@ assert os.path.realpath(sys.prefix) == os.path.realpath(root), (sys.prefix, root
 assert os.readlink("/proc/self/exe") == os.path.realpath(root + "/bin/python3"), os.readlink("/proc/self/exe")
 for name in names:
     __import__(name)
-import rollback.log  # the run's own set-up: sinks and deferred imports (pystemd), one event rendered
-rollback.log.configure(journal=True, notify=True, console=False)
-rollback.log.configure(journal=False, notify=False, console=True)
-rollback.log.emit("started", "tree check", device="/dev/null")
+"""
+    + _SET_UP
+    + """
 outside = sorted(m.__file__ for m in list(sys.modules.values())
                  if getattr(m, "__file__", None) and not os.path.realpath(m.__file__).startswith(root + "/"))
 print(json.dumps(outside))
 """
+)
 
 
 def check_tree(root: str, manifest: dict[str, Any]) -> None:
-    names = [n for n in ENTRY_POINTS if n != "rollback.__main__" and not n.startswith("pystemd")]
     result = subprocess.run(
-        [f"{root}/bin/python3", "-I", "-S", "-c", _TREE_CHECK, os.path.realpath(root), json.dumps(names)],
+        [f"{root}/bin/python3", "-I", "-S", "-c", _TREE_CHECK, os.path.realpath(root), json.dumps(_IMPORTED)],
         capture_output=True,
         text=True,
     )
@@ -428,13 +439,14 @@ def check_tree(root: str, manifest: dict[str, Any]) -> None:
         )
 
 
-# The staged bytecode itself, run as the initramfs runs it: the boot path's imports, pystemd loaded
-# the service's way, the logging set-up (the check above ran the sources). The initramfs holds the
-# bytecode staged here and the C extensions listed for dracut: one finder looks up each module in
-# those places only, in the path finder's order (package, extension, bytecode). Nothing is imported
-# from a file before it is in place; what the interpreter itself loaded from this system at start-up
-# (encodings) is run again from the stage. Arguments are joined with \x1f.
-_STAGE_CHECK = """
+# The staged bytecode itself, run as the initramfs runs it: the boot path's imports and _SET_UP (the
+# first check ran the sources). The initramfs holds the bytecode staged here and the C extensions
+# listed for dracut: one finder looks up each module in those places only, in the path finder's
+# order (package, extension, bytecode). Nothing is imported from a file before it is in place; what
+# the interpreter itself loaded from this system at start-up (encodings) is run again from the
+# stage. Arguments are joined with \x1f.
+_STAGE_CHECK = (
+    """
 import sys, _imp
 from _frozen_importlib import BuiltinImporter, FrozenImporter, module_from_spec
 from _frozen_importlib_external import ExtensionFileLoader, SourcelessFileLoader, spec_from_file_location
@@ -459,7 +471,9 @@ class Staged:
                 return spec_from_file_location(name, module, loader=SourcelessFileLoader(name, module))
         return None
 sys.meta_path[:] = [BuiltinImporter, FrozenImporter, Staged]
-early = [n for n, m in sys.modules.items() if getattr(m, "__file__", None) and m.__loader__ is not FrozenImporter]
+def from_files():
+    return {n for n, m in sys.modules.items() if getattr(m, "__file__", None) and m.__loader__ is not FrozenImporter}
+early = from_files()
 for name in early:
     parent = name.rpartition(".")[0]
     spec = Staged.find_spec(name, sys.modules[parent].__path__ if parent else None)
@@ -468,23 +482,19 @@ for name in early:
     exec(spec.loader.get_code(name), module_from_spec(spec).__dict__)
 for name in names:
     __import__(name)
-from rollback.effects import journal
-journal.load()  # at boot a failure here is a warning, and the journal and sd_notify are lost
-import rollback.log
-rollback.log.configure(journal=True, notify=True, console=False)
-rollback.log.configure(journal=False, notify=False, console=True)
-rollback.log.emit("started", "stage check", device="/dev/null")
-staged = (SourcelessFileLoader, ExtensionFileLoader)
-found = {n for n, m in sys.modules.items() if getattr(m, "__file__", None) and m.__loader__ is not FrozenImporter}
-print("not staged:", *sorted(n for n in found - set(early) if not isinstance(sys.modules[n].__loader__, staged)))
 """
+    + _SET_UP
+    + """
+staged = (SourcelessFileLoader, ExtensionFileLoader)
+print("not staged:", *sorted(n for n in from_files() - early if not isinstance(sys.modules[n].__loader__, staged)))
+"""
+)
 
 
 def check_stage(root: str, entries: list[str], extensions: list[str]) -> None:
     """Fail the build unless the staged bytecode runs the boot path's imports by itself."""
     paths = [os.path.realpath(sysconfig.get_paths()["stdlib"]), _dynload(), *entries]  # the launcher's order
-    names = [n for n in ENTRY_POINTS if n != "rollback.__main__" and not n.startswith("pystemd")]
-    joined = ["\x1f".join(part) for part in (paths, names, extensions)]
+    joined = ["\x1f".join(part) for part in (paths, _IMPORTED, extensions)]
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-B", "-c", _STAGE_CHECK, root, *joined], capture_output=True, text=True
     )
