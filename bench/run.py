@@ -110,15 +110,20 @@ def prepare(dev: str, files: int, nested: int, mode: str) -> None:
             btrfsutil.create_subvolume(str(t / "root-blank"))
             btrfsutil.set_subvolume_read_only(str(t / "root-blank"))
         btrfsutil.create_snapshot(str(template), str(t / "root"))
-        for number in range(nested):  # half at depth 1, half inside those (depth 2)
-            parent = t / "root" / (f"n{number}" if number % 2 == 0 else f"n{number - 1}/n{number}")
-            btrfsutil.create_subvolume(str(parent))
+        # half at depth 1, half inside those (depth 2)
+        made = [f"root/n{number}" if number % 2 == 0 else f"root/n{number - 1}/n{number}" for number in range(nested)]
         if mode == "keep":
             archive.mkdir(exist_ok=True)
-            btrfsutil.create_subvolume(str(archive / "20200101T000000Z"))  # one to prune
+            made.append("old_roots/20200101T000000Z")  # one to prune
+        for path in made:
+            btrfsutil.create_subvolume(str(t / path))
         btrfsutil.sync(str(t))
         if btrfsutil.deleted_subvolumes(str(t)):  # the project would wait for the cleaner (Reclaim), not the baseline
             raise RuntimeError("bench: a deleted subvolume is still being cleaned before the timed command")
+        listed = {os.fsdecode(path) for path, _ in btrfsutil.SubvolumeIterator(str(t))}
+        left = sorted(listed - {"root", "root-blank", *made} - {p for p in listed if p.startswith("template-")})
+        if left:  # a previous row's state would be measured with this row
+            raise RuntimeError(f"bench: the layout holds subvolumes no row made: {left[:3]}")
 
 
 def drop_device_cache(dev: str) -> None:
