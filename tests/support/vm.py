@@ -176,10 +176,15 @@ class Boot:
     facts: dict[str, bytes]
     serial: str
     timed_out: bool
+    exit_status: int | None = None  # qemu's: 0 when the guest powered off or reset (-no-reboot)
 
     @property
     def stage(self) -> str:
         return self.facts.get("stage", b"").decode().strip()
+
+    def console_tail(self, lines: int = 60) -> str:
+        """The serial console's last lines without systemd's colours (for a failure's report)."""
+        return "\n".join(_ANSI.sub("", self.serial).splitlines()[-lines:])
 
     def journal(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.facts.get("journal.json", b"").decode().splitlines() if line]
@@ -256,7 +261,8 @@ def boot(
             timed_out = True
             qemu.kill()
     seconds = time.monotonic() - began
-    return Boot(name, seconds, _read_facts(facts_disk), serial.read_text(errors="replace"), timed_out)
+    console = serial.read_text(errors="replace")
+    return Boot(name, seconds, _read_facts(facts_disk), console, timed_out, None if timed_out else qemu.returncode)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # systemd's colours on the console

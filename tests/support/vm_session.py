@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class Vm:
     timings: list[dict[str, object]] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     boots: list[Boot] = field(default_factory=list)  # of the running test, kept if it fails
+    retries: list[dict[str, object]] = field(default_factory=list)  # boots repeated (boot_initramfs)
 
     @property
     def keyfile(self) -> Path:
@@ -114,12 +116,32 @@ class Vm:
         root: str = "/dev/vda",
         extra_disks: tuple[Path, ...] = (),
     ) -> Boot:
-        """Boot a given initramfs once; a boot that times out or leaves no facts fails the test."""
+        """Boot a given initramfs once; a boot that times out or leaves no facts fails the test.
+
+        One exception, retried once: a guest that died on its own (no facts, no time-out) having
+        written nothing to any disk. Nothing of the scenario ran (the rollback writes as soon as it
+        mounts the device), so the same boot is repeated, with a warning that carries the first
+        console; a failure that repeats still fails the test."""
         name = self.named(name)
+        disks = (image, *extra_disks)
+        stamps = [disk.stat().st_mtime_ns for disk in disks]
         result = harness.boot(self.kernel, initramfs, image, append, name=name, root=root, extra_disks=extra_disks)
+        untouched = [disk.stat().st_mtime_ns for disk in disks] == stamps
+        if untouched and not result.timed_out and not result.facts:
+            first = harness.keep_artifacts(result) / "serial.first.log"
+            (first.parent / "serial.log").replace(first)
+            warnings.warn(
+                f"boot {name}: the guest stopped (qemu exit {result.exit_status}) before writing to any disk; "
+                f"booted again (first console in {first}):\n{result.console_tail()}",
+                stacklevel=2,
+            )
+            self.retries.append({"boot": name, "exit_status": result.exit_status, "console": result.console_tail()})
+            result = harness.boot(self.kernel, initramfs, image, append, name=name, root=root, extra_disks=extra_disks)
         if result.timed_out or not result.facts:
             where = harness.keep_artifacts(result)
-            pytest.fail(f"boot {name} {'timed out' if result.timed_out else 'left no facts'}; serial log in {where}")
+            what = "timed out" if result.timed_out else f"left no facts (qemu exit {result.exit_status})"
+            # the artifacts may not outlive the run (a CI checkout): the console's end goes in the report
+            pytest.fail(f"boot {name} {what}; serial log in {where}; its last lines:\n{result.console_tail()}")
         self.boots.append(result)
         self.timings.append({"boot": name, "seconds": round(result.seconds, 2), "unit_seconds": unit_seconds(result)})
         return result

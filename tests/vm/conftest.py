@@ -33,7 +33,12 @@ def vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     yield session
     harness.ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sizes = {name: path.stat().st_size for name, path in session.initramfs.items()}
-    report = {"timings": session.timings, "initramfs_bytes": sizes, "module_sizes": session.sizes}
+    report = {
+        "timings": session.timings,
+        "retries": session.retries,
+        "initramfs_bytes": sizes,
+        "module_sizes": session.sizes,
+    }
     suffix = "" if platform == "debian12" else f"-{platform}"
     (harness.ARTIFACTS / f"timings{suffix}.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(session.work, ignore_errors=True)
