@@ -8,6 +8,8 @@ page of the swap area) with a hibernation signature while an image is waiting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rollback import devspec
 from rollback.cmdline import split_cmdline
 
@@ -27,20 +29,31 @@ def device_path(spec: str) -> str:
     return spec
 
 
-def resume_locations(cmdline: str, sysfs_resume: str) -> list[tuple[str, int]]:
-    """(device, offset in pages) pairs to check: resume=/resume_offset= and /sys/power/resume."""
-    spec, offset = "", 0
-    for word in split_cmdline(cmdline):
-        key, _, value = word.partition("=")
-        if key == "resume" and value:
-            spec = value
-        elif key == "resume_offset" and value.isdigit():
-            offset = int(value)
-    found = [(device_path(spec), offset)] if spec else []
+def resume_locations(cmdlines: Sequence[str], sysfs_resume: str, sysfs_offset: str) -> list[tuple[str, int]]:
+    """(device, offset in pages) pairs to check: each command line's resume=/resume_offset= (the one
+    settings were read from, and the kernel's own: ignoring rollback.* options must not ignore this
+    check), and /sys/power/resume with /sys/power/resume_offset."""
+    found: list[tuple[str, int]] = []
+    for cmdline in cmdlines:
+        spec, offset = "", 0
+        for word in split_cmdline(cmdline):
+            key, _, value = word.partition("=")
+            if key == "resume" and value:
+                spec = value
+            elif key == "resume_offset":
+                offset = _pages(value)
+        if spec and (device_path(spec), offset) not in found:
+            found.append((device_path(spec), offset))
     sysfs = sysfs_resume.strip()
-    if sysfs and sysfs != "0:0" and (device_path(sysfs), offset) not in found:
-        found.append((device_path(sysfs), offset))
+    if sysfs and sysfs != "0:0" and (device_path(sysfs), _pages(sysfs_offset.strip())) not in found:
+        found.append((device_path(sysfs), _pages(sysfs_offset.strip())))
     return found
+
+
+def _pages(value: str) -> int:
+    """resume_offset's value as the kernel reads it: decimal digits, else 0 (it ignores the option).
+    ASCII only: str.isdigit() also accepts '²', which int() refuses."""
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 def hibernation_signature(page_tail: bytes) -> str | None:

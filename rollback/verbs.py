@@ -127,7 +127,9 @@ def _check_hibernation(config: Config, cmdline: str) -> None:
 
     if config.ignore_hibernation:
         return
-    for where, offset in hibernation.resume_locations(cmdline, device.read_sysfs_resume()):
+    kernel = device.read_kernel("/proc/cmdline")
+    sysfs = device.read_kernel("/sys/power/resume"), device.read_kernel("/sys/power/resume_offset")
+    for where, offset in hibernation.resume_locations((cmdline, kernel), *sysfs):
         hint = "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation"
         try:
             signature = hibernation.hibernation_signature(device.swap_header_tail(where, offset))

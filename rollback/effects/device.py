@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -48,15 +49,20 @@ def swap_header_tail(device: str, offset_pages: int) -> bytes:
     from rollback.hibernation import SIGNATURE_SIZE
 
     page = os.sysconf("SC_PAGE_SIZE")
+    where = offset_pages * page + page - SIGNATURE_SIZE
+    if where >= 2**63:  # beyond any file offset: pread would raise OverflowError, not OSError
+        raise OSError(errno.EINVAL, f"resume_offset {offset_pages} is beyond any device")
     with open(device, "rb") as handle:
-        return os.pread(handle.fileno(), SIGNATURE_SIZE, offset_pages * page + page - SIGNATURE_SIZE)
+        return os.pread(handle.fileno(), SIGNATURE_SIZE, where)
 
 
-def read_sysfs_resume(path: str = "/sys/power/resume") -> str:
+def read_kernel(path: str) -> str:
+    """A kernel-provided text (/proc/cmdline, /sys/power/resume...), or "" where this kernel or
+    environment has none; bytes that are not UTF-8 are kept as surrogate escapes."""
     try:
-        with open(path, encoding="ascii") as handle:
-            return handle.read()
-    except OSError:  # no hibernation support in this kernel
+        with open(path, "rb") as handle:
+            return os.fsdecode(handle.read())
+    except OSError:
         return ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,4 +84,33 @@ def test_unreadable_resume_device_is_refused(disk: Disk) -> None:
     before = disk.state()
     code, err = run_with_cmdline(disk, "resume=/dev/disk/by-uuid/does-not-exist")
     assert code == Exit.REFUSED and "cannot check the resume device" in err
+    assert disk.state() == before
+
+
+def test_an_offset_beyond_any_device_is_refused_not_a_crash(disk: Disk, swap: tuple[str, Path]) -> None:
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    code, err = run_with_cmdline(disk, f"resume={swap[0]} resume_offset={10**20}")
+    assert code == Exit.REFUSED and "cannot check the resume device" in err, err
+    assert disk.state() == before
+
+
+def test_ignoring_the_command_line_does_not_ignore_the_kernels_resume(
+    disk: Disk, swap: tuple[str, Path], tmp_path: Path
+) -> None:
+    """--kernel-cmdline /dev/null (NixOS kernelCommandLine = false) ignores rollback.* options; the
+    kernel's resume= (here a file bound over /proc/cmdline in a mount namespace of the run's own)
+    is still checked."""
+    with disk.top() as top:
+        populate(top)
+    write_signature(swap[0], b"S1SUSPEND")
+    kernel = tmp_path / "proc-cmdline"
+    kernel.write_text(f"root=/dev/vda2 resume={swap[0]} quiet\n")
+    before = disk.state()
+    bind = 'mount --bind "$0" /proc/cmdline && exec "$@"'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", bind, str(kernel), *disk.rollback_argv("run")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert f"a hibernation image (S1SUSPEND) is waiting on {swap[0]}" in result.stderr
     assert disk.state() == before

@@ -26,16 +26,42 @@ def test_resume_device_forms(spec: str, path: str) -> None:
 
 def test_cmdline_and_sysfs_locations() -> None:
     cmdline = "root=/dev/vda2 resume=UUID=ab resume_offset=34816 quiet"
-    assert resume_locations(cmdline, "254:2\n") == [("/dev/disk/by-uuid/ab", 34816), ("/dev/block/254:2", 34816)]
+    assert resume_locations([cmdline], "254:2\n", "34816\n") == [
+        ("/dev/disk/by-uuid/ab", 34816),
+        ("/dev/block/254:2", 34816),
+    ]
+
+
+def test_the_sysfs_device_is_read_at_the_sysfs_offset() -> None:
+    """/sys/power/resume_offset belongs to /sys/power/resume, not to a command line's resume=."""
+    assert resume_locations(["resume=/dev/vdb resume_offset=7"], "254:2\n", "0\n") == [
+        ("/dev/vdb", 7),
+        ("/dev/block/254:2", 0),
+    ]
+
+
+def test_the_kernels_own_command_line_counts_when_the_settings_ignore_it() -> None:
+    """--kernel-cmdline /dev/null (NixOS kernelCommandLine = false) drops rollback.* options, not the
+    check: the kernel's /proc/cmdline is always the second command line."""
+    assert resume_locations(["", "quiet resume=LABEL=swap"], "", "") == [("/dev/disk/by-label/swap", 0)]
+    twice = "resume=/dev/vdb resume_offset=3"
+    assert resume_locations([twice, twice], "", "") == [("/dev/vdb", 3)]
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "12a", "-1", "0x10", ""])
+def test_an_offset_the_kernel_would_not_parse_is_zero(value: str) -> None:
+    assert resume_locations([f"resume=/dev/vdb resume_offset={value}"], "", value) == [("/dev/vdb", 0)]
 
 
 def test_a_quoted_label_with_a_space_is_found_where_udev_links_it() -> None:
-    assert resume_locations('root=/dev/vda2 "resume=LABEL=my swap"', "") == [("/dev/disk/by-label/my\\x20swap", 0)]
+    assert resume_locations(['root=/dev/vda2 "resume=LABEL=my swap"'], "", "") == [
+        ("/dev/disk/by-label/my\\x20swap", 0)
+    ]
 
 
 def test_no_resume_configured() -> None:
-    assert resume_locations("root=/dev/vda2 quiet", "0:0\n") == []
-    assert resume_locations("", "") == []
+    assert resume_locations(["root=/dev/vda2 quiet"], "0:0\n", "0\n") == []
+    assert resume_locations(["", ""], "", "") == []
 
 
 @pytest.mark.parametrize("tail", [b"S1SUSPEND\0", b"S2SUSPEND\0", b"ULSUSPEND\0", b"LINHIB0001"])
