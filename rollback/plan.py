@@ -171,6 +171,7 @@ class Plan:
 
 def plan_run(config: Config, obs: Observation) -> Plan:
     if obs.skip_mark:
+        _check_mark(obs)
         return Plan((RemoveMark(SKIP_MARK),), skipped="the skip-next mark was set")
     check(config, obs)
     target = config.subvolume
@@ -238,7 +239,7 @@ def plan_skip_next(obs: Observation) -> Plan:
 
 def paths_of_interest(config: Config) -> list[str]:
     """Every path whose kind the plan looks at: the configured ones and their parents."""
-    wanted = [config.subvolume, config.blank, STATE_DIR, *holders(config)]
+    wanted = [config.subvolume, config.blank, SKIP_MARK, *holders(config)]
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
@@ -377,13 +378,30 @@ def _check_pinned(config: Config, obs: Observation) -> None:
     if config.keeping:
         used += [config.archive, _parent(config.archive)]
     for path in dict.fromkeys(used):
-        if path in obs.immutable:
-            raise Refused(
-                f"{repr(path) if path else 'the top level'} is immutable or append-only (chattr +i/+a): "
-                "the run could not change it",
-                f"if that is not meant: chattr -i -a <top>/{path}",
-                code="immutable",
-            )
+        _check_changeable(path, obs)
+
+
+def _check_changeable(path: str, obs: Observation) -> None:
+    if path in obs.immutable:
+        raise Refused(
+            f"{repr(path) if path else 'the top level'} is immutable or append-only (chattr +i/+a): "
+            "the run could not change it",
+            f"if that is not meant: chattr -i -a <top>/{path}",
+            code="immutable",
+        )
+
+
+def _check_mark(obs: Observation) -> None:
+    """A run that finds the skip-next mark only removes it: that must not fail at every boot (the mark
+    a directory, `.rollback` immutable), nor reach through a `.rollback` that is a symlink."""
+    _check_state_dir(obs)
+    _check_changeable(STATE_DIR, obs)
+    if obs.kind(SKIP_MARK) in (Kind.DIRECTORY, Kind.SUBVOLUME):
+        raise Refused(
+            f"the skip-next mark {SKIP_MARK} is a directory, not the file rollback skip-next writes",
+            "move it away (the mark is a file: rollback skip-next writes it, the next run removes it)",
+            code="state-dir",
+        )
 
 
 def _parent(path: str) -> str:

@@ -99,6 +99,34 @@ def test_state_dir_taken_by_a_file(disk: Disk) -> None:
     assert ".rollback exists but is not a plain directory" in refused(disk)
 
 
+def _symlinked_state_dir(top: Path) -> None:
+    """`.rollback` a symlink into the root, with a file there named as the mark: not ours to unlink."""
+    (top / "root" / "etc").mkdir(exist_ok=True)
+    (top / "root" / "etc" / "skip-next").write_text("the machine's own file\n")
+    (top / ".rollback").symlink_to("root/etc")
+
+
+def _mark_a_directory(top: Path) -> None:
+    (top / ".rollback" / "skip-next").mkdir(parents=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (_symlinked_state_dir, ".rollback exists but is not a plain directory"),
+        (_mark_a_directory, "the skip-next mark .rollback/skip-next is a directory"),
+    ],
+    ids=["state-dir-symlink", "mark-directory"],
+)
+def test_a_skip_mark_is_removed_only_from_rollbacks_own_directory(
+    disk: Disk, change: Callable[[Path], None], said: str
+) -> None:
+    """The mark's run changes nothing else, so it was honoured before any check: through a symlink it
+    unlinked the machine's file; a directory there failed (exit 1) at every boot."""
+    setup(disk, change)
+    assert said in refused(disk)
+
+
 @CLEANUPS
 @pytest.mark.parametrize("subvol", ["root", "root/var/lib/machines", "root/var/lib/machines/guest/srv"])
 def test_target_or_nested_mounted_elsewhere(disk: Disk, tmp_path: Path, subvol: str, cleanup: tuple[str, ...]) -> None:

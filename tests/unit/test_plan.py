@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, TRASH_DIR
+from rollback.model import SKIP_MARK, TRASH_DIR, Observation
 from rollback.plan import (
     Commit,
     Create,
@@ -139,6 +139,22 @@ def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
     plan = plan_run(config(), observe(LAYOUT, skip_mark=True, dirs=[".rollback"]))
     assert plan.steps == (RemoveMark(SKIP_MARK),)
     assert plan.skipped
+
+
+@pytest.mark.parametrize(
+    ("found", "code"),
+    [
+        (observe(LAYOUT, skip_mark=True, dirs=[SKIP_MARK]), "state-dir"),  # removing it fails at every boot
+        (observe([*LAYOUT, SKIP_MARK], skip_mark=True), "state-dir"),
+        (observe(LAYOUT, skip_mark=True, files=[".rollback"]), "state-dir"),  # a symlink: unlink reaches through
+        (replace(observe(LAYOUT, skip_mark=True), immutable=frozenset({".rollback"})), "immutable"),  # EPERM
+    ],
+    ids=["mark-directory", "mark-subvolume", "state-dir-symlink", "state-dir-immutable"],
+)
+def test_a_skip_mark_the_run_could_not_remove_safely_is_refused(found: Observation, code: str) -> None:
+    with pytest.raises(Refused) as refused:
+        plan_run(config(), found)
+    assert refused.value.code == code
 
 
 @pytest.mark.parametrize(
