@@ -39,7 +39,7 @@ def syslog_priority(level: int) -> int:
 
 
 def journal_fields(event: dict[str, object]) -> list[str]:
-    """One structlog event dict -> journal fields (KEY=VALUE strings)."""
+    """One structlog event dict -> journal fields (KEY=VALUE strings), each encodable as UTF-8."""
     fields = dict(event)
     message = str(fields.pop("event", ""))
     kind = str(fields.pop("kind", ""))
@@ -53,4 +53,11 @@ def journal_fields(event: dict[str, object]) -> list[str]:
         if key in fields:
             out.append(f"{field}={fields.pop(key)}")
     out += [f"ROLLBACK_{key.upper()}={value}" for key, value in fields.items()]
-    return out
+    return [utf8(field) for field in out]
+
+
+def utf8(text: str) -> str:
+    r"""`text` with each byte that is not UTF-8 (a name os.fsdecode read) spelled \xNN, as the console
+    shows it: pystemd encodes strictly, and a name on the device must not make the event (and the run
+    that reports it) fail."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

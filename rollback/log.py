@@ -11,6 +11,7 @@ boot. The console renderer (structlog.dev) is imported only when events go to st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -83,7 +84,25 @@ def configure(
 
         processors += [_drop_callsite, ConsoleRenderer(colors=False, pad_event_to=0)]
     bound: Any = make_filtering_bound_logger(0)  # a BoundLoggerBase: (logger, processors, context)
-    _logger = bound(PrintLogger(sys.stderr), processors, {})
+    _logger = bound(PrintLogger(_Console(sys.stderr)), processors, {})  # type: ignore[arg-type]
+
+
+class _Console:
+    """stderr for the console sink. A reader gone (`rollback run 2>&1 | head -1`: EPIPE) loses the
+    lines, never the run: a write failing mid-run ended it early, reported as exit 0."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except (OSError, ValueError):  # EPIPE, EIO; ValueError: the stream was closed
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 def _fileno(stream: Any) -> int:

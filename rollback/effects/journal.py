@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 from structlog.exceptions import DropEvent
 
-from rollback.events import journal_fields
+from rollback.events import journal_fields, utf8
 
 
 def load() -> None:
@@ -26,7 +27,11 @@ class JournalSink:
         self._keep = keep
 
     def __call__(self, _logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        self._sendv(*journal_fields(dict(event)))
+        try:
+            self._sendv(*journal_fields(dict(event)))
+        except (OSError, ValueError) as error:  # logging must never stop the run, nor change its exit code
+            if not self._keep:  # then the console has no copy: the event goes to stderr, not nowhere
+                print(f"rollback: {utf8(str(event.get('event', '')))} (journal: {error})", file=sys.stderr)
         if not self._keep:
             raise DropEvent
         return event
@@ -36,5 +41,5 @@ def notify_status(_logger: object, _name: str, event: MutableMapping[str, Any]) 
     """Mirror every event as the unit's STATUS= (a oneshot needs NotifyAccess=main)."""
     import pystemd.daemon
 
-    pystemd.daemon.notify(False, f"STATUS={event.get('event', '')}")
+    pystemd.daemon.notify(False, utf8(f"STATUS={event.get('event', '')}"))
     return event

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import btrfsutil
 import pytest
 
 from rollback.errors import Exit
@@ -79,6 +80,22 @@ def test_a_refusal_reaches_the_journal_as_an_error(disk: Disk, tmp_path: Path) -
     assert len(refused) == 1
     assert refused[0]["PRIORITY"] == "3" and refused[0]["ROLLBACK_REASON"] == "not-subvolume"
     assert refused[0]["ROLLBACK_HINT"] and refused[0]["ROLLBACK_EXIT"] == "3"
+
+
+def test_a_refusal_naming_bytes_that_are_not_utf8_reaches_the_journal(disk: Disk) -> None:
+    """A name on the device that is not UTF-8, in a refusal's message: pystemd's strict encoding
+    crashed the sink, and the run ended as exit 1 (at every boot) instead of exit 3 with its reason."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old_roots").mkdir()
+        btrfsutil.create_subvolume(os.fsencode(top / "old_roots") + b"/caf\xe9")
+    before = disk.state()
+    found = run_with_journal(disk, "run", "--archive", "old_roots")
+    assert found["returncode"] == Exit.REFUSED, found["stderr"]
+    refused = by_event(found["entries"], "refused")  # type: ignore[arg-type]
+    assert len(refused) == 1 and refused[0]["ROLLBACK_REASON"] == "foreign-subvolume", refused
+    assert "rollback did not put there: old_roots/caf\\xe9" in refused[0]["MESSAGE"]
+    assert disk.state() == before
 
 
 def test_status_updates_reach_the_notify_socket(disk: Disk, tmp_path: Path) -> None:

@@ -200,3 +200,35 @@ def test_without_root_privileges_it_refuses_clearly(disk: Disk) -> None:
     )
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "needs root" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "verbs",
+    [
+        [("run",)],
+        [("run", "--keep-count", "2", "--archive", "old")],
+        [("run", "--cleanup", "after-boot"), ("cleanup",)],  # the first one not piped: it fills the trash
+    ],
+    ids=["run", "run-archive", "cleanup"],
+)
+def test_a_reader_that_stops_early_stops_nothing(disk: Disk, verbs: list[tuple[str, ...]]) -> None:
+    """`rollback run 2>&1 | head -1` by hand: the events after the first line cannot be written (EPIPE).
+    That ended the run after step 1 and reported exit 0; now the lines are lost, the run finishes."""
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    *first, piped = verbs
+    for verb in first:
+        assert disk.rollback(*verb).returncode == Exit.OK
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line: every write to stderr fails (EPIPE)
+    try:
+        argv = disk.rollback_argv(*piped, "--log-target", "console")
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=writer, text=True, timeout=120)
+    finally:
+        os.close(writer)
+    assert result.returncode == Exit.OK
+    after = disk.state()
+    assert after.under("root") == {"root": after.files["root"]}  # the whole plan ran: an empty root
+    assert not [p for p in after.subvolume_paths() if p.startswith(".rollback/")]  # and the trash empty
+    assert outside_root(after) == outside_root(before)

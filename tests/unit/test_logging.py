@@ -134,6 +134,46 @@ def test_journal_sink_sends_fields_and_drops_unless_kept(monkeypatch: pytest.Mon
     assert "MESSAGE=again" in sent[1]
 
 
+NOT_UTF8 = "/top/.rollback/trash/caf\udce9"  # os.fsdecode(b"caf\xe9"): a name on the device, not UTF-8
+
+
+def test_journal_fields_spell_bytes_that_are_not_utf8_as_the_console_does() -> None:
+    """pystemd encodes each field strictly: a refusal naming such a path crashed the sink, and the run
+    ended as exit 1 (at every boot while the name is there) instead of its refusal."""
+    fields = journal_fields({"event": f"refused: {NOT_UTF8}", "kind": "refused", "path": NOT_UTF8, "level": "error"})
+    assert [f.encode() for f in fields]  # strict, as pystemd does
+    assert "MESSAGE=refused: /top/.rollback/trash/caf\\xe9" in fields
+    assert "ROLLBACK_PATH=/top/.rollback/trash/caf\\xe9" in fields
+
+
+def test_a_journal_that_fails_loses_nothing_and_stops_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = JournalSink(keep=False)
+
+    def fail(*fields: str) -> None:
+        raise OSError(111, "Connection refused")
+
+    monkeypatch.setattr(sink, "_sendv", fail)
+    with pytest.raises(structlog.DropEvent):
+        sink(None, "error", {"event": f"refused: {NOT_UTF8}", "level": "error", "kind": "refused"})
+    assert "rollback: refused: /top/.rollback/trash/caf\\xe9 (journal: [Errno 111] Connection refused)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_status_with_bytes_that_are_not_utf8_reaches_the_notify_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(address))
+        server.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+        notify_status(None, "info", {"event": f"refused: {NOT_UTF8}"})
+        assert server.recv(4096) == b"STATUS=refused: /top/.rollback/trash/caf\\xe9"
+
+
 def test_notify_status_reaches_the_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     address = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
