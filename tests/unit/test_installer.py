@@ -223,3 +223,14 @@ def test_while_an_install_runs_the_manifest_knows_the_old_and_the_new() -> None:
     assert set(merged) == {entry["path"] for entry in old + new}
     kinds = [entry["kind"] for entry in installer.merged(old, new)]
     assert kinds[:3] == ["dir", "dir", "tree"]  # removed last, in reverse: files and links go first
+
+
+@pytest.mark.parametrize("content", [b'device = "/dev/vda"\nmode = "\xff"\n', b"device = [", b"\xef\xbb\xbf\x00"])
+def test_a_config_file_that_does_not_read_is_an_error_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    """tomllib raises UnicodeDecodeError (not TOMLDecodeError) for bytes that are not UTF-8."""
+    config = tmp_path / "rollback.toml"
+    config.write_bytes(content)
+    monkeypatch.setattr(installer, "CONFIG", config)
+    assert "__error__" in installer._read_config()
