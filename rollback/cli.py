@@ -11,7 +11,7 @@ from typing import Any, NoReturn, assert_never
 
 from rollback import __version__
 from rollback.errors import KIND, MEANING, Exit, RollbackError
-from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Value, resolve
+from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Merge, Value, resolve
 
 
 def _hanging(first: str, text: str, width: int = 88) -> str:
@@ -40,19 +40,41 @@ def _shown(default: Value) -> str:
     return ",".join(default) if isinstance(default, tuple) else repr(default)
 
 
-def _settings_parser() -> argparse.ArgumentParser:
-    # SUPPRESS: an unset flag leaves no attribute, so flags work before or after the verb
-    parent = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are exit 2 like every other bad input: with a reason, logged."""
+
+    def error(self, message: str) -> NoReturn:
+        from rollback import log
+
+        self.print_usage(sys.stderr)
+        try:
+            target = log.requested_target(None, os.environ)  # --log-target itself may be what failed
+        except ValueError:
+            target = "console"
+        log.configure(target=target)
+        log.emit("invalid", f"invalid: {self.prog}: {message}", hint=f"{self.prog} --help", reason="usage", exit=2)
+        sys.exit(int(Exit.USAGE))
+
+
+BEFORE = "before_verb_"  # the dest prefix of a setting's flag given before the verb (merged in load_config)
+
+
+def _settings_parser(dest_prefix: str = "") -> _Parser:
+    # SUPPRESS: an unset flag leaves no attribute, so flags work before or after the verb. Before the
+    # verb a setting's flag has a dest of its own: argparse replaces the main parser's attribute with
+    # the verb's, which silently dropped `--protect A run --protect B`'s A
+    parent = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     group = parent.add_argument_group("settings (also rollback.KEY= on the kernel command line, KEY = in TOML)")
     for s in SETTINGS:
         shown = s.help if s.parser.bare is not None else f"{s.help} (default: {_shown(s.default)})"
         keywords: dict[str, Any] = {**s.parser.cli, **({"choices": s.choices} if s.choices else {})}
-        group.add_argument(s.flag, dest=s.name, metavar=s.metavar or None, help=shown, **keywords)
+        group.add_argument(s.flag, dest=dest_prefix + s.name, metavar=s.metavar or None, help=shown, **keywords)
     parent.add_argument("--config", metavar="FILE", help=f"TOML config file (default: {DEFAULT_CONFIG} if present)")
     parent.add_argument(
         "--kernel-cmdline",
         metavar="FILE",
-        help=f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores them)",
+        help=f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores them; "
+        "the hibernation check reads resume= from /proc/cmdline as well)",
     )
     from rollback.log import TARGETS
 
@@ -164,8 +186,8 @@ BY_VERB = {verb.name: verb for verb in VERBS}
 
 def build_parser() -> argparse.ArgumentParser:
     settings = [_settings_parser()]  # built once, copied into every verb (argparse parents)
-    parser = argparse.ArgumentParser(
-        parents=settings,
+    parser = _Parser(
+        parents=[_settings_parser(BEFORE)],
         prog="rollback",
         description="Give an ephemeral-root machine a clean btrfs root subvolume at every boot.",
         epilog=EXIT_CODES,
@@ -198,9 +220,11 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
     cmdline_layer = parse_cmdline(cmdline)
     flags: dict[str, Value] = {}
     for s in SETTINGS:
-        value = getattr(args, s.name, None)
-        if value is not None:
-            flags[s.name] = s.parser.from_cli(value)
+        given = [v for v in (getattr(args, BEFORE + s.name, None), getattr(args, s.name, None)) if v is not None]
+        if given and s.merge is Merge.EXTEND:  # both places add up (protection is never dropped)
+            flags[s.name] = s.parser.from_cli([item for value in given for item in value])
+        elif given:  # the flag's last occurrence wins, as within each place
+            flags[s.name] = s.parser.from_cli(given[-1])
     return resolve(file_layer, cmdline_layer, flags, file_name), cmdline
 
 

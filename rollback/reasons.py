@@ -26,6 +26,7 @@ def _refused(when: str, action: str) -> Reason:
 
 REASONS: dict[str, Reason] = {
     # exit 2: the command line, the config file or the kernel command line; nothing was touched
+    "usage": _usage("the command line does not parse: an unknown verb or flag, a value missing or malformed", "--help"),
     "device-unset": _usage("no device given anywhere", "set --device, `device =` or rollback.device="),
     "bad-name": _usage("a subvolume name is malformed, or inside `.rollback/`", "fix the name the message quotes"),
     "bad-value": _usage("a setting has the wrong type (a word for a number, a string for a list)", "fix it"),
@@ -56,7 +57,7 @@ REASONS: dict[str, Reason] = {
     "protected-inside": _refused("a protected subvolume lies inside what would be deleted", "move it out"),
     "foreign-subvolume": _refused("the archive or trash holds subvolumes rollback did not put there", "move them"),
     "bad-holder": _refused("the archive or trash is not a directory", "move it away"),
-    "state-dir": _refused("`.rollback` is not a plain directory", "move it away"),
+    "state-dir": _refused("`.rollback` is not a plain directory, or its skip-next mark not a file", "move it away"),
     "not-subvolume": _refused("the target is a plain directory or not a directory", "check --subvolume"),
     "not-directory": _refused("a symbolic link or a file on the way to a name", "make it a plain directory"),
     "read-only-target": _refused("the target subvolume is read-only", "btrfs property set ... ro false"),

@@ -62,6 +62,28 @@ def test_flags_work_before_the_verb(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("before", "after", "protect", "device"),
+    [
+        (["--protect", "srv"], ["--protect", "data"], ["persist", "nix", "home", "srv", "data"], None),
+        (["--protect", "srv", "--protect", "var"], [], ["persist", "nix", "home", "srv", "var"], None),
+        ([], ["--protect", "data"], ["persist", "nix", "home", "data"], None),
+        (["--device", "/dev/vdb"], ["--device", "/dev/vdc"], ["persist", "nix", "home"], "/dev/vdc"),
+        (["--device", "/dev/vdb", "--protect", "srv"], [], ["persist", "nix", "home", "srv"], "/dev/vdb"),
+    ],
+)
+def test_a_setting_given_before_and_after_the_verb(
+    capsys: pytest.CaptureFixture[str], before: list[str], after: list[str], protect: list[str], device: str | None
+) -> None:
+    """Protection given on both sides adds up (it was dropped from before the verb); another setting's
+    last occurrence wins, as on one side."""
+    argv = [*before, "config", "--kernel-cmdline", "/dev/null", "--json", *after]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    settings = json.loads(out)["settings"]
+    assert settings["protect"] == protect and settings["device"] == device
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ("run", "--kernel-cmdline", "/dev/null"),  # no device
@@ -116,3 +138,24 @@ def test_entry_point_flushes_output_before_its_fast_exit(tmp_path: Path, argv: t
     else:
         assert result.returncode == 3
         assert "refused" in result.stderr and "/nonexistent" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (("run", "--mode", "snapshotx"), "invalid choice: 'snapshotx'"),
+        (("run", "--keep-days", "ten"), "invalid int value: 'ten'"),
+        (("run", "--device"), "expected one argument"),
+        (("run", "--no-such-flag"), "unrecognized arguments: --no-such-flag"),
+        (("explode",), "invalid choice: 'explode'"),
+        ((), "the following arguments are required: VERB"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_exit_2_with_its_reason(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], said: str
+) -> None:
+    """As every other exit 2: one `invalid` event with a reason (the journal keeps a broken drop-in's)."""
+    code, _, err = run(capsys, *argv, "--log-target", "console")
+    assert code == Exit.USAGE
+    assert said in err and "reason=usage" in err and "hint=" in err, err
+    assert err.startswith("usage: rollback")
