@@ -169,19 +169,24 @@ class Plan:
         return [f"{n}. {step.describe()}" for n, step in enumerate(self.steps, 1)]
 
 
-def plan_run(config: Config, obs: Observation) -> Plan:
+def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Plan:
+    """The run's steps. `make_room` (after the first change found no space, and nothing changed): the
+    archived roots retention prunes this run are deleted first, straight from the archive, like the
+    trash's leftovers; they went anyway, and without them nothing of rollback's would free space."""
     if obs.skip_mark:
-        _check_mark(obs)
+        check_mark(obs)
         return Plan((RemoveMark(SKIP_MARK),), skipped="the skip-next mark was set")
     check(config, obs)
     target = config.subvolume
     leftovers = [s.path for s in obs.entries(TRASH_DIR)]
     taken = {names.basename(p) for p in leftovers}
+    pruned = prune_paths(config, obs)
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
-    steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in leftovers]
+    first = [*leftovers, *(pruned if make_room else ())]
+    steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in first]
     # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
-    if leftovers or (obs.pending_cleanup and config.deletes_at_boot):
+    if first or (obs.pending_cleanup and config.deletes_at_boot):
         steps.append(Reclaim())
     deletes: list[Step] = []
 
@@ -202,9 +207,9 @@ def plan_run(config: Config, obs: Observation) -> Plan:
     _ensure_parents(steps, obs, target)
     steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
     steps.append(Commit())
-    for path in prune_paths(config, obs):
-        pruned = obs.get(path)
-        if path in obs.immutable or (pruned and pruned.read_only):
+    for path in () if make_room else pruned:
+        archived = obs.get(path)
+        if path in obs.immutable or (archived and archived.read_only):
             steps.append(Unlock(path))
         move_to_trash(path)
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
@@ -232,7 +237,9 @@ def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
 
 
 def plan_skip_next(obs: Observation) -> Plan:
-    _check_state_dir(obs)
+    """The mark, where the next run removes it: the same checks as that run's (check_mark), so that
+    writing it cannot fail halfway, nor leave a mark the next run refuses."""
+    check_mark(obs)
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     return Plan((*steps, WriteMark(SKIP_MARK)))
 
@@ -374,11 +381,18 @@ def _check_pinned(config: Config, obs: Observation) -> None:
             f"if it is meant to be replaced: btrfs property set -ts <top>/{config.subvolume} ro false",
             code="read-only-target",
         )
-    used = [config.subvolume, _parent(config.subvolume), STATE_DIR, TRASH_DIR]
-    if config.keeping:
-        used += [config.archive, _parent(config.archive)]
+    made = [config.subvolume, TRASH_DIR, *([config.archive] if config.keeping else [])]
+    used = [*made, STATE_DIR, *(_made_in(path, obs) for path in made)]
     for path in dict.fromkeys(used):
         _check_changeable(path, obs)
+
+
+def _made_in(path: str, obs: Observation) -> str:
+    """The existing directory the run renames or creates `path` in (with its missing parents, if any)."""
+    parent = _parent(path)
+    while parent and obs.kind(parent) is Kind.MISSING:
+        parent = _parent(parent)
+    return parent
 
 
 def _check_changeable(path: str, obs: Observation) -> None:
@@ -391,11 +405,12 @@ def _check_changeable(path: str, obs: Observation) -> None:
         )
 
 
-def _check_mark(obs: Observation) -> None:
+def check_mark(obs: Observation) -> None:
     """A run that finds the skip-next mark only removes it: that must not fail at every boot (the mark
-    a directory, `.rollback` immutable), nor reach through a `.rollback` that is a symlink."""
+    a directory, it or `.rollback` immutable), nor reach through a `.rollback` that is a symlink."""
     _check_state_dir(obs)
     _check_changeable(STATE_DIR, obs)
+    _check_changeable(SKIP_MARK, obs)
     if obs.kind(SKIP_MARK) in (Kind.DIRECTORY, Kind.SUBVOLUME):
         raise Refused(
             f"the skip-next mark {SKIP_MARK} is a directory, not the file rollback skip-next writes",

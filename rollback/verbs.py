@@ -16,7 +16,16 @@ from rollback import report
 from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Observation
-from rollback.plan import Plan, bounds, holders, paths_of_interest, plan_cleanup, plan_run, plan_skip_next
+from rollback.plan import (
+    Plan,
+    bounds,
+    holders,
+    paths_of_interest,
+    plan_cleanup,
+    plan_run,
+    plan_skip_next,
+    prune_paths,
+)
 from rollback.settings import Config, as_dict, describe
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would ...
@@ -54,6 +63,7 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
         began = time.monotonic()
         try:
             if number == fail_at:
+                os.environ.pop(FAIL_AT_ENV)  # once: a plan made after this failure runs on
                 code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or errno.EIO)
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             btrfs.execute(step, top)
@@ -143,6 +153,24 @@ def _check_hibernation(config: Config, cmdline: str) -> None:
             raise Refused(f"a hibernation image ({signature}) is waiting on {where}", hint, code="hibernated")
 
 
+def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields: dict[str, Any]) -> Plan:
+    """Execute a run's plan. No room for its first change (nothing changed) while retention prunes
+    archived roots: those are deleted first, then the run goes on (else that refusal would repeat at
+    every boot, with rollback's own archive filling the disk). The plan that ran."""
+    try:
+        _execute(plan, top, fields)
+        return plan
+    except Refused as refused:
+        pruned = prune_paths(config, obs)
+        if refused.code != "no-space" or not pruned:
+            raise
+    first = plan.steps[0].describe()
+    plan = plan_run(config, obs, make_room=True)
+    emit("step", f"no space for {first}, nothing changed: first deleting the {len(pruned)} pruned root(s)", **fields)
+    _execute(plan, top, fields)
+    return plan
+
+
 def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     fields: dict[str, Any] = {
         "device": config.require_device(),
@@ -160,7 +188,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
         if dry_run:
             print("\n".join(plan.describe()) or "nothing to do")
             return Exit.OK
-        _execute(plan, top, fields)
+        plan = _execute_run(plan, config, obs, top, fields)
     if plan.skipped:
         emit("skipped", f"{plan.skipped}: the root is kept this once", reason="skip-next", **fields)
         return Exit.SKIPPED

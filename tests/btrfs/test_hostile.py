@@ -145,10 +145,10 @@ def small_disk(tmp_path: Path) -> Iterator[Disk]:
         yield found
 
 
-def _old_root(top: Path, files: int) -> None:
-    """An old root left in the trash by a run cut after the create (power loss)."""
-    old = top / TRASH / "20260101T000000Z"
-    (top / TRASH).mkdir(parents=True)
+def _old_root(top: Path, files: int, where: str = TRASH) -> None:
+    """An old root left in the trash by a run cut after the create (power loss), or one archived."""
+    old = top / where / "20260101T000000Z"
+    (top / where).mkdir(parents=True)
     btrfsutil.create_subvolume(str(old))
     for i in range(files):
         if i % 1000 == 0:
@@ -184,13 +184,13 @@ def _fill_metadata(top: Path, round_no: int) -> int:
     return added
 
 
-def _metadata_full(disk: Disk, leftover_files: int) -> None:
+def _metadata_full(disk: Disk, leftover_files: int, where: str = TRASH) -> None:
     with disk.top() as top:
         for name in ("root", "persist", "nix", "home"):
             btrfsutil.create_subvolume(str(top / name))
         (top / "root" / "etc").mkdir()
         (top / "persist" / "precious").write_text("keep me\n")
-        _old_root(top, leftover_files)
+        _old_root(top, leftover_files, where)
         _fill_metadata(top, 0)
     for round_no in range(1, 4):  # a fresh mount may find a little more room
         with disk.top() as top:
@@ -198,8 +198,26 @@ def _metadata_full(disk: Disk, leftover_files: int) -> None:
                 break
     with disk.top() as top:  # the very problem: the first rename of a run has no room
         with pytest.raises(OSError) as caught:
-            os.rename(top / "root", top / TRASH / "probe")
+            os.rename(top / "root", top / where / "probe")
         assert caught.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
+def test_a_metadata_full_filesystem_with_an_archived_root_due_converges_at_the_first_boot(
+    small_disk: Disk, cleanup: str
+) -> None:
+    """Keep mode: the space is in an archived root that retention prunes at this run. The first
+    rename has no room, nothing changed: that root is deleted first, then the run goes on."""
+    _metadata_full(small_disk, leftover_files=20_000, where="old")
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", cleanup)
+    first = small_disk.rollback("run", *flags)
+    assert first.returncode == Exit.OK, first.stderr
+    assert "nothing changed: first deleting the 1 pruned root(s)" in first.stderr
+    second = small_disk.rollback("run", *flags)
+    assert second.returncode == Exit.OK, second.stderr
+    state = small_disk.state()
+    assert [p for p in state.subvolume_paths() if p.startswith("old/20260101T000000Z")] == []
+    assert state.files["persist/precious"] == outside_root(state)["persist/precious"]
 
 
 def test_a_metadata_full_filesystem_converges_at_the_first_boot(small_disk: Disk) -> None:

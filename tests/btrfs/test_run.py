@@ -232,3 +232,27 @@ def test_a_reader_that_stops_early_stops_nothing(disk: Disk, verbs: list[tuple[s
     assert after.under("root") == {"root": after.files["root"]}  # the whole plan ran: an empty root
     assert not [p for p in after.subvolume_paths() if p.startswith(".rollback/")]  # and the trash empty
     assert outside_root(after) == outside_root(before)
+
+
+@pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
+def test_no_room_for_the_first_change_deletes_the_pruned_archived_roots_first(disk: Disk, cleanup: str) -> None:
+    """ENOSPC at step 1 (nothing changed) in keep mode with archived roots due: they are deleted
+    straight from the archive, then the run goes on. It was a no-space refusal at every boot, whose
+    message said there was nothing of rollback's to free."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        for stamp in ("20200101T000000Z", "20200102T000000Z"):
+            btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / stamp))  # nested ones inside
+        btrfsutil.set_subvolume_read_only(str(top / "old" / "20200101T000000Z"), True)
+    before = disk.state()
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", cleanup)
+    env = {FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(errno.ENOSPC)}
+    result = disk.rollback("run", *flags, env=env)
+    assert result.returncode == Exit.OK, result.stderr
+    assert "nothing changed: first deleting the 2 pruned root(s)" in result.stderr
+    after = disk.state()
+    archived = [p for p in after.subvolume_paths() if p.startswith("old/") and p.count("/") == 1]
+    assert len(archived) == 1 and archived[0] not in before.subvolume_paths()  # today's root, archived
+    assert not [p for p in after.subvolume_paths() if p.startswith(("old/2020", ".rollback/"))]
+    assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)

@@ -23,6 +23,8 @@ from rollback.plan import (
     paths_of_interest,
     plan_cleanup,
     plan_run,
+    plan_skip_next,
+    prune_paths,
     put_back,
 )
 from tests.support.factory import config, observe
@@ -99,6 +101,26 @@ def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
     )
 
 
+@pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
+def test_making_room_deletes_the_pruned_archived_roots_first(cleanup: str) -> None:
+    """No room for the first change (nothing changed): what retention prunes goes first, straight from
+    the archive (pinned or read-only ones too: the delete clears what is ours), then the run as planned."""
+    old = ["old/20261101T000000Z", "old/20261110T000000Z", "old/20261120T000000Z"]
+    flags = {"archive": "old", "keep_count": 2, "cleanup": cleanup}
+    obs = observe(["root", (old[0], True), *old[1:]], dirs=[TRASH_DIR])
+    obs = replace(obs, immutable=frozenset({old[1]}))
+    plan = plan_run(config(**flags), obs, make_room=True)  # type: ignore[arg-type]
+    assert plan.steps == (
+        Delete(old[0], 1),
+        Delete(old[1], 1),
+        Reclaim(),
+        Rename("root", f"old/{STAMP}"),
+        Create("root"),
+        Commit(),
+    )
+    assert {p for p in prune_paths(config(**flags), obs)} == set(old[:2])  # type: ignore[arg-type]
+
+
 def test_keeping_prunes_by_age() -> None:
     old = ["old/20261001T000000Z", "old/20261120T000000Z"]
     plan = plan_run(config(archive="old", keep_days=30, keep_min=1), observe([*old, "root"], dirs=[TRASH_DIR]))
@@ -148,12 +170,17 @@ def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
         (observe([*LAYOUT, SKIP_MARK], skip_mark=True), "state-dir"),
         (observe(LAYOUT, skip_mark=True, files=[".rollback"]), "state-dir"),  # a symlink: unlink reaches through
         (replace(observe(LAYOUT, skip_mark=True), immutable=frozenset({".rollback"})), "immutable"),  # EPERM
+        (replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), immutable=frozenset({SKIP_MARK})), "immutable"),
     ],
-    ids=["mark-directory", "mark-subvolume", "state-dir-symlink", "state-dir-immutable"],
+    ids=["mark-directory", "mark-subvolume", "state-dir-symlink", "state-dir-immutable", "mark-immutable"],
 )
 def test_a_skip_mark_the_run_could_not_remove_safely_is_refused(found: Observation, code: str) -> None:
+    """And `rollback skip-next` refuses to write a mark there: the next run would refuse it."""
     with pytest.raises(Refused) as refused:
         plan_run(config(), found)
+    assert refused.value.code == code
+    with pytest.raises(Refused) as refused:
+        plan_skip_next(found)
     assert refused.value.code == code
 
 
@@ -213,7 +240,7 @@ def test_protected_subvolumes_beside_the_root_are_fine() -> None:
 
 def test_paths_of_interest_include_parents() -> None:
     paths = paths_of_interest(config(subvolume="@/root", archive="a/b"))
-    assert {"@", "@/root", "a", "a/b", ".rollback", TRASH_DIR, "root-blank"} <= set(paths)
+    assert {"@", "@/root", "a", "a/b", ".rollback", TRASH_DIR, "root-blank", SKIP_MARK} <= set(paths)
 
 
 def test_pending_cleanup_is_waited_for_before_anything_needs_space() -> None:
@@ -254,6 +281,24 @@ def test_immutable_places_on_the_way_are_refused(flags: dict[str, str], pinned: 
     with pytest.raises(Refused) as caught:
         plan_run(config(**flags), replace(obs, immutable=frozenset({pinned})))
     assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("flags", "subvols", "dirs", "pinned"),
+    [
+        ({"archive": "x/y/old"}, ["root"], ["x", TRASH_DIR], "x"),  # MakeDir x/y would fail: EPERM
+        ({"subvolume": "a/b/root"}, [], ["a", TRASH_DIR], "a"),  # a first run: a/b made in a
+        ({}, ["root"], [], ""),  # no .rollback yet: made in the top level
+    ],
+)
+def test_an_immutable_directory_something_would_be_made_in_is_refused(
+    flags: dict[str, str], subvols: list[str], dirs: list[str], pinned: str
+) -> None:
+    """Not only the parents: the nearest existing directory of a missing one (was: step-failed at every boot)."""
+    obs = replace(observe(subvols, dirs=dirs), immutable=frozenset({pinned}))
+    with pytest.raises(Refused) as caught:
+        plan_run(config(**flags), obs)
+    assert caught.value.code == "immutable"
 
 
 def test_a_read_only_root_is_refused() -> None:
