@@ -65,6 +65,7 @@ class Status(TypedDict):
     protected: list[ProtectedReport]
     pending: PendingReport
     skip_next: bool
+    skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
     mounted: dict[str, str]  # subvolume id -> where
 
 
@@ -111,8 +112,20 @@ def status(config: Config, obs: Observation) -> Status:
         ],
         "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
         "skip_next": obs.skip_mark,
+        "skip_next_refused": _mark_refused(obs) if obs.skip_mark else None,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
     }
+
+
+def _mark_refused(obs: Observation) -> str | None:
+    from rollback.errors import Refused
+    from rollback.plan import check_mark
+
+    try:
+        check_mark(obs)
+    except Refused as refused:
+        return f"{refused.reason} (reason {refused.code})"
+    return None
 
 
 def _age(seconds: int) -> str:
@@ -145,7 +158,10 @@ def status_lines(report: Status) -> list[str]:
         f"pending:    {len(pending['trash'])} in trash, {len(pending['kernel_cleaner'])} "
         "deleted subvolume(s) awaiting the kernel cleaner"
     )
-    lines.append(f"skip-next:  {'set (the next boot keeps the root once)' if report['skip_next'] else 'not set'}")
+    mark = "set (the next boot keeps the root once)" if report["skip_next"] else "not set"
+    if report["skip_next_refused"]:
+        mark = f"set, but the next run refuses: {report['skip_next_refused']}"
+    lines.append(f"skip-next:  {mark}")
     for subvol_id, where in report["mounted"].items():
         lines.append(f"mounted:    subvolume id {subvol_id} at {where}")
     return lines

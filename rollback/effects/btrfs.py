@@ -172,9 +172,10 @@ def _is_empty(directory: Path) -> bool:
 
 
 @contextmanager
-def _inode_flags(path: Path) -> Iterator[tuple[int, int]]:
-    """(an open fd, its inode flags) for the directory at `path`, never following a symlink."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _inode_flags(path: Path, *, kind: int = os.O_DIRECTORY) -> Iterator[tuple[int, int]]:
+    """(an open fd, its inode flags) for the directory (or, kind=0, the file) at `path`, never following
+    a symlink."""
+    fd = os.open(path, os.O_RDONLY | kind | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         yield fd, struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
     finally:
@@ -187,6 +188,17 @@ def _pinned(path: Path) -> bool:
         with _inode_flags(path) as (_fd, flags):
             return bool(flags & _PINNING)
     except FileNotFoundError:  # deleted since it was listed (a cleanup, while `status` looks)
+        return False
+
+
+def _pinned_file(path: Path) -> bool:
+    """chattr +i or +a on a regular file (never opened otherwise): it cannot be unlinked."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with _inode_flags(path, kind=0) as (_fd, flags):
+            return bool(flags & _PINNING)
+    except FileNotFoundError:
         return False
 
 
@@ -243,7 +255,8 @@ def observe(
         mounted=dict(mounted),
         skip_mark=os.path.lexists(top / SKIP_MARK),
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
-        immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p)),
+        immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p))
+        | frozenset(p for p in [SKIP_MARK] if kinds.get(p) is Kind.OTHER and _pinned_file(top / p)),
         now=now,
     )
 

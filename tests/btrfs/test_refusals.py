@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -110,21 +111,39 @@ def _mark_a_directory(top: Path) -> None:
     (top / ".rollback" / "skip-next").mkdir(parents=True)
 
 
+def _mark_pinned(flag: str) -> Callable[[Path], None]:
+    def change(top: Path) -> None:
+        (top / ".rollback").mkdir()
+        (top / ".rollback" / "skip-next").write_text("kept once by rollback skip-next\n")
+        sh("chattr", flag, str(top / ".rollback" / ("skip-next" if flag == "+i" else "")))
+
+    return change
+
+
 @pytest.mark.parametrize(
     ("change", "said"),
     [
         (_symlinked_state_dir, ".rollback exists but is not a plain directory"),
         (_mark_a_directory, "the skip-next mark .rollback/skip-next is a directory"),
+        (_mark_pinned("+i"), "'.rollback/skip-next' is immutable or append-only"),
+        (_mark_pinned("+a"), "'.rollback' is immutable or append-only"),
     ],
-    ids=["state-dir-symlink", "mark-directory"],
+    ids=["state-dir-symlink", "mark-directory", "mark-immutable", "state-dir-append-only"],
 )
 def test_a_skip_mark_is_removed_only_from_rollbacks_own_directory(
     disk: Disk, change: Callable[[Path], None], said: str
 ) -> None:
     """The mark's run changes nothing else, so it was honoured before any check: through a symlink it
-    unlinked the machine's file; a directory there failed (exit 1) at every boot."""
+    unlinked the machine's file; a directory there, or +i/+a, failed (exit 1) at every boot. And
+    `rollback skip-next` refuses to write a mark there (it failed halfway, or left one refused later)."""
     setup(disk, change)
     assert said in refused(disk)
+    status = json.loads(disk.rollback("status", "--json").stdout)
+    assert status["skip_next"] is True and said in status["skip_next_refused"]
+    before = disk.state()
+    result = disk.rollback("skip-next")
+    assert result.returncode == Exit.REFUSED and said in result.stderr, result.stderr
+    assert disk.state() == before
 
 
 @CLEANUPS
