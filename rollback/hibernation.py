@@ -34,26 +34,34 @@ def resume_locations(cmdlines: Sequence[str], sysfs_resume: str, sysfs_offset: s
     settings were read from, and the kernel's own: ignoring rollback.* options must not ignore this
     check), and /sys/power/resume with /sys/power/resume_offset."""
     found: list[tuple[str, int]] = []
+
+    def add(spec: str, offsets: Sequence[int]) -> None:
+        found.extend(p for p in ((device_path(spec), o) for o in offsets) if p not in found)
+
     for cmdline in cmdlines:
-        spec, offset = "", 0
+        spec, offsets = "", [0]
         for word in split_cmdline(cmdline):
             key, _, value = word.partition("=")
             if key == "resume" and value:
                 spec = value
             elif key == "resume_offset":
-                offset = _pages(value)
-        if spec and (device_path(spec), offset) not in found:
-            found.append((device_path(spec), offset))
+                offsets = offsets_read(value)
+        if spec:
+            add(spec, offsets)
     sysfs = sysfs_resume.strip()
-    if sysfs and sysfs != "0:0" and (device_path(sysfs), _pages(sysfs_offset.strip())) not in found:
-        found.append((device_path(sysfs), _pages(sysfs_offset.strip())))
+    if sysfs and sysfs != "0:0":
+        add(sysfs, offsets_read(sysfs_offset.strip()))
     return found
 
 
-def _pages(value: str) -> int:
-    """resume_offset's value as the kernel reads it: decimal digits, else 0 (it ignores the option).
-    ASCII only: str.isdigit() also accepts '²', which int() refuses."""
-    return int(value) if value.isascii() and value.isdigit() else 0
+def offsets_read(value: str) -> list[int]:
+    """The page offsets a resume_offset= value may mean. The kernel reads its leading decimal digits
+    (sscanf %llu), systemd's resume generator the whole value or nothing (then 0): where they differ
+    ("12a"), both. ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    digits = value[: len(value) - len(value.lstrip("0123456789"))]
+    kernel = int(digits) if digits else 0
+    whole = kernel if digits == value else 0
+    return list(dict.fromkeys([kernel, whole]))
 
 
 def hibernation_signature(page_tail: bytes) -> str | None:

@@ -30,6 +30,9 @@ from rollback.settings import Config, as_dict, describe
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would ...
 FAIL_ERRNO_ENV = "ROLLBACK_TEST_FAIL_ERRNO"  # ... or with this errno (e.g. 28, ENOSPC)
+# test hook: the kernel's own command line for the hibernation check (the tests' /dev/null: a
+# developer's host resume= must not reach their runs, as --kernel-cmdline /dev/null keeps rollback.*)
+PROC_CMDLINE_ENV = "ROLLBACK_TEST_PROC_CMDLINE"
 CRASH_AFTER_ENV = "ROLLBACK_TEST_CRASH_AFTER"  # test hook: kill ourselves after step N ...
 CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default KILL; TERM as systemd stops)
 
@@ -137,7 +140,7 @@ def _check_hibernation(config: Config, cmdline: str) -> None:
 
     if config.ignore_hibernation:
         return
-    kernel = device.read_kernel("/proc/cmdline")
+    kernel = device.read_kernel(os.environ.get(PROC_CMDLINE_ENV, "/proc/cmdline"))
     sysfs = device.read_kernel("/sys/power/resume"), device.read_kernel("/sys/power/resume_offset")
     for where, offset in hibernation.resume_locations((cmdline, kernel), *sysfs):
         hint = "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation"

@@ -53,7 +53,10 @@ def swap_header_tail(device: str, offset_pages: int) -> bytes:
     if where >= 2**63:  # beyond any file offset: pread would raise OverflowError, not OSError
         raise OSError(errno.EINVAL, f"resume_offset {offset_pages} is beyond any device")
     with open(device, "rb") as handle:
-        return os.pread(handle.fileno(), SIGNATURE_SIZE, where)
+        tail = os.pread(handle.fileno(), SIGNATURE_SIZE, where)
+    if len(tail) < SIGNATURE_SIZE:  # past the end of the device: nothing checked is not "no image"
+        raise OSError(errno.EINVAL, f"resume_offset {offset_pages} is beyond the end of {device}")
+    return tail
 
 
 def read_kernel(path: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import Exit
+from rollback.verbs import PROC_CMDLINE_ENV
 from tests.support.disks import Disk
 from tests.support.layout import populate, rolled_back, sh
 from tests.support.swap import write_signature
@@ -87,11 +89,13 @@ def test_unreadable_resume_device_is_refused(disk: Disk) -> None:
     assert disk.state() == before
 
 
-def test_an_offset_beyond_any_device_is_refused_not_a_crash(disk: Disk, swap: tuple[str, Path]) -> None:
+@pytest.mark.parametrize("pages", [10**20, 100_000], ids=["beyond-any-file", "beyond-this-device"])
+def test_an_offset_beyond_the_device_is_refused_not_a_crash(disk: Disk, swap: tuple[str, Path], pages: int) -> None:
+    """Nothing read is not "no image": past the end of the 32 MiB swap device, or of any file (OverflowError)."""
     with disk.top() as top:
         populate(top)
     before = disk.state()
-    code, err = run_with_cmdline(disk, f"resume={swap[0]} resume_offset={10**20}")
+    code, err = run_with_cmdline(disk, f"resume={swap[0]} resume_offset={pages}")
     assert code == Exit.REFUSED and "cannot check the resume device" in err, err
     assert disk.state() == before
 
@@ -110,7 +114,8 @@ def test_ignoring_the_command_line_does_not_ignore_the_kernels_resume(
     before = disk.state()
     bind = 'mount --bind "$0" /proc/cmdline && exec "$@"'
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", bind, str(kernel), *disk.rollback_argv("run")]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    environ = {k: v for k, v in os.environ.items() if k != PROC_CMDLINE_ENV}  # the real /proc/cmdline
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environ)
     assert result.returncode == Exit.REFUSED, result.stderr
     assert f"a hibernation image (S1SUSPEND) is waiting on {swap[0]}" in result.stderr
     assert disk.state() == before

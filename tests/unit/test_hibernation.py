@@ -48,9 +48,20 @@ def test_the_kernels_own_command_line_counts_when_the_settings_ignore_it() -> No
     assert resume_locations([twice, twice], "", "") == [("/dev/vdb", 3)]
 
 
-@pytest.mark.parametrize("value", ["\u00b2", "12a", "-1", "0x10", ""])
-def test_an_offset_the_kernel_would_not_parse_is_zero(value: str) -> None:
-    assert resume_locations([f"resume=/dev/vdb resume_offset={value}"], "", value) == [("/dev/vdb", 0)]
+@pytest.mark.parametrize(
+    ("value", "offsets"),
+    [
+        ("\u00b2", [0]),  # isdigit() but not int(): was an internal error at every boot
+        ("12a", [12, 0]),  # the kernel reads 12 (sscanf %llu), systemd's generator nothing: both
+        ("0x10", [0]),
+        ("-1", [0]),
+        ("", [0]),
+        ("007", [7]),
+    ],
+)
+def test_an_offset_is_read_as_the_kernel_and_systemd_read_it(value: str, offsets: list[int]) -> None:
+    assert resume_locations([f"resume=/dev/vdb resume_offset={value}"], "", "") == [("/dev/vdb", o) for o in offsets]
+    assert resume_locations([], "254:2", value) == [("/dev/block/254:2", o) for o in offsets]
 
 
 def test_a_quoted_label_with_a_space_is_found_where_udev_links_it() -> None:
