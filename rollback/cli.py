@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -46,7 +47,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from rollback import log
 
-        self.print_usage(sys.stderr)
+        with contextlib.suppress(OSError):  # argparse's own lines, whatever the log target
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
         try:
             target = log.requested_target(None, os.environ)  # --log-target itself may be what failed
         except ValueError:

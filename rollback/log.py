@@ -21,7 +21,7 @@ from structlog._log_levels import add_log_level  # the core, not the package ini
 from structlog._native import make_filtering_bound_logger
 from structlog._output import PrintLogger
 
-from rollback.events import EVENTS
+from rollback.events import EVENTS, utf8
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -130,8 +130,12 @@ def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Proc
 
 
 def _drop_callsite(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """For the console: no code location; bytes that are not UTF-8 spelled \\xNN, as in the journal."""
     for key in ("pathname", "lineno", "func_name"):
         event.pop(key, None)
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = utf8(value)
     return event
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -31,7 +32,8 @@ class JournalSink:
             self._sendv(*journal_fields(dict(event)))
         except (OSError, ValueError) as error:  # logging must never stop the run, nor change its exit code
             if not self._keep:  # then the console has no copy: the event goes to stderr, not nowhere
-                print(f"rollback: {utf8(str(event.get('event', '')))} (journal: {error})", file=sys.stderr)
+                with contextlib.suppress(OSError, ValueError):  # nor may that write stop the run
+                    print(f"rollback: {utf8(str(event.get('event', '')))} (journal: {error})", file=sys.stderr)
         if not self._keep:
             raise DropEvent
         return event

@@ -146,6 +146,15 @@ def test_journal_fields_spell_bytes_that_are_not_utf8_as_the_console_does() -> N
     assert "ROLLBACK_PATH=/top/.rollback/trash/caf\\xe9" in fields
 
 
+def test_the_console_spells_bytes_that_are_not_utf8_as_the_journal_and_diff_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log.configure(journal=False, console=True, notify=False)
+    log.emit("refused", f"refused: {NOT_UTF8}", path=NOT_UTF8)
+    err = capsys.readouterr().err
+    assert "refused: /top/.rollback/trash/caf\\xe9" in err and "path=/top/.rollback/trash/caf\\xe9" in err, err
+
+
 def test_a_journal_that_fails_loses_nothing_and_stops_nothing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
