@@ -53,7 +53,8 @@ class Observation:
     default_id: int
     kinds: Mapping[str, Kind]  # for every path the plan asks about
     mounted: Mapping[int, str] = field(default_factory=dict)  # subvolume id -> a mount point
-    skip_mark: bool = False
+    skip_mark: bool = False  # .rollback/skip-next exists (as anything, a dangling symlink too)
+    skip_mark_regular: bool = True  # ... and is a regular file (lstat: a symlink is not)
     empty: frozenset[str] = frozenset()  # paths of interest that are empty directories
     pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
     immutable: frozenset[str] = frozenset()  # chattr +i or +a on its top directory ("" is the top level)

@@ -130,6 +130,11 @@ class RemoveMark:
 Step = MakeDir | Rename | Create | Snapshot | Commit | Reclaim | Delete | Unlock | WriteMark | RemoveMark
 
 
+def nothing_changed_before(steps: tuple[Step, ...], failed: int) -> bool:
+    """Only waits for the kernel's cleaner ran before step `failed` (1-based): nothing of the run's."""
+    return all(isinstance(step, Reclaim) for step in steps[: failed - 1])
+
+
 def changes_nothing_on_enospc(step: Step) -> bool:
     """One system call for which btrfs reserves its space before it alters anything: failing with ENOSPC
     as a run's first step, it left the device exactly as it was (a refusal, not a failure midway)."""
@@ -410,10 +415,12 @@ def check_mark(obs: Observation) -> None:
     a directory, it or `.rollback` immutable), nor reach through a `.rollback` that is a symlink."""
     _check_state_dir(obs)
     _check_changeable(STATE_DIR, obs)
+    _check_changeable(_made_in(STATE_DIR, obs), obs)  # the top level, where skip-next may make .rollback
     _check_changeable(SKIP_MARK, obs)
-    if obs.kind(SKIP_MARK) in (Kind.DIRECTORY, Kind.SUBVOLUME):
+    if obs.kind(SKIP_MARK) in (Kind.DIRECTORY, Kind.SUBVOLUME) or not obs.skip_mark_regular:
+        what = "a directory" if obs.skip_mark_regular else "not a regular file (a symbolic link?)"
         raise Refused(
-            f"the skip-next mark {SKIP_MARK} is a directory, not the file rollback skip-next writes",
+            f"the skip-next mark {SKIP_MARK} is {what}, not the file rollback skip-next writes",
             "move it away (the mark is a file: rollback skip-next writes it, the next run removes it)",
             code="state-dir",
         )

@@ -191,10 +191,17 @@ def _pinned(path: Path) -> bool:
         return False
 
 
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _pinned_file(path: Path) -> bool:
     """chattr +i or +a on a regular file (never opened otherwise): it cannot be unlinked."""
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
+        if not _regular(path):
             return False
         with _inode_flags(path, kind=0) as (_fd, flags):
             return bool(flags & _PINNING)
@@ -254,6 +261,7 @@ def observe(
         empty=frozenset(p for p in dirs if _is_empty(top / p)),
         mounted=dict(mounted),
         skip_mark=os.path.lexists(top / SKIP_MARK),
+        skip_mark_regular=kinds.get(SKIP_MARK) is not Kind.OTHER or _regular(top / SKIP_MARK),
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
         immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p))
         | frozenset(p for p in [SKIP_MARK] if kinds.get(p) is Kind.OTHER and _pinned_file(top / p)),
@@ -281,8 +289,10 @@ def execute(step: Step, top: Path) -> None:
         _reclaim(top, step.timeout_s)
     elif isinstance(step, Commit):
         btrfsutil.sync(str(top))
-    elif isinstance(step, WriteMark):
-        (top / step.path).write_text("kept once by rollback skip-next\n")
+    elif isinstance(step, WriteMark):  # never through a symbolic link (the plan refuses one; this in a race)
+        fd = os.open(top / step.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("kept once by rollback skip-next\n")
     elif isinstance(step, RemoveMark):
         os.unlink(top / step.path)
     else:

@@ -111,6 +111,13 @@ def _mark_a_directory(top: Path) -> None:
     (top / ".rollback" / "skip-next").mkdir(parents=True)
 
 
+def _mark_a_symlink(top: Path) -> None:
+    """skip-next wrote through it: here onto the machine's own file (any path on the host, too)."""
+    (top / "persist" / "victim").write_text("the machine's own file\n")
+    (top / ".rollback").mkdir()
+    (top / ".rollback" / "skip-next").symlink_to("../persist/victim")
+
+
 def _mark_pinned(flag: str) -> Callable[[Path], None]:
     def change(top: Path) -> None:
         (top / ".rollback").mkdir()
@@ -127,8 +134,9 @@ def _mark_pinned(flag: str) -> Callable[[Path], None]:
         (_mark_a_directory, "the skip-next mark .rollback/skip-next is a directory"),
         (_mark_pinned("+i"), "'.rollback/skip-next' is immutable or append-only"),
         (_mark_pinned("+a"), "'.rollback' is immutable or append-only"),
+        (_mark_a_symlink, "the skip-next mark .rollback/skip-next is not a regular file"),
     ],
-    ids=["state-dir-symlink", "mark-directory", "mark-immutable", "state-dir-append-only"],
+    ids=["state-dir-symlink", "mark-directory", "mark-immutable", "state-dir-append-only", "mark-symlink"],
 )
 def test_a_skip_mark_is_removed_only_from_rollbacks_own_directory(
     disk: Disk, change: Callable[[Path], None], said: str
