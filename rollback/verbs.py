@@ -107,7 +107,7 @@ def _failure(number: int, plan: Plan, error: OSError, undone: str) -> Refused | 
     """What a failing step means. No room for the very first change, when that change is one system
     call (btrfs reserves its space before it alters anything), leaves the device exactly as it was: a
     refusal, which says so, rather than a failure after changes began."""
-    from rollback.plan import changes_nothing_on_enospc
+    from rollback.plan import changes_nothing_on_enospc, nothing_changed_before
 
     step = plan.steps[number - 1]
     what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
@@ -118,7 +118,7 @@ def _failure(number: int, plan: Plan, error: OSError, undone: str) -> Refused | 
             code="step-failed",
         )
     free = "free space (btrfs filesystem usage); the old root stays in use until then"
-    if number == 1 and changes_nothing_on_enospc(step):
+    if nothing_changed_before(plan.steps, number) and changes_nothing_on_enospc(step):
         return Refused(
             what + "no space left on the filesystem, before any change; nothing of rollback's to free",
             free,
@@ -167,9 +167,15 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         pruned = prune_paths(config, obs)
         if refused.code != "no-space" or not pruned:
             raise
-    first = plan.steps[0].describe()
+    from rollback.effects import btrfs
+
+    # listed whole now (a run leaving deletes to the cleanup listed archived roots bounded): these are
+    # deleted by this run, with a deleting run's checks and counts
+    obs = btrfs.observe(top, paths_of_interest(config), holders(config), obs.mounted, obs.now)
     plan = plan_run(config, obs, make_room=True)
-    emit("step", f"no space for {first}, nothing changed: first deleting the {len(pruned)} pruned root(s)", **fields)
+    emit(
+        "step", f"no space for the first change, nothing changed: first deleting {len(pruned)} pruned root(s)", **fields
+    )
     _execute(plan, top, fields)
     return plan
 

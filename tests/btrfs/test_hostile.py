@@ -212,7 +212,7 @@ def test_a_metadata_full_filesystem_with_an_archived_root_due_converges_at_the_f
     flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", cleanup)
     first = small_disk.rollback("run", *flags)
     assert first.returncode == Exit.OK, first.stderr
-    assert "nothing changed: first deleting the 1 pruned root(s)" in first.stderr
+    assert "nothing changed: first deleting 1 pruned root(s)" in first.stderr
     second = small_disk.rollback("run", *flags)
     assert second.returncode == Exit.OK, second.stderr
     state = small_disk.state()

@@ -13,12 +13,15 @@ from rollback.plan import (
     Create,
     Delete,
     MakeDir,
+    Plan,
     Reclaim,
     RemoveMark,
     Rename,
     Snapshot,
+    Step,
     Unlock,
     bounds,
+    nothing_changed_before,
     only_moved,
     paths_of_interest,
     plan_cleanup,
@@ -121,6 +124,23 @@ def test_making_room_deletes_the_pruned_archived_roots_first(cleanup: str) -> No
     assert {p for p in prune_paths(config(**flags), obs)} == set(old[:2])  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("before", "refusal"),
+    [
+        ((), True),  # the very first step
+        ((Reclaim(),), True),  # after waiting for the kernel's cleaner: still nothing of the run's changed
+        ((Delete(f"{TRASH_DIR}/x", 1), Reclaim()), False),  # leftovers were deleted first: midway
+    ],
+)
+def test_no_space_is_a_refusal_only_while_nothing_of_the_runs_changed(before: tuple[Step, ...], refusal: bool) -> None:
+    from rollback.verbs import _failure
+
+    plan = Plan((*before, Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"), Commit()))
+    failure = _failure(len(before) + 1, plan, OSError(28, "No space left on device"), "")
+    assert nothing_changed_before(plan.steps, len(before) + 1) is refusal
+    assert failure.code == ("no-space" if refusal else "no-space-midway")
+
+
 def test_keeping_prunes_by_age() -> None:
     old = ["old/20261001T000000Z", "old/20261120T000000Z"]
     plan = plan_run(config(archive="old", keep_days=30, keep_min=1), observe([*old, "root"], dirs=[TRASH_DIR]))
@@ -171,8 +191,18 @@ def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
         (observe(LAYOUT, skip_mark=True, files=[".rollback"]), "state-dir"),  # a symlink: unlink reaches through
         (replace(observe(LAYOUT, skip_mark=True), immutable=frozenset({".rollback"})), "immutable"),  # EPERM
         (replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), immutable=frozenset({SKIP_MARK})), "immutable"),
+        (replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), skip_mark_regular=False), "state-dir"),  # link
+        (replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), immutable=frozenset({""})), "immutable"),
     ],
-    ids=["mark-directory", "mark-subvolume", "state-dir-symlink", "state-dir-immutable", "mark-immutable"],
+    ids=[
+        "mark-directory",
+        "mark-subvolume",
+        "state-dir-symlink",
+        "state-dir-immutable",
+        "mark-immutable",
+        "mark-symlink",
+        "top-level-immutable",
+    ],
 )
 def test_a_skip_mark_the_run_could_not_remove_safely_is_refused(found: Observation, code: str) -> None:
     """And `rollback skip-next` refuses to write a mark there: the next run would refuse it."""
@@ -182,6 +212,12 @@ def test_a_skip_mark_the_run_could_not_remove_safely_is_refused(found: Observati
     with pytest.raises(Refused) as refused:
         plan_skip_next(found)
     assert refused.value.code == code
+
+
+def test_skip_next_refuses_to_make_its_directory_in_an_immutable_top_level() -> None:
+    with pytest.raises(Refused) as refused:
+        plan_skip_next(replace(observe(LAYOUT), immutable=frozenset({""})))
+    assert refused.value.code == "immutable"
 
 
 @pytest.mark.parametrize(
