@@ -47,9 +47,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from rollback import log
 
-        with contextlib.suppress(OSError):  # argparse's own lines, whatever the log target
+        with contextlib.suppress(OSError, AttributeError):  # argparse's lines, whatever the log target
             self.print_usage(sys.stderr)
-            print(f"{self.prog}: error: {message}", file=sys.stderr)
+            sys.stderr.write(f"{self.prog}: error: {message}\n")  # print(file=None) would use stdout
         try:
             target = log.requested_target(None, os.environ)  # --log-target itself may be what failed
         except ValueError:
@@ -291,6 +291,8 @@ def run() -> NoReturn:
     """
     code = main()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with it closed (`>&-`): Python made it None, nothing to flush
+            continue
         try:
             stream.flush()
         except BrokenPipeError:  # the reader stopped early: what it wanted, it got

@@ -97,11 +97,11 @@ class _Console:
     def write(self, text: str) -> int:
         try:
             return int(self._stream.write(text))
-        except (OSError, ValueError):  # EPIPE, EIO; ValueError: the stream was closed
+        except (OSError, ValueError, AttributeError):  # EPIPE, EIO; closed; None: started with `2>&-`
             return 0
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             self._stream.flush()
 
 

@@ -32,8 +32,8 @@ class JournalSink:
             self._sendv(*journal_fields(dict(event)))
         except (OSError, ValueError) as error:  # logging must never stop the run, nor change its exit code
             if not self._keep:  # then the console has no copy: the event goes to stderr, not nowhere
-                with contextlib.suppress(OSError, ValueError):  # nor may that write stop the run
-                    print(f"rollback: {utf8(str(event.get('event', '')))} (journal: {error})", file=sys.stderr)
+                with contextlib.suppress(OSError, ValueError, AttributeError):  # nor may that stop the run
+                    sys.stderr.write(f"rollback: {utf8(str(event.get('event', '')))} (journal: {error})\n")
         if not self._keep:
             raise DropEvent
         return event

@@ -202,32 +202,42 @@ def test_without_root_privileges_it_refuses_clearly(disk: Disk) -> None:
     assert "needs root" in result.stderr
 
 
+def _with_output_gone(argv: list[str], how: str) -> int:
+    """Run `argv` with stderr a pipe whose reader is gone (every write: EPIPE), or stderr or stdout
+    closed (`2>&-`, `>&-`: Python starts with that stream None); its exit code."""
+    if how != "broken-pipe":
+        fd = {"closed-stderr": 2, "closed-stdout": 1}[how]
+        return subprocess.run(["bash", "-c", f'exec {fd}>&-; exec "$@"', "rollback", *argv], timeout=120).returncode
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=writer, timeout=120).returncode
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize("how", ["broken-pipe", "closed-stderr", "closed-stdout"])
 @pytest.mark.parametrize(
     "verbs",
     [
         [("run",)],
         [("run", "--keep-count", "2", "--archive", "old")],
-        [("run", "--cleanup", "after-boot"), ("cleanup",)],  # the first one not piped: it fills the trash
+        [("run", "--cleanup", "after-boot"), ("cleanup",)],  # the first one as usual: it fills the trash
     ],
     ids=["run", "run-archive", "cleanup"],
 )
-def test_a_reader_that_stops_early_stops_nothing(disk: Disk, verbs: list[tuple[str, ...]]) -> None:
+def test_output_that_cannot_be_written_stops_nothing(disk: Disk, verbs: list[tuple[str, ...]], how: str) -> None:
     """`rollback run 2>&1 | head -1` by hand: the events after the first line cannot be written (EPIPE).
-    That ended the run after step 1 and reported exit 0; now the lines are lost, the run finishes."""
+    That ended the run after step 1 and reported exit 0; a closed stderr ended it before it began
+    (exit 1), a closed stdout turned a finished run into exit 1. Now the lines are lost, the run
+    finishes, its exit code is its own."""
     with disk.top() as top:
         populate(top)
     before = disk.state()
-    *first, piped = verbs
+    *first, last = verbs
     for verb in first:
         assert disk.rollback(*verb).returncode == Exit.OK
-    reader, writer = os.pipe()
-    os.close(reader)  # the reader is gone before the first line: every write to stderr fails (EPIPE)
-    try:
-        argv = disk.rollback_argv(*piped, "--log-target", "console")
-        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=writer, text=True, timeout=120)
-    finally:
-        os.close(writer)
-    assert result.returncode == Exit.OK
+    assert _with_output_gone(disk.rollback_argv(*last, "--log-target", "console"), how) == Exit.OK
     after = disk.state()
     assert after.under("root") == {"root": after.files["root"]}  # the whole plan ran: an empty root
     assert not [p for p in after.subvolume_paths() if p.startswith(".rollback/")]  # and the trash empty
@@ -243,14 +253,16 @@ def test_no_room_for_the_first_change_deletes_the_pruned_archived_roots_first(di
         populate(top)
         (top / "old").mkdir()
         for stamp in ("20200101T000000Z", "20200102T000000Z"):
-            btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / stamp))  # nested ones inside
+            btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / stamp))
+            btrfsutil.create_subvolume(str(top / "old" / stamp / "nested"))  # counted, and deleted too
         btrfsutil.set_subvolume_read_only(str(top / "old" / "20200101T000000Z"), True)
     before = disk.state()
     flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", cleanup)
     env = {FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(errno.ENOSPC)}
     result = disk.rollback("run", *flags, env=env)
     assert result.returncode == Exit.OK, result.stderr
-    assert "nothing changed: first deleting the 2 pruned root(s)" in result.stderr
+    assert "nothing changed: first deleting 2 pruned root(s)" in result.stderr
+    assert "4 subvolume(s) deleted" in result.stderr  # a bounded listing (after-boot) counted 2
     after = disk.state()
     archived = [p for p in after.subvolume_paths() if p.startswith("old/") and p.count("/") == 1]
     assert len(archived) == 1 and archived[0] not in before.subvolume_paths()  # today's root, archived
