@@ -263,7 +263,8 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
     try:
         return int(call(args, *load_config(args)))
     except BrokenPipeError:  # the reader stopped early (`rollback diff | head`): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if sys.stdout is not None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(Exit.OK)
     except RollbackError as error:
         kind = KIND[error.exit_code]

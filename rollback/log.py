@@ -121,7 +121,7 @@ def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Proc
 
         sinks.load()
     except (ImportError, OSError) as error:  # logging must never stop the rollback
-        print(f"rollback: journal/notify unavailable ({error!r}); logging to stderr", file=sys.stderr)
+        _Console(sys.stderr).write(f"rollback: journal/notify unavailable ({error!r}); logging to stderr\n")
         return []
     found: list[Processor] = [sinks.notify_status] if notify else []
     if journal:

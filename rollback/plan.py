@@ -245,6 +245,8 @@ def plan_skip_next(obs: Observation) -> Plan:
     """The mark, where the next run removes it: the same checks as that run's (check_mark), so that
     writing it cannot fail halfway, nor leave a mark the next run refuses."""
     check_mark(obs)
+    if obs.kind(STATE_DIR) is Kind.MISSING:
+        _check_changeable(_made_in(STATE_DIR, obs), obs)  # the top level, where it makes .rollback
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     return Plan((*steps, WriteMark(SKIP_MARK)))
 
@@ -415,7 +417,6 @@ def check_mark(obs: Observation) -> None:
     a directory, it or `.rollback` immutable), nor reach through a `.rollback` that is a symlink."""
     _check_state_dir(obs)
     _check_changeable(STATE_DIR, obs)
-    _check_changeable(_made_in(STATE_DIR, obs), obs)  # the top level, where skip-next may make .rollback
     _check_changeable(SKIP_MARK, obs)
     if obs.kind(SKIP_MARK) in (Kind.DIRECTORY, Kind.SUBVOLUME) or not obs.skip_mark_regular:
         what = "a directory" if obs.skip_mark_regular else "not a regular file (a symbolic link?)"

@@ -260,7 +260,7 @@ def diff(config: Config, *, as_json: bool) -> Exit:
                 indent=None,
             )
         )
-    else:
+    elif sys.stdout is not None:  # closed (`>&-`): the list goes nowhere, as print()'s would
         ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"
         sys.stdout.writelines(report.escape(path, ascii_only=ascii_only) + "\n" for path in paths)
     return Exit.OK

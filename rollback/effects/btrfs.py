@@ -289,14 +289,30 @@ def execute(step: Step, top: Path) -> None:
         _reclaim(top, step.timeout_s)
     elif isinstance(step, Commit):
         btrfsutil.sync(str(top))
-    elif isinstance(step, WriteMark):  # never through a symbolic link (the plan refuses one; this in a race)
-        fd = os.open(top / step.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            handle.write("kept once by rollback skip-next\n")
+    elif isinstance(step, WriteMark):
+        with _in_state_dir(top, step.path) as (where, name):
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=where
+            )
+            with os.fdopen(fd, "w") as handle:
+                handle.write("kept once by rollback skip-next\n")
     elif isinstance(step, RemoveMark):
-        os.unlink(top / step.path)
+        with _in_state_dir(top, step.path) as (where, name):
+            os.unlink(name, dir_fd=where)
     else:
         assert_never(step)
+
+
+@contextmanager
+def _in_state_dir(top: Path, path: str) -> Iterator[tuple[int, str]]:
+    """(an fd of the mark's directory, the mark's name): no symbolic link followed on the way, even one
+    swapped in since the plan checked (the plan refuses a link there; this holds in a race too)."""
+    parent, _, name = path.rpartition("/")
+    fd = os.open(top / parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
 
 
 def _delete(path: Path) -> None:

@@ -12,7 +12,10 @@ from pathlib import Path
 import btrfsutil
 import pytest
 
+from rollback.effects import btrfs
 from rollback.errors import Exit
+from rollback.model import SKIP_MARK
+from rollback.plan import RemoveMark, Step, WriteMark
 from tests.support.cli import rollback_argv
 from tests.support.disks import Disk
 from tests.support.layout import outside_root, populate, sh
@@ -250,3 +253,18 @@ def test_a_full_filesystem_still_rolls_back(disk: Disk) -> None:
     assert result.returncode == Exit.OK, result.stderr
     after = disk.state()
     assert outside_root(after) == outside_root(before) and "root/tmp/cruft" not in after.files
+
+
+@pytest.mark.parametrize("step", [WriteMark(SKIP_MARK), RemoveMark(SKIP_MARK)], ids=["write", "remove"])
+def test_the_mark_is_never_written_or_removed_through_a_swapped_in_link(tmp_path: Path, step: Step) -> None:
+    """The plan refuses a `.rollback` that is a symbolic link; one swapped in after it looked (a race)
+    fails the step instead of reaching through (the executor opens `.rollback` O_NOFOLLOW)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "skip-next").write_text("someone else's\n")
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / ".rollback").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        btrfs.execute(step, top)
+    assert (elsewhere / "skip-next").read_text() == "someone else's\n"

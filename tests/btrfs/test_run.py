@@ -268,3 +268,15 @@ def test_no_room_for_the_first_change_deletes_the_pruned_archived_roots_first(di
     assert len(archived) == 1 and archived[0] not in before.subvolume_paths()  # today's root, archived
     assert not [p for p in after.subvolume_paths() if p.startswith(("old/2020", ".rollback/"))]
     assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)
+
+
+@pytest.mark.parametrize(
+    "verb", [("status",), ("status", "--json"), ("diff",), ("diff", "--json"), ("run", "--dry-run")]
+)
+def test_a_verb_that_prints_with_stdout_closed_exits_0_and_changes_nothing(disk: Disk, verb: tuple[str, ...]) -> None:
+    """Its output goes nowhere, as print()'s does with `>&-`; `diff`'s own writer was an internal error."""
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    assert _with_output_gone(disk.rollback_argv(*verb, "--log-target", "console"), "closed-stdout") == Exit.OK
+    assert disk.state() == before

@@ -192,7 +192,6 @@ def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
         (replace(observe(LAYOUT, skip_mark=True), immutable=frozenset({".rollback"})), "immutable"),  # EPERM
         (replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), immutable=frozenset({SKIP_MARK})), "immutable"),
         (replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), skip_mark_regular=False), "state-dir"),  # link
-        (replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), immutable=frozenset({""})), "immutable"),
     ],
     ids=[
         "mark-directory",
@@ -201,7 +200,6 @@ def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
         "state-dir-immutable",
         "mark-immutable",
         "mark-symlink",
-        "top-level-immutable",
     ],
 )
 def test_a_skip_mark_the_run_could_not_remove_safely_is_refused(found: Observation, code: str) -> None:
@@ -212,6 +210,12 @@ def test_a_skip_mark_the_run_could_not_remove_safely_is_refused(found: Observati
     with pytest.raises(Refused) as refused:
         plan_skip_next(found)
     assert refused.value.code == code
+
+
+def test_a_mark_in_rollbacks_own_directory_is_removed_whatever_the_top_levels_flags() -> None:
+    """Unlinking the mark changes only .rollback: an immutable top level is no reason to refuse it."""
+    obs = replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), immutable=frozenset({""}))
+    assert plan_run(config(), obs).steps == (RemoveMark(SKIP_MARK),)
 
 
 def test_skip_next_refuses_to_make_its_directory_in_an_immutable_top_level() -> None:
@@ -324,7 +328,7 @@ def test_immutable_places_on_the_way_are_refused(flags: dict[str, str], pinned: 
     [
         ({"archive": "x/y/old"}, ["root"], ["x", TRASH_DIR], "x"),  # MakeDir x/y would fail: EPERM
         ({"subvolume": "a/b/root"}, [], ["a", TRASH_DIR], "a"),  # a first run: a/b made in a
-        ({}, ["root"], [], ""),  # no .rollback yet: made in the top level
+        ({"subvolume": "sys/root"}, ["sys/root"], [], ""),  # no .rollback yet: made in the top level
     ],
 )
 def test_an_immutable_directory_something_would_be_made_in_is_refused(
