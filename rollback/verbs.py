@@ -61,12 +61,12 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
 
     mount.make_writable(top)
     crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
-    fail_at = int(os.environ.get(FAIL_AT_ENV, "0") or 0)
+    fail_at, _, later = os.environ.get(FAIL_AT_ENV, "").partition(",")  # "N,M": step N, then M of the next plan
     for number, step in enumerate(plan.steps, 1):
         began = time.monotonic()
         try:
-            if number == fail_at:
-                os.environ.pop(FAIL_AT_ENV)  # once: a plan made after this failure runs on
+            if str(number) == fail_at:
+                os.environ[FAIL_AT_ENV] = later  # once: a plan made after this failure runs on
                 code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or errno.EIO)
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             btrfs.execute(step, top)
@@ -176,7 +176,16 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     emit(
         "step", f"no space for the first change, nothing changed: first deleting {len(pruned)} pruned root(s)", **fields
     )
-    _execute(plan, top, fields)
+    try:
+        _execute(plan, top, fields)
+    except StepFailed as failed:  # its hint would say what rollback left was deleted: say what happened
+        if failed.code != "no-space-midway":
+            raise
+        raise StepFailed(
+            f"{failed.reason}, while deleting the archived roots retention prunes (no room for the first change)",
+            "free space (btrfs filesystem usage); the old root stays in use, and the next run goes on from here",
+            code="no-space-midway",
+        ) from None
     return plan
 
 

@@ -280,3 +280,25 @@ def test_a_verb_that_prints_with_stdout_closed_exits_0_and_changes_nothing(disk:
     before = disk.state()
     assert _with_output_gone(disk.rollback_argv(*verb, "--log-target", "console"), "closed-stdout") == Exit.OK
     assert disk.state() == before
+
+
+def test_no_room_even_to_delete_the_pruned_roots_says_so_and_the_next_run_goes_on(disk: Disk) -> None:
+    """The prune-first delete itself fails with ENOSPC (injected: step 1 of both plans): exit 1 whose
+    hint says what happened (it said rollback's leftovers had been deleted first); then, with room,
+    the next run finishes."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / "20200101T000000Z"))
+    before = disk.state()
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
+    failed = disk.rollback("run", *flags, env={FAIL_AT_ENV: "1,1", FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert failed.returncode == Exit.FAILED, failed.stderr
+    assert "reason=no-space-midway" in failed.stderr
+    assert "while deleting the archived roots retention prunes" in failed.stderr
+    assert "the next run goes on from here" in failed.stderr
+    assert disk.state() == before  # both failures injected before their step did anything
+    assert disk.rollback("run", *flags).returncode == Exit.OK
+    after = disk.state()
+    assert not [p for p in after.subvolume_paths() if p.startswith(("old/2020", ".rollback/"))]
+    assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)
