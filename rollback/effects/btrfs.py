@@ -199,10 +199,8 @@ def _regular(path: Path) -> bool:
 
 
 def _pinned_file(path: Path) -> bool:
-    """chattr +i or +a on a regular file (never opened otherwise): it cannot be unlinked."""
+    """chattr +i or +a on a regular file (the caller checked it is one: nothing else is opened)."""
     try:
-        if not _regular(path):
-            return False
         with _inode_flags(path, kind=0) as (_fd, flags):
             return bool(flags & _PINNING)
     except FileNotFoundError:
@@ -254,17 +252,19 @@ def observe(
     holding = {h for h in holders if h in dirs}
     entries = {s.path for s in listed if s.path.rpartition("/")[0] in holding}  # archived roots, trash entries
     wanted = entries | {p for p, k in kinds.items() if k is Kind.SUBVOLUME}
+    mark = kinds.get(SKIP_MARK, Kind.MISSING)  # the plan asks about it (paths_of_interest): lstat once
+    mark_regular = mark is Kind.OTHER and _regular(top / SKIP_MARK)
     return Observation(
         subvols=tuple(found for s in listed if (found := examine(top, s) if s.path in wanted else s)),
         default_id=default_id,
         kinds=kinds,
         empty=frozenset(p for p in dirs if _is_empty(top / p)),
         mounted=dict(mounted),
-        skip_mark=os.path.lexists(top / SKIP_MARK),
-        skip_mark_regular=kinds.get(SKIP_MARK) is not Kind.OTHER or _regular(top / SKIP_MARK),
+        skip_mark=mark is not Kind.MISSING,
+        skip_mark_regular=mark is not Kind.OTHER or mark_regular,
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
         immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p))
-        | frozenset(p for p in [SKIP_MARK] if kinds.get(p) is Kind.OTHER and _pinned_file(top / p)),
+        | frozenset(p for p in [SKIP_MARK] if mark_regular and _pinned_file(top / p)),
         now=now,
     )
 
