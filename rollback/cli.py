@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -47,9 +46,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from rollback import log
 
-        with contextlib.suppress(OSError, AttributeError):  # argparse's lines, whatever the log target
-            self.print_usage(sys.stderr)
-            sys.stderr.write(f"{self.prog}: error: {message}\n")  # print(file=None) would use stdout
+        log.to_stderr(f"{self.format_usage()}{self.prog}: error: {message}\n")  # argparse's, whatever the target
         try:
             target = log.requested_target(None, os.environ)  # --log-target itself may be what failed
         except ValueError:

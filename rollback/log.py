@@ -105,6 +105,11 @@ class _Console:
             self._stream.flush()
 
 
+def to_stderr(text: str) -> None:
+    """A line for stderr outside the sinks, lost rather than raising when stderr is gone."""
+    _Console(sys.stderr).write(text)
+
+
 def _fileno(stream: Any) -> int:
     try:
         return int(stream.fileno())
@@ -121,7 +126,7 @@ def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Proc
 
         sinks.load()
     except (ImportError, OSError) as error:  # logging must never stop the rollback
-        _Console(sys.stderr).write(f"rollback: journal/notify unavailable ({error!r}); logging to stderr\n")
+        to_stderr(f"rollback: journal/notify unavailable ({error!r}); logging to stderr\n")
         return []
     found: list[Processor] = [sinks.notify_status] if notify else []
     if journal:

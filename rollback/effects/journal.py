@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -32,8 +30,9 @@ class JournalSink:
             self._sendv(*journal_fields(dict(event)))
         except (OSError, ValueError) as error:  # logging must never stop the run, nor change its exit code
             if not self._keep:  # then the console has no copy: the event goes to stderr, not nowhere
-                with contextlib.suppress(OSError, ValueError, AttributeError):  # nor may that stop the run
-                    sys.stderr.write(f"rollback: {utf8(str(event.get('event', '')))} (journal: {error})\n")
+                from rollback.log import to_stderr
+
+                to_stderr(f"rollback: {utf8(str(event.get('event', '')))} (journal: {error})\n")
         if not self._keep:
             raise DropEvent
         return event
