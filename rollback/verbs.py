@@ -71,7 +71,10 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             btrfs.execute(step, top)
         except OSError as error:
-            raise _failure(number, plan, error, _put_back(plan, number, top, fields)) from error
+            undone = _put_back(plan, number, top, fields)
+            raise _failure(
+                number, plan, error, undone, still_freeing=_still_freeing(plan, number, error, top)
+            ) from error
         emit(
             "step",
             step.describe(),
@@ -103,11 +106,23 @@ def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> str
     return f"; the old root was moved back ({undo.describe()})"
 
 
-def _failure(number: int, plan: Plan, error: OSError, undone: str) -> Refused | StepFailed:
+def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
+    """No room after a wait for the kernel's cleaner that ended with deleted subvolumes still pending."""
+    from rollback.effects import btrfs
+    from rollback.plan import Reclaim
+
+    waited = any(isinstance(step, Reclaim) for step in plan.steps[: number - 1])
+    return error.errno == errno.ENOSPC and waited and btrfs.cleaner_busy(top)
+
+
+def _failure(
+    number: int, plan: Plan, error: OSError, undone: str, *, still_freeing: bool = False
+) -> Refused | StepFailed:
     """What a failing step means. No room for the very first change, when that change is one system
     call (btrfs reserves its space before it alters anything), leaves the device exactly as it was: a
-    refusal, which says so, rather than a failure after changes began."""
-    from rollback.plan import changes_nothing_on_enospc, nothing_changed_before
+    refusal, which says so, rather than a failure after changes began. `still_freeing`: the wait for
+    the kernel's cleaner before this step ended with deleted subvolumes' space not yet free."""
+    from rollback.plan import Delete, changes_nothing_on_enospc, nothing_changed_before
 
     step = plan.steps[number - 1]
     what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
@@ -118,15 +133,21 @@ def _failure(number: int, plan: Plan, error: OSError, undone: str) -> Refused | 
             code="step-failed",
         )
     free = "free space (btrfs filesystem usage); the old root stays in use until then"
+    freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
+    if still_freeing:
+        free = "the next boot may find the room (rollback status: pending deletions); else " + free
     if nothing_changed_before(plan.steps, number) and changes_nothing_on_enospc(step):
         return Refused(
-            what + "no space left on the filesystem, before any change; nothing of rollback's to free",
+            what
+            + "no space left on the filesystem, before any change"
+            + (freeing if still_freeing else "; nothing of rollback's to free"),
             free,
             code="no-space",
         )
+    deleted = any(isinstance(done, Delete) for done in plan.steps[: number - 1])
     return StepFailed(
-        what + "no space left on the filesystem" + undone,
-        "what rollback itself left was deleted first; the rest is the machine's data: "
+        what + "no space left on the filesystem" + (freeing if still_freeing else "") + undone,
+        ("what rollback itself left was deleted first; the rest is the machine's data: " if deleted else "")
         + free
         + ", and the next run finishes the job",
         code="no-space-midway",

@@ -327,6 +327,14 @@ def _delete(path: Path) -> None:
         btrfsutil.delete_subvolume(str(path), recursive=True)
 
 
+def cleaner_busy(top: Path) -> bool:
+    """Whether deleted subvolumes still wait for the kernel's cleaner (False if that cannot be read)."""
+    try:
+        return bool(btrfsutil.deleted_subvolumes(str(top)))
+    except btrfsutil.BtrfsUtilError:
+        return False
+
+
 def _reclaim(top: Path, timeout_s: float) -> None:
     """A commit starts the cleaner at once (else up to 30 s); then poll until nothing is pending. On
     timeout go on: a step that still lacks space fails, and the next run starts from here again."""

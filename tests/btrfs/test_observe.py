@@ -18,7 +18,7 @@ import pytest
 
 from rollback.effects import btrfs
 from rollback.model import TRASH_DIR, Examined, Subvol
-from rollback.plan import bounds, holders, paths_of_interest
+from rollback.plan import Reclaim, bounds, holders, paths_of_interest
 from tests.support.disks import Disk
 from tests.support.factory import config
 from tests.support.layout import NESTED, populate
@@ -159,3 +159,14 @@ def test_a_run_that_only_moves_the_root_lists_inside_it_only_what_its_checks_ref
     assert listed == (everything - inside) | {NESTED[-1], "root/d/e/f/deep/g/h/deeper", *named}
     assert {f"{left}/a/b/c", "persist/docker", "top dir/with space/sub/x"} <= listed
     assert obs.default_id == default and obs.get("root") is not None and obs.get(archived) is not None
+
+
+def test_cleaner_busy_reads_the_deleted_subvolumes_the_kernel_has_not_freed(disk: Disk) -> None:
+    """What a no-space failure after a wait for the kernel's cleaner reports (verbs._still_freeing)."""
+    with disk.top() as top:
+        populate(top)
+        assert not btrfs.cleaner_busy(top)
+        btrfsutil.delete_subvolume(str(top / "persist"))  # not committed: the cleaner has not started
+        assert btrfs.cleaner_busy(top)
+        btrfs.execute(Reclaim(timeout_s=60), top)
+        assert not btrfs.cleaner_busy(top)

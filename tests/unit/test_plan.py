@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +140,45 @@ def test_no_space_is_a_refusal_only_while_nothing_of_the_runs_changed(before: tu
     failure = _failure(len(before) + 1, plan, OSError(28, "No space left on device"), "")
     assert nothing_changed_before(plan.steps, len(before) + 1) is refusal
     assert failure.code == ("no-space" if refusal else "no-space-midway")
+
+
+@pytest.mark.parametrize("still_freeing", [False, True])
+@pytest.mark.parametrize("before", [(Reclaim(),), (Delete(f"{TRASH_DIR}/x", 1), Reclaim()), ()])
+def test_no_space_says_whether_the_kernel_was_still_freeing_and_what_was_deleted(
+    before: tuple[Step, ...], still_freeing: bool
+) -> None:
+    """After a wait for the kernel's cleaner that timed out, "nothing of rollback's to free" was false (its
+    deletions were still being freed); a failure midway said rollback's leftovers were deleted first
+    when the plan deleted none."""
+    from rollback.verbs import _failure
+
+    plan = Plan((*before, Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"), Commit()))
+    for failed in (len(before) + 1, len(before) + 2):  # the rename (nothing changed yet), then the create
+        failure = _failure(failed, plan, OSError(28, "No space left on device"), "", still_freeing=still_freeing)
+        text = f"{failure.reason} / {failure.hint}"
+        assert ("still freeing deleted subvolumes' space" in failure.reason) is still_freeing, text
+        assert ("the next boot may find the room" in failure.hint) is still_freeing, text
+        assert ("nothing of rollback's to free" in text) is (failure.code == "no-space" and not still_freeing)
+        assert ("rollback itself left was deleted first" in text) is any(isinstance(s, Delete) for s in before)
+
+
+def test_still_freeing_asks_the_device_only_after_a_wait_that_ended_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rollback import verbs
+    from rollback.effects import btrfs
+
+    asked: list[Path] = []
+
+    def busy(top: Path) -> bool:
+        asked.append(top)
+        return True
+
+    monkeypatch.setattr(btrfs, "cleaner_busy", busy)
+    plan = Plan((Reclaim(), Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root")))
+    full, other = OSError(28, "No space left on device"), OSError(5, "Input/output error")
+    assert verbs._still_freeing(plan, 2, full, Path("/t")) and asked == [Path("/t")]
+    assert not verbs._still_freeing(plan, 2, other, Path("/t"))  # not a matter of room
+    assert not verbs._still_freeing(Plan(plan.steps[1:]), 1, full, Path("/t"))  # no wait before it
+    assert asked == [Path("/t")]
 
 
 def test_keeping_prunes_by_age() -> None:
