@@ -43,6 +43,20 @@ def canonical(value: str) -> str:
     return path
 
 
+def shown(name: str) -> str:
+    r"""`name` quoted for a message, as repr() quotes it, but a byte that is not UTF-8 (os.fsdecode made
+    it a lone surrogate) spelled \xNN, as the events spell it everywhere, not \udcNN."""
+    if not any("\udc80" <= char <= "\udcff" for char in name):
+        return repr(name)
+    return "'" + "".join(_shown_char(char) for char in name) + "'"
+
+
+def _shown_char(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return "\\'" if char == "'" else repr(char)[1:-1]
+
+
 def is_within(path: str, parent: str) -> bool:
     """True when `path` is `parent` itself or lies below it."""
     return path == parent or path.startswith(parent + "/")

@@ -360,8 +360,9 @@ def _check_ways(config: Config, obs: Observation) -> None:
         for parent in names.prefixes(path)[:-1]:
             if obs.kind(parent) is Kind.OTHER:
                 raise Refused(
-                    f"{parent!r} on the way to {path!r} is not a directory (a symbolic link or a file)",
-                    f"make {parent!r} a plain directory or a subvolume, or choose another name",
+                    f"{names.shown(parent)} on the way to {names.shown(path)} is not a directory"
+                    " (a symbolic link or a file)",
+                    f"make {names.shown(parent)} a plain directory or a subvolume, or choose another name",
                     code="not-directory",
                 )
 
@@ -370,12 +371,14 @@ def _check_target(target: str, obs: Observation) -> None:
     kind = obs.kind(target)
     if kind is Kind.DIRECTORY:
         raise Refused(
-            f"{target!r} is a plain directory, not a subvolume",
+            f"{names.shown(target)} is a plain directory, not a subvolume",
             "rollback only replaces subvolumes; check --subvolume",
             code="not-subvolume",
         )
     if kind is Kind.OTHER:
-        raise Refused(f"{target!r} is neither a subvolume nor a directory", "check --subvolume", code="not-subvolume")
+        raise Refused(
+            f"{names.shown(target)} is neither a subvolume nor a directory", "check --subvolume", code="not-subvolume"
+        )
 
 
 def _check_pinned(config: Config, obs: Observation) -> None:
@@ -384,7 +387,7 @@ def _check_pinned(config: Config, obs: Observation) -> None:
     root = obs.get(config.subvolume)
     if root and root.read_only:
         raise Refused(
-            f"the subvolume {config.subvolume!r} is read-only",
+            f"the subvolume {names.shown(config.subvolume)} is read-only",
             f"if it is meant to be replaced: btrfs property set -ts <top>/{config.subvolume} ro false",
             code="read-only-target",
         )
@@ -405,7 +408,7 @@ def _made_in(path: str, obs: Observation) -> str:
 def _check_changeable(path: str, obs: Observation) -> None:
     if path in obs.immutable:
         raise Refused(
-            f"{repr(path) if path else 'the top level'} is immutable or append-only (chattr +i/+a): "
+            f"{names.shown(path) if path else 'the top level'} is immutable or append-only (chattr +i/+a): "
             "the run could not change it",
             f"if that is not meant: chattr -i -a <top>/{path}",
             code="immutable",
@@ -444,13 +447,13 @@ def _check_blank(blank: str, obs: Observation) -> None:
     found = obs.get(blank)
     if found is None:
         raise Refused(
-            f"the blank snapshot {blank!r} does not exist",
+            f"the blank snapshot {names.shown(blank)} does not exist",
             f"create it once: btrfs subvolume snapshot -r <top>/<empty root> <top>/{blank}",
             code="no-blank",
         )
     if not found.read_only:
         raise Refused(
-            f"the blank snapshot {blank!r} is not read-only",
+            f"the blank snapshot {names.shown(blank)} is not read-only",
             f"btrfs property set -ts <top>/{blank} ro true",
             code="blank-writable",
         )
@@ -461,15 +464,17 @@ def _check_holder(directory: str, obs: Observation, what: str) -> None:
     kind = obs.kind(directory)
     if kind is Kind.OTHER:
         raise Refused(
-            f"the {what} {directory!r} is not a directory", f"move it away or choose another {what}", code="bad-holder"
+            f"the {what} {names.shown(directory)} is not a directory",
+            f"move it away or choose another {what}",
+            code="bad-holder",
         )
     ours = [s.path for s in obs.entries(directory)]
     foreign = [s.path for s in obs.below(directory) if not any(names.is_within(s.path, o) for o in ours)]
     if foreign:
         raise Refused(
-            f"the {what} {directory!r} holds subvolumes rollback did not put there: "
-            f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}",
-            f"move them out of {directory!r}; entries must be named like 20260101T000000Z",
+            f"the {what} {names.shown(directory)} holds subvolumes rollback did not put there: "
+            f"{', '.join(names.shown(f) for f in foreign[:3])}{' ...' if len(foreign) > 3 else ''}",
+            f"move them out of {names.shown(directory)}; entries must be named like 20260101T000000Z",
             code="foreign-subvolume",
         )
 
@@ -479,19 +484,19 @@ def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> Non
     for sub in doomed:
         if names.basename(sub.path) in protected:  # the target itself cannot be protected (settings)
             raise Refused(
-                f"protected subvolume {sub.path!r} lies inside what would be deleted",
-                f"move it to the top level (e.g. {names.basename(sub.path)!r}) before the next boot",
+                f"protected subvolume {names.shown(sub.path)} lies inside what would be deleted",
+                f"move it to the top level (e.g. {names.shown(names.basename(sub.path))}) before the next boot",
                 code="protected-inside",
             )
         if sub.id == obs.default_id:
             raise Refused(
-                f"{sub.path!r} is the default subvolume (id {sub.id})",
+                f"{names.shown(sub.path)} is the default subvolume (id {sub.id})",
                 "btrfs subvolume set-default 5 <top>, and boot with rootflags=subvol=...",
                 code="default-subvolume",
             )
         if sub.id in obs.mounted:
             raise Refused(
-                f"{sub.path!r} is mounted at {obs.mounted[sub.id]}",
+                f"{names.shown(sub.path)} is mounted at {obs.mounted[sub.id]}",
                 "run from the initrd or a rescue system, not on the running root",
                 code="mounted",
             )

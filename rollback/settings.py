@@ -54,7 +54,9 @@ def parse_bool(text: str, where: str) -> bool:
     if lowered in ("0", "no", "false", "off"):
         return False
     raise ConfigError(
-        f"{where}: expected a boolean, got {text!r}", "use 1/0, yes/no, true/false or on/off", code="bad-value"
+        f"{where}: expected a boolean, got {names.shown(text)}",
+        "use 1/0, yes/no, true/false or on/off",
+        code="bad-value",
     )
 
 
@@ -62,7 +64,7 @@ def _integer(text: str, where: str) -> int:
     try:
         return int(text, 10)
     except ValueError:
-        raise ConfigError(f"{where}: expected an integer, got {text!r}", code="bad-value") from None
+        raise ConfigError(f"{where}: expected an integer, got {names.shown(text)}", code="bad-value") from None
 
 
 def _typed(expected: type[str | int | bool], label: str) -> Callable[[object, str], Value]:
@@ -306,15 +308,17 @@ def _canonical(setting: Setting, value: Value, source: str) -> Value:
     """The setting's one spelling of its value (a name, a device); ConfigError if there is none."""
     if setting.canonical is None or value is None or (value == "" and setting.default == ""):  # "" archive: do not keep
         return value
-    try:
-        if isinstance(value, tuple):
-            return tuple(dict.fromkeys(setting.canonical(v) for v in value))
-        assert isinstance(value, str)
-        return setting.canonical(value)
-    except ValueError as error:
-        raise ConfigError(
-            f"{setting.key} {value!r} {error}", f"fix {setting.flag} (from {source})", code="bad-name"
-        ) from None
+    given = value if isinstance(value, tuple) else (value,)
+    made: list[str] = []
+    for one in given:
+        assert isinstance(one, str)
+        try:
+            made.append(setting.canonical(one))
+        except ValueError as error:  # the one value at fault, not the whole list
+            raise ConfigError(
+                f"{setting.key} {names.shown(one)} {error}", f"fix {setting.flag} (from {source})", code="bad-name"
+            ) from None
+    return tuple(dict.fromkeys(made)) if isinstance(value, tuple) else made[0]
 
 
 def validate(config: Config) -> None:
@@ -336,7 +340,7 @@ def validate(config: Config) -> None:
         value = getattr(config, setting.name)
         if setting.choices and value not in setting.choices:
             raise ConfigError(
-                f"{setting.key} {value!r} is not one of {', '.join(setting.choices)}",
+                f"{setting.key} {names.shown(str(value))} is not one of {', '.join(setting.choices)}",
                 f"fix {setting.flag} (from {config.sources[setting.name]})",
                 code="bad-choice",
             )

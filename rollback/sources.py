@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from rollback import names
 from rollback.cmdline import split_cmdline
 from rollback.errors import ConfigError
 from rollback.settings import BY_KEY, CMDLINE_PREFIX, Layer, Merge, Value
@@ -19,13 +20,17 @@ def parse_cmdline(text: str) -> dict[str, Value]:
         setting = BY_KEY.get(key)
         if setting is None:
             raise ConfigError(
-                f"kernel command line: unknown option {word!r}",
+                f"kernel command line: unknown option {names.shown(word)}",
                 f"known: {', '.join(CMDLINE_PREFIX + k for k in BY_KEY)}",
                 code="unknown-key",
             )
         if not has_value and setting.parser.bare is None:
-            raise ConfigError(f"kernel command line: {word!r} needs a value", f"use {word}=VALUE", code="bad-value")
-        value = setting.parser.text(raw, f"kernel command line {word!r}") if has_value else setting.parser.bare
+            raise ConfigError(
+                f"kernel command line: {names.shown(word)} needs a value", f"use {word}=VALUE", code="bad-value"
+            )
+        value = (
+            setting.parser.text(raw, f"kernel command line {names.shown(word)}") if has_value else setting.parser.bare
+        )
         if setting.merge is Merge.EXTEND and setting.name in layer:  # repeated: each adds
             previous = layer[setting.name]
             assert isinstance(previous, tuple) and isinstance(value, tuple)
@@ -73,7 +78,7 @@ def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
         setting = BY_KEY.get(key)
         if setting is None:
             raise ConfigError(
-                f"config file {path}: unknown key {key!r}", f"known: {', '.join(BY_KEY)}", code="unknown-key"
+                f"config file {path}: unknown key {names.shown(key)}", f"known: {', '.join(BY_KEY)}", code="unknown-key"
             )
         layer[setting.name] = setting.parser.toml(value, f"config file {path}: {key}")
     return layer, path

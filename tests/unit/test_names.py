@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rollback.names import canonical, fresh_entry, parse_entry, to_prune
+from rollback.names import canonical, fresh_entry, parse_entry, shown, to_prune
 
 NOW = datetime(2026, 11, 25, 6, 0, 0, tzinfo=UTC)
 
@@ -156,3 +156,18 @@ def test_time_zones_do_not_change_what_is_pruned(shift_hours: int) -> None:
     shift = timedelta(hours=shift_hours)
     created = [t + shift for t in stamps(45, 31, 29, 0)]
     assert prune(created, NOW + shift, keep_days=30) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("root", "'root'"),  # as repr() when every byte is UTF-8
+        ("it's", '"it\'s"'),
+        ("caf\udce9", r"'caf\xe9'"),
+        ("it's\udcff", r"'it\'s\xff'"),
+        ("a\\udc80\udcff", r"'a\\udc80\xff'"),  # a backslash in the name stays one, escaped
+        ('é\n"\udcfe', r"""'é\n"\xfe'"""),
+    ],
+)
+def test_shown_spells_bytes_that_are_not_utf8_as_the_events_do(name: str, expected: str) -> None:
+    assert shown(name) == expected

@@ -309,6 +309,29 @@ def test_refusals(flags: dict[str, object], obs: dict[str, object], code: str) -
     assert refusal(flags, **obs) == code
 
 
+ODD = "\udcff"  # os.fsdecode(b"\xff"): a name on the device that is not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("flags", "obs", "code"),
+    [
+        ({}, {"subvols": ["root", f"root/a{ODD}"], "default": f"root/a{ODD}"}, "default-subvolume"),
+        ({}, {"subvols": ["root", f"root/x{ODD}/nix"]}, "protected-inside"),
+        ({}, {"subvols": ["root", f"root/v{ODD}"], "mounted": {f"root/v{ODD}": "/v"}}, "mounted"),
+        ({"archive": "old"}, {"subvols": ["root", f"old/snap{ODD}"]}, "foreign-subvolume"),
+        ({}, {"subvols": ["root", f"{TRASH_DIR}/n{ODD}ot", "persist"]}, "foreign-subvolume"),
+    ],
+)
+def test_a_name_that_is_not_utf8_reads_as_the_events_spell_it(
+    flags: dict[str, object], obs: dict[str, object], code: str
+) -> None:
+    """A refusal naming it said \\udcff (repr of what os.fsdecode made), every event \\xff."""
+    with pytest.raises(Refused) as caught:
+        plan_run(config(**flags), observe(**obs))  # type: ignore[arg-type]
+    text = f"{caught.value.reason} {caught.value.hint}"
+    assert caught.value.code == code and "\\xff" in text and "\\udc" not in text, text
+
+
 def test_archived_roots_may_hold_nested_subvolumes() -> None:
     plan = plan_run(config(archive="old"), observe(["root", "old/20261101T000000Z", "old/20261101T000000Z/var"]))
     assert Rename("root", f"old/{STAMP}") in plan.steps

@@ -86,6 +86,20 @@ def test_invalid_settings(layer: dict[str, object], code: str) -> None:
     assert caught.value.code == code
 
 
+@pytest.mark.parametrize(
+    ("layer", "shown", "code"),
+    [
+        ({"subvolume": "r\udcffoot"}, "subvolume 'r\\xffoot'", "bad-name"),  # from argv, os.fsdecode'd
+        ({"protect": ("data", "b\udcff")}, "protect 'b\\xff'", "bad-name"),  # the one at fault, not the list
+        ({"mode": "z\udcff"}, "mode 'z\\xff'", "bad-choice"),
+    ],
+)
+def test_a_value_that_is_not_utf8_reads_as_the_events_spell_it(layer: dict[str, object], shown: str, code: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve({}, {}, layer)  # type: ignore[arg-type]
+    assert caught.value.code == code and caught.value.reason.startswith(shown), caught.value.reason
+
+
 def test_kernel_cmdline_splitting_follows_the_kernel() -> None:
     assert split_cmdline('root=/dev/a  rollback.blank="x y"  quiet "a b"c') == [
         "root=/dev/a",
