@@ -94,7 +94,7 @@ def test_a_refusal_naming_bytes_that_are_not_utf8_reaches_the_journal(disk: Disk
     assert found["returncode"] == Exit.REFUSED, found["stderr"]
     refused = by_event(found["entries"], "refused")  # type: ignore[arg-type]
     assert len(refused) == 1 and refused[0]["ROLLBACK_REASON"] == "foreign-subvolume", refused
-    assert "rollback did not put there: old_roots/caf\\xe9" in refused[0]["MESSAGE"]
+    assert "rollback did not put there: 'old_roots/caf\\xe9'" in refused[0]["MESSAGE"]
     assert disk.state() == before
 
 

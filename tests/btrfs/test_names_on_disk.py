@@ -90,7 +90,7 @@ def test_every_spelling_of_the_archive_sees_a_foreign_subvolume(disk: Disk, spel
 
     setup(disk, foreign)
     stderr = refused(disk, "--archive", spelling, reason="foreign-subvolume")
-    assert "rollback did not put there: old/my-backup" in stderr
+    assert "rollback did not put there: 'old/my-backup'" in stderr
 
 
 def link(name: str, target: str) -> Callable[[Path], None]:

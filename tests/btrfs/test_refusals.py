@@ -85,7 +85,7 @@ def test_archive_holding_foreign_subvolumes(disk: Disk) -> None:
         btrfsutil.create_subvolume(str(top / "old_roots" / "my-backup"))
 
     setup(disk, change)
-    assert "rollback did not put there: old_roots/my-backup" in refused(disk, "--archive", "old_roots")
+    assert "rollback did not put there: 'old_roots/my-backup'" in refused(disk, "--archive", "old_roots")
 
 
 def test_blank_missing_in_snapshot_mode(disk: Disk) -> None:
