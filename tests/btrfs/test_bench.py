@@ -37,11 +37,15 @@ def test_quick_benchmark_produces_figures_and_a_chart(tmp_path: Path) -> None:
     assert [(r["files"], r["nested"], r["mode"], r["cache"]) for r in found["host"]] == [
         (1000, 0, "recreate", "cold"),
         (1000, 0, "recreate", "warm"),
+        (1000, 0, "after-boot", "cold"),
         (1000, 10, "recreate", "cold"),
         (1000, 10, "recreate", "warm"),
+        (1000, 10, "after-boot", "cold"),
     ]
+    assert [r["mode"] for r in found["host"] if "floor_ms" in r] == ["after-boot"] * 2  # the floor ran, and only there
     assert _journal_dir() == before  # its stand-in journal lived in its own mount namespace only
     assert all(r["project_ms"] > 0 and r["baseline_ms"] > 0 and r["ratio"] > 0 for r in found["host"])
+    assert all(r["floor_ms"] > 0 for r in found["host"] if r["mode"] == "after-boot")
     assert set(found["imports"]) == {"deferred", "eager"}
     assert [(r["files"], r["archived"]) for r in found["load"]] == [(1000, 5), (10_000, 5)]
     assert all(r["peak_rss_kib"] > 0 for r in found["load"])

@@ -32,8 +32,8 @@ def _results() -> dict[str, Any]:
             _host(1000, 1000, 190, 200),
             _host(1000, 0, 50, 25),
             _host(1_000_000, 0, 65, 26),
-            {**_host(100_000, 0, 70, 28), "mode": "after-boot"},
-            {**_host(100_000, 1000, 84, 255), "mode": "after-boot"},
+            {**_host(100_000, 0, 70, 28), "mode": "after-boot", "floor_ms": 25.0, "floor_range": [24.0, 26.0]},
+            {**_host(100_000, 1000, 84, 255), "mode": "after-boot", "floor_ms": 37.5, "floor_range": [36.0, 40.0]},
         ],
         "load": [],
         "vm": {
@@ -53,7 +53,10 @@ def test_each_target_is_judged_from_the_matching_row() -> None:
     assert judged["VM: rollback unit <= 1.0x the baseline's"] == ("1.5x", False)
     assert judged["initramfs growth over the baseline's <= 3 MB zstd"] == ("3.95 MB", False)
     assert judged["host after-boot, 100k files / 1000 nested: <= 0.4x"] == ("0.33x", True)
-    assert judged["host after-boot, 100k files: 1000 nested within 15% of 0"] == ("1.20x", False)
+    assert judged["host after-boot, 100k files: 1000 nested within 15% of 0"] == (
+        "1.20x (+14.0 ms); floor 1.50x (+12.5 ms)",
+        False,
+    )
 
 
 def test_the_report_marks_unmet_targets() -> None:
@@ -61,3 +64,4 @@ def test_the_report_marks_unmet_targets() -> None:
     assert "| VM: rollback unit <= 1.0x the baseline's | 1.5x | **no** |" in text
     assert "| host, 100k files / 100 nested: <= 1.0x | 0.9x | yes |" in text
     assert "Ratio floor/baseline: 1.1." in text
+    assert "| 100,000 | 1000 | 84 (84-84) | 37.5 (36.0-40.0) | 46.5 |" in text  # the after-boot floor's table
