@@ -91,6 +91,32 @@ def _refused(disk: Disk, reason: str, *args: str) -> None:
     assert disk.state() == before
 
 
+def _pinned_made_in(top: Path, made_in: str) -> None:
+    (top / made_in).mkdir(parents=True, exist_ok=True)
+    chattr("+i", top / made_in)
+
+
+@pytest.mark.parametrize(
+    ("made_in", "args"),
+    [("a", ("--archive", "a/b/old")), (".rollback", ()), ("", ())],
+    ids=["archive-two-levels-missing", "state-dir-without-trash", "top-without-state-dir"],
+)
+def test_the_directory_a_missing_place_would_be_made_in_pinned_is_refused_untouched(
+    disk: Disk, made_in: str, args: tuple[str, ...]
+) -> None:
+    """+i on the nearest existing directory of a place the run would make (the archive with its missing
+    parents, the trash, the state directory): MakeDir failed with EPERM at every boot."""
+    with disk.top() as top:
+        populate(top)
+        _pinned_made_in(top, made_in)
+        assert not (top / TRASH).exists()
+    try:
+        _refused(disk, "immutable", *args)
+    finally:
+        with disk.top() as top:
+            subprocess.run(["chattr", "-i", "-a", str(top / made_in)], capture_output=True)
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

@@ -3,6 +3,7 @@ lock per filesystem, and verbs that must write nothing (not even an atime) to pr
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import select
@@ -16,9 +17,10 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
+from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.disks import Disk, loop_device
 from tests.support.environment import require_root
-from tests.support.layout import NESTED, State, populate, rolled_back, sh
+from tests.support.layout import NESTED, State, outside_root, populate, rolled_back, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -296,6 +298,28 @@ def test_a_run_through_the_second_member(raid: Raid) -> None:
     ids = {s.path: s.id for s in before.subvolumes}
     assert {s.path: s.id for s in after.subvolumes}["root"] != ids["root"]
     assert "4 subvolume(s) deleted" in result.stderr
+
+
+@pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
+def test_no_room_for_the_first_change_on_two_members_deletes_the_pruned_roots_first(raid: Raid, cleanup: str) -> None:
+    """Keep mode's prune-first path (no room for step 1, archived roots due), run through the second
+    member: the due roots deleted, the run done; the result read through the first member."""
+    with raid[0].top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        for stamp in ("20200101T000000Z", "20200102T000000Z"):
+            btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / stamp))
+            btrfsutil.create_subvolume(str(top / "old" / stamp / "nested"))
+    before = states(*raid)
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", cleanup)
+    result = raid[1].rollback("run", *flags, env={FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert result.returncode == Exit.OK, result.stderr
+    assert "nothing changed: first deleting 2 pruned root(s)" in result.stderr
+    after = states(*raid)
+    archived = [p for p in after.subvolume_paths() if p.startswith("old/") and p.count("/") == 1]
+    assert len(archived) == 1 and archived[0] not in before.subvolume_paths()  # today's root, archived
+    assert not [p for p in after.subvolume_paths() if p.startswith(("old/2020", ".rollback/"))]
+    assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)
 
 
 # --- observing writes nothing, not even an atime ---------------------------------------------
