@@ -18,6 +18,7 @@ from typing import assert_never
 
 import btrfsutil
 
+from rollback import names
 from rollback.effects import refs
 from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Observation, Subvol
 from rollback.plan import (
@@ -156,6 +157,21 @@ def examine(top: Path, sub: Subvol) -> Examined | None:
     )
 
 
+def _kinds(top: Path, paths: Iterable[str], subvol_paths: set[str]) -> dict[str, Kind]:
+    """The kind of every path (each with its parents among `paths`), parents first. Below a parent
+    that is not a directory nothing is looked up (missing): a symbolic link on the way is never
+    followed (one that loops made lstat fail), and the plan refuses it where a run would use it."""
+    kinds: dict[str, Kind] = {}
+    wanted = dict.fromkeys(prefix for path in paths for prefix in names.prefixes(path))
+    for path in sorted(wanted, key=lambda p: p.count("/")):
+        parent = path.rpartition("/")[0]
+        if parent and kinds[parent] not in _DIRS:
+            kinds[path] = Kind.MISSING
+        else:
+            kinds[path] = _kind(top, path, subvol_paths)
+    return kinds
+
+
 def _kind(top: Path, path: str, subvol_paths: set[str]) -> Kind:
     if path in subvol_paths:
         return Kind.SUBVOLUME
@@ -247,7 +263,7 @@ def observe(
     listed = list_subvolumes(top) if bounds is None else list_bounded(top, *bounds)
     listed += _by_id(top, [*mounted, default_id], listed)
     subvol_paths = {s.path for s in listed}
-    kinds = {p: _kind(top, p, subvol_paths) for p in paths}
+    kinds = _kinds(top, paths, subvol_paths)
     dirs = {p for p, k in kinds.items() if k in _DIRS}
     holding = {h for h in holders if h in dirs}
     entries = {s.path for s in listed if s.path.rpartition("/")[0] in holding}  # archived roots, trash entries

@@ -111,6 +111,12 @@ def link(name: str, target: str) -> Callable[[Path], None]:
         (".rollback/trash", "../persist", (), "bad-holder"),
         (".rollback/trash", "../root", ("--archive", "old"), "bad-holder"),
         (".rollback", "persist", (), "state-dir"),
+        (".rollback", ".rollback", (), "state-dir"),
+        ("sys", "sys", ("--subvolume", "sys/root"), "not-directory"),
+        ("sys", "sys", ("--archive", "sys/old"), "not-directory"),
+        ("procfs", "/proc", ("--subvolume", "procfs/sys"), "not-directory"),
+        ("procfs", "/proc", ("--archive", "procfs/sys"), "not-directory"),
+        ("procfs", "/proc", ("--mode", "snapshot", "--blank", "procfs/sys"), "not-directory"),
     ],
     ids=[
         "subvolume-via-link",
@@ -120,6 +126,12 @@ def link(name: str, target: str) -> Callable[[Path], None]:
         "trash-is-link",
         "trash-is-link-keeping",
         "state-dir-is-link",
+        "state-dir-link-loop",
+        "subvolume-via-link-loop",
+        "archive-via-link-loop",
+        "subvolume-via-link-to-procfs",
+        "archive-via-link-to-procfs",
+        "blank-via-link-to-procfs",
     ],
 )
 def test_a_symbolic_link_on_the_way_is_refused(
@@ -127,6 +139,20 @@ def test_a_symbolic_link_on_the_way_is_refused(
 ) -> None:
     setup(disk, link(symlink, target))
     refused(disk, *args, reason=reason)
+
+
+@pytest.mark.parametrize(
+    ("verb", "code"), [("cleanup", Exit.REFUSED), ("skip-next", Exit.REFUSED), ("status", Exit.OK)]
+)
+def test_a_state_directory_that_links_to_itself_is_refused_by_every_verb(disk: Disk, verb: str, code: Exit) -> None:
+    """Looking at `.rollback/trash` through a `.rollback` that loops failed (ELOOP): exit 1, internal,
+    at every boot and every cleanup. Nothing below a link is looked up now."""
+    setup(disk, link(".rollback", ".rollback"))
+    before = state(disk)
+    result = disk.rollback(verb)
+    assert result.returncode == code, result.stderr
+    assert code == Exit.OK or "reason=state-dir" in result.stderr, result.stderr
+    assert state(disk) == before
 
 
 @pytest.mark.parametrize(
