@@ -58,6 +58,7 @@ class Observation:
     empty: frozenset[str] = frozenset()  # paths of interest that are empty directories
     pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
     immutable: frozenset[str] = frozenset()  # chattr +i or +a on its top directory ("" is the top level)
+    top_read_only: bool = False  # the top level (subvolume 5) has the read-only property
     now: datetime = datetime.min
 
     @cached_property

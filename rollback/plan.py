@@ -180,7 +180,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     trash's leftovers; they went anyway, and without them nothing of rollback's would free space."""
     if obs.skip_mark:
         check_mark(obs)
-        return Plan((RemoveMark(SKIP_MARK),), skipped="the skip-next mark was set")
+        return _writable(Plan((RemoveMark(SKIP_MARK),), skipped="the skip-next mark was set"), obs)
     check(config, obs)
     target = config.subvolume
     leftovers = [s.path for s in obs.entries(TRASH_DIR)]
@@ -219,7 +219,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
         move_to_trash(path)
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
-    return Plan((*steps, *(deletes if config.deletes_at_boot else ())))
+    return _writable(Plan((*steps, *(deletes if config.deletes_at_boot else ()))), obs)
 
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:
@@ -231,7 +231,7 @@ def plan_cleanup(config: Config, obs: Observation) -> Plan:
     deletes = tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries)
     # and the space back before it ends, so that the next boot has nothing to wait for (a boot that
     # finds deleted subvolumes not yet cleaned would wait for them, on the critical path)
-    return Plan((*deletes, Reclaim(timeout_s=3600.0)) if deletes else ())
+    return _writable(Plan((*deletes, Reclaim(timeout_s=3600.0)) if deletes else ()), obs)
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
@@ -248,7 +248,7 @@ def plan_skip_next(obs: Observation) -> Plan:
     if obs.kind(STATE_DIR) is Kind.MISSING:
         _check_changeable(_made_in(STATE_DIR, obs), obs)  # the top level, where it makes .rollback
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
-    return Plan((*steps, WriteMark(SKIP_MARK)))
+    return _writable(Plan((*steps, WriteMark(SKIP_MARK))), obs)
 
 
 def paths_of_interest(config: Config) -> list[str]:
@@ -413,6 +413,49 @@ def _check_changeable(path: str, obs: Observation) -> None:
             f"if that is not meant: chattr -i -a <top>/{path}",
             code="immutable",
         )
+
+
+def changed_dirs(step: Step) -> tuple[str, ...]:
+    """The directories whose entries `step` adds or removes ("" is the top level's)."""
+    match step:
+        case MakeDir(path=path) | Create(path=path) | Snapshot(dest=path) | Delete(path=path):
+            return (_parent(path),)
+        case WriteMark(path=path) | RemoveMark(path=path):
+            return (_parent(path),)
+        case Rename(source=source, dest=dest):
+            return (_parent(source), _parent(dest))
+        case Commit() | Reclaim() | Unlock():  # Unlock clears the subvolume's own flags, as it may
+            return ()
+        case _:
+            assert_never(step)
+
+
+def _writable(plan: Plan, obs: Observation) -> Plan:
+    """`plan`, once every directory it changes can be changed: not +i/+a, and not in a read-only
+    subvolume (btrfs answers EROFS: a step failing there would fail at every boot, or every cleanup
+    after its first deletes)."""
+    for directory in dict.fromkeys(d for step in plan.steps for d in changed_dirs(step)):
+        _check_changeable(directory, obs)
+        holder = _holding_subvolume(directory, obs)
+        found = obs.get(holder) if holder else None
+        if found.read_only if found else obs.top_read_only:
+            where = f"the read-only subvolume {names.shown(holder)}" if holder else "the read-only top level"
+            raise Refused(
+                f"{names.shown(directory) if directory else 'the top level'} lies in {where}: "
+                "the run could not change it",
+                f"if that is not meant: btrfs property set -ts <top>/{holder} ro false",
+                code="read-only-subvolume",
+            )
+    return plan
+
+
+def _holding_subvolume(directory: str, obs: Observation) -> str:
+    """The subvolume `directory` (or, missing, the nearest existing directory above it) belongs to: its
+    nearest enclosing subvolume, itself included; "" for the top level."""
+    for path in reversed(names.prefixes(directory) if directory else []):
+        if obs.kind(path) is Kind.SUBVOLUME:
+            return path
+    return ""
 
 
 def check_mark(obs: Observation) -> None:

@@ -62,6 +62,10 @@ REASONS: dict[str, Reason] = {
     "not-directory": _refused("a symbolic link or a file on the way to a name", "make it a plain directory"),
     "read-only-target": _refused("the target subvolume is read-only", "btrfs property set ... ro false"),
     "immutable": _refused("a place the run changes is chattr +i/+a", "chattr -i -a, if that is not meant"),
+    "read-only-subvolume": _refused(
+        "a place the run changes lies in a read-only subvolume (the top level's included)",
+        "btrfs property set ... ro false, if that is not meant",
+    ),
     "no-blank": _refused("snapshot mode, and the blank snapshot does not exist", "create it (README)"),
     "blank-writable": _refused("the blank snapshot is writable", "btrfs property set ... ro true"),
     "read-only": _refused("the filesystem cannot be remounted read-write", "blockdev --getro; dmesg"),

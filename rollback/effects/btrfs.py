@@ -281,6 +281,7 @@ def observe(
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
         immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p))
         | frozenset(p for p in [SKIP_MARK] if mark_regular and _pinned_file(top / p)),
+        top_read_only=btrfsutil.get_subvolume_read_only(str(top)),
         now=now,
     )
 

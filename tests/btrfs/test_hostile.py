@@ -91,6 +91,71 @@ def _refused(disk: Disk, reason: str, *args: str) -> None:
     assert disk.state() == before
 
 
+def _read_only(top: Path, path: str) -> None:
+    btrfsutil.set_subvolume_read_only(str(top / path), True)
+
+
+def _subvolume(top: Path, path: str) -> None:
+    (top / path).parent.mkdir(parents=True, exist_ok=True)
+    btrfsutil.create_subvolume(str(top / path))
+
+
+def _left_in_the_trash(disk: Disk) -> None:
+    """An after-boot run's leftover: the old root, with a nested subvolume, in the trash."""
+    with disk.top() as top:
+        btrfsutil.create_subvolume(str(top / "root" / "nest"))
+    assert disk.rollback("run", "--cleanup", "after-boot").returncode == Exit.OK
+
+
+@pytest.mark.parametrize(
+    ("verb", "args", "change", "reason"),
+    [
+        ("run", (), lambda top: (_subvolume(top, TRASH), _read_only(top, TRASH)), "read-only-subvolume"),
+        ("run", (), lambda top: _read_only(top, ""), "read-only-subvolume"),
+        (
+            "run",
+            ("--archive", "old"),
+            lambda top: (_subvolume(top, "old"), _read_only(top, "old")),
+            "read-only-subvolume",
+        ),
+        (
+            "run",
+            ("--subvolume", "sys/root"),
+            lambda top: (_subvolume(top, "sys"), _subvolume(top, "sys/root"), _read_only(top, "sys")),
+            "read-only-subvolume",
+        ),
+        ("skip-next", (), lambda top: _read_only(top, ""), "read-only-subvolume"),
+        ("cleanup", (), lambda top: _read_only(top, ""), "read-only-subvolume"),
+        ("cleanup", (), lambda top: chattr("+i", top / TRASH), "immutable"),
+    ],
+    ids=["ro-trash", "ro-top-run", "ro-archive", "ro-parent", "ro-top-skip-next", "ro-top-cleanup", "+i-trash-cleanup"],
+)
+def test_a_place_the_verb_changes_in_a_read_only_subvolume_or_pinned_is_refused_untouched(
+    disk: Disk, verb: str, args: tuple[str, ...], change: Callable[[Path], object], reason: str
+) -> None:
+    """EROFS (EPERM for +i) at a step: exit 1 at every boot, or at every cleanup after it had deleted
+    the nested subvolumes of the entry (found by an adversarial tester)."""
+    with disk.top() as top:
+        populate(top)
+    if verb == "cleanup":
+        _left_in_the_trash(disk)
+    with disk.top() as top:
+        change(top)
+    before = disk.state()
+    try:
+        for _ in range(2):  # and the same at the next boot: a refusal, not a failure that repeats
+            result = disk.rollback(verb, *args)
+            assert result.returncode == Exit.REFUSED, result.stderr
+            assert f"reason={reason}" in result.stderr and "hint=" in result.stderr, result.stderr
+            assert disk.state() == before
+    finally:
+        with disk.top() as top:  # or the fixture cannot clean up
+            subprocess.run(["chattr", "-i", "-a", str(top / TRASH)], capture_output=True)
+            for path in ("", TRASH, "old", "sys"):
+                if (top / path).exists() and btrfsutil.is_subvolume(str(top / path)):
+                    btrfsutil.set_subvolume_read_only(str(top / path), False)
+
+
 def _pinned_made_in(top: Path, made_in: str) -> None:
     (top / made_in).mkdir(parents=True, exist_ok=True)
     chattr("+i", top / made_in)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -330,6 +331,63 @@ def test_a_name_that_is_not_utf8_reads_as_the_events_spell_it(
         plan_run(config(**flags), observe(**obs))  # type: ignore[arg-type]
     text = f"{caught.value.reason} {caught.value.hint}"
     assert caught.value.code == code and "\\xff" in text and "\\udc" not in text, text
+
+
+ENTRY = f"{TRASH_DIR}/20260101T000000Z"
+PLANNERS: dict[str, Callable[[Observation, dict[str, object]], Plan]] = {
+    "run": lambda obs, flags: plan_run(config(**flags), obs),  # type: ignore[arg-type]
+    "cleanup": lambda obs, flags: plan_cleanup(config(**flags), obs),  # type: ignore[arg-type]
+    "skip-next": lambda obs, flags: plan_skip_next(obs),
+}
+
+
+@pytest.mark.parametrize(
+    ("planner", "flags", "subvols", "top_read_only", "immutable", "code"),
+    [
+        ("run", {}, [*LAYOUT], True, "", "read-only-subvolume"),  # the root renamed out of the top level
+        ("run", {}, [*LAYOUT, (TRASH_DIR, True)], False, "", "read-only-subvolume"),  # ... into a read-only trash
+        ("run", {"subvolume": "sys/root"}, [("sys", True), "sys/root", "persist"], False, "", "read-only-subvolume"),
+        ("run", {"archive": "old"}, [*LAYOUT, ("old", True)], False, "", "read-only-subvolume"),
+        ("run", {"archive": "a/old"}, [*LAYOUT, ("a", True)], False, "", "read-only-subvolume"),  # a/old made in a
+        ("run", {"mode": "snapshot"}, [*LAYOUT, ("root-blank", True)], True, "", "read-only-subvolume"),
+        ("skip-next", {}, [*LAYOUT], True, "", "read-only-subvolume"),  # .rollback made in the top level
+        ("cleanup", {}, [*LAYOUT, (TRASH_DIR, True), ENTRY], False, "", "read-only-subvolume"),
+        ("cleanup", {}, [*LAYOUT, ENTRY], False, TRASH_DIR, "immutable"),  # deleted the nested ones, then EPERM
+    ],
+)
+def test_a_place_a_plan_changes_in_a_read_only_subvolume_or_pinned_is_refused(
+    planner: str,
+    flags: dict[str, object],
+    subvols: list[str | tuple[str, bool]],
+    top_read_only: bool,
+    immutable: str,
+    code: str,
+) -> None:
+    """btrfs answers EROFS (EPERM for +i) at the step: exit 1 at every boot (every cleanup, after its
+    first deletes). Now refused before the first change."""
+    obs = replace(
+        observe(subvols, dirs=[TRASH_DIR] if (TRASH_DIR, True) not in subvols else []),
+        top_read_only=top_read_only,
+        immutable=frozenset({immutable} if immutable else ()),
+    )
+    with pytest.raises(Refused) as refused:
+        PLANNERS[planner](obs, flags)
+    assert refused.value.code == code, refused.value.reason
+
+
+@pytest.mark.parametrize(
+    ("planner", "subvols"),
+    [
+        ("run", [*LAYOUT, (f"{ENTRY}", True)]),  # a read-only leftover in the trash: unlocked, deleted
+        ("cleanup", [*LAYOUT, (f"{ENTRY}", True), f"{ENTRY}/var"]),
+        ("run", [*LAYOUT, ("persist/ro", True)]),  # elsewhere: none of the run's business
+        ("skip-next", [*LAYOUT, ("persist", True)]),
+    ],
+)
+def test_read_only_subvolumes_a_plan_does_not_change_in_are_fine(
+    planner: str, subvols: list[str | tuple[str, bool]]
+) -> None:
+    assert PLANNERS[planner](observe(subvols, dirs=[TRASH_DIR]), {}).steps
 
 
 def test_archived_roots_may_hold_nested_subvolumes() -> None:
