@@ -100,6 +100,14 @@ def _subvolume(top: Path, path: str) -> None:
     btrfsutil.create_subvolume(str(top / path))
 
 
+def _read_only_subvolume(top: Path, path: str, *inside: str) -> None:
+    """A read-only subvolume at `path`, holding subvolumes `inside` (made before it turned read-only)."""
+    _subvolume(top, path)
+    for name in inside:
+        _subvolume(top, f"{path}/{name}")
+    _read_only(top, path)
+
+
 def _left_in_the_trash(disk: Disk) -> None:
     """An after-boot run's leftover: the old root, with a nested subvolume, in the trash."""
     with disk.top() as top:
@@ -110,18 +118,13 @@ def _left_in_the_trash(disk: Disk) -> None:
 @pytest.mark.parametrize(
     ("verb", "args", "change", "reason"),
     [
-        ("run", (), lambda top: (_subvolume(top, TRASH), _read_only(top, TRASH)), "read-only-subvolume"),
+        ("run", (), lambda top: _read_only_subvolume(top, TRASH), "read-only-subvolume"),
         ("run", (), lambda top: _read_only(top, ""), "read-only-subvolume"),
-        (
-            "run",
-            ("--archive", "old"),
-            lambda top: (_subvolume(top, "old"), _read_only(top, "old")),
-            "read-only-subvolume",
-        ),
+        ("run", ("--archive", "old"), lambda top: _read_only_subvolume(top, "old"), "read-only-subvolume"),
         (
             "run",
             ("--subvolume", "sys/root"),
-            lambda top: (_subvolume(top, "sys"), _subvolume(top, "sys/root"), _read_only(top, "sys")),
+            lambda top: _read_only_subvolume(top, "sys", "root"),
             "read-only-subvolume",
         ),
         ("skip-next", (), lambda top: _read_only(top, ""), "read-only-subvolume"),
