@@ -73,10 +73,16 @@ REASONS: dict[str, Reason] = {
         "no room for the first change: the filesystem is full of the machine's own data",
         "free space (btrfs filesystem usage); the old root stays in use until then",
     ),
+    "over-quota": _refused(
+        "no room for the first change: a quota group's limit is reached (btrfs qgroups)",
+        "raise or remove the limit (btrfs qgroup show -re); the old root stays in use until then",
+    ),
     # exit 1: after changes began; the device is consistent and the next run finishes the job
     "step-failed": Reason(Exit.FAILED, "a step failed (I/O error...)", "see the message; rollback status"),
     "no-space-midway": Reason(
-        Exit.FAILED, "space ran out after what rollback itself left was freed", "free space; the next run finishes"
+        Exit.FAILED,
+        "space (or a qgroup limit) ran out after changes began",
+        "free space or raise the limit; the next run finishes",
     ),
     "tree-unreadable": Reason(
         Exit.FAILED, "`diff` could not read a directory or file of the root (I/O error)", "see dmesg; btrfs scrub"

@@ -112,41 +112,50 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
     from rollback.plan import Reclaim
 
     waited = any(isinstance(step, Reclaim) for step in plan.steps[: number - 1])
-    return error.errno == errno.ENOSPC and waited and btrfs.cleaner_busy(top)
+    return error.errno in _NO_ROOM and waited and btrfs.cleaner_busy(top)
+
+
+_NO_ROOM = {  # a step's errno that means no room for it, and how the message says so
+    errno.ENOSPC: "no space left on the filesystem",
+    errno.EDQUOT: "a quota group's limit is reached (disk quota exceeded)",
+}
 
 
 def _failure(
     number: int, plan: Plan, error: OSError, undone: str, *, still_freeing: bool = False
 ) -> Refused | StepFailed:
-    """What a failing step means. No room for the very first change, when that change is one system
-    call (btrfs reserves its space before it alters anything), leaves the device exactly as it was: a
-    refusal, which says so, rather than a failure after changes began. `still_freeing`: the wait for
-    the kernel's cleaner before this step ended with deleted subvolumes' space not yet free."""
+    """What a failing step means. No room for the very first change (no space, or a qgroup limit), when
+    that change is one system call (btrfs reserves its space before it alters anything), leaves the
+    device exactly as it was: a refusal, which says so, rather than a failure after changes began.
+    `still_freeing`: the wait for the kernel's cleaner before this step ended with deleted
+    subvolumes' space not yet free."""
     from rollback.plan import Delete, changes_nothing_on_enospc, nothing_changed_before
 
     step = plan.steps[number - 1]
     what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
-    if error.errno != errno.ENOSPC:
+    lack = _NO_ROOM.get(error.errno or 0)
+    if lack is None:
         return StepFailed(
             what + str(error) + undone,
             "the device is consistent; the next run finishes the job (see rollback status)",
             code="step-failed",
         )
-    free = "free space (btrfs filesystem usage); the old root stays in use until then"
+    quota = error.errno == errno.EDQUOT
+    free = "raise or remove the limit (btrfs qgroup show -re <top>)" if quota else "free space (btrfs filesystem usage)"
+    free += "; the old root stays in use until then"
     freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
     if nothing_changed_before(plan.steps, number) and changes_nothing_on_enospc(step):
-        return Refused(
-            what
-            + "no space left on the filesystem, before any change"
-            + (freeing if still_freeing else "; nothing of rollback's to free"),
-            free,
-            code="no-space",
-        )
+        if quota:
+            return Refused(
+                what + lack + ", before any change" + (freeing if still_freeing else ""), free, code="over-quota"
+            )
+        ours = freeing if still_freeing else "; nothing of rollback's to free"
+        return Refused(what + lack + ", before any change" + ours, free, code="no-space")
     deleted = any(isinstance(done, Delete) for done in plan.steps[: number - 1])
     return StepFailed(
-        what + "no space left on the filesystem" + (freeing if still_freeing else "") + undone,
+        what + lack + (freeing if still_freeing else "") + undone,
         ("what rollback itself left was deleted first; the rest is the machine's data: " if deleted else "")
         + free
         + ", and the next run finishes the job",

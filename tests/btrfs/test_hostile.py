@@ -159,6 +159,27 @@ def test_a_place_the_verb_changes_in_a_read_only_subvolume_or_pinned_is_refused_
                     btrfsutil.set_subvolume_read_only(str(top / path), False)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("run",), ("run", "--cleanup", "after-boot"), ("run", "--archive", "old"), ("skip-next",)],
+    ids=lambda args: " ".join(args),
+)
+def test_a_quota_group_limit_reached_is_refused_untouched(disk: Disk, args: tuple[str, ...]) -> None:
+    """EDQUOT at the first change (btrfs reserves before it alters anything): a refusal, twice. It was a
+    step failure, exit 1 at every boot, with a hint that the next run would finish the job."""
+    with disk.top() as top:
+        populate(top)
+        sh("btrfs", "quota", "enable", str(top))
+        sh("btrfs", "quota", "rescan", "-w", str(top))
+        sh("btrfs", "qgroup", "limit", "16k", "0/5", str(top))  # the top level's own qgroup, already over
+    before = disk.state()
+    for _ in range(2):
+        result = disk.rollback(*args)
+        assert result.returncode == Exit.REFUSED, result.stderr
+        assert "reason=over-quota" in result.stderr and "before any change" in result.stderr, result.stderr
+        assert disk.state() == before
+
+
 def _pinned_made_in(top: Path, made_in: str) -> None:
     (top / made_in).mkdir(parents=True, exist_ok=True)
     chattr("+i", top / made_in)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -134,13 +135,17 @@ def test_making_room_deletes_the_pruned_archived_roots_first(cleanup: str) -> No
         ((Delete(f"{TRASH_DIR}/x", 1), Reclaim()), False),  # leftovers were deleted first: midway
     ],
 )
-def test_no_space_is_a_refusal_only_while_nothing_of_the_runs_changed(before: tuple[Step, ...], refusal: bool) -> None:
+@pytest.mark.parametrize(("code", "refused"), [(28, "no-space"), (122, "over-quota")])  # ENOSPC, EDQUOT
+def test_no_space_is_a_refusal_only_while_nothing_of_the_runs_changed(
+    before: tuple[Step, ...], refusal: bool, code: int, refused: str
+) -> None:
     from rollback.verbs import _failure
 
     plan = Plan((*before, Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"), Commit()))
-    failure = _failure(len(before) + 1, plan, OSError(28, "No space left on device"), "")
+    failure = _failure(len(before) + 1, plan, OSError(code, os.strerror(code)), "")
     assert nothing_changed_before(plan.steps, len(before) + 1) is refusal
-    assert failure.code == ("no-space" if refusal else "no-space-midway")
+    assert failure.code == (refused if refusal else "no-space-midway")
+    assert ("quota" in failure.reason) is (code == 122)
 
 
 @pytest.mark.parametrize("still_freeing", [False, True])
