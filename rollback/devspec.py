@@ -23,9 +23,14 @@ def udev_escape(value: str) -> str:
 
 
 def device_path(spec: str) -> str:
-    """`/dev/...` as is; `UUID=...` etc. as their /dev/disk/by-*/ link; ValueError for anything else."""
+    """`/dev/...` as is; `UUID=...` etc. as their /dev/disk/by-*/ link, the value unquoted as systemd
+    reads fstab (`UUID="..."`, as blkid prints it); ValueError for anything else."""
+    if "\0" in spec:
+        raise ValueError("holds a NUL byte")
     tag, has_tag, value = spec.partition("=")
     if has_tag and tag.upper() in TAGS:
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
         if not value:
             raise ValueError(f"names no {tag.upper()}")
         return f"/dev/disk/{TAGS[tag.upper()]}/{udev_escape(value)}"

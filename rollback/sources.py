@@ -50,6 +50,8 @@ def read_cmdline(path: str) -> str:
             "pass --kernel-cmdline /dev/null to ignore it",
             code="cmdline-unreadable",
         ) from None
+    if b"\0" in raw:  # the kernel's is a C string: a file holding one is not a command line
+        raise ConfigError(f"kernel command line {path} holds a NUL byte", code="bad-encoding")
     try:
         return raw.decode()
     except UnicodeDecodeError:

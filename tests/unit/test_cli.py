@@ -98,6 +98,27 @@ def test_config_errors_exit_2_with_a_reason(capsys: pytest.CaptureFixture[str], 
     assert "invalid:" in err and "hint=" in err
 
 
+@pytest.mark.parametrize("verb", ["run", "status", "cleanup"])
+@pytest.mark.parametrize(
+    ("where", "text", "reason"),
+    [
+        ("config", 'device = "/dev/loop0\\u0000"\n', "bad-name"),
+        ("config", 'device = "LABEL=a\\u0000b"\n', "bad-name"),
+        ("cmdline", "quiet rollback.device=/dev/loop0\0x\n", "bad-encoding"),
+        ("cmdline", "resume=/dev/vda2\0 quiet\n", "bad-encoding"),
+    ],
+)
+def test_a_nul_byte_in_a_setting_is_exit_2_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str, where: str, text: str, reason: str
+) -> None:
+    """It was ValueError('embedded null byte') when opening the device: exit 1, internal, at every boot."""
+    (tmp_path / where).write_text(text)
+    cmdline = str(tmp_path / "cmdline") if where == "cmdline" else "/dev/null"
+    argv = ["--config", str(tmp_path / "config")] if where == "config" else ["--device", "/dev/loop0"]
+    code, _, err = run(capsys, verb, *argv, "--kernel-cmdline", cmdline)
+    assert code == Exit.USAGE and f"reason={reason}" in err, err
+
+
 def test_kernel_cmdline_skip_exits_77_without_touching_the_device(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

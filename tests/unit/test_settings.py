@@ -73,6 +73,8 @@ def test_describe_lists_every_setting_with_its_source() -> None:
         ({"subvolume": "persist/"}, "conflict"),
         ({"device": "sda2"}, "bad-name"),
         ({"device": "UUID="}, "bad-name"),
+        ({"device": 'UUID=""'}, "bad-name"),
+        ({"device": "/dev/vda\0"}, "bad-name"),
         ({"keep_count": 3}, "conflict"),
         ({"archive": "root/old"}, "conflict"),
         ({"archive": "old", "subvolume": "old/root"}, "conflict"),
@@ -197,6 +199,10 @@ def test_every_name_reaches_the_rules_in_its_one_spelling(setting: str, spelling
         ("LABEL=raw\udcffbyte", "/dev/disk/by-label/raw\\xffbyte"),  # an undecodable byte
         ("PARTUUID=0fc63daf-01", "/dev/disk/by-partuuid/0fc63daf-01"),
         ("PARTLABEL=root", "/dev/disk/by-partlabel/root"),
+        ('UUID="3798ce50-7425"', "/dev/disk/by-uuid/3798ce50-7425"),  # as blkid prints it: systemd unquotes
+        ("LABEL='my disk'", "/dev/disk/by-label/my\\x20disk"),
+        ('LABEL="', "/dev/disk/by-label/\\x22"),  # one quote is the label
+        ("LABEL='a\"", "/dev/disk/by-label/\\x27a\\x22"),  # unmatched: kept
     ],
 )
 def test_devices_are_written_as_in_fstab_too(spec: str, path: str) -> None:
