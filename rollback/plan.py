@@ -508,7 +508,9 @@ def _check_holder(directory: str, obs: Observation, what: str) -> None:
     if kind is Kind.OTHER:
         raise Refused(
             f"the {what} {names.shown(directory)} is not a directory",
-            f"move it away or choose another {what}",
+            f"move it away or choose another {what} (--archive)"
+            if directory != TRASH_DIR
+            else "move it away: rollback keeps its trash there",
             code="bad-holder",
         )
     ours = [s.path for s in obs.entries(directory)]

@@ -9,6 +9,7 @@ replaces the default list, and the kernel command line and flags add to it.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never, get_args
@@ -60,11 +61,22 @@ def parse_bool(text: str, where: str) -> bool:
     )
 
 
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+
+
 def _integer(text: str, where: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise ConfigError(f"{where}: expected an integer, got {names.shown(text)}", code="bad-value") from None
+    """Decimal ASCII digits, with an optional sign: int() alone takes `5_0` (50) and other scripts'
+    digits (`١٢`: 12), which nobody writing a number of days means."""
+    if not _DECIMAL.fullmatch(text.strip()):
+        raise ConfigError(f"{where}: expected an integer, got {names.shown(text)}", code="bad-value")
+    return int(text, 10)
+
+
+def integer(text: str) -> int:
+    """argparse's type for numbers (its error says "invalid integer value"): the same digits as above."""
+    if not _DECIMAL.fullmatch(text.strip()):
+        raise ValueError(text)
+    return int(text, 10)
 
 
 def _typed(expected: type[str | int | bool], label: str) -> Callable[[object, str], Value]:
@@ -84,7 +96,7 @@ def _string_list(value: object, where: str) -> Value:
 
 
 TEXT = Parser("str", lambda text, where: text, _typed(str, "str"), {"type": str})
-INTEGER = Parser("int", _integer, _typed(int, "int"), {"type": int})
+INTEGER = Parser("int", _integer, _typed(int, "int"), {"type": integer})
 BOOLEAN = Parser("bool", parse_bool, _typed(bool, "bool"), {"action": "store_const", "const": True}, bare=True)
 NAMES = Parser(
     "list",

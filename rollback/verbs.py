@@ -17,6 +17,7 @@ from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Observation
 from rollback.plan import (
+    Delete,
     Plan,
     bounds,
     holders,
@@ -265,7 +266,8 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
             print("\n".join(plan.describe()) or "nothing to do")
             return Exit.OK
         if plan.steps:
-            emit("started", f"deleting {len(plan.steps)} old root(s) from the trash on {fields['device']}", **fields)
+            roots = sum(isinstance(step, Delete) for step in plan.steps)  # not the wait for the cleaner
+            emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
             _execute(plan, top, fields)
     emit(
         "finished",
@@ -317,8 +319,10 @@ def show_config(config: Config, *, as_json: bool) -> Exit:
     if as_json:
         print(_json({"settings": as_dict(config), "sources": dict(config.sources)}))
     else:
-        for key, value, source in describe(config):
-            print(f"{key:<11} {value!s:<28} ({source})")
+        rows = describe(config)
+        width = max(len(key) for key, _, _ in rows)  # the longest key (ignore-hibernation) sets the column
+        for key, value, source in rows:
+            print(f"{key:<{width}} {value!s:<28} ({source})")
     return Exit.OK
 
 

@@ -19,6 +19,7 @@ _MS_NOATIME = 1024
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
+_ENOENT = 2  # errno.ENOENT
 MOUNT_POINT = "/run/rollback"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,6 +65,13 @@ def top_level(device: str) -> Iterator[Path]:
     result = _libc.mount(os.fsencode(device), os.fsencode(where), b"btrfs", flags, b"subvolid=5")
     if result != 0:
         errno = ctypes.get_errno()
+        if errno == _ENOENT and os.path.exists(device):  # btrfs's answer when a member is not there
+            raise Refused(
+                f"cannot mount {device}: a device of its btrfs filesystem is missing ({os.strerror(errno)})",
+                f"btrfs filesystem show {device}; dmesg names what is missing; a degraded filesystem is "
+                "repaired by hand (mount -o degraded), not rolled back",
+                code="mount-failed",
+            )
         raise Refused(
             f"cannot mount {device}: {os.strerror(errno)}",
             "check the device with btrfs check --readonly; see dmesg",

@@ -55,6 +55,7 @@ def test_the_boot_leaves_the_old_root_and_the_cleanup_deletes_it(disk: Disk) -> 
     assert cleaned.returncode == Exit.OK, cleaned.stderr
     held = len([p for p in booted.subvolume_paths() if p.startswith(TRASH)])  # the old root and its nested
     assert held == 21 and f"{held} subvolume(s) deleted" in cleaned.stderr
+    assert "deleting 1 old root(s) from the trash" in cleaned.stderr  # it counted the wait for the cleaner too
     after = disk.state()
     assert trash(after) == [] and outside_root(after) == outside_root(before)
     assert after.under("root") == booted.under("root")

@@ -322,6 +322,23 @@ def test_no_room_for_the_first_change_on_two_members_deletes_the_pruned_roots_fi
     assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)
 
 
+@pytest.mark.parametrize("verb", ["run", "status", "cleanup"])
+def test_a_member_missing_is_refused_saying_so(raid: Raid, verb: str) -> None:
+    """btrfs answers ENOENT when a member is not there: the refusal said "No such file or directory"
+    of a device node that exists."""
+    with raid[0].top() as top:
+        populate(top)
+    before = states(*raid)
+    sh("btrfs", "device", "scan", "--forget", raid[1].device)  # as if that disk had not appeared
+    try:
+        result = raid[0].rollback(verb)
+    finally:
+        sh("btrfs", "device", "scan", raid[1].device)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=mount-failed" in result.stderr and "a device of its btrfs filesystem is missing" in result.stderr
+    assert states(*raid) == before
+
+
 # --- observing writes nothing, not even an atime ---------------------------------------------
 
 

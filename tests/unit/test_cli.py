@@ -56,6 +56,16 @@ def test_config_shows_resolved_settings_with_sources(tmp_path: Path, capsys: pyt
     assert shown["sources"]["mode"] == "kernel command line" and shown["sources"]["keep_count"] == "flag"
 
 
+def test_config_text_keeps_its_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every value starts in one column, the longest key's (ignore-hibernation broke it)."""
+    code, out, _ = run(capsys, "config", "--kernel-cmdline", "/dev/null", "--device", "/dev/vdb")
+    lines = out.splitlines()
+    assert code == 0 and any(line.startswith("ignore-hibernation ") for line in lines)
+    width = len("ignore-hibernation")
+    assert all((line[width] == " " and line[width + 1] != " ") or "archive" in line for line in lines), out
+    assert len({line.rindex(" (") for line in lines}) == 1, out  # and the sources in one column
+
+
 def test_flags_work_before_the_verb(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--device", "/dev/vdc", "config", "--kernel-cmdline", "/dev/null", "--json")
     assert code == 0 and json.loads(out)["settings"]["device"] == "/dev/vdc"
@@ -165,7 +175,9 @@ def test_entry_point_flushes_output_before_its_fast_exit(tmp_path: Path, argv: t
     ("argv", "said"),
     [
         (("run", "--mode", "snapshotx"), "invalid choice: 'snapshotx'"),
-        (("run", "--keep-days", "ten"), "invalid int value: 'ten'"),
+        (("run", "--keep-days", "ten"), "invalid integer value: 'ten'"),
+        (("run", "--keep-days", "5_0"), "invalid integer value: '5_0'"),  # int() reads 50
+        (("run", "--keep-count", "١٢"), "invalid integer value: '١٢'"),  # int() reads 12
         (("run", "--device"), "expected one argument"),
         (("run", "--no-such-flag"), "unrecognized arguments: --no-such-flag"),
         (("explode",), "invalid choice: 'explode'"),

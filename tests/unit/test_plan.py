@@ -395,6 +395,13 @@ def test_read_only_subvolumes_a_plan_does_not_change_in_are_fine(
     assert PLANNERS[planner](observe(subvols, dirs=[TRASH_DIR]), {}).steps
 
 
+def test_the_trash_is_not_a_directory_one_can_choose() -> None:
+    """Its bad-holder hint said "or choose another trash directory": no setting chooses it."""
+    with pytest.raises(Refused) as refused:
+        plan_run(config(), observe(["root"], files=[TRASH_DIR]))
+    assert refused.value.code == "bad-holder" and "choose" not in refused.value.hint
+
+
 def test_archived_roots_may_hold_nested_subvolumes() -> None:
     plan = plan_run(config(archive="old"), observe(["root", "old/20261101T000000Z", "old/20261101T000000Z/var"]))
     assert Rename("root", f"old/{STAMP}") in plan.steps

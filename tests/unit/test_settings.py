@@ -125,7 +125,16 @@ def test_kernel_cmdline_booleans(value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "garbage", ["rollback.frobnicate=1", "rollback.keep-days=many", "rollback.skip=maybe", "rollback.mode"]
+    "garbage",
+    [
+        "rollback.frobnicate=1",
+        "rollback.keep-days=many",
+        "rollback.skip=maybe",
+        "rollback.mode",
+        "rollback.keep-days=5_0",  # int() reads 50
+        "rollback.keep-count=١٢",  # int() reads 12
+        "rollback.keep-min=+-1",
+    ],
 )
 def test_kernel_cmdline_garbage_is_a_config_error(garbage: str) -> None:
     with pytest.raises(ConfigError):
