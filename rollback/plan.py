@@ -159,6 +159,16 @@ def put_back(steps: tuple[Step, ...], failed: int) -> Rename | None:
             return None
 
 
+def undone_by_put_back(steps: tuple[Step, ...], failed: int) -> bool:
+    """Moving the old root back (put_back) undoes everything the steps before `failed` changed: they
+    only waited for the kernel's cleaner, made directories (left, empty) and moved the old root."""
+    undo = put_back(steps, failed)
+    if undo is None:
+        return False
+    moved = Rename(undo.dest, undo.source)
+    return all(isinstance(step, (Reclaim, MakeDir)) or step == moved for step in steps[: failed - 1])
+
+
 @dataclass(frozen=True)
 class Plan:
     """The steps of one run, in order; `skipped` says why a run keeps the root."""

@@ -72,10 +72,9 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             btrfs.execute(step, top)
         except OSError as error:
-            undone = _put_back(plan, number, top, fields)
-            raise _failure(
-                number, plan, error, undone, still_freeing=_still_freeing(plan, number, error, top)
-            ) from error
+            undone, restored = _put_back(plan, number, top, fields)
+            freeing = _still_freeing(plan, number, error, top)
+            raise _failure(number, plan, error, undone, restored=restored, still_freeing=freeing) from error
         emit(
             "step",
             step.describe(),
@@ -90,21 +89,22 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
 
 
-def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> str:
-    """Move the old root back if making the new one failed (plan.put_back); say what happened."""
+def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> tuple[str, bool]:
+    """Move the old root back if making the new one failed (plan.put_back): what happened, for the
+    message, and whether the old root is back."""
     from rollback.effects import btrfs
     from rollback.plan import Commit, put_back
 
     undo = put_back(plan.steps, failed)
     if undo is None:
-        return ""
+        return "", False
     try:
         btrfs.execute(undo, top)
         btrfs.execute(Commit(), top)  # on disk before the boot goes on
     except OSError as error:
-        return f"; moving the old root back failed too ({error}): it is at {undo.source}"
+        return f"; moving the old root back failed too ({error}): it is at {undo.source}", False
     emit("step", f"put back: {undo.describe()}", step=failed, steps=len(plan.steps), **fields)
-    return f"; the old root was moved back ({undo.describe()})"
+    return f"; the old root was moved back ({undo.describe()})", True
 
 
 def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
@@ -123,14 +123,16 @@ _NO_ROOM = {  # a step's errno that means no room for it, and how the message sa
 
 
 def _failure(
-    number: int, plan: Plan, error: OSError, undone: str, *, still_freeing: bool = False
+    number: int, plan: Plan, error: OSError, undone: str, *, restored: bool = False, still_freeing: bool = False
 ) -> Refused | StepFailed:
     """What a failing step means. No room for the very first change (no space, or a qgroup limit), when
     that change is one system call (btrfs reserves its space before it alters anything), leaves the
-    device exactly as it was: a refusal, which says so, rather than a failure after changes began.
+    device exactly as it was: a refusal, which says so, rather than a failure after changes began. So
+    does no room to make the new root once the old one is back (`restored`) and nothing else changed:
+    the next run would meet the same, so there is no job for it to finish.
     `still_freeing`: the wait for the kernel's cleaner before this step ended with deleted
     subvolumes' space not yet free."""
-    from rollback.plan import Delete, changes_nothing_on_enospc, nothing_changed_before
+    from rollback.plan import Delete, changes_nothing_on_enospc, nothing_changed_before, undone_by_put_back
 
     step = plan.steps[number - 1]
     what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
@@ -147,13 +149,13 @@ def _failure(
     freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
-    if nothing_changed_before(plan.steps, number) and changes_nothing_on_enospc(step):
+    unchanged = nothing_changed_before(plan.steps, number) and changes_nothing_on_enospc(step)
+    if unchanged or (restored and undone_by_put_back(plan.steps, number)):
+        when = ", before any change" if unchanged else undone
         if quota:
-            return Refused(
-                what + lack + ", before any change" + (freeing if still_freeing else ""), free, code="over-quota"
-            )
-        ours = freeing if still_freeing else "; nothing of rollback's to free"
-        return Refused(what + lack + ", before any change" + ours, free, code="no-space")
+            return Refused(what + lack + when + (freeing if still_freeing else ""), free, code="over-quota")
+        ours = freeing if still_freeing else "; nothing of rollback's is due for deletion"
+        return Refused(what + lack + when + ours, free, code="no-space")
     deleted = any(isinstance(done, Delete) for done in plan.steps[: number - 1])
     return StepFailed(
         what + lack + (freeing if still_freeing else "") + undone,

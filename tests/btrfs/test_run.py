@@ -163,27 +163,36 @@ MODES = {"recreate": (), "keep": ("--archive", "old", "--keep-min", "0"), "snaps
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no-space-midway"), (errno.EIO, "step-failed")])
+@pytest.mark.parametrize(
+    ("code", "reason", "exit_"),
+    [
+        (errno.ENOSPC, "no-space", Exit.REFUSED),
+        (errno.EDQUOT, "over-quota", Exit.REFUSED),
+        (errno.EIO, "step-failed", Exit.FAILED),
+    ],
+)
 def test_when_the_new_root_cannot_be_made_the_old_one_is_moved_back(
-    disk: Disk, mode: str, code: int, reason: str
+    disk: Disk, mode: str, code: int, reason: str, exit_: Exit
 ) -> None:
     """The old root was set aside (into the trash or the archive), then making the new one fails: the
     old root goes back, so this boot has a root (yesterday's) rather than none, and so does the next
-    one if space never comes back. With the space back, the next run finishes the job."""
+    one if space never comes back. No room for it is a refusal, the same at the next boot (it was
+    no-space-midway, exit 1 at every boot); an I/O error a failure. With the space back, the next run
+    finishes the job."""
     with disk.top() as top:
         populate(top, blank=True)
     flags = MODES[mode]
-    planned = disk.rollback("run", "--dry-run", *flags).stdout.splitlines()
-    making = next(n for n, line in enumerate(planned, 1) if " subvolume root" in line or "-> root (" in line)
     before = disk.state()
-    failed = disk.rollback("run", *flags, env={FAIL_AT_ENV: str(making), FAIL_ERRNO_ENV: str(code)})
-    assert failed.returncode == Exit.FAILED, failed.stderr
-    assert f"reason={reason}" in failed.stderr and "the old root was moved back" in failed.stderr, failed.stderr
-    assert "put back: move " in failed.stderr  # its own step event, before the failure
-    after = disk.state()
-    ids = {s.path: s.id for s in after.subvolumes}
-    assert ids["root"] == {s.path: s.id for s in before.subvolumes}["root"]  # the same subvolume, back
-    assert after.under("root") == before.under("root") and outside_root(after) == outside_root(before)
+    for _ in range(2 if exit_ == Exit.REFUSED else 1):
+        making = _making_step(disk, *flags)  # fewer steps once the first run made the trash or the archive
+        failed = disk.rollback("run", *flags, env={FAIL_AT_ENV: str(making), FAIL_ERRNO_ENV: str(code)})
+        assert failed.returncode == exit_, failed.stderr
+        assert f"reason={reason}" in failed.stderr and "the old root was moved back" in failed.stderr, failed.stderr
+        assert "put back: move " in failed.stderr  # its own step event, before the failure
+        after = disk.state()
+        ids = {s.path: s.id for s in after.subvolumes}
+        assert ids["root"] == {s.path: s.id for s in before.subvolumes}["root"]  # the same subvolume, back
+        assert after.under("root") == before.under("root") and outside_root(after) == outside_root(before)
     assert disk.rollback("run", *flags).returncode == Exit.OK
     assert disk.state().under("root") != before.under("root")
 
@@ -280,6 +289,32 @@ def test_a_verb_that_prints_with_stdout_closed_exits_0_and_changes_nothing(disk:
     before = disk.state()
     assert _with_output_gone(disk.rollback_argv(*verb, "--log-target", "console"), "closed-stdout") == Exit.OK
     assert disk.state() == before
+
+
+def _making_step(disk: Disk, *flags: str) -> int:
+    """The number of the step that makes the new root, as --dry-run prints the plan."""
+    planned = disk.rollback("run", "--dry-run", *flags).stdout.splitlines()
+    return next(n for n, line in enumerate(planned, 1) if " subvolume root" in line or "-> root (" in line)
+
+
+def test_no_room_for_the_new_root_in_keep_mode_deletes_the_pruned_roots_first(disk: Disk) -> None:
+    """Keep mode, archived roots due: a put-back refusal is where deleting them first helps (it never
+    ran: the failure was no-space-midway, not the no-space refusal prune-first answers)."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        for stamp in ("20200101T000000Z", "20200102T000000Z"):
+            btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / stamp))
+    before = disk.state()
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
+    env = {FAIL_AT_ENV: str(_making_step(disk, *flags)), FAIL_ERRNO_ENV: str(errno.ENOSPC)}
+    result = disk.rollback("run", *flags, env=env)
+    assert result.returncode == Exit.OK, result.stderr
+    assert "nothing changed: first deleting 2 pruned root(s)" in result.stderr
+    after = disk.state()
+    archived = [p for p in after.subvolume_paths() if p.startswith("old/") and p.count("/") == 1]
+    assert len(archived) == 1 and archived[0] not in before.subvolume_paths()  # today's root, archived
+    assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)
 
 
 def test_no_room_even_to_delete_the_pruned_roots_says_so_and_the_next_run_goes_on(disk: Disk) -> None:

@@ -32,6 +32,7 @@ from rollback.plan import (
     plan_skip_next,
     prune_paths,
     put_back,
+    undone_by_put_back,
 )
 from tests.support.factory import config, observe
 
@@ -164,7 +165,9 @@ def test_no_space_says_whether_the_kernel_was_still_freeing_and_what_was_deleted
         text = f"{failure.reason} / {failure.hint}"
         assert ("still freeing deleted subvolumes' space" in failure.reason) is still_freeing, text
         assert ("the next boot may find the room" in failure.hint) is still_freeing, text
-        assert ("nothing of rollback's to free" in text) is (failure.code == "no-space" and not still_freeing)
+        assert ("nothing of rollback's is due for deletion" in text) is (
+            failure.code == "no-space" and not still_freeing
+        )
         assert ("rollback itself left was deleted first" in text) is any(isinstance(s, Delete) for s in before)
 
 
@@ -185,6 +188,37 @@ def test_still_freeing_asks_the_device_only_after_a_wait_that_ended_short(monkey
     assert not verbs._still_freeing(plan, 2, other, Path("/t"))  # not a matter of room
     assert not verbs._still_freeing(Plan(plan.steps[1:]), 1, full, Path("/t"))  # no wait before it
     assert asked == [Path("/t")]
+
+
+MOVED = Rename("root", f"{TRASH_DIR}/{STAMP}")
+
+
+@pytest.mark.parametrize(
+    ("before", "refusal"),
+    [
+        ((MOVED,), True),
+        ((Reclaim(), MakeDir(".rollback"), MakeDir(TRASH_DIR), MOVED), True),  # empty directories left
+        ((Delete(f"{TRASH_DIR}/x", 1), Reclaim(), MOVED), False),  # a leftover deleted: changed
+        ((MOVED, MakeDir("var")), True),
+    ],
+)
+@pytest.mark.parametrize("restored", [True, False])
+def test_no_room_for_the_new_root_with_the_old_one_back_is_a_refusal(
+    before: tuple[Step, ...], refusal: bool, restored: bool
+) -> None:
+    """The move fitted, the create did not; the old root was moved back: the next run meets the same,
+    so it is no failure for a next run to finish (it was no-space-midway, exit 1 at every boot, and
+    keep mode never tried deleting its due archived roots first)."""
+    from rollback.verbs import _failure
+
+    plan = Plan((*before, Create("root"), Commit()))
+    failed = len(before) + 1
+    assert undone_by_put_back(plan.steps, failed) is refusal
+    failure = _failure(
+        failed, plan, OSError(28, "No space left on device"), "; the old root was moved back", restored=restored
+    )
+    assert failure.code == ("no-space" if refusal and restored else "no-space-midway")
+    assert undone_by_put_back(plan.steps, failed - 1) is False  # a failing move has nothing to put back
 
 
 def test_keeping_prunes_by_age() -> None:
