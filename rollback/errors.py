@@ -21,8 +21,8 @@ MEANING: dict[Exit, str] = {
     Exit.FAILED: "failed after changes began (the device is consistent; the next run finishes the job), "
     "a reporting verb could not read the device, or an internal error",
     Exit.USAGE: "usage or configuration error (flags, config file, kernel command line); nothing touched",
-    Exit.REFUSED: "refused: a safety check failed, or no room for the first change; the device was left "
-    "exactly as it was",
+    Exit.REFUSED: "refused: a safety check failed, or no room for the first change (or for the new root, the "
+    "old one moved back); the device was left as it was, the old root in use",
     Exit.SKIPPED: "skipped: rollback.skip or the skip-next mark; the root was kept",
 }
 KIND = {Exit.USAGE: "invalid", Exit.REFUSED: "refused", Exit.FAILED: "failed"}  # the event each error logs
