@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,7 @@ from rollback.errors import Refused
 _SUPERBLOCK = 0x10000  # the primary superblock: fsid at +0x20 (16 bytes), magic at +0x40
 _BTRFS_MAGIC = b"_BHRfS_M"
 LOCK_DIR = "/run/rollback-locks"
+NODE_LOCK_WAIT_S = 10.0  # how long a lock held on the device node (udev's, for an event) is waited for
 
 
 def probe(device: str) -> str:
@@ -72,26 +74,45 @@ def read_kernel(path: str) -> str:
 @contextmanager
 def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[None]:
     """One run per filesystem, whichever member device each was given: an exclusive lock on a file
-    named by the fsid; and (`node`) a BSD lock on the device node, which tells udev not to probe it
-    meanwhile (not for the long cleanup on a running system: udev would hold the disk's events)."""
+    named by the fsid, refused at once if held (another rollback); and (`node`) a BSD lock on the
+    device node, which tells udev not to probe it meanwhile (not for the long cleanup on a running
+    system: udev would hold the disk's events). udev holds a shared lock on the node while it
+    processes an event of the disk, so that one is waited for, bounded (systemd's
+    BLOCK_DEVICE_LOCKING.md: take it exclusively and wait)."""
     os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
     fds = [os.open(f"{LOCK_DIR}/{fsid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
     try:
+        if not _flocked(fds[0], 0.0):
+            raise Refused(
+                f"another process holds the lock on {device}'s filesystem",
+                "another rollback is running; wait for it",
+                code="locked",
+            )
         if node:
             fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
-        for fd in fds:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _flocked(fds[-1], NODE_LOCK_WAIT_S):
                 raise Refused(
-                    f"another process holds the lock on {device}'s filesystem",
-                    "another rollback (or a disk tool) is running; wait for it",
+                    f"another process has held the lock on the device node {device} for {NODE_LOCK_WAIT_S:g} s",
+                    "a disk tool (udev processing the disk's events, a partitioning tool) is using it; try again",
                     code="locked",
-                ) from None
+                )
         yield
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _flocked(fd: int, wait_s: float) -> bool:
+    """An exclusive BSD lock on `fd`, trying for `wait_s` seconds at most."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 def mounted_subvolumes(top: str, fsid: str) -> dict[int, str]:
