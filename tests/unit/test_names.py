@@ -171,3 +171,13 @@ def test_time_zones_do_not_change_what_is_pruned(shift_hours: int) -> None:
 )
 def test_shown_spells_bytes_that_are_not_utf8_as_the_events_do(name: str, expected: str) -> None:
     assert shown(name) == expected
+
+
+def test_without_a_battery_backed_clock_only_keep_count_bounds_the_archive() -> None:
+    """Each boot's initrd starts at the same build-time clock: 200 archived roots stamped within the
+    same seconds, `now` among them. Age prunes nothing (README says so); a count does."""
+    epoch = datetime(2026, 5, 1, tzinfo=UTC)
+    stamps = [epoch + timedelta(seconds=5 + n % 3) for n in range(200)]
+    now = epoch + timedelta(seconds=6)
+    assert to_prune(stamps, now, keep_days=30, keep_count=0, keep_min=3) == []
+    assert to_prune(stamps, now, keep_days=30, keep_count=20, keep_min=3) == list(range(180))
