@@ -39,11 +39,20 @@ def probe(device: str) -> str:
     try:
         with open(device, "rb") as handle:
             head = os.pread(handle.fileno(), 0x48, _SUPERBLOCK)
+    except PermissionError as error:
+        _not_root(f"cannot read {device}: {error.strerror}")
+        raise Refused(f"cannot read {device}: {error.strerror}", code="unreadable") from None
     except OSError as error:
         raise Refused(f"cannot read {device}: {error.strerror}", code="unreadable") from None
     if head[0x40:0x48] != _BTRFS_MAGIC:
         raise Refused(f"{device} does not hold a btrfs filesystem", "check --device", code="not-btrfs")
     return head[0x20:0x30].hex()
+
+
+def _not_root(what: str) -> None:
+    """Refuse as not-root when permission is what is missing and we are not root."""
+    if os.geteuid() != 0:
+        raise Refused(f"{what} (not root)", "run as root", code="not-root")
 
 
 def swap_header_tail(device: str, offset_pages: int) -> bytes:
@@ -79,8 +88,12 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[None]:
     system: udev would hold the disk's events). udev holds a shared lock on the node while it
     processes an event of the disk, so that one is waited for, bounded (systemd's
     BLOCK_DEVICE_LOCKING.md: take it exclusively and wait)."""
-    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-    fds = [os.open(f"{LOCK_DIR}/{fsid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
+    try:
+        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+        fds = [os.open(f"{LOCK_DIR}/{fsid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
+    except PermissionError as error:  # a user in group disk reads the device, not root's directory
+        _not_root(f"cannot take the lock in {LOCK_DIR}: {error.strerror}")
+        raise
     try:
         if not _flocked(fds[0], 0.0):
             raise Refused(

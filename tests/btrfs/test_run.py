@@ -197,18 +197,27 @@ def test_when_the_new_root_cannot_be_made_the_old_one_is_moved_back(
     assert disk.state().under("root") != before.under("root")
 
 
-def test_without_root_privileges_it_refuses_clearly(disk: Disk) -> None:
+@pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
+@pytest.mark.parametrize("mode", [0o666, 0o600], ids=["device-readable", "device-unreadable"])
+def test_without_root_privileges_it_refuses_clearly(disk: Disk, verb: str, mode: int) -> None:
+    """A user who can read the device (group disk) met the lock directory (internal error, exit 1);
+    one who cannot was told `unreadable`, "see dmesg" (found by a reviewing helper)."""
     with disk.top() as top:
         populate(top)
-    os.chmod(disk.device, 0o666)  # readable, so the only missing piece is CAP_SYS_ADMIN
-    result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *disk.rollback_argv("status")],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[2],
-    )
+    before = disk.state()
+    os.chmod(disk.device, mode)
+    try:
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *disk.rollback_argv(verb)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+    finally:
+        os.chmod(disk.device, 0o660)
     assert result.returncode == Exit.REFUSED, result.stderr
-    assert "needs root" in result.stderr
+    assert "reason=not-root" in result.stderr and "root" in result.stderr.split("reason=")[0], result.stderr
+    assert disk.state() == before
 
 
 def _with_output_gone(argv: list[str], how: str) -> int:
