@@ -169,7 +169,7 @@ def _read_config() -> dict[str, object]:
     try:
         with CONFIG.open("rb") as handle:
             return tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # tomllib: not UTF-8 is the last
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:  # not UTF-8; too deep
         return {"__error__": str(error)}
 
 

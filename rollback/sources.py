@@ -75,6 +75,8 @@ def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}", code="config-unreadable") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}", code="bad-toml") from None
+    except RecursionError:  # arrays or tables nested past the parser's depth: no setting is that deep
+        raise ConfigError(f"config file {path} nests arrays or tables too deeply", code="bad-toml") from None
     layer: dict[str, Value] = {}
     for key, value in data.items():
         setting = BY_KEY.get(key)

@@ -129,6 +129,13 @@ def test_a_nul_byte_in_a_setting_is_exit_2_with_its_reason(
     assert code == Exit.USAGE and f"reason={reason}" in err, err
 
 
+def test_a_config_file_nested_too_deeply_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tomllib's RecursionError was an internal error: exit 1 at every boot (the file is in the initrd)."""
+    (tmp_path / "config").write_text("protect = " + "[" * 3000 + "]" * 3000 + "\n")
+    code, _, err = run(capsys, "run", "--config", str(tmp_path / "config"), "--kernel-cmdline", "/dev/null")
+    assert code == Exit.USAGE and "reason=bad-toml" in err, err
+
+
 def test_kernel_cmdline_skip_exits_77_without_touching_the_device(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

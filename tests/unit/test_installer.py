@@ -225,7 +225,10 @@ def test_while_an_install_runs_the_manifest_knows_the_old_and_the_new() -> None:
     assert kinds[:3] == ["dir", "dir", "tree"]  # removed last, in reverse: files and links go first
 
 
-@pytest.mark.parametrize("content", [b'device = "/dev/vda"\nmode = "\xff"\n', b"device = [", b"\xef\xbb\xbf\x00"])
+@pytest.mark.parametrize(
+    "content",
+    [b'device = "/dev/vda"\nmode = "\xff"\n', b"device = [", b"\xef\xbb\xbf\x00", b"x = " + b"[" * 3000 + b"]" * 3000],
+)
 def test_a_config_file_that_does_not_read_is_an_error_not_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
 ) -> None:
