@@ -23,7 +23,10 @@ def device_path(spec: str) -> str:
     names it: a label with a space or a slash is escaped), major:minor."""
     tag, equals, value = spec.partition("=")
     if equals and tag in devspec.TAGS and value:
-        return devspec.device_path(spec)
+        try:
+            return devspec.device_path(spec)
+        except ValueError:  # UUID='' (quotes around nothing): no such device, resume-unreadable
+            return spec
     if spec.count(":") == 1 and all(part.isdigit() for part in spec.split(":")):
         return f"/dev/block/{spec}"
     return spec

@@ -44,9 +44,13 @@ REASONS: dict[str, Reason] = {
     "not-block-device": _refused("the device is not a block device", "pass the device node"),
     "unreadable": _refused("the device cannot be read", "see dmesg"),
     "not-btrfs": _refused("the device holds no btrfs filesystem", "check --device"),
-    "not-root": _refused("no private mount namespace (not root)", "run as root"),
+    "not-root": _refused(
+        "not root: no private mount namespace, the device or the lock directory not accessible", "run as root"
+    ),
     "mount-failed": _refused("the top level cannot be mounted", "btrfs check --readonly; dmesg"),
-    "locked": _refused("another run holds the filesystem's lock", "wait for it"),
+    "locked": _refused(
+        "another run holds the filesystem's lock, or a disk tool the device node's for over 10 s", "wait for it"
+    ),
     "hibernated": _refused("a hibernation image waits on the resume device", "resume it, or --ignore-hibernation"),
     "resume-unreadable": _refused("the resume device cannot be read", "fix resume= or --ignore-hibernation"),
     "mounted": _refused(

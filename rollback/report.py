@@ -112,17 +112,18 @@ def status(config: Config, obs: Observation) -> Status:
         ],
         "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
         "skip_next": obs.skip_mark,
-        "skip_next_refused": _mark_refused(obs) if obs.skip_mark else None,
+        "skip_next_refused": _mark_refused(config, obs) if obs.skip_mark else None,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
     }
 
 
-def _mark_refused(obs: Observation) -> str | None:
+def _mark_refused(config: Config, obs: Observation) -> str | None:
+    """Why the next run refuses to remove the mark, as that run decides it (its plan), or None."""
     from rollback.errors import Refused
-    from rollback.plan import check_mark
+    from rollback.plan import plan_run
 
     try:
-        check_mark(obs)
+        plan_run(config, obs)  # with the mark set, the run's plan only removes it, after its checks
     except Refused as refused:
         return f"{refused.reason} (reason {refused.code})"
     return None

@@ -215,7 +215,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         if failed.code != "no-space-midway":
             raise
         raise StepFailed(
-            f"{failed.reason}, while deleting the archived roots retention prunes (no room for the first change)",
+            f"{failed.reason} (the run had no room, and was making it by deleting the archived roots retention prunes)",
             "free space (btrfs filesystem usage); the old root stays in use, and the next run goes on from here",
             code="no-space-midway",
         ) from None

@@ -230,10 +230,11 @@ def _unpin(path: Path) -> None:
 
 
 def unlock(path: Path) -> None:
-    """Make a subvolume deletable: clear its read-only property and +i/+a on its top directory."""
-    _unpin(path)
+    """Make a subvolume deletable: clear its read-only property, then +i/+a on its top directory (in
+    that order: btrfs refuses to change inode flags in a read-only subvolume, EROFS)."""
     if btrfsutil.get_subvolume_read_only(str(path)):
         btrfsutil.set_subvolume_read_only(str(path), False)
+    _unpin(path)
 
 
 def unlock_tree(path: Path) -> None:

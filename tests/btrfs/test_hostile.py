@@ -231,17 +231,19 @@ def test_a_pinned_target_or_place_is_refused_untouched(
                 subprocess.run(["chattr", "-i", "-a", str(path)], capture_output=True)
 
 
-@pytest.mark.parametrize("pin", ["ro", "+i"])
+@pytest.mark.parametrize("pin", ["ro", "+i", "+i,ro"])
 def test_pruned_archived_roots_that_are_read_only_or_immutable_are_pruned(disk: Disk, pin: str) -> None:
+    """Both (+i, then read-only): clearing +i first failed with EROFS, exit 1 at every boot, the root
+    never pruned (found by a reviewing helper)."""
     with disk.top() as top:
         (top / "old").mkdir()
         for stamp in ("20200101T000000Z", "20200102T000000Z"):
             btrfsutil.create_subvolume(str(top / "old" / stamp))
             btrfsutil.create_subvolume(str(top / "old" / stamp / "nested"))
-        if pin == "ro":  # e.g. made read-only for btrfs send
-            btrfsutil.set_subvolume_read_only(str(top / "old" / "20200101T000000Z"), True)
-        else:
+        if "+i" in pin:
             chattr("+i", top / "old" / "20200101T000000Z")
+        if "ro" in pin:  # e.g. made read-only for btrfs send
+            btrfsutil.set_subvolume_read_only(str(top / "old" / "20200101T000000Z"), True)
         populate(top)
     result = disk.rollback("run", "--archive", "old", "--keep-count", "2")
     assert result.returncode == Exit.OK, result.stderr

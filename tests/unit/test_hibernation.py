@@ -18,6 +18,9 @@ from rollback.hibernation import device_path, hibernation_signature, resume_loca
         ("254:2", "/dev/block/254:2"),
         ("LABEL=my swap", "/dev/disk/by-label/my\\x20swap"),  # as udev names the link
         ("PARTLABEL=a/b", "/dev/disk/by-partlabel/a\\x2fb"),
+        ('UUID="1234-abcd"', "/dev/disk/by-uuid/1234-abcd"),
+        ("UUID=''", "UUID=''"),  # quotes around nothing: no device (resume-unreadable), not a ValueError
+        ('LABEL=""', 'LABEL=""'),
     ],
 )
 def test_resume_device_forms(spec: str, path: str) -> None:

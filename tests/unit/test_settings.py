@@ -134,6 +134,7 @@ def test_kernel_cmdline_booleans(value: str) -> None:
         "rollback.keep-days=5_0",  # int() reads 50
         "rollback.keep-count=١٢",  # int() reads 12
         "rollback.keep-min=+-1",
+        'rollback.keep-count="5\x1c"',  # str.strip() drops it, int() does not: was an internal error
     ],
 )
 def test_kernel_cmdline_garbage_is_a_config_error(garbage: str) -> None:
