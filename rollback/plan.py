@@ -255,8 +255,6 @@ def plan_skip_next(obs: Observation) -> Plan:
     """The mark, where the next run removes it: the same checks as that run's (check_mark), so that
     writing it cannot fail halfway, nor leave a mark the next run refuses."""
     check_mark(obs)
-    if obs.kind(STATE_DIR) is Kind.MISSING:
-        _check_changeable(_made_in(STATE_DIR, obs), obs)  # the top level, where it makes .rollback
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     return _writable(Plan((*steps, WriteMark(SKIP_MARK))), obs)
 

@@ -64,21 +64,21 @@ def parse_bool(text: str, where: str) -> bool:
 _DECIMAL = re.compile(r"[+-]?[0-9]+")
 
 
-def _integer(text: str, where: str) -> int:
-    """Decimal ASCII digits, with an optional sign: int() alone takes `5_0` (50) and other scripts'
-    digits (`١٢`: 12), which nobody writing a number of days means."""
-    digits = text.strip(" \t\n")  # what int() would strip besides is not a number's
-    if not _DECIMAL.fullmatch(digits):
-        raise ConfigError(f"{where}: expected an integer, got {names.shown(text)}", code="bad-value")
-    return int(digits, 10)
-
-
 def integer(text: str) -> int:
-    """argparse's type for numbers (its error says "invalid integer value"): the same digits as above."""
-    digits = text.strip(" \t\n")
+    """Decimal ASCII digits, with an optional sign: int() alone takes `5_0` (50) and other scripts'
+    digits (`١٢`: 12), which nobody writing a number of days means. ValueError otherwise (argparse's
+    type for numbers: its error says "invalid integer value")."""
+    digits = text.strip(" \t\n")  # what int() would strip besides is not a number's
     if not _DECIMAL.fullmatch(digits):
         raise ValueError(text)
     return int(digits, 10)
+
+
+def _integer(text: str, where: str) -> int:
+    try:
+        return integer(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected an integer, got {names.shown(text)}", code="bad-value") from None
 
 
 def _typed(expected: type[str | int | bool], label: str) -> Callable[[object, str], Value]:
