@@ -242,8 +242,9 @@ def host(files_list: list[int], nested_list: list[int], modes: list[str], reps: 
 
 
 def compare(dev: str, files: int, nested: int, mode: str, cache: str, reps: int) -> dict[str, object]:
-    """The commands alternated from the same layout, `reps` times each: the project and the baseline,
-    and in after-boot rows the floor (the same changes with no checks)."""
+    """The commands in every order in turn from the same layout, `reps` times each (after-boot rows:
+    every order at least twice): the project and the baseline, and in after-boot rows the floor (the
+    same changes with no checks)."""
     flags, base_mode = MODES[mode]
     commands = {
         "project": rollback_argv("run", *flags, device=dev, launcher=ROLLBACK),
@@ -458,7 +459,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "### The floor of an after-boot run",
             "",
-            "`bench/floor_after_boot.sh`, timed alternately with the two above from the same layouts: the",
+            "`bench/floor_after_boot.sh`, timed in turn with the two above from the same layouts: the",
             "changes an after-boot run makes (rename the root into the trash, create a new one, commit) in a",
             "shell, with no checks and no interpreter. Its growth with nested subvolumes is the filesystem's",
             "own (mount, rename, create, commit, umount of a filesystem with more subvolumes); the",
