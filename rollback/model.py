@@ -40,7 +40,7 @@ class Examined(Subvol):
     read_only: bool = False
     otime: float = 0.0
     otransid: int = 0  # the transaction that created it: the filesystem's own order, unlike any clock
-    changed: bool = True  # written to since it was created (ctransid > otransid)
+    changed: bool = True  # written to since it was created: ctransid or, after log replay alone, generation > otransid
     uuid: str = ""
     parent_uuid: str = ""  # the source, for a snapshot
 

@@ -68,8 +68,9 @@ class Snapshot:
 class Commit:
     """Commit the transaction after the new root is made: from here a power cut boots a clean root
     (without it, the renames may not reach the disk before the root is mounted and used), and the
-    creation is alone in its transaction: any later write raises the new root's ctransid, which is
-    how the next run tells a used root from an untouched one."""
+    creation is alone in its transaction: any later write raises the new root's ctransid (or only
+    its generation, for writes a log replay brought back), which is how the next run tells a used
+    root from an untouched one."""
 
     def describe(self) -> str:
         return "commit the transaction"

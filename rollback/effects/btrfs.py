@@ -151,7 +151,7 @@ def examine(top: Path, sub: Subvol) -> Examined | None:
         read_only=bool(info.flags & _READ_ONLY),
         otime=info.otime,
         otransid=info.otransid,
-        changed=info.ctransid > info.otransid,
+        changed=max(info.ctransid, info.generation) > info.otransid,
         uuid=info.uuid.hex(),
         parent_uuid=info.parent_uuid.hex(),
     )

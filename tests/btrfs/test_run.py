@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
-from tests.support.disks import Disk
+from tests.support.disks import Disk, attached
 from tests.support.layout import outside_root, populate
 
 pytestmark = pytest.mark.btrfs
@@ -113,6 +114,49 @@ def test_rerun_when_keeping_does_not_archive_the_empty_root(disk: Disk) -> None:
     state = disk.state()
     archived = [p for p in state.subvolume_paths() if p.startswith("old/")]
     assert len(archived) == 1 and f"{archived[0]}/tmp/cruft" in state.files  # the real old root survives
+
+
+def _write_and_sync(root: Path, write: str) -> None:
+    """What a used system does before a power cut: a write made durable by fsync alone."""
+    made = root / "used"
+    if write == "file":
+        made.write_text("fsynced")
+        target = os.open(made, os.O_RDONLY)
+    else:
+        made.mkdir()
+        target = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(target)
+    finally:
+        os.close(target)
+
+
+@pytest.mark.parametrize("write", ["file", "directory"])
+@pytest.mark.parametrize("mode", ["recreate", "snapshot"])
+def test_a_root_used_only_up_to_a_power_cut_is_archived(disk: Disk, tmp_path: Path, mode: str, write: str) -> None:
+    """Writes made durable by fsync and then a power cut before the next commit live only in the log
+    tree; the next mount replays them without moving the root's ctransid. Keep mode must still see a
+    used root and archive it (it replaced such a root with the data in it gone)."""
+    flags = ["--archive", "old"] + (["--mode", "snapshot"] if mode == "snapshot" else [])
+    with disk.top() as top:
+        populate(top, nested=[], blank=True)
+    assert disk.rollback("run", *flags).returncode == Exit.OK  # root: a fresh one, cruft archived
+    before = [p for p in disk.state().subvolume_paths() if p.startswith("old/")]
+    image = tmp_path / "power-cut.img"
+    with disk.top() as top:
+        _write_and_sync(top / "root", write)
+        shutil.copyfile(tmp_path / "disk.img", image)  # the device as a power cut leaves it
+    (tmp_path / "mnt-cut").mkdir()
+    with attached(image) as device:
+        cut = Disk(device, tmp_path / "mnt-cut", tmp_path)
+        result = cut.rollback("run", *flags)  # its own (read-only) mount replays the log
+        assert result.returncode == Exit.OK, result.stderr
+        state = cut.state()
+    archived = [p for p in state.subvolume_paths() if p.startswith("old/")]
+    assert len(archived) == len(before) + 1, (before, archived)
+    newest = max(set(archived) - set(before))
+    assert f"{newest}/used" in state.files
+    assert "used" not in {p.rpartition("/")[2] for p in state.under("root")}
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(disk: Disk) -> None:

@@ -54,6 +54,13 @@ def loop_device(image: Path, size: int) -> Iterator[str]:
     """A sparse image of `size` bytes attached to a loop device, detached afterwards."""
     with image.open("wb") as handle:
         handle.truncate(size)
+    with attached(image) as device:
+        yield device
+
+
+@contextmanager
+def attached(image: Path) -> Iterator[str]:
+    """An existing image attached to a loop device, detached afterwards."""
     device = sh("losetup", "-f", "--show", str(image))
     try:
         yield device
