@@ -191,7 +191,8 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     trash's leftovers; they went anyway, and without them nothing of rollback's would free space."""
     if obs.skip_mark:
         check_mark(obs)
-        return _writable(Plan((RemoveMark(SKIP_MARK),), skipped="the skip-next mark was set"), obs)
+        # committed: a power cut right after would otherwise bring the mark back, and skip a second boot
+        return _writable(Plan((RemoveMark(SKIP_MARK), Commit()), skipped="the skip-next mark was set"), obs)
     check(config, obs)
     target = config.subvolume
     leftovers = [s.path for s in obs.entries(TRASH_DIR)]
@@ -252,12 +253,22 @@ def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
             steps.append(MakeDir(parent))
 
 
-def plan_skip_next(obs: Observation) -> Plan:
+def plan_skip_next(config: Config, obs: Observation) -> Plan:
     """The mark, where the next run removes it: the same checks as that run's (check_mark), so that
-    writing it cannot fail halfway, nor leave a mark the next run refuses."""
+    writing it cannot fail halfway, nor leave a mark the next run refuses; then a commit, so that the
+    mark outlives a power cut right after the verb said the root is kept (else that boot replaces it).
+    Only a root there can be kept: without one (a run cut short after moving it away), a skipped boot
+    would have none to mount."""
+    if obs.kind(config.subvolume) is Kind.MISSING:
+        raise Refused(
+            f"there is no {names.shown(config.subvolume)} to keep: a run was cut short after moving it away",
+            "rollback run finishes that run (rollback status shows where the old root is: trash or archive)",
+            code="nothing-to-keep",
+        )
+    _check_target(config.subvolume, obs)
     check_mark(obs)
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
-    return _writable(Plan((*steps, WriteMark(SKIP_MARK))), obs)
+    return _writable(Plan((*steps, WriteMark(SKIP_MARK), Commit())), obs)
 
 
 def paths_of_interest(config: Config) -> list[str]:

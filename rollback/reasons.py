@@ -70,6 +70,9 @@ REASONS: dict[str, Reason] = {
         "a place the run changes lies in a read-only subvolume (the top level's included)",
         "btrfs property set ... ro false, if that is not meant",
     ),
+    "nothing-to-keep": _refused(
+        "skip-next, and the root does not exist (a run was cut short after moving it)", "rollback run; rollback status"
+    ),
     "no-blank": _refused("snapshot mode, and the blank snapshot does not exist", "create it (README)"),
     "blank-writable": _refused("the blank snapshot is writable", "btrfs property set ... ro true"),
     "read-only": _refused("the filesystem cannot be remounted read-write", "blockdev --getro; dmesg"),

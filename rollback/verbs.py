@@ -311,7 +311,7 @@ def diff(config: Config, *, as_json: bool) -> Exit:
 
 def skip_next(config: Config) -> Exit:
     with _observed(config, lock=True) as (top, obs):
-        plan = plan_skip_next(obs)
+        plan = plan_skip_next(config, obs)
         _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
     print(f"the next boot keeps {config.subvolume} on {config.device} once")
     return Exit.OK

@@ -308,17 +308,20 @@ def execute(step: Step, top: Path) -> None:
     elif isinstance(step, Commit):
         btrfsutil.sync(str(top))
     elif isinstance(step, WriteMark):
-        with _in_state_dir(top, step.path) as (where, name):
-            fd = os.open(
-                name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=where
-            )
-            with os.fdopen(fd, "w") as handle:
-                handle.write("kept once by rollback skip-next\n")
+        _write_mark(top, step.path)
     elif isinstance(step, RemoveMark):
         with _in_state_dir(top, step.path) as (where, name):
             os.unlink(name, dir_fd=where)
     else:
         assert_never(step)
+
+
+def _write_mark(top: Path, path: str) -> None:
+    """An empty file: its name is the mark. One create, which btrfs refuses before altering anything
+    when there is no room; text written after it could fail and leave an empty mark that still counts,
+    under a message saying nothing changed."""
+    with _in_state_dir(top, path) as (where, name):
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=where))
 
 
 @contextmanager

@@ -375,6 +375,12 @@ def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(small_d
         assert "reason=no-space" in result.stderr and "before any change" in result.stderr
         assert "free space" in result.stderr
         assert small_disk.state() == before
+    marked = small_disk.rollback("skip-next")  # what it says happened: the mark set (and it works), or nothing
+    if marked.returncode == Exit.OK:
+        assert small_disk.rollback("run").returncode == Exit.SKIPPED
+    else:
+        assert marked.returncode == Exit.REFUSED and "reason=no-space" in marked.stderr, marked.stderr
+        assert small_disk.state() == before
 
 
 # --- 7. a wrong clock ------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import btrfsutil
 import pytest
 
 from rollback.errors import Exit
-from tests.support.disks import Disk, parse_json
+from rollback.verbs import CRASH_AFTER_ENV
+from tests.support.disks import Disk, attached, parse_json
 from tests.support.layout import populate, sh
 
 pytestmark = pytest.mark.btrfs
@@ -106,3 +108,45 @@ def test_skip_next_keeps_the_root_once(disk: Disk) -> None:
     assert after.under("root") == before.under("root")
     assert disk.rollback("run").returncode == Exit.OK
     assert "root/tmp/cruft" not in disk.state().files
+
+
+def _after_a_power_cut(disk: Disk, image: Path) -> Disk:
+    """The device as a power cut right now leaves it: a copy of the image, as a second Disk (attach it)."""
+    shutil.copyfile(disk.workdir / "disk.img", image)
+    (disk.workdir / f"mnt-{image.stem}").mkdir()
+    return Disk("", disk.workdir / f"mnt-{image.stem}", disk.workdir)
+
+
+def test_skip_next_and_its_consumption_outlive_a_power_cut(disk: Disk) -> None:
+    """On the running system the filesystem stays mounted: the verb's own unmount commits nothing, so a
+    power cut seconds after "the next boot keeps root" found no mark, and that boot replaced the root
+    (the mark had not reached the disk); a power cut right after a skipped boot skipped the next one too."""
+    with disk.top() as top:
+        populate(top)
+    with disk.top():  # held, as the running system holds it
+        assert disk.rollback("skip-next").returncode == Exit.OK
+        marked = _after_a_power_cut(disk, disk.workdir / "marked.img")
+        assert disk.rollback("run").returncode == Exit.SKIPPED
+        consumed = _after_a_power_cut(disk, disk.workdir / "consumed.img")
+    for cut, image, expected in [(marked, "marked.img", Exit.SKIPPED), (consumed, "consumed.img", Exit.OK)]:
+        with attached(disk.workdir / image) as device:
+            cut.device = device
+            result = cut.rollback("run")
+            assert result.returncode == expected, (image, result.stderr)
+            assert ("root/tmp/cruft" in cut.state().files) == (expected == Exit.SKIPPED)
+
+
+def test_skip_next_without_a_root_to_keep_is_refused(disk: Disk) -> None:
+    """A run cut short after moving the root away: a skipped boot would have no root to mount, and the
+    old one, in the trash, would be deleted by the boot after it."""
+    with disk.top() as top:
+        populate(top)
+    plan = disk.rollback("run", "--dry-run").stdout.splitlines()
+    moved = next(n for n, line in enumerate(plan, 1) if line.startswith(f"{n}. move root -> "))
+    assert disk.rollback("run", env={CRASH_AFTER_ENV: str(moved)}).returncode < 0
+    assert "root" not in disk.state().subvolume_paths()
+    before = disk.state()
+    refused = disk.rollback("skip-next")
+    assert refused.returncode == Exit.REFUSED and "reason=nothing-to-keep" in refused.stderr, refused.stderr
+    assert disk.state() == before
+    assert disk.rollback("run").returncode == Exit.OK

@@ -23,6 +23,7 @@ from rollback.plan import (
     Snapshot,
     Step,
     Unlock,
+    WriteMark,
     bounds,
     nothing_changed_before,
     only_moved,
@@ -259,7 +260,7 @@ def test_archive_name_collision_gets_a_serial() -> None:
 
 def test_skip_mark_is_consumed_and_nothing_else_happens() -> None:
     plan = plan_run(config(), observe(LAYOUT, skip_mark=True, dirs=[".rollback"]))
-    assert plan.steps == (RemoveMark(SKIP_MARK),)
+    assert plan.steps == (RemoveMark(SKIP_MARK), Commit())
     assert plan.skipped
 
 
@@ -288,19 +289,33 @@ def test_a_skip_mark_the_run_could_not_remove_safely_is_refused(found: Observati
         plan_run(config(), found)
     assert refused.value.code == code
     with pytest.raises(Refused) as refused:
-        plan_skip_next(found)
+        plan_skip_next(config(), found)
     assert refused.value.code == code
 
 
 def test_a_mark_in_rollbacks_own_directory_is_removed_whatever_the_top_levels_flags() -> None:
     """Unlinking the mark changes only .rollback: an immutable top level is no reason to refuse it."""
     obs = replace(observe(LAYOUT, skip_mark=True, files=[SKIP_MARK]), immutable=frozenset({""}))
-    assert plan_run(config(), obs).steps == (RemoveMark(SKIP_MARK),)
+    assert plan_run(config(), obs).steps == (RemoveMark(SKIP_MARK), Commit())
+
+
+@pytest.mark.parametrize(
+    ("obs", "code"),
+    [({"subvols": ["persist"]}, "nothing-to-keep"), ({"subvols": ["persist"], "dirs": ["root"]}, "not-subvolume")],
+)
+def test_skip_next_refuses_without_a_root_to_keep(obs: dict[str, list[str]], code: str) -> None:
+    with pytest.raises(Refused) as refused:
+        plan_skip_next(config(), observe(**obs))  # type: ignore[arg-type]
+    assert refused.value.code == code
+
+
+def test_skip_next_commits_its_mark() -> None:
+    assert plan_skip_next(config(), observe(LAYOUT)).steps[-2:] == (WriteMark(SKIP_MARK), Commit())
 
 
 def test_skip_next_refuses_to_make_its_directory_in_an_immutable_top_level() -> None:
     with pytest.raises(Refused) as refused:
-        plan_skip_next(replace(observe(LAYOUT), immutable=frozenset({""})))
+        plan_skip_next(config(), replace(observe(LAYOUT), immutable=frozenset({""})))
     assert refused.value.code == "immutable"
 
 
@@ -376,7 +391,7 @@ ENTRY = f"{TRASH_DIR}/20260101T000000Z"
 PLANNERS: dict[str, Callable[[Observation, dict[str, object]], Plan]] = {
     "run": lambda obs, flags: plan_run(config(**flags), obs),  # type: ignore[arg-type]
     "cleanup": lambda obs, flags: plan_cleanup(config(**flags), obs),  # type: ignore[arg-type]
-    "skip-next": lambda obs, flags: plan_skip_next(obs),
+    "skip-next": lambda obs, flags: plan_skip_next(config(**flags), obs),  # type: ignore[arg-type]
 }
 
 
