@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from typing import NamedTuple
 
 from rollback.names import basename, parse_entry
 
@@ -45,6 +46,13 @@ class Examined(Subvol):
     parent_uuid: str = ""  # the source, for a snapshot
 
 
+class Mounts(NamedTuple):
+    """What is mounted of the filesystem, in any mount namespace, and on paths inside it."""
+
+    subvolumes: dict[int, str]  # subvolume id -> a mount point
+    paths: dict[str, str]  # a path inside the filesystem (from its top level) -> what is mounted on it
+
+
 @dataclass(frozen=True)
 class Observation:
     """What the planner needs to know about the device, read before anything changes."""
@@ -53,6 +61,7 @@ class Observation:
     default_id: int
     kinds: Mapping[str, Kind]  # for every path the plan asks about
     mounted: Mapping[int, str] = field(default_factory=dict)  # subvolume id -> a mount point
+    mounted_paths: Mapping[str, str] = field(default_factory=dict)  # path -> a mount on it (any filesystem)
     skip_mark: bool = False  # .rollback/skip-next exists (as anything, a dangling symlink too)
     skip_mark_regular: bool = True  # ... and is a regular file (lstat: a symlink is not)
     empty: frozenset[str] = frozenset()  # paths of interest that are empty directories

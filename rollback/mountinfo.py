@@ -22,6 +22,9 @@ class Mount:
     fstype: str
     source: str
     subvolid: int | None
+    mount_id: str = ""
+    parent_id: str = ""
+    root: str = "/"  # the path inside its filesystem that is mounted here (btrfs: from the top level)
 
 
 def _unescape(field: str) -> str:
@@ -42,7 +45,18 @@ def parse(text: str) -> list[Mount]:
             key, _, value = option.partition("=")
             if key == "subvolid" and value.isdigit():
                 subvolid = int(value)
-        mounts.append(Mount(_unescape(fields[4]), fields[2], fstype, _unescape(source), subvolid))
+        mounts.append(
+            Mount(
+                _unescape(fields[4]),
+                fields[2],
+                fstype,
+                _unescape(source),
+                subvolid,
+                fields[0],
+                fields[1],
+                _unescape(fields[3]),
+            )
+        )
     return mounts
 
 
@@ -52,6 +66,27 @@ def subvolumes_of(mounts: list[Mount], dev: str) -> dict[int, str]:
     for mount in mounts:
         if mount.fstype == "btrfs" and mount.dev == dev and mount.subvolid is not None:
             found.setdefault(mount.subvolid, mount.mount_point)
+    return found
+
+
+def mounted_below(mounts: list[Mount], dev: str) -> dict[str, str]:
+    """Path inside the filesystem `dev` (from its top level, no leading slash) -> the mount point of
+    whatever is mounted there (any filesystem: a tmpfs on a directory of the root, a bind mount), for
+    the mounts whose parent is a mount of `dev`: renaming such a path fails (EBUSY), deleting the
+    subvolume it is in detaches the mount from under whoever uses it."""
+    by_id = {m.mount_id: m for m in mounts}
+    found: dict[str, str] = {}
+    for mount in mounts:
+        parent = by_id.get(mount.parent_id)
+        if parent is None or parent.dev != dev or mount.mount_id == parent.mount_id:
+            continue
+        # both canonical paths; one stacked on the parent's own mount point covers the parent's root
+        below = (
+            ""
+            if mount.mount_point == parent.mount_point
+            else mount.mount_point.removeprefix(parent.mount_point.rstrip("/") + "/")
+        )
+        found.setdefault(f"{parent.root.strip('/')}/{below}".strip("/"), mount.mount_point)
     return found
 
 

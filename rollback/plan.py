@@ -192,7 +192,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     if obs.skip_mark:
         check_mark(obs)
         # committed: a power cut right after would otherwise bring the mark back, and skip a second boot
-        return _writable(Plan((RemoveMark(SKIP_MARK), Commit()), skipped="the skip-next mark was set"), obs)
+        return _checked(Plan((RemoveMark(SKIP_MARK), Commit()), skipped="the skip-next mark was set"), obs)
     check(config, obs)
     target = config.subvolume
     leftovers = [s.path for s in obs.entries(TRASH_DIR)]
@@ -231,7 +231,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
         move_to_trash(path)
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
-    return _writable(Plan((*steps, *(deletes if config.deletes_at_boot else ()))), obs)
+    return _checked(Plan((*steps, *(deletes if config.deletes_at_boot else ()))), obs)
 
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:
@@ -243,7 +243,7 @@ def plan_cleanup(config: Config, obs: Observation) -> Plan:
     deletes = tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries)
     # and the space back before it ends, so that the next boot has nothing to wait for (a boot that
     # finds deleted subvolumes not yet cleaned would wait for them, on the critical path)
-    return _writable(Plan((*deletes, Reclaim(timeout_s=3600.0)) if deletes else ()), obs)
+    return _checked(Plan((*deletes, Reclaim(timeout_s=3600.0)) if deletes else ()), obs)
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
@@ -268,7 +268,7 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
     _check_target(config.subvolume, obs)
     check_mark(obs)
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
-    return _writable(Plan((*steps, WriteMark(SKIP_MARK), Commit())), obs)
+    return _checked(Plan((*steps, WriteMark(SKIP_MARK), Commit())), obs)
 
 
 def paths_of_interest(config: Config) -> list[str]:
@@ -448,6 +448,33 @@ def changed_dirs(step: Step) -> tuple[str, ...]:
             return ()
         case _:
             assert_never(step)
+
+
+def moved_trees(step: Step) -> tuple[str, ...]:
+    """The paths whose whole tree `step` moves away or deletes."""
+    match step:
+        case Rename(source=path) | Delete(path=path):
+            return (path,)
+        case MakeDir() | Create() | Snapshot() | WriteMark() | RemoveMark() | Commit() | Reclaim() | Unlock():
+            return ()
+        case _:
+            assert_never(step)
+
+
+def _checked(plan: Plan, obs: Observation) -> Plan:
+    """`plan`, once every step of it can be carried out (_writable) and nothing is mounted on a path
+    it moves away or deletes: renaming a mount point fails (EBUSY, at every run), deleting the
+    subvolume below a mount detaches it from whoever uses it."""
+    for tree in dict.fromkeys(t for step in plan.steps for t in moved_trees(step)):
+        for path, where in obs.mounted_paths.items():
+            if path == tree or path.startswith(tree + "/"):
+                raise Refused(
+                    f"{names.shown(path)} has a filesystem mounted on it ({where}), and the run "
+                    f"{'deletes' if tree.startswith(TRASH_DIR + '/') else 'moves away'} {names.shown(tree)}",
+                    f"unmount {where} first",
+                    code="mounted",
+                )
+    return _writable(plan, obs)
 
 
 def _writable(plan: Plan, obs: Observation) -> Plan:

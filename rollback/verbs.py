@@ -15,7 +15,7 @@ from typing import Any
 from rollback import report
 from rollback.errors import Exit, Refused, StepFailed
 from rollback.log import emit
-from rollback.model import Observation
+from rollback.model import Mounts, Observation
 from rollback.plan import (
     Delete,
     Plan,
@@ -51,7 +51,7 @@ def _observed(
     fsid = device.probe(dev)
     limits = bounds(config) if bounded else None
     with device.locked(dev, fsid, node=lock_node) if lock else nullcontext(), mount.top_level(dev) as top:
-        mounted = device.mounted_subvolumes(str(top), fsid)
+        mounted = device.mounts(str(top), fsid)
         now = datetime.now(UTC)
         yield top, btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
 
@@ -204,7 +204,8 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
 
     # listed whole now (a run leaving deletes to the cleanup listed archived roots bounded): these are
     # deleted by this run, with a deleting run's checks and counts
-    obs = btrfs.observe(top, paths_of_interest(config), holders(config), obs.mounted, obs.now)
+    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
+    obs = btrfs.observe(top, paths_of_interest(config), holders(config), mounted, obs.now)
     plan = plan_run(config, obs, make_room=True)
     emit(
         "step", f"no space for the first change, nothing changed: first deleting {len(pruned)} pruned root(s)", **fields

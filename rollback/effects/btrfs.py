@@ -10,7 +10,7 @@ import struct
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ import btrfsutil
 
 from rollback import names
 from rollback.effects import refs
-from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Observation, Subvol
+from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Mounts, Observation, Subvol
 from rollback.plan import (
     Bounds,
     Commit,
@@ -251,7 +251,7 @@ def observe(
     top: Path,
     paths: Iterable[str],
     holders: Iterable[str],
-    mounted: Mapping[int, str],
+    mounted: Mounts,
     now: datetime,
     bounds: Bounds | None = None,
 ) -> Observation:
@@ -262,7 +262,7 @@ def observe(
     boot's cost barely grows with them."""
     default_id = btrfsutil.get_default_subvolume(str(top))
     listed = list_subvolumes(top) if bounds is None else list_bounded(top, *bounds)
-    listed += _by_id(top, [*mounted, default_id], listed)
+    listed += _by_id(top, [*mounted.subvolumes, default_id], listed)
     subvol_paths = {s.path for s in listed}
     kinds = _kinds(top, paths, subvol_paths)
     dirs = {p for p, k in kinds.items() if k in _DIRS}
@@ -276,7 +276,8 @@ def observe(
         default_id=default_id,
         kinds=kinds,
         empty=frozenset(p for p in dirs if _is_empty(top / p)),
-        mounted=dict(mounted),
+        mounted=dict(mounted.subvolumes),
+        mounted_paths=dict(mounted.paths),
         skip_mark=mark is not Kind.MISSING,
         skip_mark_regular=mark is not Kind.OTHER or mark_regular,
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),

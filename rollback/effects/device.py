@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from rollback import mountinfo
 from rollback.errors import Refused
+from rollback.model import Mounts
 
 _SUPERBLOCK = 0x10000  # the primary superblock: fsid at +0x20 (16 bytes), magic at +0x40
 _BTRFS_MAGIC = b"_BHRfS_M"
@@ -128,21 +129,23 @@ def _flocked(fd: int, wait_s: float) -> bool:
             time.sleep(0.01)
 
 
-def mounted_subvolumes(top: str, fsid: str) -> dict[int, str]:
-    """Subvolume id -> where it is mounted, in every mount namespace on the host, for the filesystem
-    mounted at `top` (ours: identified by its superblock, not by a member device's name). Refuse when
+def mounts(top: str, fsid: str) -> Mounts:
+    """What is mounted, in every mount namespace on the host, of the filesystem mounted at `top` (ours:
+    identified by its superblock, not by a member device's name), and on paths inside it. Refuse when
     the same filesystem may also be mounted as another superblock, whose mounts we cannot attribute."""
     tables = list(_namespaces())  # ours first
     own = mountinfo.dev_of(tables[0][1], top)
     if own is None:
         raise OSError(f"{top} is not in /proc/self/mountinfo")
     _refuse_twins(top, fsid, own, tables)
-    found: dict[int, str] = {}
+    found = Mounts({}, {})
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]
         for subvolid, where in mountinfo.subvolumes_of(table, own).items():
-            found.setdefault(subvolid, _where(where, pid))
+            found.subvolumes.setdefault(subvolid, _where(where, pid))
+        for path, where in mountinfo.mounted_below(table, own).items():
+            found.paths.setdefault(path, _where(where, pid))
     return found
 
 

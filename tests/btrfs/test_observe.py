@@ -17,7 +17,7 @@ import btrfsutil
 import pytest
 
 from rollback.effects import btrfs
-from rollback.model import TRASH_DIR, Examined, Subvol
+from rollback.model import TRASH_DIR, Examined, Mounts, Subvol
 from rollback.plan import Reclaim, bounds, holders, paths_of_interest
 from tests.support.disks import Disk
 from tests.support.factory import config
@@ -53,7 +53,7 @@ def test_only_what_a_plan_looks_at_is_examined(disk: Disk, monkeypatch: pytest.M
     monkeypatch.setattr(btrfs, "_pinned", opening)
     wanted = config(archive="old", mode="snapshot")
     with disk.top(read_only=True) as top:
-        obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), {}, datetime.now(UTC))
+        obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), Mounts({}, {}), datetime.now(UTC))
         inside = [str(top / p) for p in (*NESTED_HERE, f"{OLD}/machines", f"{LEFT}/machines")]
     assert sorted(examined) == sorted(["root", "root-blank", OLD, LEFT])
     assert not [p for p in opened if any(p == n or p.startswith(n + "/") for n in inside)]
@@ -66,7 +66,7 @@ def test_a_path_asked_about_but_not_examined_is_a_loud_error(disk: Disk) -> None
     with disk.top() as top:
         populate(top)
     with disk.top(read_only=True) as top:
-        obs = btrfs.observe(top, ["root"], [], {}, datetime.now(UTC))
+        obs = btrfs.observe(top, ["root"], [], Mounts({}, {}), datetime.now(UTC))
     assert obs.get("root") is not None
     with pytest.raises(LookupError, match="not examined"):
         obs.get(NESTED[0])
@@ -94,7 +94,7 @@ def test_a_subvolume_deleted_between_listing_and_examining_is_not_there(
     monkeypatch.setattr(btrfs, "list_subvolumes", listed_then_deleted)
     wanted = config()
     with disk.top() as top:
-        obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), {}, datetime.now(UTC))
+        obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), Mounts({}, {}), datetime.now(UTC))
     assert obs.entries(TRASH_DIR) == [] and LEFT not in {s.path for s in obs.subvols}
     assert obs.get("root") is not None
 
@@ -152,7 +152,9 @@ def test_a_run_that_only_moves_the_root_lists_inside_it_only_what_its_checks_ref
     with disk.top(read_only=True) as top:
         everything = {s.path for s in btrfs.list_subvolumes(top)}
         now = datetime.now(UTC)
-        obs = btrfs.observe(top, paths_of_interest(wanted), holders(wanted), {mounted: "/x"}, now, bounds(wanted))
+        obs = btrfs.observe(
+            top, paths_of_interest(wanted), holders(wanted), Mounts({mounted: "/x"}, {}), now, bounds(wanted)
+        )
     listed = {s.path for s in obs.subvols}
     inside = {p for p in everything if p.startswith(("root/", archived + "/"))}
     assert len(inside) > len(WIDE) and set(named) <= inside  # the layout has them

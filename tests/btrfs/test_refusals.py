@@ -183,6 +183,63 @@ def test_target_or_nested_mounted_elsewhere(disk: Disk, tmp_path: Path, subvol: 
         sh("umount", str(live))
 
 
+def _old_entries(top: Path) -> None:
+    """An archived root due for pruning and a trash leftover, each with a directory to mount on."""
+    for holder in ("old", ".rollback/trash"):
+        (top / holder).mkdir(parents=True)
+        btrfsutil.create_subvolume(str(top / holder / "20200101T000000Z"))
+        (top / holder / "20200101T000000Z" / "var").mkdir()
+
+
+@pytest.mark.parametrize("namespace", ["host", "other"])
+@pytest.mark.parametrize(
+    ("on", "verb"),
+    [
+        ("root", ("run",)),
+        ("root/tmp", ("run",)),
+        ("root/tmp", ("run", "--cleanup", "after-boot")),
+        ("old/20200101T000000Z/var", ("run", "--archive", "old", "--keep-count", "1")),
+        (".rollback/trash/20200101T000000Z/var", ("run",)),
+        (".rollback/trash/20200101T000000Z/var", ("cleanup",)),
+    ],
+)
+def test_a_filesystem_mounted_on_a_path_the_verb_moves_or_deletes_is_refused(
+    disk: Disk, tmp_path: Path, on: str, verb: tuple[str, ...], namespace: str
+) -> None:
+    """A tmpfs (any filesystem) mounted through a top-level mount on the root, inside it, inside an
+    archived root retention prunes or a trash entry: renaming its mount point failed with EBUSY (exit 1
+    "the next run finishes the job", at every run; in keep mode after the root was moved), and a delete
+    detached it from whoever used it. Refused before any change, whichever namespace holds the mount."""
+    setup(disk, _old_entries)
+    held = tmp_path / "held"
+    held.mkdir()
+    script = f"mount -o subvolid=5 {disk.device} {held} && mount -t tmpfs tmpfs {held}/{on}"
+    if namespace == "host":
+        sh("sh", "-c", script)
+        holder = None
+    else:  # only a process in its own mount namespace has it
+        holder = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{script} && exec sleep 600"]
+        )
+        deadline = time.monotonic() + 10
+        while f" {held}/{on} " not in Path(f"/proc/{holder.pid}/mountinfo").read_text():
+            assert holder.poll() is None and time.monotonic() < deadline, "the namespace's mounts failed"
+            time.sleep(0.05)
+    try:
+        before = disk.state()
+        result = disk.rollback(*verb)
+        assert result.returncode == Exit.REFUSED and "reason=mounted" in result.stderr, result.stderr
+        assert f"'{on}' has a filesystem mounted on it" in result.stderr
+        assert disk.state() == before
+    finally:
+        if holder is None:
+            subprocess.run(["umount", "-R", str(held)], capture_output=True)
+        else:
+            holder.kill()
+            holder.wait()
+    assert disk.rollback(*verb).returncode == Exit.OK  # unmounted, it goes on
+
+
 def test_a_lock_held_on_the_device_node_past_the_wait_is_refused(disk: Disk) -> None:
     setup(disk, lambda top: None)
     fd = os.open(disk.device, os.O_RDONLY)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from rollback.mountinfo import parse
+from rollback.mountinfo import mounted_below, parse
 
 SAMPLE = """\
 22 1 0:21 / / rw,relatime shared:1 - btrfs /dev/vda2 rw,space_cache=v2,subvolid=256,subvol=/root
@@ -28,3 +28,26 @@ def test_other_filesystems_have_no_subvolume() -> None:
 
 def test_garbage_lines_are_ignored() -> None:
     assert parse("nonsense\n\n") == []
+
+
+def test_what_is_mounted_on_paths_inside_the_filesystem() -> None:
+    """Any filesystem, by the path inside ours it is mounted on: the parent mount's root (btrfs: the
+    subvolume's path) and the rest of the mount point; one stacked on a mount point covers its root."""
+    table = """\
+22 1 0:21 /root / rw shared:1 - btrfs /dev/vda2 rw,subvolid=256,subvol=/root
+23 22 0:21 /persist /persist rw shared:2 - btrfs /dev/vda2 rw,subvolid=257,subvol=/persist
+24 22 0:5 / /dev rw master:2 - devtmpfs devtmpfs rw
+25 23 0:33 / /persist/var/tmp rw - tmpfs tmpfs rw
+26 22 0:21 / /mnt/with\\040space rw - btrfs /dev/vda2 rw,subvolid=5,subvol=/
+27 26 0:31 / /mnt/with\\040space rw - tmpfs tmpfs rw
+28 26 0:32 / /mnt/with\\040space/old/x rw - tmpfs t rw
+"""
+    assert mounted_below(parse(table), "0:21") == {
+        "root/persist": "/persist",
+        "root/dev": "/dev",
+        "persist/var/tmp": "/persist/var/tmp",
+        "root/mnt/with space": "/mnt/with space",
+        "": "/mnt/with space",
+        "old/x": "/mnt/with space/old/x",
+    }
+    assert mounted_below(parse(table), "0:5") == {}

@@ -313,6 +313,33 @@ def test_skip_next_commits_its_mark() -> None:
     assert plan_skip_next(config(), observe(LAYOUT)).steps[-2:] == (WriteMark(SKIP_MARK), Commit())
 
 
+@pytest.mark.parametrize(
+    ("mounted", "flags", "refused"),
+    [
+        ("root", {}, True),
+        ("root/tmp", {}, True),
+        ("root/tmp", {"cleanup": "after-boot"}, True),
+        ("rootfs/tmp", {}, False),  # a name that begins like the root's is not inside it
+        ("persist/x", {}, False),
+        ("", {}, False),  # on the top level's own directory (another top-level mount stacked)
+        ("old/20260101T000000Z/var", {"archive": "old", "keep_count": 1}, True),
+        ("old/20260101T000000Z/var", {"archive": "old", "keep_count": 5}, False),  # not pruned: not moved
+        (f"{TRASH_DIR}/20260101T000000Z", {}, True),
+    ],
+)
+def test_a_mount_on_a_path_the_run_moves_or_deletes_is_refused(
+    mounted: str, flags: dict[str, object], refused: bool
+) -> None:
+    layout = [*LAYOUT, "old/20260101T000000Z", f"{TRASH_DIR}/20260101T000000Z"]
+    obs = observe(layout, mounted_paths={mounted: "/elsewhere"})
+    if not refused:
+        plan_run(config(**flags), obs)  # type: ignore[arg-type]
+        return
+    with pytest.raises(Refused) as caught:
+        plan_run(config(**flags), obs)  # type: ignore[arg-type]
+    assert caught.value.code == "mounted" and "/elsewhere" in caught.value.hint
+
+
 def test_skip_next_refuses_to_make_its_directory_in_an_immutable_top_level() -> None:
     with pytest.raises(Refused) as refused:
         plan_skip_next(config(), replace(observe(LAYOUT), immutable=frozenset({""})))
