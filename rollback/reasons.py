@@ -82,7 +82,7 @@ REASONS: dict[str, Reason] = {
     ),
     "over-quota": _refused(
         "no room for the first change: a quota group's limit is reached (btrfs qgroups)",
-        "raise or remove the limit (btrfs qgroup show -re); the old root stays in use until then",
+        "raise or remove the limit (btrfs qgroup show -re; or btrfs quota disable); the old root stays in use",
     ),
     # exit 1: after changes began; the device is consistent and the next run finishes the job
     "step-failed": Reason(Exit.FAILED, "a step failed (I/O error...)", "see the message; rollback status"),

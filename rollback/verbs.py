@@ -74,7 +74,10 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
         except OSError as error:
             undone, restored = _put_back(plan, number, top, fields)
             freeing = _still_freeing(plan, number, error, top)
-            raise _failure(number, plan, error, undone, restored=restored, still_freeing=freeing) from error
+            whole = isinstance(step, Delete) and error.errno in _NO_ROOM and btrfs.whole(top, step)
+            raise _failure(
+                number, plan, error, undone, restored=restored, still_freeing=freeing, whole=whole
+            ) from error
         emit(
             "step",
             step.describe(),
@@ -116,6 +119,9 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
     return error.errno in _NO_ROOM and waited and btrfs.cleaner_busy(top)
 
 
+# the top level's own qgroup over its limit refuses a change of that limit (EDQUOT) too
+_QUOTA_FIX = "raise or remove the limit (btrfs qgroup show -re <top>; if the top level's own is over it, "
+_QUOTA_FIX += "even that is refused: btrfs quota disable <top>)"
 _NO_ROOM = {  # a step's errno that means no room for it, and how the message says so
     errno.ENOSPC: "no space left on the filesystem",
     errno.EDQUOT: "a quota group's limit is reached (disk quota exceeded)",
@@ -123,7 +129,14 @@ _NO_ROOM = {  # a step's errno that means no room for it, and how the message sa
 
 
 def _failure(
-    number: int, plan: Plan, error: OSError, undone: str, *, restored: bool = False, still_freeing: bool = False
+    number: int,
+    plan: Plan,
+    error: OSError,
+    undone: str,
+    *,
+    restored: bool = False,
+    still_freeing: bool = False,
+    whole: bool = False,
 ) -> Refused | StepFailed:
     """What a failing step means. No room for the very first change (no space, or a qgroup limit), when
     that change is one system call (btrfs reserves its space before it alters anything), leaves the
@@ -131,7 +144,7 @@ def _failure(
     does no room to make the new root once the old one is back (`restored`) and nothing else changed:
     the next run would meet the same, so there is no job for it to finish.
     `still_freeing`: the wait for the kernel's cleaner before this step ended with deleted
-    subvolumes' space not yet free."""
+    subvolumes' space not yet free. `whole`: a failed delete deleted none of its tree."""
     from rollback.plan import Delete, changes_nothing_on_enospc, nothing_changed_before, undone_by_put_back
 
     step = plan.steps[number - 1]
@@ -144,12 +157,12 @@ def _failure(
             code="step-failed",
         )
     quota = error.errno == errno.EDQUOT
-    free = "raise or remove the limit (btrfs qgroup show -re <top>)" if quota else "free space (btrfs filesystem usage)"
+    free = _QUOTA_FIX if quota else "free space (btrfs filesystem usage)"
     free += "; the old root stays in use until then"
     freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
-    unchanged = nothing_changed_before(plan.steps, number) and changes_nothing_on_enospc(step)
+    unchanged = nothing_changed_before(plan.steps, number) and (changes_nothing_on_enospc(step) or whole)
     if unchanged or (restored and undone_by_put_back(plan.steps, number)):
         when = ", before any change" if unchanged else undone
         if quota:

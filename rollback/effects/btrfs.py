@@ -349,6 +349,16 @@ def _delete(path: Path) -> None:
         btrfsutil.delete_subvolume(str(path), recursive=True)
 
 
+def whole(top: Path, step: Delete) -> bool:
+    """Whether the tree a failed delete was deleting still holds every subvolume the plan counted:
+    then its first deletion was refused (btrfs reserves before it alters anything) and nothing went."""
+    path = top / step.path
+    try:
+        return 1 + sum(1 for _ in btrfsutil.SubvolumeIterator(str(path))) == step.count
+    except btrfsutil.BtrfsUtilError:
+        return False
+
+
 def cleaner_busy(top: Path) -> bool:
     """Whether deleted subvolumes still wait for the kernel's cleaner (False if that cannot be read)."""
     try:

@@ -160,18 +160,39 @@ def test_a_place_the_verb_changes_in_a_read_only_subvolume_or_pinned_is_refused_
 
 
 @pytest.mark.parametrize(
-    "args",
-    [("run",), ("run", "--cleanup", "after-boot"), ("run", "--archive", "old"), ("skip-next",)],
-    ids=lambda args: " ".join(args),
+    ("args", "leftover"),
+    [
+        (("run",), ""),
+        (("run", "--cleanup", "after-boot"), ""),
+        (("run", "--archive", "old"), ""),
+        (("skip-next",), ""),
+        (("run", "--cleanup", "after-boot"), "flat"),
+        (("run",), "flat"),
+        (("cleanup",), "flat"),
+        (("run", "--cleanup", "after-boot"), "nested"),
+        (("cleanup",), "nested"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else f"leftover-{value}",
 )
-def test_a_quota_group_limit_reached_is_refused_untouched(disk: Disk, args: tuple[str, ...]) -> None:
+def test_a_quota_group_limit_reached_is_refused_untouched(disk: Disk, args: tuple[str, ...], leftover: str) -> None:
     """EDQUOT at the first change (btrfs reserves before it alters anything): a refusal, twice. It was a
-    step failure, exit 1 at every boot, with a hint that the next run would finish the job."""
+    step failure, exit 1 at every boot, with a hint that the next run would finish the job. With a
+    leftover in the trash (after boot, what every boot finds) the first change is its delete: refused
+    when its first deletion is (nothing went); a nested subvolume, in the entry's own qgroup, goes
+    first (exit 1, changes began), and from the next run on it is a refusal."""
     with disk.top() as top:
         populate(top)
+        if leftover:
+            (top / TRASH).mkdir(parents=True)
+            btrfsutil.create_subvolume(str(top / TRASH / "20200101T000000Z"))
+        if leftover == "nested":
+            btrfsutil.create_subvolume(str(top / TRASH / "20200101T000000Z" / "nested"))
         sh("btrfs", "quota", "enable", str(top))
         sh("btrfs", "quota", "rescan", "-w", str(top))
         sh("btrfs", "qgroup", "limit", "16k", "0/5", str(top))  # the top level's own qgroup, already over
+    if leftover == "nested":
+        first = disk.rollback(*args)
+        assert first.returncode == Exit.FAILED and "reason=no-space-midway" in first.stderr, first.stderr
     before = disk.state()
     for _ in range(2):
         result = disk.rollback(*args)
