@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_@+.-]+")
-_ENTRY = re.compile(r"(\d{8}T\d{6}Z)(?:-(\d+))?")
+_ENTRY = re.compile(r"([0-9]{8}T[0-9]{6}Z)(?:-([0-9]+))?")  # ASCII digits: \d takes any script's
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 
 

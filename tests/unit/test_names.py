@@ -56,7 +56,8 @@ def test_entry_names_sort_by_time_then_serial() -> None:
 @pytest.mark.parametrize(
     "foreign",
     ["root", "2026-11-25", "20261125T060000", "20261125T060000Z-", "x20261125T060000Z", "20241301T000000Z",
-     "20260230T000000Z", "20261125T250000Z-1"],
+     "20260230T000000Z", "20261125T250000Z-1", "20260101T000000Z-\u0663", "\u0662\u0660\u0662\u0666" + "1125T060000Z",
+     "20261125T060000Z-1_0", "20261125T060000Z-+1"],
 )  # fmt: skip
 def test_foreign_names_are_not_entries(foreign: str) -> None:
     assert parse_entry(foreign) is None
