@@ -106,6 +106,32 @@ def test_archive_names_never_collide_within_one_second(disk: Disk) -> None:
     assert len([p for p in disk.state().subvolume_paths() if p.startswith("old/")]) == 3
 
 
+def test_a_root_brought_back_as_the_readme_says_is_archived_as_the_newest(disk: Disk) -> None:
+    """README: snapshot the archived root into place, skip-next. Retention orders by the transaction that
+    created each subvolume: the snapshot is new, so once archived again it is the last to be pruned (a
+    root moved back with mv kept its old transaction, and went first)."""
+    keep = ("--archive", "old", "--keep-count", "3")
+    with disk.top() as top:
+        populate(top, nested=[])
+    for boot in range(3):
+        with disk.top() as top:
+            (top / "root" / "used").write_text(f"boot {boot}\n")
+        assert disk.rollback("run", *keep).returncode == Exit.OK
+    oldest = sorted(p for p in disk.state().subvolume_paths() if p.startswith("old/"))[0]
+    with disk.top() as top:
+        (top / "root").rename(top / "root-before-restore")
+        btrfsutil.create_snapshot(str(top / oldest), str(top / "root"))
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    assert disk.rollback("run", *keep).returncode == Exit.SKIPPED
+    for day in ("restored", "next", "after"):
+        with disk.top() as top:
+            (top / "root" / "used").write_text(f"{day}\n")
+        assert disk.rollback("run", *keep).returncode == Exit.OK
+    with disk.top(read_only=True) as top:
+        kept = sorted((top / "old" / name / "used").read_text() for name in os.listdir(top / "old"))
+    assert kept == ["after\n", "next\n", "restored\n"], "the restored root was pruned first"
+
+
 def test_rerun_when_keeping_does_not_archive_the_empty_root(disk: Disk) -> None:
     with disk.top() as top:
         populate(top, nested=[])
