@@ -53,7 +53,22 @@ def _observed(
     with device.locked(dev, fsid, node=lock_node) if lock else nullcontext(), mount.top_level(dev) as top:
         mounted = device.mounts(str(top), fsid)
         now = datetime.now(UTC)
-        yield top, btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
+        try:
+            found = btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
+        except OSError as error:
+            if error.errno not in _DAMAGED:
+                raise
+            raise Refused(
+                f"cannot read the filesystem on {dev}: {error.strerror}"
+                + (f" (at {os.fsdecode(error.filename)!r})" if error.filename else ""),
+                "the disk or the filesystem is damaged (nothing was changed): dmesg; btrfs check --readonly",
+                code="unreadable",
+            ) from None
+        yield top, found
+
+
+# what reading a damaged disk or tree answers: the same at every boot, so a refusal (nothing changed)
+_DAMAGED = {errno.EIO, errno.EUCLEAN}
 
 
 def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -340,6 +342,30 @@ def test_a_full_filesystem_still_rolls_back(disk: Disk) -> None:
     assert result.returncode == Exit.OK, result.stderr
     after = disk.state()
     assert outside_root(after) == outside_root(before) and "root/tmp/cruft" not in after.files
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EUCLEAN], ids=["EIO", "EUCLEAN"])
+@pytest.mark.parametrize("verb", ["run", "cleanup", "skip-next"])
+def test_a_damaged_filesystem_while_observing_is_refused(disk: Disk, verb: str, code: int) -> None:
+    """A tree block that fails its checksum or reads as garbage while the run looks (observe raises the
+    kernel's EIO or EUCLEAN, injected): the same at every boot, nothing changed, so a refusal naming
+    the damage (was: exit 1 `internal`, "a bug: report it", at every boot)."""
+    setup(disk, lambda top: None)
+    before = disk.state()
+    inject = (
+        "import os, sys\n"
+        "from rollback.effects import btrfs\n"
+        "def damaged(*args, **kwargs):\n"
+        f"    raise OSError({code}, os.strerror({code}), 'root')\n"
+        "btrfs.observe = damaged\n"
+        "from rollback.cli import run\n"
+        "run()\n"
+    )
+    argv = [sys.executable, "-c", inject, *disk.rollback_argv(verb)[3:]]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == Exit.REFUSED and "reason=unreadable" in result.stderr, result.stderr
+    assert os.strerror(code) in result.stderr and "btrfs check" in result.stderr
+    assert disk.state() == before
 
 
 @pytest.mark.parametrize("step", [WriteMark(SKIP_MARK), RemoveMark(SKIP_MARK)], ids=["write", "remove"])
