@@ -66,15 +66,19 @@ def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
         path = default
     import tomllib  # only when there is a file: a kernel-command-line-only setup never parses TOML
 
+    raw = b""
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read()
+        data = tomllib.loads(raw.decode())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", "check --config", code="config-unreadable") from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}", code="config-unreadable") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}", code="bad-toml") from None
+        bom = raw.startswith(b"\xef\xbb\xbf")  # some Windows editors write it; TOML forbids it
+        hint = "it begins with a byte order mark (BOM): save it as UTF-8 without one" if bom else ""
+        raise ConfigError(f"config file {path} is not valid TOML: {error}", hint, code="bad-toml") from None
     except RecursionError:  # arrays or tables nested past the parser's depth: no setting is that deep
         raise ConfigError(f"config file {path} nests arrays or tables too deeply", code="bad-toml") from None
     layer: dict[str, Value] = {}

@@ -19,6 +19,7 @@ from rollback.model import Mounts, Observation
 from rollback.plan import (
     Delete,
     Plan,
+    Rename,
     bounds,
     holders,
     paths_of_interest,
@@ -83,7 +84,7 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
         try:
             if str(number) == fail_at:
                 os.environ[FAIL_AT_ENV] = later  # once: a plan made after this failure runs on
-                code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or errno.EIO)
+                code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or 0) or errno.EIO
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             btrfs.execute(step, top)
         except OSError as error:
@@ -240,6 +241,15 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     )
     try:
         _execute(plan, top, fields)
+    except Refused as refused:  # the first of them could not go either, and nothing did: say that
+        if refused.code != "no-space":
+            raise
+        said = refused.reason.replace("; nothing of rollback's is due for deletion", "")
+        raise Refused(
+            f"no room for the first change, nor to delete the archived roots retention prunes: {said}",
+            "free space (btrfs filesystem usage); the old root stays in use until then",
+            code="no-space",
+        ) from None
     except StepFailed as failed:  # its hint would say what rollback left was deleted: say what happened
         if failed.code != "no-space-midway":
             raise
@@ -272,9 +282,11 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     if plan.skipped:
         emit("skipped", f"{plan.skipped}: the root is kept this once", reason="skip-next", **fields)
         return Exit.SKIPPED
+    # a first run, or a misspelt name: say so (a new subvolume nobody boots from is no rollback)
+    made = "replaced" if any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps) else ""
     emit(
         "finished",
-        f"{config.subvolume} replaced, {plan.deleted} subvolume(s) deleted",
+        f"{config.subvolume} {made or 'created (it did not exist)'}, {plan.deleted} subvolume(s) deleted",
         deleted=plan.deleted,
         duration_ms=round((time.monotonic() - began) * 1000, 1),
         **fields,

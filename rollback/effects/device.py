@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rollback import mountinfo
+from rollback import mountinfo, names
 from rollback.errors import Refused
 from rollback.model import Mounts
 
@@ -20,20 +20,26 @@ LOCK_DIR = "/run/rollback-locks"
 NODE_LOCK_WAIT_S = 10.0  # how long a lock held on the device node (udev's, for an event) is waited for
 
 
+def _named(device: str) -> str:
+    """The device as a message shows it: quoted when a space or an unprintable character would hide."""
+    return device if device.isprintable() and not any(c.isspace() for c in device) else names.shown(device)
+
+
 def probe(device: str) -> str:
     """The filesystem's fsid (the same on every member device); refuse unless `device` is a block
     device holding a btrfs filesystem."""
+    named = _named(device)
     try:
         mode = os.stat(device).st_mode
     except FileNotFoundError:
         raise Refused(
-            f"device {device} does not exist", "check --device; in the initrd the unit waits for it", code="no-device"
+            f"device {named} does not exist", "check --device; in the initrd the unit waits for it", code="no-device"
         ) from None
     except OSError as error:
-        raise Refused(f"cannot stat {device}: {error.strerror}", code="no-device") from None
+        raise Refused(f"cannot stat {named}: {error.strerror}", "check --device", code="no-device") from None
     if not stat.S_ISBLK(mode):
         raise Refused(
-            f"{device} is not a block device",
+            f"{named} is not a block device",
             "pass the device node, e.g. /dev/disk/by-label/...",
             code="not-block-device",
         )
@@ -41,12 +47,12 @@ def probe(device: str) -> str:
         with open(device, "rb") as handle:
             head = os.pread(handle.fileno(), 0x48, _SUPERBLOCK)
     except PermissionError as error:
-        _not_root(f"cannot read {device}: {error.strerror}")
-        raise Refused(f"cannot read {device}: {error.strerror}", code="unreadable") from None
+        _not_root(f"cannot read {named}: {error.strerror}")
+        raise Refused(f"cannot read {named}: {error.strerror}", "see dmesg", code="unreadable") from None
     except OSError as error:
-        raise Refused(f"cannot read {device}: {error.strerror}", code="unreadable") from None
+        raise Refused(f"cannot read {named}: {error.strerror}", "see dmesg", code="unreadable") from None
     if head[0x40:0x48] != _BTRFS_MAGIC:
-        raise Refused(f"{device} does not hold a btrfs filesystem", "check --device", code="not-btrfs")
+        raise Refused(f"{named} does not hold a btrfs filesystem", "check --device", code="not-btrfs")
     return head[0x20:0x30].hex()
 
 

@@ -52,6 +52,8 @@ def test_first_run_without_root(disk: Disk) -> None:
     result = disk.rollback("run")
     assert result.returncode == Exit.OK, result.stderr
     assert disk.state().subvolume_paths() == ["persist", "root"]
+    assert "root created (it did not exist), 0 subvolume(s) deleted" in result.stderr  # a misspelt name shows
+    assert "root replaced" in disk.rollback("run").stderr
 
 
 def test_rerun_on_a_clean_device_is_harmless(disk: Disk) -> None:
@@ -397,9 +399,10 @@ def test_no_room_for_the_new_root_in_keep_mode_deletes_the_pruned_roots_first(di
 
 
 def test_no_room_even_to_delete_the_pruned_roots_says_so_and_the_next_run_goes_on(disk: Disk) -> None:
-    """The prune-first delete itself fails with ENOSPC (injected: step 1 of both plans): exit 1 whose
-    hint says what happened (it said rollback's leftovers had been deleted first); then, with room,
-    the next run finishes."""
+    """The prune-first delete itself fails with ENOSPC (injected: step 1 of both plans, before the
+    delete removed anything): a refusal that says what happened (it said rollback's leftovers had been
+    deleted first; then, counted again, "nothing of rollback's is due"); with room, the next run
+    finishes. Failing after part of the tree went, it is exit 1, and the next run goes on from there."""
     with disk.top() as top:
         populate(top)
         (top / "old").mkdir()
@@ -407,10 +410,9 @@ def test_no_room_even_to_delete_the_pruned_roots_says_so_and_the_next_run_goes_o
     before = disk.state()
     flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
     failed = disk.rollback("run", *flags, env={FAIL_AT_ENV: "1,1", FAIL_ERRNO_ENV: str(errno.ENOSPC)})
-    assert failed.returncode == Exit.FAILED, failed.stderr
-    assert "reason=no-space-midway" in failed.stderr
-    assert "was making it by deleting the archived roots retention prunes" in failed.stderr
-    assert "the next run goes on from here" in failed.stderr
+    assert failed.returncode == Exit.REFUSED, failed.stderr
+    assert "reason=no-space" in failed.stderr and "nothing of rollback's" not in failed.stderr
+    assert "nor to delete the archived roots retention prunes" in failed.stderr
     assert disk.state() == before  # both failures injected before their step did anything
     assert disk.rollback("run", *flags).returncode == Exit.OK
     after = disk.state()

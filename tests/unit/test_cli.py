@@ -150,6 +150,21 @@ def test_missing_device_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == Exit.REFUSED and "does not exist" in err
 
 
+@pytest.mark.parametrize(
+    ("device", "said"),
+    [
+        ("/dev/does-not-exist ", "device '/dev/does-not-exist ' does not exist"),
+        ("/dev/null/", "cannot stat /dev/null/"),
+    ],
+)
+def test_a_device_that_cannot_be_found_is_named_visibly_with_a_hint(
+    capsys: pytest.CaptureFixture[str], device: str, said: str
+) -> None:
+    """A trailing space shown (it read "device /dev/x  does not exist"); ENOTDIR gave an empty hint."""
+    code, _, err = run(capsys, "status", "--device", device, "--kernel-cmdline", "/dev/null")
+    assert code == Exit.REFUSED and said in err and "hint='check --device" in err, err
+
+
 def test_regular_file_is_not_a_block_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "disk.img").write_bytes(b"\0" * 4096)
     code, _, err = run(capsys, "run", "--device", str(tmp_path / "disk.img"), "--kernel-cmdline", "/dev/null")

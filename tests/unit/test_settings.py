@@ -180,6 +180,13 @@ def test_config_file_errors(fs: FakeFilesystem, contents: str, message: str) -> 
         load_config_file("/etc/custom.toml", DEFAULT_CONFIG)
 
 
+def test_a_byte_order_mark_is_named_in_the_hint(fs: FakeFilesystem) -> None:
+    fs.create_file("/etc/custom.toml", contents='\ufeffsubvolume = "root"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML") as caught:
+        load_config_file("/etc/custom.toml", DEFAULT_CONFIG)
+    assert "byte order mark" in caught.value.hint and caught.value.code == "bad-toml"
+
+
 def test_explicit_config_file_must_exist(fs: FakeFilesystem) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file("/etc/nope.toml", DEFAULT_CONFIG)
