@@ -20,13 +20,37 @@ let
   tree = cfg.initrdPackage;
   settings = builtins.fromJSON (builtins.readFile ./settings.json);
   defaultOf = option: (lib.findFirst (s: s.option == option) null settings).default;
+  names = import ./names.nix { inherit lib; };
+
+  # What settings.json does not carry yet (rollback/settings.py's schema() writes neither; a test keeps
+  # these equal to its table): each integer's range, and which settings are names below the top level.
+  limits = {
+    keepDays = [
+      0
+      36500
+    ];
+    keepCount = [
+      0
+      100000
+    ];
+    keepMin = [
+      0
+      100000
+    ];
+  };
+  nameOptions = [
+    "subvolume"
+    "blank"
+    "archive"
+    "protect"
+  ];
 
   typeOf =
     s:
     if s.choices != [ ] then
       lib.types.enum s.choices
     else if s.kind == "int" then
-      lib.types.ints.unsigned
+      lib.types.ints.between (lib.head limits.${s.option}) (lib.last limits.${s.option})
     else if s.kind == "bool" then
       lib.types.bool
     else if s.kind == "list" then
@@ -182,12 +206,53 @@ let
   );
   configFile = (pkgs.formats.toml { }).generate "rollback.toml" values;
 
+  # Names as the CLI reads them: each given name with its problem (archive "" is "do not keep"), and
+  # the canonical spelling of the good ones (null for a bad one).
+  given = lib.concatMap (o: map (value: { inherit o value; }) (lib.toList cfg.${o})) nameOptions;
+  problemOf =
+    value:
+    let
+      path = names.canonical value;
+    in
+    if path == null then
+      names.problem value
+    else if names.isWithin path names.stateDir then
+      "is inside rollback's own state directory ${names.stateDir}: choose a name outside it"
+    else
+      null;
+  badNames = lib.filter (n: n.problem != null) (
+    map (n: n // { problem = problemOf n.value; }) (lib.filter (n: n != { o = "archive"; value = ""; }) given)
+  );
+  subvolume = names.canonical cfg.subvolume;
+  protected = lib.filter (p: p != null) (map names.canonical cfg.protect);
+
+  # The target, the archive and (snapshot mode) the blank: none inside another, as the CLI checks.
+  placed = lib.filterAttrs (_: path: path != null) (
+    {
+      inherit subvolume;
+    }
+    // lib.optionalAttrs (cfg.archive != "") { archive = names.canonical cfg.archive; }
+    // lib.optionalAttrs (cfg.mode == "snapshot") { blank = names.canonical cfg.blank; }
+  );
+  overlaps = lib.filter (pair: pair != null) (
+    lib.concatMap (
+      a:
+      map (
+        b:
+        if a < b && (names.isWithin placed.${a} placed.${b} || names.isWithin placed.${b} placed.${a}) then
+          "${a} \"${placed.${a}}\" and ${b} \"${placed.${b}}\""
+        else
+          null
+      ) (lib.attrNames placed)
+    ) (lib.attrNames placed)
+  );
+
   subvolOf = fs: lib.findFirst (o: lib.hasPrefix "subvol=" o) null fs.options;
   usesSubvol = name: fs: lib.elem (subvolOf fs) [
     "subvol=${name}"
     "subvol=/${name}"
   ];
-  isProtected = fs: fs.fsType == "btrfs" && lib.any (p: usesSubvol p fs) cfg.protect;
+  isProtected = fs: fs.fsType == "btrfs" && lib.any (p: usesSubvol p fs) protected;
   protectedNotNeeded = lib.attrNames (
     lib.filterAttrs (_: fs: isProtected fs && !(utils.fsNeededForBoot fs)) config.fileSystems
   );
@@ -197,7 +262,6 @@ let
     "keepMin"
   ];
   retentionSet = lib.filter (o: cfg.${o} != defaultOf o) retention;
-  basename = p: lib.last (lib.splitString "/" p);
 in
 {
   options.boot.rollback = settingOptions // {
@@ -258,8 +322,8 @@ in
                 "boot.rollback needs a btrfs root: ${rootRef}.fsType must be \"btrfs\".";
           }
           {
-            assertion = rootFs != null && usesSubvol cfg.subvolume rootFs;
-            message = "boot.rollback replaces the subvolume `${cfg.subvolume}`: add \"subvol=${cfg.subvolume}\" to ${rootRef}.options (or set boot.rollback.subvolume).";
+            assertion = subvolume == null || (rootFs != null && usesSubvol subvolume rootFs);
+            message = "boot.rollback replaces the subvolume `${subvolume}`: add \"subvol=${subvolume}\" to ${rootRef}.options (or set boot.rollback.subvolume).";
           }
           {
             assertion = spec != null;
@@ -290,8 +354,18 @@ in
             } only apply when old roots are kept: set boot.rollback.archive.";
           }
           {
-            assertion = !(lib.elem (basename cfg.subvolume) (map basename cfg.protect));
-            message = "boot.rollback: the target subvolume `${cfg.subvolume}` is in boot.rollback.protect; it would be refused at every boot.";
+            assertion = badNames == [ ];
+            message = "boot.rollback: ${
+              lib.concatMapStringsSep "; " (n: "${n.o} = ${builtins.toJSON n.value} ${n.problem}") badNames
+            }. Names are relative to the btrfs top level: letters, digits and _ @ + . -, separated by /.";
+          }
+          {
+            assertion = overlaps == [ ];
+            message = "boot.rollback: ${lib.concatStringsSep ", " overlaps} overlap: choose them so that neither lies inside the other (the CLI refuses it at every boot).";
+          }
+          {
+            assertion = subvolume == null || !(lib.elem (names.basename subvolume) (map names.basename protected));
+            message = "boot.rollback: the target subvolume `${subvolume}` is in boot.rollback.protect; it would be refused at every boot.";
           }
         ];
 

@@ -6,12 +6,17 @@
 # `machines` is JSON: name -> a NixOS module as JSON, plus two keys of this harness:
 #   "_imports": files under tests/nix to import as well (e.g. "machines/impermanence.nix"),
 #   "_withoutModule": true to leave packaging/nix/module.nix out (what the machine was before).
+# `corpus` (JSON, the same shape) only gets verdicts: whether evaluation refuses the machine (a failed
+# assertion, or an error such as a value not of its option's type), and its /etc/rollback.toml if not.
+# `nameCorpus` (JSON, a list of strings): packaging/nix/names.nix's verdict on each.
 # Also: the flake's outputs over the stand-in nixpkgs, and the package's files (lib.fileset) and
 # check-phase attributes. `--eval` builds nothing and writes nothing to a store.
 {
   kit,
   nixpkgsLib,
   machines,
+  corpus ? "{}",
+  nameCorpus ? "[]",
 }:
 
 let
@@ -65,6 +70,7 @@ let
     in
     {
       options = lib.attrNames (options.boot.rollback or { });
+      types = lib.mapAttrs (_: o: o.type.description or null) (options.boot.rollback or { });
       failed = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
       ours = if machine._withoutModule or false then [ ] else map (a: a.assertion) (lib.head module.config.content.contents).assertions;
       inherit (config) warnings;
@@ -110,6 +116,29 @@ let
       };
     };
 
+  # Refused (a failed assertion or an evaluation error, which tryEval catches as module type errors
+  # are thrown), else the config file it writes.
+  verdict =
+    machine:
+    let
+      inherit (evaluate machine) config;
+      failed = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+      toml = config.boot.initrd.systemd.contents."/etc/rollback.toml".source.value or null;
+      tried = builtins.tryEval (builtins.deepSeq [ failed toml ] { inherit failed toml; });
+    in
+    if tried.success then
+      {
+        refused = tried.value.failed != [ ];
+        inherit (tried.value) failed;
+        toml = if tried.value.toml == null then null else builtins.fromJSON tried.value.toml;
+      }
+    else
+      {
+        refused = true;
+        failed = null;
+        toml = null;
+      };
+
   # The flake's outputs over the stand-in nixpkgs (checks.vm's nodes are not evaluated: they need
   # nixpkgs' qemu-vm modules).
   flake =
@@ -150,6 +179,15 @@ let
 in
 {
   machines = lib.mapAttrs (_: facts) (builtins.fromJSON machines);
+  verdicts = lib.mapAttrs (_: verdict) (builtins.fromJSON corpus);
+  names =
+    let
+      rule = import ../../packaging/nix/names.nix { inherit lib; };
+    in
+    map (value: {
+      canonical = rule.canonical value;
+      problem = rule.problem value;
+    }) (builtins.fromJSON nameCorpus);
   inherit flake package;
   store = {
     systemd = toString pkgs.systemd;

@@ -25,6 +25,7 @@ import sys
 import sysconfig
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from typing import Any
 import pytest
 
 from rollback.devspec import device_path
-from rollback.settings import schema
+from rollback.names import canonical as canonical_name
+from rollback.settings import SETTINGS, schema
 from tests.support.cli import rollback_argv
 from tests.support.environment import unavailable
 
@@ -146,6 +148,33 @@ FAILS: dict[str, tuple[Machine, list[str]]] = {
         machine({"keepMin": 5}),
         ["keepMin only apply when old roots are kept: set boot.rollback.archive"],
     ),
+    "subvolume-absolute": (
+        machine({"subvolume": "/rootfs"}),
+        ['subvolume = "/rootfs" is absolute (names are relative to the btrfs top level). Names are relative'],
+    ),
+    "protect-bad-names": (
+        machine({"protect": ["/persist", "", "../x"]}),
+        [
+            'protect = "/persist" is absolute (names are relative to the btrfs top level); protect = "" names '
+            "nothing below the top level; protect = \"../x\" has a '..' component (must stay below the top level)."
+        ],
+    ),
+    "archive-not-a-name": (
+        machine({"archive": "old roots"}),
+        ['archive = "old roots" may only use letters, digits and _ @ + . - (separated by /).'],
+    ),
+    "archive-in-state-dir": (
+        machine({"archive": ".rollback/x"}),
+        ['archive = ".rollback/x" is inside rollback\'s own state directory .rollback: choose a name outside it.'],
+    ),
+    "archive-inside-root": (
+        machine({"archive": "root/old"}),
+        ['archive "root/old" and subvolume "root" overlap: choose them so that neither lies inside the other'],
+    ),
+    "blank-inside-root": (
+        machine({"mode": "snapshot", "blank": "root/blank"}),
+        ['blank "root/blank" and subvolume "root" overlap: choose them so that neither lies inside the other'],
+    ),
     "root-by-name-ext4": (
         machine(
             fs={"/": None, "root": {"mountPoint": "/", "device": DEVICE, "fsType": "ext4", "options": ["subvol=root"]}}
@@ -225,6 +254,65 @@ MACHINES: dict[str, Machine] = {
 }
 
 
+OPTION_OF = {str(s["key"]): str(s["option"]) for s in schema()}
+
+# Settings as users write them: the module must refuse a machine exactly when the CLI refuses its
+# config file (exit 2, at every boot). By hand, and for each name and integer setting of the table.
+SETTINGS_CORPUS: list[dict[str, Any]] = [
+    {},
+    {"archive": "old_roots", "keepDays": 40000},
+    {"archive": "old_roots", "keepCount": 200000},
+    {"keepDays": 7},
+    {"subvolume": "/rootfs"},
+    {"subvolume": ""},
+    {"subvolume": "rootfs/"},
+    {"subvolume": "sys/root"},
+    {"subvolume": "a/../root"},
+    {"protect": ["/persist"]},
+    {"protect": [""]},
+    {"protect": ["../x"]},
+    {"protect": ["persist/", "srv/data"]},
+    {"protect": []},
+    {"archive": "old roots"},
+    {"archive": ".rollback/x"},
+    {"archive": ".rollback"},
+    {"archive": "./"},
+    {"archive": ".old"},
+    {"archive": "root/old"},
+    {"archive": "old/roots"},
+    {"subvolume": "sys/root", "archive": "sys"},
+    {"mode": "snapshot", "blank": "root/blank"},
+    {"mode": "snapshot", "blank": "root"},
+    {"mode": "snapshot", "blank": "blanks/root"},
+    {"blank": "root/blank"},  # recreate mode: the blank is not used, where it lies does not matter
+    {"blank": ".rollback/blank"},
+    {"mode": "copy"},
+    {"cleanup": "later"},
+    {"subvolume": "persist"},
+    *[
+        {"archive": "old_roots", OPTION_OF[t.key]: n}
+        for t in SETTINGS
+        if t.limits
+        for n in (t.limits[0] - 1, t.limits[0], t.limits[1], t.limits[1] + 1)
+    ],
+    *[{OPTION_OF[t.key]: ["/x"] if isinstance(t.default, tuple) else "/x"} for t in SETTINGS if t.path],
+]
+NAME_CORPUS = [
+    *("root", "root/", "./root", "a//b", "a/./b", "@+.-_", "...", ".hidden", "-", "x" * 255, "x" * 256),
+    *("/root", "", ".", "./", "..", "a/../b", "a/..", "old roots", "a:b", "a\tb", "a\nb", "é", "日本"),
+    *(".rollback", ".rollback/x", "/".join(["x" * 200] * 5), "/".join(["x" * 200] * 6)),
+]
+
+
+def corpus_machine(settings: dict[str, Any]) -> Machine:
+    """The minimal machine with these settings, its root mounted from the subvolume they name."""
+    try:
+        root = canonical_name(settings.get("subvolume", "root"))
+    except ValueError:
+        root = "root"
+    return machine(settings, fs={"/": btrfs(root)})
+
+
 def nix(*argv: str) -> subprocess.CompletedProcess[str]:
     if not shutil.which("nix-instantiate"):
         unavailable("nix-instantiate is not installed (Debian: nix-bin)")
@@ -250,6 +338,8 @@ class Evaluated:
     flake: dict[str, Any]
     package: dict[str, Any]
     store: dict[str, str]
+    verdicts: dict[str, dict[str, Any]]
+    names: list[dict[str, str | None]]
     stderr: str
     seconds: float
 
@@ -264,10 +354,19 @@ def evaluate(nixpkgs_lib: Path, machines: dict[str, Machine]) -> Evaluated:
         *("--argstr", "kit", str(KIT)),
         *("--argstr", "nixpkgsLib", str(nixpkgs_lib)),
         *("--argstr", "machines", json.dumps(machines)),
+        *("--argstr", "corpus", json.dumps({str(i): corpus_machine(s) for i, s in enumerate(SETTINGS_CORPUS)})),
+        *("--argstr", "nameCorpus", json.dumps(NAME_CORPUS)),
     )
     found = json.loads(result.stdout)
     return Evaluated(
-        found["machines"], found["flake"], found["package"], found["store"], result.stderr, time.monotonic() - start
+        found["machines"],
+        found["flake"],
+        found["package"],
+        found["store"],
+        found["verdicts"],
+        found["names"],
+        result.stderr,
+        time.monotonic() - start,
     )
 
 
@@ -557,6 +656,65 @@ def test_every_assertion_of_the_module_fails_on_some_machine(evaluated: Evaluate
     count = len(evaluated.machines["boot-on"]["ours"])
     assert count == (ROOT / "packaging/nix/module.nix").read_text().count("assertion =")
     assert [i for i in range(count) if all(oks[i] for oks in ours)] == []
+
+
+# What the CLI refuses at every boot, the module refuses at evaluation
+
+
+def test_the_name_rule_is_the_clis(evaluated: Evaluated) -> None:
+    """packaging/nix/names.nix (builtins.match) and rollback/names.py on one corpus: the same canonical
+    spelling, or the same problem."""
+
+    def python(value: str) -> dict[str, str | None]:
+        try:
+            return {"canonical": canonical_name(value), "problem": None}
+        except ValueError as error:
+            return {"canonical": None, "problem": str(error)}
+
+    assert dict(zip(NAME_CORPUS, evaluated.names, strict=True)) == {v: python(v) for v in NAME_CORPUS}
+
+
+def test_integer_options_have_the_clis_range(evaluated: Evaluated) -> None:
+    types = evaluated.machines["boot-on"]["types"]
+    integers = [s for s in SETTINGS if s.parser.label == "int"]
+    assert integers and all(s.limits for s in integers)
+    for setting in integers:
+        low, high = setting.limits or (0, 0)
+        assert types[OPTION_OF[setting.key]] == f"integer between {low} and {high} (both inclusive)", setting.key
+
+
+def written_config(settings: dict[str, Any]) -> dict[str, Any]:
+    """What the module writes for these settings: the device, and every setting not at its default."""
+    defaults = {str(s["option"]): (str(s["key"]), s["default"]) for s in schema()}
+    return {"device": DEVICE} | {defaults[o][0]: v for o, v in settings.items() if v != defaults[o][1]}
+
+
+def cli_exit(values: dict[str, Any], toml: Path) -> int:
+    toml.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
+    argv = rollback_argv("config", config=str(toml), cmdline="/dev/null")
+    return subprocess.run(argv, capture_output=True, text=True).returncode
+
+
+def test_the_module_refuses_exactly_what_the_cli_refuses(evaluated: Evaluated, tmp_path: Path) -> None:
+    """For each machine of the corpus: evaluation fails (an assertion or an option's type) exactly when
+    `rollback config` exits 2 on its config file; an accepted machine's file is the one the CLI read."""
+    with ThreadPoolExecutor() as pool:
+        exits = list(
+            pool.map(
+                lambda i: cli_exit(written_config(SETTINGS_CORPUS[i]), tmp_path / f"{i}.toml"),
+                range(len(SETTINGS_CORPUS)),
+            )
+        )
+    drift = []
+    for i, settings in enumerate(SETTINGS_CORPUS):
+        verdict = evaluated.verdicts[str(i)]
+        assert exits[i] in (0, 2), (settings, exits[i])
+        if verdict["refused"] != (exits[i] == 2):
+            drift.append((settings, verdict["failed"], exits[i]))
+        elif not verdict["refused"]:
+            assert verdict["toml"] == written_config(settings), settings
+    assert drift == [], "the module and the CLI disagree"
+    assert set(exits) == {0, 2}
 
 
 @pytest.mark.parametrize("name", ["boot-on", "impermanence", "archive", "root-by-name", "root-entry-disabled"])
