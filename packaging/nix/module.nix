@@ -247,7 +247,8 @@ let
     ) (lib.attrNames placed)
   );
 
-  subvolOf = fs: lib.findFirst (o: lib.hasPrefix "subvol=" o) null fs.options;
+  optionsOf = fs: lib.concatMap (lib.splitString ",") fs.options; # an entry may hold "a,b"
+  subvolOf = fs: lib.findFirst (o: lib.hasPrefix "subvol=" o) null (optionsOf fs);
   usesSubvol = name: fs: lib.elem (subvolOf fs) [
     "subvol=${name}"
     "subvol=/${name}"
@@ -324,6 +325,10 @@ in
           {
             assertion = subvolume == null || (rootFs != null && usesSubvol subvolume rootFs);
             message = "boot.rollback replaces the subvolume `${subvolume}`: add \"subvol=${subvolume}\" to ${rootRef}.options (or set boot.rollback.subvolume).";
+          }
+          {
+            assertion = rootFs == null || !(lib.any (lib.hasPrefix "subvolid=") (optionsOf rootFs));
+            message = "boot.rollback: remove subvolid= from ${rootRef}.options: every boot replaces `${cfg.subvolume}` with a new subvolume, whose id is another, so from the second boot on sysroot.mount fails (\"subvol '${cfg.subvolume}' does not match subvolid\"); subvol=${cfg.subvolume} alone names it.";
           }
           {
             assertion = spec != null;

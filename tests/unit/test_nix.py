@@ -111,6 +111,10 @@ FAILS: dict[str, tuple[Machine, list[str]]] = {
         ],
     ),
     "wrong-subvol": (machine(fs={"/": btrfs("@")}), ['add "subvol=root" to fileSystems."/".options']),
+    "root-subvolid": (
+        machine(fs={"/": btrfs("root", options=["subvol=root", "compress=zstd,subvolid=256"])}),
+        ['remove subvolid= from fileSystems."/".options: every boot replaces `root` with a new subvolume'],
+    ),
     "root-without-device": (
         machine(fs={"/": {"fsType": "btrfs", "options": ["subvol=root"]}}),
         ['set boot.rollback.device (fileSystems."/" has no device)'],
