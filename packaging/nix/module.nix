@@ -253,7 +253,10 @@ let
     "subvol=${name}"
     "subvol=/${name}"
   ];
-  isProtected = fs: fs.fsType == "btrfs" && lib.any (p: usesSubvol p fs) protected;
+  # A protected subvolume rollback meets is on the root's filesystem: only entries on the root's
+  # device (as spelled there) count; `subvol=home` on another disk is another filesystem's.
+  onRootDevice = fs: rootFs != null && fs.device != null && fs.device == rootFs.device;
+  isProtected = fs: fs.fsType == "btrfs" && onRootDevice fs && lib.any (p: usesSubvol p fs) protected;
   protectedNotNeeded = lib.attrNames (
     lib.filterAttrs (_: fs: isProtected fs && !(utils.fsNeededForBoot fs)) config.fileSystems
   );

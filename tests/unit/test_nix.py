@@ -238,6 +238,8 @@ MACHINES: dict[str, Machine] = {
     "root-entry-disabled": machine(
         fs={"/": {"enable": False, "device": "/dev/sda1", "fsType": "ext4"}, "root": btrfs("root", mountPoint="/")}
     ),
+    # /home from subvol=home on another disk, mounted after stage 1: not what rollback protects
+    "home-on-another-disk": machine(fs={"/home": {**btrfs("home"), "device": "/dev/vdb1"}}),
     "root-by-label": machine(fs={"/": {"label": "my root", "fsType": "btrfs", "options": ["subvol=root"]}}),
     "disabled": machine({"enable": False}),
     "without-module": {
@@ -721,7 +723,9 @@ def test_the_module_refuses_exactly_what_the_cli_refuses(evaluated: Evaluated, t
     assert set(exits) == {0, 2}
 
 
-@pytest.mark.parametrize("name", ["boot-on", "impermanence", "archive", "root-by-name", "root-entry-disabled"])
+@pytest.mark.parametrize(
+    "name", ["boot-on", "impermanence", "archive", "root-by-name", "root-entry-disabled", "home-on-another-disk"]
+)
 def test_good_machines_fail_no_assertion(evaluated: Evaluated, name: str) -> None:
     assert evaluated.machines[name]["failed"] == []
 
