@@ -409,10 +409,15 @@ in
             };
         };
       }
+      # The running system: the CLI the docs use (status, diff, skip-next, config), reading the
+      # settings the initrd has (one configFile for both).
+      (lib.mkIf (escapedDevice != null) {
+        environment.systemPackages = [ cfg.package ];
+        environment.etc."rollback.toml".source = configFile;
+      })
       # cleanup = "after-boot": the running system deletes the trash at idle priority (the boot only
       # renames and creates); the package's rollback-cleanup@.service, instance wanted by multi-user.
       (lib.mkIf (cfg.cleanup == "after-boot" && escapedDevice != null) {
-        environment.etc."rollback.toml".source = configFile; # the same settings for cleanup and status
         systemd.packages = [ cfg.package ];
         systemd.services."rollback-cleanup@${escapedDevice}" = {
           overrideStrategy = "asDropin";

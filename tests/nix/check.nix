@@ -103,6 +103,7 @@ let
       }) initrd.units;
       # The running system's cleanup after boot (cleanup = "after-boot").
       system = {
+        installed = map toString config.environment.systemPackages;
         packages = map toString config.systemd.packages;
         services = lib.mapAttrs (_: s: {
           inherit (s) overrideStrategy wantedBy;

@@ -452,15 +452,23 @@ def test_cleanup_after_boot_installs_the_running_systems_cleanup_instance(evalua
         }
     }
     assert found["toml"]["cleanup"] == "after-boot"
-    # the running system's cleanup and status read the same settings as the initrd
-    assert found["system"]["etc"] == {"rollback.toml": found["contents"]["/etc/rollback.toml"]}
     quiet = evaluated.machines["cleanup-after-boot-no-cmdline"]["system"]["services"]["rollback-cleanup@dev-vda2"]
     assert quiet["execStart"] == [
         "",
         f"{found['package']}/bin/rollback cleanup --device /%I --kernel-cmdline /dev/null",
     ]
     default = evaluated.machines["impermanence"]
-    assert default["system"] == {"packages": [], "services": {}, "etc": {}} and "cleanup" not in default["toml"]
+    assert (default["system"]["packages"], default["system"]["services"]) == ([], {})
+    assert "cleanup" not in default["toml"]
+
+
+@pytest.mark.parametrize("name", ["impermanence", "cleanup-after-boot", "stop-boot"])
+def test_the_running_system_gets_the_cli_and_the_initrds_settings(evaluated: Evaluated, name: str) -> None:
+    """What the docs run after boot (`rollback status`, `skip-next`, ...): the package on the PATH, and
+    /etc/rollback.toml, the initrd's own file, whatever the cleanup."""
+    found = evaluated.machines[name]
+    assert found["system"]["installed"] == [found["package"]]
+    assert found["system"]["etc"] == {"rollback.toml": found["contents"]["/etc/rollback.toml"]}
 
 
 def test_make_initrd_ng_gets_the_tree_and_the_config_not_the_package(evaluated: Evaluated) -> None:
@@ -780,6 +788,7 @@ def test_the_disabled_module_changes_nothing(evaluated: Evaluated) -> None:
     assert disabled["initrdDrv"] == without["initrdDrv"]  # the same initrd, to the derivation
     assert disabled["unitsDir"] == without["unitsDir"]
     assert (disabled["failed"], disabled["tree"], disabled["toml"]) == ([], None, None)
+    assert disabled["system"] == without["system"] == {"installed": [], "packages": [], "services": {}, "etc": {}}
 
 
 # The flake and the package
