@@ -183,6 +183,9 @@ let
   escapedDevice = if devicePath == null then null else escapePath devicePath;
   instance = "rollback@${escapedDevice}";
   stopBoot = cfg.failurePolicy == "stop-boot";
+  # upstream initrd.nix: root has no password in the initrd's /etc/shadow unless this grants one
+  emergencyAccess = config.boot.initrd.systemd.emergencyAccess;
+  emergencyLocked = emergencyAccess == null || emergencyAccess == false;
   standby = "/run/rollback/standby/%i"; # where rollback-early@ waits for rollback@'s trigger
 
   # units/rollback-stop-boot.conf, the drop-in the dracut module installs, as [Unit] options (the
@@ -298,7 +301,8 @@ in
       description = ''
         What a failed or refused rollback does. `boot-on`: log it and boot with yesterday's
         root (nothing lost, but dirty). `stop-boot`: sysroot.mount requires the rollback, so
-        the root is never mounted dirty; the initrd enters emergency mode.
+        the root is never mounted dirty; the initrd enters emergency mode, which root can enter
+        only with boot.initrd.systemd.emergencyAccess set (warned when it is not).
       '';
     };
 
@@ -376,6 +380,19 @@ in
             message = "boot.rollback: the target subvolume `${subvolume}` is in boot.rollback.protect; it would be refused at every boot.";
           }
         ];
+
+        warnings = lib.optional (stopBoot && emergencyLocked) (
+          "boot.rollback.failurePolicy = \"stop-boot\": a failed or refused rollback stops the boot in "
+          + "the initrd's emergency mode, but boot.initrd.systemd.emergencyAccess is ${builtins.toJSON emergencyAccess}, "
+          + "so root cannot log in there. Set boot.initrd.systemd.emergencyAccess = true (no password) or to a "
+          + "hashed password (mkpasswd -m sha-512). Otherwise the only way on is "
+          + (
+            if cfg.kernelCommandLine then
+              "rollback.skip on the kernel command line, or an older generation from the boot menu."
+            else
+              "an older generation from the boot menu (kernelCommandLine = false: rollback.skip is ignored)."
+          )
+        );
 
         boot.initrd.systemd = lib.mkIf (escapedDevice != null) {
           packages = [ tree ]; # rollback@.service, ExecStart=${tree}/bin/rollback

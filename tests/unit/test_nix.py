@@ -211,9 +211,15 @@ DEVICES = DEVICE_VALUES  # each maps as rollback/devspec.py maps it, and as udev
 MACHINES: dict[str, Machine] = {
     "impermanence": {"_imports": ["machines/impermanence.nix"]},
     "boot-on": machine(),
-    "stop-boot": machine({"failurePolicy": "stop-boot"}),
+    "stop-boot": machine({"failurePolicy": "stop-boot"}, boot={"initrd": {"systemd": {"emergencyAccess": "$6$x"}}}),
     "no-cmdline": machine({"kernelCommandLine": False}),
-    "stop-boot-no-cmdline": machine({"failurePolicy": "stop-boot", "kernelCommandLine": False}),
+    "stop-boot-no-cmdline": machine(
+        {"failurePolicy": "stop-boot", "kernelCommandLine": False},
+        boot={"initrd": {"systemd": {"emergencyAccess": True}}},
+    ),
+    # emergencyAccess at its NixOS default (false): emergency mode has no way in
+    "stop-boot-locked": machine({"failurePolicy": "stop-boot"}),
+    "stop-boot-locked-no-cmdline": machine({"failurePolicy": "stop-boot", "kernelCommandLine": False}),
     "cleanup-after-boot": machine({"cleanup": "after-boot"}),
     "cleanup-after-boot-no-cmdline": machine({"cleanup": "after-boot", "kernelCommandLine": False}),
     "archive": machine(
@@ -406,9 +412,24 @@ def test_docs_describe_every_option(evaluated: Evaluated) -> None:
     assert missing == [], "docs/nixos.md does not describe these boot.rollback options"
 
 
+LOCKED = {"stop-boot-locked", "stop-boot-locked-no-cmdline"}  # the module's own warning (below)
+
+
 def test_evaluation_prints_no_warning(evaluated: Evaluated) -> None:
     assert "warning" not in evaluated.stderr.lower(), evaluated.stderr
-    assert {name: m["warnings"] for name, m in evaluated.machines.items() if m["warnings"]} == {}
+    warned = {name: m["warnings"] for name, m in evaluated.machines.items() if m["warnings"]}
+    assert set(warned) == LOCKED, warned
+
+
+@pytest.mark.parametrize("name", sorted(LOCKED))
+def test_stop_boot_warns_when_emergency_mode_locks_root_out(evaluated: Evaluated, name: str) -> None:
+    """stop-boot's emergency mode with emergencyAccess false (NixOS's default): root has no password
+    there, the machine is stuck; the warning says how to let root in and how to boot on."""
+    (warning,) = evaluated.machines[name]["warnings"]
+    assert "emergencyAccess is false, so root cannot log in there" in warning
+    assert "Set boot.initrd.systemd.emergencyAccess = true (no password) or to a hashed password" in warning
+    assert ("rollback.skip on the kernel command line" in warning) == (name == "stop-boot-locked")
+    assert "an older generation from the boot menu" in warning
 
 
 def test_the_stand_in_warns_where_nixpkgs_does(nixpkgs_lib: Path) -> None:
