@@ -653,6 +653,26 @@ def test_a_services_entry_without_as_dropin_would_replace_the_template(evaluated
     assert any("ExecStart" in line for line in systemd_verify(units, INSTANCE))
 
 
+def nixos_docs() -> dict[str, str]:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Install (NixOS)")
+    return {
+        "docs/nixos.md": (ROOT / "docs/nixos.md").read_text(),
+        "README.md (NixOS)": readme[start : readme.index("\n## ", start + 1)],
+    }
+
+
+@pytest.mark.parametrize("name", ["docs/nixos.md", "README.md (NixOS)"])
+def test_the_nixos_docs_mask_the_unit_only_under_boot_on(name: str) -> None:
+    """Under stop-boot sysroot.mount requires the unit (above): masking it fails sysroot.mount's start
+    job and stops the boot. Every paragraph that names rd.systemd.mask= says so and gives rollback.skip."""
+    paragraphs = [p for p in nixos_docs()[name].split("\n\n") if "rd.systemd.mask=" in p]
+    for paragraph in paragraphs:
+        assert "stop-boot" in paragraph and "rollback.skip" in paragraph, paragraph
+        assert "boot-on" in paragraph or "not `rd.systemd.mask=`" in paragraph, paragraph
+    assert paragraphs or name != "docs/nixos.md"
+
+
 # Archive and retention: the config file the CLI reads
 
 
