@@ -413,6 +413,8 @@ def schema() -> list[dict[str, object]]:
             "kind": s.parser.label,
             "default": list(s.default) if isinstance(s.default, tuple) else s.default,
             "choices": list(s.choices),
+            "range": list(s.limits) if s.limits else None,  # an integer's, inclusive
+            "name": s.path,  # a name below the top level: the name rule applies
             "help": s.help,
         }
         for s in SETTINGS

@@ -22,35 +22,15 @@ let
   defaultOf = option: (lib.findFirst (s: s.option == option) null settings).default;
   names = import ./names.nix { inherit lib; };
 
-  # What settings.json does not carry yet (rollback/settings.py's schema() writes neither; a test keeps
-  # these equal to its table): each integer's range, and which settings are names below the top level.
-  limits = {
-    keepDays = [
-      0
-      36500
-    ];
-    keepCount = [
-      0
-      100000
-    ];
-    keepMin = [
-      0
-      100000
-    ];
-  };
-  nameOptions = [
-    "subvolume"
-    "blank"
-    "archive"
-    "protect"
-  ];
+  # the names below the top level (the name rule applies to each)
+  nameOptions = map (s: s.option) (builtins.filter (s: s.name) settings);
 
   typeOf =
     s:
     if s.choices != [ ] then
       lib.types.enum s.choices
     else if s.kind == "int" then
-      lib.types.ints.between (lib.head limits.${s.option}) (lib.last limits.${s.option})
+      lib.types.ints.between (lib.head s.range) (lib.last s.range)
     else if s.kind == "bool" then
       lib.types.bool
     else if s.kind == "list" then
