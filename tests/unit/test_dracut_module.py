@@ -159,3 +159,49 @@ def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
             yield from _code_objects(constant)
+
+
+# install() as dracut 059 runs it (module_install in dracut-init.sh): sourced into dracut's own shell
+# after `chmod 755 "$initdir"`, its status ignored, the build going on. dracut's install functions are
+# stubbed (the files they would copy are not needed here); the Python closure is staged for real.
+DRACUT = """
+derror() { echo "E: $*" >&2; }
+dfatal() { echo "F: $*" >&2; }
+dwarn() { echo "W: $*" >&2; }
+dinfo() { :; }
+inst() { :; }
+inst_binary() { :; }
+inst_simple() { mkdir -p "$initdir$(dirname "${2:-$1}")" && cp -L "$1" "$initdir${2:-$1}"; }
+SYSTEMCTL="echo systemctl"
+systemdsystemunitdir=/usr/lib/systemd/system
+mkdir -p "$initdir" && chmod 755 "$initdir"
+. "$1"
+moddir=$(dirname "$1") install
+echo "dracut went on and wrote the image"
+"""
+
+
+def dracut_install(tmp_path: Path, config: str | None, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Run install() into tmp_path/initramfs; `config` is /etc/rollback.toml's text (None: no file)."""
+    conf = tmp_path / "rollback.toml"
+    if config is not None:
+        conf.write_text(config)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "initdir": str(tmp_path / "initramfs"),
+        "DRACUT_TMPDIR": str(tmp_path / "tmp"),
+        "rollback_python": sys.executable,
+        "rollback_config": str(conf),
+        **settings,
+    }
+    return subprocess.run(["bash", "-c", DRACUT, "dracut", str(MODULE_SETUP)], env=env, capture_output=True, text=True)
+
+
+def test_the_initramfs_root_keeps_mode_0755(tmp_path: Path) -> None:
+    """cp -a of the stage's `.` gave $initdir the mktemp -d directory's 0700 after dracut's chmod 755:
+    the cpio's `.` entry then made the initrd's / 0700, closed to every service not running as root."""
+    built = dracut_install(tmp_path, 'device = "/dev/vda"\n')
+    assert built.returncode == 0 and "dracut went on" in built.stdout, built.stderr
+    assert (tmp_path / "initramfs" / "usr/bin/rollback").exists()
+    assert (tmp_path / "initramfs").stat().st_mode & 0o7777 == 0o755

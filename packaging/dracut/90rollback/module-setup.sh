@@ -81,6 +81,9 @@ install() {
         inst "$path" && elves+=("$path") || { derror "rollback: cannot install $path"; return 1; }
     done < <(ldd "$rollback_interpreter" | awk '$1 ~ /^libpython/ && $3 ~ /^\// { print $3 }')
     _rollback_strip "${elves[@]}" || { derror "rollback: strip failed"; return 1; }
+    # cp -a of "$stage"/. gives $initdir the stage's own mode too: mktemp -d made it 0700, and the
+    # initrd's / would be 0700 (services running as other users in the initrd could not reach anything)
+    chmod 0755 "$stage"
     cp -a "$stage"/. "$initdir"/
     rm -rf "$stage"
 
