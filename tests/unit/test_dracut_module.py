@@ -205,3 +205,54 @@ def test_the_initramfs_root_keeps_mode_0755(tmp_path: Path) -> None:
     assert built.returncode == 0 and "dracut went on" in built.stdout, built.stderr
     assert (tmp_path / "initramfs" / "usr/bin/rollback").exists()
     assert (tmp_path / "initramfs").stat().st_mode & 0o7777 == 0o755
+
+
+def _base_interpreter() -> str:
+    """An interpreter that cannot import rollback: the venv's base, as a venv's python3 link becomes
+    after a distribution upgrade (Debian 12 -> 13: 3.13, the packages under lib/python3.11)."""
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    found = subprocess.run([str(base), "-I", "-c", "import rollback"], capture_output=True)
+    if found.returncode == 0:
+        unavailable(f"{base} imports rollback")
+    return str(base)
+
+
+FATAL = {
+    "the interpreter cannot import rollback": ('device = "/dev/vda"\n', {"rollback_python": "base"}),
+    "no interpreter": ('device = "/dev/vda"\n', {"rollback_python": "/nonexistent/python3"}),
+    "no device": ("", {}),
+    "an unknown policy": ('device = "/dev/vda"\n', {"rollback_policy": "maybe"}),
+    "an invalid config file": ('device = "/dev/vda"\nmode = "bogus"\n', {}),
+    "a device that names nothing": ('device = "sda"\n', {}),
+}
+
+
+@pytest.mark.parametrize("case", FATAL)
+def test_a_failure_in_install_fails_the_dracut_run(case: str, tmp_path: Path) -> None:
+    """dracut 059 ignores install()'s status: `return 1` built an initramfs without rollback and dracut
+    exited 0 (a kernel update's postinst then silently dropped the rollback, and stop-boot's guarantee
+    with it). A failure must end the run, no image written, with the reason; and an invalid
+    /etc/rollback.toml must fail the build, not exit 2 at every boot."""
+    config, settings = FATAL[case]
+    settings = {k: _base_interpreter() if v == "base" else v for k, v in settings.items()}
+    built = dracut_install(tmp_path, config, **settings)
+    assert built.returncode == 1, built.stdout + built.stderr
+    assert "dracut went on" not in built.stdout
+    assert "F: rollback: " in built.stderr and "no initramfs built" in built.stderr
+    assert not list((tmp_path / "tmp").glob("rollback-stage.*"))  # the stage is removed
+
+
+def test_the_build_names_what_is_wrong_in_the_config_file(tmp_path: Path) -> None:
+    built = dracut_install(tmp_path, 'device = "/dev/vda"\nmode = "bogus"\n')
+    assert "is invalid, and every boot would refuse it (exit 2)" in built.stderr
+    assert "mode 'bogus' is not one of recreate, snapshot" in built.stderr, built.stderr
+
+
+def test_a_valid_config_file_is_installed_and_the_unit_wanted(tmp_path: Path) -> None:
+    built = dracut_install(tmp_path, 'device = "LABEL=root"\nmode = "snapshot"\n', rollback_policy="stop-boot")
+    assert built.returncode == 0 and "dracut went on" in built.stdout, built.stderr
+    initdir = tmp_path / "initramfs"
+    assert (initdir / "etc/rollback.toml").read_text().endswith('mode = "snapshot"\n')
+    unit = "rollback@dev-disk-by\\x2dlabel-root.service"
+    assert f"add-wants initrd.target {unit}" in built.stdout
+    assert unit in (initdir / "usr/lib/systemd/system/sysroot.mount.d/rollback.conf").read_text()

@@ -50,42 +50,58 @@ _rollback_strip() { # our ELF files in the initramfs, without symbol tables (dra
     return 0
 }
 
+_rollback_fatal() { # end the whole dracut run: dracut exits 1 and writes no image
+    # dracut 059 calls install() in its own shell and ignores its status (module_install in
+    # dracut-init.sh): a `return 1` here built an initramfs without rollback and exited 0, e.g. after
+    # a distribution upgrade left the venv's python3 unable to import rollback. As dracut's own
+    # modules do for a fatal error (00systemd, 95udev-rules): dfatal, then exit; dracut's EXIT trap
+    # removes its temporary directory, and the image it would have replaced stays.
+    dfatal "rollback: $*"
+    dfatal "rollback: no initramfs built: it would not roll back (fix the above, or remove rollback: scripts/install --uninstall)"
+    [[ -n ${stage-} ]] && rm -rf -- "$stage"
+    exit 1
+}
+
 # called by dracut
 install() {
-    local stage line kind path paths="" unit elves=()
+    local stage="" kind path paths="" unit closure check elves=()
     rollback_python=${rollback_python:-$(command -v python3)}
     rollback_config=${rollback_config:-/etc/rollback.toml}
     rollback_policy=${rollback_policy:-boot-on}
+    command -v "$rollback_python" > /dev/null || _rollback_fatal "rollback_python '$rollback_python' not found (dracut.conf.d)"
     rollback_device=${rollback_device:-$(_rollback_setting device)}
     if [[ -z $rollback_device ]]; then
-        derror "rollback: no device: set device in $rollback_config or rollback_device in dracut.conf"
-        return 1
+        _rollback_fatal "no device: set device in $rollback_config or rollback_device in dracut.conf"
     fi
     if [[ $rollback_policy != boot-on && $rollback_policy != stop-boot ]]; then
-        derror "rollback: rollback_policy must be boot-on or stop-boot, not '$rollback_policy'"
-        return 1
+        _rollback_fatal "rollback_policy must be boot-on or stop-boot, not '$rollback_policy'"
     fi
 
     # The interpreter, and only the modules the service can import, with bytecode.
-    stage=$(mktemp -d "${DRACUT_TMPDIR:-/var/tmp}/rollback-stage.XXXXXX")
+    stage=$(mktemp -d "${DRACUT_TMPDIR:-/var/tmp}/rollback-stage.XXXXXX") || _rollback_fatal "cannot make a staging directory"
+    # its output first: `while ... done < <(builder)` never sees the builder's exit status
+    closure=$("$rollback_python" -I "$moddir/python_closure.py" "$stage") \
+        || _rollback_fatal "$rollback_python could not stage rollback's Python closure (its error above; rollback_python must import rollback: after an upgrade of Python, run scripts/install again)"
+    rollback_interpreter=""
     while read -r kind path; do
         case $kind in
             python) inst_binary "$path" && rollback_interpreter=$path && elves+=("$path") ;;
-            lib) _rollback_inst_extension "$path" && elves+=("$path") || { derror "rollback: cannot install $path"; return 1; } ;;
+            lib) _rollback_inst_extension "$path" && elves+=("$path") || _rollback_fatal "cannot install $path" ;;
             path) paths+="${paths:+, }\"$path\"" ;;
         esac
-    done < <("$rollback_python" -I "$moddir/python_closure.py" "$stage") || return 1
-    [[ -n $rollback_interpreter ]] || { derror "rollback: could not stage the Python closure"; return 1; }
+    done <<< "$closure"
+    [[ -n $rollback_interpreter ]] || _rollback_fatal "could not install the Python interpreter"
     # dracut resolves libraries after the modules (DRACUT_RESOLVE_LAZY): libpython, installed here
     while read -r path; do
-        inst "$path" && elves+=("$path") || { derror "rollback: cannot install $path"; return 1; }
+        inst "$path" && elves+=("$path") || _rollback_fatal "cannot install $path"
     done < <(ldd "$rollback_interpreter" | awk '$1 ~ /^libpython/ && $3 ~ /^\// { print $3 }')
-    _rollback_strip "${elves[@]}" || { derror "rollback: strip failed"; return 1; }
+    _rollback_strip "${elves[@]}" || _rollback_fatal "strip failed"
     # cp -a of "$stage"/. gives $initdir the stage's own mode too: mktemp -d made it 0700, and the
     # initrd's / would be 0700 (services running as other users in the initrd could not reach anything)
     chmod 0755 "$stage"
-    cp -a "$stage"/. "$initdir"/
-    rm -rf "$stage"
+    cp -a "$stage"/. "$initdir"/ || _rollback_fatal "cannot copy the staged closure into $initdir"
+    rm -rf -- "$stage"
+    stage=""
 
     mkdir -p "$initdir/usr/bin"
     cat > "$initdir/usr/bin/rollback" << EOF
@@ -95,27 +111,44 @@ from rollback.entry import main; main()' "\$@"
 EOF
     chmod 0755 "$initdir/usr/bin/rollback"
 
-    [[ -e $rollback_config ]] && inst_simple "$rollback_config" /etc/rollback.toml
-    inst_simple "$moddir/units/rollback@.service" "$systemdsystemunitdir/rollback@.service"
-    # the early start: imports while the device is awaited; rollback@ triggers it (or runs alone)
-    inst_simple "$moddir/units/rollback-early@.service" "$systemdsystemunitdir/rollback-early@.service"
-    inst_simple "$moddir/units/rollback-trigger" /usr/lib/rollback/rollback-trigger
-    chmod 0755 "$initdir/usr/lib/rollback/rollback-trigger"
-    inst_simple "$moddir/units/rollback.catalog" /usr/lib/systemd/catalog/rollback.catalog
     # UUID=, LABEL=, ... as their /dev/disk/by-*/ link: the unit waits for that device unit
     path=$("$rollback_python" -I -c 'import sys; from rollback.devspec import device_path
-print(device_path(sys.argv[1]))' "$rollback_device") || {
-        derror "rollback: $rollback_python could not map device '$rollback_device' (a path, UUID=, LABEL=, PARTUUID= or PARTLABEL=; and rollback_python must import rollback)"
-        return 1
-    }
-    unit="rollback@$(systemd-escape --path "$path").service"
+print(device_path(sys.argv[1]))' "$rollback_device") \
+        || _rollback_fatal "$rollback_python could not map device '$rollback_device' (a path, UUID=, LABEL=, PARTUUID= or PARTLABEL=; and rollback_python must import rollback)"
+    if [[ -e $rollback_config ]]; then
+        # The settings as the boot reads them, by the CLI the initramfs runs (its launcher, interpreter
+        # and sys.path; the bytecode staged from these sources): an invalid file fails the build here
+        # instead of every boot (exit 2: nothing rolled back; under stop-boot, no boot at all).
+        check=$(ROLLBACK_LOG_TARGET=console sh "$initdir/usr/bin/rollback" config --config "$rollback_config" \
+            --kernel-cmdline /dev/null --device "$path" 2>&1 > /dev/null)
+        case $? in
+            0) ;;
+            2) _rollback_fatal "$rollback_config is invalid, and every boot would refuse it (exit 2): $check" ;;
+            *) _rollback_fatal "the initramfs's rollback CLI does not run ($initdir/usr/bin/rollback config): $check" ;;
+        esac
+        inst_simple "$rollback_config" /etc/rollback.toml || _rollback_fatal "cannot install $rollback_config"
+    fi
+    inst_simple "$moddir/units/rollback@.service" "$systemdsystemunitdir/rollback@.service" \
+        || _rollback_fatal "cannot install $moddir/units/rollback@.service"
+    # the early start: imports while the device is awaited; rollback@ triggers it (or runs alone)
+    inst_simple "$moddir/units/rollback-early@.service" "$systemdsystemunitdir/rollback-early@.service" \
+        || _rollback_fatal "cannot install $moddir/units/rollback-early@.service"
+    inst_simple "$moddir/units/rollback-trigger" /usr/lib/rollback/rollback-trigger \
+        && chmod 0755 "$initdir/usr/lib/rollback/rollback-trigger" \
+        || _rollback_fatal "cannot install $moddir/units/rollback-trigger"
+    inst_simple "$moddir/units/rollback.catalog" /usr/lib/systemd/catalog/rollback.catalog \
+        || _rollback_fatal "cannot install $moddir/units/rollback.catalog"
+    unit="rollback@$(systemd-escape --path "$path").service" || _rollback_fatal "systemd-escape --path $path failed"
     if [[ $rollback_policy == stop-boot ]]; then
-        inst_simple "$moddir/units/rollback-stop-boot.conf" "$systemdsystemunitdir/rollback@.service.d/stop-boot.conf"
+        inst_simple "$moddir/units/rollback-stop-boot.conf" "$systemdsystemunitdir/rollback@.service.d/stop-boot.conf" \
+            || _rollback_fatal "cannot install $moddir/units/rollback-stop-boot.conf"
         # sysroot.mount is generated at boot, so `systemctl add-requires` has nothing to attach to
         # here (it silently does nothing): a drop-in makes the root mount require the rollback.
-        mkdir -p "$initdir$systemdsystemunitdir/sysroot.mount.d"
+        mkdir -p "$initdir$systemdsystemunitdir/sysroot.mount.d" || _rollback_fatal "cannot make sysroot.mount.d"
         printf '[Unit]\nRequires=%s\nAfter=%s\n' "$unit" "$unit" \
-            > "$initdir$systemdsystemunitdir/sysroot.mount.d/rollback.conf"
+            > "$initdir$systemdsystemunitdir/sysroot.mount.d/rollback.conf" \
+            || _rollback_fatal "cannot write the sysroot.mount drop-in"
     fi
-    $SYSTEMCTL -q --root "$initdir" add-wants initrd.target "$unit"
+    $SYSTEMCTL -q --root "$initdir" add-wants initrd.target "$unit" \
+        || _rollback_fatal "systemctl add-wants initrd.target $unit failed"
 }
