@@ -9,7 +9,8 @@ removes exactly that: a file only if it is still what was written (an edited con
 Exit codes: 0 done; 1 a step failed midway (run it again: it rewrites the same files); 2 usage;
 3 refused, nothing written (not root, no dracut or no systemd in its initrd, the device is not
 btrfs or its root is the default subvolume, Python older than 3.11, no compiler or headers for the
-dependencies, a path or prefix that is not ours, a kept config file that contradicts an option).
+dependencies, a path or prefix that is not ours, a kept config file that contradicts an option, the
+running root replaced in recreate mode while it holds /usr or the files this installer writes).
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ class Machine:
     foreign: frozenset[str]  # paths the installer may write that exist and its manifest does not list
     config: dict[str, object] | None  # /etc/rollback.toml if it exists and is not ours unchanged
     missing: tuple[str, ...] = ()  # build prerequisites (BUILD_NEEDS keys)
+    device_uuid: str | None = None  # the filesystem UUID on `node` (blkid), if it exists here
+    # in the running root's own subvolume (on btrfs each subvolume has its own st_dev: the same
+    # st_dev as /): /usr, so the running operating system; and which of the paths the installer
+    # writes (`written`; a path not made yet: its nearest existing parent)
+    usr_in_root: bool = False
+    in_root: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class Target:
     subvolume: str
     node: str | None  # where to check it here (None: --unchecked)
     cleanup: str
+    mode: str = "recreate"  # the installer's own config sets none: recreate
 
 
 @dataclass
@@ -122,6 +130,7 @@ class Plan:
     keep: set[Path] = field(default_factory=set)  # files not written: a config file that is not ours
     commands: list[list[str]] = field(default_factory=list)  # [:2] make the prefix; the rest after the files
     checks: list[list[str]] = field(default_factory=list)  # after the commands: must exit 0
+    warnings: list[str] = field(default_factory=list)  # printed with the plan and after installing
 
     def paths(self) -> list[Path]:
         return [path for path, _, _ in self.files if path not in self.keep] + [path for path, _ in self.links]
@@ -141,6 +150,8 @@ def observe(args: argparse.Namespace) -> Machine:
     device = args.device or (str(config.get("device", "")) if config else "") or None
     node = resolve(device) if device and not args.unchecked else None
     fstype = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", node]) if node else None
+    uuid = _run(["blkid", "-p", "-o", "value", "-s", "UUID", node]) if node else None
+    root_dev = os.stat("/").st_dev
     trees = [entry["path"] for entry in old if entry["kind"] == "tree"]
     return Machine(
         os.geteuid(),
@@ -156,7 +167,26 @@ def observe(args: argparse.Namespace) -> Machine:
         frozenset(path for path in _candidates() if os.path.lexists(path) and _entry(old, Path(path)) is None),
         config,
         missing_build(),
+        uuid.strip() if uuid else None,
+        _device_of("/usr") == root_dev,
+        frozenset(path for path in written(args.prefix) if _device_of(path) == root_dev),
     )
+
+
+def written(prefix: str) -> list[str]:
+    """Every place an install writes below (the wants link: its directory)."""
+    places = [prefix, str(BIN), str(DRACUT_CONF), str(CLEANUP_UNIT), str(CONFIG), str(MANIFEST), str(WANTS)]
+    return places + [str(where) for where, _, _ in SHIPPED]
+
+
+def _device_of(path: str) -> int | None:
+    """st_dev of the path, or of its nearest existing parent (where it would be made)."""
+    for place in [Path(path), *Path(path).parents]:
+        try:
+            return os.stat(place).st_dev
+        except OSError:
+            continue
+    return None
 
 
 def _candidates() -> list[str]:
@@ -276,11 +306,57 @@ def _kept(args: argparse.Namespace, machine: Machine, config: dict[str, object])
             )
     if not kept.device:
         raise Refused(f"{CONFIG} (kept) names no device: add device = ...")
+    mode = str(config.get("mode", "recreate"))
     if not args.unchecked and machine.node is None:
         raise Refused(f"{CONFIG} (kept) names device {kept.device!r}, not found here (an image: --unchecked)")
     if not args.unchecked and machine.fstype != "btrfs":
         raise Refused(f"{CONFIG} (kept) names device {kept.device!r}, which holds {machine.fstype or 'nothing'}")
-    return Target(kept.device, kept.subvolume, None if args.unchecked else machine.node, kept.cleanup)
+    return Target(kept.device, kept.subvolume, None if args.unchecked else machine.node, kept.cleanup, mode)
+
+
+def replaces_running_root(chosen: Target, machine: Machine) -> bool:
+    """The subvolume the boot would replace is the one the running system is booted from: the running
+    root's filesystem (its UUID: named so, or found on the device's node) and its subvolume. A
+    --device or kept config naming another filesystem, or another subvolume of this one, is not."""
+    root = machine.root
+    if root is None or root["FSTYPE"] != "btrfs" or not root["UUID"]:
+        return False
+    same_filesystem = chosen.device == f"UUID={root['UUID']}" or (
+        chosen.node is not None and machine.device_uuid == root["UUID"]
+    )
+    return same_filesystem and chosen.subvolume.strip("/") == root["FSROOT"].strip("/")
+
+
+def vanishing(chosen: Target, machine: Machine, paths: list[str]) -> tuple[str | None, list[str]]:
+    """What replacing the running root's subvolume at every boot would take: a refusal (the operating
+    system, or the install's own files, emptied at the first boot in recreate mode), and the
+    installer's files that only a blank made after installing keeps (snapshot mode)."""
+    if not replaces_running_root(chosen, machine):
+        return None, []
+    lost = [path for path in paths if path in machine.in_root or str(Path(path).parent) in machine.in_root]
+    where = f"subvolume {chosen.subvolume!r} (the running root)"
+    if chosen.mode == "recreate" and machine.usr_in_root:
+        return (
+            f"{where} holds the operating system (/usr is in it), and recreate mode (no mode = in the config) "
+            "replaces it with a new EMPTY subvolume at every boot: the first boot would delete the system, "
+            "keep no copy, and not come up. Either move /usr (and what must survive) to a subvolume that is "
+            "not replaced, or use snapshot mode: write /etc/rollback.toml yourself with device, subvolume, "
+            'mode = "snapshot" (it is kept), install, then make the read-only blank from this root (README, '
+            '"Install (dracut ...)"): every boot then starts from that blank, and changes to the operating '
+            "system (updates included) are undone at every boot until you make the blank again",
+            [],
+        )
+    if chosen.mode == "recreate" and lost:
+        return (
+            f"these paths are in {where}, which recreate mode empties at every boot: "
+            + ", ".join(lost)
+            + ". They would vanish at the first boot, and the next initramfs build (a kernel update) would "
+            "leave rollback out without a word. Put them on a subvolume that survives (e.g. mount or bind "
+            "mount /etc and /var/lib from /persist, --prefix on a surviving subvolume), or use snapshot mode "
+            "with a blank made after installing",
+            [],
+        )
+    return None, lost
 
 
 def plan(args: argparse.Namespace, machine: Machine) -> Plan:
@@ -308,6 +384,21 @@ def plan(args: argparse.Namespace, machine: Machine) -> Plan:
     out.commands.append(["journalctl", "--update-catalog"])
     rollback = [str(BIN), "--config", str(CONFIG), "--kernel-cmdline", "/dev/null"]
     out.checks.append([*rollback, "config"])
+    refusal, lost = vanishing(chosen, machine, [*(str(path) for path in out.paths()), str(prefix), str(MANIFEST)])
+    if refusal:
+        raise Refused(refusal)
+    if lost:
+        out.warnings.append(
+            f"snapshot mode replaces the running root ({chosen.subvolume!r}) with a snapshot of its blank at "
+            "every boot, and these paths are in it: " + ", ".join(lost) + ". Make the blank AFTER installing "
+            "(and again after re-installing or updating the system): otherwise they vanish at the first boot, "
+            "and the next initramfs build (a kernel update) leaves rollback out without a word."
+        )
+    if replaces_running_root(chosen, machine) and machine.usr_in_root:
+        out.warnings.append(
+            "the blank holds the operating system (/usr is in the replaced subvolume): every change to it, "
+            "updates included, is undone at every boot until the blank is made again."
+        )
     if chosen.node:  # read through its own private mount; by node: this machine may have no udev links
         out.checks.append([*rollback, "status", "--device", chosen.node])
     return out
@@ -612,6 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise Refused("run as root")
             return uninstall(args.dry_run)
         out = plan(args, observe(args))
+        warn(out)
         if args.dry_run:
             show(out, Path(args.prefix))
             return 0
@@ -625,7 +717,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     device = _read_config().get("device", "?")
     print(NEXT.format(device=json.dumps(device), policy=args.policy))
+    warn(out)  # again, last: the blank must be made now, after installing
     return 0
+
+
+def warn(out: Plan) -> None:
+    for warning in out.warnings:
+        print(f"install: WARNING: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

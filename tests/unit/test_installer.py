@@ -237,3 +237,94 @@ def test_a_config_file_that_does_not_read_is_an_error_not_a_crash(
     config.write_bytes(content)
     monkeypatch.setattr(installer, "CONFIG", config)
     assert "__error__" in installer._read_config()
+
+
+# A stock Fedora or Debian btrfs install: / is the subvolume `root` and /usr is in it.
+STOCK = dataclasses.replace(GOOD, usr_in_root=True)
+ROOT_BY_NODE = {"node": "/dev/vda2", "fstype": "btrfs", "device_uuid": "1234-abcd"}
+HOLDS_THE_OS = {
+    "the running root (no --device)": (STOCK, ()),
+    "--device: the root's node": (dataclasses.replace(STOCK, **ROOT_BY_NODE), ("--device", "/dev/vda2")),
+    "--device: the root's UUID, unchecked": (STOCK, ("--device", "UUID=1234-abcd", "--unchecked")),
+    "--subvolume: the root's, with slashes": (STOCK, ("--subvolume", "/root/")),
+    "a kept config without mode": (
+        dataclasses.replace(STOCK, config={"device": "UUID=1234-abcd", "subvolume": "root"}, **ROOT_BY_NODE),
+        (),
+    ),
+    "a kept config, mode recreate, by node": (
+        dataclasses.replace(STOCK, config={"device": "/dev/vda2", "mode": "recreate"}, **ROOT_BY_NODE),
+        (),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOLDS_THE_OS)
+def test_recreating_the_subvolume_that_holds_the_running_os_is_refused(case: str) -> None:
+    """Without a mode the config means recreate: a new EMPTY root at every boot. On a stock install the
+    first boot would delete /usr and /etc (no archive) and not come up."""
+    machine, args = HOLDS_THE_OS[case]
+    with pytest.raises(installer.Refused) as refused:
+        plan(machine, *args)
+    message = str(refused.value)
+    assert refused.value.code == 3
+    assert "holds the operating system" in message and "EMPTY" in message
+    assert 'mode = "snapshot"' in message and "blank" in message and "undone at every boot" in message
+
+
+OTHER_SUBVOLUME = {
+    "another filesystem's subvolume of the same name": (
+        dataclasses.replace(STOCK, node="/dev/sdb", fstype="btrfs", device_uuid="5678-ef01"),
+        ("--device", "/dev/sdb"),
+    ),
+    "another subvolume of the root's filesystem": (STOCK, ("--subvolume", "scratch")),
+    "a device for another machine": (STOCK, ("--device", "/dev/vda", "--unchecked")),
+    "a kept config naming another filesystem": (
+        dataclasses.replace(STOCK, config={"device": "/dev/sdb"}, node="/dev/sdb", fstype="btrfs", device_uuid="5678"),
+        (),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OTHER_SUBVOLUME)
+def test_only_the_running_roots_own_filesystem_and_subvolume_is_the_running_os(case: str) -> None:
+    machine, args = OTHER_SUBVOLUME[case]
+    out = plan(dataclasses.replace(machine, in_root=frozenset({"/etc/rollback.toml"})), *args)
+    assert out.files and out.warnings == []
+
+
+def test_snapshot_mode_on_the_running_os_is_installed_with_warnings() -> None:
+    """The blank holds the OS; the installer's files survive only if the blank is made after installing."""
+    config = {"device": "UUID=1234-abcd", "subvolume": "root", "mode": "snapshot"}
+    in_root = frozenset({"/etc/rollback.toml", "/etc/dracut.conf.d/90-rollback.conf", "/opt/rollback"})
+    machine = dataclasses.replace(STOCK, config=config, in_root=in_root, **ROOT_BY_NODE)
+    out = plan(machine)
+    lost, os_changes = out.warnings
+    assert "Make the blank AFTER installing" in lost and "leaves rollback out" in lost
+    assert "/etc/dracut.conf.d/90-rollback.conf" in lost and "/opt/rollback" in lost
+    assert "undone at every boot" in os_changes
+
+
+def test_recreate_mode_refuses_when_the_installers_own_files_would_vanish() -> None:
+    """/usr on its own subvolume, but /etc in the replaced root: 90-rollback.conf vanishes at the first
+    boot and the next kernel update builds an initramfs without rollback, silently."""
+    machine = dataclasses.replace(
+        GOOD, in_root=frozenset({"/etc/dracut.conf.d/90-rollback.conf", "/etc/rollback.toml"})
+    )
+    with pytest.raises(installer.Refused) as refused:
+        plan(machine)
+    assert refused.value.code == 3 and "/etc/dracut.conf.d/90-rollback.conf" in str(refused.value)
+    assert "leave rollback out" in str(refused.value)
+    persisted = dataclasses.replace(machine, in_root=frozenset())  # /etc on a surviving subvolume
+    assert plan(persisted).warnings == []
+
+
+def test_where_each_written_path_lies_is_observed() -> None:
+    """Every path the plan writes (and the prefix and the manifest) is one observe() looks at, or in one."""
+    out = plan(GOOD, "--cleanup", "after-boot")
+    places = set(installer.written("/opt/rollback"))
+    for path in [*out.paths(), Path("/opt/rollback"), installer.MANIFEST]:
+        assert str(path) in places or str(path.parent) in places, path
+
+
+def test_a_path_not_made_yet_lies_where_its_nearest_parent_does(tmp_path: Path) -> None:
+    assert installer._device_of(str(tmp_path / "not" / "made")) == tmp_path.stat().st_dev
