@@ -135,6 +135,7 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
     return error.errno in _NO_ROOM and waited and btrfs.cleaner_busy(top)
 
 
+_NOTHING_OURS = "; nothing of rollback's is due for deletion"
 # the top level's own qgroup over its limit refuses a change of that limit (EDQUOT) too
 _QUOTA_FIX = "raise or remove the limit (btrfs qgroup show -re <top>; if the top level's own is over it, "
 _QUOTA_FIX += "even that is refused: btrfs quota disable <top>)"
@@ -161,7 +162,7 @@ def _failure(
     the next run would meet the same, so there is no job for it to finish.
     `still_freeing`: the wait for the kernel's cleaner before this step ended with deleted
     subvolumes' space not yet free. `whole`: a failed delete deleted none of its tree."""
-    from rollback.plan import Delete, changes_nothing_on_enospc, nothing_changed_before, undone_by_put_back
+    from rollback.plan import changes_nothing_on_enospc, nothing_changed_before, undone_by_put_back
 
     step = plan.steps[number - 1]
     what = f"step {number}/{len(plan.steps)} failed: {step.describe()}: "
@@ -183,7 +184,7 @@ def _failure(
         when = ", before any change" if unchanged else undone
         if quota:
             return Refused(what + lack + when + (freeing if still_freeing else ""), free, code="over-quota")
-        ours = freeing if still_freeing else "; nothing of rollback's is due for deletion"
+        ours = freeing if still_freeing else _NOTHING_OURS if not isinstance(step, Delete) else ""
         return Refused(what + lack + when + ours, free, code="no-space")
     deleted = any(isinstance(done, Delete) for done in plan.steps[: number - 1])
     return StepFailed(
@@ -227,7 +228,8 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         return plan
     except Refused as refused:
         pruned = prune_paths(config, obs)
-        if refused.code != "no-space" or not pruned:
+        # a leftover's delete that had no room comes first in the next plan too: nothing to gain
+        if refused.code != "no-space" or not pruned or isinstance(plan.steps[0], Delete):
             raise
     from rollback.effects import btrfs
 
@@ -244,7 +246,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     except Refused as refused:  # the first of them could not go either, and nothing did: say that
         if refused.code != "no-space":
             raise
-        said = refused.reason.replace("; nothing of rollback's is due for deletion", "")
+        said = refused.reason.replace(_NOTHING_OURS, "")
         raise Refused(
             f"no room for the first change, nor to delete the archived roots retention prunes: {said}",
             "free space (btrfs filesystem usage); the old root stays in use until then",
@@ -282,11 +284,12 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     if plan.skipped:
         emit("skipped", f"{plan.skipped}: the root is kept this once", reason="skip-next", **fields)
         return Exit.SKIPPED
-    # a first run, or a misspelt name: say so (a new subvolume nobody boots from is no rollback)
-    made = "replaced" if any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps) else ""
+    # a first run, a run cut short, or a misspelt name: say so (a misspelt one is no rollback)
+    moved = any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps)
+    done = "replaced" if moved else "created (none was there)"
     emit(
         "finished",
-        f"{config.subvolume} {made or 'created (it did not exist)'}, {plan.deleted} subvolume(s) deleted",
+        f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted",
         deleted=plan.deleted,
         duration_ms=round((time.monotonic() - began) * 1000, 1),
         **fields,

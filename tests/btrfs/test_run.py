@@ -52,7 +52,7 @@ def test_first_run_without_root(disk: Disk) -> None:
     result = disk.rollback("run")
     assert result.returncode == Exit.OK, result.stderr
     assert disk.state().subvolume_paths() == ["persist", "root"]
-    assert "root created (it did not exist), 0 subvolume(s) deleted" in result.stderr  # a misspelt name shows
+    assert "root created (none was there), 0 subvolume(s) deleted" in result.stderr  # a misspelt name shows
     assert "root replaced" in disk.rollback("run").stderr
 
 
@@ -418,3 +418,21 @@ def test_no_room_even_to_delete_the_pruned_roots_says_so_and_the_next_run_goes_o
     after = disk.state()
     assert not [p for p in after.subvolume_paths() if p.startswith(("old/2020", ".rollback/"))]
     assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)
+
+
+def test_no_room_for_a_leftovers_delete_is_refused_as_such(disk: Disk) -> None:
+    """ENOSPC at the trash leftover's delete, the first step, nothing of it deleted (injected): a refusal
+    that does not say "nothing of rollback's is due" (the leftover is), and no prune-first, whose plan
+    starts with the same delete."""
+    with disk.top() as top:
+        populate(top)
+        (top / ".rollback" / "trash").mkdir(parents=True)
+        btrfsutil.create_subvolume(str(top / ".rollback" / "trash" / "20200101T000000Z"))
+        (top / "old").mkdir()
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / "20200101T000000Z"))
+    before = disk.state()
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
+    refused = disk.rollback("run", *flags, env={FAIL_AT_ENV: "1,1", FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert refused.returncode == Exit.REFUSED and "reason=no-space" in refused.stderr, refused.stderr
+    assert "nothing of rollback's" not in refused.stderr and "first deleting" not in refused.stderr
+    assert disk.state() == before
