@@ -467,7 +467,7 @@ def _checked(plan: Plan, obs: Observation) -> Plan:
     subvolume below a mount detaches it from whoever uses it."""
     for tree in dict.fromkeys(t for step in plan.steps for t in moved_trees(step)):
         for path, where in obs.mounted_paths.items():
-            if path == tree or path.startswith(tree + "/"):
+            if names.is_within(path, tree):
                 raise Refused(
                     f"{names.shown(path)} has a filesystem mounted on it ({where}), and the run "
                     f"{'deletes' if tree.startswith(TRASH_DIR + '/') else 'moves away'} {names.shown(tree)}",
