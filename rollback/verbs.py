@@ -6,8 +6,8 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from rollback.model import Mounts, Observation
 from rollback.plan import (
     Delete,
     Plan,
+    Reclaim,
     Rename,
     bounds,
     holders,
@@ -42,16 +43,17 @@ CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default
 @contextmanager
 def _observed(
     config: Config, *, lock: bool, lock_node: bool = True, bounded: bool = False
-) -> Iterator[tuple[Path, Observation]]:
+) -> Iterator[tuple[Path, Observation, Callable[[], None]]]:
     """Probe, lock the filesystem (when about to write), mount its top level privately, read-only and
     without atime updates (a run that refuses must not have written anything), and observe it; `bounded`:
-    what a run only moves is listed as plan.bounds() says."""
+    what a run only moves is listed as plan.bounds() says. Also yields what releases the lock early."""
     from rollback.effects import btrfs, device, mount
 
     dev = config.require_device()
     fsid = device.probe(dev)
     limits = bounds(config) if bounded else None
-    with device.locked(dev, fsid, node=lock_node) if lock else nullcontext(), mount.top_level(dev) as top:
+    unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)
+    with device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock, mount.top_level(dev) as top:
         mounted = device.mounts(str(top), fsid)
         now = datetime.now(UTC)
         try:
@@ -65,15 +67,17 @@ def _observed(
                 "the disk or the filesystem is damaged (nothing was changed): dmesg; btrfs check --readonly",
                 code="unreadable",
             ) from None
-        yield top, found
+        yield top, found, unlock
 
 
 # what reading a damaged disk or tree answers: the same at every boot, so a refusal (nothing changed)
 _DAMAGED = {errno.EIO, errno.EUCLEAN}
 
 
-def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
-    """Carry out the plan's steps in order: the first write to the device happens here."""
+def _execute(plan: Plan, top: Path, fields: dict[str, Any], unlock: Callable[[], None] | None = None) -> None:
+    """Carry out the plan's steps in order: the first write to the device happens here. With `unlock`,
+    the lock is released once only waits for the kernel's cleaner are left (they change nothing: the
+    cleanup's wait of up to an hour would refuse skip-next and a manual run as `locked` meanwhile)."""
     from rollback.effects import btrfs, mount
 
     mount.make_writable(top)
@@ -102,6 +106,8 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any]) -> None:
             duration_ms=round((time.monotonic() - began) * 1000, 1),
             **fields,
         )
+        if unlock and all(isinstance(rest, Reclaim) for rest in plan.steps[number:]):
+            unlock()
         if number == crash_after:
             import signal  # the crash tests' hook only
 
@@ -275,7 +281,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
     _check_hibernation(config, cmdline)
-    with _observed(config, lock=not dry_run, bounded=True) as (top, obs):
+    with _observed(config, lock=not dry_run, bounded=True) as (top, obs, _unlock):
         plan = plan_run(config, obs)
         if dry_run:
             print("\n".join(plan.describe()) or "nothing to do")
@@ -306,7 +312,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     if not dry_run:
         priority.idle()
     began = time.monotonic()
-    with _observed(config, lock=not dry_run, lock_node=False) as (top, obs):
+    with _observed(config, lock=not dry_run, lock_node=False) as (top, obs, unlock):
         plan = plan_cleanup(config, obs)
         if dry_run:
             print("\n".join(plan.describe()) or "nothing to do")
@@ -314,7 +320,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
         if plan.steps:
             roots = sum(isinstance(step, Delete) for step in plan.steps)  # not the wait for the cleaner
             emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
-            _execute(plan, top, fields)
+            _execute(plan, top, fields, unlock)
     emit(
         "finished",
         f"trash emptied, {plan.deleted} subvolume(s) deleted" if plan.steps else "the trash is empty: nothing to do",
@@ -326,7 +332,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
 
 
 def status(config: Config, *, as_json: bool) -> Exit:
-    with _observed(config, lock=False) as (_top, obs):
+    with _observed(config, lock=False) as (_top, obs, _unlock):
         found = report.status(config, obs)
     print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
@@ -337,7 +343,7 @@ def diff(config: Config, *, as_json: bool) -> Exit:
 
     from rollback.effects.walk import walk
 
-    with _observed(config, lock=False) as (top, obs):
+    with _observed(config, lock=False) as (top, obs, _unlock):
         paths = report.diff(partial(walk, top), config, obs)
     if as_json:
         escaped = [report.escape(p) for p in paths]
@@ -354,7 +360,7 @@ def diff(config: Config, *, as_json: bool) -> Exit:
 
 
 def skip_next(config: Config) -> Exit:
-    with _observed(config, lock=True) as (top, obs):
+    with _observed(config, lock=True) as (top, obs, _unlock):
         plan = plan_skip_next(config, obs)
         _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
     print(f"the next boot keeps {config.subvolume} on {config.device} once")

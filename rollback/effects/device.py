@@ -7,7 +7,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rollback import mountinfo, names
@@ -88,13 +88,14 @@ def read_kernel(path: str) -> str:
 
 
 @contextmanager
-def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[None]:
+def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[], None]]:
     """One run per filesystem, whichever member device each was given: an exclusive lock on a file
     named by the fsid, refused at once if held (another rollback); and (`node`) a BSD lock on the
     device node, which tells udev not to probe it meanwhile (not for the long cleanup on a running
     system: udev would hold the disk's events). udev holds a shared lock on the node while it
     processes an event of the disk, so that one is waited for, bounded (systemd's
-    BLOCK_DEVICE_LOCKING.md: take it exclusively and wait)."""
+    BLOCK_DEVICE_LOCKING.md: take it exclusively and wait). Yields a function that releases both
+    early (what is left to do changes nothing)."""
     try:
         os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
         fds = [os.open(f"{LOCK_DIR}/{fsid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
@@ -116,9 +117,14 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[None]:
                     "a disk tool (udev processing the disk's events, a partitioning tool) is using it; try again",
                     code="locked",
                 )
-        yield
+
+        def release() -> None:
+            while fds:
+                os.close(fds.pop())
+
+        yield release
     finally:
-        for fd in fds:
+        for fd in fds:  # what release() has not closed
             os.close(fd)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from rollback.errors import Exit
-from rollback.verbs import CRASH_AFTER_ENV
+from rollback.verbs import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
 from tests.support.disks import Disk, parse_json
 from tests.support.layout import State, outside_root, populate, sh
 
@@ -116,6 +117,36 @@ def test_a_cleanup_killed_between_deletes_is_finished_by_the_next(disk: Disk, af
     assert len(trash(disk.state())) == 2 - after_step
     assert disk.rollback("cleanup").returncode == Exit.OK
     assert trash(disk.state()) == []
+
+
+def test_the_cleanups_wait_for_the_kernel_holds_no_lock(disk: Disk) -> None:
+    """Stopped in its wait for the kernel's cleaner (up to an hour), the cleanup has changed all it will:
+    skip-next and a run are not refused `locked` meanwhile, and the cleanup then ends as usual."""
+    with disk.top() as top:
+        populate(top)
+    boot(disk)
+    env = {**os.environ, CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: "STOP"}  # stopped after its one delete
+    cleanup = subprocess.Popen(disk.rollback_argv("cleanup"), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _state(cleanup.pid) != "T":
+            assert cleanup.poll() is None and time.monotonic() < deadline, "the cleanup never reached its wait"
+            time.sleep(0.05)
+        skipped = disk.rollback("skip-next")
+        assert skipped.returncode == Exit.OK, skipped.stderr
+        ran = disk.rollback("run", *AFTER_BOOT)  # consumes the mark: the root kept once
+        assert ran.returncode == Exit.SKIPPED, ran.stderr
+    finally:
+        os.kill(cleanup.pid, signal.SIGCONT)
+        _, errors = cleanup.communicate(timeout=120)
+    assert cleanup.returncode == Exit.OK, errors
+    assert trash(disk.state()) == []
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (T: stopped)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
 
 
 def test_kills_at_random_moments_of_the_cleanup_and_the_boot_converge(disk: Disk) -> None:
