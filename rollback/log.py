@@ -72,7 +72,7 @@ def configure(
     """Choose sinks: the journal when `target` says so and its socket exists, else stderr (see wants_journal)."""
     global _logger
     if journal is None:
-        journal = wants_journal(target, os.environ, _fileno(sys.stderr)) and os.path.exists(JOURNAL_SOCKET)
+        journal = wants_journal(target, os.environ, _fileno(sys.stderr)) and _listening(JOURNAL_SOCKET)
     if console is None:
         console = not journal
     if notify is None:
@@ -115,6 +115,12 @@ def _fileno(stream: Any) -> int:
         return int(stream.fileno())
     except (AttributeError, OSError, ValueError):  # replaced by a test's capture, or closed
         return -1
+
+
+def _listening(path: str) -> bool:
+    from rollback.effects.journal import listening
+
+    return listening(path)
 
 
 def _systemd_processors(*, journal: bool, notify: bool, keep: bool) -> list[Processor]:

@@ -16,6 +16,22 @@ def load() -> None:
     import pystemd.journal  # noqa: F401
 
 
+def listening(path: str) -> bool:
+    """Whether something takes datagrams at `path`. A socket file nobody holds (a journald gone, in a
+    rescue environment or a chroot) refuses them: sd_journal_sendv then fails, and pystemd drops its
+    result, so every event would be lost without a word. (`_socket`, not `socket`: 6 ms less to import.)"""
+    import _socket
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class JournalSink:
     """Send the event to journald with sd_journal_sendv; drop it afterwards unless `keep`."""
 

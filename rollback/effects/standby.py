@@ -26,6 +26,7 @@ from rollback.errors import Exit
 
 def warm() -> None:
     """Import what a run imports (the boot path), so that only the work is left after the trigger."""
+    import _socket  # noqa: F401  (the journal's socket is looked at: journal.listening)
     import tomllib  # noqa: F401  (the config file)
 
     import rollback.effects.btrfs

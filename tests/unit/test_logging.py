@@ -171,6 +171,27 @@ def test_a_journal_that_fails_loses_nothing_and_stops_nothing(
     )
 
 
+def test_a_journal_socket_nobody_holds_means_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A socket file left by a journald that is gone refuses datagrams, and pystemd drops
+    sd_journal_sendv's error: chosen as the journal, every event would be lost without a word."""
+    from rollback.effects.journal import listening
+
+    path = str(tmp_path / "socket")
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    held.bind(path)
+    try:
+        assert listening(path)
+    finally:
+        held.close()  # the file stays, nobody reads it
+    assert os.path.exists(path) and not listening(path) and not listening(str(tmp_path / "none"))
+    monkeypatch.setattr(log, "JOURNAL_SOCKET", path)
+    log.configure(target="journal", notify=False)
+    log.emit("started", "replacing root on /dev/vda")
+    assert "replacing root on /dev/vda" in capsys.readouterr().err
+
+
 def test_a_status_with_bytes_that_are_not_utf8_reaches_the_notify_socket(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
