@@ -236,6 +236,31 @@ def test_raid_root_mounted_only_in_another_namespace(raid: Raid, tmp_path: Path,
     assert f"'root' is mounted at {where} (mount namespace of PID {pid})" in stderr
 
 
+@pytest.mark.parametrize("cleanup", [(), ("--cleanup", "after-boot")], ids=["delete-at-boot", "after-boot"])
+@pytest.mark.parametrize("on", ["root", "root/srv"])
+@pytest.mark.parametrize(("mount_via", "run_via"), [(0, 1), (1, 0)], ids=["mount-L1-run-L2", "mount-L2-run-L1"])
+def test_a_tmpfs_on_the_root_through_one_member_refused_through_the_other(
+    raid: Raid, tmp_path: Path, on: str, mount_via: int, run_via: int, cleanup: tuple[str, ...]
+) -> None:
+    """A filesystem mounted on a path the run moves (found by the mount's path inside the btrfs, from
+    mountinfo's root and parent fields) belongs to the one filesystem whichever member mounted it."""
+    with raid[0].top() as top:
+        populate(top)
+        (top / on).mkdir(exist_ok=True)
+    held = tmp_path / "held"
+    held.mkdir()
+    sh("mount", "-o", "subvolid=5", raid[mount_via].device, str(held))
+    try:
+        sh("mount", "-t", "tmpfs", "tmpfs", str(held / on))
+        try:
+            stderr = refused(raid[run_via], *cleanup, reason="mounted", readers=raid)
+        finally:
+            sh("umount", str(held / on))
+    finally:
+        sh("umount", str(held))
+    assert f"'{on}' has a filesystem mounted on it ({held / on})" in stderr, stderr
+
+
 def fsid_of(device: str) -> str:
     with open(device, "rb") as handle:
         return os.pread(handle.fileno(), 16, 0x10020).hex()
