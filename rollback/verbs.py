@@ -250,11 +250,10 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     try:
         _execute(plan, top, fields)
     except Refused as refused:  # the first of them could not go either, and nothing did: say that
-        if refused.code != "no-space":
+        if refused.code != "no-space":  # (a Delete first: the reason does not say "nothing is due")
             raise
-        said = refused.reason.replace(_NOTHING_OURS, "")
         raise Refused(
-            f"no room for the first change, nor to delete the archived roots retention prunes: {said}",
+            f"no room for the first change, nor to delete the archived roots retention prunes: {refused.reason}",
             "free space (btrfs filesystem usage); the old root stays in use until then",
             code="no-space",
         ) from None
