@@ -22,6 +22,7 @@ EVENTS: dict[str, EventKind] = {
     "step": EventKind("bf1aef25953b4d69bc9358502cca9f52", INFO, "rollback step done"),
     "finished": EventKind("15172a831c89420d9344be4f4585af9d", INFO, "rollback finished"),
     "skipped": EventKind("1e5d07b623a8484ab725865351057de3", WARNING, "rollback skipped, root kept"),
+    "warning": EventKind("d084cca554ef4789b9bc0f0e0a11e248", WARNING, "rollback goes on, with a warning"),
     "refused": EventKind("28727c172dd640449e6f3ddc3fb2f43d", ERROR, "rollback refused, nothing changed"),
     "failed": EventKind("0f4befd98853477c92192ac31952c506", ERROR, "rollback failed after changes began"),
     "invalid": EventKind("31decf99c34b4416b1a1de21550c5fda", ERROR, "rollback configuration invalid"),

@@ -176,6 +176,7 @@ class Plan:
 
     steps: tuple[Step, ...]
     skipped: str = ""  # why the run keeps the root, when it does
+    warnings: tuple[str, ...] = ()  # what the run does as asked but the operator should know
 
     @property
     def deleted(self) -> int:
@@ -231,7 +232,25 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
         move_to_trash(path)
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
-    return _checked(Plan((*steps, *(deletes if config.deletes_at_boot else ()))), obs)
+    steps += deletes if config.deletes_at_boot else ()
+    return _checked(Plan(tuple(steps), warnings=_clock_behind(config, obs)), obs)
+
+
+def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
+    """keep-days reads the initrd's clock: an archived root named after it (a clock set back, one stuck
+    at a build time at every boot: no battery-backed clock; or one ahead when that root was archived)
+    is not aged out until the clock passes its name (names.to_prune). With keep-count unset nothing
+    else bounds the archive, which then grows until the disk is full: said at each such run."""
+    if not (config.keeping and config.keep_days) or config.keep_count:
+        return ()
+    ahead = [s for s in obs.entries(config.archive) if _entry_stamp(s) > obs.now]
+    if not ahead:
+        return ()
+    return (
+        f"the clock ({obs.now:%Y-%m-%d %H:%M:%S} UTC) is behind the names of {len(ahead)} archived root(s) "
+        f"(newest {names.shown(ahead[-1].path)}): keep-days ages none of them out until it passes them, and "
+        "with keep-count unset the archive grows until the disk is full: set keep-count",
+    )
 
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:

@@ -282,6 +282,8 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     _check_hibernation(config, cmdline)
     with _observed(config, lock=not dry_run, bounded=True) as (top, obs, _unlock):
         plan = plan_run(config, obs)
+        for warning in plan.warnings:
+            emit("warning", warning, **fields)
         if dry_run:
             print("\n".join(plan.describe()) or "nothing to do")
             return Exit.OK

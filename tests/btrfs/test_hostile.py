@@ -407,7 +407,9 @@ def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(small_d
 # --- 7. a wrong clock ------------------------------------------------------------------------
 
 
-def _boots(disk: Disk, count: int, *args: str, clock: str = "") -> None:
+def _boots(disk: Disk, count: int, *args: str, clock: str = "") -> str:
+    """`count` boots of a used root, keep mode into `old`; the last one's stderr."""
+    result = None
     for _ in range(count):
         with disk.top() as top:
             (top / "root" / "used").write_text("the machine ran on this root\n")
@@ -415,6 +417,8 @@ def _boots(disk: Disk, count: int, *args: str, clock: str = "") -> None:
         argv = [*prefix, *disk.rollback_argv("run", "--archive", "old", *args)]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert result.returncode == Exit.OK, result.stderr
+    assert result is not None
+    return result.stderr
 
 
 def _archived(disk: Disk) -> list[tuple[int, str]]:
@@ -450,6 +454,18 @@ def test_a_clock_set_back_never_prunes_the_newest(clocked: Disk) -> None:
     assert len(left) == 3
     assert [name[:4] for _, name in left][-2:] == [left[-1][1][:4]] * 2  # the two archived in "2016"
     assert int(left[-1][1][:4]) < int(left[0][1][:4])  # named earlier, yet kept as the newest
+
+
+def test_a_clock_behind_the_archive_is_said_at_each_run_it_stays_behind(clocked: Disk) -> None:
+    """A dead RTC battery: keep-days ages out no root named after the clock, and with keep-count unset
+    nothing else bounds the archive; each such run says so (a warning event), and runs on."""
+    assert "kind=warning" not in _boots(clocked, 2, "--keep-days", "30")
+    for _ in range(2):
+        said = _boots(clocked, 1, "--keep-days", "30", "--keep-min", "0", clock="-3650d")
+        assert "kind=warning" in said and "is behind the names of 2 archived root(s)" in said, said
+        assert "the archive grows until the disk is full: set keep-count" in said
+    assert len(_archived(clocked)) == 4  # nothing aged out, though keep-min is 0
+    assert "kind=warning" not in _boots(clocked, 1, "--keep-days", "30", "--keep-count", "9", clock="-3650d")
 
 
 def test_keep_min_zero_lets_age_prune_everything_old(clocked: Disk) -> None:

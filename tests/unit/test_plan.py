@@ -229,6 +229,33 @@ def test_keeping_prunes_by_age() -> None:
     assert not any(isinstance(s, Rename) and s.source == old[1] for s in plan.steps)
 
 
+@pytest.mark.parametrize(
+    ("archived", "flags", "ahead"),
+    [
+        (["old/20200101T000000Z", "old/20270101T000000Z"], {}, 1),  # a clock set back, or stuck at a build time
+        (["old/20270101T000000Z", "old/20200101T000000Z"], {}, 1),  # archived under a clock ahead then
+        (["old/20270101T000000Z", "old/20280101T000000Z"], {}, 2),
+        (["old/20200101T000000Z", "old/20261125T060000Z"], {}, 0),  # none named after now
+        (["old/20200101T000000Z", "old/20270101T000000Z"], {"keep_count": 5}, 0),  # bounded anyway
+        (["old/20200101T000000Z", "old/20270101T000000Z"], {"keep_days": 0}, 0),  # age not asked for
+    ],
+)
+def test_archived_roots_named_after_the_clock_are_said_when_nothing_bounds_the_archive(
+    archived: list[str], flags: dict[str, int], ahead: int
+) -> None:
+    chosen: dict[str, str | int] = {"archive": "old", "keep_days": 30, "keep_min": 0, **flags}
+    settings = config(**chosen)
+    plan = plan_run(settings, observe([*archived, "root"], dirs=[TRASH_DIR]))
+    if not ahead:
+        assert plan.warnings == ()
+        return
+    (warning,) = plan.warnings
+    assert warning.startswith(f"the clock (2026-11-25 06:00:00 UTC) is behind the names of {ahead} archived root(s)")
+    assert f"(newest '{[a for a in archived if a > 'old/2026'][-1]}')" in warning and "set keep-count" in warning
+    future = [a for a in archived if a > "old/2026"]
+    assert not any(isinstance(s, Rename) and s.source in future for s in plan.steps)  # none of them aged out
+
+
 def test_an_empty_root_is_not_archived_and_does_not_count() -> None:
     old = ["old/20261120T000000Z"]
     plan = plan_run(config(archive="old", keep_count=1), observe(["root", *old], empty=["root"], dirs=[TRASH_DIR]))
