@@ -10,7 +10,8 @@ Exit codes: 0 done; 1 a step failed midway (run it again: it rewrites the same f
 3 refused, nothing written (not root, no dracut or no systemd in its initrd, the device is not
 btrfs or its root is the default subvolume, Python older than 3.11, no compiler or headers for the
 dependencies, a path or prefix that is not ours, a kept config file that contradicts an option, the
-running root replaced in recreate mode while it holds /usr or the files this installer writes).
+running root's filesystem's subvolume replaced in recreate mode while /usr or the files this installer
+writes lie in it or in a subvolume nested in it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # nothing written into the checkout (rollback/__pycache__)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from rollback.devspec import device_path, unit_path_escape  # noqa: E402  (pure, standard library only)
+from rollback import mountinfo, names  # noqa: E402  (pure, standard library only)
+from rollback.devspec import device_path, unit_path_escape  # noqa: E402
 
 MANIFEST = Path("/var/lib/rollback/install-manifest")
 BIN = Path("/usr/local/bin/rollback")
@@ -107,11 +109,12 @@ class Machine:
     config: dict[str, object] | None  # /etc/rollback.toml if it exists and is not ours unchanged
     missing: tuple[str, ...] = ()  # build prerequisites (BUILD_NEEDS keys)
     device_uuid: str | None = None  # the filesystem UUID on `node` (blkid), if it exists here
-    # in the running root's own subvolume (on btrfs each subvolume has its own st_dev: the same
-    # st_dev as /): /usr, so the running operating system; and which of the paths the installer
-    # writes (`written`; a path not made yet: its nearest existing parent)
-    usr_in_root: bool = False
-    in_root: frozenset[str] = frozenset()
+    # where /usr (the running operating system) and each path the installer writes (`written`) lie
+    # on the running root's filesystem: path -> its places there, as paths from the top level (a
+    # path on another filesystem: none). A subvolume nested in another is not mounted, so its files
+    # lie below its parent's path: whether a path goes with a replaced subvolume is whether one of
+    # its places is that subvolume's path or below it (not st_dev: a nested subvolume has its own).
+    places: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,6 @@ def observe(args: argparse.Namespace) -> Machine:
     node = resolve(device) if device and not args.unchecked else None
     fstype = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", node]) if node else None
     uuid = _run(["blkid", "-p", "-o", "value", "-s", "UUID", node]) if node else None
-    root_dev = os.stat("/").st_dev
     trees = [entry["path"] for entry in old if entry["kind"] == "tree"]
     return Machine(
         os.geteuid(),
@@ -168,8 +170,7 @@ def observe(args: argparse.Namespace) -> Machine:
         config,
         missing_build(),
         uuid.strip() if uuid else None,
-        _device_of("/usr") == root_dev,
-        frozenset(path for path in written(args.prefix) if _device_of(path) == root_dev),
+        places(["/usr", *written(args.prefix)], mountinfo.parse(_read_text("/proc/self/mountinfo"))),
     )
 
 
@@ -179,14 +180,37 @@ def written(prefix: str) -> list[str]:
     return places + [str(where) for where, _, _ in SHIPPED]
 
 
-def _device_of(path: str) -> int | None:
-    """st_dev of the path, or of its nearest existing parent (where it would be made)."""
-    for place in [Path(path), *Path(path).parents]:
-        try:
-            return os.stat(place).st_dev
-        except OSError:
-            continue
-    return None
+def places(paths: list[str], mounts: list[mountinfo.Mount]) -> dict[str, tuple[str, ...]]:
+    """Each path's places on the filesystem mounted at / (see Machine.places)."""
+    root = _place("/", mounts)
+    if root is None:
+        return {}
+    found = {}
+    for path in paths:
+        at = [_place(os.path.realpath(path), mounts)]
+        found[path] = tuple(place[1] for place in at if place is not None and place[0] == root[0])
+    return found
+
+
+def _place(real: str, mounts: list[mountinfo.Mount]) -> tuple[str, str] | None:
+    """(filesystem, path from its top level) of an absolute path without symbolic links, made or
+    not: by the mount with the nearest mount point (the last mounted there: it hides the others)."""
+    best = None
+    for mount in mounts:
+        point = mount.mount_point
+        if (point == "/" or names.is_within(real, point)) and (best is None or len(point) >= len(best.mount_point)):
+            best = mount
+    if best is None:
+        return None
+    below = real.removeprefix(best.mount_point)
+    return best.dev, "/".join(part for part in f"{best.root}/{below}".split("/") if part)
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return ""
 
 
 def _candidates() -> list[str]:
@@ -314,41 +338,51 @@ def _kept(args: argparse.Namespace, machine: Machine, config: dict[str, object])
     return Target(kept.device, kept.subvolume, None if args.unchecked else machine.node, kept.cleanup, mode)
 
 
-def replaces_running_root(chosen: Target, machine: Machine) -> bool:
-    """The subvolume the boot would replace is the one the running system is booted from: the running
-    root's filesystem (its UUID: named so, or found on the device's node) and its subvolume. A
-    --device or kept config naming another filesystem, or another subvolume of this one, is not."""
+def on_running_root_filesystem(chosen: Target, machine: Machine) -> bool:
+    """The boot would replace a subvolume of the filesystem the running system is booted from (its
+    UUID: named so, or found on the device here, however the device is spelled)."""
     root = machine.root
     if root is None or root["FSTYPE"] != "btrfs" or not root["UUID"]:
         return False
-    same_filesystem = chosen.device == f"UUID={root['UUID']}" or (
-        chosen.node is not None and machine.device_uuid == root["UUID"]
-    )
-    return same_filesystem and chosen.subvolume.strip("/") == root["FSROOT"].strip("/")
+    uuid = root["UUID"].lower()
+    try:
+        named = device_path(chosen.device).lower() == f"/dev/disk/by-uuid/{uuid}"
+    except ValueError:  # not a device (a kept config's): refused as such elsewhere
+        named = False
+    return named or (machine.device_uuid or "").lower() == uuid
 
 
 def vanishing(chosen: Target, machine: Machine, paths: list[str]) -> tuple[str | None, list[str]]:
-    """What replacing the running root's subvolume at every boot would take: a refusal (the operating
-    system, or the install's own files, emptied at the first boot in recreate mode), and the
-    installer's files that only a blank made after installing keeps (snapshot mode)."""
-    if not replaces_running_root(chosen, machine):
+    """What replacing the subvolume at every boot would take of the running system: a refusal (the
+    operating system, or the install's own files, emptied at the first boot in recreate mode), or the
+    warnings of snapshot mode (only a blank made after installing keeps them). A path goes with the
+    subvolume when it lies in it or in a subvolume nested anywhere below it (moved and deleted with
+    it); a path not observed lies where its directory does (the wants link)."""
+    if not on_running_root_filesystem(chosen, machine):
         return None, []
-    lost = [path for path in paths if path in machine.in_root or str(Path(path).parent) in machine.in_root]
-    where = f"subvolume {chosen.subvolume!r} (the running root)"
-    if chosen.mode == "recreate" and machine.usr_in_root:
+
+    def goes(path: str) -> bool:
+        found = machine.places.get(path, machine.places.get(str(Path(path).parent), ()))
+        return any(names.is_within(place, chosen.subvolume.strip("/")) for place in found)
+
+    lost = [path for path in paths if goes(path)]
+    where = f"subvolume {chosen.subvolume!r} of the running root's filesystem"
+    if chosen.mode == "recreate" and goes("/usr"):
         return (
-            f"{where} holds the operating system (/usr is in it), and recreate mode (no mode = in the config) "
-            "replaces it with a new EMPTY subvolume at every boot: the first boot would delete the system, "
-            "keep no copy, and not come up. Either move /usr (and what must survive) to a subvolume that is "
-            "not replaced, or use snapshot mode: write /etc/rollback.toml yourself with device, subvolume, "
-            'mode = "snapshot" (it is kept), install, then make the read-only blank from this root (README, '
-            '"Install (dracut ...)"): every boot then starts from that blank, and changes to the operating '
-            "system (updates included) are undone at every boot until you make the blank again",
+            f"{where} holds the operating system (/usr is in it, or in a subvolume nested in it), and "
+            "recreate mode (no mode = in the config) replaces it with a new EMPTY subvolume at every boot: "
+            "the first boot would delete the system, keep no copy, and not come up. Either move /usr (and "
+            "what must survive) to a subvolume that is not replaced, or use snapshot mode: write "
+            '/etc/rollback.toml yourself with device, subvolume, mode = "snapshot" (it is kept), install, '
+            'then make the read-only blank from this root (README, "Install (dracut ...)"): every boot then '
+            "starts from that blank, and changes to the operating system (updates included) are undone at "
+            "every boot until you make the blank again",
             [],
         )
     if chosen.mode == "recreate" and lost:
         return (
-            f"these paths are in {where}, which recreate mode empties at every boot: "
+            f"these paths are in {where} (or in a subvolume nested in it), which recreate mode empties at "
+            "every boot: "
             + ", ".join(lost)
             + ". They would vanish at the first boot, and the next initramfs build (a kernel update) would "
             "leave rollback out without a word. Put them on a subvolume that survives (e.g. mount or bind "
@@ -356,7 +390,20 @@ def vanishing(chosen: Target, machine: Machine, paths: list[str]) -> tuple[str |
             "with a blank made after installing",
             [],
         )
-    return None, lost
+    warnings = []
+    if lost:
+        warnings.append(
+            f"snapshot mode replaces {where} with a snapshot of its blank at every boot, and these paths are "
+            "in it: " + ", ".join(lost) + ". Make the blank AFTER installing (and again after re-installing "
+            "or updating the system): otherwise they vanish at the first boot, and the next initramfs build "
+            "(a kernel update) leaves rollback out without a word."
+        )
+    if goes("/usr"):
+        warnings.append(
+            "the blank holds the operating system (/usr is in the replaced subvolume): every change to it, "
+            "updates included, is undone at every boot until the blank is made again."
+        )
+    return None, warnings
 
 
 def plan(args: argparse.Namespace, machine: Machine) -> Plan:
@@ -384,21 +431,10 @@ def plan(args: argparse.Namespace, machine: Machine) -> Plan:
     out.commands.append(["journalctl", "--update-catalog"])
     rollback = [str(BIN), "--config", str(CONFIG), "--kernel-cmdline", "/dev/null"]
     out.checks.append([*rollback, "config"])
-    refusal, lost = vanishing(chosen, machine, [*(str(path) for path in out.paths()), str(prefix), str(MANIFEST)])
+    refusal, warnings = vanishing(chosen, machine, [*(str(path) for path in out.paths()), str(prefix), str(MANIFEST)])
     if refusal:
         raise Refused(refusal)
-    if lost:
-        out.warnings.append(
-            f"snapshot mode replaces the running root ({chosen.subvolume!r}) with a snapshot of its blank at "
-            "every boot, and these paths are in it: " + ", ".join(lost) + ". Make the blank AFTER installing "
-            "(and again after re-installing or updating the system): otherwise they vanish at the first boot, "
-            "and the next initramfs build (a kernel update) leaves rollback out without a word."
-        )
-    if replaces_running_root(chosen, machine) and machine.usr_in_root:
-        out.warnings.append(
-            "the blank holds the operating system (/usr is in the replaced subvolume): every change to it, "
-            "updates included, is undone at every boot until the blank is made again."
-        )
+    out.warnings += warnings
     if chosen.node:  # read through its own private mount; by node: this machine may have no udev links
         out.checks.append([*rollback, "status", "--device", chosen.node])
     return out

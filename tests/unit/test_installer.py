@@ -239,8 +239,14 @@ def test_a_config_file_that_does_not_read_is_an_error_not_a_crash(
     assert "__error__" in installer._read_config()
 
 
+def lying_in(subvolume: str, *paths: str) -> dict[str, tuple[str, ...]]:
+    """Machine.places: each path in `subvolume` (its path from the top level)."""
+    return {path: (f"{subvolume}{path}",) for path in paths}
+
+
+WRITTEN = installer.written("/opt/rollback")
 # A stock Fedora or Debian btrfs install: / is the subvolume `root` and /usr is in it.
-STOCK = dataclasses.replace(GOOD, usr_in_root=True)
+STOCK = dataclasses.replace(GOOD, places=lying_in("root", "/usr", *WRITTEN))
 ROOT_BY_NODE = {"node": "/dev/vda2", "fstype": "btrfs", "device_uuid": "1234-abcd"}
 HOLDS_THE_OS = {
     "the running root (no --device)": (STOCK, ()),
@@ -288,15 +294,14 @@ OTHER_SUBVOLUME = {
 @pytest.mark.parametrize("case", OTHER_SUBVOLUME)
 def test_only_the_running_roots_own_filesystem_and_subvolume_is_the_running_os(case: str) -> None:
     machine, args = OTHER_SUBVOLUME[case]
-    out = plan(dataclasses.replace(machine, in_root=frozenset({"/etc/rollback.toml"})), *args)
+    out = plan(machine, *args)
     assert out.files and out.warnings == []
 
 
 def test_snapshot_mode_on_the_running_os_is_installed_with_warnings() -> None:
     """The blank holds the OS; the installer's files survive only if the blank is made after installing."""
     config = {"device": "UUID=1234-abcd", "subvolume": "root", "mode": "snapshot"}
-    in_root = frozenset({"/etc/rollback.toml", "/etc/dracut.conf.d/90-rollback.conf", "/opt/rollback"})
-    machine = dataclasses.replace(STOCK, config=config, in_root=in_root, **ROOT_BY_NODE)
+    machine = dataclasses.replace(STOCK, config=config, **ROOT_BY_NODE)
     out = plan(machine)
     lost, os_changes = out.warnings
     assert "Make the blank AFTER installing" in lost and "leaves rollback out" in lost
@@ -308,13 +313,13 @@ def test_recreate_mode_refuses_when_the_installers_own_files_would_vanish() -> N
     """/usr on its own subvolume, but /etc in the replaced root: 90-rollback.conf vanishes at the first
     boot and the next kernel update builds an initramfs without rollback, silently."""
     machine = dataclasses.replace(
-        GOOD, in_root=frozenset({"/etc/dracut.conf.d/90-rollback.conf", "/etc/rollback.toml"})
+        GOOD, places={**lying_in("usr", "/usr"), **lying_in("root", "/etc/dracut.conf.d/90-rollback.conf")}
     )
     with pytest.raises(installer.Refused) as refused:
         plan(machine)
     assert refused.value.code == 3 and "/etc/dracut.conf.d/90-rollback.conf" in str(refused.value)
     assert "leave rollback out" in str(refused.value)
-    persisted = dataclasses.replace(machine, in_root=frozenset())  # /etc on a surviving subvolume
+    persisted = dataclasses.replace(machine, places=lying_in("persist", "/etc/dracut.conf.d/90-rollback.conf"))
     assert plan(persisted).warnings == []
 
 
@@ -326,5 +331,44 @@ def test_where_each_written_path_lies_is_observed() -> None:
         assert str(path) in places or str(path.parent) in places, path
 
 
-def test_a_path_not_made_yet_lies_where_its_nearest_parent_does(tmp_path: Path) -> None:
-    assert installer._device_of(str(tmp_path / "not" / "made")) == tmp_path.stat().st_dev
+def mountinfo_at(where: Path) -> Any:
+    """/ is the subvolume `root` of the filesystem 0:43; below `where`: home its subvolume `home`, boot
+    an ext4, srv/etc a bind mount of the directory persist/etc of the subvolume `persist`."""
+    return installer.mountinfo.parse(
+        "29 1 0:43 /root / rw,relatime shared:1 - btrfs /dev/vda2 rw,subvolid=256,subvol=/root\n"
+        f"30 29 0:43 /home {where}/home rw - btrfs /dev/vda2 rw,subvolid=257,subvol=/home\n"
+        f"31 29 8:1 / {where}/boot rw - ext4 /dev/vda1 rw\n"
+        f"32 29 0:43 /persist/etc {where}/srv/etc rw - btrfs /dev/vda2 rw,subvolid=258,subvol=/persist\n"
+    )
+
+
+def test_a_path_lies_below_its_mounts_subvolume_whatever_its_st_dev(tmp_path: Path) -> None:
+    """A subvolume nested in the root is no mount: its files lie below the root's path, and go with it
+    at every boot (its own st_dev, unlike the root's, once made /usr count as surviving). Another
+    subvolume mounted, a bind mount of a directory in one, another filesystem: their own places."""
+    where = tmp_path.resolve()
+    (where / "usr").mkdir()  # e.g. btrfs subvolume create /usr: not in mountinfo
+    paths = [f"{where}/usr/bin", f"{where}/home/a/b", f"{where}/boot/c", f"{where}/srv/etc/d", "/"]
+    assert installer.places(paths, mountinfo_at(where)) == {
+        f"{where}/usr/bin": (f"root{where}/usr/bin",),
+        f"{where}/home/a/b": ("home/a/b",),
+        f"{where}/boot/c": (),
+        f"{where}/srv/etc/d": ("persist/etc/d",),
+        "/": ("root",),
+    }
+
+
+NESTED = {
+    "/usr a subvolume nested in the root": ("root", lying_in("root", "/usr")),
+    "the root nested in the replaced subvolume": ("@", lying_in("@/root", "/usr")),
+}
+
+
+@pytest.mark.parametrize("case", NESTED)
+def test_recreating_a_subvolume_the_os_is_nested_in_is_refused(case: str) -> None:
+    subvolume, where = NESTED[case]
+    machine = dataclasses.replace(GOOD, places=where)
+    with pytest.raises(installer.Refused) as refused:
+        plan(machine, "--subvolume", subvolume)
+    assert refused.value.code == 3 and "holds the operating system" in str(refused.value)
+    assert plan(dataclasses.replace(machine, places=lying_in("usr", "/usr")), "--subvolume", subvolume)
