@@ -187,9 +187,39 @@ def places(paths: list[str], mounts: list[mountinfo.Mount]) -> dict[str, tuple[s
         return {}
     found = {}
     for path in paths:
-        at = [_place(os.path.realpath(path), mounts)]
-        found[path] = tuple(place[1] for place in at if place is not None and place[0] == root[0])
+        links, real = _hops(path, [40])
+        at = [_place(where, mounts) for where in [*links, real]]
+        found[path] = tuple(dict.fromkeys(place[1] for place in at if place is not None and place[0] == root[0]))
     return found
+
+
+def _hops(path: str, budget: list[int]) -> tuple[list[str], str]:
+    """What reaching `path` depends on: every symbolic link met on the way (the link itself, in the
+    directory without links that holds it: where it lies) and, last, the path it leads to, made or
+    not. A link that vanishes takes what it leads to with it: /usr, /opt or /etc/rollback.toml a
+    link into a surviving subvolume, the link itself in the replaced one, is gone at the first boot
+    (the kernel's limit of 40 links, as ELOOP; past it, a name is taken as it is)."""
+    links: list[str] = []
+    current = "/"  # a directory path without links
+    for name in path.split("/"):
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        entry = os.path.join(current, name)
+        try:
+            target = os.readlink(entry) if budget[0] > 0 else None
+        except OSError:  # not a link, or not there
+            target = None
+        if target is None:
+            current = entry
+            continue
+        budget[0] -= 1
+        links.append(entry)
+        more, current = _hops(os.path.join(current, target), budget)
+        links += more
+    return links, current
 
 
 def _place(real: str, mounts: list[mountinfo.Mount]) -> tuple[str, str] | None:

@@ -358,6 +358,30 @@ def test_a_path_lies_below_its_mounts_subvolume_whatever_its_st_dev(tmp_path: Pa
     }
 
 
+def test_a_symbolic_link_lies_where_it_is_and_takes_what_it_leads_to(tmp_path: Path) -> None:
+    """/usr, /opt or /etc/rollback.toml a link into a surviving subvolume, the link itself in the root:
+    at the first boot the link is gone and what it led to with it (os.stat followed it: 'survives').
+    Every link on the way counts, relative, absolute or chained; a loop ends."""
+    where = tmp_path.resolve()
+    (where / "srv" / "etc").mkdir(parents=True)  # the bind mount of persist/etc
+    (where / "etc").symlink_to(where / "srv" / "etc")  # absolute, into persist
+    (where / "opt").symlink_to("x/../srv/./etc")  # relative, through a name not made
+    (where / "srv" / "etc" / "back").symlink_to("../../usr")  # from persist into the root
+    (where / "loop").symlink_to("loop")
+    paths = [f"{where}/etc/rollback.toml", f"{where}/opt/rollback", f"{where}/srv/etc/back/bin", f"{where}/loop/x"]
+    assert installer.places(paths, mountinfo_at(where)) == {
+        f"{where}/etc/rollback.toml": (f"root{where}/etc", "persist/etc/rollback.toml"),
+        f"{where}/opt/rollback": (f"root{where}/opt", "persist/etc/rollback"),
+        f"{where}/srv/etc/back/bin": ("persist/etc/back", f"root{where}/usr/bin"),
+        f"{where}/loop/x": (f"root{where}/loop", f"root{where}/loop/x"),
+    }
+    linked = {"/usr": ("root/usr", "usr"), "/opt/rollback": ("root/opt", "opt/rollback")}
+    with pytest.raises(installer.Refused, match="holds the operating system"):
+        plan(dataclasses.replace(GOOD, places=linked))
+    with pytest.raises(installer.Refused, match="/opt/rollback"):
+        plan(dataclasses.replace(GOOD, places={**linked, "/usr": ("usr",)}))
+
+
 NESTED = {
     "/usr a subvolume nested in the root": ("root", lying_in("root", "/usr")),
     "the root nested in the replaced subvolume": ("@", lying_in("@/root", "/usr")),
