@@ -6,7 +6,8 @@ distribution's python3 before anything of ours is installed. What it writes is l
 (/var/lib/rollback/install-manifest, JSON lines, written before the first change), and --uninstall
 removes exactly that: a file only if it is still what was written (an edited config file stays).
 
-Exit codes: 0 done; 1 a step failed midway (run it again: it rewrites the same files); 2 usage;
+Exit codes: 0 done; 1 a step failed midway (run it again: it rewrites the same files); 2 usage, or
+a kept config file that every boot would refuse;
 3 refused, nothing written (not root, no dracut or no systemd in its initrd, the device is not
 btrfs or its root is the default subvolume, Python older than 3.11, no compiler or headers for the
 dependencies, a path or prefix that is not ours, a kept config file that contradicts an option, the
@@ -28,7 +29,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +36,11 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # nothing written into the checkout (rollback/__pycache__)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from rollback import mountinfo, names  # noqa: E402  (pure, standard library only)
+from rollback import mountinfo, names, settings  # noqa: E402  (pure, standard library only)
 from rollback.devspec import device_path, unit_path_escape  # noqa: E402
+from rollback.errors import ConfigError  # noqa: E402
+from rollback.settings import Value  # noqa: E402
+from rollback.sources import load_config_file  # noqa: E402
 
 MANIFEST = Path("/var/lib/rollback/install-manifest")
 BIN = Path("/usr/local/bin/rollback")
@@ -106,7 +109,9 @@ class Machine:
     installed_prefix: str | None  # the prefix an earlier install made (the manifest's tree)
     prefix_exists: bool
     foreign: frozenset[str]  # paths the installer may write that exist and its manifest does not list
-    config: dict[str, object] | None  # /etc/rollback.toml if it exists and is not ours unchanged
+    # /etc/rollback.toml if it exists and is not ours unchanged: its settings as the CLI reads them
+    # (setting name -> value), or {"__error__": why it cannot be read}
+    config: dict[str, Value] | None
     missing: tuple[str, ...] = ()  # build prerequisites (BUILD_NEEDS keys)
     device_uuid: str | None = None  # the filesystem UUID on `node` (blkid), if it exists here
     # where /usr (the running operating system) and each path the installer writes (`written`) lie
@@ -249,12 +254,14 @@ def _candidates() -> list[str]:
     return paths + glob.glob(str(WANTS / "rollback-cleanup@*.service"))
 
 
-def _read_config() -> dict[str, object]:
+def _read_config() -> dict[str, Value]:
+    """The config file's settings, read by the CLI's own reader (TOML, the keys it knows, their
+    types), or {"__error__": the reason} (not UTF-8, not TOML, too deep, an unknown key)."""
     try:
-        with CONFIG.open("rb") as handle:
-            return tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:  # not UTF-8; too deep
-        return {"__error__": str(error)}
+        layer, _ = load_config_file(str(CONFIG), str(CONFIG))
+    except ConfigError as error:
+        return {"__error__": f"{error.reason}{f'; {error.hint}' if error.hint else ''}"}
+    return dict(layer)
 
 
 def _is_default(path: str) -> bool:
@@ -325,7 +332,7 @@ def target(args: argparse.Namespace, machine: Machine) -> Target:
             raise Refused(f"--device {args.device}: no such device here (an image for another machine: --unchecked)")
         if not args.unchecked and machine.fstype != "btrfs":
             raise Refused(f"--device {args.device} holds {machine.fstype or 'no filesystem'}, not btrfs")
-        return Target(args.device, args.subvolume or "root", machine.node, cleanup)
+        return _own(Target(args.device, (args.subvolume or "root").strip("/"), machine.node, cleanup))
     root = machine.root
     if root is None or root["FSTYPE"] != "btrfs":
         kind = root["FSTYPE"] if root else "unknown"
@@ -339,33 +346,54 @@ def target(args: argparse.Namespace, machine: Machine) -> Target:
             "btrfs subvolume set-default 5 /, and mount the root with subvol= (fstab, kernel command line)"
         )
     node = root["SOURCE"].partition("[")[0]  # /dev/vda2[/root]: the subvolume follows the node
-    return Target(f"UUID={root['UUID']}", args.subvolume or subvolume, node, cleanup)
+    return _own(Target(f"UUID={root['UUID']}", (args.subvolume or subvolume).strip("/"), node, cleanup))
 
 
-def _kept(args: argparse.Namespace, machine: Machine, config: dict[str, object]) -> Target:
+def _own(chosen: Target) -> Target:
+    """The config this installer writes, checked as the boot will read it (a --subvolume the CLI
+    refuses: before any write, not at the check after installing)."""
+    layer: dict[str, Value] = {"device": chosen.device, "subvolume": chosen.subvolume, "cleanup": chosen.cleanup}
+    _valid(layer, f"the {CONFIG} it would write")
+    return chosen
+
+
+def _kept(args: argparse.Namespace, machine: Machine, config: dict[str, Value]) -> Target:
     """A config file that is not ours (or edited since) stays: it decides, and options may not
-    contradict it."""
+    contradict it. What every boot would refuse in it is refused now (exit 2, as the CLI's)."""
     if "__error__" in config:
-        raise Refused(f"{CONFIG} is not ours and cannot be read ({config['__error__']}): fix or move it")
-    kept = Target(
-        str(config.get("device", "")), str(config.get("subvolume", "root")), None, str(config.get("cleanup", "boot"))
-    )
-    asked = {"--device": args.device, "--subvolume": args.subvolume, "--cleanup": args.cleanup}
-    kept_values = {"--device": kept.device, "--subvolume": kept.subvolume, "--cleanup": kept.cleanup}
-    for flag, value in asked.items():
-        if value is not None and value != kept_values[flag]:
+        raise Refused(f"{CONFIG} is not ours and cannot be read: {config['__error__']}: fix or move it", 2)
+    valid = _valid(config, f"{CONFIG} (kept: not written by this installer)")
+    device = str(config.get("device") or "")  # as written (valid.device: as its /dev/disk/ link)
+    asked = {
+        "--device": (args.device and device_path(args.device), valid.device, device),
+        "--subvolume": (args.subvolume and args.subvolume.strip("/"), valid.subvolume, valid.subvolume),
+        "--cleanup": (args.cleanup, valid.cleanup, valid.cleanup),
+    }
+    for flag, (value, kept, shown) in asked.items():
+        if value and value != kept:
+            given = getattr(args, flag[2:])
             raise Refused(
-                f"{CONFIG} (kept: not written by this installer) has {flag[2:]} {kept_values[flag]!r}, "
-                f"not {value!r}: edit it, or move it away to have it written"
+                f"{CONFIG} (kept: not written by this installer) has {flag[2:]} {shown!r}, "
+                f"not {given!r}: edit it, or move it away to have it written"
             )
-    if not kept.device:
+    if not device:
         raise Refused(f"{CONFIG} (kept) names no device: add device = ...")
-    mode = str(config.get("mode", "recreate"))
     if not args.unchecked and machine.node is None:
-        raise Refused(f"{CONFIG} (kept) names device {kept.device!r}, not found here (an image: --unchecked)")
+        raise Refused(f"{CONFIG} (kept) names device {device!r}, not found here (an image: --unchecked)")
     if not args.unchecked and machine.fstype != "btrfs":
-        raise Refused(f"{CONFIG} (kept) names device {kept.device!r}, which holds {machine.fstype or 'nothing'}")
-    return Target(kept.device, kept.subvolume, None if args.unchecked else machine.node, kept.cleanup, mode)
+        raise Refused(f"{CONFIG} (kept) names device {device!r}, which holds {machine.fstype or 'nothing'}")
+    node = None if args.unchecked else machine.node
+    return Target(device, valid.subvolume, node, valid.cleanup, valid.mode)
+
+
+def _valid(layer: dict[str, Value], what: str) -> settings.Config:
+    """The settings resolved and checked as every boot's `rollback run` does (the file alone: the
+    kernel command line is the boot's), or refused with the CLI's reason (exit 2, as the CLI's)."""
+    try:
+        return settings.resolve(layer, {}, {}, f"config file {CONFIG}")
+    except ConfigError as error:
+        hint = f" ({error.hint})" if error.hint else ""
+        raise Refused(f"{what} is invalid, and every boot would refuse it: {error.reason}{hint}", 2) from None
 
 
 def on_running_root_filesystem(chosen: Target, machine: Machine) -> bool:

@@ -80,7 +80,6 @@ UNSUPPORTED = {
         dataclasses.replace(GOOD, config={"device": "/dev/sdb"}, node="/dev/sdb", fstype="btrfs"),
         ("--cleanup", "after-boot"),
     ),
-    "kept config unreadable": (dataclasses.replace(GOOD, config={"__error__": "bad toml"}), ()),
     "kept config, device not btrfs": (dataclasses.replace(GOOD, config={"device": "/dev/sdb"}, node="/dev/sdb"), ()),
 }
 
@@ -126,6 +125,45 @@ def test_a_config_file_that_is_not_ours_is_kept_and_decides() -> None:
     assert out.keep == {installer.CONFIG} and installer.CONFIG not in out.paths()
     assert out.checks[-1][-3:] == ["status", "--device", "/dev/sdb"]
     assert any(p.name == "rollback-cleanup@dev-disk-by\\x2dlabel-my\\x5cx20root.service" for p, _ in out.links)
+
+
+KEPT_INVALID: dict[str, dict[str, object]] = {
+    "mode 'bogus' is not one of recreate, snapshot": {"mode": "bogus"},  # installed: not "recreate"
+    "subvolume '/root' is absolute": {"subvolume": "/root"},
+    "keep-days is set but archive is not": {"keep_days": 3},
+    "cleanup 'never' is not one of boot, after-boot": {"cleanup": "never"},
+    "device 'sda' is neither a device path": {"device": "sda"},
+}
+
+
+@pytest.mark.parametrize("reason", KEPT_INVALID)
+def test_a_kept_config_every_boot_would_refuse_is_refused_with_the_clis_reason(reason: str) -> None:
+    """Exit 2 before any write, as `rollback config` would exit at every boot (was: mode 'bogus' taken
+    for not-recreate and installed, then the check after installing failed: exit 1, all written)."""
+    config = {"device": "UUID=1234-abcd", **KEPT_INVALID[reason]}
+    with pytest.raises(installer.Refused) as refused:
+        plan(dataclasses.replace(STOCK, config=config, **ROOT_BY_NODE))
+    assert refused.value.code == 2 and "every boot would refuse it" in str(refused.value)
+    assert reason in str(refused.value)
+
+
+def test_a_kept_config_that_cannot_be_read_is_refused_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "rollback.toml"
+    config.write_text('device = "/dev/vda"\nmodes = "snapshot"\n')
+    monkeypatch.setattr(installer, "CONFIG", config)
+    with pytest.raises(installer.Refused) as refused:
+        plan(dataclasses.replace(GOOD, config=installer._read_config(), node="/dev/vda", fstype="btrfs"))
+    assert refused.value.code == 2 and "unknown key 'modes'" in str(refused.value)
+
+
+def test_a_subvolume_the_config_would_name_wrongly_is_refused_before_writing() -> None:
+    with pytest.raises(installer.Refused) as refused:
+        plan(GOOD, "--subvolume", "a/../b")
+    assert refused.value.code == 2 and "every boot would refuse it" in str(refused.value)
+    written = dict((str(p), t) for p, t, _ in plan(GOOD, "--subvolume", "/@root/").files)
+    assert 'subvolume = "@root"' in written["/etc/rollback.toml"]
 
 
 def test_names_are_written_escaped() -> None:
@@ -255,6 +293,10 @@ HOLDS_THE_OS = {
     "--subvolume: the root's, with slashes": (STOCK, ("--subvolume", "/root/")),
     "a kept config without mode": (
         dataclasses.replace(STOCK, config={"device": "UUID=1234-abcd", "subvolume": "root"}, **ROOT_BY_NODE),
+        (),
+    ),
+    "a kept config spelling the subvolume ./root/": (
+        dataclasses.replace(STOCK, config={"device": "UUID=1234-abcd", "subvolume": "./root/"}, **ROOT_BY_NODE),
         (),
     ),
     "a kept config, mode recreate, by node": (
