@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -37,7 +38,7 @@ sys.dont_write_bytecode = True  # nothing written into the checkout (rollback/__
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from rollback import mountinfo, names, settings  # noqa: E402  (pure, standard library only)
-from rollback.devspec import device_path, unit_path_escape  # noqa: E402
+from rollback.devspec import TAGS, device_path, unit_path_escape  # noqa: E402
 from rollback.errors import ConfigError  # noqa: E402
 from rollback.settings import Value  # noqa: E402
 from rollback.sources import load_config_file  # noqa: E402
@@ -156,9 +157,7 @@ def observe(args: argparse.Namespace) -> Machine:
     old = read_manifest()
     config = None if _unchanged(_entry(old, CONFIG)) or not CONFIG.exists() else _read_config()
     device = args.device or (str(config.get("device", "")) if config else "") or None
-    node = resolve(device) if device and not args.unchecked else None
-    fstype = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", node]) if node else None
-    uuid = _run(["blkid", "-p", "-o", "value", "-s", "UUID", node]) if node else None
+    node, fstype, uuid = identify(device, args.unchecked)
     trees = [entry["path"] for entry in old if entry["kind"] == "tree"]
     return Machine(
         os.geteuid(),
@@ -168,13 +167,13 @@ def observe(args: argparse.Namespace) -> Machine:
         root,
         bool(root and root["FSTYPE"] == "btrfs" and _is_default("/")),
         node,
-        fstype.strip() if fstype else None,
+        fstype,
         trees[0] if trees else None,
         os.path.lexists(args.prefix),
         frozenset(path for path in _candidates() if os.path.lexists(path) and _entry(old, Path(path)) is None),
         config,
         missing_build(),
-        uuid.strip() if uuid else None,
+        uuid,
         places(["/usr", *written(args.prefix)], mountinfo.parse(_read_text("/proc/self/mountinfo"))),
     )
 
@@ -284,12 +283,41 @@ def missing_build() -> tuple[str, ...]:
     return tuple(name for name, ok in present.items() if not ok)
 
 
+def identify(device: str | None, unchecked: bool) -> tuple[str | None, str | None, str | None]:
+    """The device's node here (None with --unchecked: not checked), its filesystem type, and its
+    filesystem UUID. The UUID is looked for even with --unchecked, however the device is spelled
+    (LABEL=, a /dev/disk/by-*/ link, /dev/sdX): a device that names the running root's filesystem
+    here is that filesystem for the refusal to replace what the running system needs."""
+    found = resolve(device) if device else None
+    if found is None:
+        return None, None, None
+    fstype = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", found])
+    uuid = _run(["blkid", "-p", "-o", "value", "-s", "UUID", found])
+    return None if unchecked else found, fstype.strip() if fstype else None, uuid.strip() if uuid else None
+
+
 def resolve(device: str) -> str | None:
-    """The device node a --device names on this machine, or None."""
-    if not device.startswith("/"):  # UUID=, LABEL=, ...: read from the disks (this machine may have no udev)
-        found = _run(["blkid", "-c", "/dev/null", "-o", "device", "-t", device])  # no cache: a detached loop
-        return found.splitlines()[0] if found else None
-    return device if os.path.exists(device) else None
+    """The device node a --device names on this machine, or None. UUID=, LABEL=, ... (and their
+    /dev/disk/by-*/ links where udev made none) are read from the disks: this machine may have no udev."""
+    if device.startswith("/"):
+        if os.path.exists(device):
+            return device
+        tagged = _tag_of(device)
+        if tagged is None:
+            return None
+        device = tagged
+    found = _run(["blkid", "-c", "/dev/null", "-o", "device", "-t", device])  # no cache: a detached loop
+    return found.splitlines()[0] if found else None
+
+
+def _tag_of(path: str) -> str | None:
+    """`LABEL=my root` for /dev/disk/by-label/my\\x20root (udev's escapes undone), or None."""
+    for tag, directory in TAGS.items():
+        name = path.removeprefix(f"/dev/disk/{directory}/")
+        if name != path and name and "/" not in name:
+            raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), os.fsencode(name))
+            return f"{tag}={os.fsdecode(raw)}"
+    return None
 
 
 def _run(argv: list[str]) -> str | None:

@@ -319,6 +319,30 @@ def test_recreating_the_subvolume_that_holds_the_running_os_is_refused(case: str
     assert 'mode = "snapshot"' in message and "blank" in message and "undone at every boot" in message
 
 
+@pytest.mark.parametrize("spelling", ["LABEL=my root", "/dev/disk/by-label/my\\x20root", "node"])
+def test_a_device_for_another_machine_that_is_the_running_roots_filesystem_here_is_refused(
+    spelling: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--unchecked skips the checks a device for another machine cannot pass, not the refusal: however
+    it is spelled (was: only UUID= recognised), a device naming the running root's filesystem here
+    is looked up (blkid, no udev links needed) and the OS in its subvolume refused."""
+    node = str(tmp_path / "sdb")  # the node, as /dev/sdb would be
+    Path(node).touch()
+    spelling = node if spelling == "node" else spelling
+
+    def blkid(argv: list[str]) -> str | None:
+        answers = {"LABEL=my root": node, "TYPE": "btrfs", "UUID": "1234-abcd"}
+        asked = argv[-1] if argv[-1] != node else argv[-2]
+        return answers[asked] + "\n" if argv[0] == "blkid" and asked in answers else None
+
+    monkeypatch.setattr(installer, "_run", blkid)
+    assert installer.identify(spelling, True) == (None, "btrfs", "1234-abcd")
+    assert installer.identify(spelling, False) == (node, "btrfs", "1234-abcd")
+    machine = dataclasses.replace(STOCK, device_uuid="1234-abcd")
+    with pytest.raises(installer.Refused, match="holds the operating system"):
+        plan(machine, "--device", spelling, "--unchecked")
+
+
 OTHER_SUBVOLUME = {
     "another filesystem's subvolume of the same name": (
         dataclasses.replace(STOCK, node="/dev/sdb", fstype="btrfs", device_uuid="5678-ef01"),
