@@ -248,6 +248,26 @@ def test_the_build_names_what_is_wrong_in_the_config_file(tmp_path: Path) -> Non
     assert "mode 'bogus' is not one of recreate, snapshot" in built.stderr, built.stderr
 
 
+@pytest.mark.parametrize("content", [b'device = "/dev/vda"\nmode = \n', b'device = "/dev/\xff"\n'])
+def test_a_config_file_that_is_not_toml_is_named_so_not_as_no_device(tmp_path: Path, content: bytes) -> None:
+    """The device was read with a bare tomllib.load: a traceback, then "no device: set device in ...",
+    for a file that does set one."""
+    (tmp_path / "rollback.toml").write_bytes(content)
+    built = dracut_install(tmp_path, None)
+    assert built.returncode == 1 and "dracut went on" not in built.stdout
+    assert "rollback.toml cannot be read as TOML" in built.stderr, built.stderr
+    assert "no device" not in built.stderr and "Traceback" not in built.stderr
+
+
+def test_rollback_options_in_dracuts_kernel_cmdline_are_warned_about(tmp_path: Path) -> None:
+    """dracut writes kernel_cmdline into the image's /etc/cmdline.d, which rollback (reading
+    /proc/cmdline) never sees: rollback.mode=snapshot there would silently not apply."""
+    built = dracut_install(tmp_path, 'device = "/dev/vda"\n', kernel_cmdline="quiet rollback.mode=snapshot")
+    assert built.returncode == 0 and "W: rollback: kernel_cmdline (dracut.conf) holds rollback.*" in built.stderr
+    quiet = dracut_install(tmp_path, 'device = "/dev/vda"\n', kernel_cmdline="quiet norollback.x=1")
+    assert quiet.returncode == 0 and "W: rollback" not in quiet.stderr
+
+
 def test_a_valid_config_file_is_installed_and_the_unit_wanted(tmp_path: Path) -> None:
     built = dracut_install(tmp_path, 'device = "LABEL=root"\nmode = "snapshot"\n', rollback_policy="stop-boot")
     assert built.returncode == 0 and "dracut went on" in built.stdout, built.stderr

@@ -20,11 +20,16 @@ depends() {
 }
 
 _rollback_setting() { # key -> value from the config file, via the interpreter we install
+    # a file that does not read prints why, and fails (it was a traceback, then "no device")
     "$rollback_python" -I -S -c 'import sys, tomllib
 try:
-    print(tomllib.load(open(sys.argv[1], "rb")).get(sys.argv[2], ""))
+    with open(sys.argv[1], "rb") as handle:
+        print(tomllib.load(handle).get(sys.argv[2], ""))
 except FileNotFoundError:
-    pass' "$rollback_config" "$1"
+    pass
+except (OSError, ValueError, RecursionError) as error:  # TOMLDecodeError and UnicodeDecodeError: ValueError
+    print(f"{sys.argv[1]} cannot be read as TOML ({type(error).__name__}: {error})")
+    sys.exit(1)' "$rollback_config" "$1"
 }
 
 _rollback_inst_extension() { # a C extension and the libraries it links
@@ -69,7 +74,9 @@ install() {
     rollback_config=${rollback_config:-/etc/rollback.toml}
     rollback_policy=${rollback_policy:-boot-on}
     command -v "$rollback_python" > /dev/null || _rollback_fatal "rollback_python '$rollback_python' not found (dracut.conf.d)"
-    rollback_device=${rollback_device:-$(_rollback_setting device)}
+    if [[ -z ${rollback_device-} ]]; then
+        rollback_device=$(_rollback_setting device) || _rollback_fatal "$rollback_device"
+    fi
     if [[ -z $rollback_device ]]; then
         _rollback_fatal "no device: set device in $rollback_config or rollback_device in dracut.conf"
     fi
@@ -115,6 +122,11 @@ EOF
     path=$("$rollback_python" -I -c 'import sys; from rollback.devspec import device_path
 print(device_path(sys.argv[1]))' "$rollback_device") \
         || _rollback_fatal "$rollback_python could not map device '$rollback_device' (a path, UUID=, LABEL=, PARTUUID= or PARTLABEL=; and rollback_python must import rollback)"
+    # dracut.conf's kernel_cmdline goes to the image's /etc/cmdline.d, which only dracut's own hooks
+    # read; rollback reads the kernel's command line (/proc/cmdline, from the boot loader) alone
+    if [[ " ${kernel_cmdline-} " =~ [[:space:]]rollback\. ]]; then
+        dwarn "rollback: kernel_cmdline (dracut.conf) holds rollback.* options, which rollback never reads: put them in the boot loader's command line, or their settings in $rollback_config"
+    fi
     if [[ -e $rollback_config ]]; then
         # The settings as the boot reads them, by the CLI the initramfs runs (its launcher, interpreter
         # and sys.path; the bytecode staged from these sources): an invalid file fails the build here
