@@ -114,7 +114,7 @@ class Machine:
     # (setting name -> value), or {"__error__": why it cannot be read}
     config: dict[str, Value] | None
     missing: tuple[str, ...] = ()  # build prerequisites (BUILD_NEEDS keys)
-    device_uuid: str | None = None  # the filesystem UUID on `node` (blkid), if it exists here
+    device_uuid: str | None = None  # the filesystem UUID the device names here (blkid; --unchecked too)
     # where /usr (the running operating system) and each path the installer writes (`written`) lie
     # on the running root's filesystem: path -> its places there, as paths from the top level (a
     # path on another filesystem: none). A subvolume nested in another is not mounted, so its files
@@ -180,8 +180,8 @@ def observe(args: argparse.Namespace) -> Machine:
 
 def written(prefix: str) -> list[str]:
     """Every place an install writes below (the wants link: its directory)."""
-    places = [prefix, str(BIN), str(DRACUT_CONF), str(CLEANUP_UNIT), str(CONFIG), str(MANIFEST), str(WANTS)]
-    return places + [str(where) for where, _, _ in SHIPPED]
+    paths = [prefix, str(BIN), str(DRACUT_CONF), str(CLEANUP_UNIT), str(CONFIG), str(MANIFEST), str(WANTS)]
+    return paths + [str(where) for where, _, _ in SHIPPED]
 
 
 def places(paths: list[str], mounts: list[mountinfo.Mount]) -> dict[str, tuple[str, ...]]:
