@@ -68,6 +68,9 @@ class Observation:
     pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
     immutable: frozenset[str] = frozenset()  # chattr +i or +a on its top directory ("" is the top level)
     top_read_only: bool = False  # the top level (subvolume 5) has the read-only property
+    # every name directly inside each holder (the trash, the archive) that is a directory: files and
+    # directories too, which a name the run picks there must not meet either
+    names_in: Mapping[str, frozenset[str]] = field(default_factory=dict)
     now: datetime = datetime.min
 
     @cached_property

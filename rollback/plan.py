@@ -197,7 +197,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     check(config, obs)
     target = config.subvolume
     leftovers = [s.path for s in obs.entries(TRASH_DIR)]
-    taken = {names.basename(p) for p in leftovers}
+    taken = {names.basename(p) for p in leftovers} | obs.names_in.get(TRASH_DIR, frozenset())
     pruned = prune_paths(config, obs)
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
@@ -347,8 +347,11 @@ def untouched(root: Examined, config: Config, obs: Observation) -> bool:
 
 
 def _archive_name(config: Config, obs: Observation) -> names.EntryName:
-    """The name this run gives the old root in the archive (planned and pruned alike)."""
-    return names.fresh_entry(obs.now, (names.basename(s.path) for s in obs.entries(config.archive)))
+    """The name this run gives the old root in the archive (planned and pruned alike): one that no
+    entry, nor a file or directory someone left there, has (the same clock at every boot would meet
+    it again: an RTC-less board)."""
+    taken = {names.basename(s.path) for s in obs.entries(config.archive)}
+    return names.fresh_entry(obs.now, taken | obs.names_in.get(config.archive, frozenset()))
 
 
 def prune_paths(config: Config, obs: Observation) -> list[str]:

@@ -284,6 +284,7 @@ def observe(
         immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p))
         | frozenset(p for p in [SKIP_MARK] if mark_regular and _pinned_file(top / p)),
         top_read_only=btrfsutil.get_subvolume_read_only(str(top)),
+        names_in={h: frozenset(os.listdir(top / h)) for h in holding},
         now=now,
     )
 

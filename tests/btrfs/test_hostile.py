@@ -8,6 +8,7 @@ import errno
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from hashlib import sha256
 from pathlib import Path
 
 import btrfsutil
@@ -466,6 +467,34 @@ def test_a_clock_behind_the_archive_is_said_at_each_run_it_stays_behind(clocked:
         assert "the archive grows until the disk is full: set keep-count" in said
     assert len(_archived(clocked)) == 4  # nothing aged out, though keep-min is 0
     assert "kind=warning" not in _boots(clocked, 1, "--keep-days", "30", "--keep-count", "9", clock="-3650d")
+
+
+NOTES = b"someone's notes\n"
+
+
+@pytest.mark.parametrize(("holder", "args"), [(".rollback/trash", ()), ("old", ("--archive", "old"))])
+@pytest.mark.parametrize("left", ["file", "directory"])
+def test_a_file_with_the_name_a_stuck_clock_gives_is_passed_over(
+    clocked: Disk, holder: str, args: tuple[str, ...], left: str
+) -> None:
+    """A clock stuck at one time at every boot gives the same name at every boot: a file or directory
+    left there with it made every run exit 1 ("exists"). Passed over; what was there stays as it was."""
+    with clocked.top() as top:
+        (top / holder).mkdir(parents=True, exist_ok=True)
+        taken = top / holder / "20300101T000000Z"
+        taken.mkdir() if left == "directory" else taken.write_bytes(NOTES)
+    for boot in range(3):
+        with clocked.top() as top:  # used: keep mode archives it
+            (top / "root" / "used").write_text("the machine ran on this root\n")
+        argv = ["faketime", "-f", "@2030-01-01 00:00:00", *clocked.rollback_argv("run", *args)]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert result.returncode == Exit.OK, result.stderr
+        serial = boot + 1 if holder == "old" else 1  # the trash's entry is deleted by the same run
+        assert f"-> {holder}/20300101T000000Z-{serial}" in result.stderr, result.stderr
+    state = clocked.state()
+    assert state.under(f"{holder}/20300101T000000Z") == {
+        f"{holder}/20300101T000000Z": "dir:40755" if left == "directory" else f"file:100644:{sha256(NOTES).hexdigest()}"
+    }
 
 
 def test_keep_min_zero_lets_age_prune_everything_old(clocked: Disk) -> None:

@@ -256,6 +256,16 @@ def test_archived_roots_named_after_the_clock_are_said_when_nothing_bounds_the_a
     assert not any(isinstance(s, Rename) and s.source in future for s in plan.steps)  # none of them aged out
 
 
+@pytest.mark.parametrize("holder", [TRASH_DIR, "old"])
+def test_a_name_the_run_would_pick_is_skipped_when_a_file_or_directory_has_it(holder: str) -> None:
+    """Not only entries: a file or directory someone left in the trash or the archive with the name
+    this run's clock gives (at every boot, on a board with no battery-backed clock) failed the move."""
+    obs = replace(observe(["root"], dirs=[TRASH_DIR, "old"]), names_in={holder: frozenset({STAMP, "notes"})})
+    plan = plan_run(config(archive="old") if holder == "old" else config(), obs)
+    moved = next(s for s in plan.steps if isinstance(s, Rename) and s.source == "root")
+    assert moved.dest == f"{holder}/{STAMP}-1"
+
+
 def test_an_empty_root_is_not_archived_and_does_not_count() -> None:
     old = ["old/20261120T000000Z"]
     plan = plan_run(config(archive="old", keep_count=1), observe(["root", *old], empty=["root"], dirs=[TRASH_DIR]))
