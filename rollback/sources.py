@@ -9,15 +9,24 @@ from rollback.cmdline import split_cmdline
 from rollback.errors import ConfigError
 from rollback.settings import BY_KEY, CMDLINE_PREFIX, Layer, Merge, Value
 
+INITRD_RELEASE = "/etc/initrd-release"  # systemd's mark of an initrd
 
-def parse_cmdline(text: str) -> dict[str, Value]:
-    """`rollback.<key>[=value]` words; other words are none of our business."""
+
+def in_initrd() -> bool:
+    return os.path.exists(INITRD_RELEASE)
+
+
+def parse_cmdline(text: str, *, initrd: bool = False) -> dict[str, Value]:
+    """`rollback.<key>[=value]` words, and in the initrd `rd.rollback.<key>[=value]` too (systemd's and
+    dracut's rule for `rd.` options: the initrd's only); `_` and `-` alike in the key, as systemd reads
+    its own. Other words are none of our business."""
     layer: dict[str, Value] = {}
     for word in split_cmdline(text):
-        if not word.startswith(CMDLINE_PREFIX):
+        option = word.removeprefix("rd.") if initrd else word
+        if not option.startswith(CMDLINE_PREFIX):
             continue
-        key, has_value, raw = word[len(CMDLINE_PREFIX) :].partition("=")
-        setting = BY_KEY.get(key)
+        key, has_value, raw = option[len(CMDLINE_PREFIX) :].partition("=")
+        setting = BY_KEY.get(key.replace("_", "-"))
         if setting is None:
             raise ConfigError(
                 f"kernel command line: unknown option {names.shown(word)}",

@@ -119,6 +119,29 @@ def test_kernel_cmdline_options() -> None:
     assert layer == {"skip": True, "mode": "snapshot", "keep_count": 3, "protect": ("a", "b", "c")}
 
 
+@pytest.mark.parametrize(
+    ("words", "in_initrd", "expected"),
+    [
+        # dracut users put rd. on initrd-only options (rd.luks, rd.break): rollback runs in the initrd,
+        # so there rd.rollback.* is rollback.* (was: ignored, and the root meant to be kept replaced)
+        ("rd.rollback.skip", True, {"skip": True}),
+        ("rd.rollback.skip", False, {}),  # systemd's rule: rd. options are the initrd's only
+        ("rollback.keep-count=2 rd.rollback.keep-count=4", True, {"keep_count": 4}),  # the last one wins
+        ("rd.rollback.protect=a rollback.protect=b", True, {"protect": ("a", "b")}),
+        # systemd reads `_` and `-` alike in its own options (was: exit 2 at every boot)
+        ("rollback.keep_days=5 rd.rollback.keep_min=1", True, {"keep_days": 5, "keep_min": 1}),
+        ("rd.rollbackx.skip rdx.rollback.skip", True, {}),
+    ],
+)
+def test_kernel_cmdline_spellings_systemd_users_write(words: str, in_initrd: bool, expected: dict[str, object]) -> None:
+    assert parse_cmdline(f"quiet {words} ro", initrd=in_initrd) == expected
+
+
+def test_rd_options_that_are_wrong_are_refused_in_the_initrd() -> None:
+    with pytest.raises(ConfigError, match=r"unknown option 'rd\.rollback\.frobnicate=1'"):
+        parse_cmdline("rd.rollback.frobnicate=1", initrd=True)
+
+
 @pytest.mark.parametrize("value", ["1", "yes", "true", "on"])
 def test_kernel_cmdline_booleans(value: str) -> None:
     assert parse_cmdline(f"rollback.skip={value}") == {"skip": True}

@@ -124,7 +124,7 @@ print(device_path(sys.argv[1]))' "$rollback_device") \
         || _rollback_fatal "$rollback_python could not map device '$rollback_device' (a path, UUID=, LABEL=, PARTUUID= or PARTLABEL=; and rollback_python must import rollback)"
     # dracut.conf's kernel_cmdline goes to the image's /etc/cmdline.d, which only dracut's own hooks
     # read; rollback reads the kernel's command line (/proc/cmdline, from the boot loader) alone
-    if [[ " ${kernel_cmdline-} " =~ [[:space:]]rollback\. ]]; then
+    if [[ " ${kernel_cmdline-} " =~ [[:space:]](rd\.)?rollback\. ]]; then
         dwarn "rollback: kernel_cmdline (dracut.conf) holds rollback.* options, which rollback never reads: put them in the boot loader's command line, or their settings in $rollback_config"
     fi
     if [[ -e $rollback_config ]]; then
