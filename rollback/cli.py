@@ -263,6 +263,16 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
         if sys.stdout is not None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(Exit.OK)
+    except KeyboardInterrupt:  # Ctrl-C at a rescue shell: one line, not a traceback; as a kill would
+        log.emit(
+            "failed",
+            "failed: interrupted (SIGINT, Ctrl-C) before it ended",
+            hint="every step is crash-consistent: rollback status shows where the device stands, and the "
+            "next run finishes the job",
+            reason="interrupted",
+            exit=int(Exit.FAILED),
+        )
+        return int(Exit.FAILED)
     except RollbackError as error:
         kind = KIND[error.exit_code]
         log.emit(kind, f"{kind}: {error.reason}", hint=error.hint, reason=error.code, exit=int(error.exit_code))

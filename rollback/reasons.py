@@ -94,6 +94,9 @@ REASONS: dict[str, Reason] = {
     "tree-unreadable": Reason(
         Exit.FAILED, "`diff` could not read a directory or file of the root (I/O error)", "see dmesg; btrfs scrub"
     ),
+    "interrupted": Reason(
+        Exit.FAILED, "stopped by SIGINT (Ctrl-C) before it ended", "rollback status; run it again to finish the job"
+    ),
     "internal": Reason(Exit.FAILED, "an unexpected error (a bug): the traceback is logged", "report it"),
     # exit 77: asked not to run; the root was kept
     "rollback.skip": Reason(Exit.SKIPPED, "`rollback.skip` on the kernel command line", "nothing: as asked"),

@@ -57,10 +57,11 @@ def steps_of(disk: Disk, args: list[str]) -> int:
     return len(result.stdout.splitlines())
 
 
-@pytest.mark.parametrize("how", ["KILL", "TERM"])
+@pytest.mark.parametrize("how", ["KILL", "TERM", "INT"])
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_crash_after_every_step_converges(disk: Disk, mode: str, how: str) -> None:
-    """KILL: the process dies; TERM: what systemd sends when the unit is stopped (shutdown)."""
+    """KILL: the process dies; TERM: what systemd sends when the unit is stopped (shutdown); INT:
+    Ctrl-C at a rescue shell (exit 1 with its reason, not a traceback)."""
     args = MODES[mode]
     prepare(disk)
     steps = steps_of(disk, args)
@@ -72,7 +73,11 @@ def test_crash_after_every_step_converges(disk: Disk, mode: str, how: str) -> No
         prepare(disk)
         before = disk.state()
         crashed = disk.rollback(*args, env={CRASH_AFTER_ENV: str(step), CRASH_SIGNAL_ENV: how})
-        assert crashed.returncode == -signal.Signals[f"SIG{how}"], (step, crashed.stderr)
+        if how == "INT":
+            assert crashed.returncode == Exit.FAILED and "reason=interrupted" in crashed.stderr, crashed.stderr
+            assert "Traceback" not in crashed.stderr
+        else:
+            assert crashed.returncode == -signal.Signals[f"SIG{how}"], (step, crashed.stderr)
         assert outside_root(disk.state()) == outside_root(before), f"lost data after crash at step {step}"
         finished = disk.rollback(*args)
         assert finished.returncode == Exit.OK, (step, finished.stderr)

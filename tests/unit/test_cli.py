@@ -214,3 +214,18 @@ def test_a_command_line_that_does_not_parse_is_exit_2_with_its_reason(
     assert code == Exit.USAGE
     assert said in err and "reason=usage" in err and "hint=" in err, err
     assert err.startswith("usage: rollback")
+
+
+def test_ctrl_c_is_one_line_with_its_reason_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT at a rescue shell printed Python's traceback and logged no reason."""
+    import rollback.verbs
+
+    def interrupted(*args: object, **kwargs: object) -> Exit:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollback.verbs, "status", interrupted)
+    code, _, err = run(capsys, "status", "--device", "/dev/test", "--kernel-cmdline", "/dev/null")
+    assert code == Exit.FAILED and "Traceback" not in err
+    assert "interrupted (SIGINT, Ctrl-C) before it ended" in err and "reason=interrupted" in err and "exit=1" in err
