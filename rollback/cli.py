@@ -275,7 +275,10 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
         return int(Exit.FAILED)
     except RollbackError as error:
         kind = KIND[error.exit_code]
-        log.emit(kind, f"{kind}: {error.reason}", hint=error.hint, reason=error.code, exit=int(error.exit_code))
+        from rollback.reasons import REASONS
+
+        hint = error.hint or REASONS[error.code].action  # the reasons table's, where the error has none of its own
+        log.emit(kind, f"{kind}: {error.reason}", hint=hint, reason=error.code, exit=int(error.exit_code))
         return int(error.exit_code)
     except Exception as error:  # the boundary: anything unexpected is a failure, with its traceback
         import traceback

@@ -130,10 +130,16 @@ def _mark_refused(config: Config, obs: Observation) -> str | None:
 
 
 def _age(seconds: int) -> str:
+    if seconds < 0:  # made under a clock ahead of this one: one of the two is wrong
+        return f"{_span(-seconds)} after this clock's now: a clock is wrong"
+    return f"{_span(seconds)} ago"
+
+
+def _span(seconds: int) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{max(seconds, 0)}s ago"
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def status_lines(report: Status) -> list[str]:

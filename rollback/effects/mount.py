@@ -69,7 +69,8 @@ def top_level(device: str) -> Iterator[Path]:
             raise Refused(
                 f"cannot mount {device}: a device of its btrfs filesystem is missing ({os.strerror(errno)})",
                 f"btrfs filesystem show {device}; dmesg names what is missing; a degraded filesystem is "
-                "repaired by hand (mount -o degraded), not rolled back",
+                "repaired by hand (mount -o degraded), not rolled back (booted with rootflags=degraded on purpose: "
+                "add rollback.skip)",
                 code="mount-failed",
             )
         raise Refused(

@@ -229,3 +229,24 @@ def test_ctrl_c_is_one_line_with_its_reason_not_a_traceback(
     code, _, err = run(capsys, "status", "--device", "/dev/test", "--kernel-cmdline", "/dev/null")
     assert code == Exit.FAILED and "Traceback" not in err
     assert "interrupted (SIGINT, Ctrl-C) before it ended" in err and "reason=interrupted" in err and "exit=1" in err
+
+
+def test_an_error_without_a_hint_of_its_own_gets_the_reasons_table_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config file's wrong type printed `hint=` with nothing after it."""
+    from rollback.reasons import REASONS
+
+    config = tmp_path / "rollback.toml"
+    config.write_text("keep-count = true\n")
+    code, _, err = run(capsys, "config", "--config", str(config), "--kernel-cmdline", "/dev/null")
+    assert code == Exit.USAGE and "reason=bad-value" in err
+    assert f"hint='{REASONS['bad-value'].action}'" in err or f"hint={REASONS['bad-value'].action}" in err, err
+
+
+def test_an_age_under_a_clock_behind_says_so() -> None:
+    """`rollback status` with the clock behind a root's creation said "(0s ago)"."""
+    from rollback.report import _age
+
+    assert _age(90) == "1m ago" and _age(0) == "0s ago"
+    assert _age(-3 * 86400) == "3d after this clock's now: a clock is wrong"
