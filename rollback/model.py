@@ -33,6 +33,15 @@ class Subvol:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """A subvolume's own qgroup (0/<id>), where quotas are on: the higher-level qgroups it is in
+    (qgroup ids, level << 48 | id), and whether it has a limit of its own."""
+
+    groups: tuple[int, ...] = ()
+    own_limit: bool = False
+
+
+@dataclass(frozen=True)
 class Examined(Subvol):
     """A subvolume whose record was read as well: only those a plan or a report looks at (the root, the
     blank, archived roots, trash entries). Reading it for every nested subvolume would put one search
@@ -44,6 +53,7 @@ class Examined(Subvol):
     changed: bool = True  # written to since it was created: ctransid or, after log replay alone, generation > otransid
     uuid: str = ""
     parent_uuid: str = ""  # the source, for a snapshot
+    quota: Quota | None = None  # None: quotas are off
 
 
 class Mounts(NamedTuple):

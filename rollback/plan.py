@@ -18,7 +18,7 @@ from typing import NamedTuple, assert_never
 
 from rollback import names
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Examined, Kind, Observation, Subvol
+from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Examined, Kind, Observation, Quota, Subvol
 from rollback.settings import Config
 
 
@@ -45,12 +45,18 @@ class Rename:
 
 @dataclass(frozen=True)
 class Create:
-    """Create an empty subvolume."""
+    """Create an empty subvolume, its qgroup in `qgroups` (the replaced root's higher-level qgroups)."""
 
     path: str
+    qgroups: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        return f"create empty subvolume {self.path}"
+        return f"create empty subvolume {self.path}{_in_groups(self.qgroups)}"
+
+
+def _in_groups(qgroups: tuple[int, ...]) -> str:
+    shown = ", ".join(f"{group >> 48}/{group & (2**48 - 1)}" for group in qgroups)
+    return f" (in qgroup{'s' * (len(qgroups) > 1)} {shown}, as the old root)" if qgroups else ""
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,10 @@ class Snapshot:
 
     source: str
     dest: str
+    qgroups: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        return f"snapshot {self.source} -> {self.dest} (writable)"
+        return f"snapshot {self.source} -> {self.dest} (writable){_in_groups(self.qgroups)}"
 
 
 @dataclass(frozen=True)
@@ -223,7 +230,10 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     elif obs.kind(target) is Kind.SUBVOLUME:
         move_to_trash(target)
     _ensure_parents(steps, obs, target)
-    steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
+    old = obs.get(target)
+    quota = old.quota if old and old.quota else Quota()
+    groups = tuple(sorted(quota.groups))
+    steps.append(Snapshot(config.blank, target, groups) if config.from_blank else Create(target, groups))
     steps.append(Commit())
     for path in () if make_room else pruned:
         archived = obs.get(path)
@@ -233,7 +243,20 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
     steps += deletes if config.deletes_at_boot else ()
-    return _checked(Plan(tuple(steps), warnings=_clock_behind(config, obs)), obs)
+    return _checked(Plan(tuple(steps), warnings=_clock_behind(config, obs) + _limit_left(quota, target)), obs)
+
+
+def _limit_left(quota: Quota, target: str) -> tuple[str, ...]:
+    """A limit on the root's own qgroup is that subvolume's: a new one has none (btrfsutil's create
+    cannot set it). The higher-level qgroups it is in are kept: a limit there holds for every new root."""
+    if not quota.own_limit:
+        return ()
+    return (
+        f"the qgroup limit of the old {names.shown(target)} was its own subvolume's: the new one has none. "
+        "To bound every root, limit a higher-level qgroup the root is in (btrfs qgroup create 1/100 <top>; "
+        "btrfs qgroup assign 0/<root id> 1/100 <top>; btrfs qgroup limit SIZE 1/100 <top>): rollback makes "
+        "each new root in the same ones",
+    )
 
 
 def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from typing import assert_never
 import btrfsutil
 
 from rollback import names
-from rollback.effects import refs
+from rollback.effects import qgroups, refs
 from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Mounts, Observation, Subvol
 from rollback.plan import (
     Bounds,
@@ -135,10 +135,11 @@ def _by_id(top: Path, ids: Iterable[int], listed: tuple[Subvol, ...]) -> tuple[S
     return tuple(extra)
 
 
-def examine(top: Path, sub: Subvol) -> Examined | None:
+def examine(top: Path, sub: Subvol, quotas: int | None = None) -> Examined | None:
     """The record of the subvolume listed as `sub`, by its id: by path, a name renamed meanwhile would
     give the record of whatever holds that path now. None if it was deleted since it was listed (a
-    `status` while a cleanup runs): it is not there."""
+    `status` while a cleanup runs): it is not there. `quotas`: an fd of the filesystem, if quotas are
+    on (its qgroups are read too)."""
     try:
         info = btrfsutil.subvolume_info(str(top), sub.id)
     except btrfsutil.BtrfsUtilError as error:
@@ -154,6 +155,7 @@ def examine(top: Path, sub: Subvol) -> Examined | None:
         changed=max(info.ctransid, info.generation) > info.otransid,
         uuid=info.uuid.hex(),
         parent_uuid=info.parent_uuid.hex(),
+        quota=None if quotas is None else qgroups.of(quotas, sub.id),
     )
 
 
@@ -271,8 +273,14 @@ def observe(
     wanted = entries | {p for p, k in kinds.items() if k is Kind.SUBVOLUME}
     mark = kinds.get(SKIP_MARK, Kind.MISSING)  # the plan asks about it (paths_of_interest): lstat once
     mark_regular = mark is Kind.OTHER and _regular(top / SKIP_MARK)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        quotas = fd if qgroups.enabled(fd) else None
+        subvols = tuple(found for s in listed if (found := examine(top, s, quotas) if s.path in wanted else s))
+    finally:
+        os.close(fd)
     return Observation(
-        subvols=tuple(found for s in listed if (found := examine(top, s) if s.path in wanted else s)),
+        subvols=subvols,
         default_id=default_id,
         kinds=kinds,
         empty=frozenset(p for p in dirs if _is_empty(top / p)),
@@ -298,9 +306,10 @@ def execute(step: Step, top: Path) -> None:
             raise FileExistsError(f"{step.dest} exists")
         os.rename(top / step.source, top / step.dest)
     elif isinstance(step, Create):
-        btrfsutil.create_subvolume(str(top / step.path))
+        btrfsutil.create_subvolume(str(top / step.path), qgroup_inherit=_inherit(step.qgroups))
     elif isinstance(step, Snapshot):
-        btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False)
+        inherit = _inherit(step.qgroups)
+        btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False, qgroup_inherit=inherit)
     elif isinstance(step, Delete):
         _delete(top / step.path)
     elif isinstance(step, Unlock):
@@ -316,6 +325,16 @@ def execute(step: Step, top: Path) -> None:
             os.unlink(name, dir_fd=where)
     else:
         assert_never(step)
+
+
+def _inherit(groups: tuple[int, ...]) -> btrfsutil.QgroupInherit | None:
+    """The higher-level qgroups a new subvolume's own qgroup is made a member of, in its creation."""
+    if not groups:
+        return None
+    inherit = btrfsutil.QgroupInherit()
+    for group in groups:
+        inherit.add_group(group)
+    return inherit
 
 
 def _write_mark(top: Path, path: str) -> None:

@@ -64,6 +64,31 @@ def all_refs(fd: int) -> list[Ref]:
     return found
 
 
+Item = tuple[int, bytes]  # a key's offset, the item's bytes
+
+
+def items(fd: int, tree: int, objectid: int, kind: int, offsets: tuple[int, int] = (0, _MAX64)) -> list[Item]:
+    """(offset, item) of every item keyed (objectid, kind, offset) in `tree`, offsets within `offsets`.
+    FileNotFoundError if the filesystem has no such tree (the quota tree, quotas off)."""
+    found: list[Item] = []
+    args = bytearray(_KEY.size + 8 + _BUFFER)
+    low, high = offsets
+    while low <= high:
+        _KEY.pack_into(args, 0, tree, objectid, objectid, low, high, 0, _MAX64, kind, kind, 2**32 - 1, 0, 0, 0, 0, 0)
+        struct.pack_into("=Q", args, _KEY.size, _BUFFER)
+        fcntl.ioctl(fd, _TREE_SEARCH_V2, args)
+        count = _KEY.unpack_from(args, 0)[9]
+        pos = _KEY.size + 8
+        for _ in range(count):
+            _transid, _objectid, offset, _kind, length = _HEADER.unpack_from(args, pos)
+            found.append((offset, bytes(args[pos + _HEADER.size : pos + _HEADER.size + length])))
+            pos += _HEADER.size + length
+        if count == 0 or found[-1][0] == _MAX64:
+            break
+        low = found[-1][0] + 1
+    return found
+
+
 def _after(objectid: int, kind: int, offset: int) -> tuple[int, int, int] | None:
     """The key right after (objectid, kind, offset), in the tree's order; None after the last one."""
     if offset < _MAX64:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, TRASH_DIR, Observation
+from rollback.model import SKIP_MARK, TRASH_DIR, Observation, Quota
 from rollback.plan import (
     Commit,
     Create,
@@ -264,6 +264,31 @@ def test_a_name_the_run_would_pick_is_skipped_when_a_file_or_directory_has_it(ho
     plan = plan_run(config(archive="old") if holder == "old" else config(), obs)
     moved = next(s for s in plan.steps if isinstance(s, Rename) and s.source == "root")
     assert moved.dest == f"{holder}/{STAMP}-1"
+
+
+@pytest.mark.parametrize("mode", ["recreate", "snapshot"])
+@pytest.mark.parametrize("own_limit", [False, True])
+def test_the_new_root_is_made_in_the_old_ones_higher_level_qgroups(mode: str, own_limit: bool) -> None:
+    """A new subvolume has a new qgroup: without asking, it was in none of the old root's groups (a limit
+    on 1/100 bounding the root was lost at the first boot); a limit on its own qgroup cannot follow."""
+    group = 1 << 48 | 100
+    obs = observe(["root", ("root-blank", True)], dirs=[TRASH_DIR])
+    old = obs.get("root")
+    assert old is not None
+    root = replace(old, quota=Quota(groups=(2 << 48 | 7, group), own_limit=own_limit))
+    obs = replace(obs, subvols=tuple(root if s.path == "root" else s for s in obs.subvols))
+    plan = plan_run(config(mode=mode), obs)
+    (made,) = [s for s in plan.steps if isinstance(s, (Create, Snapshot))]
+    assert made.qgroups == (group, 2 << 48 | 7)
+    assert made.describe().endswith("(in qgroups 1/100, 2/7, as the old root)")
+    assert bool(plan.warnings) == own_limit
+    if own_limit:
+        assert "the qgroup limit of the old 'root' was its own subvolume's: the new one has none" in plan.warnings[0]
+
+
+def test_quotas_off_or_no_root_make_a_plain_root() -> None:
+    assert Create("root") in plan_run(config(), observe(["root"], dirs=[TRASH_DIR])).steps
+    assert Create("root") in plan_run(config(), observe([], dirs=[TRASH_DIR])).steps
 
 
 def test_an_empty_root_is_not_archived_and_does_not_count() -> None:

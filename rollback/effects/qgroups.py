@@ -1,0 +1,36 @@
+"""A subvolume's quota groups, read from the quota tree: what btrfsutil cannot give.
+
+A new root is a new subvolume, with a new qgroup (0/<id>): neither the higher-level qgroups the old
+root's was in (`btrfs qgroup assign 0/256 1/100`, a limit on 1/100 bounding the root) nor a limit on
+its own qgroup would carry over unasked. The plan creates the new root in the same higher-level
+qgroups (btrfsutil's QgroupInherit, in the create itself) and says when a limit of the root's own is
+left behind. The items: BTRFS_QGROUP_RELATION_KEY (child, 246, parent), stored both ways; a level-0
+qgroup has no children, so its own relation items name its parents; BTRFS_QGROUP_LIMIT_KEY (0, 244,
+qgroupid), whose first field is the flags of the limits set.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from rollback.effects import refs
+from rollback.model import Quota
+
+_QUOTA_TREE = 8
+_STATUS, _LIMIT, _RELATION = 240, 244, 246
+
+
+def enabled(fd: int) -> bool:
+    """Whether the filesystem has quotas on (a quota tree with its status item)."""
+    try:
+        return bool(refs.items(fd, _QUOTA_TREE, 0, _STATUS))
+    except FileNotFoundError:
+        return False
+
+
+def of(fd: int, subvolume: int) -> Quota:
+    """The higher-level qgroups subvolume's own qgroup (0/<id>) is in, and whether it has a limit."""
+    parents = tuple(offset for offset, _ in refs.items(fd, _QUOTA_TREE, subvolume, _RELATION))
+    limits = refs.items(fd, _QUOTA_TREE, 0, _LIMIT, (subvolume, subvolume))
+    flags = struct.unpack_from("<Q", limits[0][1])[0] if limits else 0
+    return Quota(groups=parents, own_limit=bool(flags))
