@@ -45,18 +45,12 @@ class Rename:
 
 @dataclass(frozen=True)
 class Create:
-    """Create an empty subvolume, its qgroup in `qgroups` (the replaced root's higher-level qgroups)."""
+    """Create an empty subvolume."""
 
     path: str
-    qgroups: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        return f"create empty subvolume {self.path}{_in_groups(self.qgroups)}"
-
-
-def _in_groups(qgroups: tuple[int, ...]) -> str:
-    shown = ", ".join(f"{group >> 48}/{group & (2**48 - 1)}" for group in qgroups)
-    return f" (in qgroup{'s' * (len(qgroups) > 1)} {shown}, as the old root)" if qgroups else ""
+        return f"create empty subvolume {self.path}"
 
 
 @dataclass(frozen=True)
@@ -65,10 +59,9 @@ class Snapshot:
 
     source: str
     dest: str
-    qgroups: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        return f"snapshot {self.source} -> {self.dest} (writable){_in_groups(self.qgroups)}"
+        return f"snapshot {self.source} -> {self.dest} (writable)"
 
 
 @dataclass(frozen=True)
@@ -231,9 +224,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
         move_to_trash(target)
     _ensure_parents(steps, obs, target)
     old = obs.get(target)
-    quota = old.quota if old and old.quota else Quota()
-    groups = tuple(sorted(quota.groups))
-    steps.append(Snapshot(config.blank, target, groups) if config.from_blank else Create(target, groups))
+    steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
     steps.append(Commit())
     for path in () if make_room else pruned:
         archived = obs.get(path)
@@ -243,19 +234,24 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
     steps += deletes if config.deletes_at_boot else ()
-    return _checked(Plan(tuple(steps), warnings=_clock_behind(config, obs) + _limit_left(quota, target)), obs)
+    quota = old.quota if old and old.quota else Quota()
+    return _checked(Plan(tuple(steps), warnings=_clock_behind(config, obs) + _quota_left(quota, target)), obs)
 
 
-def _limit_left(quota: Quota, target: str) -> tuple[str, ...]:
-    """A limit on the root's own qgroup is that subvolume's: a new one has none (btrfsutil's create
-    cannot set it). The higher-level qgroups it is in are kept: a limit there holds for every new root."""
-    if not quota.own_limit:
+def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:
+    """The new root is a new subvolume, with a new qgroup in no higher-level qgroup and without a limit:
+    what the old root's qgroup had does not follow. Making it in the same higher-level qgroups would
+    not do either: the old root stays in them, archived or in the trash (until the kernel's cleaner
+    has freed it), and would use up their limits. Said by the run that leaves them."""
+    if not (quota.groups or quota.own_limit):
         return ()
+    groups = ", ".join(f"{group >> 48}/{group & (2**48 - 1)}" for group in sorted(quota.groups))
+    parts = (f"was in qgroup(s) {groups}" if groups else "", "had a limit" if quota.own_limit else "")
+    had = " and ".join(part for part in parts if part)
     return (
-        f"the qgroup limit of the old {names.shown(target)} was its own subvolume's: the new one has none. "
-        "To bound every root, limit a higher-level qgroup the root is in (btrfs qgroup create 1/100 <top>; "
-        "btrfs qgroup assign 0/<root id> 1/100 <top>; btrfs qgroup limit SIZE 1/100 <top>): rollback makes "
-        "each new root in the same ones",
+        f"the qgroup of the old {names.shown(target)} {had}: the new one is in no qgroup and has no limit "
+        "(rollback does not carry qgroups over: an archived or deleted root keeps its own, and would use up "
+        "a shared limit); assign and limit the new root after boot if you rely on them",
     )
 
 

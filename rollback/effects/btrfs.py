@@ -306,10 +306,9 @@ def execute(step: Step, top: Path) -> None:
             raise FileExistsError(f"{step.dest} exists")
         os.rename(top / step.source, top / step.dest)
     elif isinstance(step, Create):
-        btrfsutil.create_subvolume(str(top / step.path), qgroup_inherit=_inherit(step.qgroups))
+        btrfsutil.create_subvolume(str(top / step.path))
     elif isinstance(step, Snapshot):
-        inherit = _inherit(step.qgroups)
-        btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False, qgroup_inherit=inherit)
+        btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False)
     elif isinstance(step, Delete):
         _delete(top / step.path)
     elif isinstance(step, Unlock):
@@ -325,16 +324,6 @@ def execute(step: Step, top: Path) -> None:
             os.unlink(name, dir_fd=where)
     else:
         assert_never(step)
-
-
-def _inherit(groups: tuple[int, ...]) -> btrfsutil.QgroupInherit | None:
-    """The higher-level qgroups a new subvolume's own qgroup is made a member of, in its creation."""
-    if not groups:
-        return None
-    inherit = btrfsutil.QgroupInherit()
-    for group in groups:
-        inherit.add_group(group)
-    return inherit
 
 
 def _write_mark(top: Path, path: str) -> None:

@@ -41,9 +41,9 @@ def test_only_what_a_plan_looks_at_is_examined(disk: Disk, monkeypatch: pytest.M
     opened: list[str] = []
     examine, pinned = btrfs.examine, btrfs._pinned
 
-    def examining(top: Path, sub: Subvol) -> Examined | None:
+    def examining(top: Path, sub: Subvol, quotas: int | None = None) -> Examined | None:
         examined.append(sub.path)
-        return examine(top, sub)
+        return examine(top, sub, quotas)
 
     def opening(path: Path) -> bool:
         opened.append(str(path))
