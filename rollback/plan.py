@@ -256,20 +256,34 @@ def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:
 
 
 def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
-    """keep-days reads the initrd's clock: an archived root named after it (a clock set back, one stuck
-    at a build time at every boot: no battery-backed clock; or one ahead when that root was archived)
-    is not aged out until the clock passes its name (names.to_prune). With keep-count unset nothing
-    else bounds the archive, which then grows until the disk is full: said at each such run."""
+    """keep-days reads the initrd's clock, and with keep-count unset nothing else bounds the archive.
+    Said at each run where that clock keeps it from working (names.to_prune): behind the newest
+    archived root's name, age prunes nothing; restarting at each boot (no battery-backed clock: the
+    newest root named no later than the one archived before it), no root ever gets old; ahead when
+    some were archived, those stay until the clock passes their names."""
     if not (config.keeping and config.keep_days) or config.keep_count:
         return ()
-    ahead = [s for s in obs.entries(config.archive) if _entry_stamp(s) > obs.now]
-    if not ahead:
-        return ()
-    return (
-        f"the clock ({obs.now:%Y-%m-%d %H:%M:%S} UTC) is behind the names of {len(ahead)} archived root(s) "
-        f"(newest {names.shown(ahead[-1].path)}): keep-days ages none of them out until it passes them, and "
-        "with keep-count unset the archive grows until the disk is full: set keep-count",
-    )
+    archived = obs.entries(config.archive)  # by creation, oldest first
+    stamps = [_entry_stamp(s) for s in archived]
+    now = f"{obs.now:%Y-%m-%d %H:%M:%S} UTC"
+    grows = ": keep-days cannot bound the archive, which grows until the disk is full: set keep-count"
+    if stamps and stamps[-1] > obs.now:
+        newest = names.shown(archived[-1].path)
+        return (f"the clock ({now}) is behind the newest archived root's name ({newest}){grows}",)
+    if len(stamps) > 1 and stamps[-1] <= stamps[-2] <= obs.now:  # (one named ahead is the case below)
+        last, before = names.shown(archived[-1].path), names.shown(archived[-2].path)
+        return (
+            f"the clock did not advance between boots ({last} was archived after {before}, yet named no later; "
+            f"no battery-backed clock?){grows}",
+        )
+    ahead = [s for s, stamp in zip(archived, stamps, strict=True) if stamp > obs.now]
+    if ahead:
+        return (
+            f"{len(ahead)} archived root(s) are named after the clock's now ({now}; newest "
+            f"{names.shown(ahead[-1].path)}: archived under a clock that was ahead): keep-days keeps them until "
+            "the clock passes their names; keep-count would bound them",
+        )
+    return ()
 
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:
