@@ -31,7 +31,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # nothing written into the checkout (rollback/__pycache__)
@@ -381,8 +381,9 @@ def _own(chosen: Target) -> Target:
     """The config this installer writes, checked as the boot will read it (a --subvolume the CLI
     refuses: before any write, not at the check after installing)."""
     layer: dict[str, Value] = {"device": chosen.device, "subvolume": chosen.subvolume, "cleanup": chosen.cleanup}
-    _valid(layer, f"the {CONFIG} it would write")
-    return chosen
+    valid = _valid(layer, f"the {CONFIG} it would write")
+    # as the boot will read it: `./root` and `root/.` are `root` there, and the refusals compare with that
+    return replace(chosen, subvolume=valid.subvolume)
 
 
 def _kept(args: argparse.Namespace, machine: Machine, config: dict[str, Value]) -> Target:

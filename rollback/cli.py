@@ -267,8 +267,8 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
         log.emit(
             "failed",
             "failed: interrupted (SIGINT, Ctrl-C) before it ended",
-            hint="every step is crash-consistent: rollback status shows where the device stands, and the "
-            "next run finishes the job",
+            hint="a verb that only reads changed nothing; one that writes stopped between crash-consistent "
+            "steps: rollback status shows where the device stands (a run: the next one finishes the job)",
             reason="interrupted",
             exit=int(Exit.FAILED),
         )

@@ -268,6 +268,17 @@ def test_rollback_options_in_dracuts_kernel_cmdline_are_warned_about(tmp_path: P
     assert quiet.returncode == 0 and "W: rollback" not in quiet.stderr
 
 
+def test_rollback_options_in_a_unified_kernel_images_cmdline_are_checked_not_warned_about(tmp_path: Path) -> None:
+    """uefi=yes: dracut puts kernel_cmdline in the image's .cmdline section, which the kernel boots with
+    (systemd-stub ignores the boot loader's under Secure Boot): rollback reads it, so the build checks
+    it with the config file instead of telling the user to move it (found by a reviewer)."""
+    good = dracut_install(tmp_path, 'device = "/dev/vda"\n', kernel_cmdline="quiet rollback.mode=snapshot", uefi="yes")
+    assert good.returncode == 0 and "W: rollback" not in good.stderr, good.stderr
+    bad = dracut_install(tmp_path, 'device = "/dev/vda"\n', kernel_cmdline="quiet rollback.mode=bogus", uefi="yes")
+    assert bad.returncode == 1 and "every boot would refuse it (exit 2)" in bad.stderr, bad.stderr
+    assert "rollback.mode" in bad.stderr or "bogus" in bad.stderr
+
+
 def test_a_valid_config_file_is_installed_and_the_unit_wanted(tmp_path: Path) -> None:
     built = dracut_install(tmp_path, 'device = "LABEL=root"\nmode = "snapshot"\n', rollback_policy="stop-boot")
     assert built.returncode == 0 and "dracut went on" in built.stdout, built.stderr

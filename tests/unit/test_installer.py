@@ -291,6 +291,8 @@ HOLDS_THE_OS = {
     "--device: the root's node": (dataclasses.replace(STOCK, **ROOT_BY_NODE), ("--device", "/dev/vda2")),
     "--device: the root's UUID, unchecked": (STOCK, ("--device", "UUID=1234-abcd", "--unchecked")),
     "--subvolume: the root's, with slashes": (STOCK, ("--subvolume", "/root/")),
+    "--subvolume: the root's, as ./root": (STOCK, ("--subvolume", "./root")),
+    "--subvolume: the root's, as root/.": (STOCK, ("--subvolume", "root/.")),
     "a kept config without mode": (
         dataclasses.replace(STOCK, config={"device": "UUID=1234-abcd", "subvolume": "root"}, **ROOT_BY_NODE),
         (),

@@ -123,19 +123,26 @@ EOF
 print(device_path(sys.argv[1]))' "$rollback_device") \
         || _rollback_fatal "$rollback_python could not map device '$rollback_device' (a path, UUID=, LABEL=, PARTUUID= or PARTLABEL=; and rollback_python must import rollback)"
     # dracut.conf's kernel_cmdline goes to the image's /etc/cmdline.d, which only dracut's own hooks
-    # read; rollback reads the kernel's command line (/proc/cmdline, from the boot loader) alone
+    # read; rollback reads the kernel's command line (/proc/cmdline) alone. In a unified kernel image
+    # (uefi=yes) it is the image's .cmdline section, the kernel's command line: checked with the file.
+    cmdline=/dev/null
     if [[ " ${kernel_cmdline-} " =~ [[:space:]](rd\.)?rollback\. ]]; then
-        dwarn "rollback: kernel_cmdline (dracut.conf) holds rollback.* options, which rollback never reads: put them in the boot loader's command line, or their settings in $rollback_config"
+        if [[ ${uefi-} == yes ]]; then
+            cmdline="$DRACUT_TMPDIR/rollback-kernel-cmdline"
+            printf '%s\n' "$kernel_cmdline" > "$cmdline" || _rollback_fatal "cannot write $cmdline"
+        else
+            dwarn "rollback: kernel_cmdline (dracut.conf) holds rollback.* options, which rollback never reads: put them in the boot loader's command line, or their settings in $rollback_config"
+        fi
     fi
     if [[ -e $rollback_config ]]; then
         # The settings as the boot reads them, by the CLI the initramfs runs (its launcher, interpreter
         # and sys.path; the bytecode staged from these sources): an invalid file fails the build here
         # instead of every boot (exit 2: nothing rolled back; under stop-boot, no boot at all).
         check=$(ROLLBACK_LOG_TARGET=console sh "$initdir/usr/bin/rollback" config --config "$rollback_config" \
-            --kernel-cmdline /dev/null --device "$path" 2>&1 > /dev/null)
+            --kernel-cmdline "$cmdline" --device "$path" 2>&1 > /dev/null)
         case $? in
             0) ;;
-            2) _rollback_fatal "$rollback_config is invalid, and every boot would refuse it (exit 2): $check" ;;
+            2) _rollback_fatal "$rollback_config${cmdline#/dev/null} is invalid, and every boot would refuse it (exit 2): $check" ;;
             *) _rollback_fatal "the initramfs's rollback CLI does not run ($initdir/usr/bin/rollback config): $check" ;;
         esac
         inst_simple "$rollback_config" /etc/rollback.toml || _rollback_fatal "cannot install $rollback_config"
