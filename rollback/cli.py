@@ -147,8 +147,9 @@ def _skip_next(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
 
 def _config(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
+    from rollback.sources import in_initrd, initrd_only
 
-    return verbs.show_config(config, as_json=args.json)
+    return verbs.show_config(config, as_json=args.json, ignored=() if in_initrd() else initrd_only(cmdline))
 
 
 def _standby(args: argparse.Namespace) -> int:

@@ -48,6 +48,12 @@ def parse_cmdline(text: str, *, initrd: bool = False) -> dict[str, Value]:
     return layer
 
 
+def initrd_only(text: str) -> tuple[str, ...]:
+    """The `rd.rollback.*` words, which only a run in the initrd reads (`rollback config` elsewhere
+    names them, rather than show settings without them as if they were not there)."""
+    return tuple(word for word in split_cmdline(text) if word.startswith("rd." + CMDLINE_PREFIX))
+
+
 def read_cmdline(path: str) -> str:
     """The kernel command line's text, read once (settings and the hibernation check use it)."""
     try:

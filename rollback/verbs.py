@@ -368,14 +368,17 @@ def skip_next(config: Config) -> Exit:
     return Exit.OK
 
 
-def show_config(config: Config, *, as_json: bool) -> Exit:
+def show_config(config: Config, *, as_json: bool, ignored: tuple[str, ...] = ()) -> Exit:
+    """The settings and where each came from; `ignored`: kernel command line words read elsewhere only."""
     if as_json:
-        print(_json({"settings": as_dict(config), "sources": dict(config.sources)}))
+        print(_json({"settings": as_dict(config), "sources": dict(config.sources), "initrd_only": list(ignored)}))
     else:
         rows = describe(config)
         width = max(len(key) for key, _, _ in rows)  # the longest key (ignore-hibernation) sets the column
         for key, value, source in rows:
             print(f"{key:<{width}} {value!s:<28} ({source})")
+        if ignored:
+            print(f"not read here, only in the initrd: {' '.join(ignored)}")
     return Exit.OK
 
 

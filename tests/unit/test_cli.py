@@ -250,3 +250,18 @@ def test_an_age_under_a_clock_behind_says_so() -> None:
 
     assert _age(90) == "1m ago" and _age(0) == "0s ago"
     assert _age(-3 * 86400) == "3d after this clock's now: a clock is wrong"
+
+
+def test_config_outside_the_initrd_names_the_rd_words_it_does_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rd.rollback.* is read in the initrd only: `rollback config` on the running system showed the
+    settings without it, as if it were not there (found by a reviewer)."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("quiet rd.rollback.skip rollback.protect=srv\n")
+    args = ("--device", "/dev/test", "--kernel-cmdline", str(cmdline))
+    code, out, _ = run(capsys, "config", *args)
+    assert code == Exit.OK and out.splitlines()[-1] == "not read here, only in the initrd: rd.rollback.skip"
+    code, out, _ = run(capsys, "config", "--json", *args)
+    found = json.loads(out)
+    assert found["initrd_only"] == ["rd.rollback.skip"] and found["settings"]["skip"] is False
