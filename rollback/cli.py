@@ -284,9 +284,12 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
     except Exception as error:  # the boundary: anything unexpected is a failure, with its traceback
         import traceback
 
+        from rollback.reasons import REASONS
+
         log.emit(
             "failed",
             f"internal error: {error!r}",
+            hint=REASONS["internal"].action,
             reason="internal",
             exit=int(Exit.FAILED),
             traceback=traceback.format_exc(),
@@ -301,7 +304,13 @@ def run() -> NoReturn:
     nothing: by then every file is closed, every journal entry sent, the mount namespace and the
     lock go with the process. Only Python's own output buffers need flushing.
     """
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before the exit boundary (the imports, the parser): nothing begun
+        from rollback.log import to_stderr
+
+        to_stderr("rollback: interrupted (SIGINT, Ctrl-C) before it began: nothing was changed\n")
+        code = int(Exit.FAILED)
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with it closed (`>&-`): Python made it None, nothing to flush
             continue

@@ -275,7 +275,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
         "mode": config.mode + ("+archive" if config.keeping else ""),
     }
     if config.skip:
-        emit("skipped", "rollback.skip is set: the root is kept", reason="rollback.skip", **fields)
+        emit("skipped", "rollback.skip is set: the root is kept", reason="rollback.skip", hint=_AS_ASKED, **fields)
         return Exit.SKIPPED
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
@@ -289,7 +289,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
             return Exit.OK
         plan = _execute_run(plan, config, obs, top, fields)
     if plan.skipped:
-        emit("skipped", f"{plan.skipped}: the root is kept this once", reason="skip-next", **fields)
+        emit("skipped", f"{plan.skipped}: the root is kept this once", reason="skip-next", hint=_AS_ASKED, **fields)
         return Exit.SKIPPED
     # a first run, a run cut short, or a misspelt name: say so (a misspelt one is no rollback)
     moved = any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps)
@@ -360,10 +360,20 @@ def diff(config: Config, *, as_json: bool) -> Exit:
     return Exit.OK
 
 
+_AS_ASKED = "nothing: as asked (the next boot rolls back again)"
+
+
 def skip_next(config: Config) -> Exit:
     with _observed(config, lock=True) as (top, obs, _unlock):
         plan = plan_skip_next(config, obs)
-        _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
+        try:
+            _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
+        except StepFailed as error:  # no job for a next run to finish: whether the mark is set is the question
+            raise StepFailed(
+                f"{error.reason}: the mark may be set or not (not committed: a power cut may lose it)",
+                "rollback status shows whether the next boot keeps the root; run skip-next again to be sure",
+                code=error.code,  # the same reason, with what it means here
+            ) from None
     print(f"the next boot keeps {config.subvolume} on {config.device} once")
     return Exit.OK
 

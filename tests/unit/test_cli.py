@@ -265,3 +265,33 @@ def test_config_outside_the_initrd_names_the_rd_words_it_does_not_read(
     code, out, _ = run(capsys, "config", "--json", *args)
     found = json.loads(out)
     assert found["initrd_only"] == ["rd.rollback.skip"] and found["settings"]["skip"] is False
+
+
+def test_an_internal_error_has_the_reasons_table_hint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rollback.verbs
+
+    def broken(*args: object, **kwargs: object) -> Exit:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(rollback.verbs, "status", broken)
+    code, _, err = run(capsys, "status", "--device", "/dev/test", "--kernel-cmdline", "/dev/null")
+    assert code == Exit.FAILED and "reason=internal" in err and "hint='report it'" in err, err
+
+
+def test_ctrl_c_before_the_exit_boundary_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted while importing or parsing (before the boundary): Python's traceback, no reason."""
+    import rollback.cli
+
+    def interrupted(argv: object = None) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollback.cli, "main", interrupted)
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit) as ended:
+        rollback.cli.run()
+    assert ended.value.code == Exit.FAILED
+    assert "interrupted (SIGINT, Ctrl-C) before it began: nothing was changed" in capsys.readouterr().err
