@@ -17,7 +17,7 @@ _MS_NODEV = 4
 _MS_REMOUNT = 32
 _MS_NOATIME = 1024
 _MS_REC = 16384
-_MS_PRIVATE = 1 << 18
+_MS_SLAVE = 1 << 19
 _MNT_DETACH = 2
 _ENOENT = 2  # errno.ENOENT
 MOUNT_POINT = "/run/rollback"
@@ -33,7 +33,10 @@ def _check(result: int, what: str) -> None:
 
 
 def enter_private_namespace() -> None:
-    """Unshare the mount namespace once: our mounts vanish with the process, even on SIGKILL."""
+    """Unshare the mount namespace once: our mounts vanish with the process, even on SIGKILL. The
+    copies of the host's mounts it starts with are made slaves, not private: our mounts reach no other
+    namespace, and the host's unmounts reach ours (private, a filesystem the user unmounted while a
+    long cleanup ran stayed mounted in its namespace: a USB disk or LUKS volume not released)."""
     global _private
     if _private:
         return
@@ -44,7 +47,7 @@ def enter_private_namespace() -> None:
             "rollback needs root (CAP_SYS_ADMIN): run it with sudo, from the initrd unit or a root shell",
             code="not-root",
         )
-    _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / rprivate")
+    _check(_libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None), "make / rslave")
     _private = True
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +142,40 @@ def test_the_cleanups_wait_for_the_kernel_holds_no_lock(disk: Disk) -> None:
         _, errors = cleanup.communicate(timeout=120)
     assert cleanup.returncode == Exit.OK, errors
     assert trash(disk.state()) == []
+
+
+def test_a_filesystem_the_host_unmounts_during_a_cleanup_is_released(disk: Disk, tmp_path: Path) -> None:
+    """The cleanup's private mount namespace starts with copies of the host's mounts. Private copies
+    kept a filesystem the user unmounted meanwhile mounted (a USB disk, a LUKS volume not released)
+    for as long as the cleanup ran, up to its hour-long wait (found by a sequence fuzzer); slave
+    copies receive the host's unmount."""
+    shared = tmp_path / "shared"  # a shared mount, as a systemd host's / is (this machine's is private)
+    shared.mkdir()
+    sh("mount", "-t", "tmpfs", "tmpfs", str(shared))
+    try:
+        sh("mount", "--make-shared", str(shared))
+        (shared / "usb").mkdir()
+        sh("mount", "-t", "tmpfs", "usb", str(shared / "usb"))
+        with disk.top() as top:
+            populate(top)
+        boot(disk)
+        env = {**os.environ, CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: "STOP"}  # stopped after its delete
+        cleanup = subprocess.Popen(disk.rollback_argv("cleanup"), env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while _state(cleanup.pid) != "T":
+                assert cleanup.poll() is None and time.monotonic() < deadline, "the cleanup never stopped"
+                time.sleep(0.05)
+            seen = Path(f"/proc/{cleanup.pid}/mountinfo")
+            assert f" {shared / 'usb'} " in seen.read_text()  # its copy
+            sh("umount", str(shared / "usb"))
+            assert f" {shared / 'usb'} " not in seen.read_text(), "the host's unmount did not reach the cleanup"
+        finally:
+            os.kill(cleanup.pid, signal.SIGCONT)
+            _, errors = cleanup.communicate(timeout=120)
+        assert cleanup.returncode == Exit.OK, errors
+    finally:
+        sh("umount", "-R", str(shared))
 
 
 def _state(pid: int) -> str:
