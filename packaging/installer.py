@@ -395,7 +395,11 @@ def _kept(args: argparse.Namespace, machine: Machine, config: dict[str, Value]) 
     device = str(config.get("device") or "")  # as written (valid.device: as its /dev/disk/ link)
     asked = {
         "--device": (args.device and device_path(args.device), valid.device, device),
-        "--subvolume": (args.subvolume and args.subvolume.strip("/"), valid.subvolume, valid.subvolume),
+        "--subvolume": (
+            args.subvolume and _valid({"subvolume": args.subvolume.strip("/")}, "--subvolume").subvolume,
+            valid.subvolume,
+            valid.subvolume,
+        ),
         "--cleanup": (args.cleanup, valid.cleanup, valid.cleanup),
     }
     for flag, (value, kept, shown) in asked.items():

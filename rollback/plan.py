@@ -249,7 +249,7 @@ def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:
     parts = (f"was in qgroup(s) {groups}" if groups else "", "had a limit" if quota.own_limit else "")
     had = " and ".join(part for part in parts if part)
     return (
-        f"the qgroup of the old {names.shown(target)} {had}: the new one is in no qgroup and has no limit "
+        f"the qgroup of the old {names.shown(target)} {had}: the new one is in no higher-level qgroup and has no limit "
         "(rollback does not carry qgroups over: an archived or deleted root keeps its own, and would use up "
         "a shared limit); assign and limit the new root after boot if you rely on them",
     )
@@ -257,24 +257,26 @@ def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:
 
 def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
     """keep-days reads the initrd's clock, and with keep-count unset nothing else bounds the archive.
-    Said at each run where that clock keeps it from working (names.to_prune): behind the newest
-    archived root's name, age prunes nothing; restarting at each boot (no battery-backed clock: the
-    newest root named no later than the one archived before it), no root ever gets old; ahead when
-    some were archived, those stay until the clock passes their names."""
+    Said at each run where that clock keeps it from working (names.to_prune): going back between
+    boots again and again (a clock that restarts at each boot: no battery-backed clock), no root ever
+    gets old; behind the newest archived root's name, age prunes nothing until it passes it; ahead
+    when some were archived, those stay until the clock passes their names."""
     if not (config.keeping and config.keep_days) or config.keep_count:
         return ()
     archived = obs.entries(config.archive)  # by creation, oldest first
     stamps = [_entry_stamp(s) for s in archived]
+    back = sum(stamps[i] <= max(stamps[:i]) for i in range(1, len(stamps)))  # named no later than before
     now = f"{obs.now:%Y-%m-%d %H:%M:%S} UTC"
-    grows = ": keep-days cannot bound the archive, which grows until the disk is full: set keep-count"
-    if stamps and stamps[-1] > obs.now:
-        newest = names.shown(archived[-1].path)
-        return (f"the clock ({now}) is behind the newest archived root's name ({newest}){grows}",)
-    if len(stamps) > 1 and stamps[-1] <= stamps[-2] <= obs.now:  # (one named ahead is the case below)
-        last, before = names.shown(archived[-1].path), names.shown(archived[-2].path)
+    if back >= 2:  # a pattern, not one wrong clock once
         return (
-            f"the clock did not advance between boots ({last} was archived after {before}, yet named no later; "
-            f"no battery-backed clock?){grows}",
+            f"the clock went back between boots {back} times (archived roots named no later than earlier "
+            "ones): if it restarts at each boot (no battery-backed clock), keep-days never ages a root out, "
+            "and with keep-count unset the archive grows until the disk is full: set keep-count",
+        )
+    if stamps and stamps[-1] > obs.now:
+        return (
+            f"the clock ({now}) is behind the newest archived root's name ({names.shown(archived[-1].path)}): "
+            "keep-days prunes nothing until it passes it; keep-count would bound the archive meanwhile",
         )
     ahead = [s for s, stamp in zip(archived, stamps, strict=True) if stamp > obs.now]
     if ahead:

@@ -295,3 +295,13 @@ def test_ctrl_c_before_the_exit_boundary_is_one_line(
         rollback.cli.run()
     assert ended.value.code == Exit.FAILED
     assert "interrupted (SIGINT, Ctrl-C) before it began: nothing was changed" in capsys.readouterr().err
+
+
+def test_an_invalid_rd_option_is_refused_outside_the_initrd_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not read here, but refused at every boot: `rollback config` said nothing of it (a reviewer)."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("quiet rd.rollback.keep_days=abc\n")
+    code, _, err = run(capsys, "config", "--device", "/dev/test", "--kernel-cmdline", str(cmdline))
+    assert code == Exit.USAGE and "rd.rollback.keep_days=abc" in err and "reason=bad-value" in err, err

@@ -277,6 +277,14 @@ def test_rollback_options_in_a_unified_kernel_images_cmdline_are_checked_not_war
     bad = dracut_install(tmp_path, 'device = "/dev/vda"\n', kernel_cmdline="quiet rollback.mode=bogus", uefi="yes")
     assert bad.returncode == 1 and "every boot would refuse it (exit 2)" in bad.stderr, bad.stderr
     assert "rollback.mode" in bad.stderr or "bogus" in bad.stderr
+    assert "with kernel_cmdline (dracut.conf) is invalid" in bad.stderr
+    # rd.rollback.* is read at boot (in the initrd) too; and with no config file the command line is checked
+    rd = dracut_install(tmp_path, 'device = "/dev/vda"\n', kernel_cmdline="quiet rd.rollback.keep_days=abc", uefi="yes")
+    assert rd.returncode == 1 and "every boot would refuse it (exit 2)" in rd.stderr, rd.stderr
+    (tmp_path / "rollback.toml").unlink()
+    uki = {"kernel_cmdline": "quiet rollback.mode=bogus", "uefi": "yes", "rollback_device": "/dev/vda"}
+    alone = dracut_install(tmp_path, None, **uki)
+    assert alone.returncode == 1 and "the settings with kernel_cmdline (dracut.conf) is invalid" in alone.stderr
 
 
 def test_a_valid_config_file_is_installed_and_the_unit_wanted(tmp_path: Path) -> None:

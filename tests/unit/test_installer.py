@@ -127,6 +127,16 @@ def test_a_config_file_that_is_not_ours_is_kept_and_decides() -> None:
     assert any(p.name == "rollback-cleanup@dev-disk-by\\x2dlabel-my\\x5cx20root.service" for p, _ in out.links)
 
 
+@pytest.mark.parametrize("spelling", ["@", "./@", "@/.", "/@/"])
+def test_a_subvolume_option_is_compared_with_a_kept_config_as_the_boot_reads_both(spelling: str) -> None:
+    """`--subvolume ./@` with a kept `subvolume = "@"` was refused as a contradiction (a reviewer)."""
+    mine = {"device": "LABEL=my root", "subvolume": "@"}
+    out = plan(dataclasses.replace(GOOD, config=mine, node="/dev/sdb", fstype="btrfs"), "--subvolume", spelling)
+    assert out.keep == {installer.CONFIG}
+    with pytest.raises(installer.Refused, match=r"has subvolume '@', not '\./other'"):
+        plan(dataclasses.replace(GOOD, config=mine, node="/dev/sdb", fstype="btrfs"), "--subvolume", "./other")
+
+
 KEPT_INVALID: dict[str, dict[str, object]] = {
     "mode 'bogus' is not one of recreate, snapshot": {"mode": "bogus"},  # installed: not "recreate"
     "subvolume '/root' is absolute": {"subvolume": "/root"},

@@ -134,17 +134,21 @@ print(device_path(sys.argv[1]))' "$rollback_device") \
             dwarn "rollback: kernel_cmdline (dracut.conf) holds rollback.* options, which rollback never reads: put them in the boot loader's command line, or their settings in $rollback_config"
         fi
     fi
+    # The settings as the boot reads them (the file, and a UKI's command line), by the CLI the
+    # initramfs runs (its launcher, interpreter and sys.path; the bytecode staged from these sources):
+    # an invalid setting fails the build here instead of every boot (exit 2: nothing rolled back;
+    # under stop-boot, no boot at all).
+    config=/dev/null checked="the settings"
+    [[ -e $rollback_config ]] && config=$rollback_config checked=$rollback_config
+    [[ $cmdline != /dev/null ]] && checked+=" with kernel_cmdline (dracut.conf)"
+    check=$(ROLLBACK_LOG_TARGET=console sh "$initdir/usr/bin/rollback" config --config "$config" \
+        --kernel-cmdline "$cmdline" --device "$path" 2>&1 > /dev/null)
+    case $? in
+        0) ;;
+        2) _rollback_fatal "$checked is invalid, and every boot would refuse it (exit 2): $check" ;;
+        *) _rollback_fatal "the initramfs's rollback CLI does not run ($initdir/usr/bin/rollback config): $check" ;;
+    esac
     if [[ -e $rollback_config ]]; then
-        # The settings as the boot reads them, by the CLI the initramfs runs (its launcher, interpreter
-        # and sys.path; the bytecode staged from these sources): an invalid file fails the build here
-        # instead of every boot (exit 2: nothing rolled back; under stop-boot, no boot at all).
-        check=$(ROLLBACK_LOG_TARGET=console sh "$initdir/usr/bin/rollback" config --config "$rollback_config" \
-            --kernel-cmdline "$cmdline" --device "$path" 2>&1 > /dev/null)
-        case $? in
-            0) ;;
-            2) _rollback_fatal "$rollback_config${cmdline#/dev/null} is invalid, and every boot would refuse it (exit 2): $check" ;;
-            *) _rollback_fatal "the initramfs's rollback CLI does not run ($initdir/usr/bin/rollback config): $check" ;;
-        esac
         inst_simple "$rollback_config" /etc/rollback.toml || _rollback_fatal "cannot install $rollback_config"
     fi
     inst_simple "$moddir/units/rollback@.service" "$systemdsystemunitdir/rollback@.service" \
