@@ -126,13 +126,8 @@ def test_the_cleanups_wait_for_the_kernel_holds_no_lock(disk: Disk) -> None:
     with disk.top() as top:
         populate(top)
     boot(disk)
-    env = {**os.environ, CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: "STOP"}  # stopped after its one delete
-    cleanup = subprocess.Popen(disk.rollback_argv("cleanup"), env=env, stderr=subprocess.PIPE, text=True)
+    cleanup = _stopped_cleanup(disk)
     try:
-        deadline = time.monotonic() + 60
-        while _state(cleanup.pid) != "T":
-            assert cleanup.poll() is None and time.monotonic() < deadline, "the cleanup never reached its wait"
-            time.sleep(0.05)
         skipped = disk.rollback("skip-next")
         assert skipped.returncode == Exit.OK, skipped.stderr
         ran = disk.rollback("run", *AFTER_BOOT)  # consumes the mark: the root kept once
@@ -159,13 +154,8 @@ def test_a_filesystem_the_host_unmounts_during_a_cleanup_is_released(disk: Disk,
         with disk.top() as top:
             populate(top)
         boot(disk)
-        env = {**os.environ, CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: "STOP"}  # stopped after its delete
-        cleanup = subprocess.Popen(disk.rollback_argv("cleanup"), env=env, stderr=subprocess.PIPE, text=True)
+        cleanup = _stopped_cleanup(disk)
         try:
-            deadline = time.monotonic() + 60
-            while _state(cleanup.pid) != "T":
-                assert cleanup.poll() is None and time.monotonic() < deadline, "the cleanup never stopped"
-                time.sleep(0.05)
             seen = Path(f"/proc/{cleanup.pid}/mountinfo")
             assert f" {shared / 'usb'} " in seen.read_text()  # its copy
             sh("umount", str(shared / "usb"))
@@ -176,6 +166,17 @@ def test_a_filesystem_the_host_unmounts_during_a_cleanup_is_released(disk: Disk,
         assert cleanup.returncode == Exit.OK, errors
     finally:
         sh("umount", "-R", str(shared))
+
+
+def _stopped_cleanup(disk: Disk) -> subprocess.Popen[str]:
+    """A `rollback cleanup` stopped (SIGSTOP) after its one delete, before its wait for the kernel's cleaner."""
+    env = {**os.environ, CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: "STOP"}
+    cleanup = subprocess.Popen(disk.rollback_argv("cleanup"), env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _state(cleanup.pid) != "T":
+        assert cleanup.poll() is None and time.monotonic() < deadline, "the cleanup never stopped"
+        time.sleep(0.05)
+    return cleanup
 
 
 def _state(pid: int) -> str:
