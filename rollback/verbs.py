@@ -111,7 +111,10 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any], unlock: Callable[[],
         if number == crash_after:
             import signal  # the crash tests' hook only
 
-            os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")])
+            sent = signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")]
+            if sent is signal.SIGINT:  # a Ctrl-C at a terminal, also where a shell started the tests with
+                signal.signal(sent, signal.default_int_handler)  # SIGINT ignored (a background job: CI)
+            os.kill(os.getpid(), sent)
 
 
 def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> tuple[str, bool]:
