@@ -214,14 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> tuple[Config, str]:
     """The resolved settings, and the kernel command line they were read from."""
-    from rollback.sources import in_initrd, initrd_only, load_config_file, parse_cmdline, read_cmdline
+    from rollback.sources import in_initrd, load_config_file, parse_cmdline, read_cmdline
 
     file_layer, file_name = load_config_file(getattr(args, "config", None), DEFAULT_CONFIG)
     cmdline = read_cmdline(getattr(args, "kernel_cmdline", DEFAULT_KERNEL_CMDLINE))
     initrd = in_initrd()
     cmdline_layer = parse_cmdline(cmdline, initrd=initrd)
-    if not initrd:  # read at the next boot only, yet refused there at every boot: refused here too
-        parse_cmdline(" ".join(initrd_only(cmdline)), initrd=True)
+    if not initrd:  # rd.rollback.* is read at the next boot only, yet refused there at every boot: here too
+        parse_cmdline(cmdline, initrd=True)
     flags: dict[str, Value] = {}
     for s in SETTINGS:
         given = [v for v in (getattr(args, BEFORE + s.name, None), getattr(args, s.name, None)) if v is not None]

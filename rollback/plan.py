@@ -10,6 +10,7 @@ happens here, before step one.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -223,7 +224,6 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     elif obs.kind(target) is Kind.SUBVOLUME:
         move_to_trash(target)
     _ensure_parents(steps, obs, target)
-    old = obs.get(target)
     steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
     steps.append(Commit())
     for path in () if make_room else pruned:
@@ -234,6 +234,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
     steps += deletes if config.deletes_at_boot else ()
+    old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
     return _checked(Plan(tuple(steps), warnings=_clock_behind(config, obs) + _quota_left(quota, target)), obs)
 
@@ -265,7 +266,8 @@ def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
         return ()
     archived = obs.entries(config.archive)  # by creation, oldest first
     stamps = [_entry_stamp(s) for s in archived]
-    back = sum(stamps[i] <= max(stamps[:i]) for i in range(1, len(stamps)))  # named no later than before
+    latest = list(itertools.accumulate(stamps, max))  # the latest name up to each (one pass: the boot path)
+    back = sum(stamp <= before for stamp, before in zip(stamps[1:], latest, strict=False))  # named no later
     now = f"{obs.now:%Y-%m-%d %H:%M:%S} UTC"
     if back >= 2:  # a pattern, not one wrong clock once
         return (

@@ -2,11 +2,11 @@
 
 A new root is a new subvolume, with a new qgroup (0/<id>): neither the higher-level qgroups the old
 root's was in (`btrfs qgroup assign 0/256 1/100`, a limit on 1/100 bounding the root) nor a limit on
-its own qgroup would carry over unasked. The plan creates the new root in the same higher-level
-qgroups (btrfsutil's QgroupInherit, in the create itself) and says when a limit of the root's own is
-left behind. The items: BTRFS_QGROUP_RELATION_KEY (child, 246, parent), stored both ways; a level-0
-qgroup has no children, so its own relation items name its parents; BTRFS_QGROUP_LIMIT_KEY (0, 244,
-qgroupid), whose first field is the flags of the limits set.
+its own qgroup carry over, and the plan does not carry them (the old root keeps its membership,
+archived or in the trash, and would use up a shared limit): it says what is left behind. The items:
+BTRFS_QGROUP_RELATION_KEY (child, 246, parent), stored both ways; a level-0 qgroup has no children,
+so its own relation items name its parents; BTRFS_QGROUP_LIMIT_KEY (0, 244, qgroupid), whose first
+field is the flags of the limits set.
 """
 
 from __future__ import annotations
