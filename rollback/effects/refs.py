@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import struct
+from collections.abc import Iterator
 
 _TREE_SEARCH_V2 = 0xC0709411  # _IOWR(0x94, 17, struct btrfs_ioctl_search_args_v2): 104-byte key + u64 buf_size
 _INO_LOOKUP = 0xD0009412  # _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): u64 treeid, u64 objectid, char[4080]
@@ -40,27 +41,12 @@ def all_refs(fd: int) -> list[Ref]:
     """The ROOT_REF item of every subvolume but the top level, in (parent, child) order. `fd` is any
     open file of the filesystem (the top level's)."""
     found: list[Ref] = []
-    args = bytearray(_KEY.size + 8 + _BUFFER)
-    start: tuple[int, int, int] | None = (_TOP_LEVEL, _ROOT_REF, 0)
-    while start is not None:
-        key = (_ROOT_TREE, start[0], _MAX64, start[2], _MAX64, 0, _MAX64, start[1], _ROOT_REF, 2**32 - 1, 0, 0, 0, 0, 0)
-        _KEY.pack_into(args, 0, *key)
-        struct.pack_into("=Q", args, _KEY.size, _BUFFER)
-        fcntl.ioctl(fd, _TREE_SEARCH_V2, args)
-        count = _KEY.unpack_from(args, 0)[9]  # the kernel writes back how many items it copied
-        if count == 0:
-            break
-        pos = _KEY.size + 8
-        for _ in range(count):  # the range holds every item between: ROOT_ITEMs, ROOT_BACKREFs, skipped
-            kind, length = _KIND_LENGTH.unpack_from(args, pos + 24)
-            if kind == _ROOT_REF:
-                _transid, objectid, offset, _kind, _length, inode, _sequence, size = _REF_ITEM.unpack_from(args, pos)
-                name = pos + _REF_ITEM.size
-                found.append((objectid, offset, inode, bytes(args[name : name + size])))
-            last = pos
-            pos += _HEADER.size + length
-        _transid, objectid, offset, kind, _length = _HEADER.unpack_from(args, last)
-        start = _after(objectid, kind, offset)  # from the last item returned, whatever its kind
+    low, high = (_TOP_LEVEL, _ROOT_REF, 0), (_MAX64, _ROOT_REF, _MAX64)
+    for args, pos, kind in _search(fd, _ROOT_TREE, low, high):  # ROOT_ITEMs, ROOT_BACKREFs between: skipped
+        if kind == _ROOT_REF:
+            _transid, objectid, offset, _kind, _length, inode, _sequence, size = _REF_ITEM.unpack_from(args, pos)
+            name = pos + _REF_ITEM.size
+            found.append((objectid, offset, inode, bytes(args[name : name + size])))
     return found
 
 
@@ -71,22 +57,38 @@ def items(fd: int, tree: int, objectid: int, kind: int, offsets: tuple[int, int]
     """(offset, item) of every item keyed (objectid, kind, offset) in `tree`, offsets within `offsets`.
     FileNotFoundError if the filesystem has no such tree (the quota tree, quotas off)."""
     found: list[Item] = []
+    for args, pos, _ in _search(fd, tree, (objectid, kind, offsets[0]), (objectid, kind, offsets[1])):
+        _transid, _objectid, offset, _kind, length = _HEADER.unpack_from(args, pos)
+        found.append((offset, bytes(args[pos + _HEADER.size : pos + _HEADER.size + length])))
+    return found
+
+
+Key = tuple[int, int, int]  # objectid, type, offset: the trees' order
+
+
+def _search(fd: int, tree: int, low: Key, high: Key) -> Iterator[tuple[bytearray, int, int]]:
+    """(buffer, position of the item's header, the item's type) for every item of `tree` keyed from
+    `low` to `high`, in the tree's order; the buffer is overwritten by the next search, so read the
+    item before asking for the next one. One ioctl per buffer full, each restarting after the last key
+    the previous one returned (whatever its type: a range holds every item between its ends)."""
     args = bytearray(_KEY.size + 8 + _BUFFER)
-    low, high = offsets
-    while low <= high:
-        _KEY.pack_into(args, 0, tree, objectid, objectid, low, high, 0, _MAX64, kind, kind, 2**32 - 1, 0, 0, 0, 0, 0)
+    start: Key | None = low
+    while start is not None and start <= high:
+        key = (tree, start[0], high[0], start[2], high[2], 0, _MAX64, start[1], high[1], 2**32 - 1, 0, 0, 0, 0, 0)
+        _KEY.pack_into(args, 0, *key)
         struct.pack_into("=Q", args, _KEY.size, _BUFFER)
         fcntl.ioctl(fd, _TREE_SEARCH_V2, args)
-        count = _KEY.unpack_from(args, 0)[9]
+        count = _KEY.unpack_from(args, 0)[9]  # the kernel writes back how many items it copied
+        if count == 0:
+            return
         pos = _KEY.size + 8
         for _ in range(count):
-            _transid, _objectid, offset, _kind, length = _HEADER.unpack_from(args, pos)
-            found.append((offset, bytes(args[pos + _HEADER.size : pos + _HEADER.size + length])))
+            kind, length = _KIND_LENGTH.unpack_from(args, pos + 24)
+            yield args, pos, kind
+            last = pos
             pos += _HEADER.size + length
-        if count == 0 or found[-1][0] == _MAX64:
-            break
-        low = found[-1][0] + 1
-    return found
+        _transid, objectid, offset, kind, _length = _HEADER.unpack_from(args, last)
+        start = _after(objectid, kind, offset)
 
 
 def _after(objectid: int, kind: int, offset: int) -> tuple[int, int, int] | None:
