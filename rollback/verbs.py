@@ -384,7 +384,8 @@ def skip_next(config: Config) -> Exit:
 def show_config(config: Config, *, as_json: bool, ignored: tuple[str, ...] = ()) -> Exit:
     """The settings and where each came from; `ignored`: kernel command line words read elsewhere only."""
     if as_json:
-        print(_json({"settings": as_dict(config), "sources": dict(config.sources), "initrd_only": list(ignored)}))
+        sources = {key: source for key, _, source in describe(config)}  # keyed as the settings are (keep-days)
+        print(_json({"settings": as_dict(config), "sources": sources, "initrd_only": list(ignored)}))
     else:
         rows = describe(config)
         width = max(len(key) for key, _, _ in rows)  # the longest key (ignore-hibernation) sets the column

@@ -53,7 +53,8 @@ def test_config_shows_resolved_settings_with_sources(tmp_path: Path, capsys: pyt
     assert code == 0
     shown = json.loads(out)
     assert shown["settings"]["device"] == "/dev/vdb" and shown["settings"]["mode"] == "recreate"
-    assert shown["sources"]["mode"] == "kernel command line" and shown["sources"]["keep_count"] == "flag"
+    assert shown["sources"]["mode"] == "kernel command line" and shown["sources"]["keep-count"] == "flag"
+    assert shown["sources"].keys() == shown["settings"].keys()  # one spelling of each key (was keep_count)
 
 
 def test_config_text_keeps_its_columns(capsys: pytest.CaptureFixture[str]) -> None:
