@@ -193,6 +193,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     trash's leftovers; they went anyway, and without them nothing of rollback's would free space."""
     if obs.skip_mark:
         check_mark(obs)
+        _check_mark_is_for_a_boot(config, obs)
         # committed: a power cut right after would otherwise bring the mark back, and skip a second boot
         return _checked(Plan((RemoveMark(SKIP_MARK), Commit()), skipped="the skip-next mark was set"), obs)
     check(config, obs)
@@ -577,6 +578,20 @@ def check_mark(obs: Observation) -> None:
             "move it away (the mark is a file: rollback skip-next writes it, the next run removes it)",
             code="state-dir",
         )
+
+
+def _check_mark_is_for_a_boot(config: Config, obs: Observation) -> None:
+    """A run with the root (or a subvolume in it) mounted is not the boot the mark keeps the root for
+    (a run by hand on the running system, refused as `mounted` without the mark): the mark stays, else
+    that run would use it up and the next boot replace the root the user meant to keep."""
+    for sub in obs.tree(config.subvolume):
+        if sub.id in obs.mounted:
+            raise Refused(
+                f"{names.shown(sub.path)} is mounted at {obs.mounted[sub.id]}: this is not the boot the "
+                "skip-next mark keeps it for, and the mark stays set",
+                "run from the initrd or a rescue system, not on the running root",
+                code="mounted",
+            )
 
 
 def _parent(path: str) -> str:

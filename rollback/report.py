@@ -118,12 +118,15 @@ def status(config: Config, obs: Observation) -> Status:
 
 
 def _mark_refused(config: Config, obs: Observation) -> str | None:
-    """Why the next run refuses to remove the mark, as that run decides it (its plan), or None."""
+    """Why the next run refuses to remove the mark, as that run decides it (its plan), or None. That run
+    is the boot's: what is mounted now (the running root) is not mounted then."""
+    from dataclasses import replace
+
     from rollback.errors import Refused
     from rollback.plan import plan_run
 
     try:
-        plan_run(config, obs)  # with the mark set, the run's plan only removes it, after its checks
+        plan_run(config, replace(obs, mounted={}))  # with the mark set, the run only removes it, after its checks
     except Refused as refused:
         return f"{refused.reason} (reason {refused.code})"
     return None

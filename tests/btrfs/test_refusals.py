@@ -185,6 +185,35 @@ def test_target_or_nested_mounted_elsewhere(disk: Disk, tmp_path: Path, subvol: 
         sh("umount", str(live))
 
 
+@CLEANUPS
+@pytest.mark.parametrize("subvol", ["root", "root/var/lib/machines/guest/srv"])
+def test_a_mark_is_not_used_up_by_a_run_on_the_running_root(
+    disk: Disk, tmp_path: Path, subvol: str, cleanup: tuple[str, ...]
+) -> None:
+    """`rollback run` by hand on the running system, with skip-next set: the mark is for the boot. That
+    run used it up (exit 77, 'kept this once') and the next boot replaced the root the user meant to
+    keep; it is refused as without the mark, and status there still says the next boot keeps it."""
+    setup(disk, lambda top: None)
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    live = tmp_path / "live"
+    live.mkdir()
+    sh("mount", "-o", f"subvol={subvol}", disk.device, str(live))
+    try:
+        said = refused(disk, *cleanup)  # the whole device, the mark included, unchanged
+        assert f"'{subvol}' is mounted at {live}" in said and "reason=mounted" in said
+        status = disk.rollback("status", "--json", *cleanup)
+        assert json.loads(status.stdout)["skip_next_refused"] is None, status.stdout
+    finally:
+        sh("umount", str(live))
+    before = disk.state()
+    assert disk.rollback("run", *cleanup).returncode == Exit.SKIPPED  # the boot: the root kept
+    after = disk.state()
+    assert [(s.path, s.id) for s in after.subvolumes] == [(s.path, s.id) for s in before.subvolumes]
+    assert {k: v for k, v in after.files.items() if k.startswith("root")} == {
+        k: v for k, v in before.files.items() if k.startswith("root")
+    }
+
+
 def _old_entries(top: Path) -> None:
     """An archived root due for pruning and a trash leftover, each with a directory to mount on."""
     for holder in ("old", ".rollback/trash"):
