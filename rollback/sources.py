@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from rollback import names
 from rollback.cmdline import split_cmdline
@@ -73,20 +75,45 @@ def read_cmdline(path: str) -> str:
         raise ConfigError(f"kernel command line {path} is not UTF-8", code="bad-encoding") from None
 
 
+_CONFIG_MAX = 1 << 20  # a settings file is a few hundred bytes
+
+
+def _read_config(path: str) -> bytes:
+    """The file's bytes: a regular file (opening a FIFO without O_NONBLOCK waits for a writer, for
+    ever) of a sane size (/dev/zero would fill the memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(_CONFIG_MAX + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > _CONFIG_MAX:
+        raise OSError(errno.EFBIG, f"larger than {_CONFIG_MAX} bytes")
+    return raw
+
+
 def load_config_file(path: str | None, default: str) -> tuple[Layer, str]:
     """The file's layer and its name; an explicit path must exist, the default may not."""
     if path is None:
-        if not os.path.exists(default):
+        if not os.path.lexists(default):  # a link to nowhere is a config not there yet, not no config
             return {}, default
         path = default
     import tomllib  # only when there is a file: a kernel-command-line-only setup never parses TOML
 
     raw = b""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = _read_config(path)
         data = tomllib.loads(raw.decode())
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ConfigError(
+                f"config file {path} is a symbolic link to {os.readlink(path)}, which does not exist",
+                "mount what holds it (/persist?) or pass --config; the defaults would replace the root "
+                "without the settings you wrote",
+                code="config-unreadable",
+            ) from None
         raise ConfigError(f"config file {path} does not exist", "check --config", code="config-unreadable") from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}", code="config-unreadable") from None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
@@ -213,6 +217,49 @@ def test_a_byte_order_mark_is_named_in_the_hint(fs: FakeFilesystem) -> None:
 def test_explicit_config_file_must_exist(fs: FakeFilesystem) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file("/etc/nope.toml", DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize("target", ["/persist/etc/rollback.toml", "../persist/rollback.toml", "/nowhere"])
+def test_a_default_config_linked_to_nowhere_is_not_no_config(fs: FakeFilesystem, target: str) -> None:
+    """/etc/rollback.toml a link into /persist, not mounted (a rescue system): the defaults (recreate,
+    no archive) would have replaced the root the user's settings archive."""
+    fs.create_symlink(DEFAULT_CONFIG, target)
+    with pytest.raises(ConfigError, match=r"symbolic link to .*, which does not exist") as caught:
+        load_config_file(None, DEFAULT_CONFIG)
+    assert caught.value.code == "config-unreadable" and "/persist" in caught.value.hint
+
+
+def test_a_default_config_linked_to_a_file_is_read(fs: FakeFilesystem) -> None:
+    fs.create_file("/persist/rollback.toml", contents="keep-days = 7\n")
+    fs.create_symlink(DEFAULT_CONFIG, "/persist/rollback.toml")
+    assert load_config_file(None, DEFAULT_CONFIG) == ({"keep_days": 7}, DEFAULT_CONFIG)
+
+
+def _fifo(tmp: Path) -> str:
+    os.mkfifo(tmp / "fifo")
+    return str(tmp / "fifo")
+
+
+def _big(tmp: Path) -> str:
+    (tmp / "big.toml").write_text("# " + "x" * (1 << 20) + "\n")
+    return str(tmp / "big.toml")
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        (lambda tmp: "/dev/zero", "not a regular file"),  # was: read until the memory ran out
+        (_fifo, "not a regular file"),  # was: waited for a writer, for ever
+        (lambda tmp: str(tmp), "not a regular file"),  # a directory
+        (_big, "larger than"),
+    ],
+)
+def test_a_config_that_is_not_a_small_regular_file_is_refused(
+    tmp_path: Path, where: Callable[[Path], str], said: str
+) -> None:
+    with pytest.raises(ConfigError, match=said) as caught:
+        load_config_file(where(tmp_path), DEFAULT_CONFIG)
+    assert caught.value.code == "config-unreadable"
 
 
 @pytest.mark.parametrize(("spelling", "name"), [("srv/", "srv"), ("./srv", "srv"), ("srv//", "srv"), ("a//b/.", "a/b")])
