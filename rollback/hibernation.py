@@ -35,8 +35,12 @@ def device_path(spec: str) -> str:
 def resume_locations(cmdlines: Sequence[str], sysfs_resume: str, sysfs_offset: str) -> list[tuple[str, int]]:
     """(device, offset in pages) pairs to check: each command line's resume=/resume_offset= (the one
     settings were read from, and the kernel's own: ignoring rollback.* options must not ignore this
-    check), and /sys/power/resume with /sys/power/resume_offset."""
+    check), and /sys/power/resume with /sys/power/resume_offset. None with `noresume` on either: the
+    user discards the image (the kernel and systemd's resume do not resume it, and this boot mounts
+    the root read-write anyway); a refusal would stop every such boot."""
     found: list[tuple[str, int]] = []
+    if any("noresume" in split_cmdline(cmdline) for cmdline in cmdlines):
+        return found
 
     def add(spec: str, offsets: Sequence[int]) -> None:
         found.extend(p for p in ((device_path(spec), o) for o in offsets) if p not in found)

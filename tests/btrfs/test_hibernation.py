@@ -80,6 +80,19 @@ def test_explicit_option_overrides(disk: Disk, swap: tuple[str, Path]) -> None:
     assert code == Exit.OK, err
 
 
+@pytest.mark.parametrize("cmdline", ["resume={dev} noresume", "noresume resume={dev} resume_offset=0"])
+def test_noresume_discards_the_image_and_the_run_goes_on(disk: Disk, swap: tuple[str, Path], cmdline: str) -> None:
+    """`noresume`: the user boots without the image (the kernel and systemd's resume skip it; the boot
+    mounts the root read-write anyway). It was refused at every such boot (under stop-boot: emergency)."""
+    with disk.top() as top:
+        populate(top)
+    write_signature(swap[0], b"S1SUSPEND")
+    before = disk.state()
+    code, err = run_with_cmdline(disk, cmdline.format(dev=swap[0]))
+    assert code == Exit.OK, err
+    rolled_back(before, disk.state())
+
+
 def test_unreadable_resume_device_is_refused(disk: Disk) -> None:
     with disk.top() as top:
         populate(top)

@@ -86,3 +86,11 @@ def test_hibernation_signatures(tail: bytes) -> None:
 @pytest.mark.parametrize("tail", [b"SWAPSPACE2", b"\0" * 10, b"SWAP-SPACE"])
 def test_plain_swap_or_nothing_is_not_an_image(tail: bytes) -> None:
     assert hibernation_signature(tail) is None
+
+
+@pytest.mark.parametrize("where", [0, 1])
+def test_noresume_on_either_command_line_checks_nothing(where: int) -> None:
+    lines = ["root=/dev/vda2 resume=/dev/vdb", "resume=/dev/vdc"]
+    lines[where] += " noresume"
+    assert resume_locations(lines, "254:2\n", "0\n") == []
+    assert resume_locations(["resume=/dev/vdb noresume=0x"], "", "") == [("/dev/vdb", 0)]  # not the word
