@@ -79,11 +79,12 @@ _CONFIG_MAX = 1 << 20  # a settings file is a few hundred bytes
 
 
 def _read_config(path: str) -> bytes:
-    """The file's bytes: a regular file (opening a FIFO without O_NONBLOCK waits for a writer, for
-    ever) of a sane size (/dev/zero would fill the memory)."""
+    """The file's bytes: not a FIFO (opening one without O_NONBLOCK waits for a writer, for ever),
+    and of a sane size (/dev/zero would fill the memory; /dev/null is no settings)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISDIR(mode):
             raise OSError(errno.EINVAL, "not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             raw = handle.read(_CONFIG_MAX + 1)
