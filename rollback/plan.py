@@ -621,6 +621,15 @@ def _check_blank(blank: str, obs: Observation) -> None:
             f"btrfs property set -ts <top>/{blank} ro true",
             code="blank-writable",
         )
+    if blank in obs.immutable:  # a snapshot copies its top directory's flags: every root would have them
+        raise Refused(
+            f"the blank snapshot {names.shown(blank)} is immutable or append-only (chattr +i/+a): so would be "
+            "the top directory of every root made from it (nothing created in /, and that root refused "
+            "as immutable at the next boot)",
+            f"btrfs property set -ts <top>/{blank} ro false; chattr -i -a <top>/{blank}; "
+            f"btrfs property set -ts <top>/{blank} ro true",
+            code="blank-immutable",
+        )
 
 
 def _check_holder(directory: str, obs: Observation, what: str) -> None:

@@ -75,6 +75,7 @@ REASONS: dict[str, Reason] = {
     ),
     "no-blank": _refused("snapshot mode, and the blank snapshot does not exist", "create it (README)"),
     "blank-writable": _refused("the blank snapshot is writable", "btrfs property set ... ro true"),
+    "blank-immutable": _refused("the blank snapshot's top directory is chattr +i/+a", "chattr -i -a it"),
     "read-only": _refused("the filesystem cannot be remounted read-write", "blockdev --getro; dmesg"),
     "no-space": _refused(
         "no room for the first change: the filesystem is full of the machine's own data",

@@ -102,6 +102,22 @@ def test_blank_not_read_only(disk: Disk) -> None:
     assert "is not read-only" in refused(disk, "--mode", "snapshot")
 
 
+@pytest.mark.parametrize("flag", ["+i", "+a"])
+def test_blank_immutable_or_append_only(disk: Disk, flag: str) -> None:
+    """A snapshot copies its top directory's flags: the first run made a root with nothing creatable
+    in /, and every run after refused it as immutable (stop-boot: emergency mode at every boot)."""
+
+    def pinned_blank(top: Path) -> None:
+        btrfsutil.create_subvolume(str(top / "root-blank"))
+        (top / "root-blank" / "etc").mkdir()
+        sh("chattr", flag, str(top / "root-blank"))
+        btrfsutil.set_subvolume_read_only(str(top / "root-blank"))
+
+    setup(disk, pinned_blank)
+    said = refused(disk, "--mode", "snapshot")
+    assert "blank snapshot 'root-blank' is immutable or append-only" in said and "reason=blank-immutable" in said
+
+
 def test_state_dir_taken_by_a_file(disk: Disk) -> None:
     setup(disk, lambda top: (top / ".rollback").touch())
     assert ".rollback exists but is not a plain directory" in refused(disk)
