@@ -306,7 +306,7 @@ def execute(step: Step, top: Path) -> None:
             raise FileExistsError(f"{step.dest} exists")
         os.rename(top / step.source, top / step.dest)
     elif isinstance(step, Create):
-        btrfsutil.create_subvolume(str(top / step.path))
+        _create_root(top / step.path)
     elif isinstance(step, Snapshot):
         btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False)
     elif isinstance(step, Delete):
@@ -324,6 +324,16 @@ def execute(step: Step, top: Path) -> None:
             os.unlink(name, dir_fd=where)
     else:
         assert_never(step)
+
+
+def _create_root(path: Path) -> None:
+    """A new empty subvolume whose top directory is a root's, 0755: the kernel applies the caller's
+    umask (077 from a root shell made / 0700, and every service not running as root failed)."""
+    previous = os.umask(0o022)
+    try:
+        btrfsutil.create_subvolume(str(path))
+    finally:
+        os.umask(previous)
 
 
 def _write_mark(top: Path, path: str) -> None:

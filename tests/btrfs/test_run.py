@@ -46,6 +46,19 @@ def test_snapshot_mode_restores_the_blank(disk: Disk) -> None:
         (top / "root" / "writable").write_text("yes")  # the new root is writable
 
 
+@pytest.mark.parametrize("umask", [0o077, 0o027, 0o000])
+def test_the_new_root_is_0755_whatever_the_callers_umask(disk: Disk, umask: int) -> None:
+    """The kernel gives a new subvolume's top directory 0777 & ~umask: a run from a root shell with
+    umask 077 made / 0700 (kept by skip-next or rollback.skip, every service not running as root failed)."""
+    with disk.top() as top:
+        populate(top)
+    argv = ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *disk.rollback_argv("run")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == Exit.OK, result.stderr
+    with disk.top() as top:
+        assert (top / "root").stat().st_mode & 0o7777 == 0o755
+
+
 def test_first_run_without_root(disk: Disk) -> None:
     with disk.top() as top:
         btrfsutil.create_subvolume(str(top / "persist"))
