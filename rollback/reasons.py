@@ -47,6 +47,7 @@ REASONS: dict[str, Reason] = {
     "not-root": _refused(
         "not root: no private mount namespace, the device or the lock directory not accessible", "run as root"
     ),
+    "chroot": _refused("/ is not a mount point (a plain chroot): no private mount namespace", "mount --bind DIR DIR"),
     "mount-failed": _refused("the top level cannot be mounted", "btrfs check --readonly; dmesg"),
     "locked": _refused(
         "another run holds the filesystem's lock, or a disk tool the device node's for over 10 s", "wait for it"

@@ -20,16 +20,11 @@ _MS_REC = 16384
 _MS_SLAVE = 1 << 19
 _MNT_DETACH = 2
 _ENOENT = 2  # errno.ENOENT
+_EINVAL = 22  # errno.EINVAL
 MOUNT_POINT = "/run/rollback"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _private = False
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
 def enter_private_namespace() -> None:
@@ -47,7 +42,17 @@ def enter_private_namespace() -> None:
             "rollback needs root (CAP_SYS_ADMIN): run it with sudo, from the initrd unit or a root shell",
             code="not-root",
         )
-    _check(_libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None), "make / rslave")
+    if _libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
+        errno = ctypes.get_errno()
+        if errno == _EINVAL:  # "/" is no mount's root: a plain chroot into a directory
+            raise Refused(
+                "/ is not a mount point (a plain chroot?): the top-level mount could not be kept from "
+                "reaching the host's mounts",
+                "bind-mount the directory on itself before entering it (mount --bind DIR DIR; arch-chroot "
+                "does), or run rollback outside the chroot with --device",
+                code="chroot",
+            )
+        raise OSError(errno, f"make / rslave: {os.strerror(errno)}")
     _private = True
 
 

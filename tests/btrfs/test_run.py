@@ -282,6 +282,40 @@ def test_when_the_new_root_cannot_be_made_the_old_one_is_moved_back(
     assert disk.state().under("root") != before.under("root")
 
 
+_CHROOT = """set -e
+[ "$1" = bound ] && mount --bind "$0" "$0"
+for d in bin sbin lib lib64 usr etc root work dev proc sys tmp run; do
+  [ -e "/$d" ] || continue
+  if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$0/$d"; else mkdir -p "$0/$d"; mount --rbind "/$d" "$0/$d"; fi
+done
+shift
+exec chroot "$0" "$@"
+"""
+
+
+@pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
+def test_in_a_plain_chroot_it_refuses_and_says_how(disk: Disk, tmp_path: Path, verb: str) -> None:
+    """A rescue shell's plain `chroot DIR`: "/" is no mount's root, so it cannot be made a slave (EINVAL)
+    and the run was an internal error with a traceback. Refused, naming the fix; with the directory
+    bound on itself first (arch-chroot), every verb works. The chroot is built in a private mount
+    namespace of its own: nothing of it reaches the host."""
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    root = tmp_path / "chroot"
+    root.mkdir()
+    argv = disk.rollback_argv(verb)
+    plain = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), "plain", *argv]
+    result = subprocess.run(plain, capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=chroot" in result.stderr and "mount --bind DIR DIR" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and disk.state() == before
+    bound = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root / "b"), "bound", *argv]
+    (root / "b").mkdir()
+    done = subprocess.run(bound, capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == Exit.OK, done.stderr
+
+
 @pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
 @pytest.mark.parametrize("mode", [0o666, 0o600], ids=["device-readable", "device-unreadable"])
 def test_without_root_privileges_it_refuses_clearly(disk: Disk, verb: str, mode: int) -> None:
