@@ -51,6 +51,7 @@ def _observed(
 
     dev = config.require_device()
     fsid = device.probe(dev)
+    device.refuse_unseen(dev, fsid, writing=lock)
     limits = bounds(config) if bounded else None
     unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)
     with device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock, mount.top_level(dev) as top:

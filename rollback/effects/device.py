@@ -161,8 +161,85 @@ def mounts(top: str, fsid: str) -> Mounts:
     return found
 
 
+SYSFS_BTRFS = "/sys/fs/btrfs"  # a directory per filesystem the kernel has mounted, named by its fsid
+
+
+def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
+    """Before our mount: the kernel has this filesystem mounted (somewhere) through other devices, or
+    (`writing`) mounted where no mount table we can read shows it. A mount through another device over
+    the same bytes (a loop alias, a multipath path) or a copy replays its log and commits a transaction
+    under the live one, even read-only; mounts in a mount namespace we cannot see (a container's run,
+    the host's mounts being in another PID namespace) would be deleted under their users."""
+    members = _members(fsid)
+    if members is None:  # mounted nowhere
+        return
+    if os.stat(device).st_rdev not in members:
+        raise Refused(
+            f"the filesystem {_uuid(fsid)} is mounted through another device, and {_named(device)} holds it "
+            "too: this device under another name, or a copy",
+            _TWIN_HINT,
+            code="mounted",
+        )
+    if writing and not _seen(fsid, members):
+        raise Refused(
+            f"the filesystem {_uuid(fsid)} is mounted, but in no mount table this process can read: in "
+            "another PID namespace (rollback inside a container?), or unmounted lazily (umount -l) and still "
+            "in use, so what is mounted cannot be checked",
+            "run rollback on the host (or in the initrd), where its mounts can be seen; or end what uses it",
+            code="mounted",
+        )
+
+
+UNSEEN_WAIT_S = 10.0  # how long a filesystem mounted where no table shows it may take to go away
+
+
+def _seen(fsid: str, members: set[int] | None) -> bool:
+    """Whether a mount table we can read shows the filesystem, or it goes away: a process that held
+    the last mount (a killed cleanup) is gone from /proc before the kernel has torn its filesystem down."""
+    deadline = time.monotonic() + UNSEEN_WAIT_S
+    while members is not None:
+        if any(_through(m.source, members) for _, table in _namespaces() for m in table):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+        members = _members(fsid)
+    return True
+
+
+def _members(fsid: str) -> set[int] | None:
+    """The devices (st_rdev) of the mounted filesystem `fsid`, from sysfs; None if it is not mounted."""
+    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/devices"
+    try:
+        listed = os.listdir(base)
+    except FileNotFoundError:
+        return None
+    found = set()
+    for name in listed:
+        try:
+            with open(f"{base}/{name}/dev", encoding="ascii") as handle:
+                major, _, minor = handle.read().strip().partition(":")
+            found.add(os.makedev(int(major), int(minor)))
+        except (OSError, ValueError):  # a member going away meanwhile
+            continue
+    return found
+
+
+def _through(source: str, members: set[int]) -> bool:
+    try:
+        return os.stat(source).st_rdev in members
+    except OSError:  # a source that is no path here (another root's /dev)
+        return False
+
+
 def _where(mount_point: str, pid: int | None) -> str:
     return mount_point if pid is None else f"{mount_point} (mount namespace of PID {pid})"
+
+
+_TWIN_HINT = (
+    "unmount it; if it is a copy of this disk (dd, a snapshot of a VM image), give the copy a new "
+    "UUID (btrfstune -u) so the two can be told apart"
+)
 
 
 def _refuse_twins(top: str, fsid: str, own: str, tables: list[tuple[int | None, list[mountinfo.Mount]]]) -> None:
@@ -170,10 +247,7 @@ def _refuse_twins(top: str, fsid: str, own: str, tables: list[tuple[int | None, 
     is mounted by the kernel (>= 6.7) as a separate filesystem with a temporary fsid: its mounts carry
     another major:minor. Either ours got the temporary fsid (the kernel says so), or another mount's
     device carries our fsid on disk. We cannot tell an alias from a copy, so both refuse."""
-    hint = (
-        "unmount it; if it is a copy of this disk (dd, a snapshot of a VM image), give the copy a new "
-        "UUID (btrfstune -u) so the two can be told apart"
-    )
+    hint = _TWIN_HINT
     if _kernel_fsid(top) not in (fsid, None):
         raise Refused(
             f"the kernel mounted this device under a temporary fsid: another device holding the filesystem "

@@ -143,7 +143,60 @@ def test_root_mounted_through_another_name_of_the_device(
     live, via = (disk, alias) if run_via_alias else (alias, disk)
     with mounted(live.device, "root", tmp_path / "live"):
         stderr = refused(via, reason="mounted")
-    assert "temporary fsid" in stderr
+    assert "is mounted through another device" in stderr  # before our mount (it was after: a temporary fsid)
+
+
+def _superblock(image: Path) -> bytes:
+    """The primary superblock's generation, root, chunk root and log root: what a commit or a log
+    replay changes."""
+    with image.open("rb") as handle:
+        return os.pread(handle.fileno(), 0x20, 0x10000 + 0x48)
+
+
+@pytest.mark.parametrize("verb", [("status",), ("diff",), ("run", "--dry-run"), ("run",), ("skip-next",)])
+def test_nothing_is_written_through_an_alias_of_a_live_filesystem(
+    disk: Disk, alias: Disk, tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    """Our mount through a second device over the same bytes is a second filesystem instance: mounting
+    it (read-only, even for `status`) replayed the live one's log tree and committed a transaction under
+    it, before the refusal (found by an adversarial tester). Refused before mounting: not one byte of
+    the superblock moves, a fsynced but uncommitted write on the live mount pending."""
+    live = tmp_path / "live"
+    live.mkdir()
+    sh("mount", "-o", "subvol=persist,commit=300", disk.device, str(live))
+    try:
+        fd = os.open(live / "fsynced", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"in the log tree, not yet committed\n")
+        os.fsync(fd)
+        os.close(fd)
+        before = _superblock(tmp_path / "disk.img")
+        assert before[0x18:0x20] != bytes(8), "no log tree to replay: the test would show nothing"
+        result = alias.rollback(*verb)
+        assert result.returncode == Exit.REFUSED and "reason=mounted" in result.stderr, result.stderr
+        assert _superblock(tmp_path / "disk.img") == before
+    finally:
+        sh("umount", str(live))
+
+
+def test_a_run_that_cannot_see_the_filesystems_mounts_is_refused(disk: Disk, tmp_path: Path) -> None:
+    """rollback in another PID namespace (a privileged container) reads no mount table of the host's:
+    the root mounted there looked unmounted, and was replaced under the running system (found by an
+    adversarial tester). The kernel lists the filesystem as mounted (sysfs): a verb that writes refuses
+    when no mount table it can read shows it; `status` reads on."""
+    with disk.top() as top:
+        populate(top)
+    live = tmp_path / "live"
+    with mounted(disk.device, "root", live):
+        before = disk.state()
+        hidden = 'umount "$0" && exec "$@"'
+        container = ["unshare", "-p", "-f", "-m", "--propagation", "private", "--mount-proc", "sh", "-c", hidden]
+        for verb in ("run", "cleanup", "skip-next"):
+            result = subprocess.run([*container, str(live), *disk.rollback_argv(verb)], capture_output=True, text=True)
+            assert result.returncode == Exit.REFUSED, result.stderr
+            assert "in no mount table this process can read" in result.stderr and "reason=mounted" in result.stderr
+            assert disk.state() == before
+        shown = subprocess.run([*container, str(live), *disk.rollback_argv("status")], capture_output=True, text=True)
+        assert shown.returncode == Exit.OK, shown.stderr
 
 
 @pytest.mark.parametrize("namespace", ["ours", "another"])
