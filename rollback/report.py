@@ -202,7 +202,7 @@ def escape(path: str, *, ascii_only: bool = False) -> str:
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
-Signature = tuple[int, int, int]
+Signature = tuple[int, int, int, int, int, int]  # effects/walk.py: mode, uid, gid, size, mtime, ctime (ns)
 Walk = Callable[[str], Iterator[tuple[str, Signature]]]
 
 

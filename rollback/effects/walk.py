@@ -19,7 +19,11 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def walk(top: Path, relative: str) -> Iterator[tuple[str, Signature]]:
     """(path relative to `relative`, signature) for everything below it, not following symlinks.
 
-    A directory's signature is only its mode ('/' ends its path): it survives if the blank has it.
+    A file's signature is its mode, owner, group, size, mtime and ctime: content rewritten with the size
+    and mtime put back (`touch -r`, `cp -p`, `rsync -t`), a chown or an xattr change moves the ctime,
+    which no one can set from userspace; a snapshot shares the blank's inodes, so what is untouched has
+    the blank's ctime. A directory's is its mode, owner and group ('/' ends its path): it survives if the
+    blank has it (its ctime moves with every entry added or removed in it, and those are listed).
     Every system call names one entry relative to an open directory, so no path is too long; one
     directory is open per level (the soft limit on open files is raised to the hard one for that).
     `diff` is for live systems: what vanishes meanwhile, or stops being a directory, is
@@ -71,9 +75,9 @@ def _entries(fd: int, prefix: str, shown: str) -> Generator[tuple[str, Signature
             _unreadable(error, f"{shown}/{name}")
         if stat.S_ISDIR(st.st_mode):
             subdirs.append(name)
-            yield f"{prefix}{name}/", (st.st_mode, 0, 0)
+            yield f"{prefix}{name}/", (st.st_mode, st.st_uid, st.st_gid, 0, 0, 0)
         else:
-            yield prefix + name, (st.st_mode, st.st_size, st.st_mtime_ns)
+            yield prefix + name, (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return subdirs
 
 
