@@ -69,23 +69,56 @@ def _settings_parser(dest_prefix: str = "") -> _Parser:
         shown = s.help if s.parser.bare is not None else f"{s.help} (default: {_shown(s.default)})"
         keywords: dict[str, Any] = {**s.parser.cli, **({"choices": s.choices} if s.choices else {})}
         group.add_argument(s.flag, dest=dest_prefix + s.name, metavar=s.metavar or None, help=shown, **keywords)
-    parent.add_argument("--config", metavar="FILE", help=f"TOML config file (default: {DEFAULT_CONFIG} if present)")
-    parent.add_argument(
-        "--kernel-cmdline",
-        metavar="FILE",
-        help=f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores them; "
-        "the hibernation check reads resume= from /proc/cmdline as well)",
-    )
+    for flag, keywords in global_flags():  # one dest before and after the verb, as always
+        parent.add_argument(flag, dest=_dest(flag), **keywords)
+    return parent
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def global_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The options besides the settings table's (flag, argparse keywords): every one takes a value."""
     from rollback.log import TARGETS
 
-    parent.add_argument(
-        "--log-target",
-        choices=TARGETS,
-        help="where events go: journal (native protocol), console (stderr), or auto: the journal when stderr "
-        "is connected to it ($JOURNAL_STREAM), else the console (default: $ROLLBACK_LOG_TARGET, "
-        "$SYSTEMD_LOG_TARGET, auto)",
+    return (
+        ("--config", {"metavar": "FILE", "help": f"TOML config file (default: {DEFAULT_CONFIG} if present)"}),
+        (
+            "--kernel-cmdline",
+            {
+                "metavar": "FILE",
+                "help": f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores "
+                "them; the hibernation check reads resume= from /proc/cmdline as well)",
+            },
+        ),
+        (
+            "--log-target",
+            {
+                "choices": TARGETS,
+                "help": "where events go: journal (native protocol), console (stderr), or auto: the journal when "
+                "stderr is connected to it ($JOURNAL_STREAM), else the console (default: $ROLLBACK_LOG_TARGET, "
+                "$SYSTEMD_LOG_TARGET, auto)",
+            },
+        ),
     )
-    return parent
+
+
+def value_flags() -> list[tuple[str, str]]:
+    """(flag, dest) of every option that takes a value: the settings table's and the global ones."""
+    settings = [(s.flag, s.name) for s in SETTINGS if s.parser.bare is None]
+    return settings + [(flag, _dest(flag)) for flag, _ in global_flags()]
+
+
+def _no_bare_dashes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--subvolume=--` is a usage error. Python 3.11's argparse drops the `--` and stores [] unchecked
+    (no type, no choices: the settings met a list, an internal error; --log-target=-- was taken for
+    unset), later versions store "--": neither is a value anyone means."""
+    for flag, dest in value_flags():
+        for found in (getattr(args, dest, None), getattr(args, BEFORE + dest, None)):
+            items = found if isinstance(found, list) and found else [found]  # append: one item per use
+            if any(item == [] or item == "--" for item in items):
+                parser.error(f"argument {flag}: expected one argument, got '--' (a value cannot be '--')")
 
 
 @dataclass(frozen=True)
@@ -233,7 +266,9 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _no_bare_dashes(parser, args)
     handler = BY_VERB[args.verb].handler
     match handler:
         case Raw(call):
