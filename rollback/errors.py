@@ -58,3 +58,9 @@ class ReadFailed(RollbackError):
     """A reporting verb could not read what it reports on (nothing was changed)."""
 
     exit_code = Exit.FAILED
+
+
+class OutputFailed(RollbackError):
+    """A verb's output could not be written to stdout (a full disk behind a redirect, EIO)."""
+
+    exit_code = Exit.FAILED

@@ -96,6 +96,11 @@ REASONS: dict[str, Reason] = {
     "tree-unreadable": Reason(
         Exit.FAILED, "`diff` could not read a directory or file of the root (I/O error)", "see dmesg; btrfs scrub"
     ),
+    "output-failed": Reason(
+        Exit.FAILED,
+        "stdout could not be written (a full disk behind a redirect, an I/O error); what the verb did is done",
+        "write it elsewhere",
+    ),
     "interrupted": Reason(
         Exit.FAILED, "stopped by SIGINT (Ctrl-C) before it ended", "rollback status; run it again to finish the job"
     ),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rollback import report
-from rollback.errors import Exit, Refused, StepFailed
+from rollback.errors import Exit, OutputFailed, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Mounts, Observation
 from rollback.plan import (
@@ -289,7 +289,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:
-            print("\n".join(plan.describe()) or "nothing to do")
+            _print("\n".join(plan.describe()) or "nothing to do")
             return Exit.OK
         plan = _execute_run(plan, config, obs, top, fields)
     if plan.skipped:
@@ -320,7 +320,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     with _observed(config, lock=not dry_run, lock_node=False) as (top, obs, unlock):
         plan = plan_cleanup(config, obs)
         if dry_run:
-            print("\n".join(plan.describe()) or "nothing to do")
+            _print("\n".join(plan.describe()) or "nothing to do")
             return Exit.OK
         if plan.steps:
             roots = sum(isinstance(step, Delete) for step in plan.steps)  # not the wait for the cleaner
@@ -339,7 +339,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
 def status(config: Config, *, as_json: bool) -> Exit:
     with _observed(config, lock=False) as (_top, obs, _unlock):
         found = report.status(config, obs)
-    print(_json(found) if as_json else "\n".join(report.status_lines(found)))
+    _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 
 
@@ -352,15 +352,14 @@ def diff(config: Config, *, as_json: bool) -> Exit:
         paths = report.diff(partial(walk, top), config, obs)
     if as_json:
         escaped = [report.escape(p) for p in paths]
-        print(
+        _print(
             _json(
                 {"subvolume": config.subvolume, "mode": config.mode, "count": len(paths), "paths": escaped},
                 indent=None,
             )
         )
-    elif sys.stdout is not None:  # closed (`>&-`): the list goes nowhere, as print()'s would
-        ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"
-        sys.stdout.writelines(report.escape(path, ascii_only=ascii_only) + "\n" for path in paths)
+    elif paths:
+        _print("\n".join(report.escape(path, ascii_only=_ascii_only()) for path in paths))
     return Exit.OK
 
 
@@ -378,7 +377,8 @@ def skip_next(config: Config) -> Exit:
                 "rollback status shows whether the next boot keeps the root; run skip-next again to be sure",
                 code=error.code,  # the same reason, with what it means here
             ) from None
-    print(f"the next boot keeps {config.subvolume} on {config.device} once")
+    said = f"the next boot keeps {config.subvolume} on {config.device} once"
+    _print(said, done=f"the mark is set ({said})")
     return Exit.OK
 
 
@@ -386,15 +386,50 @@ def show_config(config: Config, *, as_json: bool, ignored: tuple[str, ...] = ())
     """The settings and where each came from; `ignored`: kernel command line words read elsewhere only."""
     if as_json:
         sources = {key: source for key, _, source in describe(config)}  # keyed as the settings are (keep-days)
-        print(_json({"settings": as_dict(config), "sources": sources, "initrd_only": list(ignored)}))
+        _print(_json({"settings": as_dict(config), "sources": sources, "initrd_only": list(ignored)}))
     else:
         rows = describe(config)
         width = max(len(key) for key, _, _ in rows)  # the longest key (ignore-hibernation) sets the column
-        for key, value, source in rows:
-            print(f"{key:<{width}} {value!s:<28} ({source})")
+        lines = [f"{key:<{width}} {value!s:<28} ({source})" for key, value, source in rows]
         if ignored:
-            print(f"not read here, only in the initrd: {' '.join(ignored)}")
+            lines.append(f"not read here, only in the initrd: {' '.join(ignored)}")
+        _print("\n".join(lines))
     return Exit.OK
+
+
+def _ascii_only() -> bool:
+    """Whether stdout cannot carry every character (any encoding but UTF-8's)."""
+    encoding = (sys.stdout.encoding if sys.stdout is not None else None) or ""
+    return encoding.lower().replace("-", "").replace("_", "") != "utf8"
+
+
+def _print(text: str, *, done: str = "") -> None:
+    """`text` and a newline on stdout, flushed now. A line the stream's encoding cannot carry (a device
+    path not UTF-8, or not ASCII under PYTHONIOENCODING=ascii) is escaped as diff escapes paths
+    (report.escape), not a crash; a write that fails (a full disk behind a redirect, EIO) is reason
+    output-failed, whose message begins with `done`: what the verb did all the same (skip-next's mark).
+    A reader gone early (BrokenPipeError) is the exit boundary's (cli._with_settings): not an error."""
+    stream = sys.stdout
+    if stream is None:  # closed (`>&-`): the output goes nowhere, as print()'s would
+        return
+    encoding, errors = stream.encoding or "utf-8", stream.errors or "strict"
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        try:
+            line.encode(encoding, errors)
+        except UnicodeEncodeError:
+            lines[number] = report.escape(line, ascii_only=_ascii_only())
+    try:
+        stream.write("\n".join(lines) + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(
+            (f"{done}, but " if done else "") + f"stdout could not be written: {error.strerror or error}",
+            f"{'nothing to do about the mark; ' if done else ''}write the output elsewhere",
+            code="output-failed",
+        ) from None
 
 
 def _json(value: object, indent: int | None = 2) -> str:

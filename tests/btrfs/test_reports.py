@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import btrfsutil
@@ -10,6 +13,7 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import CRASH_AFTER_ENV, FAIL_AT_ENV, FAIL_ERRNO_ENV
+from tests.support.cli import rollback_argv
 from tests.support.disks import Disk, attached, parse_json
 from tests.support.layout import populate, sh
 
@@ -164,3 +168,61 @@ def test_skip_next_without_a_root_to_keep_is_refused(disk: Disk) -> None:
     assert refused.returncode == Exit.REFUSED and "reason=nothing-to-keep" in refused.stderr, refused.stderr
     assert disk.state() == before
     assert disk.rollback("run").returncode == Exit.OK
+
+
+PRINTING = [
+    ("status",),
+    ("status", "--json"),
+    ("diff",),
+    ("diff", "--json"),
+    ("config",),
+    ("config", "--json"),
+    ("skip-next",),
+    ("run", "--dry-run"),
+    ("cleanup", "--dry-run"),
+]
+# a device path each encoding cannot carry: non-ASCII for ascii, a byte that is not UTF-8 for strict utf-8
+ODD_DEVICE = {"ascii": ("disk-café", "disk-caf\\u00e9"), "utf-8": (os.fsdecode(b"disk-caf\xe9"), "disk-caf\\xe9")}
+
+
+def _mark_set(disk: Disk) -> bool:
+    return bool(parse_json(disk.rollback("status", "--json"))["skip_next"])
+
+
+@pytest.mark.parametrize("verb", PRINTING, ids=" ".join)
+def test_stdout_that_cannot_be_written_is_reason_output_failed(disk: Disk, verb: tuple[str, ...]) -> None:
+    """`> /dev/full`: exit 1 with reason output-failed naming the error, not an internal error; skip-next
+    says the mark is set (it is)."""
+    with disk.top() as top:
+        populate(top)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(disk.rollback_argv(*verb), stdout=full, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == Exit.FAILED, result.stderr
+    assert "reason=output-failed" in result.stderr and "No space left on device" in result.stderr, result.stderr
+    assert "internal" not in result.stderr and "Traceback" not in result.stderr
+    if verb == ("skip-next",):
+        assert "the mark is set" in result.stderr and _mark_set(disk)
+
+
+@pytest.mark.parametrize("verb", PRINTING, ids=" ".join)
+@pytest.mark.parametrize("encoding", sorted(ODD_DEVICE))
+def test_output_the_encoding_cannot_carry_is_escaped(
+    disk: Disk, tmp_path: Path, verb: tuple[str, ...], encoding: str
+) -> None:
+    """A device path stdout's encoding cannot carry (PYTHONIOENCODING): escaped as diff escapes paths,
+    exit 0; it was a UnicodeEncodeError, an internal error (skip-next's after setting the mark)."""
+    with disk.top() as top:
+        populate(top)
+    name, shown = ODD_DEVICE[encoding]
+    device = os.path.join(tmp_path, name)
+    os.symlink(disk.device, device)
+    argv = rollback_argv(*verb, device=device)
+    result = subprocess.run(argv, capture_output=True, env={**os.environ, "PYTHONIOENCODING": encoding})
+    assert result.returncode == Exit.OK, result.stderr.decode(errors="replace")
+    out = result.stdout.decode(encoding)  # strictly: what was written is that encoding's
+    if verb in (("status",), ("config",), ("skip-next",)):
+        assert shown in out, out
+    if verb[-1] == "--json":
+        json.loads(out)
+    if verb == ("skip-next",):
+        assert _mark_set(disk)

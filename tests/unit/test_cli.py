@@ -331,3 +331,26 @@ def test_a_value_of_two_dashes_is_a_usage_error(capsys: pytest.CaptureFixture[st
     assert code == Exit.USAGE and out == "", err
     assert f"argument {flag}: expected one argument, got '--'" in err and "reason=usage" in err, err
     assert "Traceback" not in err and "internal" not in err
+
+
+@pytest.mark.parametrize("as_json", [(), ("--json",)], ids=["text", "json"])
+def test_config_output_that_cannot_be_written_is_reason_output_failed(as_json: tuple[str, ...]) -> None:
+    """`rollback config > /dev/full` was `internal error: OSError(28)` (tests/btrfs/test_reports.py: every
+    printing verb)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(rollback_argv("config", *as_json), stdout=full, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == Exit.FAILED
+    assert "reason=output-failed" in result.stderr and "No space left on device" in result.stderr, result.stderr
+    assert "internal" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("encoding", "device", "shown"),
+    [("ascii", "/dev/disk-café", "/dev/disk-caf\\u00e9"), ("utf-8", os.fsdecode(b"/dev/caf\xe9"), "/dev/caf\\xe9")],
+)
+def test_config_output_the_encoding_cannot_carry_is_escaped(encoding: str, device: str, shown: str) -> None:
+    result = subprocess.run(
+        rollback_argv("config", device=device), capture_output=True, env={**os.environ, "PYTHONIOENCODING": encoding}
+    )
+    assert result.returncode == Exit.OK, result.stderr.decode(errors="replace")
+    assert shown in result.stdout.decode(encoding)

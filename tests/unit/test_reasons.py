@@ -11,11 +11,23 @@ from pathlib import Path
 import pytest
 
 from rollback import cli, reasons
-from rollback.errors import KIND, MEANING, ConfigError, Exit, ReadFailed, Refused, RollbackError, StepFailed
+from rollback.errors import (
+    KIND,
+    MEANING,
+    ConfigError,
+    Exit,
+    OutputFailed,
+    ReadFailed,
+    Refused,
+    RollbackError,
+    StepFailed,
+)
 from rollback.events import EVENTS
 
 ROOT = Path(__file__).parents[2]
-CLASSES: dict[str, type[RollbackError]] = {c.__name__: c for c in (ConfigError, Refused, StepFailed, ReadFailed)}
+CLASSES: dict[str, type[RollbackError]] = {
+    c.__name__: c for c in (ConfigError, Refused, StepFailed, ReadFailed, OutputFailed)
+}
 
 
 def raised() -> list[tuple[str, str, str]]:
