@@ -74,6 +74,7 @@ class Observation:
     mounted_paths: Mapping[str, str] = field(default_factory=dict)  # path -> a mount on it (any filesystem)
     skip_mark: bool = False  # .rollback/skip-next exists (as anything, a dangling symlink too)
     skip_mark_regular: bool = True  # ... and is a regular file (lstat: a symlink is not)
+    skip_mark_for: int | None = None  # the subvolume id skip-next wrote in it (None: any, an empty or older mark)
     empty: frozenset[str] = frozenset()  # paths of interest that are empty directories
     pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
     immutable: frozenset[str] = frozenset()  # chattr +i or +a on its top directory ("" is the top level)

@@ -111,12 +111,13 @@ class Unlock:
 
 @dataclass(frozen=True)
 class WriteMark:
-    """Create the skip-next mark file."""
+    """Create the skip-next mark file, naming the subvolume (by id) whose next boot keeps it."""
 
     path: str
+    subvolume_id: int
 
     def describe(self) -> str:
-        return f"write mark {self.path}"
+        return f"write mark {self.path} (for subvolume id {self.subvolume_id})"
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     """The run's steps. `make_room` (after the first change found no space, and nothing changed): the
     archived roots retention prunes this run are deleted first, straight from the archive, like the
     trash's leftovers; they went anyway, and without them nothing of rollback's would free space."""
-    if obs.skip_mark:
+    if mark_applies(config, obs):
         check_mark(obs)
         _check_mark_is_for_a_boot(config, obs)
         # committed: a power cut right after would otherwise bring the mark back, and skip a second boot
@@ -237,7 +238,8 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     steps += deletes if config.deletes_at_boot else ()
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
-    return _checked(Plan(tuple(steps), warnings=_clock_behind(config, obs) + _quota_left(quota, target)), obs)
+    warnings = _other_roots_mark(config, obs) + _clock_behind(config, obs) + _quota_left(quota, target)
+    return _checked(Plan(tuple(steps), warnings=warnings), obs)
 
 
 def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:
@@ -325,7 +327,30 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
     _check_target(config.subvolume, obs)
     check_mark(obs)
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
-    return _checked(Plan((*steps, WriteMark(SKIP_MARK), Commit())), obs)
+    root = obs.get(config.subvolume)
+    assert root is not None  # a subvolume there: _check_target
+    return _checked(Plan((*steps, WriteMark(SKIP_MARK, root.id), Commit())), obs)
+
+
+def mark_applies(config: Config, obs: Observation) -> bool:
+    """Whether the skip-next mark is for this run's root: the subvolume skip-next was run for, by id. A
+    run for another (the subvolume setting changed since: an edited config, an initramfs not rebuilt, a
+    second root on the filesystem) leaves it, else it used up the mark and the next boot replaced the
+    root the user meant to keep. A mark without an id (written by hand, or before marks had one) is any
+    root's."""
+    if not obs.skip_mark:
+        return False
+    root = obs.get(config.subvolume)
+    return obs.skip_mark_for is None or (root is not None and root.id == obs.skip_mark_for)
+
+
+def _other_roots_mark(config: Config, obs: Observation) -> tuple[str, ...]:
+    if not obs.skip_mark or mark_applies(config, obs):
+        return ()
+    return (
+        f"the skip-next mark is for subvolume id {obs.skip_mark_for}, not {names.shown(config.subvolume)}: "
+        "it is left for that subvolume's boot, and this one is replaced",
+    )
 
 
 def paths_of_interest(config: Config) -> list[str]:

@@ -8,6 +8,7 @@ from typing import NotRequired, TypedDict
 
 from rollback import names
 from rollback.model import TRASH_DIR, Examined, Kind, Observation
+from rollback.plan import mark_applies
 from rollback.settings import Config
 
 
@@ -64,7 +65,8 @@ class Status(TypedDict):
     archive: ArchiveReport | None  # when old roots are kept
     protected: list[ProtectedReport]
     pending: PendingReport
-    skip_next: bool
+    skip_next: bool  # the mark is set for this root: the next boot keeps it
+    skip_next_for: int | None  # the subvolume id a mark names (None: none set, or one for any root)
     skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
     mounted: dict[str, str]  # subvolume id -> where
 
@@ -111,8 +113,9 @@ def status(config: Config, obs: Observation) -> Status:
             if names.basename(s.path) in protected
         ],
         "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
-        "skip_next": obs.skip_mark,
-        "skip_next_refused": _mark_refused(config, obs) if obs.skip_mark else None,
+        "skip_next": mark_applies(config, obs),
+        "skip_next_for": obs.skip_mark_for if obs.skip_mark else None,
+        "skip_next_refused": _mark_refused(config, obs) if mark_applies(config, obs) else None,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
     }
 
@@ -169,6 +172,8 @@ def status_lines(report: Status) -> list[str]:
         "deleted subvolume(s) awaiting the kernel cleaner"
     )
     mark = "set (the next boot keeps the root once)" if report["skip_next"] else "not set"
+    if not report["skip_next"] and report["skip_next_for"] is not None:
+        mark = f"set for subvolume id {report['skip_next_for']}, not this root: the next boot replaces it"
     if report["skip_next_refused"]:
         mark = f"set, but the next run refuses: {report['skip_next_refused']}"
     lines.append(f"skip-next:  {mark}")
@@ -213,7 +218,7 @@ def diff(walk: Walk, config: Config, obs: Observation) -> list[str]:
     (persisted bind mounts) are not in the way; nested subvolumes are included.
     In snapshot mode, what the blank snapshot holds unchanged is not counted.
     """
-    if obs.kind(config.subvolume) is not Kind.SUBVOLUME or obs.skip_mark:
+    if obs.kind(config.subvolume) is not Kind.SUBVOLUME or mark_applies(config, obs):
         return []
     kept: dict[str, Signature] = {}
     if config.from_blank and obs.kind(config.blank) is Kind.SUBVOLUME:

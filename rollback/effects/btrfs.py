@@ -11,7 +11,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import assert_never
@@ -288,6 +288,7 @@ def observe(
         mounted_paths=dict(mounted.paths),
         skip_mark=mark is not Kind.MISSING,
         skip_mark_regular=mark is not Kind.OTHER or mark_regular,
+        skip_mark_for=_mark_for(top / SKIP_MARK) if mark_regular else None,
         pending_cleanup=tuple(btrfsutil.deleted_subvolumes(str(top))),
         immutable=frozenset(p for p in {"", *dirs, *entries} if _pinned(top / p))
         | frozenset(p for p in [SKIP_MARK] if mark_regular and _pinned_file(top / p)),
@@ -318,7 +319,7 @@ def execute(step: Step, top: Path) -> None:
     elif isinstance(step, Commit):
         btrfsutil.sync(str(top))
     elif isinstance(step, WriteMark):
-        _write_mark(top, step.path)
+        _write_mark(top, step.path, step.subvolume_id)
     elif isinstance(step, RemoveMark):
         with _in_state_dir(top, step.path) as (where, name):
             os.unlink(name, dir_fd=where)
@@ -336,12 +337,36 @@ def _create_root(path: Path) -> None:
         os.umask(previous)
 
 
-def _write_mark(top: Path, path: str) -> None:
-    """An empty file: its name is the mark. One create, which btrfs refuses before altering anything
-    when there is no room; text written after it could fail and leave an empty mark that still counts,
-    under a message saying nothing changed."""
+def _write_mark(top: Path, path: str, subvolume_id: int) -> None:
+    """The mark, naming the subvolume it is for: written under another name, then renamed over the
+    mark's, so that a failure (no room for the text) leaves the mark as it was, set or not, never an
+    empty one (which counts for any root) under a message saying nothing changed."""
     with _in_state_dir(top, path) as (where, name):
-        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=where))
+        draft = f".{name}.new"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=where)
+        try:
+            try:
+                os.write(fd, f"{subvolume_id}\n".encode())
+            finally:
+                os.close(fd)
+            os.rename(draft, name, src_dir_fd=where, dst_dir_fd=where)
+        except OSError:
+            with suppress(OSError):
+                os.unlink(draft, dir_fd=where)
+            raise
+
+
+def _mark_for(path: Path) -> int | None:
+    """The subvolume id a mark names (the caller checked it is a regular file); None: any root's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 64).strip()
+    finally:
+        os.close(fd)
+    return int(text) if text.isdigit() else None
 
 
 @contextmanager

@@ -230,6 +230,46 @@ def test_a_mark_is_not_used_up_by_a_run_on_the_running_root(
     }
 
 
+def test_a_mark_is_used_only_by_the_root_it_was_set_for(disk: Disk, tmp_path: Path) -> None:
+    """skip-next for `root`, then a boot for another subvolume (a second boot entry, an edited config, an
+    initramfs not rebuilt with it): that boot used the mark up, and the next boot of `root` replaced the
+    root the user meant to keep (found by a sequence fuzzer). Now the other boot rolls its own root
+    back as usual, says why the mark is left, and `root`'s boot keeps it."""
+    setup(disk, lambda top: btrfsutil.create_subvolume(str(top / "other")))
+    with disk.top() as top:
+        (top / "root" / "keep-me").write_text("the user's\n")
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    shown = json.loads(disk.rollback("status", "--json", "--subvolume", "other").stdout)
+    assert shown["skip_next"] is False and shown["skip_next_for"] is not None
+    other = disk.rollback("run", "--subvolume", "other")
+    assert other.returncode == Exit.OK, other.stderr
+    assert "the skip-next mark is for subvolume id" in other.stderr and "kind=warning" in other.stderr
+    kept = disk.rollback("run")
+    assert kept.returncode == Exit.SKIPPED, kept.stderr
+    with disk.top() as top:
+        assert (top / "root" / "keep-me").read_text() == "the user's\n"
+    assert disk.rollback("run").returncode == Exit.OK  # used up by its own root's boot
+
+
+def test_a_mark_for_a_root_that_is_not_there_leaves_no_boot_without_a_root(disk: Disk) -> None:
+    """The subvolume setting changed to one that does not exist yet: the boot took the mark ("kept")
+    and had no root to mount. It makes the root, as a first run does."""
+    setup(disk, lambda top: None)
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    result = disk.rollback("run", "--subvolume", "@")
+    assert result.returncode == Exit.OK and "@ created (none was there)" in result.stderr, result.stderr
+    assert "@" in disk.state().subvolume_paths()
+
+
+def test_a_mark_without_a_subvolume_id_is_any_roots(disk: Disk) -> None:
+    """A mark written by hand, or by a version before marks named their root: kept as it was read."""
+    setup(disk, lambda top: None)
+    with disk.top() as top:
+        (top / ".rollback").mkdir()
+        (top / ".rollback" / "skip-next").write_text("")
+    assert disk.rollback("run").returncode == Exit.SKIPPED
+
+
 def _old_entries(top: Path) -> None:
     """An archived root due for pruning and a trash leftover, each with a directory to mount on."""
     for holder in ("old", ".rollback/trash"):
@@ -413,7 +453,7 @@ def test_a_damaged_filesystem_while_observing_is_refused(disk: Disk, verb: str, 
     assert disk.state() == before
 
 
-@pytest.mark.parametrize("step", [WriteMark(SKIP_MARK), RemoveMark(SKIP_MARK)], ids=["write", "remove"])
+@pytest.mark.parametrize("step", [WriteMark(SKIP_MARK, 256), RemoveMark(SKIP_MARK)], ids=["write", "remove"])
 def test_the_mark_is_never_written_or_removed_through_a_swapped_in_link(tmp_path: Path, step: Step) -> None:
     """The plan refuses a `.rollback` that is a symbolic link; one swapped in after it looked (a race)
     fails the step instead of reaching through (the executor opens `.rollback` O_NOFOLLOW)."""

@@ -389,7 +389,10 @@ def test_skip_next_refuses_without_a_root_to_keep(obs: dict[str, list[str]], cod
 
 
 def test_skip_next_commits_its_mark() -> None:
-    assert plan_skip_next(config(), observe(LAYOUT)).steps[-2:] == (WriteMark(SKIP_MARK), Commit())
+    obs = observe(LAYOUT)
+    root = obs.get("root")
+    assert root is not None
+    assert plan_skip_next(config(), obs).steps[-2:] == (WriteMark(SKIP_MARK, root.id), Commit())
 
 
 @pytest.mark.parametrize(
