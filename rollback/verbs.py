@@ -60,6 +60,14 @@ def _observed(
         try:
             found = btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
         except OSError as error:
+            if error.errno == errno.ENAMETOOLONG:
+                raise Refused(
+                    f"a subvolume on {dev} lies deeper than the kernel's path lookups reach (its path from the "
+                    "top level is over 4 KiB): it cannot be listed, nor deleted by path",
+                    "find it (the deepest directories in the root or the trash) and move it, or what holds it, "
+                    "higher up by hand; nothing was changed",
+                    code="too-deep",
+                ) from None
             if error.errno not in _DAMAGED:
                 raise
             raise Refused(

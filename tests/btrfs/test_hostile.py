@@ -526,3 +526,50 @@ def test_keep_min_zero_lets_age_prune_everything_old(clocked: Disk) -> None:
     _boots(clocked, 3)
     _boots(clocked, 1, "--keep-days", "30", "--keep-min", "0", clock="+1825d")
     assert len(_archived(clocked)) == 1  # only the root archived just now
+
+
+def _deep_subvolume(top: Path, under: str, levels: int) -> None:
+    """A subvolume below `levels` directories of 200 characters inside `under`: its path from the top
+    level is longer than the 4080 bytes the kernel's inode lookup returns. Made one directory at a
+    time (no path that long passes a system call)."""
+    fd = os.open(top / under, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(levels):
+            name = f"{level:03d}" + "d" * 197
+            os.mkdir(name, dir_fd=fd)
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        btrfsutil.create_subvolume(f"/proc/self/fd/{fd}/deep")
+    finally:
+        os.close(fd)
+
+
+def _device_written(image: Path) -> bytes:
+    """The superblock's generation and tree roots: any commit moves them."""
+    with image.open("rb") as handle:
+        return os.pread(handle.fileno(), 0x20, 0x10000 + 0x48)
+
+
+@pytest.mark.parametrize("cleanup", [(), ("--cleanup", "after-boot")], ids=["delete-at-boot", "after-boot"])
+@pytest.mark.parametrize("verb", ["run", "status"])
+def test_a_subvolume_deeper_than_the_kernels_lookups_is_refused_not_an_internal_error(
+    disk: Disk, verb: str, cleanup: tuple[str, ...]
+) -> None:
+    """Listing it fails with ENAMETOOLONG: exit 1 `internal` at every boot (found by a reviewer). A
+    refusal that names it, nothing written (a deleting run lists the root whole; an after-boot run
+    lists what is in the trash whole: here the same tree, moved there by hand)."""
+    with disk.top() as top:
+        populate(top)
+        holder = "root"
+        if cleanup:
+            (top / ".rollback" / "trash").mkdir(parents=True)
+            btrfsutil.create_subvolume(str(top / ".rollback" / "trash" / "20200101T000000Z"))
+            holder = ".rollback/trash/20200101T000000Z"
+        _deep_subvolume(top, holder, 21)
+        btrfsutil.sync(str(top))
+    before = _device_written(disk.workdir / "disk.img")
+    result = disk.rollback(verb, *cleanup)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=too-deep" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert _device_written(disk.workdir / "disk.img") == before
