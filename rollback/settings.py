@@ -388,6 +388,13 @@ def _check_overlaps(config: Config) -> None:
             "the target cannot be protected",
             code="conflict",
         )
+    if config.archive and names.basename(config.archive) in protected:
+        raise ConfigError(
+            f"the archive {config.archive!r} has a protected name",
+            "archived roots would be moved into a protected subvolume, and any other subvolume there refused "
+            "as foreign at every boot: choose another archive (e.g. old_roots, or persist/old_roots)",
+            code="conflict",
+        )
 
 
 def describe(config: Config) -> list[tuple[str, str, str]]:

@@ -84,6 +84,9 @@ def test_describe_lists_every_setting_with_its_source() -> None:
         ({"archive": "old", "subvolume": "old/root"}, "conflict"),
         ({"mode": "snapshot", "blank": "root"}, "conflict"),
         ({"subvolume": "persist"}, "conflict"),
+        ({"archive": "persist"}, "conflict"),  # roots moved into a protected subvolume
+        ({"archive": "backups/nix/"}, "conflict"),
+        ({"archive": "home", "protect": ("home",)}, "conflict"),
     ],
 )
 def test_invalid_settings(layer: dict[str, object], code: str) -> None:
