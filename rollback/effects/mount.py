@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +83,14 @@ def top_level(device: str) -> Iterator[Path]:
                 "add rollback.skip)",
                 code="mount-failed",
             )
+        if _read_only_device(device):  # btrfs's EIO there: "log replay required on RO media"
+            raise Refused(
+                f"cannot mount {device}: {os.strerror(errno)}: the device is read-only, and a filesystem "
+                "with its log to replay (after an unclean shutdown) cannot be mounted from it",
+                "make the device writable (blockdev --setrw; a loop device attached without -r), or look at "
+                "it by hand with mount -o ro,rescue=nologreplay",
+                code="read-only",
+            )
         raise Refused(
             f"cannot mount {device}: {os.strerror(errno)}",
             "check the device with btrfs check --readonly; see dmesg",
@@ -91,6 +101,24 @@ def top_level(device: str) -> Iterator[Path]:
     finally:
         if _libc.umount2(os.fsencode(where), 0) != 0:
             _libc.umount2(os.fsencode(where), _MNT_DETACH)
+
+
+_BLKROGET = 0x125E  # _IO(0x12, 94): int, whether the block device is read-only
+
+
+def _read_only_device(device: str) -> bool:
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        answer = bytearray(4)
+        fcntl.ioctl(fd, _BLKROGET, answer)
+        return bool(int.from_bytes(answer, sys.byteorder))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def make_writable(top: Path) -> None:

@@ -573,3 +573,36 @@ def test_a_subvolume_deeper_than_the_kernels_lookups_is_refused_not_an_internal_
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=too-deep" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert _device_written(disk.workdir / "disk.img") == before
+
+
+@pytest.mark.parametrize("verb", [("status",), ("run",), ("cleanup",), ("skip-next",)])
+def test_a_read_only_device_whose_log_must_be_replayed_is_refused_as_read_only(
+    tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    """After an unclean shutdown (an fsync'd write in the log tree), a device attached read-only cannot
+    be mounted ("log replay required on RO media", EIO): it was `mount-failed`, "btrfs check
+    --readonly", which finds nothing wrong (found by an adversarial tester). Said as read-only."""
+    (tmp_path / "live").mkdir()
+    with single_disk(tmp_path / "live", 512 << 20) as live:
+        sh("mount", "-o", "commit=300", live.device, str(live.mnt))
+        try:
+            populate(live.mnt)
+            btrfsutil.sync(str(live.mnt))
+            fd = os.open(live.mnt / "root" / "fsynced", os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, b"in the log tree only\n")
+            os.fsync(fd)
+            os.close(fd)
+            sh("cp", "--sparse=always", str(live.workdir / "disk.img"), str(tmp_path / "crashed.img"))  # a power cut
+        finally:
+            sh("umount", str(live.mnt))
+    before = sha256((tmp_path / "crashed.img").read_bytes()).digest()
+    read_only = sh("losetup", "-r", "-f", "--show", str(tmp_path / "crashed.img"))
+    try:
+        result = subprocess.run(
+            Disk(read_only, tmp_path / "top", tmp_path).rollback_argv(*verb), capture_output=True, text=True
+        )
+    finally:
+        sh("losetup", "-d", read_only)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=read-only" in result.stderr and "the device is read-only" in result.stderr, result.stderr
+    assert sha256((tmp_path / "crashed.img").read_bytes()).digest() == before
