@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rollback import report
+from rollback import names, report
 from rollback.errors import Exit, OutputFailed, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Mounts, Observation
@@ -21,6 +22,7 @@ from rollback.plan import (
     Plan,
     Reclaim,
     Rename,
+    Step,
     bounds,
     holders,
     paths_of_interest,
@@ -83,10 +85,17 @@ def _observed(
 _DAMAGED = {errno.EIO, errno.EUCLEAN}
 
 
-def _execute(plan: Plan, top: Path, fields: dict[str, Any], unlock: Callable[[], None] | None = None) -> None:
+def _execute(
+    plan: Plan,
+    top: Path,
+    fields: dict[str, Any],
+    unlock: Callable[[], None] | None = None,
+    recheck: Callable[[Step], None] | None = None,
+) -> None:
     """Carry out the plan's steps in order: the first write to the device happens here. With `unlock`,
     the lock is released once only waits for the kernel's cleaner are left (they change nothing: the
-    cleanup's wait of up to an hour would refuse skip-next and a manual run as `locked` meanwhile)."""
+    cleanup's wait of up to an hour would refuse skip-next and a manual run as `locked` meanwhile).
+    `recheck` is called before each step, and may stop the run (StepFailed)."""
     from rollback.effects import btrfs, mount
 
     mount.make_writable(top)
@@ -99,6 +108,8 @@ def _execute(plan: Plan, top: Path, fields: dict[str, Any], unlock: Callable[[],
                 os.environ[FAIL_AT_ENV] = later  # once: a plan made after this failure runs on
                 code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or 0) or errno.EIO
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
+            if recheck:
+                recheck(step)
             btrfs.execute(step, top)
         except OSError as error:
             undone, restored = _put_back(plan, number, top, fields)
@@ -333,7 +344,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
         if plan.steps:
             roots = sum(isinstance(step, Delete) for step in plan.steps)  # not the wait for the cleaner
             emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
-            _execute(plan, top, fields, unlock)
+            _execute(plan, top, fields, unlock, partial(_as_checked, config, obs, top))
     emit(
         "finished",
         f"trash emptied, {plan.deleted} subvolume(s) deleted" if plan.steps else "the trash is empty: nothing to do",
@@ -344,6 +355,29 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     return Exit.OK
 
 
+def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None:
+    """Before a cleanup deletes a trash entry: it holds exactly the subvolumes the checks saw, none of
+    them mounted. The cleanup runs on the live system, at idle priority, with a wait of up to an hour:
+    meanwhile a subvolume can be moved into an entry (mv /persist there) or one of its subvolumes
+    mounted (yesterday's root, to fetch a file), and the recursive delete takes what is there."""
+    from rollback.effects import btrfs, device
+
+    if not isinstance(step, Delete):
+        return
+    planned = {s.id for s in obs.tree(step.path)}
+    now = btrfs.ids_within(top, step.path)
+    mounted = device.mounts(str(top), device.probe(config.require_device()))
+    busy = sorted(now & mounted.subvolumes.keys()) + [p for p in mounted.paths if names.is_within(p, step.path)]
+    if now != planned or busy:
+        what = f"subvolume(s) {sorted(now - planned)} moved in" if now - planned else f"mounted: {busy[0]}"
+        raise StepFailed(
+            f"{step.describe()}: {names.shown(step.path)} changed since the checks ({what}): not deleted",
+            "rollback cleanup checks it again (rollback status shows what is mounted); move what belongs "
+            "elsewhere back",
+            code="step-failed",
+        )
+
+
 def status(config: Config, *, as_json: bool) -> Exit:
     with _observed(config, lock=False) as (_top, obs, _unlock):
         found = report.status(config, obs)
@@ -352,8 +386,6 @@ def status(config: Config, *, as_json: bool) -> Exit:
 
 
 def diff(config: Config, *, as_json: bool) -> Exit:
-    from functools import partial
-
     from rollback.effects.walk import walk
 
     with _observed(config, lock=False) as (top, obs, _unlock):

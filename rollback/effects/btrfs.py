@@ -48,6 +48,12 @@ def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
     return tuple(Subvol(i, os.fsdecode(path)) for path, i in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID))
 
 
+def ids_within(top: Path, path: str) -> set[int]:
+    """The ids of the subvolume at `path` and of every subvolume nested in it, now."""
+    where = str(top / path)
+    return {btrfsutil.subvolume_id(where)} | {i for _, i in btrfsutil.SubvolumeIterator(where)}
+
+
 def list_bounded(top: Path, shallow: Callable[[str], bool], named: Collection[str]) -> tuple[Subvol, ...]:
     """Every subvolume, except that inside a subvolume `shallow` calls (plan.only_moved) only those
     whose name is one of `named` are listed, at any depth (the protected names: the check must see

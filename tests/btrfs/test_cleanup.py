@@ -232,3 +232,42 @@ def test_the_cleanup_runs_at_idle_priority() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.split() == ["True", "idle"], result.stderr
+
+
+@pytest.mark.parametrize("change", ["moved-in", "mounted"])
+def test_an_entry_changed_while_the_cleanup_ran_is_not_deleted(disk: Disk, tmp_path: Path, change: str) -> None:
+    """The cleanup checks once, then deletes entry after entry (idle priority, a wait of up to an hour).
+    Meanwhile `persist` moved into an entry (a slip of mv), or a subvolume of one mounted (yesterday's
+    root, to fetch a file): the recursive delete took them, under their mount too (found by a reviewer).
+    Each entry is compared with what the checks saw just before its delete: not deleted, exit 1, and
+    the next cleanup refuses or goes on as its checks say."""
+    with disk.top() as top:
+        populate(top)
+        (top / ".rollback" / "trash").mkdir(parents=True)
+        for entry in ("20200101T000000Z", "20200102T000000Z"):
+            sh("btrfs", "subvolume", "create", str(top / ".rollback" / "trash" / entry))
+        sh("btrfs", "subvolume", "create", str(top / ".rollback" / "trash" / "20200102T000000Z" / "var"))
+        (top / "persist" / "data").write_text("the machine's own\n")
+    cleanup = _stopped_cleanup(disk)  # after deleting the first entry
+    later = ".rollback/trash/20200102T000000Z"
+    live = tmp_path / "live"
+    live.mkdir()
+    try:
+        with disk.top() as top:
+            if change == "moved-in":
+                os.rename(top / "persist", top / later / "persist")
+            else:
+                sh("mount", "-o", f"subvol={later}/var", disk.device, str(live))
+        cleanup.send_signal(signal.SIGCONT)
+        _, err = cleanup.communicate(timeout=120)
+        assert cleanup.returncode == Exit.FAILED, err
+        assert "changed since the checks" in err and "reason=step-failed" in err, err
+        with disk.top() as top:
+            assert (top / later).is_dir()
+            if change == "moved-in":
+                assert (top / later / "persist" / "data").read_text() == "the machine's own\n"
+                os.rename(top / later / "persist", top / "persist")
+    finally:
+        subprocess.run(["umount", str(live)], capture_output=True)
+    assert disk.rollback("cleanup").returncode == Exit.OK
+    assert "persist" in disk.state().subvolume_paths()
