@@ -19,7 +19,8 @@ class Exit(enum.IntEnum):
 MEANING: dict[Exit, str] = {
     Exit.OK: "success",
     Exit.FAILED: "failed after changes began (the device is consistent; the next run finishes the job), "
-    "a reporting verb could not read the device, or an internal error",
+    "`diff` could not read a file of the root (`tree-unreadable`), stdout could not be written "
+    "(`output-failed`), interrupted, or an internal error; a device that cannot be read at all is refused (3)",
     Exit.USAGE: "usage or configuration error (flags, config file, kernel command line); nothing touched",
     Exit.REFUSED: "refused: a safety check failed, or no room for the first change (or for the new root, the "
     "old one moved back); the device was left as it was, the old root in use",
