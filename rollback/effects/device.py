@@ -233,7 +233,10 @@ def _through(source: str, members: set[int]) -> bool:
 
 
 def _where(mount_point: str, pid: int | None) -> str:
-    return mount_point if pid is None else f"{mount_point} (mount namespace of PID {pid})"
+    """A mount point as messages show it: quoted and escaped when a space, a newline or another
+    unprintable character would break the one-line event or hide where it ends."""
+    shown = _named(mount_point)
+    return shown if pid is None else f"{shown} (mount namespace of PID {pid})"
 
 
 _TWIN_HINT = (

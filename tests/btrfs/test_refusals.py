@@ -270,6 +270,22 @@ def test_a_mark_without_a_subvolume_id_is_any_roots(disk: Disk) -> None:
     assert disk.rollback("run").returncode == Exit.SKIPPED
 
 
+@pytest.mark.parametrize("name", ["live\nroot", "live root", "live\troot", "live\udcffroot"])
+def test_a_mount_point_with_an_unprintable_name_is_shown_escaped(disk: Disk, tmp_path: Path, name: str) -> None:
+    """The refusal names where the root is mounted: a newline there broke the one-line event in two, a
+    space hid where the path ends (found by an adversarial tester)."""
+    setup(disk, lambda top: None)
+    live = tmp_path / name
+    live.mkdir()
+    sh("mount", "-o", "subvol=root", disk.device, str(live))
+    try:
+        said = refused(disk)
+    finally:
+        sh("umount", str(live))
+    line = next(line for line in said.splitlines() if "reason=mounted" in line)
+    assert "'root' is mounted at '" in line and "live" in line and "root (" not in line, said
+
+
 def _old_entries(top: Path) -> None:
     """An archived root due for pruning and a trash leftover, each with a directory to mount on."""
     for holder in ("old", ".rollback/trash"):
