@@ -68,6 +68,7 @@ class Status(TypedDict):
     skip_next: bool  # the mark is set for this root: the next boot keeps it
     skip_next_for: int | None  # the subvolume id a mark names (None: none set, or one for any root)
     skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
+    next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
     mounted: dict[str, str]  # subvolume id -> where
 
 
@@ -99,6 +100,7 @@ def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
 def status(config: Config, obs: Observation) -> Status:
     blank = obs.get(config.blank)
     protected = {names.basename(p) for p in config.protect}
+    refused = _boot_refused(config, obs)
     return {
         "device": config.device,
         "default_subvolume_id": obs.default_id,
@@ -115,21 +117,23 @@ def status(config: Config, obs: Observation) -> Status:
         "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
         "skip_next": mark_applies(config, obs),
         "skip_next_for": obs.skip_mark_for if obs.skip_mark else None,
-        "skip_next_refused": _mark_refused(config, obs) if mark_applies(config, obs) else None,
+        "skip_next_refused": refused if mark_applies(config, obs) else None,
+        "next_boot_refused": refused,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
     }
 
 
-def _mark_refused(config: Config, obs: Observation) -> str | None:
-    """Why the next run refuses to remove the mark, as that run decides it (its plan), or None. That run
-    is the boot's: what is mounted now (the running root) is not mounted then."""
+def _boot_refused(config: Config, obs: Observation) -> str | None:
+    """Why the next boot's run would refuse, as that run decides it (its plan: with the mark set, only
+    removing it, after its checks), or None. That run is the boot's: what is mounted now (the running
+    root, what is mounted inside it) is not mounted then."""
     from dataclasses import replace
 
     from rollback.errors import Refused
     from rollback.plan import plan_run
 
     try:
-        plan_run(config, replace(obs, mounted={}))  # with the mark set, the run only removes it, after its checks
+        plan_run(config, replace(obs, mounted={}, mounted_paths={}))
     except Refused as refused:
         return f"{refused.reason} (reason {refused.code})"
     return None
@@ -177,6 +181,8 @@ def status_lines(report: Status) -> list[str]:
     if report["skip_next_refused"]:
         mark = f"set, but the next run refuses: {report['skip_next_refused']}"
     lines.append(f"skip-next:  {mark}")
+    if report["next_boot_refused"] and not report["skip_next_refused"]:
+        lines.append(f"next boot:  REFUSED: {report['next_boot_refused']}")
     for subvol_id, where in report["mounted"].items():
         lines.append(f"mounted:    subvolume id {subvol_id} at {where}")
     return lines

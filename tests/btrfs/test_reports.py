@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import btrfsutil
@@ -226,3 +227,34 @@ def test_output_the_encoding_cannot_carry_is_escaped(
         json.loads(out)
     if verb == ("skip-next",):
         assert _mark_set(disk)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda top: btrfsutil.create_subvolume(str(top / ".rollback")), ".rollback exists but is not a plain"),
+        (lambda top: btrfsutil.create_subvolume(str(top / "root" / "var" / "persist")), "protected subvolume"),
+        (lambda top: btrfsutil.set_default_subvolume(str(top / "root")), "is the default subvolume"),
+    ],
+)
+def test_status_says_when_the_next_boot_would_refuse(
+    disk: Disk, tmp_path: Path, change: Callable[[Path], None], said: str
+) -> None:
+    """status, on the running system (the root mounted: not a reason at boot), says what the next boot's
+    run would refuse, as that run decides it; it said nothing of most refusals (found by an
+    adversarial tester)."""
+    with disk.top() as top:
+        populate(top)
+        change(top)
+    live = tmp_path / "live"
+    live.mkdir()
+    sh("mount", "-o", "subvol=root", disk.device, str(live))
+    try:
+        shown = disk.rollback("status")
+        as_json = json.loads(disk.rollback("status", "--json").stdout)
+    finally:
+        sh("umount", str(live))
+    assert shown.returncode == Exit.OK, shown.stderr
+    assert "next boot:  REFUSED: " in shown.stdout and said in shown.stdout, shown.stdout
+    assert said in as_json["next_boot_refused"]
+    assert said in disk.rollback("run").stderr  # what the boot then says
