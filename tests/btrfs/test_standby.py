@@ -147,8 +147,9 @@ FAKE_EARLY = (  # the protocol of rollback/effects/standby.py, with a run of arg
     "d, seconds, code = sys.argv[1], float(sys.argv[2]), sys.argv[3]; os.makedirs(d)\n"
     "for n in ('go', 'wake'): os.mkfifo(f'{d}/{n}')\n"
     "go, wake = (os.open(f'{d}/{n}', os.O_RDWR) for n in ('go', 'wake'))\n"
-    "open(f'{d}/argv', 'w').write('x\\0')\n"
-    "open(f'{d}/pid', 'w').write(f'{os.getpid()}\\n')\n"
+    "def publish(n, text):\n"  # as rollback/effects/standby.py does: complete, or not there
+    "    open(f'{d}/{n}.new', 'w').write(text); os.rename(f'{d}/{n}.new', f'{d}/{n}')\n"
+    "publish('argv', 'x\\0'); publish('pid', f'{os.getpid()}\\n')\n"
     "os.read(go, 64); os.unlink(f'{d}/pid')\n"
     "time.sleep(seconds)\n"
     "open(f'{d}/status.new', 'w').write(f'{code}\\n'); os.rename(f'{d}/status.new', f'{d}/status')\n"
@@ -161,8 +162,12 @@ FALLBACK = ("sh", "-c", "exit 99", "x")  # the trigger's own command: it must ne
 def fake_early(directory: Path, seconds: float, code: int, *, wake: bool = True) -> Iterator[subprocess.Popen[bytes]]:
     argv = [sys.executable, "-c", FAKE_EARLY, str(directory), str(seconds), str(code), *(["wake"] if wake else [])]
     with subprocess.Popen(argv) as process:
-        published(directory, process)
-        yield process
+        try:
+            published(directory, process)
+            yield process
+        finally:  # a test failing while it waits for `go` must fail, not hang in Popen's exit
+            if process.poll() is None:
+                process.kill()
 
 
 # runs that end at every moment relative to the trigger's looks (every 50 ms), with or without the
