@@ -180,6 +180,14 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
             _TWIN_HINT,
             code="mounted",
         )
+    if writing and not _in_the_hosts_pid_namespace():
+        raise Refused(
+            f"the filesystem {_uuid(fsid)} is mounted, and this process runs in a PID namespace other than "
+            "the host's (a container): the mount tables of the processes outside it cannot be read, so what "
+            "is mounted cannot be checked",
+            "run rollback on the host (or in the initrd), where every mount can be seen",
+            code="mounted",
+        )
     if writing and not _seen(fsid, members):
         raise Refused(
             f"the filesystem {_uuid(fsid)} is mounted, but in no mount table this process can read: in "
@@ -190,6 +198,19 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
         )
 
 
+_INITIAL_PID_NAMESPACE = 0xEFFFFFFC  # the kernel's fixed inode number of the first PID namespace (PROC_PID_INIT_INO)
+
+
+def _in_the_hosts_pid_namespace() -> bool:
+    """Whether every process's mount table can be read here (/proc shows them all): the initrd and the
+    host are in the first PID namespace; a container is not, and its view of the host's mounts is
+    whatever was bound into it (/etc/hosts from the host's btrfs, say), not all of them."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == _INITIAL_PID_NAMESPACE
+    except OSError:  # no /proc: nothing could be checked either
+        return False
+
+
 UNSEEN_WAIT_S = 10.0  # how long a filesystem mounted where no table shows it may take to go away
 
 
@@ -198,7 +219,7 @@ def _seen(fsid: str, members: set[int] | None) -> bool:
     the last mount (a killed cleanup) is gone from /proc before the kernel has torn its filesystem down."""
     deadline = time.monotonic() + UNSEEN_WAIT_S
     while members is not None:
-        if any(_through(m.source, members) for _, table in _namespaces() for m in table):
+        if any(m.fstype == "btrfs" and _through(m.source, members) for _, table in _namespaces() for m in table):
             return True
         if time.monotonic() > deadline:
             return False

@@ -23,6 +23,7 @@ _MS_SLAVE = 1 << 19
 _MNT_DETACH = 2
 _ENOENT = 2  # errno.ENOENT
 _EINVAL = 22  # errno.EINVAL
+_EIO = 5  # errno.EIO
 MOUNT_POINT = "/run/rollback"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -83,7 +84,7 @@ def top_level(device: str) -> Iterator[Path]:
                 "add rollback.skip)",
                 code="mount-failed",
             )
-        if _read_only_device(device):  # btrfs's EIO there: "log replay required on RO media"
+        if errno == _EIO and _read_only_device(device):  # btrfs: "log replay required on RO media"
             raise Refused(
                 f"cannot mount {device}: {os.strerror(errno)}: the device is read-only, and a filesystem "
                 "with its log to replay (after an unclean shutdown) cannot be mounted from it",
