@@ -63,6 +63,13 @@ class Mounts(NamedTuple):
     paths: dict[str, str]  # a path inside the filesystem (from its top level) -> what is mounted on it
 
 
+class MarkFor(NamedTuple):
+    """The subvolume a skip-next mark keeps: its id and (marks written since ids were joined by it) uuid."""
+
+    id: int
+    uuid: str = ""
+
+
 @dataclass(frozen=True)
 class Observation:
     """What the planner needs to know about the device, read before anything changes."""
@@ -74,7 +81,7 @@ class Observation:
     mounted_paths: Mapping[str, str] = field(default_factory=dict)  # path -> a mount on it (any filesystem)
     skip_mark: bool = False  # .rollback/skip-next exists (as anything, a dangling symlink too)
     skip_mark_regular: bool = True  # ... and is a regular file (lstat: a symlink is not)
-    skip_mark_for: int | None = None  # the subvolume id skip-next wrote in it (None: any, an empty or older mark)
+    skip_mark_for: MarkFor | None = None  # the subvolume skip-next wrote in it (None: any, an empty or older mark)
     empty: frozenset[str] = frozenset()  # paths of interest that are empty directories
     pending_cleanup: tuple[int, ...] = ()  # deleted, not yet cleaned by the kernel
     immutable: frozenset[str] = frozenset()  # chattr +i or +a on its top directory ("" is the top level)

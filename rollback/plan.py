@@ -115,6 +115,7 @@ class WriteMark:
 
     path: str
     subvolume_id: int
+    subvolume_uuid: str = ""  # ids are reused once a subvolume is gone: the uuid tells them apart
 
     def describe(self) -> str:
         return f"write mark {self.path} (for subvolume id {self.subvolume_id})"
@@ -329,7 +330,18 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     root = obs.get(config.subvolume)
     assert root is not None  # a subvolume there: _check_target
-    return _checked(Plan((*steps, WriteMark(SKIP_MARK, root.id), Commit())), obs)
+    if obs.skip_mark and not mark_applies(config, obs):
+        raise Refused(
+            f"a skip-next mark is already set for another root ({_marked(obs)}): one mark at a time",
+            "let that root's next boot use it, or remove .rollback/skip-next at the top level by hand",
+            code="mark-taken",
+        )
+    return _checked(Plan((*steps, WriteMark(SKIP_MARK, root.id, root.uuid), Commit())), obs)
+
+
+def _marked(obs: Observation) -> str:
+    mark = obs.skip_mark_for
+    return f"subvolume id {mark.id}" if mark else "a mark without an id"
 
 
 def mark_applies(config: Config, obs: Observation) -> bool:
@@ -341,15 +353,20 @@ def mark_applies(config: Config, obs: Observation) -> bool:
     if not obs.skip_mark:
         return False
     root = obs.get(config.subvolume)
-    return obs.skip_mark_for is None or (root is not None and root.id == obs.skip_mark_for)
+    if root is None:  # nothing to keep: a boot that "kept" it would have no root to mount
+        return False
+    mark = obs.skip_mark_for
+    return mark is None or (root.id == mark.id and mark.uuid in ("", root.uuid))
 
 
 def _other_roots_mark(config: Config, obs: Observation) -> tuple[str, ...]:
     if not obs.skip_mark or mark_applies(config, obs):
         return ()
+    whose = f"subvolume id {obs.skip_mark_for.id}" if obs.skip_mark_for else "a root"
     return (
-        f"the skip-next mark is for subvolume id {obs.skip_mark_for}, not {names.shown(config.subvolume)}: "
-        "it is left for that subvolume's boot, and this one is replaced",
+        f"the skip-next mark is for {whose}, not {names.shown(config.subvolume)} as it is now "
+        f"({'missing' if obs.get(config.subvolume) is None else 'another subvolume'}): it is left, and "
+        "this run goes on as usual",
     )
 
 

@@ -63,6 +63,7 @@ REASONS: dict[str, Reason] = {
     "protected-inside": _refused("a protected subvolume lies inside what would be deleted", "move it out"),
     "foreign-subvolume": _refused("the archive or trash holds subvolumes rollback did not put there", "move them"),
     "bad-holder": _refused("the archive or trash is not a directory", "move it away"),
+    "mark-taken": _refused("skip-next, and a mark is already set for another root", "let that root's boot use it"),
     "state-dir": _refused("`.rollback` is not a plain directory, or its skip-next mark not a file", "move it away"),
     "not-subvolume": _refused("the target is a plain directory or not a directory", "check --subvolume"),
     "not-directory": _refused("a symbolic link or a file on the way to a name", "make it a plain directory"),

@@ -66,6 +66,7 @@ class Status(TypedDict):
     protected: list[ProtectedReport]
     pending: PendingReport
     skip_next: bool  # the mark is set for this root: the next boot keeps it
+    skip_next_present: bool  # a mark is there, for this root or not
     skip_next_for: int | None  # the subvolume id a mark names (None: none set, or one for any root)
     skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
@@ -116,7 +117,8 @@ def status(config: Config, obs: Observation) -> Status:
         ],
         "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
         "skip_next": mark_applies(config, obs),
-        "skip_next_for": obs.skip_mark_for if obs.skip_mark else None,
+        "skip_next_present": obs.skip_mark,
+        "skip_next_for": obs.skip_mark_for.id if obs.skip_mark and obs.skip_mark_for else None,
         "skip_next_refused": refused if mark_applies(config, obs) else None,
         "next_boot_refused": refused,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
@@ -176,8 +178,9 @@ def status_lines(report: Status) -> list[str]:
         "deleted subvolume(s) awaiting the kernel cleaner"
     )
     mark = "set (the next boot keeps the root once)" if report["skip_next"] else "not set"
-    if not report["skip_next"] and report["skip_next_for"] is not None:
-        mark = f"set for subvolume id {report['skip_next_for']}, not this root: the next boot replaces it"
+    if report["skip_next_present"] and not report["skip_next"]:
+        whose = f"subvolume id {report['skip_next_for']}" if report["skip_next_for"] is not None else "any root"
+        mark = f"set for {whose}, not this root as it is now: left, and the next boot replaces or makes it"
     if report["skip_next_refused"]:
         mark = f"set, but the next run refuses: {report['skip_next_refused']}"
     lines.append(f"skip-next:  {mark}")

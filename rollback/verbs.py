@@ -369,7 +369,14 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
     mounted = device.mounts(str(top), device.probe(config.require_device()))
     busy = sorted(now & mounted.subvolumes.keys()) + [p for p in mounted.paths if names.is_within(p, step.path)]
     if now != planned or busy:
-        what = f"subvolume(s) {sorted(now - planned)} moved in" if now - planned else f"mounted: {busy[0]}"
+        gone, moved_in = sorted(planned - now), sorted(now - planned)
+        what = (
+            f"subvolume(s) {moved_in} moved in"
+            if moved_in
+            else f"mounted: {busy[0]}"
+            if busy
+            else f"subvolume(s) {gone} gone"
+        )
         raise StepFailed(
             f"{step.describe()}: {names.shown(step.path)} changed since the checks ({what}): not deleted",
             "rollback cleanup checks it again (rollback status shows what is mounted); move what belongs "

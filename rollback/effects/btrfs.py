@@ -20,7 +20,7 @@ import btrfsutil
 
 from rollback import names
 from rollback.effects import qgroups, refs
-from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, Mounts, Observation, Subvol
+from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, MarkFor, Mounts, Observation, Subvol
 from rollback.plan import (
     Bounds,
     Commit,
@@ -325,7 +325,7 @@ def execute(step: Step, top: Path) -> None:
     elif isinstance(step, Commit):
         btrfsutil.sync(str(top))
     elif isinstance(step, WriteMark):
-        _write_mark(top, step.path, step.subvolume_id)
+        _write_mark(top, step.path, step.subvolume_id, step.subvolume_uuid)
     elif isinstance(step, RemoveMark):
         with _in_state_dir(top, step.path) as (where, name):
             os.unlink(name, dir_fd=where)
@@ -343,16 +343,16 @@ def _create_root(path: Path) -> None:
         os.umask(previous)
 
 
-def _write_mark(top: Path, path: str, subvolume_id: int) -> None:
+def _write_mark(top: Path, path: str, subvolume_id: int, subvolume_uuid: str) -> None:
     """The mark, naming the subvolume it is for: written under another name, then renamed over the
     mark's, so that a failure (no room for the text) leaves the mark as it was, set or not, never an
     empty one (which counts for any root) under a message saying nothing changed."""
     with _in_state_dir(top, path) as (where, name):
-        draft = f".{name}.new"
+        draft = f".{name}.{os.getpid()}.new"  # its own: a leftover (a crash, a directory) is in no run's way
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=where)
         try:
             try:
-                os.write(fd, f"{subvolume_id}\n".encode())
+                os.write(fd, f"{subvolume_id} {subvolume_uuid}\n".encode())
             finally:
                 os.close(fd)
             os.rename(draft, name, src_dir_fd=where, dst_dir_fd=where)
@@ -362,8 +362,8 @@ def _write_mark(top: Path, path: str, subvolume_id: int) -> None:
             raise
 
 
-def _mark_for(path: Path) -> int | None:
-    """The subvolume id a mark names (the caller checked it is a regular file); None: any root's."""
+def _mark_for(path: Path) -> MarkFor | None:
+    """The subvolume a mark names, id and uuid (the caller checked it is a regular file); None: any root's."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -372,7 +372,11 @@ def _mark_for(path: Path) -> int | None:
         text = os.read(fd, 64).strip()
     finally:
         os.close(fd)
-    return int(text) if text.isdigit() else None
+    words = text.split()
+    if not words or not words[0].isdigit():
+        return None
+    uuid = words[1].decode("ascii", "replace") if len(words) > 1 else ""
+    return MarkFor(int(words[0]), uuid)
 
 
 @contextmanager

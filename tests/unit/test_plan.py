@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, TRASH_DIR, Observation, Quota
+from rollback.model import SKIP_MARK, TRASH_DIR, MarkFor, Observation, Quota
 from rollback.plan import (
     Commit,
     Create,
@@ -25,6 +25,7 @@ from rollback.plan import (
     Unlock,
     WriteMark,
     bounds,
+    mark_applies,
     nothing_changed_before,
     only_moved,
     paths_of_interest,
@@ -748,3 +749,17 @@ def test_a_run_leaving_the_delete_to_the_cleanup_still_looks_for_protected_names
     found = bounds(config(cleanup="after-boot", protect=["persist", "data/nix", "home"]))
     assert found is not None and found.named == {"persist", "nix", "home"}
     assert found.shallow("root") and not found.shallow("persist")
+
+
+def test_a_mark_for_a_reused_subvolume_id_is_not_this_roots() -> None:
+    """btrfs gives a deleted subvolume's id to the next one after a remount: a mark for the old root must
+    not keep the new root that has its id (found by a reviewer); the uuid tells them apart."""
+    obs = observe(LAYOUT, skip_mark=True)
+    found = obs.get("root")
+    assert found is not None
+    root = replace(found, uuid="a1")
+    obs = replace(obs, subvols=tuple(root if s.path == "root" else s for s in obs.subvols))
+    for uuid, applies in (("", True), ("a1", True), ("0" * 32, False)):
+        marked = replace(obs, skip_mark_for=MarkFor(root.id, uuid))
+        assert mark_applies(config(), marked) is applies
+        assert bool(plan_run(config(), marked).skipped) is applies

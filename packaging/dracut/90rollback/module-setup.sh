@@ -139,7 +139,7 @@ print(device_path(sys.argv[1]))' "$rollback_device") \
     # an invalid setting fails the build here instead of every boot (exit 2: nothing rolled back;
     # under stop-boot, no boot at all).
     config=/dev/null checked="the settings"
-    [[ -e $rollback_config ]] && config=$rollback_config checked=$rollback_config
+    [[ -e $rollback_config || -L $rollback_config ]] && config=$rollback_config checked=$rollback_config
     [[ $cmdline != /dev/null ]] && checked+=" with kernel_cmdline (dracut.conf)"
     check=$(ROLLBACK_LOG_TARGET=console sh "$initdir/usr/bin/rollback" config --config "$config" \
         --kernel-cmdline "$cmdline" --device "$path" 2>&1 > /dev/null)
