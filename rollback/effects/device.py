@@ -190,10 +190,10 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
         )
     if writing and not _seen(fsid, members):
         raise Refused(
-            f"the filesystem {_uuid(fsid)} is mounted, but in no mount table this process can read: in "
-            "another PID namespace (rollback inside a container?), or unmounted lazily (umount -l) and still "
-            "in use, so what is mounted cannot be checked",
-            "run rollback on the host (or in the initrd), where its mounts can be seen; or end what uses it",
+            f"the filesystem {_uuid(fsid)} is mounted, but in no mount table this process can read: unmounted "
+            "lazily (umount -l) and still in use, or held by a mount namespace with no process in it, so what "
+            "is mounted cannot be checked",
+            "end what uses it (fuser -m; the namespace's bind mount), then run rollback again",
             code="mounted",
         )
 
