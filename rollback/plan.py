@@ -340,8 +340,9 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
 
 
 def _marked(obs: Observation) -> str:
+    """Whom the mark is for, in every message that names it."""
     mark = obs.skip_mark_for
-    return f"subvolume id {mark.id}" if mark else "a mark without an id"
+    return f"subvolume id {mark.id}" if mark else "any root"
 
 
 def mark_applies(config: Config, obs: Observation) -> bool:
@@ -362,9 +363,8 @@ def mark_applies(config: Config, obs: Observation) -> bool:
 def _other_roots_mark(config: Config, obs: Observation) -> tuple[str, ...]:
     if not obs.skip_mark or mark_applies(config, obs):
         return ()
-    whose = f"subvolume id {obs.skip_mark_for.id}" if obs.skip_mark_for else "a root"
     return (
-        f"the skip-next mark is for {whose}, not {names.shown(config.subvolume)} as it is now "
+        f"the skip-next mark is for {_marked(obs)}, not {names.shown(config.subvolume)} as it is now "
         f"({'missing' if obs.get(config.subvolume) is None else 'another subvolume'}): it is left, and "
         "this run goes on as usual",
     )
@@ -627,13 +627,16 @@ def _check_mark_is_for_a_boot(config: Config, obs: Observation) -> None:
     (a run by hand on the running system, refused as `mounted` without the mark): the mark stays, else
     that run would use it up and the next boot replace the root the user meant to keep."""
     for sub in obs.tree(config.subvolume):
-        if sub.id in obs.mounted:
-            raise Refused(
-                f"{names.shown(sub.path)} is mounted at {obs.mounted[sub.id]}: this is not the boot the "
-                "skip-next mark keeps it for, and the mark stays set",
-                "run from the initrd or a rescue system, not on the running root",
-                code="mounted",
-            )
+        _refuse_mounted(sub, obs, ": this is not the boot the skip-next mark keeps it for, and the mark stays set")
+
+
+def _refuse_mounted(sub: Subvol, obs: Observation, why: str = "") -> None:
+    if sub.id in obs.mounted:
+        raise Refused(
+            f"{names.shown(sub.path)} is mounted at {obs.mounted[sub.id]}{why}",
+            "run from the initrd or a rescue system, not on the running root",
+            code="mounted",
+        )
 
 
 def _parent(path: str) -> str:
@@ -711,9 +714,4 @@ def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> Non
                 "btrfs subvolume set-default 5 <top>, and boot with rootflags=subvol=...",
                 code="default-subvolume",
             )
-        if sub.id in obs.mounted:
-            raise Refused(
-                f"{names.shown(sub.path)} is mounted at {obs.mounted[sub.id]}",
-                "run from the initrd or a rescue system, not on the running root",
-                code="mounted",
-            )
+        _refuse_mounted(sub, obs)
