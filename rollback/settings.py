@@ -100,12 +100,19 @@ def _string_list(value: object, where: str) -> Value:
 TEXT = Parser("str", lambda text, where: text, _typed(str, "str"), {"type": str})
 INTEGER = Parser("int", _integer, _typed(int, "int"), {"type": integer})
 BOOLEAN = Parser("bool", parse_bool, _typed(bool, "bool"), {"action": "store_const", "const": True}, bare=True)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list, empty items dropped: the kernel command line's and each flag's."""
+    return tuple(item for item in text.split(",") if item)
+
+
 NAMES = Parser(
     "list",
-    lambda text, where: tuple(item for item in text.split(",") if item),
+    lambda text, where: _names(text),
     _string_list,
     {"action": "append"},
-    from_cli=tuple,
+    from_cli=lambda given: tuple(item for value in given for item in _names(value)),
 )
 
 

@@ -94,6 +94,20 @@ def test_a_setting_given_before_and_after_the_verb(
     assert settings["protect"] == protect and settings["device"] == device
 
 
+@pytest.mark.parametrize("spelling", ["a,b", "a,,b", "a,b,", ",a,b", "a", "a,a,b"])
+def test_a_list_flag_reads_as_the_kernel_command_line_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, spelling: str
+) -> None:
+    """`--protect a,b` was one invalid name (exit 2) while `rollback.protect=a,b` was two: one rule."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"rollback.protect={spelling}\n")
+    _, from_cmdline, _ = run(capsys, "config", "--kernel-cmdline", str(cmdline), "--json")
+    code, from_flag, err = run(capsys, "config", "--kernel-cmdline", "/dev/null", "--json", "--protect", spelling)
+    assert code == 0, err
+    assert json.loads(from_flag)["settings"]["protect"] == json.loads(from_cmdline)["settings"]["protect"]
+    assert json.loads(from_flag)["settings"]["protect"][3:] == list(dict.fromkeys(n for n in spelling.split(",") if n))
+
+
 @pytest.mark.parametrize(
     "argv",
     [
