@@ -18,6 +18,7 @@ from rollback.errors import Exit, OutputFailed, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import Mounts, Observation
 from rollback.plan import (
+    Bounds,
     Delete,
     Plan,
     Reclaim,
@@ -49,7 +50,7 @@ def _observed(
     """Probe, lock the filesystem (when about to write), mount its top level privately, read-only and
     without atime updates (a run that refuses must not have written anything), and observe it; `bounded`:
     what a run only moves is listed as plan.bounds() says. Also yields what releases the lock early."""
-    from rollback.effects import btrfs, device, mount
+    from rollback.effects import device, mount
 
     dev = config.require_device()
     fsid = device.probe(dev)
@@ -58,27 +59,35 @@ def _observed(
     unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)
     with device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock, mount.top_level(dev) as top:
         mounted = device.mounts(str(top), fsid)
-        now = datetime.now(UTC)
-        try:
-            found = btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
-        except OSError as error:
-            if error.errno == errno.ENAMETOOLONG:
-                raise Refused(
-                    f"a subvolume on {dev} lies deeper than the kernel's path lookups reach (its path from the "
-                    "top level is over 4 KiB): it cannot be listed, nor deleted by path",
-                    "find it (the deepest directories in the root or the trash) and move it, or what holds it, "
-                    "higher up by hand; nothing was changed",
-                    code="too-deep",
-                ) from None
-            if error.errno not in _DAMAGED:
-                raise
-            raise Refused(
-                f"cannot read the filesystem on {dev}: {error.strerror}"
-                + (f" (at {os.fsdecode(error.filename)!r})" if error.filename else ""),
-                "the disk or the filesystem is damaged (nothing was changed): dmesg; btrfs check --readonly",
-                code="unreadable",
-            ) from None
+        found = _observe(config, top, mounted, datetime.now(UTC), limits)
         yield top, found, unlock
+
+
+def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: Bounds | None = None) -> Observation:
+    """Observe the mounted top level; what reading it answers that would repeat at every boot (a path too
+    deep to look up, a damaged tree) is a refusal. Every observation goes through here (a run that had
+    to make room observes again, unbounded)."""
+    from rollback.effects import btrfs
+
+    try:
+        return btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise Refused(
+                f"a subvolume on {config.device} lies deeper than the kernel's path lookups reach (its path from the "
+                "top level is over 4 KiB): it cannot be listed, nor deleted by path",
+                "find it (the deepest directories in the root or the trash) and move it, or what holds it, "
+                "higher up by hand; nothing was changed",
+                code="too-deep",
+            ) from None
+        if error.errno not in _DAMAGED:
+            raise
+        raise Refused(
+            f"cannot read the filesystem on {config.device}: {error.strerror}"
+            + (f" (at {os.fsdecode(error.filename)!r})" if error.filename else ""),
+            "the disk or the filesystem is damaged (nothing was changed): dmesg; btrfs check --readonly",
+            code="unreadable",
+        ) from None
 
 
 # what reading a damaged disk or tree answers: the same at every boot, so a refusal (nothing changed)
@@ -260,12 +269,11 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
         if refused.code != "no-space" or not pruned or isinstance(plan.steps[0], Delete):
             raise
-    from rollback.effects import btrfs
 
     # listed whole now (a run leaving deletes to the cleanup listed archived roots bounded): these are
     # deleted by this run, with a deleting run's checks and counts
     mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
-    obs = btrfs.observe(top, paths_of_interest(config), holders(config), mounted, obs.now)
+    obs = _observe(config, top, mounted, obs.now)
     plan = plan_run(config, obs, make_room=True)
     emit(
         "step", f"no space for the first change, nothing changed: first deleting {len(pruned)} pruned root(s)", **fields

@@ -15,6 +15,7 @@ import btrfsutil
 import pytest
 
 from rollback.errors import Exit
+from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.disks import Disk, single_disk
 from tests.support.environment import unavailable
 from tests.support.layout import outside_root, populate, sh
@@ -570,6 +571,24 @@ def test_a_subvolume_deeper_than_the_kernels_lookups_is_refused_not_an_internal_
         btrfsutil.sync(str(top))
     before = _device_written(disk.workdir / "disk.img")
     result = disk.rollback(verb, *cleanup)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=too-deep" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert _device_written(disk.workdir / "disk.img") == before
+
+
+def test_a_too_deep_archived_root_met_while_making_room_is_refused_too(disk: Disk) -> None:
+    """After-boot deletion lists a pruned archived root bounded (it is only moved); with no room for the
+    first change, the run lists it whole to delete it first, and met the deep path there: exit 1
+    `internal` at every boot (a reviewer's low, constructed). The same refusal as the first listing's."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / "20200101T000000Z"))
+        _deep_subvolume(top, "old/20200101T000000Z", 21)
+        btrfsutil.sync(str(top))
+    before = _device_written(disk.workdir / "disk.img")
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", "after-boot")
+    result = disk.rollback("run", *flags, env={FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(errno.ENOSPC)})
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=too-deep" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert _device_written(disk.workdir / "disk.img") == before
