@@ -21,6 +21,9 @@ class Kind(enum.Enum):
     MISSING = "missing"
     SUBVOLUME = "subvolume"
     DIRECTORY = "directory"
+    # the empty directory (inode 2) btrfs shows where a snapshot's source held a subvolume: nothing can
+    # be created in it, nor its flags read (ENOTTY); restoring a subvolume from a snapshot leaves these
+    PLACEHOLDER = "placeholder"
     OTHER = "other"
 
 

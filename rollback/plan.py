@@ -296,6 +296,7 @@ def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:
     """Delete what the trash holds (on the running system, after boot), with the run's checks on it."""
+    _check_placeholders([TRASH_DIR], obs)
     _check_state_dir(obs)
     _check_holder(TRASH_DIR, obs, "trash directory")
     entries = obs.entries(TRASH_DIR)
@@ -319,6 +320,7 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
     mark outlives a power cut right after the verb said the root is kept (else that boot replaces it).
     Only a root there can be kept: without one (a run cut short after moving it away), a skipped boot
     would have none to mount."""
+    _check_placeholders([config.subvolume, SKIP_MARK], obs)
     if obs.kind(config.subvolume) is Kind.MISSING:
         raise Refused(
             f"there is no {names.shown(config.subvolume)} to keep: a run was cut short after moving it away",
@@ -460,6 +462,8 @@ def _entry_stamp(sub: Examined) -> datetime:
 def check(config: Config, obs: Observation) -> None:
     """Raise Refused unless every safety check passes; never returns a partial answer."""
     target = config.subvolume
+    used = [target, TRASH_DIR, SKIP_MARK, *([config.blank] if config.from_blank else [])]
+    _check_placeholders([*used, *([config.archive] if config.keeping else [])], obs)
     _check_state_dir(obs)
     _check_ways(config, obs)
     _check_target(target, obs)
@@ -472,6 +476,23 @@ def check(config: Config, obs: Observation) -> None:
     doomed = obs.tree(target) + [s for p in prune_paths(config, obs) for s in obs.tree(p)]
     doomed += [s for e in obs.entries(TRASH_DIR) for s in obs.tree(e.path)]
     _check_doomed(config, obs, doomed)
+
+
+def _check_placeholders(paths: list[str], obs: Observation) -> None:
+    """A path the verb uses, or a directory on its way, that is a placeholder (a subvolume's stand-in
+    in a snapshot: `persist` restored from one that held `persist/old_roots`): nothing can be made in
+    it, its flags cannot be read. Every verb met it as an internal error, at every boot."""
+    for path in paths:
+        for prefix in names.prefixes(path):
+            if obs.kind(prefix) is Kind.PLACEHOLDER:
+                raise Refused(
+                    f"{names.shown(prefix)} is the empty stand-in btrfs shows for a subvolume a snapshot did "
+                    f"not include (a subvolume restored from a snapshot?), not a directory"
+                    + ("" if prefix == path else f", on the way to {names.shown(path)}"),
+                    f"rmdir <top>/{prefix} (it holds nothing; mkdir there if a directory is meant), or put the "
+                    "subvolume back there",
+                    code="placeholder",
+                )
 
 
 def _check_ways(config: Config, obs: Observation) -> None:
@@ -653,13 +674,18 @@ def _check_state_dir(obs: Observation) -> None:
 
 
 def _check_blank(blank: str, obs: Observation) -> None:
-    found = obs.get(blank)
-    if found is None:
+    kind = obs.kind(blank)
+    if kind is not Kind.SUBVOLUME:  # a link to a snapshot is not followed: a run never follows one
+        what = {Kind.MISSING: "does not exist", Kind.DIRECTORY: "is a plain directory, not a snapshot"}
+        other = "is not a subvolume (a symbolic link or a file)"
         raise Refused(
-            f"the blank snapshot {names.shown(blank)} does not exist",
-            f"create it once: btrfs subvolume snapshot -r <top>/<empty root> <top>/{blank}",
+            f"the blank snapshot {names.shown(blank)} {what.get(kind, other)}",
+            ("" if kind is Kind.MISSING else f"move {names.shown(blank)} away, or name the snapshot itself (--blank); ")
+            + f"create it once: btrfs subvolume snapshot -r <top>/<empty root> <top>/{blank}",
             code="no-blank",
         )
+    found = obs.get(blank)
+    assert found is not None  # a subvolume the plan looks at is examined
     if not found.read_only:
         raise Refused(
             f"the blank snapshot {names.shown(blank)} is not read-only",

@@ -66,6 +66,9 @@ REASONS: dict[str, Reason] = {
     "mark-taken": _refused("skip-next, and a mark is already set for another root", "let that root's boot use it"),
     "state-dir": _refused("`.rollback` is not a plain directory, or its skip-next mark not a file", "move it away"),
     "not-subvolume": _refused("the target is a plain directory or not a directory", "check --subvolume"),
+    "placeholder": _refused(
+        "a name the run uses is a snapshot's empty stand-in for a subvolume it did not include", "rmdir it"
+    ),
     "not-directory": _refused("a symbolic link or a file on the way to a name", "make it a plain directory"),
     "read-only-target": _refused("the target subvolume is read-only", "btrfs property set ... ro false"),
     "immutable": _refused("a place the run changes is chattr +i/+a", "chattr -i -a, if that is not meant"),
@@ -76,7 +79,9 @@ REASONS: dict[str, Reason] = {
     "nothing-to-keep": _refused(
         "skip-next, and the root does not exist (a run was cut short after moving it)", "rollback run; rollback status"
     ),
-    "no-blank": _refused("snapshot mode, and the blank snapshot does not exist", "create it (README)"),
+    "no-blank": _refused(
+        "snapshot mode, and the blank snapshot does not exist (or is not a subvolume)", "create it (README)"
+    ),
     "blank-writable": _refused("the blank snapshot is writable", "btrfs property set ... ro true"),
     "blank-immutable": _refused("the blank snapshot's top directory is chattr +i/+a", "chattr -i -a it"),
     "read-only": _refused("the filesystem cannot be remounted read-write", "blockdev --getro; dmesg"),

@@ -40,6 +40,7 @@ _READ_ONLY = 1  # BTRFS_SUBVOL_RDONLY
 _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # x86_64/arm64 (long-sized argument)
 _PINNING = 0x10 | 0x20  # FS_IMMUTABLE_FL | FS_APPEND_FL
 _DIRS = (Kind.SUBVOLUME, Kind.DIRECTORY)
+_EMPTY_SUBVOL_DIR = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID: a placeholder's inode number
 _FS_CODEC = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # os.fsdecode's, without its checks
 
 
@@ -184,10 +185,12 @@ def _kind(top: Path, path: str, subvol_paths: set[str]) -> Kind:
     if path in subvol_paths:
         return Kind.SUBVOLUME
     try:
-        mode = os.lstat(top / path).st_mode
+        found = os.lstat(top / path)
     except (FileNotFoundError, NotADirectoryError):
         return Kind.MISSING
-    return Kind.DIRECTORY if stat.S_ISDIR(mode) else Kind.OTHER
+    if not stat.S_ISDIR(found.st_mode):
+        return Kind.OTHER
+    return Kind.PLACEHOLDER if found.st_ino == _EMPTY_SUBVOL_DIR else Kind.DIRECTORY
 
 
 def _is_empty(directory: Path) -> bool:

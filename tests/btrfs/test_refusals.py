@@ -118,6 +118,79 @@ def test_blank_immutable_or_append_only(disk: Disk, flag: str) -> None:
     assert "blank snapshot 'root-blank' is immutable or append-only" in said and "reason=blank-immutable" in said
 
 
+@pytest.mark.parametrize(
+    ("what", "blank"),
+    [
+        ("link", lambda top: os.symlink("root-blank-v2", top / "root-blank")),
+        ("dir", lambda top: (top / "root-blank").mkdir()),
+    ],
+    ids=["link", "dir"],
+)
+def test_a_blank_that_is_not_a_subvolume_is_named_as_what_it_is(
+    disk: Disk, what: str, blank: Callable[[Path], None]
+) -> None:
+    """A link to the real snapshot, or a directory: "does not exist", and its hint (create it) failed."""
+
+    def layout(top: Path) -> None:
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "root-blank-v2"), read_only=True)
+        blank(top)
+
+    setup(disk, layout)
+    said = refused(disk, "--mode", "snapshot")
+    shown = "is not a subvolume (a symbolic link" if what == "link" else "is a plain directory, not a snapshot"
+    assert f"blank snapshot 'root-blank' {shown}" in said and "does not exist" not in said, said
+    assert "reason=no-blank" in said and "move 'root-blank' away" in said
+
+
+def _restore_persist_from_a_snapshot(top: Path) -> None:
+    """`persist` holding a subvolume (the archive), replaced by a snapshot of itself (snapper, btrbk, by
+    hand): the snapshot holds an empty stand-in where the subvolume was."""
+    btrfsutil.create_subvolume(str(top / "persist" / "old-roots"))
+    btrfsutil.create_snapshot(str(top / "persist"), str(top / "persist.snap"))
+    os.rename(top / "persist", top / "persist.bad")
+    os.rename(top / "persist.snap", top / "persist")
+    assert os.lstat(top / "persist" / "old-roots").st_ino == 2
+
+
+PLACEHELD = [
+    ("--archive", "persist/old-roots"),
+    ("--archive", "persist/old-roots/x"),
+    ("--subvolume", "persist/old-roots"),
+    ("--mode", "snapshot", "--blank", "persist/old-roots"),
+]
+
+
+@pytest.mark.parametrize("flags", PLACEHELD, ids=["archive", "below-it", "target", "blank"])
+def test_a_placeholder_where_the_run_works_is_refused_naming_it(disk: Disk, flags: tuple[str, ...]) -> None:
+    """Its flags cannot be read (ENOTTY) nor anything made in it: every verb was an internal error, at
+    every boot (found by an auditing helper). Refused, whole device unchanged; status says the next
+    boot refuses; a verb that does not use the name is not in its way."""
+    setup(disk, _restore_persist_from_a_snapshot)
+    said = refused(disk, *flags)
+    assert "reason=placeholder" in said and "'persist/old-roots' is the empty stand-in" in said, said
+    assert "rmdir <top>/persist/old-roots" in said
+    before = disk.state()
+    status = disk.rollback("status", *flags)
+    assert status.returncode == Exit.OK, status.stderr
+    assert "REFUSED: 'persist/old-roots' is the empty stand-in" in status.stdout, status.stdout
+    skip = disk.rollback("skip-next", *flags)
+    target = "--subvolume" in flags
+    assert skip.returncode == (Exit.REFUSED if target else Exit.OK), skip.stderr
+    assert ("reason=placeholder" in skip.stderr) == target
+    assert disk.rollback("cleanup", *flags).returncode == Exit.OK
+    if target:
+        assert disk.state() == before
+
+
+def test_a_placeholder_at_a_name_the_run_does_not_use_is_not_in_its_way(disk: Disk) -> None:
+    """The blank in recreate mode is never used: a placeholder there was an internal error too."""
+    setup(disk, _restore_persist_from_a_snapshot)
+    result = disk.rollback("run", "--blank", "persist/old-roots")
+    assert result.returncode == Exit.OK, result.stderr
+    with disk.top() as top:
+        assert os.lstat(top / "persist" / "old-roots").st_ino == 2
+
+
 def test_state_dir_taken_by_a_file(disk: Disk) -> None:
     setup(disk, lambda top: (top / ".rollback").touch())
     assert ".rollback exists but is not a plain directory" in refused(disk)
