@@ -374,7 +374,14 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
         return
     planned = {s.id for s in obs.tree(step.path)}
     now = btrfs.ids_within(top, step.path)
-    mounted = device.mounts(str(top), device.probe(config.require_device()))
+    try:
+        mounted = device.mounts(str(top), device.probe(config.require_device()))
+    except Refused as refused:  # the device gone, a twin appeared: an earlier entry may be deleted already
+        raise StepFailed(
+            f"{step.describe()}: {names.shown(step.path)} could not be checked again ({refused.reason}): not deleted",
+            "rollback cleanup checks it again; " + refused.hint,
+            code="step-failed",
+        ) from None
     busy = sorted(now & mounted.subvolumes.keys()) + [p for p in mounted.paths if names.is_within(p, step.path)]
     if now != planned or busy:
         gone, moved_in = sorted(planned - now), sorted(now - planned)

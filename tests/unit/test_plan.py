@@ -763,3 +763,24 @@ def test_a_mark_for_a_reused_subvolume_id_is_not_this_roots() -> None:
         marked = replace(obs, skip_mark_for=MarkFor(root.id, uuid))
         assert mark_applies(config(), marked) is applies
         assert bool(plan_run(config(), marked).skipped) is applies
+
+
+def test_a_cleanup_entry_that_cannot_be_checked_again_is_a_failure_not_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exit 3 says the device was left as it was; the re-check before the second entry met a refusal
+    (the device link removed meanwhile) after the first was deleted: it said exit 3 (an auditing helper)."""
+    from rollback.effects import btrfs, device
+    from rollback.errors import Refused, StepFailed
+    from rollback.verbs import _as_checked
+
+    def gone(_device: str) -> str:
+        raise Refused("device /dev/test does not exist", "check --device", code="no-device")
+
+    obs = observe(["root", f"{TRASH_DIR}/{STAMP}"])
+    monkeypatch.setattr(btrfs, "ids_within", lambda top, path: {257})
+    monkeypatch.setattr(device, "probe", gone)
+    with pytest.raises(StepFailed) as failed:
+        _as_checked(config(), obs, Path("/nonexistent"), Delete(f"{TRASH_DIR}/{STAMP}", 1))
+    assert failed.value.code == "step-failed" and "could not be checked again" in failed.value.reason
+    assert "does not exist" in failed.value.reason and "check --device" in failed.value.hint
