@@ -48,6 +48,7 @@ REASONS: dict[str, Reason] = {
     "not-root": _refused(
         "not root: no private mount namespace, the device or the lock directory not accessible", "run as root"
     ),
+    "run-dir": _refused("/run/rollback or /run/rollback-locks is not a directory", "remove it"),
     "chroot": _refused("/ is not a mount point (a plain chroot): no private mount namespace", "mount --bind DIR DIR"),
     "mount-failed": _refused("the top level cannot be mounted", "btrfs check --readonly; dmesg"),
     "locked": _refused(

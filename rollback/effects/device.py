@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rollback import mountinfo, names
+from rollback.effects import rundir
 from rollback.errors import Refused
 from rollback.model import Mounts
 
@@ -97,7 +98,7 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[]
     BLOCK_DEVICE_LOCKING.md: take it exclusively and wait). Yields a function that releases both
     early (what is left to do changes nothing)."""
     try:
-        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+        rundir.ensure(LOCK_DIR)
         fds = [os.open(f"{LOCK_DIR}/{fsid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
     except PermissionError as error:  # a user in group disk reads the device, not root's directory
         _not_root(f"cannot take the lock in {LOCK_DIR}: {error.strerror}")

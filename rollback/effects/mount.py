@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rollback.effects import rundir
 from rollback.errors import Refused
 
 _CLONE_NEWNS = 0x00020000
@@ -70,7 +71,7 @@ def top_level(device: str) -> Iterator[Path]:
     enter_private_namespace()
     # One fixed, empty directory: the mount on it exists only in our namespace, so concurrent
     # processes can share it and a killed process leaves nothing to clean up.
-    os.makedirs(MOUNT_POINT, mode=0o700, exist_ok=True)
+    rundir.ensure(MOUNT_POINT)
     where = MOUNT_POINT
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOATIME | _MS_RDONLY
     result = _libc.mount(os.fsencode(device), os.fsencode(where), b"btrfs", flags, b"subvolid=5")

@@ -492,3 +492,36 @@ def test_no_room_for_a_leftovers_delete_is_refused_as_such(disk: Disk) -> None:
     assert refused.returncode == Exit.REFUSED and "reason=no-space" in refused.stderr, refused.stderr
     assert "nothing of rollback's" not in refused.stderr and "first deleting" not in refused.stderr
     assert disk.state() == before
+
+
+_RUN_STATES = {
+    "mount-point-a-file": "touch /run/rollback",
+    "mount-point-a-link": "mkdir /run/elsewhere && ln -s elsewhere /run/rollback",
+    "mount-point-a-dangling-link": "ln -s nowhere /run/rollback",
+    "locks-a-file": "touch /run/rollback-locks",
+}
+
+
+@pytest.mark.parametrize(
+    ("state", "verb"),
+    # status takes no lock: the locks' directory is not its
+    [
+        (s, v)
+        for s in _RUN_STATES
+        for v in ("status", "run", "cleanup")
+        if not (s.startswith("locks") and v == "status")
+    ],
+)
+def test_a_file_or_link_at_rollbacks_own_names_in_run_is_refused(disk: Disk, state: str, verb: str) -> None:
+    """Something else at /run/rollback or /run/rollback-locks on a running system: every verb was an
+    internal error (a link: the mount went where it pointed, and the mount table had no /run/rollback).
+    Refused, naming it; nothing written. In a private mount namespace with its own /run."""
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    script = f'set -e; mount -t tmpfs tmpfs /run; {_RUN_STATES[state]}; exec "$@"'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *disk.rollback_argv(verb)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=run-dir" in result.stderr and "is not a directory" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and disk.state() == before
