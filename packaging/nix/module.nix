@@ -380,6 +380,14 @@ in
           contents."/etc/rollback.toml".source = configFile;
           # Wanted by name: systemd instantiates the template; a services entry is only for drop-ins.
           targets.initrd.wants = [ "${instance}.service" ];
+          # A device named apart from the root's (boot.rollback.device): its unit waits as long as the
+          # root's would, not systemd's default 90 s (a LUKS passphrase typed later failed the unit).
+          units = lib.optionalAttrs (cfg.device != null) {
+            "${escapedDevice}.device" = {
+              overrideStrategy = "asDropin";
+              text = "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n";
+            };
+          };
           services =
             lib.optionalAttrs (stopBoot || !cfg.kernelCommandLine) {
               ${instance} = {

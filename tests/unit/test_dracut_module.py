@@ -295,3 +295,16 @@ def test_a_valid_config_file_is_installed_and_the_unit_wanted(tmp_path: Path) ->
     unit = "rollback@dev-disk-by\\x2dlabel-root.service"
     assert f"add-wants initrd.target {unit}" in built.stdout
     assert unit in (initdir / "usr/lib/systemd/system/sysroot.mount.d/rollback.conf").read_text()
+
+
+@pytest.mark.parametrize("policy", ["stop-boot", "boot-on"])
+def test_the_devices_unit_waits_without_a_job_timeout_as_the_roots_does(tmp_path: Path, policy: str) -> None:
+    """dracut gives root='s device unit no job timeout; any other spelling of the same filesystem (the
+    installer writes UUID=, GRUB root=/dev/mapper/vg-root) had systemd's 90 s: a LUKS passphrase typed
+    later failed rollback@ (stop-boot: emergency mode; else the old root booted). A unit reviewer's."""
+    built = dracut_install(tmp_path, 'device = "UUID=0b3c-1"\n', rollback_policy=policy)
+    assert built.returncode == 0, built.stderr
+    dropin = tmp_path / "initramfs/usr/lib/systemd/system/dev-disk-by\\x2duuid-0b3c\\x2d1.device.d/rollback.conf"
+    assert dropin.read_text() == "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n"
+    unit = "rollback@dev-disk-by\\x2duuid-0b3c\\x2d1.service"
+    assert f"add-wants initrd.target {unit}" in built.stdout

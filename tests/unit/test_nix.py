@@ -806,6 +806,19 @@ def test_the_instance_is_the_escaped_device_path(evaluated: Evaluated, spec: str
     assert found["wants"] == [f"rollback@{escaped.stdout.strip()}.service"]
 
 
+@pytest.mark.parametrize("spec", DEVICE_VALUES)
+def test_a_device_named_apart_from_the_roots_waits_without_a_job_timeout(evaluated: Evaluated, spec: str) -> None:
+    """boot.rollback.device spelt apart from the root's: its .device unit had systemd's default 90 s, and a
+    LUKS passphrase typed later failed rollback@. A drop-in (the unit itself is udev's); none for the
+    root's own device, which waits as sysroot.mount's does."""
+    found = evaluated.machines[f"device:{DEVICE_VALUES.index(spec)}"]
+    escaped = found["wants"][0].removeprefix("rollback@").removesuffix(".service")
+    unit = found["units"][f"{escaped}.device"]
+    assert unit["overrideStrategy"] == "asDropin"
+    assert unit["text"] == "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n"
+    assert not any(name.endswith(".device") for name in evaluated.machines["impermanence"]["units"])
+
+
 @pytest.mark.parametrize(("name", "message"), [("empty-tag", "names no"), ("device-not-a-path", "neither")])
 def test_devspec_refuses_what_the_module_refuses(name: str, message: str) -> None:
     spec = FAILS[name][0]["boot"]["rollback"]["device"]

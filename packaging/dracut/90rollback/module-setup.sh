@@ -161,7 +161,16 @@ print(device_path(sys.argv[1]))' "$rollback_device") \
         || _rollback_fatal "cannot install $moddir/units/rollback-trigger"
     inst_simple "$moddir/units/rollback.catalog" /usr/lib/systemd/catalog/rollback.catalog \
         || _rollback_fatal "cannot install $moddir/units/rollback.catalog"
-    unit="rollback@$(systemd-escape --path "$path").service" || _rollback_fatal "systemd-escape --path $path failed"
+    escaped=$(systemd-escape --path "$path") || _rollback_fatal "systemd-escape --path $path failed"
+    unit="rollback@$escaped.service"
+    # Its device unit waits as long as the root's: dracut gives root='s no job timeout (rd.timeout,
+    # unset by default: its rootfs generator), systemd-cryptsetup the mapper device's. Any other
+    # spelling of the same filesystem (UUID= where root=/dev/mapper/vg-root) had the default 90 s: a
+    # LUKS passphrase typed later failed rollback@ (stop-boot: emergency mode; else the old root booted).
+    mkdir -p "$initdir$systemdsystemunitdir/$escaped.device.d" || _rollback_fatal "cannot make $escaped.device.d"
+    printf '[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n' \
+        > "$initdir$systemdsystemunitdir/$escaped.device.d/rollback.conf" \
+        || _rollback_fatal "cannot write the $escaped.device drop-in"
     if [[ $rollback_policy == stop-boot ]]; then
         inst_simple "$moddir/units/rollback-stop-boot.conf" "$systemdsystemunitdir/rollback@.service.d/stop-boot.conf" \
             || _rollback_fatal "cannot install $moddir/units/rollback-stop-boot.conf"
