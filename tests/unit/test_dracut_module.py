@@ -308,3 +308,5 @@ def test_the_devices_unit_waits_without_a_job_timeout_as_the_roots_does(tmp_path
     assert dropin.read_text() == "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n"
     unit = "rollback@dev-disk-by\\x2duuid-0b3c\\x2d1.service"
     assert f"add-wants initrd.target {unit}" in built.stdout
+    # a device not on the building machine then holds the boot, as a wrong root= does: said at build time
+    assert "/dev/disk/by-uuid/0b3c-1 does not exist on this machine" in built.stdout + built.stderr

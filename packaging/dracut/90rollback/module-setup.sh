@@ -167,6 +167,8 @@ print(device_path(sys.argv[1]))' "$rollback_device") \
     # unset by default: its rootfs generator), systemd-cryptsetup the mapper device's. Any other
     # spelling of the same filesystem (UUID= where root=/dev/mapper/vg-root) had the default 90 s: a
     # LUKS passphrase typed later failed rollback@ (stop-boot: emergency mode; else the old root booted).
+    # (so a device that never appears holds the boot, as a wrong root= does: say so when building here)
+    [[ -e $path ]] || dwarn "rollback: $path does not exist on this machine: a boot from this image waits for it without a timeout (check rollback_device / device in $rollback_config)"
     mkdir -p "$initdir$systemdsystemunitdir/$escaped.device.d" || _rollback_fatal "cannot make $escaped.device.d"
     printf '[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n' \
         > "$initdir$systemdsystemunitdir/$escaped.device.d/rollback.conf" \
