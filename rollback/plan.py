@@ -11,8 +11,8 @@ happens here, before step one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import NamedTuple, assert_never
@@ -180,6 +180,10 @@ class Plan:
     steps: tuple[Step, ...]
     skipped: str = ""  # why the run keeps the root, when it does
     warnings: tuple[str, ...] = ()  # what the run does as asked but the operator should know
+    # step number -> the archived root whose pruning it carries out, after the new root is made: no room
+    # for it (a qgroup limit on the subvolume holding the archive) keeps that root, and the run goes on
+    pruning: Mapping[int, str] = field(default_factory=dict)
+    unpruned: tuple[str, ...] = ()  # set on the plan that ran: the archived roots kept that way
 
     @property
     def deleted(self) -> int:
@@ -210,7 +214,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
     if first or (obs.pending_cleanup and config.deletes_at_boot):
         steps.append(Reclaim())
-    deletes: list[Step] = []
+    deletes: list[tuple[Delete, str]] = []  # and what each deletes
 
     def move(source: str, dest: str) -> None:
         _ensure_parents(steps, obs, dest)
@@ -220,7 +224,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
         name = str(names.fresh_entry(obs.now, taken))
         taken.add(name)
         move(source, f"{TRASH_DIR}/{name}")
-        deletes.append(Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))))
+        deletes.append((Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))), source))
 
     if archives_root(config, obs):
         move(target, f"{config.archive}/{_archive_name(config, obs)}")
@@ -229,18 +233,25 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     _ensure_parents(steps, obs, target)
     steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
     steps.append(Commit())
+    pruning: dict[int, str] = {}
     for path in () if make_room else pruned:
+        began = len(steps)
         archived = obs.get(path)
         if path in obs.immutable or (archived and archived.read_only):
             steps.append(Unlock(path))
         move_to_trash(path)
+        # not a directory the trash needs made: the next root's pruning needs it too
+        pruning.update({n: path for n in range(began + 1, len(steps) + 1) if not isinstance(steps[n - 1], MakeDir)})
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
-    steps += deletes if config.deletes_at_boot else ()
+    for delete, source in deletes if config.deletes_at_boot else ():
+        steps.append(delete)
+        if source in pruning.values():
+            pruning[len(steps)] = source
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
     warnings = _other_roots_mark(config, obs) + _clock_behind(config, obs) + _quota_left(quota, target)
-    return _checked(Plan(tuple(steps), warnings=warnings), obs)
+    return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
 
 
 def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -19,10 +20,12 @@ from rollback.log import emit
 from rollback.model import Mounts, Observation
 from rollback.plan import (
     Bounds,
+    Create,
     Delete,
     Plan,
     Reclaim,
     Rename,
+    Snapshot,
     Step,
     bounds,
     holders,
@@ -100,17 +103,22 @@ def _execute(
     fields: dict[str, Any],
     unlock: Callable[[], None] | None = None,
     recheck: Callable[[Step], None] | None = None,
-) -> None:
+) -> Plan:
     """Carry out the plan's steps in order: the first write to the device happens here. With `unlock`,
     the lock is released once only waits for the kernel's cleaner are left (they change nothing: the
     cleanup's wait of up to an hour would refuse skip-next and a manual run as `locked` meanwhile).
-    `recheck` is called before each step, and may stop the run (StepFailed)."""
+    `recheck` is called before each step, and may stop the run (StepFailed). The plan that ran: its
+    steps carried out, and the archived roots kept for want of room to prune them (_kept_unpruned)."""
     from rollback.effects import btrfs, mount
 
     mount.make_writable(top)
     crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
     fail_at, _, later = os.environ.get(FAIL_AT_ENV, "").partition(",")  # "N,M": step N, then M of the next plan
+    ran: list[Step] = []
+    kept: list[str] = []
     for number, step in enumerate(plan.steps, 1):
+        if plan.pruning.get(number) in kept:
+            continue
         began = time.monotonic()
         try:
             if str(number) == fail_at:
@@ -121,6 +129,9 @@ def _execute(
                 recheck(step)
             btrfs.execute(step, top)
         except OSError as error:
+            if _kept_unpruned(plan, number, error, fields):
+                kept.append(plan.pruning[number])
+                continue
             undone, restored = _put_back(plan, number, top, fields)
             freeing = _still_freeing(plan, number, error, top)
             whole = isinstance(step, Delete) and error.errno in _NO_ROOM and btrfs.whole(top, step)
@@ -144,6 +155,28 @@ def _execute(
             if sent is signal.SIGINT:  # a Ctrl-C at a terminal, also where a shell started the tests with
                 signal.signal(sent, signal.default_int_handler)  # SIGINT ignored (a background job: CI)
             os.kill(os.getpid(), sent)
+        ran.append(step)
+    return replace(plan, steps=tuple(ran), unpruned=tuple(kept))
+
+
+def _kept_unpruned(plan: Plan, number: int, error: OSError, fields: dict[str, Any]) -> bool:
+    """No room to prune an archived root, once the new root is made: the subvolume holding the archive
+    at its qgroup limit refuses every rename and delete in it (btrfs charges them to it), at every boot.
+    Failing the run there made each boot exit 1 after making its root, the archive one root longer each
+    time. The root is kept (more kept than asked, never less), said in a warning; the run goes on."""
+    pruned = plan.pruning.get(number)
+    lack = _NO_ROOM.get(error.errno or 0)
+    if pruned is None or lack is None:
+        return False
+    step = plan.steps[number - 1]
+    emit(
+        "warning",
+        f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: the archived root {names.shown(pruned)} is "
+        "kept, not pruned (the new root is made); the next run prunes it",
+        hint=_QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)",
+        **fields,
+    )
+    return True
 
 
 def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> tuple[str, bool]:
@@ -213,7 +246,8 @@ def _failure(
         )
     quota = error.errno == errno.EDQUOT
     free = _QUOTA_FIX if quota else "free space (btrfs filesystem usage)"
-    free += "; the old root stays in use until then"
+    made = any(isinstance(done, Create | Snapshot) for done in plan.steps[: number - 1])
+    free += "" if made else "; the old root stays in use until then"  # else the new root is made: in use
     freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
@@ -262,8 +296,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     archived roots: those are deleted first, then the run goes on (else that refusal would repeat at
     every boot, with rollback's own archive filling the disk). The plan that ran."""
     try:
-        _execute(plan, top, fields)
-        return plan
+        return _execute(plan, top, fields)
     except Refused as refused:
         pruned = prune_paths(config, obs)
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
@@ -279,7 +312,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         "step", f"no space for the first change, nothing changed: first deleting {len(pruned)} pruned root(s)", **fields
     )
     try:
-        _execute(plan, top, fields)
+        return _execute(plan, top, fields)
     except Refused as refused:  # the first of them could not go either, and nothing did: say that
         if refused.code != "no-space":  # (a Delete first: the reason does not say "nothing is due")
             raise
@@ -296,7 +329,6 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
             "free space (btrfs filesystem usage); the old root stays in use, and the next run goes on from here",
             code="no-space-midway",
         ) from None
-    return plan
 
 
 def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
@@ -325,9 +357,10 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     # a first run, a run cut short, or a misspelt name: say so (a misspelt one is no rollback)
     moved = any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps)
     done = "replaced" if moved else "created (none was there)"
+    unpruned = f", {len(plan.unpruned)} archived root(s) kept for want of room to prune them" if plan.unpruned else ""
     emit(
         "finished",
-        f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted",
+        f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted{unpruned}",
         deleted=plan.deleted,
         duration_ms=round((time.monotonic() - began) * 1000, 1),
         **fields,

@@ -203,6 +203,56 @@ def test_a_quota_group_limit_reached_is_refused_untouched(disk: Disk, args: tupl
         assert disk.state() == before
 
 
+@pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
+def test_an_archive_in_a_subvolume_at_its_qgroup_limit_keeps_the_roots_it_cannot_prune(
+    disk: Disk, cleanup: str
+) -> None:
+    """`persist` (holding the archive) at its qgroup limit: btrfs charges a rename or delete out of it to
+    it, so no archived root can be pruned, while archiving into it (charged to the top level) works.
+    The run failed after making its root, exit 1 at every boot, the archive one root longer each time,
+    with a hint that the old root stayed in use (found by an auditing helper). Now the root is made,
+    the unpruned roots kept with a warning, exit 0; with the limit raised, the next run prunes them."""
+    archive = ("--archive", "persist/old-roots", "--keep-count", "1", "--keep-min", "0", "--cleanup", cleanup)
+    with disk.top() as top:
+        populate(top)
+        (top / "persist" / "old-roots").mkdir()
+        sh("btrfs", "quota", "enable", str(top))
+        sh("btrfs", "quota", "rescan", "-w", str(top))
+    assert disk.rollback("run", *archive).returncode == Exit.OK
+    with disk.top() as top:
+        sh("btrfs", "qgroup", "limit", "4M", str(top / "persist"), str(top))
+        with open(top / "persist" / "fill", "wb") as fill:
+            for _ in range(64):  # up to the limit: writes fail with EDQUOT well before 8 MiB
+                try:
+                    fill.write(os.urandom(1 << 17))
+                    fill.flush()
+                    os.fsync(fill.fileno())
+                except OSError as error:
+                    assert error.errno == errno.EDQUOT
+                    break
+    for boot in range(1, 4):
+        with disk.top() as top:
+            (top / "root" / "used").write_text(f"boot {boot}\n")
+        result = disk.rollback("run", *archive)
+        assert result.returncode == Exit.OK, result.stderr
+        assert "kind=warning" in result.stderr and "is kept, not pruned" in result.stderr, result.stderr
+        assert f"{boot} archived root(s) kept for want of room" in result.stderr, result.stderr
+        state = disk.state()
+        assert state.under("root") == {"root": "dir:40755"}  # a fresh root at every boot
+        archived = [p for p in state.subvolume_paths() if p.startswith("persist/old-roots/") and p.count("/") == 2]
+        assert len(archived) == boot + 1  # none pruned, none lost
+    with disk.top() as top:
+        sh("btrfs", "qgroup", "limit", "none", str(top / "persist"), str(top))
+    result = disk.rollback("run", *archive)
+    assert result.returncode == Exit.OK and "not pruned" not in result.stderr, result.stderr
+    if cleanup == "after-boot":
+        assert disk.rollback("cleanup").returncode == Exit.OK
+    state = disk.state()
+    assert [p for p in state.subvolume_paths() if p.startswith("persist/old-roots/")] != []
+    assert len([p for p in state.subvolume_paths() if p.startswith("persist/old-roots/")]) == 1
+    assert not [p for p in state.subvolume_paths() if p.startswith(TRASH)]
+
+
 def _pinned_made_in(top: Path, made_in: str) -> None:
     (top / made_in).mkdir(parents=True, exist_ok=True)
     chattr("+i", top / made_in)
