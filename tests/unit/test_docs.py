@@ -136,3 +136,16 @@ def test_the_demo_sets_up_only_what_it_runs(tmp_path: Path) -> None:
     assert "--no-install-recommends" not in apt.split()
     assert {"linux-image-cloud-amd64", "dracut-core", "qemu-system-x86", "nix-bin"} < set(apt.split())
     assert pip.endswith(" -e .[test]")
+
+
+def test_the_manual_stop_boot_instructions_are_the_drop_in_the_dracut_module_writes() -> None:
+    """`systemctl add-requires sysroot.mount ...` fails (sysroot.mount is generated at boot: "unit does not
+    exist"), and a reader following it was left with the OnFailure drop-in alone: the root mounted dirty
+    (a unit reviewer's finding). Every place that says how names the module's sysroot.mount drop-in."""
+    root = Path(__file__).parents[2]
+    module = (root / "packaging/dracut/90rollback/module-setup.sh").read_text()
+    assert "sysroot.mount.d/rollback.conf" in module and "Requires=%s\\nAfter=%s" in module
+    for name in ("units/rollback@.service", "units/rollback-stop-boot.conf", "docs/design.md"):
+        text = (root / name).read_text()
+        assert "sysroot.mount.d/rollback.conf" in text and "Requires=" in text, name
+        assert "add-requires sysroot.mount" not in text, name
