@@ -82,3 +82,12 @@ def test_the_cleanup_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},
     )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_the_cleanup_holds_no_start_job_while_it_deletes() -> None:
+    """A oneshot's start job lasts until it exits, and systemd counts the boot as finished only when no
+    job is left: the boot was 'starting' for the whole delete (up to an hour; a unit reviewer's)."""
+    lines = (UNITS / "rollback-cleanup@.service").read_text().splitlines()
+    settings = [line.partition("=") for line in lines if "=" in line and not line.startswith("#")]
+    assert ("Type", "=", "exec") in settings
+    assert any(key == "After" and "multi-user.target" in value.split() for key, _, value in settings)
