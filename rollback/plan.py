@@ -470,6 +470,38 @@ def _entry_stamp(sub: Examined) -> datetime:
 # --- the checks -------------------------------------------------------------------------
 
 
+def check_root_options(config: Config, options: tuple[str, ...]) -> None:
+    """The initrd mounts the root (sysroot.mount) from the subvolume this run replaces, by name. By id
+    (subvolid=), the renamed old root keeps that id: the boot mounts it from the trash or the archive
+    (then, deleted by the next boot, no root at all); from another subvolume, every boot replaces one
+    nothing uses and says it is done. NixOS's module asserts this; dracut's path had nothing."""
+    by_id = [o for o in options if o.startswith("subvolid=")]
+    if by_id:
+        raise Refused(
+            f"the root is mounted by subvolume id ({by_id[-1]}, in sysroot.mount's options): the old root keeps "
+            f"its id when it is moved away, so the boot would mount it, not the new {names.shown(config.subvolume)}",
+            f"mount the root by name: rootflags=subvol={config.subvolume} on the kernel command line (or the "
+            "initrd's fstab), without subvolid=",
+            code="root-options",
+        )
+    named = [o.partition("=")[2] for o in options if o.startswith("subvol=")]
+    if named and _canonical_or_none(named[-1].lstrip("/")) != config.subvolume:
+        raise Refused(
+            f"the root is mounted from subvol={named[-1]} (sysroot.mount's options), not from "
+            f"{names.shown(config.subvolume)}, the subvolume rollback replaces: every boot would replace one "
+            "nothing uses",
+            "set subvolume in rollback.toml (or rollback.subvolume=) to the root's subvolume, or fix rootflags=",
+            code="root-options",
+        )
+
+
+def _canonical_or_none(value: str) -> str | None:
+    try:
+        return names.canonical(value)
+    except ValueError:
+        return None
+
+
 def check(config: Config, obs: Observation) -> None:
     """Raise Refused unless every safety check passes; never returns a partial answer."""
     target = config.subvolume

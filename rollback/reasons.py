@@ -56,6 +56,10 @@ REASONS: dict[str, Reason] = {
     ),
     "hibernated": _refused("a hibernation image waits on the resume device", "resume it, or --ignore-hibernation"),
     "resume-unreadable": _refused("the resume device cannot be read", "fix resume= or --ignore-hibernation"),
+    "root-options": _refused(
+        "the initrd mounts the root by subvolume id, or from another subvolume than the one replaced",
+        "rootflags=subvol=<subvolume>",
+    ),
     "mounted": _refused(
         "something to delete or move is mounted (any namespace, any member or alias of the device)",
         "run from the initrd or a rescue system; unmount it",

@@ -268,6 +268,16 @@ def _failure(
     )
 
 
+def _check_root_options(config: Config) -> None:
+    """In an initrd, the root mount's options name the subvolume this run replaces (plan.check_root_options)."""
+    from rollback.effects import sysroot
+    from rollback.plan import check_root_options
+
+    options = sysroot.mount_options()
+    if options is not None:
+        check_root_options(config, options)
+
+
 def _check_hibernation(config: Config, cmdline: str) -> None:
     """Refuse while a hibernation image waits: mounting that filesystem now would corrupt it."""
     from rollback import hibernation
@@ -343,6 +353,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
     _check_hibernation(config, cmdline)
+    _check_root_options(config)
     with _observed(config, lock=not dry_run, bounded=True) as (top, obs, _unlock):
         plan = plan_run(config, obs)
         for warning in plan.warnings:

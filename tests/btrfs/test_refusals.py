@@ -17,6 +17,7 @@ import btrfsutil
 import pytest
 
 from rollback.effects import btrfs
+from rollback.effects.sysroot import SYSROOT_UNIT_ENV
 from rollback.errors import Exit
 from rollback.model import SKIP_MARK
 from rollback.plan import RemoveMark, Step, WriteMark
@@ -189,6 +190,28 @@ def test_a_placeholder_at_a_name_the_run_does_not_use_is_not_in_its_way(disk: Di
     assert result.returncode == Exit.OK, result.stderr
     with disk.top() as top:
         assert os.lstat(top / "persist" / "old-roots").st_ino == 2
+
+
+@pytest.mark.parametrize(
+    "options", ["subvolid=256", "subvol=root,subvolid=256", "subvol=@", "subvol=/@/root"], ids=lambda o: o
+)
+@pytest.mark.parametrize("flags", [(), ("--cleanup", "after-boot"), ("--archive", "old")], ids=lambda f: " ".join(f))
+def test_an_initrd_mounting_the_root_by_id_or_from_another_subvolume_is_refused(
+    disk: Disk, tmp_path: Path, options: str, flags: tuple[str, ...]
+) -> None:
+    """By id, the renamed old root kept it: the boot mounted yesterday's root from the trash, and the next
+    boot, deleting the trash first, left none to mount; from another subvolume, every boot replaced one
+    nothing used and said it was done (a unit reviewer's finding: NixOS's module asserts it, dracut's
+    path did nothing). Read from the generated sysroot.mount, as the initrd has it."""
+    setup(disk, lambda top: None)
+    unit = tmp_path / "sysroot.mount"
+    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nType=btrfs\nOptions={options},rw\n")
+    before = disk.state()
+    result = disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)})
+    assert result.returncode == Exit.REFUSED and "reason=root-options" in result.stderr, result.stderr
+    assert disk.state() == before
+    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nOptions=subvol=/root,rw\n")
+    assert disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)}).returncode == Exit.OK
 
 
 def test_state_dir_taken_by_a_file(disk: Disk) -> None:

@@ -804,3 +804,53 @@ def test_a_cleanup_entry_that_cannot_be_checked_again_is_a_failure_not_a_refusal
         _as_checked(config(), obs, Path("/nonexistent"), Delete(f"{TRASH_DIR}/{STAMP}", 1))
     assert failed.value.code == "step-failed" and "could not be checked again" in failed.value.reason
     assert "does not exist" in failed.value.reason and "check --device" in failed.value.hint
+
+
+@pytest.mark.parametrize(
+    ("options", "refused"),
+    [
+        (("subvol=root",), ""),
+        (("subvol=/root", "rw"), ""),
+        (("compress=zstd:3", "subvol=root/", "noatime"), ""),
+        (("subvol=other", "subvol=root"), ""),  # the last one counts, as the kernel reads them
+        ((), ""),  # the default subvolume: nothing named here to compare
+        (("subvolid=256",), "by subvolume id (subvolid=256"),
+        (("subvol=root", "subvolid=256"), "by subvolume id"),
+        (("subvol=@",), "from subvol=@ (sysroot.mount's options), not from 'root'"),
+        (("subvol=root", "subvol=/@/root"), "from subvol=/@/root"),
+        (("subvol=ro ot",), "from subvol=ro ot"),
+    ],
+)
+def test_the_initrds_root_mount_must_name_the_subvolume_replaced(options: tuple[str, ...], refused: str) -> None:
+    """By id, the boot mounted the old root from the trash (and the next boot, having deleted it, had
+    none); from another subvolume, every boot replaced one nothing used (a unit reviewer's finding)."""
+    from rollback.errors import Refused
+    from rollback.plan import check_root_options
+
+    if not refused:
+        check_root_options(config(), options)
+        return
+    with pytest.raises(Refused) as said:
+        check_root_options(config(), options)
+    assert refused in said.value.reason and said.value.code == "root-options"
+    assert "rootflags=" in said.value.hint
+
+
+@pytest.mark.parametrize(
+    ("unit", "options"),
+    [
+        ("[Mount]\nWhat=/dev/vda\nWhere=/sysroot\nType=btrfs\nOptions=subvol=root,rw\n", ("subvol=root", "rw")),
+        ("[Mount]\nOptions=subvol=a\nOptions= subvol=100%%,ro \n", ("subvol=100%", "ro")),
+        ("[Mount]\nWhat=/dev/vda\n", ()),
+    ],
+)
+def test_the_root_mounts_options_are_read_from_the_generated_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unit: str, options: tuple[str, ...]
+) -> None:
+    from rollback.effects import sysroot
+
+    (tmp_path / "sysroot.mount").write_text(unit)
+    monkeypatch.setenv(sysroot.SYSROOT_UNIT_ENV, str(tmp_path / "sysroot.mount"))
+    assert sysroot.mount_options() == options
+    monkeypatch.setenv(sysroot.SYSROOT_UNIT_ENV, str(tmp_path / "none"))
+    assert sysroot.mount_options() is None  # outside an initrd
