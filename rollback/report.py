@@ -8,7 +8,7 @@ from typing import NotRequired, TypedDict
 
 from rollback import names
 from rollback.model import TRASH_DIR, Examined, Kind, Observation
-from rollback.plan import mark_applies
+from rollback.plan import mark_applies, prune_paths
 from rollback.settings import Config
 
 
@@ -42,6 +42,7 @@ class ArchivedRoot(TypedDict):
 class ArchiveReport(TypedDict):
     path: str
     roots: list[ArchivedRoot]
+    due: list[str]  # what the next boot's retention prunes (kept so far: no room to prune them, say)
 
 
 class ProtectedReport(TypedDict):
@@ -107,7 +108,11 @@ def status(config: Config, obs: Observation) -> Status:
         "default_subvolume_id": obs.default_id,
         "root": _root(config, obs),
         "blank": {"path": config.blank, "exists": blank is not None, "read_only": bool(blank and blank.read_only)},
-        "archive": {"path": config.archive, "roots": [_archived(s, obs) for s in obs.entries(config.archive)]}
+        "archive": {
+            "path": config.archive,
+            "roots": [_archived(s, obs) for s in obs.entries(config.archive)],
+            "due": [] if mark_applies(config, obs) else prune_paths(config, obs),
+        }
         if config.keeping
         else None,
         "protected": [
@@ -167,8 +172,13 @@ def status_lines(report: Status) -> list[str]:
     ro = ", read-only" if blank["read_only"] else (", WRITABLE" if blank["exists"] else "")
     lines.append(f"blank:      {blank['path']} {'present' if blank['exists'] else 'missing'}{ro}")
     if archive is not None:
-        lines.append(f"archive:    {archive['path']}: {len(archive['roots'])} old root(s)")
-        lines += [f"            {r['path']} ({_age(r['age_seconds'])}, {r['nested']} nested)" for r in archive["roots"]]
+        due = f", {len(archive['due'])} due for pruning at the next boot" if archive["due"] else ""
+        lines.append(f"archive:    {archive['path']}: {len(archive['roots'])} old root(s){due}")
+        lines += [
+            f"            {r['path']} ({_age(r['age_seconds'])}, {r['nested']} nested)"
+            + ("  <- pruned at the next boot" if r["path"] in archive["due"] else "")
+            for r in archive["roots"]
+        ]
     for sub in report["protected"]:
         warning = "  <- INSIDE ROOT: a run would refuse" if sub["inside_root"] else ""
         lines.append(f"protected:  {sub['path']} id {sub['id']}{warning}")

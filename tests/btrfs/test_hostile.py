@@ -5,6 +5,7 @@ leaves something the next run cannot finish, and none fails the same way at ever
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -241,6 +242,10 @@ def test_an_archive_in_a_subvolume_at_its_qgroup_limit_keeps_the_roots_it_cannot
         assert state.under("root") == {"root": "dir:40755"}  # a fresh root at every boot
         archived = [p for p in state.subvolume_paths() if p.startswith("persist/old-roots/") and p.count("/") == 2]
         assert len(archived) == boot + 1  # none pruned, none lost
+    shown = disk.rollback("status", "--json", *archive)  # status says what the next boot prunes
+    assert shown.returncode == Exit.OK, shown.stderr
+    assert len(json.loads(shown.stdout)["archive"]["due"]) == 3  # of 4: keep-count 1, the root unwritten
+    assert "3 due for pruning at the next boot" in disk.rollback("status", *archive).stdout
     with disk.top() as top:
         sh("btrfs", "qgroup", "limit", "none", str(top / "persist"), str(top))
     result = disk.rollback("run", *archive)
