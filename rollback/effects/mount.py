@@ -25,6 +25,8 @@ _MNT_DETACH = 2
 _ENOENT = 2  # errno.ENOENT
 _EINVAL = 22  # errno.EINVAL
 _EIO = 5  # errno.EIO
+_EBUSY = 16  # errno.EBUSY
+_EEXIST = 17  # errno.EEXIST
 MOUNT_POINT = "/run/rollback"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -94,9 +96,7 @@ def top_level(device: str) -> Iterator[Path]:
                 code="read-only",
             )
         raise Refused(
-            f"cannot mount {device}: {os.strerror(errno)}",
-            "check the device with btrfs check --readonly; see dmesg",
-            code="mount-failed",
+            f"cannot mount {device}: {os.strerror(errno)}", _MOUNT_HINTS.get(errno, _DAMAGE), code="mount-failed"
         )
     try:
         yield Path(where)
@@ -105,6 +105,13 @@ def top_level(device: str) -> Iterator[Path]:
             _libc.umount2(os.fsencode(where), _MNT_DETACH)
 
 
+_DAMAGE = "check the device with btrfs check --readonly; see dmesg"
+_MOUNT_HINTS = {  # what btrfs's mount answers that is no damage (found by a multi-device tester)
+    _EBUSY: "the device is in use otherwise (a btrfs replace target, a seed in use, held by another filesystem): "
+    "lsblk; btrfs filesystem show; dmesg",
+    _EEXIST: "another device carries this filesystem's fsid and device id (a copy, or a member back from a "
+    "degraded mount): blkid; btrfs device scan --forget <the other device>; dmesg",
+}
 _BLKROGET = 0x125E  # _IO(0x12, 94): int, whether the block device is read-only
 
 

@@ -214,6 +214,21 @@ def test_an_initrd_mounting_the_root_by_id_or_from_another_subvolume_is_refused(
     assert disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)}).returncode == Exit.OK
 
 
+def test_a_device_held_exclusively_elsewhere_is_named_in_use_not_damaged(disk: Disk) -> None:
+    """EBUSY from btrfs's mount (a replace target, a device another holder claimed): the hint was
+    "btrfs check --readonly", as for damage (a multi-device tester's finding)."""
+    setup(disk, lambda top: None)
+    before = disk.state()
+    held = os.open(disk.device, os.O_RDONLY | os.O_EXCL)  # a block device's exclusive claim, as a holder's
+    try:
+        result = disk.rollback("status")
+    finally:
+        os.close(held)
+    assert result.returncode == Exit.REFUSED and "reason=mount-failed" in result.stderr, result.stderr
+    assert "in use otherwise" in result.stderr and "btrfs check" not in result.stderr, result.stderr
+    assert disk.state() == before
+
+
 def test_state_dir_taken_by_a_file(disk: Disk) -> None:
     setup(disk, lambda top: (top / ".rollback").touch())
     assert ".rollback exists but is not a plain directory" in refused(disk)
