@@ -49,7 +49,13 @@ REASONS: dict[str, Reason] = {
         "not root: no private mount namespace, the device or the lock directory not accessible", "run as root"
     ),
     "run-dir": _refused("/run/rollback or /run/rollback-locks is not a directory", "remove it"),
-    "chroot": _refused("/ is not a mount point (a plain chroot): no private mount namespace", "mount --bind DIR DIR"),
+    "seed-device": _refused(
+        "the device is a btrfs seed (read-only); its sprout is the filesystem in use", "name the sprout"
+    ),
+    "chroot": _refused(
+        "a plain chroot: / is not a mount point, or /proc or /sys is not mounted",
+        "mount --bind DIR DIR; mount /proc and /sys",
+    ),
     "mount-failed": _refused("the top level cannot be mounted", "btrfs check --readonly; dmesg"),
     "locked": _refused(
         "another run holds the filesystem's lock, or a disk tool the device node's for over 10 s", "wait for it"

@@ -54,7 +54,20 @@ def probe(device: str) -> str:
         raise Refused(f"cannot read {named}: {error.strerror}", "see dmesg", code="unreadable") from None
     if head[0x40:0x48] != _BTRFS_MAGIC:
         raise Refused(f"{named} does not hold a btrfs filesystem", "check --device", code="not-btrfs")
+    if int.from_bytes(head[0x38:0x40], "little") & _SUPER_FLAG_SEEDING:
+        # never mounted by us: since 6.7 the last unmount of a single-device filesystem unregisters
+        # it, and its sprout (the root) then cannot be mounted (dmesg: failed to find fsid ... seed)
+        raise Refused(
+            f"{named} is a seed device (btrfstune -S 1: read-only; a filesystem sprouted from it is the one "
+            "in use, under another UUID): nothing to replace on it, and mounting it alone can leave its sprout "
+            "unmountable until btrfs device scan",
+            "name the sprout's device (blkid: its UUID is not the seed's); a LABEL= names either, as udev last saw",
+            code="seed-device",
+        )
     return head[0x20:0x30].hex()
+
+
+_SUPER_FLAG_SEEDING = 1 << 32  # BTRFS_SUPER_FLAG_SEEDING, in the superblock's flags (offset 0x38)
 
 
 def _not_root(what: str) -> None:
@@ -171,6 +184,7 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
     the same bytes (a loop alias, a multipath path) or a copy replays its log and commits a transaction
     under the live one, even read-only; mounts in a mount namespace we cannot see (a container's run,
     the host's mounts being in another PID namespace) would be deleted under their users."""
+    _require_kernel_views()
     members = _members(fsid)
     if members is None:  # mounted nowhere
         return
@@ -196,6 +210,24 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
             "is mounted cannot be checked",
             "end what uses it (fuser -m; the namespace's bind mount), then run rollback again",
             code="mounted",
+        )
+
+
+def _require_kernel_views() -> None:
+    """/proc and /sys mounted: what is mounted, where and through which devices is read there. A chroot
+    without them saw nothing mounted: our read-only mount replayed the log of a filesystem mounted
+    through another device and committed under it (without /sys), or every verb was an internal error
+    (without /proc)."""
+    missing = [
+        name for name, probe in (("/proc", "/proc/self/ns/mnt"), ("/sys", "/sys/fs")) if not os.path.exists(probe)
+    ]
+    if missing:
+        raise Refused(
+            f"{' and '.join(missing)} not mounted (a chroot?): what is mounted, and through which devices, "
+            "cannot be checked",
+            "mount -t proc proc /proc; mount -t sysfs sysfs /sys (arch-chroot does both), or run rollback "
+            "outside the chroot with --device",
+            code="chroot",
         )
 
 

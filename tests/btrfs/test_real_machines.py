@@ -18,6 +18,7 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
+from tests.support.cli import rollback_argv
 from tests.support.disks import Disk, loop_device
 from tests.support.environment import require_root
 from tests.support.layout import NESTED, State, outside_root, populate, rolled_back, sh
@@ -542,3 +543,52 @@ def test_a_filesystem_unmounted_lazily_and_still_in_use_is_refused(disk: Disk, t
         user.wait()
     assert released(disk.device)
     assert disk.rollback("run").returncode == Exit.OK  # once nothing uses it
+
+
+# --- a seed device and its sprout ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", [("status",), ("diff",), ("run",), ("cleanup",), ("skip-next",)])
+def test_a_seed_device_is_refused_before_mounting_and_its_sprout_still_mounts(
+    tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    """A device named by LABEL= (a seed and its sprout share it) or by the UUID from before sprouting is
+    the seed: `status` showed its frozen tree as the live root, `run` was refused `read-only`, and the
+    probing mount unregistered the seed (kernel 6.7+): the sprout, the root, could not be mounted at
+    that boot (found by a multi-device tester). Refused before any mount; both devices byte-identical."""
+    require_root("mkfs.btrfs", "btrfstune", "btrfs", "losetup", "mount")
+    with (
+        loop_device(tmp_path / "seed.img", 300 << 20) as seed,
+        loop_device(tmp_path / "sprout.img", 300 << 20) as sprout,
+    ):
+        sh("mkfs.btrfs", "-q", "-f", "-L", "sys", seed)
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        sh("mount", "-o", "subvolid=5", seed, str(mnt))
+        populate(mnt)
+        sh("umount", str(mnt))
+        sh("btrfstune", "-S", "1", seed)
+        sh("mount", "-o", "subvolid=5", seed, str(mnt))
+        sh("btrfs", "device", "add", "-f", sprout, str(mnt))
+        sh("mount", "-o", "remount,rw", str(mnt))
+        (mnt / "persist" / "after-sprouting").write_text("written to the sprout\n")
+        sh("umount", str(mnt))
+        sh("btrfs", "device", "scan", seed, sprout)
+        try:
+            _refused_as_a_seed(tmp_path, mnt, seed, sprout, verb)
+        finally:  # no registration left naming loop devices about to be detached
+            subprocess.run(["btrfs", "device", "scan", "--forget", seed, sprout], capture_output=True)
+
+
+def _refused_as_a_seed(tmp_path: Path, mnt: Path, seed: str, sprout: str, verb: tuple[str, ...]) -> None:
+    images = [tmp_path / "seed.img", tmp_path / "sprout.img"]
+    before = [image.read_bytes() for image in images]
+    result = subprocess.run([*rollback_argv(*verb, device=seed)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=seed-device" in result.stderr and "name the sprout" in result.stderr, result.stderr
+    assert [image.read_bytes() for image in images] == before
+    sh("mount", "-o", "subvolid=5", sprout, str(mnt))  # what sysroot.mount does next
+    try:
+        assert (mnt / "persist" / "after-sprouting").read_text() == "written to the sprout\n"
+    finally:
+        sh("umount", str(mnt))

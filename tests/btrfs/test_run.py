@@ -287,6 +287,7 @@ _CHROOT = """set -e
 [ "$1" = bound ] && mount --bind "$0" "$0"
 for d in bin sbin lib lib64 usr etc root dev proc sys tmp run $ROLLBACK_TOPS; do
   [ -e "/$d" ] && [ ! -e "$0/$d" ] || continue
+  case " ${ROLLBACK_UNBOUND-} " in *" $d "*) mkdir "$0/$d"; continue ;; esac
   if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$0/$d"; else mkdir -p "$0/$d"; mount --rbind "/$d" "$0/$d"; fi
 done
 shift
@@ -294,12 +295,12 @@ exec chroot "$0" "$@"
 """
 
 
-def _chroot_env() -> dict[str, str]:
+def _chroot_env(unbound: str = "") -> dict[str, str]:
     """The top-level directories holding this checkout and its interpreter (CI clones it anywhere:
-    /work, /check/work, /tmp), for the chroot to see the same paths."""
+    /work, /check/work, /tmp), for the chroot to see the same paths; `unbound`: left empty there."""
     here = [Path(__file__).resolve(), Path(sys.executable), Path(sys.prefix).resolve()]
     tops = sorted({p.parts[1] for p in here if len(p.parts) > 1})
-    return {**os.environ, "ROLLBACK_TOPS": " ".join(tops)}
+    return {**os.environ, "ROLLBACK_TOPS": " ".join(tops), "ROLLBACK_UNBOUND": unbound}
 
 
 @pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
@@ -323,6 +324,29 @@ def test_in_a_plain_chroot_it_refuses_and_says_how(disk: Disk, tmp_path: Path, v
     (root / "b").mkdir()
     done = subprocess.run(bound, capture_output=True, text=True, timeout=120, cwd="/", env=_chroot_env())
     assert done.returncode == Exit.OK, done.stderr
+
+
+@pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
+@pytest.mark.parametrize("unbound", ["proc", "sys", "proc sys"])
+def test_in_a_chroot_without_proc_or_sys_it_refuses_before_mounting(
+    disk: Disk, tmp_path: Path, verb: str, unbound: str
+) -> None:
+    """Without /sys nothing showed the filesystem mounted through another device, and our read-only
+    mount replayed its log and committed under it; without /proc every verb was an internal error
+    (found by a multi-device tester). Refused before any mount, naming what to mount."""
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    root = tmp_path / "chroot"
+    root.mkdir()
+    argv = disk.rollback_argv(verb)
+    bound = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), "bound", *argv]
+    result = subprocess.run(bound, capture_output=True, text=True, timeout=120, cwd="/", env=_chroot_env(unbound))
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=chroot" in result.stderr and "mount -t proc proc /proc" in result.stderr, result.stderr
+    said = result.stderr.split("hint=")[0]
+    assert all(f"/{name}" in said for name in unbound.split()), said
+    assert "Traceback" not in result.stderr and disk.state() == before
 
 
 @pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
