@@ -303,6 +303,14 @@ def _chroot_env(unbound: str = "") -> dict[str, str]:
     return {**os.environ, "ROLLBACK_TOPS": " ".join(tops), "ROLLBACK_UNBOUND": unbound}
 
 
+def _in_chroot(disk: Disk, root: Path, how: str, verb: str, unbound: str = "") -> subprocess.CompletedProcess[str]:
+    """`verb` run in a chroot of the host at `root` (`how`: plain, or bound on itself first), built in a
+    private mount namespace of its own: nothing of it reaches the host."""
+    root.mkdir()
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), how, *disk.rollback_argv(verb)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/", env=_chroot_env(unbound))
+
+
 @pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
 def test_in_a_plain_chroot_it_refuses_and_says_how(disk: Disk, tmp_path: Path, verb: str) -> None:
     """A rescue shell's plain `chroot DIR`: "/" is no mount's root, so it cannot be made a slave (EINVAL)
@@ -312,17 +320,11 @@ def test_in_a_plain_chroot_it_refuses_and_says_how(disk: Disk, tmp_path: Path, v
     with disk.top() as top:
         populate(top)
     before = disk.state()
-    root = tmp_path / "chroot"
-    root.mkdir()
-    argv = disk.rollback_argv(verb)
-    plain = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), "plain", *argv]
-    result = subprocess.run(plain, capture_output=True, text=True, timeout=120, cwd="/", env=_chroot_env())
+    result = _in_chroot(disk, tmp_path / "chroot", "plain", verb)
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=chroot" in result.stderr and "mount --bind DIR DIR" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and disk.state() == before
-    bound = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root / "b"), "bound", *argv]
-    (root / "b").mkdir()
-    done = subprocess.run(bound, capture_output=True, text=True, timeout=120, cwd="/", env=_chroot_env())
+    done = _in_chroot(disk, tmp_path / "bound", "bound", verb)
     assert done.returncode == Exit.OK, done.stderr
 
 
@@ -337,11 +339,7 @@ def test_in_a_chroot_without_proc_or_sys_it_refuses_before_mounting(
     with disk.top() as top:
         populate(top)
     before = disk.state()
-    root = tmp_path / "chroot"
-    root.mkdir()
-    argv = disk.rollback_argv(verb)
-    bound = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), "bound", *argv]
-    result = subprocess.run(bound, capture_output=True, text=True, timeout=120, cwd="/", env=_chroot_env(unbound))
+    result = _in_chroot(disk, tmp_path / "chroot", "bound", verb, unbound)
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=chroot" in result.stderr and "mount -t proc proc /proc" in result.stderr, result.stderr
     said = result.stderr.split("hint=")[0]
