@@ -252,7 +252,8 @@ def _seen(fsid: str, members: set[int] | None) -> bool:
     the last mount (a killed cleanup) is gone from /proc before the kernel has torn its filesystem down."""
     deadline = time.monotonic() + UNSEEN_WAIT_S
     while members is not None:
-        if any(m.fstype == "btrfs" and _through(m.source, members) for _, table in _namespaces() for m in table):
+        mounts = [(pid, m) for pid, table in _namespaces() for m in table if m.fstype == "btrfs"]
+        if any(_through(m.source, members) for _, m in mounts) or any(_of(fsid, pid, m) for pid, m in mounts):
             return True
         if time.monotonic() > deadline:
             return False
@@ -277,6 +278,25 @@ def _members(fsid: str) -> set[int] | None:
         except (OSError, ValueError):  # a member going away meanwhile
             continue
     return found
+
+
+def _of(fsid: str, pid: int | None, mount: mountinfo.Mount) -> bool:
+    """Whether `mount` is of the filesystem `fsid`, by what statfs says of its mount point (btrfs folds
+    the fsid and the subvolume id into f_fsid): when the device node its line names is gone (renamed
+    with lvrename or dmsetup rename, a member unplugged), its source cannot be stat'ed. Never opened."""
+    if mount.subvolid is None:
+        return False
+    words = [int.from_bytes(bytes.fromhex(fsid)[i : i + 4], "big") for i in (0, 4, 8, 12)]
+    low = (words[0] ^ words[2] ^ (mount.subvolid >> 32)) & 0xFFFFFFFF
+    high = (words[1] ^ words[3] ^ mount.subvolid) & 0xFFFFFFFF
+    roots = ["/proc/self/root", "/proc/1/root"] if pid is None else [f"/proc/{pid}/root"]
+    for root in roots:
+        try:
+            if os.statvfs(root + mount.mount_point).f_fsid == low | high << 32:
+                return True
+        except OSError:  # gone meanwhile, or not reachable from here
+            continue
+    return False
 
 
 def _through(source: str, members: set[int]) -> bool:
