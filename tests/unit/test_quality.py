@@ -91,3 +91,12 @@ def test_the_cleanup_holds_no_start_job_while_it_deletes() -> None:
     settings = [line.partition("=") for line in lines if "=" in line and not line.startswith("#")]
     assert ("Type", "=", "exec") in settings
     assert any(key == "After" and "multi-user.target" in value.split() for key, _, value in settings)
+
+
+def test_the_early_process_is_bound_to_the_unit_that_triggers_it() -> None:
+    """Its trigger killed without its trap running (SIGKILL, the OOM killer): rollback@ failed, and the
+    early process's run went on beside sysroot.mount (a unit reviewer's finding). Ordered before it,
+    so the binding waits for rollback@'s own start job rather than stopping at once."""
+    lines = (UNITS / "rollback-early@.service").read_text().splitlines()
+    settings = [line.partition("=")[::2] for line in lines if "=" in line and not line.startswith("#")]
+    assert ("BindsTo", "rollback@%i.service") in settings and ("Before", "rollback@%i.service") in settings
