@@ -174,6 +174,7 @@ inst_binary() { :; }
 inst_simple() { mkdir -p "$initdir$(dirname "${2:-$1}")" && cp -L "$1" "$initdir${2:-$1}"; }
 SYSTEMCTL="echo systemctl"
 systemdsystemunitdir=/usr/lib/systemd/system
+systemdutildir=/usr/lib/systemd
 mkdir -p "$initdir" && chmod 755 "$initdir"
 . "$1"
 moddir=$(dirname "$1") install
@@ -297,16 +298,46 @@ def test_a_valid_config_file_is_installed_and_the_unit_wanted(tmp_path: Path) ->
     assert unit in (initdir / "usr/lib/systemd/system/sysroot.mount.d/rollback.conf").read_text()
 
 
-@pytest.mark.parametrize("policy", ["stop-boot", "boot-on"])
-def test_the_devices_unit_waits_without_a_job_timeout_as_the_roots_does(tmp_path: Path, policy: str) -> None:
-    """dracut gives root='s device unit no job timeout; any other spelling of the same filesystem (the
-    installer writes UUID=, GRUB root=/dev/mapper/vg-root) had systemd's 90 s: a LUKS passphrase typed
-    later failed rollback@ (stop-boot: emergency mode; else the old root booted). A unit reviewer's."""
-    built = dracut_install(tmp_path, 'device = "UUID=0b3c-1"\n', rollback_policy=policy)
+@pytest.mark.parametrize(
+    ("words", "timeout"),
+    [
+        ("quiet", "infinity"),
+        ("quiet rd.timeout=60 ro", "60"),
+        ("rd.timeout=0", "0"),
+        ("rd.timeout=$(reboot)", "infinity"),
+    ],
+)
+def test_the_devices_unit_waits_as_long_as_dracut_lets_roots(tmp_path: Path, words: str, timeout: str) -> None:
+    """dracut gives root='s device unit rd.timeout, no limit when unset; any other spelling of the same
+    filesystem (the installer writes UUID=, GRUB root=/dev/mapper/vg-root) had systemd's 90 s: a LUKS
+    passphrase typed later failed rollback@ (stop-boot: emergency mode; else the old root booted). A
+    generator writes the drop-in from the boot's own command line (a unit reviewer's finding; a fixed
+    "no limit" hung a boot whose device never appears with no way out: rd.timeout is that way)."""
+    built = dracut_install(tmp_path, 'device = "UUID=0b3c-1"\n', rollback_policy="stop-boot")
     assert built.returncode == 0, built.stderr
-    dropin = tmp_path / "initramfs/usr/lib/systemd/system/dev-disk-by\\x2duuid-0b3c\\x2d1.device.d/rollback.conf"
-    assert dropin.read_text() == "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n"
-    unit = "rollback@dev-disk-by\\x2duuid-0b3c\\x2d1.service"
-    assert f"add-wants initrd.target {unit}" in built.stdout
-    # a device not on the building machine then holds the boot, as a wrong root= does: said at build time
+    generator = tmp_path / "initramfs/usr/lib/systemd/system-generators/rollback-device-timeout"
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(words + "\n")
+    out = tmp_path / "generated"
+    out.mkdir()
+    script = 'mount --bind "$1" /proc/cmdline && exec sh "$2" "$3" "$3" "$3"'
+    argv = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(cmdline),
+        str(generator),
+        str(out),
+    ]
+    ran = subprocess.run(argv, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    dropin = out / "dev-disk-by\\x2duuid-0b3c\\x2d1.device.d/rollback.conf"
+    assert dropin.read_text() == f"[Unit]\nJobTimeoutSec={timeout}\nJobRunningTimeoutSec={timeout}\n"
+    assert "rollback@dev-disk-by\\x2duuid-0b3c\\x2d1.service" in built.stdout
+    # a device not on the building machine then holds the boot as a wrong root= does: said at build time
     assert "/dev/disk/by-uuid/0b3c-1 does not exist on this machine" in built.stdout + built.stderr

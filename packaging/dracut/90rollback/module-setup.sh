@@ -163,16 +163,28 @@ print(device_path(sys.argv[1]))' "$rollback_device") \
         || _rollback_fatal "cannot install $moddir/units/rollback.catalog"
     escaped=$(systemd-escape --path "$path") || _rollback_fatal "systemd-escape --path $path failed"
     unit="rollback@$escaped.service"
-    # Its device unit waits as long as the root's: dracut gives root='s no job timeout (rd.timeout,
-    # unset by default: its rootfs generator), systemd-cryptsetup the mapper device's. Any other
-    # spelling of the same filesystem (UUID= where root=/dev/mapper/vg-root) had the default 90 s: a
-    # LUKS passphrase typed later failed rollback@ (stop-boot: emergency mode; else the old root booted).
-    # (so a device that never appears holds the boot, as a wrong root= does: say so when building here)
-    [[ -e $path ]] || dwarn "rollback: $path does not exist on this machine: a boot from this image waits for it without a timeout (check rollback_device / device in $rollback_config)"
-    mkdir -p "$initdir$systemdsystemunitdir/$escaped.device.d" || _rollback_fatal "cannot make $escaped.device.d"
-    printf '[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n' \
-        > "$initdir$systemdsystemunitdir/$escaped.device.d/rollback.conf" \
-        || _rollback_fatal "cannot write the $escaped.device drop-in"
+    # Its device unit waits as long as dracut lets root='s wait: rd.timeout, none when unset (dracut's
+    # rootfs generator); systemd-cryptsetup gives a mapper device none either. Any other spelling of the
+    # same filesystem (UUID= where root=/dev/mapper/vg-root) had the default 90 s: a LUKS passphrase
+    # typed later failed rollback@ (stop-boot: emergency mode; else the old root booted). A generator,
+    # as rd.timeout is read at boot: it bounds a device that never appears, as it does a wrong root=
+    # (said here when building for a device this machine does not have).
+    [[ -e $path ]] || dwarn "rollback: $path does not exist on this machine: a boot from this image waits for it as long as for root= (rd.timeout; no limit when unset): check rollback_device / device in $rollback_config"
+    generator="$initdir$systemdutildir/system-generators/rollback-device-timeout"
+    mkdir -p "${generator%/*}" || _rollback_fatal "cannot make ${generator%/*}"
+    cat > "$generator" << GENERATOR || _rollback_fatal "cannot write $generator"
+#!/bin/sh
+# rollback's device waits as long as root= does: rd.timeout, or no limit (dracut's 90rollback wrote this)
+timeout=infinity
+read -r cmdline < /proc/cmdline
+for word in \$cmdline; do
+    case \$word in rd.timeout=*) timeout=\${word#rd.timeout=} ;; esac
+done
+case \$timeout in '' | *[!0-9a-z.]*) timeout=infinity ;; esac
+mkdir -p "\$1/$escaped.device.d" &&
+    printf '[Unit]\\nJobTimeoutSec=%s\\nJobRunningTimeoutSec=%s\\n' "\$timeout" "\$timeout" > "\$1/$escaped.device.d/rollback.conf"
+GENERATOR
+    chmod 0755 "$generator" || _rollback_fatal "cannot make $generator executable"
     if [[ $rollback_policy == stop-boot ]]; then
         inst_simple "$moddir/units/rollback-stop-boot.conf" "$systemdsystemunitdir/rollback@.service.d/stop-boot.conf" \
             || _rollback_fatal "cannot install $moddir/units/rollback-stop-boot.conf"
