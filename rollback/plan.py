@@ -104,6 +104,8 @@ class Unlock:
     """Clear the read-only property and +i/+a of an archived root retention removes: it is ours."""
 
     path: str
+    # whether it was read-only (someone's choice): put back if no room is left to prune it after all
+    read_only: bool = field(default=False, compare=False)
 
     def describe(self) -> str:
         return f"clear read-only and immutable flags of {self.path}"
@@ -238,7 +240,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
         began = len(steps)
         archived = obs.get(path)
         if path in obs.immutable or (archived and archived.read_only):
-            steps.append(Unlock(path))
+            steps.append(Unlock(path, read_only=bool(archived and archived.read_only)))
         move_to_trash(path)
         # not a directory the trash needs made: the next root's pruning needs it too
         pruning.update({n: path for n in range(began + 1, len(steps) + 1) if not isinstance(steps[n - 1], MakeDir)})
@@ -307,8 +309,7 @@ def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:
     """Delete what the trash holds (on the running system, after boot), with the run's checks on it."""
-    _check_placeholders([TRASH_DIR], obs)
-    _check_state_dir(obs)
+    _check_state_dir(obs)  # (.rollback is in the top level, which no snapshot gives placeholders)
     _check_holder(TRASH_DIR, obs, "trash directory")
     entries = obs.entries(TRASH_DIR)
     _check_doomed(config, obs, [s for e in entries for s in obs.tree(e.path)])

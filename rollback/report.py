@@ -42,7 +42,7 @@ class ArchivedRoot(TypedDict):
 class ArchiveReport(TypedDict):
     path: str
     roots: list[ArchivedRoot]
-    due: list[str]  # what the next boot's retention prunes (kept so far: no room to prune them, say)
+    due: list[str]  # what retention prunes at the next boot with room to (kept so far: no room, say)
 
 
 class ProtectedReport(TypedDict):
@@ -172,11 +172,11 @@ def status_lines(report: Status) -> list[str]:
     ro = ", read-only" if blank["read_only"] else (", WRITABLE" if blank["exists"] else "")
     lines.append(f"blank:      {blank['path']} {'present' if blank['exists'] else 'missing'}{ro}")
     if archive is not None:
-        due = f", {len(archive['due'])} due for pruning at the next boot" if archive["due"] else ""
+        due = f", {len(archive['due'])} due for pruning" if archive["due"] else ""
         lines.append(f"archive:    {archive['path']}: {len(archive['roots'])} old root(s){due}")
         lines += [
             f"            {r['path']} ({_age(r['age_seconds'])}, {r['nested']} nested)"
-            + ("  <- pruned at the next boot" if r["path"] in archive["due"] else "")
+            + ("  <- due for pruning" if r["path"] in archive["due"] else "")
             for r in archive["roots"]
         ]
     for sub in report["protected"]:

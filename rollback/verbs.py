@@ -27,6 +27,7 @@ from rollback.plan import (
     Rename,
     Snapshot,
     Step,
+    Unlock,
     bounds,
     holders,
     paths_of_interest,
@@ -129,7 +130,7 @@ def _execute(
                 recheck(step)
             btrfs.execute(step, top)
         except OSError as error:
-            if _kept_unpruned(plan, number, error, fields):
+            if _pruning_skipped(plan, number, error, ran, top, fields):
                 kept.append(plan.pruning[number])
                 continue
             undone, restored = _put_back(plan, number, top, fields)
@@ -156,23 +157,40 @@ def _execute(
                 signal.signal(sent, signal.default_int_handler)  # SIGINT ignored (a background job: CI)
             os.kill(os.getpid(), sent)
         ran.append(step)
-    return replace(plan, steps=tuple(ran), unpruned=tuple(kept))
+    unpruned = tuple(p for p in kept if not any(isinstance(s, Rename) and s.source == p for s in ran))
+    return replace(plan, steps=tuple(ran), unpruned=unpruned)
 
 
-def _kept_unpruned(plan: Plan, number: int, error: OSError, fields: dict[str, Any]) -> bool:
+def _pruning_skipped(
+    plan: Plan, number: int, error: OSError, ran: list[Step], top: Path, fields: dict[str, Any]
+) -> bool:
     """No room to prune an archived root, once the new root is made: the subvolume holding the archive
     at its qgroup limit refuses every rename and delete in it (btrfs charges them to it), at every boot.
     Failing the run there made each boot exit 1 after making its root, the archive one root longer each
-    time. The root is kept (more kept than asked, never less), said in a warning; the run goes on."""
+    time. The root is kept (more kept than asked, never less), its read-only property put back if this
+    run cleared it; or, moved to the trash already, left there for the next run. Said in a warning."""
+    from rollback.effects import btrfs
+
     pruned = plan.pruning.get(number)
     lack = _NO_ROOM.get(error.errno or 0)
     if pruned is None or lack is None:
         return False
     step = plan.steps[number - 1]
+    moved = next((s for s in ran if isinstance(s, Rename) and s.source == pruned), None)
+    if moved is not None:  # its delete: in the trash, which the next run (or rollback cleanup) empties first
+        outcome = f"it is left in the trash ({names.shown(moved.dest)}): the next run or rollback cleanup deletes it"
+    else:
+        outcome = f"the archived root {names.shown(pruned)} is kept, not pruned (the new root is made)"
+        if any(isinstance(s, Unlock) and s.path == pruned and s.read_only for s in ran):
+            try:
+                btrfs.set_read_only(top / pruned)
+                outcome += ", read-only again"
+            except OSError as again:
+                outcome += f"; its read-only property could not be put back ({again.strerror})"
+        outcome += "; the next run with room prunes it"
     emit(
         "warning",
-        f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: the archived root {names.shown(pruned)} is "
-        "kept, not pruned (the new root is made); the next run prunes it",
+        f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: {outcome}",
         hint=_QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)",
         **fields,
     )
@@ -269,12 +287,21 @@ def _failure(
 
 
 def _check_root_options(config: Config) -> None:
-    """In an initrd, the root mount's options name the subvolume this run replaces (plan.check_root_options)."""
-    from rollback.effects import sysroot
+    """In an initrd, the root mount's options name the subvolume this run replaces (plan.check_root_options),
+    when the root is this filesystem: rollback may be set up for another btrfs than the root's (or an
+    initramfs shared by boot entries with other roots), whose options are none of its business."""
+    from rollback.effects import device, sysroot
     from rollback.plan import check_root_options
 
-    options = sysroot.mount_options()
-    if options is not None:
+    found = sysroot.root_mount()
+    if found is None:
+        return
+    what, options = found
+    try:
+        same = bool(what) and device.probe(what) == device.probe(config.require_device())
+    except Refused:  # not there (yet), or not btrfs: not known to be this filesystem
+        same = False
+    if same:
         check_root_options(config, options)
 
 
@@ -336,7 +363,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
             raise
         raise StepFailed(
             f"{failed.reason} (the run had no room, and was making it by deleting the archived roots retention prunes)",
-            "free space (btrfs filesystem usage); the old root stays in use, and the next run goes on from here",
+            failed.hint,  # _failure's: whether the old root stays in use depends on the step
             code="no-space-midway",
         ) from None
 

@@ -248,6 +248,11 @@ def unlock(path: Path) -> None:
     _unpin(path)
 
 
+def set_read_only(path: Path) -> None:
+    """Make the subvolume at `path` read-only again (a pruning that had no room after its unlock)."""
+    btrfsutil.set_subvolume_read_only(str(path), True)
+
+
 def unlock_tree(path: Path) -> None:
     """Everything the recursive delete of `path` could trip on: read-only subvolumes holding nested
     ones, and +i/+a on a subvolume's top directory or on the directory holding a nested subvolume."""

@@ -1,4 +1,4 @@
-"""rollback's own directories in /run (the mount point, the locks, the early process's): made if
+"""rollback's own directories in /run (the mount point, the locks): made if
 missing, and refused if something else holds the name (a file, a symbolic link), which every verb met
 as an internal error. /run is emptied at each boot, so this is a state of a running system only."""
 

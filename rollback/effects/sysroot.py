@@ -10,16 +10,18 @@ SYSROOT_UNIT = "/run/systemd/generator/sysroot.mount"
 SYSROOT_UNIT_ENV = "ROLLBACK_TEST_SYSROOT_UNIT"  # test hook: read this file instead
 
 
-def mount_options() -> tuple[str, ...] | None:
-    """The unit's Options= (the last one, as systemd reads it), split; None without the unit."""
+def root_mount() -> tuple[str, tuple[str, ...]] | None:
+    """The unit's What= and Options= (the last of each, as systemd reads them), the options split; None
+    without the unit."""
     try:
         with open(os.environ.get(SYSROOT_UNIT_ENV, SYSROOT_UNIT), encoding="utf-8", errors="surrogateescape") as unit:
             text = unit.read(1 << 16)
     except OSError:
         return None
-    found = ""
+    found = {"What": "", "Options": ""}
     for line in text.splitlines():
         key, _, value = line.strip().partition("=")
-        if key.strip() == "Options":
-            found = value.strip()
-    return tuple(option for option in found.replace("%%", "%").split(",") if option)
+        if key.strip() in found:
+            found[key.strip()] = value.strip()
+    options = found["Options"].replace("%%", "%").split(",")
+    return found["What"].replace("%%", "%"), tuple(option for option in options if option)

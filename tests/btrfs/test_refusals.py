@@ -22,7 +22,7 @@ from rollback.errors import Exit
 from rollback.model import SKIP_MARK
 from rollback.plan import RemoveMark, Step, WriteMark
 from tests.support.cli import rollback_argv
-from tests.support.disks import Disk
+from tests.support.disks import Disk, loop_device
 from tests.support.layout import outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
@@ -212,6 +212,20 @@ def test_an_initrd_mounting_the_root_by_id_or_from_another_subvolume_is_refused(
     assert disk.state() == before
     unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nOptions=subvol=/root,rw\n")
     assert disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)}).returncode == Exit.OK
+
+
+def test_the_root_mount_of_another_filesystem_is_none_of_its_business(disk: Disk, tmp_path: Path) -> None:
+    """rollback set up for one btrfs while the root is another (`subvol=@` there), or the initramfs shared
+    by a boot entry with another root: checked, every boot was refused (a reviewer's finding on this
+    session's check). Only a root on this filesystem is compared; a device not there is not known to be."""
+    setup(disk, lambda top: None)
+    unit = tmp_path / "sysroot.mount"
+    with loop_device(tmp_path / "other.img", 128 << 20) as other:
+        sh("mkfs.btrfs", "-q", other)
+        for what in (other, "/dev/disk/by-uuid/not-there"):
+            unit.write_text(f"[Mount]\nWhat={what}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=@,rw\n")
+            result = disk.rollback("run", env={SYSROOT_UNIT_ENV: str(unit)})
+            assert result.returncode == Exit.OK, result.stderr
 
 
 def test_a_device_held_exclusively_elsewhere_is_named_in_use_not_damaged(disk: Disk) -> None:

@@ -837,20 +837,23 @@ def test_the_initrds_root_mount_must_name_the_subvolume_replaced(options: tuple[
 
 
 @pytest.mark.parametrize(
-    ("unit", "options"),
+    ("unit", "mount"),
     [
-        ("[Mount]\nWhat=/dev/vda\nWhere=/sysroot\nType=btrfs\nOptions=subvol=root,rw\n", ("subvol=root", "rw")),
-        ("[Mount]\nOptions=subvol=a\nOptions= subvol=100%%,ro \n", ("subvol=100%", "ro")),
-        ("[Mount]\nWhat=/dev/vda\n", ()),
+        (
+            "[Mount]\nWhat=/dev/vda\nWhere=/sysroot\nType=btrfs\nOptions=subvol=root,rw\n",
+            ("/dev/vda", ("subvol=root", "rw")),
+        ),
+        ("[Mount]\nOptions=subvol=a\nOptions= subvol=100%%,ro \nWhat=/dev/x%%y\n", ("/dev/x%y", ("subvol=100%", "ro"))),
+        ("[Mount]\nWhat=/dev/vda\n", ("/dev/vda", ())),
     ],
 )
-def test_the_root_mounts_options_are_read_from_the_generated_unit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unit: str, options: tuple[str, ...]
+def test_the_root_mount_is_read_from_the_generated_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unit: str, mount: tuple[str, tuple[str, ...]]
 ) -> None:
     from rollback.effects import sysroot
 
     (tmp_path / "sysroot.mount").write_text(unit)
     monkeypatch.setenv(sysroot.SYSROOT_UNIT_ENV, str(tmp_path / "sysroot.mount"))
-    assert sysroot.mount_options() == options
+    assert sysroot.root_mount() == mount
     monkeypatch.setenv(sysroot.SYSROOT_UNIT_ENV, str(tmp_path / "none"))
-    assert sysroot.mount_options() is None  # outside an initrd
+    assert sysroot.root_mount() is None  # outside an initrd
