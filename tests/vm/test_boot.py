@@ -44,6 +44,12 @@ def test_normal_boot(vm: Vm, tmp_path: Path) -> None:
     (early,) = boot.units("rollback-early@")
     ready = int(boot.unit(early)["ActiveEnterTimestampMonotonic"])  # READY=1: imports done
     assert 0 < ready <= int(rollback_unit(boot)["ExecMainStartTimestampMonotonic"])
+    # the root-options check had the generated sysroot.mount to read (this filesystem, subvol=root), and
+    # the device's unit its timeout from rd.timeout (unset: no limit), as the generators wrote them
+    mount = boot.facts.get("sysroot.mount", b"").decode()
+    assert "What=/dev/vda" in mount and "subvol=root" in mount, mount
+    timeout = boot.facts.get("device-timeout.conf", b"").decode()
+    assert timeout == "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n", timeout
 
 
 def test_without_the_early_unit_the_rollback_runs_alone(vm: Vm, tmp_path: Path) -> None:

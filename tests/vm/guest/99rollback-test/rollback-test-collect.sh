@@ -9,6 +9,9 @@ units=$(systemctl list-units --all --plain --no-legend --no-pager 'rollback@*' '
 for unit in $units sysroot.mount; do
     systemctl show --no-pager "$unit" > "$facts/unit-$unit.txt"
 done
+# what rollback read of the root's mount, and its device unit's timeout drop-in (generators' output)
+cat /run/systemd/generator/sysroot.mount > "$facts/sysroot.mount" 2> /dev/null
+cat /run/systemd/generator/*.device.d/rollback.conf > "$facts/device-timeout.conf" 2> /dev/null
 if grep -q ' /sysroot ' /proc/self/mountinfo; then
     echo mounted > "$facts/sysroot"
 fi
