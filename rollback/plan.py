@@ -506,8 +506,7 @@ def _canonical_or_none(value: str) -> str | None:
 def check(config: Config, obs: Observation) -> None:
     """Raise Refused unless every safety check passes; never returns a partial answer."""
     target = config.subvolume
-    used = [target, TRASH_DIR, SKIP_MARK, *([config.blank] if config.from_blank else [])]
-    _check_placeholders([*used, *([config.archive] if config.keeping else [])], obs)
+    _check_placeholders([*_used_paths(config), SKIP_MARK], obs)
     _check_state_dir(obs)
     _check_ways(config, obs)
     _check_target(target, obs)
@@ -520,6 +519,17 @@ def check(config: Config, obs: Observation) -> None:
     doomed = obs.tree(target) + [s for p in prune_paths(config, obs) for s in obs.tree(p)]
     doomed += [s for e in obs.entries(TRASH_DIR) for s in obs.tree(e.path)]
     _check_doomed(config, obs, doomed)
+
+
+def _used_paths(config: Config) -> list[str]:
+    """The paths a run renames, creates or snapshots from: the target, the trash, and the blank and the
+    archive when this configuration uses them."""
+    return [
+        config.subvolume,
+        TRASH_DIR,
+        *([config.blank] if config.from_blank else []),
+        *([config.archive] if config.keeping else []),
+    ]
 
 
 def _check_placeholders(paths: list[str], obs: Observation) -> None:
@@ -542,8 +552,7 @@ def _check_placeholders(paths: list[str], obs: Observation) -> None:
 def _check_ways(config: Config, obs: Observation) -> None:
     """Every directory on the way to a path the run uses is a real one: a symlink there would send a
     rename or a mkdir somewhere else (and a file there makes every boot fail)."""
-    used = [config.subvolume, TRASH_DIR] + ([config.blank] if config.from_blank else [])
-    for path in used + ([config.archive] if config.keeping else []):
+    for path in _used_paths(config):
         for parent in names.prefixes(path)[:-1]:
             if obs.kind(parent) is Kind.OTHER:
                 raise Refused(

@@ -103,6 +103,7 @@ def status(config: Config, obs: Observation) -> Status:
     blank = obs.get(config.blank)
     protected = {names.basename(p) for p in config.protect}
     refused = _boot_refused(config, obs)
+    kept = mark_applies(config, obs)  # the next boot keeps the root: it prunes nothing either
     return {
         "device": config.device,
         "default_subvolume_id": obs.default_id,
@@ -111,7 +112,7 @@ def status(config: Config, obs: Observation) -> Status:
         "archive": {
             "path": config.archive,
             "roots": [_archived(s, obs) for s in obs.entries(config.archive)],
-            "due": [] if mark_applies(config, obs) else prune_paths(config, obs),
+            "due": [] if kept else prune_paths(config, obs),
         }
         if config.keeping
         else None,
@@ -121,10 +122,10 @@ def status(config: Config, obs: Observation) -> Status:
             if names.basename(s.path) in protected
         ],
         "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
-        "skip_next": mark_applies(config, obs),
+        "skip_next": kept,
         "skip_next_present": obs.skip_mark,
         "skip_next_for": obs.skip_mark_for.id if obs.skip_mark and obs.skip_mark_for else None,
-        "skip_next_refused": refused if mark_applies(config, obs) else None,
+        "skip_next_refused": refused if kept else None,
         "next_boot_refused": refused,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
     }

@@ -109,7 +109,7 @@ def _execute(
     the lock is released once only waits for the kernel's cleaner are left (they change nothing: the
     cleanup's wait of up to an hour would refuse skip-next and a manual run as `locked` meanwhile).
     `recheck` is called before each step, and may stop the run (StepFailed). The plan that ran: its
-    steps carried out, and the archived roots kept for want of room to prune them (_kept_unpruned)."""
+    steps carried out, and the archived roots kept for want of room to prune them (_pruning_skipped)."""
     from rollback.effects import btrfs, mount
 
     mount.make_writable(top)

@@ -15,9 +15,7 @@ def ensure(path: str) -> None:
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         mode = os.lstat(path).st_mode
-    except FileExistsError:  # a file or a link to nowhere holds the name
-        mode = 0
-    except NotADirectoryError:  # a file on the way
+    except (FileExistsError, NotADirectoryError):  # a file or a link to nowhere holds the name, or is on the way
         mode = 0
     if not stat.S_ISDIR(mode):
         raise Refused(
