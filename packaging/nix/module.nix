@@ -380,8 +380,9 @@ in
           contents."/etc/rollback.toml".source = configFile;
           # Wanted by name: systemd instantiates the template; a services entry is only for drop-ins.
           targets.initrd.wants = [ "${instance}.service" ];
-          # A device named apart from the root's (boot.rollback.device): its unit waits as long as the
-          # root's would, not systemd's default 90 s (a LUKS passphrase typed later failed the unit).
+          # A device named apart from the root's (boot.rollback.device): its unit waits without a job
+          # timeout, not systemd's default 90 s (a LUKS passphrase typed later failed the unit); one that
+          # never appears holds the boot: the previous generation is the way out (docs/nixos.md).
           units = lib.optionalAttrs (cfg.device != null) {
             "${escapedDevice}.device" = {
               overrideStrategy = "asDropin";
