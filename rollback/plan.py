@@ -496,6 +496,30 @@ def check_root_options(config: Config, options: tuple[str, ...]) -> None:
         )
 
 
+def check_root_default(config: Config, options: tuple[str, ...], obs: Observation) -> None:
+    """With neither subvol= nor subvolid=, the kernel mounts the root from the default subvolume: unless
+    that is the subvolume this run replaces, every boot replaces one nothing uses (with the top level as
+    the default, the root's own directory /root is then the subvolume replaced); and when it is, the old
+    root keeps the default's id when it is moved away, and the boot mounts it (a stale generation)."""
+    if any(o.startswith(("subvol=", "subvolid=")) for o in options):
+        return
+    target = obs.get(config.subvolume)
+    if target is not None and target.id == obs.default_id:
+        what = "the old root keeps its id when it is moved away, so the boot would mount it"
+        fix = f"btrfs subvolume set-default 5 <top>, and rootflags=subvol={config.subvolume}"
+    else:
+        default = next((s for s in obs.subvols if s.id == obs.default_id), None)
+        shown = "the top level" if default is None else f"{names.shown(default.path)} (id {obs.default_id})"
+        what = f"that is {shown}, not {names.shown(config.subvolume)}: every boot would replace one nothing uses"
+        fix = f"rootflags=subvol={config.subvolume}"
+    raise Refused(
+        "the root is mounted with neither subvol= nor subvolid= (sysroot.mount's options), so from the "
+        f"filesystem's default subvolume: {what}",
+        f"mount the root by name: {fix} on the kernel command line (or the initrd's fstab)",
+        code="root-options",
+    )
+
+
 def _canonical_or_none(value: str) -> str | None:
     try:
         return names.canonical(value)

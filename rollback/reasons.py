@@ -63,7 +63,8 @@ REASONS: dict[str, Reason] = {
     "hibernated": _refused("a hibernation image waits on the resume device", "resume it, or --ignore-hibernation"),
     "resume-unreadable": _refused("the resume device cannot be read", "fix resume= or --ignore-hibernation"),
     "root-options": _refused(
-        "the initrd mounts the root by subvolume id, or from another subvolume than the one replaced",
+        "the initrd mounts the root by subvolume id, as the default subvolume, or from another subvolume than the "
+        "one replaced",
         "rootflags=subvol=<subvolume>",
     ),
     "mounted": _refused(

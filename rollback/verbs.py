@@ -29,6 +29,7 @@ from rollback.plan import (
     Step,
     Unlock,
     bounds,
+    check_root_default,
     holders,
     paths_of_interest,
     plan_cleanup,
@@ -286,23 +287,26 @@ def _failure(
     )
 
 
-def _check_root_options(config: Config) -> None:
+def _check_root_options(config: Config) -> tuple[str, ...] | None:
     """In an initrd, the root mount's options name the subvolume this run replaces (plan.check_root_options),
     when the root is this filesystem: rollback may be set up for another btrfs than the root's (or an
-    initramfs shared by boot entries with other roots), whose options are none of its business."""
+    initramfs shared by boot entries with other roots), whose options are none of its business. Returns
+    them then, for what only the observation answers (plan.check_root_default); else None."""
     from rollback.effects import device, sysroot
     from rollback.plan import check_root_options
 
     found = sysroot.root_mount()
     if found is None:
-        return
+        return None
     what, options = found
     try:
         same = bool(what) and device.probe(what) == device.probe(config.require_device())
     except Refused:  # not there (yet), or not btrfs: not known to be this filesystem
         same = False
-    if same:
-        check_root_options(config, options)
+    if not same:
+        return None
+    check_root_options(config, options)
+    return options
 
 
 def _check_hibernation(config: Config, cmdline: str) -> None:
@@ -380,8 +384,10 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
     _check_hibernation(config, cmdline)
-    _check_root_options(config)
+    root_options = _check_root_options(config)
     with _observed(config, lock=not dry_run, bounded=True) as (top, obs, _unlock):
+        if root_options is not None:
+            check_root_default(config, root_options, obs)
         plan = plan_run(config, obs)
         for warning in plan.warnings:
             emit("warning", warning, **fields)

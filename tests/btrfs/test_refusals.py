@@ -214,6 +214,32 @@ def test_an_initrd_mounting_the_root_by_id_or_from_another_subvolume_is_refused(
     assert disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)}).returncode == Exit.OK
 
 
+@pytest.mark.parametrize("default", ["", "persist", "root"], ids=lambda d: d or "top level")
+@pytest.mark.parametrize("flags", [(), ("--cleanup", "after-boot"), ("--archive", "old")], ids=lambda f: " ".join(f))
+def test_an_initrd_mounting_the_default_subvolume_is_refused_unless_named(
+    disk: Disk, tmp_path: Path, default: str, flags: tuple[str, ...]
+) -> None:
+    """Neither subvol= nor subvolid= (rootflags= forgotten): the kernel mounts the default subvolume. The
+    top level (as set by mkfs) booted, `root` was its /root (root's home) and was replaced at every boot,
+    exit 0; `root` itself as the default: the old root kept the id, the boot mounted it."""
+
+    def set_default(top: Path) -> None:
+        btrfsutil.set_default_subvolume(str(top), btrfsutil.subvolume_id(str(top / default)) if default else 5)
+
+    setup(disk, set_default)
+    unit = tmp_path / "sysroot.mount"
+    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nType=btrfs\nOptions=ro\n")
+    before = disk.state()
+    result = disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)})
+    assert result.returncode == Exit.REFUSED and "reason=root-options" in result.stderr, result.stderr
+    assert "neither subvol= nor subvolid=" in result.stderr and "rootflags=subvol=root" in result.stderr
+    assert disk.state() == before
+    with disk.top() as top:
+        btrfsutil.set_default_subvolume(str(top), 5)
+    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nOptions=subvol=root,ro\n")
+    assert disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)}).returncode == Exit.OK
+
+
 def test_the_root_mount_of_another_filesystem_is_none_of_its_business(disk: Disk, tmp_path: Path) -> None:
     """rollback set up for one btrfs while the root is another (`subvol=@` there), or the initramfs shared
     by a boot entry with another root: checked, every boot was refused (a reviewer's finding on this

@@ -837,6 +837,34 @@ def test_the_initrds_root_mount_must_name_the_subvolume_replaced(options: tuple[
 
 
 @pytest.mark.parametrize(
+    ("options", "default", "refused"),
+    [
+        (("subvol=root",), None, ""),  # named: the default does not matter
+        (("subvol=root",), "root", ""),  # (that refusal is default-subvolume's, with the root's tree)
+        (("subvolid=256",), None, ""),  # by id: refused before mounting (above)
+        ((), None, "that is the top level, not 'root': every boot would replace one nothing uses"),
+        (("rw", "compress=zstd"), "persist", "that is 'persist' (id 256), not 'root'"),
+        (("ro",), "root", "the old root keeps its id when it is moved away, so the boot would mount it"),
+    ],
+)
+def test_an_initrd_mounting_the_default_subvolume_mounts_the_root_replaced(
+    options: tuple[str, ...], default: str | None, refused: str
+) -> None:
+    """No subvol=: the kernel mounts the default subvolume, the top level unless set: every boot replaced
+    `root` beside the root actually booted (`/root`, root's home, wiped), and said it was done."""
+    from rollback.plan import check_root_default
+
+    obs = observe(["persist", "root"], default=default)
+    if not refused:
+        check_root_default(config(), options, obs)
+        return
+    with pytest.raises(Refused) as said:
+        check_root_default(config(), options, obs)
+    assert refused in said.value.reason and said.value.code == "root-options", said.value.reason
+    assert "neither subvol= nor subvolid=" in said.value.reason and "rootflags=subvol=root" in said.value.hint
+
+
+@pytest.mark.parametrize(
     ("unit", "mount"),
     [
         (
@@ -857,3 +885,21 @@ def test_the_root_mount_is_read_from_the_generated_unit(
     assert sysroot.root_mount() == mount
     monkeypatch.setenv(sysroot.SYSROOT_UNIT_ENV, str(tmp_path / "none"))
     assert sysroot.root_mount() is None  # outside an initrd
+
+
+def test_the_root_mount_is_the_unit_systemd_would_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """root=gpt-auto: gpt-auto's generator writes sysroot.mount to the late directory, which the check
+    did not read (one place only); a unit anywhere before it in systemd's search path wins over it."""
+    from rollback.effects import sysroot
+
+    assert sysroot.UNIT_DIRS[-1] == "/run/systemd/generator.late"  # systemd's order: the late one last
+    assert sysroot.UNIT_DIRS.index("/etc/systemd/system") < sysroot.UNIT_DIRS.index("/run/systemd/generator")
+    dirs = [tmp_path / Path(d).name for d in ("generator", "late")]
+    monkeypatch.setattr(sysroot, "UNIT_DIRS", tuple(str(d) for d in dirs))
+    assert sysroot.root_mount() is None
+    dirs[1].mkdir()
+    (dirs[1] / "sysroot.mount").write_text("[Mount]\nWhat=/dev/gpt-auto-root\nOptions=subvol=@\n")
+    assert sysroot.root_mount() == ("/dev/gpt-auto-root", ("subvol=@",))
+    dirs[0].mkdir()
+    (dirs[0] / "sysroot.mount").write_text("[Mount]\nWhat=/dev/vda\nOptions=subvol=root\n")
+    assert sysroot.root_mount() == ("/dev/vda", ("subvol=root",))
