@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import NotRequired, TypedDict
 
@@ -72,6 +72,7 @@ class Status(TypedDict):
     skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
     mounted: dict[str, str]  # subvolume id -> where
+    missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
 
 
 def _when(sub: Examined, now: datetime) -> When:
@@ -99,7 +100,8 @@ def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
     }
 
 
-def status(config: Config, obs: Observation) -> Status:
+def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Status:
+    """What `status` shows; `missing`: the ids of member devices the kernel mounted it without."""
     blank = obs.get(config.blank)
     protected = {names.basename(p) for p in config.protect}
     refused = _boot_refused(config, obs)
@@ -128,6 +130,7 @@ def status(config: Config, obs: Observation) -> Status:
         "skip_next_refused": refused if kept else None,
         "next_boot_refused": refused,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
+        "missing_devices": list(missing),
     }
 
 
@@ -163,6 +166,12 @@ def _span(seconds: int) -> str:
 def status_lines(report: Status) -> list[str]:
     root, blank, archive = report["root"], report["blank"], report["archive"]
     lines = [f"device:     {report['device']} (default subvolume id {report['default_subvolume_id']})"]
+    if report["missing_devices"]:
+        lines.append(
+            f"DEGRADED:   device id(s) {', '.join(map(str, report['missing_devices']))} missing (mounted degraded): "
+            "a boot's mount fails without them, and its run is refused (mount-failed); replace or remove the "
+            "missing device (btrfs replace / btrfs device remove missing)"
+        )
     if "id" in root:
         lines.append(
             f"root:       {root['path']} id {root['id']}, created {root['created']} "

@@ -478,8 +478,11 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
 
 
 def status(config: Config, *, as_json: bool) -> Exit:
+    from rollback.effects import device
+
     with _observed(config, lock=False) as (_top, obs, _unlock):
-        found = report.status(config, obs)
+        missing = device.missing_members(device.probe(config.require_device()))  # while mounted
+        found = report.status(config, obs, missing)
     _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 

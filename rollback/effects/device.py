@@ -280,6 +280,25 @@ def _members(fsid: str) -> set[int] | None:
     return found
 
 
+def missing_members(fsid: str) -> list[int]:
+    """The device ids of the mounted filesystem `fsid` that the kernel has no device for (mounted
+    degraded), from sysfs (devinfo/<id>/missing); [] when none are, or it is not mounted."""
+    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/devinfo"
+    try:
+        listed = os.listdir(base)
+    except OSError:
+        return []
+    found = []
+    for name in listed:
+        try:
+            with open(f"{base}/{name}/missing", encoding="ascii") as handle:
+                if handle.read().strip() == "1":
+                    found.append(int(name))
+        except (OSError, ValueError):  # a kernel without the attribute, or a member going away meanwhile
+            continue
+    return sorted(found)
+
+
 def _of(fsid: str, pid: int | None, mount: mountinfo.Mount) -> bool:
     """Whether `mount` is of the filesystem `fsid`, by what statfs says of its mount point (btrfs folds
     the fsid and the subvolume id into f_fsid): when the device node its line names is gone (renamed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import select
 import stat
@@ -423,6 +424,32 @@ def test_a_member_missing_is_refused_saying_so(raid: Raid, verb: str) -> None:
         sh("btrfs", "device", "scan", raid[1].device)
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=mount-failed" in result.stderr and "a device of its btrfs filesystem is missing" in result.stderr
+    assert states(*raid) == before
+
+
+def test_status_of_a_filesystem_mounted_degraded_names_the_missing_member(raid: Raid, tmp_path: Path) -> None:
+    """Mounted by hand with -o degraded (a rescue shell), `status` shared the mount and said nothing of it,
+    while the next boot's mount, without the option, is refused (a multi-device tester's leftover)."""
+    with raid[0].top() as top:
+        populate(top)
+    before = states(*raid)
+    held = tmp_path / "held"
+    held.mkdir()
+    healthy = raid[0].rollback("status")
+    assert healthy.returncode == Exit.OK and "DEGRADED" not in healthy.stdout, healthy.stdout
+    sh("btrfs", "device", "scan", "--forget", raid[1].device)  # as if that disk had not appeared
+    try:
+        sh("mount", "-o", "degraded,ro", raid[0].device, str(held))
+        try:
+            result = raid[0].rollback("status")
+            as_json = raid[0].rollback("status", "--json")
+        finally:
+            sh("umount", str(held))
+    finally:
+        sh("btrfs", "device", "scan", raid[1].device)
+    assert result.returncode == Exit.OK, result.stderr
+    assert "DEGRADED:   device id(s) 2 missing (mounted degraded)" in result.stdout, result.stdout
+    assert json.loads(as_json.stdout)["missing_devices"] == [2]
     assert states(*raid) == before
 
 
