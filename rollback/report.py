@@ -73,6 +73,7 @@ class Status(TypedDict):
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
     mounted: dict[str, str]  # subvolume id -> where
     missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
+    booted_from: str | None  # the subvolume at / when of this filesystem and not the target
 
 
 def _when(sub: Examined, now: datetime) -> When:
@@ -131,7 +132,20 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
         "next_boot_refused": refused,
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
         "missing_devices": list(missing),
+        "booted_from": _booted_from(config, obs),
     }
+
+
+def _booted_from(config: Config, obs: Observation) -> str | None:
+    """The subvolume mounted at / when that is of this filesystem and not the target: this boot's initrd
+    mounted another (rootflags= forgotten, or naming another), and a boot that mounts it so again
+    refuses (root-options). None otherwise, and in the initrd (/ is not btrfs there)."""
+    booted = next((subvol_id for subvol_id, where in obs.mounted.items() if where == "/"), None)
+    target = obs.get(config.subvolume)
+    if booted is None or (target is not None and target.id == booted):
+        return None
+    found = next((s for s in obs.subvols if s.id == booted), None)
+    return "the top level" if found is None else f"{names.shown(found.path)} (id {booted})"
 
 
 def _boot_refused(config: Config, obs: Observation) -> str | None:
@@ -206,6 +220,11 @@ def status_lines(report: Status) -> list[str]:
     lines.append(f"skip-next:  {mark}")
     if report["next_boot_refused"] and not report["skip_next_refused"]:
         lines.append(f"next boot:  REFUSED: {report['next_boot_refused']}")
+    if report["booted_from"]:
+        lines.append(
+            f"booted:     from {report['booted_from']}, not {report['root']['path']}: a boot that mounts the root so "
+            "again is refused (root-options); boot with rootflags=subvol=" + report["root"]["path"]
+        )
     for subvol_id, where in report["mounted"].items():
         lines.append(f"mounted:    subvolume id {subvol_id} at {where}")
     return lines

@@ -284,9 +284,10 @@ def test_when_the_new_root_cannot_be_made_the_old_one_is_moved_back(
 
 
 _CHROOT = """set -e
-[ "$1" = bound ] && mount --bind "$0" "$0"
+case "$1" in bound) mount --bind "$0" "$0" ;; subvol=*) mount -o "$1" "$ROLLBACK_DEVICE" "$0" ;; esac
 for d in bin sbin lib lib64 usr etc root dev proc sys tmp run $ROLLBACK_TOPS; do
-  [ -e "/$d" ] && [ ! -e "$0/$d" ] || continue
+  [ -e "/$d" ] || continue
+  case " $ROLLBACK_TOPS " in *" $d "*) ;; *) [ ! -e "$0/$d" ] || continue ;; esac  # ours over what is there
   case " ${ROLLBACK_UNBOUND-} " in *" $d "*) mkdir "$0/$d"; continue ;; esac
   if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$0/$d"; else mkdir -p "$0/$d"; mount --rbind "/$d" "$0/$d"; fi
 done
@@ -298,17 +299,45 @@ exec chroot "$0" "$@"
 def _chroot_env(unbound: str = "") -> dict[str, str]:
     """The top-level directories holding this checkout and its interpreter (CI clones it anywhere:
     /work, /check/work, /tmp), for the chroot to see the same paths; `unbound`: left empty there."""
-    here = [Path(__file__).resolve(), Path(sys.executable), Path(sys.prefix).resolve()]
+    here = [Path(__file__).resolve(), Path(sys.executable), Path(sys.executable).resolve(), Path(sys.prefix).resolve()]
     tops = sorted({p.parts[1] for p in here if len(p.parts) > 1})
     return {**os.environ, "ROLLBACK_TOPS": " ".join(tops), "ROLLBACK_UNBOUND": unbound}
 
 
 def _in_chroot(disk: Disk, root: Path, how: str, verb: str, unbound: str = "") -> subprocess.CompletedProcess[str]:
-    """`verb` run in a chroot of the host at `root` (`how`: plain, or bound on itself first), built in a
-    private mount namespace of its own: nothing of it reaches the host."""
+    """`verb` run in a chroot of the host at `root` (`how`: plain, bound on itself first, or `subvol=X`:
+    that subvolume of the disk mounted there first, as a booted root), built in a private mount
+    namespace of its own: nothing of it reaches the host."""
     root.mkdir()
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), how, *disk.rollback_argv(verb)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/", env=_chroot_env(unbound))
+    env = {**_chroot_env(unbound), "ROLLBACK_DEVICE": disk.device}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/", env=env)
+
+
+@pytest.mark.parametrize(
+    ("booted", "said"),
+    [("persist", "from 'persist' (id 257), not root"), ("/", "from the top level, not root"), ("root", "")],
+    ids=["persist", "top level", "root"],
+)
+def test_status_on_a_system_booted_from_another_subvolume_says_a_boot_so_is_refused(
+    disk: Disk, tmp_path: Path, booted: str, said: str
+) -> None:
+    """rootflags= forgotten (the top level boots) or naming another subvolume: `status` on the running
+    system looked healthy, and the boot after was refused root-options. Shown where / is that
+    subvolume: a chroot into it, as a booted root."""
+    with disk.top() as top:
+        populate(top)
+    result = _in_chroot(disk, tmp_path / "booted", f"subvol={booted}", "status")
+    assert result.returncode == Exit.OK, result.stderr
+    line = [found for found in result.stdout.splitlines() if found.startswith("booted:")]
+    assert line == (
+        [
+            f"booted:     {said}: a boot that mounts the root so again is refused (root-options); "
+            "boot with rootflags=subvol=root"
+        ]
+        if said
+        else []
+    ), result.stdout
 
 
 @pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
