@@ -34,7 +34,7 @@ def canonical(value: str) -> str:
         if part == "..":
             raise ValueError("has a '..' component (must stay below the top level)")
         if not _COMPONENT.fullmatch(part):
-            raise ValueError("may only use letters, digits and _ @ + . - (separated by /)")
+            raise ValueError("may only use ASCII letters, digits and _ @ + . - (separated by /)")
         if len(part) > NAME_MAX:
             raise ValueError(f"has a component longer than {NAME_MAX} characters")
     path = "/".join(parts)

@@ -12,7 +12,7 @@ let
     if part == ".." then
       "has a '..' component (must stay below the top level)"
     else if builtins.match component part == null then
-      "may only use letters, digits and _ @ + . - (separated by /)"
+      "may only use ASCII letters, digits and _ @ + . - (separated by /)"
     else if builtins.stringLength part > nameMax then
       "has a component longer than ${toString nameMax} characters"
     else

@@ -165,7 +165,7 @@ FAILS: dict[str, tuple[Machine, list[str]]] = {
     ),
     "archive-not-a-name": (
         machine({"archive": "old roots"}),
-        ['archive = "old roots" may only use letters, digits and _ @ + . - (separated by /).'],
+        ['archive = "old roots" may only use ASCII letters, digits and _ @ + . - (separated by /).'],
     ),
     "archive-in-state-dir": (
         machine({"archive": ".rollback/x"}),
