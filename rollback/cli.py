@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, assert_never
 
 from rollback import __version__
-from rollback.errors import KIND, MEANING, Exit, RollbackError
-from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Merge, Value, resolve
+from rollback.errors import KIND, MEANING, ConfigError, Exit, RollbackError
+from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Layer, Merge, Value, resolve
 
 
 def _hanging(first: str, text: str, width: int = 88) -> str:
@@ -254,7 +254,7 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
     initrd = in_initrd()
     cmdline_layer = parse_cmdline(cmdline, initrd=initrd)
     if not initrd:  # rd.rollback.* is read at the next boot only, yet refused there at every boot: here too
-        parse_cmdline(cmdline, initrd=True)
+        _check_as_the_initrd_reads(file_layer, parse_cmdline(cmdline, initrd=True), cmdline_layer, file_name)
     flags: dict[str, Value] = {}
     for s in SETTINGS:
         given = [v for v in (getattr(args, BEFORE + s.name, None), getattr(args, s.name, None)) if v is not None]
@@ -263,6 +263,23 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
         elif given:  # the flag's last occurrence wins, as within each place
             flags[s.name] = s.parser.from_cli(given[-1])
     return resolve(file_layer, cmdline_layer, flags, file_name), cmdline
+
+
+def _check_as_the_initrd_reads(file_layer: Layer, boot_layer: Layer, cmdline_layer: Layer, file_name: str) -> None:
+    """The settings as the next boot resolves them, rd.rollback.* words included: a value or a
+    combination refused there (rd.rollback.mode=bogus, rd.rollback.keep-days without an archive) is
+    refused at every boot, while the verbs here, not reading those words, said nothing was wrong."""
+    if boot_layer == cmdline_layer:
+        return
+    try:
+        resolve(file_layer, boot_layer, {}, file_name)
+    except ConfigError as error:
+        raise ConfigError(
+            f"{error.reason} (as the initrd reads the kernel command line, rd.rollback.* words included: "
+            "every boot would refuse it)",
+            error.hint,
+            code=error.code,
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+_SPACE = " \t\n\r"  # systemd's (proc_cmdline's WHITESPACE): not U+00A0 or U+2003, which str.isspace counts
+
 
 def split_cmdline(text: str) -> list[str]:
-    """Split like the kernel does: whitespace separates, double quotes group and vanish."""
+    """Split as systemd does: spaces, tabs and line ends separate; double quotes group and vanish."""
     words: list[str] = []
     current: list[str] = []
     quoted = started = False
     for char in text:
         if char == '"':
             quoted, started = not quoted, True
-        elif char.isspace() and not quoted:
+        elif char in _SPACE and not quoted:
             if started:
                 words.append("".join(current))
             current, started = [], False

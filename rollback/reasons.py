@@ -34,7 +34,10 @@ REASONS: dict[str, Reason] = {
     "bad-choice": _usage("`mode` or `cleanup` is not one of its choices", "use one the message lists"),
     "conflict": _usage("two settings contradict each other", "change one of the two the message names"),
     "unknown-key": _usage("an unknown key in the config file or rollback.* option", "fix the spelling"),
-    "bad-encoding": _usage("the kernel command line is not UTF-8 text (or holds a NUL byte)", "fix the boot entry"),
+    "bad-encoding": _usage(
+        "a rollback.* word of the kernel command line is not UTF-8 (or the file given holds a NUL byte)",
+        "fix the boot entry",
+    ),
     "bad-toml": _usage("the config file is not valid TOML", "fix the file at the line the message gives"),
     "config-unreadable": _usage("the config file cannot be read", "check its path and permissions"),
     "cmdline-unreadable": _usage("the kernel command line file cannot be read", "--kernel-cmdline /dev/null"),

@@ -322,6 +322,56 @@ def test_an_invalid_rd_option_is_refused_outside_the_initrd_too(
     assert code == Exit.USAGE and "rd.rollback.keep_days=abc" in err and "reason=bad-value" in err, err
 
 
+@pytest.mark.parametrize("verb", [("config",), ("status",), ("run", "--dry-run")], ids=lambda v: " ".join(v))
+@pytest.mark.parametrize(
+    ("words", "reason"),
+    [
+        ("rd.rollback.mode=bogus", "bad-choice"),
+        ("rd.rollback.keep-days=5", "conflict"),  # no archive to keep them in
+        ("rd.rollback.subvolume=/x", "bad-name"),
+        ("rd.rollback.protect=root", "conflict"),
+    ],
+)
+def test_settings_the_initrd_would_refuse_are_refused_outside_it_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: tuple[str, ...], words: str, reason: str
+) -> None:
+    """Each word parses alone; the initrd refuses the settings they make (at every boot), while status,
+    config and run --dry-run on the running system, not reading them, exited 0 (a names tester). Refused
+    before the device is looked at (/dev/test does not exist)."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"quiet {words}\n")
+    code, _, err = run(capsys, *verb, "--device", "/dev/test", "--kernel-cmdline", str(cmdline))
+    assert code == Exit.USAGE and f"reason={reason}" in err, err
+    assert "as the initrd reads the kernel command line" in err and "every boot would refuse it" in err, err
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "reason"),
+    [
+        (b"BOOT_IMAGE=/vmlinuz root=LABEL=caf\xe9 rollback.skip\n", Exit.SKIPPED, ""),  # another's word
+        (b"quiet rollback.subvolume=caf\xe9\n", Exit.USAGE, "bad-encoding"),  # ours
+        (b"quiet rd.rollback.subvolume=caf\xe9\n", Exit.USAGE, "bad-encoding"),
+        ("quiet rollback.subvolume=x\u2003rollback.skip\n".encode(), Exit.USAGE, "bad-name"),  # one word
+        ("quiet rollback.subvolume=x\u00a0rollback.skip\n".encode(), Exit.USAGE, "bad-name"),
+    ],
+)
+def test_the_kernel_command_line_is_read_word_by_word_as_systemd_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: bytes, code: Exit, reason: str
+) -> None:
+    """A byte that is not UTF-8 in another program's word refused every boot, rollback.skip included;
+    a non-breaking or em space split words that systemd reads as one (a names tester)."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_bytes(line)
+    found, _, err = run(capsys, "run", "--device", "/dev/test", "--kernel-cmdline", str(cmdline))
+    assert found == code and f"reason={reason}" in err, err
+
+
+def test_a_kernel_command_line_that_never_ends_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """--kernel-cmdline /dev/zero was read until memory ran out (a names tester); the config file's guard."""
+    code, _, err = run(capsys, "config", "--device", "/dev/test", "--kernel-cmdline", "/dev/zero")
+    assert code == Exit.USAGE and "reason=cmdline-unreadable" in err, err
+
+
 def _flags_taking_a_value() -> list[str]:
     """Every option of the parser that takes a value: the settings table's and the global ones."""
     from rollback.cli import build_parser
