@@ -17,4 +17,18 @@ lazy.defer(*lazy.BOOT_UNUSED)
 def main() -> NoReturn:
     from rollback.cli import run
 
+    _in_utf8_mode()
     run()
+
+
+def _in_utf8_mode() -> None:
+    """Names on disk are bytes, which Python decodes in the locale's encoding: under a locale that is
+    not UTF-8 (LANG=tr_TR.ISO-8859-9; C with coercion off), `diff --json` printed UTF-8 names as
+    mojibake and an undecodable byte as a character it is not. Start again in Python's UTF-8 mode,
+    with the same arguments (a C locale gets it without this: the initrd's)."""
+    import os
+    import sys
+
+    if sys.flags.utf8_mode or sys.getfilesystemencoding() == "utf-8":
+        return
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])

@@ -94,7 +94,7 @@ def _root(config: Config, obs: Observation) -> RootReport:
 def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
     when = _when(sub, obs.now)
     return {
-        "path": sub.path,
+        "path": escape(sub.path),
         "nested": len(obs.tree(sub.path)) - 1,
         "created": when["created"],
         "age_seconds": when["age_seconds"],
@@ -102,29 +102,34 @@ def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
 
 
 def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Status:
-    """What `status` shows; `missing`: the ids of member devices the kernel mounted it without."""
+    """What `status` shows; `missing`: the ids of member devices the kernel mounted it without. Names
+    from the device are escaped as `diff` escapes them: a newline in one split a line of the text and
+    could fake one; a byte that is not UTF-8 reached the JSON as a lone surrogate."""
     blank = obs.get(config.blank)
     protected = {names.basename(p) for p in config.protect}
     refused = _boot_refused(config, obs)
     kept = mark_applies(config, obs)  # the next boot keeps the root: it prunes nothing either
     return {
-        "device": config.device,
+        "device": None if config.device is None else escape(config.device),
         "default_subvolume_id": obs.default_id,
         "root": _root(config, obs),
         "blank": {"path": config.blank, "exists": blank is not None, "read_only": bool(blank and blank.read_only)},
         "archive": {
             "path": config.archive,
             "roots": [_archived(s, obs) for s in obs.entries(config.archive)],
-            "due": [] if kept else prune_paths(config, obs),
+            "due": [] if kept else [escape(p) for p in prune_paths(config, obs)],
         }
         if config.keeping
         else None,
         "protected": [
-            {"path": s.path, "id": s.id, "inside_root": names.is_within(s.path, config.subvolume)}
+            {"path": escape(s.path), "id": s.id, "inside_root": names.is_within(s.path, config.subvolume)}
             for s in obs.subvols
             if names.basename(s.path) in protected
         ],
-        "pending": {"trash": [s.path for s in obs.entries(TRASH_DIR)], "kernel_cleaner": list(obs.pending_cleanup)},
+        "pending": {
+            "trash": [escape(s.path) for s in obs.entries(TRASH_DIR)],
+            "kernel_cleaner": list(obs.pending_cleanup),
+        },
         "skip_next": kept,
         "skip_next_present": obs.skip_mark,
         "skip_next_for": obs.skip_mark_for.id if obs.skip_mark and obs.skip_mark_for else None,

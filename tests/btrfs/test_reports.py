@@ -258,3 +258,47 @@ def test_status_says_when_the_next_boot_would_refuse(
     assert "next boot:  REFUSED: " in shown.stdout and said in shown.stdout, shown.stdout
     assert said in as_json["next_boot_refused"]
     assert said in disk.rollback("run").stderr  # what the boot then says
+
+
+# a directory in the root whose name holds a newline (and what a status line would say) and a byte that
+# is not UTF-8, with a protected subvolume below it: status names it
+FAKED = os.fsdecode(b"a\nprotected:  fake\xff")
+
+
+def test_status_escapes_names_from_the_device_as_diff_does(disk: Disk) -> None:
+    """A newline in a name split status's line and could fake one ("protected:  fake/persist ... INSIDE
+    ROOT"); a byte that is not UTF-8 reached the JSON as a lone surrogate (jq: U+FFFD, the byte lost)
+    and the text as the raw byte (a names tester)."""
+
+    def odd(top: Path) -> None:
+        (top / "root" / FAKED).mkdir()
+        btrfsutil.create_subvolume(str(top / "root" / FAKED / "persist"))
+
+    with disk.top() as top:
+        populate(top)
+        odd(top)
+    text = disk.rollback("status")
+    assert text.returncode == Exit.OK, text.stderr
+    protected = [line for line in text.stdout.splitlines() if line.startswith("protected:")]
+    assert "protected:  root/a\\nprotected:  fake\\xff/persist id" in text.stdout, text.stdout
+    assert not any(line.startswith("protected:  fake") for line in text.stdout.splitlines())
+    assert len(protected) == 4, protected  # persist, nix, home, and the one in the root
+    found = json.loads(disk.rollback("status", "--json").stdout)
+    paths = [p["path"] for p in found["protected"]]
+    assert "root/a\\nprotected:  fake\\xff/persist" in paths, paths
+
+
+def test_names_read_under_a_locale_that_is_not_utf8_are_reported_as_under_utf8(disk: Disk) -> None:
+    """Python decodes names in the locale's encoding: under one that is not UTF-8 (here C with coercion
+    and UTF-8 mode off: ASCII) `diff --json` printed café's UTF-8 bytes as two escaped bytes, and a
+    Latin locale as mojibake (a names tester). The program starts again in UTF-8 mode."""
+    with disk.top() as top:
+        populate(top)
+        (top / "root" / "café").write_text("x")
+        (top / "root" / os.fsdecode(b"\xff")).write_text("x")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    found = subprocess.run(rollback_argv("diff", "--json", device=disk.device), capture_output=True, env=env)
+    assert found.returncode == Exit.OK, found.stderr
+    paths = json.loads(found.stdout)["paths"]
+    assert "café" in paths and "\\xff" in paths, paths
+    assert json.loads(disk.rollback("diff", "--json").stdout)["paths"] == paths
