@@ -362,9 +362,10 @@ def run() -> NoReturn:
     try:
         code = main()
     except KeyboardInterrupt:  # before the exit boundary (the imports, the parser): nothing begun
+        from rollback.entry import INTERRUPTED
         from rollback.log import to_stderr
 
-        to_stderr("rollback: interrupted (SIGINT, Ctrl-C) before it began: nothing was changed\n")
+        to_stderr(INTERRUPTED)
         code = int(Exit.FAILED)
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with it closed (`>&-`): Python made it None, nothing to flush

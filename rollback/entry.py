@@ -15,10 +15,20 @@ lazy.defer(*lazy.BOOT_UNUSED)
 
 
 def main() -> NoReturn:
-    from rollback.cli import run
-
     _in_utf8_mode()
+    try:
+        from rollback.cli import run
+    except KeyboardInterrupt:  # Ctrl-C while the program's own modules load: as cli.run says it later
+        import os
+        import sys
+
+        sys.stderr.write(INTERRUPTED)
+        sys.stderr.flush()
+        os._exit(1)  # Exit.FAILED, whose module may be the one that was loading
     run()
+
+
+INTERRUPTED = "rollback: interrupted (SIGINT, Ctrl-C) before it began: nothing was changed\n"
 
 
 def _in_utf8_mode() -> None:

@@ -312,6 +312,29 @@ def test_ctrl_c_before_the_exit_boundary_is_one_line(
     assert "interrupted (SIGINT, Ctrl-C) before it began: nothing was changed" in capsys.readouterr().err
 
 
+def test_interrupted_while_the_programs_modules_load_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while entry imported rollback.cli (settings, errors): a traceback and exit 130 (a signals
+    tester: 3 of ~110 timed Ctrl-Cs), where the docs promise one line and exit 1."""
+    import sys
+
+    import rollback.entry
+
+    class Interrupting:
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "rollback.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "rollback.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit) as ended:
+        rollback.entry.main()
+    assert ended.value.code == Exit.FAILED
+    assert capsys.readouterr().err == rollback.entry.INTERRUPTED
+
+
 def test_an_invalid_rd_option_is_refused_outside_the_initrd_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
