@@ -368,6 +368,21 @@ def _write_mark(top: Path, path: str, subvolume_id: int, subvolume_uuid: str) ->
             with suppress(OSError):
                 os.unlink(draft, dir_fd=where)
             raise
+        _forget_drafts(where, name)
+
+
+def _forget_drafts(where: int, name: str) -> None:
+    """The drafts a killed skip-next left beside the mark (regular files named as ours are): nothing
+    else removed them, and nothing said they were there. Best effort: the mark is written."""
+    try:
+        entries = os.listdir(where)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(f".{name}.") and entry.endswith(".new") and entry[len(name) + 2 : -4].isdigit():
+            with suppress(OSError):
+                if stat.S_ISREG(os.lstat(entry, dir_fd=where).st_mode):
+                    os.unlink(entry, dir_fd=where)
 
 
 def _mark_for(path: Path) -> MarkFor | None:

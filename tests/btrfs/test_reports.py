@@ -115,6 +115,26 @@ def test_skip_next_keeps_the_root_once(disk: Disk) -> None:
     assert "root/tmp/cruft" not in disk.state().files
 
 
+def test_skip_next_removes_the_drafts_a_killed_one_left(disk: Disk) -> None:
+    """A skip-next killed between writing its draft and renaming it left `.skip-next.<pid>.new` for
+    ever: nothing removed it, nothing said it was there (a signals tester). The next one removes the
+    drafts (regular files named as its own), nothing else."""
+
+    def drafts(top: Path) -> None:
+        (top / ".rollback").mkdir()
+        (top / ".rollback" / ".skip-next.4242.new").write_text("257 x\n")
+        (top / ".rollback" / ".skip-next.x.new").write_text("not ours\n")
+        (top / ".rollback" / ".skip-next.4343.new").mkdir()
+
+    with disk.top() as top:
+        populate(top)
+        drafts(top)
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    with disk.top() as top:
+        left = sorted(os.listdir(top / ".rollback"))
+    assert left == [".skip-next.4343.new", ".skip-next.x.new", "skip-next"], left
+
+
 @pytest.mark.parametrize("errno_", ["5", "28"], ids=["EIO", "ENOSPC"])
 def test_a_skip_next_whose_commit_fails_says_the_mark_may_be_set(disk: Disk, errno_: str) -> None:
     """Its commit failed after the mark was made: it said "the next run finishes the job", yet the mark
