@@ -335,8 +335,10 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
     _check_placeholders([config.subvolume, SKIP_MARK], obs)
     if obs.kind(config.subvolume) is Kind.MISSING:
         raise Refused(
-            f"there is no {names.shown(config.subvolume)} to keep: a run was cut short after moving it away",
-            "rollback run finishes that run (rollback status shows where the old root is: trash or archive)",
+            f"there is no {names.shown(config.subvolume)} to keep: a run was cut short after moving it away, or "
+            "that is not the root's name",
+            "rollback status shows where the old root is (trash or archive), and rollback run finishes a run cut "
+            "short; else check --subvolume",
             code="nothing-to-keep",
         )
     _check_target(config.subvolume, obs)
@@ -797,9 +799,20 @@ def _check_holder(directory: str, obs: Observation, what: str) -> None:
         raise Refused(
             f"the {what} {names.shown(directory)} holds subvolumes rollback did not put there: "
             f"{', '.join(names.shown(f) for f in foreign[:3])}{' ...' if len(foreign) > 3 else ''}",
-            f"move them out of {names.shown(directory)}; entries must be named like 20260101T000000Z",
+            f"move them out of {names.shown(directory)}: what lies there is rollback's to delete",
             code="foreign-subvolume",
         )
+
+
+def _move_out_hint(path: str, obs: Observation) -> str:
+    """Where to move a protected subvolume out to: a name not taken at the top level (mv onto a directory
+    that is there, its own name's subvolume say, puts it inside that, and the run passes with it nested)."""
+    name = names.basename(path)
+    taken = f" ({names.shown(name)} is taken)" if any(s.path == name for s in obs.subvols) else ""
+    return (
+        f"move it out of the root to a name not taken at the top level{taken}: mv <top>/{path} <top>/NAME; "
+        "mv onto a directory that is there puts it inside it"
+    )
 
 
 def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> None:
@@ -808,7 +821,7 @@ def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> Non
         if names.basename(sub.path) in protected:  # the target itself cannot be protected (settings)
             raise Refused(
                 f"protected subvolume {names.shown(sub.path)} lies inside what would be deleted",
-                f"move it to the top level (e.g. {names.shown(names.basename(sub.path))}) before the next boot",
+                _move_out_hint(sub.path, obs),
                 code="protected-inside",
             )
         if sub.id == obs.default_id:

@@ -98,7 +98,9 @@ REASONS: dict[str, Reason] = {
         "snapshot mode, and the blank snapshot does not exist (or is not a subvolume)", "create it (README)"
     ),
     "blank-writable": _refused("the blank snapshot is writable", "btrfs property set ... ro true"),
-    "blank-immutable": _refused("the blank snapshot's top directory is chattr +i/+a", "chattr -i -a it"),
+    "blank-immutable": _refused(
+        "the blank snapshot's top directory is chattr +i/+a", "ro false; chattr -i -a it; ro true (the hint's commands)"
+    ),
     "read-only": _refused("the filesystem cannot be remounted read-write", "blockdev --getro; dmesg"),
     "no-space": _refused(
         "no room for the first change: the filesystem is full of the machine's own data",

@@ -379,7 +379,9 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
         "mode": config.mode + ("+archive" if config.keeping else ""),
     }
     if config.skip:
-        emit("skipped", "rollback.skip is set: the root is kept", reason="rollback.skip", hint=_AS_ASKED, **fields)
+        source = config.sources.get("skip", "")
+        hint = _AS_ASKED if source in ("kernel command line", "flag") else _AS_CONFIGURED.format(source)
+        emit("skipped", "rollback.skip is set: the root is kept", reason="rollback.skip", hint=hint, **fields)
         return Exit.SKIPPED
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
@@ -393,10 +395,13 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
             emit("warning", warning, **fields)
         if dry_run:
             _print("\n".join(plan.describe()) or "nothing to do")
-            return Exit.OK
-        plan = _execute_run(plan, config, obs, top, fields)
-    if plan.skipped:
-        emit("skipped", f"{plan.skipped}: the root is kept this once", reason="skip-next", hint=_AS_ASKED, **fields)
+            if not plan.skipped:
+                return Exit.OK
+        else:
+            plan = _execute_run(plan, config, obs, top, fields)
+    if plan.skipped:  # a dry run says so too, and exits as the run would (it printed exit 0 and a plan)
+        kept = "would be kept" if dry_run else "is kept"
+        emit("skipped", f"{plan.skipped}: the root {kept} this once", reason="skip-next", hint=_AS_ASKED, **fields)
         return Exit.SKIPPED
     # a first run, a run cut short, or a misspelt name: say so (a misspelt one is no rollback)
     moved = any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps)
@@ -506,6 +511,7 @@ def diff(config: Config, *, as_json: bool) -> Exit:
 
 
 _AS_ASKED = "nothing: as asked (the next boot rolls back again)"
+_AS_CONFIGURED = "nothing: as configured (every run skips while skip is set in {})"
 
 
 def skip_next(config: Config) -> Exit:

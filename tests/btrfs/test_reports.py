@@ -105,6 +105,8 @@ def test_skip_next_keeps_the_root_once(disk: Disk) -> None:
     marked = disk.rollback("skip-next")
     assert marked.returncode == Exit.OK, marked.stderr
     assert parse_json(disk.rollback("status", "--json"))["skip_next"] is True
+    dry = disk.rollback("run", "--dry-run")  # as the run exits (it was 0, a plan, and no word of keeping)
+    assert dry.returncode == Exit.SKIPPED and "the root would be kept this once" in dry.stderr, dry.stderr
     kept = disk.rollback("run")
     assert kept.returncode == Exit.SKIPPED
     assert "skip-next mark was set" in kept.stderr and "hint='nothing: as asked" in kept.stderr, kept.stderr

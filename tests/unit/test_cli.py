@@ -335,6 +335,31 @@ def test_interrupted_while_the_programs_modules_load_says_so_in_one_line(
     assert capsys.readouterr().err == rollback.entry.INTERRUPTED
 
 
+@pytest.mark.parametrize(
+    ("where", "hint"),
+    [("config", "as configured (every run skips while skip is set in"), ("flag", "the next boot rolls back again")],
+)
+def test_a_skip_from_the_config_file_is_not_said_to_last_one_boot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, hint: str
+) -> None:
+    """skip = true in the file (NixOS's `skip`): "the next boot rolls back again", while every boot
+    skipped (a docs auditor)."""
+    (tmp_path / "config").write_text("skip = true\n" if where == "config" else "")
+    flags = ["--skip"] if where == "flag" else []
+    code, _, err = run(
+        capsys,
+        "run",
+        *flags,
+        "--config",
+        str(tmp_path / "config"),
+        "--device",
+        "/dev/test",
+        "--kernel-cmdline",
+        "/dev/null",
+    )
+    assert code == Exit.SKIPPED and hint in err, err
+
+
 def test_an_invalid_rd_option_is_refused_outside_the_initrd_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -903,3 +903,31 @@ def test_the_root_mount_is_the_unit_systemd_would_load(tmp_path: Path, monkeypat
     dirs[0].mkdir()
     (dirs[0] / "sysroot.mount").write_text("[Mount]\nWhat=/dev/vda\nOptions=subvol=root\n")
     assert sysroot.root_mount() == ("/dev/vda", ("subvol=root",))
+
+
+@pytest.mark.parametrize(
+    ("subvols", "taken"),
+    [(["root", "root/srv/home"], False), (["home", "root", "root/srv/home"], True)],
+    ids=["free", "taken"],
+)
+def test_the_hint_for_a_protected_subvolume_in_the_root_moves_it_to_a_free_name(
+    subvols: list[str], taken: bool
+) -> None:
+    """ "move it to the top level (e.g. 'home')" with home there: mv put it inside home, and the run then
+    passed with the data nested in the wrong place (a docs auditor)."""
+    with pytest.raises(Refused) as said:
+        plan_run(config(), observe(subvols))
+    assert said.value.code == "protected-inside"
+    assert "mv <top>/root/srv/home <top>/NAME" in said.value.hint and "e.g." not in said.value.hint
+    assert ("'home' is taken" in said.value.hint) == taken
+
+
+def test_hints_do_not_name_what_gets_a_subvolume_deleted_or_blame_a_crash_for_a_typo() -> None:
+    """The foreign-subvolume hint taught the naming rule (renamed so, a user's subvolume is deleted);
+    nothing-to-keep for a misspelt name said a run was cut short, and `rollback run` (a docs auditor)."""
+    with pytest.raises(Refused) as foreign:
+        plan_run(config(archive="old"), observe(["root", "old/snapshot-of-home"]))
+    assert "20260101T000000Z" not in foreign.value.hint and "rollback's to delete" in foreign.value.hint
+    with pytest.raises(Refused) as missing:
+        plan_skip_next(config(subvolume="nothere"), observe(["persist"]))
+    assert "or that is not the root's name" in missing.value.reason and "check --subvolume" in missing.value.hint
