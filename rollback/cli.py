@@ -276,8 +276,8 @@ def _check_as_the_initrd_reads(file_layer: Layer, boot_layer: Layer, cmdline_lay
     except ConfigError as error:
         raise ConfigError(
             f"{error.reason} (as the initrd reads the kernel command line, rd.rollback.* words included: "
-            "every boot would refuse it)",
-            error.hint,
+            "every boot reading it would refuse it)",
+            f"{error.hint}; a verb here for another config than the initrd's: --kernel-cmdline /dev/null",
             code=error.code,
         ) from None
 

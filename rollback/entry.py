@@ -33,7 +33,7 @@ INTERRUPTED = "rollback: interrupted (SIGINT, Ctrl-C) before it began: nothing w
 
 def _in_utf8_mode() -> None:
     """Names on disk are bytes, which Python decodes in the locale's encoding: under a locale that is
-    not UTF-8 (LANG=tr_TR.ISO-8859-9; C with coercion off), `diff --json` printed UTF-8 names as
+    not UTF-8 (LANG=tr_TR.ISO-8859-9; C with UTF-8 mode off), `diff --json` printed UTF-8 names as
     mojibake and an undecodable byte as a character it is not. Start again in Python's UTF-8 mode,
     with the same arguments (a C locale gets it without this: the initrd's)."""
     import os

@@ -110,7 +110,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
     refused = _boot_refused(config, obs)
     kept = mark_applies(config, obs)  # the next boot keeps the root: it prunes nothing either
     return {
-        "device": None if config.device is None else escape(config.device),
+        "device": config.device,  # a setting, udev's own escapes (\x20) in it: as given
         "default_subvolume_id": obs.default_id,
         "root": _root(config, obs),
         "blank": {"path": config.blank, "exists": blank is not None, "read_only": bool(blank and blank.read_only)},
@@ -188,7 +188,7 @@ def status_lines(report: Status) -> list[str]:
     if report["missing_devices"]:
         lines.append(
             f"DEGRADED:   device id(s) {', '.join(map(str, report['missing_devices']))} missing (mounted degraded): "
-            "a boot's mount fails without them, and its run is refused (mount-failed); replace or remove the "
+            "rollback's own mount at boot fails without them (mount-failed); replace or remove the "
             "missing device (btrfs replace / btrfs device remove missing)"
         )
     if "id" in root:

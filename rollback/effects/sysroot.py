@@ -1,7 +1,7 @@
 """The options the initrd mounts the root with, from the sysroot.mount unit its generators wrote
 (systemd's fstab generator from root=/rootflags= or the initrd's fstab; dracut's rootfs generator
 from its own command line, /etc/cmdline.d included; gpt-auto's for root=gpt-auto). Absent outside an
-initrd: None then. Options= set in a drop-in (sysroot.mount.d) are not read."""
+initrd: None then. Options= set in a drop-in (sysroot.mount.d/*.conf) count, as systemd applies them."""
 
 from __future__ import annotations
 
@@ -22,22 +22,41 @@ SYSROOT_UNIT_ENV = "ROLLBACK_TEST_SYSROOT_UNIT"  # test hook: read this file ins
 
 
 def root_mount() -> tuple[str, tuple[str, ...]] | None:
-    """The unit's What= and Options= (the last of each, as systemd reads them), the options split; None
-    without the unit."""
+    """The unit's What= and Options= (the last of each, as systemd reads them, drop-ins after the unit),
+    the options split; None without the unit."""
     env = os.environ.get(SYSROOT_UNIT_ENV)
-    for path in [env] if env else [f"{directory}/sysroot.mount" for directory in UNIT_DIRS]:
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as unit:
-                text = unit.read(1 << 16)
-            break
-        except OSError:
-            continue
-    else:
+    units = [env] if env else [f"{directory}/sysroot.mount" for directory in UNIT_DIRS]
+    text = next((found for found in map(_read, units) if found is not None), None)
+    if text is None:
         return None
     found = {"What": "", "Options": ""}
-    for line in text.splitlines():
-        key, _, value = line.strip().partition("=")
-        if key.strip() in found:
-            found[key.strip()] = value.strip()
+    for part in [text, *(_read(path) or "" for path in _drop_ins(env))]:
+        for line in part.splitlines():
+            key, _, value = line.strip().partition("=")
+            if key.strip() in found:
+                found[key.strip()] = value.strip()
     options = found["Options"].replace("%%", "%").split(",")
     return found["What"].replace("%%", "%"), tuple(option for option in options if option)
+
+
+def _drop_ins(env: str | None) -> list[str]:
+    """sysroot.mount.d/*.conf in systemd's order: by file name, a name in an earlier directory hiding
+    the same name in a later one (the test hook's file: the .d directory beside it)."""
+    found: dict[str, str] = {}
+    for directory in [os.path.dirname(env)] if env else UNIT_DIRS:
+        try:
+            names = os.listdir(f"{directory}/sysroot.mount.d")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".conf"):
+                found.setdefault(name, f"{directory}/sysroot.mount.d/{name}")
+    return [found[name] for name in sorted(found)]
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as unit:
+            return unit.read(1 << 16)
+    except OSError:
+        return None

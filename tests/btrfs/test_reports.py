@@ -311,8 +311,8 @@ def test_status_escapes_names_from_the_device_as_diff_does(disk: Disk) -> None:
 
 
 def test_names_read_under_a_locale_that_is_not_utf8_are_reported_as_under_utf8(disk: Disk) -> None:
-    """Python decodes names in the locale's encoding: under one that is not UTF-8 (here C with coercion
-    and UTF-8 mode off: ASCII) `diff --json` printed café's UTF-8 bytes as two escaped bytes, and a
+    """Python decodes names in the locale's encoding: under one that is not UTF-8 (here C with UTF-8
+    mode off: ASCII) `diff --json` printed café's UTF-8 bytes as two escaped bytes, and a
     Latin locale as mojibake (a names tester). The program starts again in UTF-8 mode."""
     with disk.top() as top:
         populate(top)

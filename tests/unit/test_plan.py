@@ -931,3 +931,24 @@ def test_hints_do_not_name_what_gets_a_subvolume_deleted_or_blame_a_crash_for_a_
     with pytest.raises(Refused) as missing:
         plan_skip_next(config(subvolume="nothere"), observe(["persist"]))
     assert "or that is not the root's name" in missing.value.reason and "check --subvolume" in missing.value.hint
+
+
+def test_options_set_in_a_drop_in_count_as_systemd_applies_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Options= in sysroot.mount.d/*.conf were not read: with none in the unit, the default-subvolume
+    check refused a root the drop-in mounted by name (a reviewer). By file name; an earlier directory's
+    file hides the same name in a later one."""
+    from rollback.effects import sysroot
+
+    early, late = tmp_path / "early", tmp_path / "late"
+    monkeypatch.setattr(sysroot, "UNIT_DIRS", (str(early), str(late)))
+    (late / "sysroot.mount.d").mkdir(parents=True)
+    (late / "sysroot.mount").write_text("[Mount]\nWhat=/dev/vda\nOptions=rw\n")
+    (late / "sysroot.mount.d" / "50-root.conf").write_text("[Mount]\nOptions=subvol=@\n")
+    (late / "sysroot.mount.d" / "10-first.conf").write_text("[Mount]\nOptions=subvol=other\n")
+    (late / "sysroot.mount.d" / "rollback.conf").write_text("[Unit]\nRequires=rollback@x.service\n")
+    assert sysroot.root_mount() == ("/dev/vda", ("subvol=@",))
+    (early / "sysroot.mount.d").mkdir(parents=True)
+    (early / "sysroot.mount.d" / "50-root.conf").write_text("[Mount]\nOptions=subvol=root,compress=zstd\n")
+    assert sysroot.root_mount() == ("/dev/vda", ("subvol=root", "compress=zstd"))
