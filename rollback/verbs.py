@@ -394,6 +394,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:
+            _as_the_remount_would(top, plan)
             _print("\n".join(plan.describe()) or "nothing to do")
             if not plan.skipped:
                 return Exit.OK
@@ -429,6 +430,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     with _observed(config, lock=not dry_run, lock_node=False) as (top, obs, unlock):
         plan = plan_cleanup(config, obs)
         if dry_run:
+            _as_the_remount_would(top, plan)
             _print("\n".join(plan.describe()) or "nothing to do")
             return Exit.OK
         if plan.steps:
@@ -443,6 +445,20 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
         **fields,
     )
     return Exit.OK
+
+
+def _as_the_remount_would(top: Path, plan: Plan) -> None:
+    """A dry run refuses as the run's remount read-write would (a run with steps writes; it asks the
+    kernel, a dry run must not): a read-only member device."""
+    from rollback.effects import device
+
+    if plan.steps and (found := device.read_only_members(str(top))):
+        shown = ", ".join(f"/dev/{name}" for name in found)
+        raise Refused(
+            f"cannot write to the filesystem: {shown} is read-only (the run would be refused)",
+            f"blockdev --setrw {shown.split(', ')[0]} (a loop device: attached without -r); nothing was changed",
+            code="read-only",
+        )
 
 
 def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None:

@@ -280,6 +280,26 @@ def _members(fsid: str) -> set[int] | None:
     return found
 
 
+def read_only_members(top: str) -> list[str]:
+    """The member devices (kernel names) of the filesystem mounted at `top` that are read-only, from
+    sysfs (devices/<name>/ro): what makes the remount read-write fail, found without trying it."""
+    fsid = _kernel_fsid(top)
+    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/devices" if fsid else ""
+    try:
+        listed = os.listdir(base) if base else []
+    except OSError:
+        return []
+    found = []
+    for name in listed:
+        try:
+            with open(f"{base}/{name}/ro", encoding="ascii") as handle:
+                if handle.read().strip() == "1":
+                    found.append(name)
+        except (OSError, ValueError):  # a member going away meanwhile
+            continue
+    return sorted(found)
+
+
 def missing_members(fsid: str) -> list[int]:
     """The device ids of the mounted filesystem `fsid` that the kernel has no device for (mounted
     degraded), from sysfs (devinfo/<id>/missing); [] when none are, or it is not mounted."""

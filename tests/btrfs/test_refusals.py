@@ -579,20 +579,23 @@ def test_dry_run_refuses_the_same_way(disk: Disk) -> None:
     assert "protected subvolume 'root/persist2'" in refused(disk, "--dry-run", "--protect", "persist2")
 
 
-def test_read_only_device_is_refused(disk: Disk, tmp_path: Path) -> None:
+# a dry run refuses as the run does: the run's remount read-write fails, a dry run must not try it
+@pytest.mark.parametrize("verb", [("run",), ("run", "--dry-run"), ("cleanup", "--dry-run")], ids=" ".join)
+def test_read_only_device_is_refused(disk: Disk, tmp_path: Path, verb: tuple[str, ...]) -> None:
     setup(disk, lambda top: None)
+    assert disk.rollback("run", "--cleanup", "after-boot").returncode == Exit.OK  # something in the trash
     before = disk.state()
     image = tmp_path / "disk.img"  # the fixture's image, attached a second time, read-only
     read_only = sh("losetup", "-f", "--show", "-r", str(image))
     try:
         result = subprocess.run(
-            rollback_argv("run", device=read_only),
+            rollback_argv(*verb, device=read_only),
             capture_output=True,
             text=True,
         )
     finally:
         sh("losetup", "-d", read_only)
-    assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr
+    assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
     assert "cannot write to the filesystem" in result.stderr
     assert disk.state() == before
 
