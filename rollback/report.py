@@ -56,6 +56,11 @@ class PendingReport(TypedDict):
     kernel_cleaner: list[int]
 
 
+class BootedFrom(TypedDict):
+    path: str  # escaped; "" for the top level
+    id: int
+
+
 class Status(TypedDict):
     """What `status` shows; `status --json` prints it as is."""
 
@@ -73,7 +78,7 @@ class Status(TypedDict):
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
     mounted: dict[str, str]  # subvolume id -> where
     missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
-    booted_from: str | None  # the subvolume at / when of this filesystem and not the target
+    booted_from: BootedFrom | None  # the subvolume at / when of this filesystem and not the target
 
 
 def _when(sub: Examined, now: datetime) -> When:
@@ -141,7 +146,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
     }
 
 
-def _booted_from(config: Config, obs: Observation) -> str | None:
+def _booted_from(config: Config, obs: Observation) -> BootedFrom | None:
     """The subvolume mounted at / when that is of this filesystem and not the target: this boot's initrd
     mounted another (rootflags= forgotten, or naming another), and a boot that mounts it so again
     refuses (root-options). None otherwise, and in the initrd (/ is not btrfs there)."""
@@ -150,7 +155,7 @@ def _booted_from(config: Config, obs: Observation) -> str | None:
     if booted is None or (target is not None and target.id == booted):
         return None
     found = next((s for s in obs.subvols if s.id == booted), None)
-    return "the top level" if found is None else f"{names.shown(found.path)} (id {booted})"
+    return {"path": escape(found.path) if found else "", "id": booted}
 
 
 def _boot_refused(config: Config, obs: Observation) -> str | None:
@@ -225,9 +230,10 @@ def status_lines(report: Status) -> list[str]:
     lines.append(f"skip-next:  {mark}")
     if report["next_boot_refused"] and not report["skip_next_refused"]:
         lines.append(f"next boot:  REFUSED: {report['next_boot_refused']}")
-    if report["booted_from"]:
+    if booted := report["booted_from"]:
+        where = f"'{booted['path']}' (id {booted['id']})" if booted["path"] else "the top level"
         lines.append(
-            f"booted:     from {report['booted_from']}, not {report['root']['path']}: a boot that mounts the root so "
+            f"booted:     from {where}, not {report['root']['path']}: a boot that mounts the root so "
             "again is refused (root-options); boot with rootflags=subvol=" + report["root"]["path"]
         )
     for subvol_id, where in report["mounted"].items():

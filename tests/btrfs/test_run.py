@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -287,7 +288,10 @@ _CHROOT = """set -e
 case "$1" in bound) mount --bind "$0" "$0" ;; subvol=*) mount -o "$1" "$ROLLBACK_DEVICE" "$0" ;; esac
 for d in bin sbin lib lib64 usr etc root dev proc sys tmp run $ROLLBACK_TOPS; do
   [ -e "/$d" ] || continue
-  case " $ROLLBACK_TOPS " in *" $d "*) ;; *) [ ! -e "$0/$d" ] || continue ;; esac  # ours over what is there
+  # ours over what is there (an empty directory, or what an earlier call left, is bound over)
+  case " $ROLLBACK_TOPS " in *" $d "*) ;; *)
+    if [ -L "$0/$d" ] || [ -n "$(ls -A "$0/$d" 2>/dev/null)" ]; then continue; fi ;;
+  esac
   case " ${ROLLBACK_UNBOUND-} " in *" $d "*) mkdir "$0/$d"; continue ;; esac
   if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$0/$d"; else mkdir -p "$0/$d"; mount --rbind "/$d" "$0/$d"; fi
 done
@@ -304,23 +308,30 @@ def _chroot_env(unbound: str = "") -> dict[str, str]:
     return {**os.environ, "ROLLBACK_TOPS": " ".join(tops), "ROLLBACK_UNBOUND": unbound}
 
 
-def _in_chroot(disk: Disk, root: Path, how: str, verb: str, unbound: str = "") -> subprocess.CompletedProcess[str]:
+def _in_chroot(
+    disk: Disk, root: Path, how: str, verb: str, unbound: str = "", *more: str
+) -> subprocess.CompletedProcess[str]:
     """`verb` run in a chroot of the host at `root` (`how`: plain, bound on itself first, or `subvol=X`:
     that subvolume of the disk mounted there first, as a booted root), built in a private mount
     namespace of its own: nothing of it reaches the host."""
     root.mkdir()
-    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), how, *disk.rollback_argv(verb)]
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT, str(root), how]
+    argv += disk.rollback_argv(verb, *more)
     env = {**_chroot_env(unbound), "ROLLBACK_DEVICE": disk.device}
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/", env=env)
 
 
 @pytest.mark.parametrize(
-    ("booted", "said"),
-    [("persist", "from 'persist' (id 257), not root"), ("/", "from the top level, not root"), ("root", "")],
+    ("booted", "said", "json_"),
+    [
+        ("persist", "from 'persist' (id 257), not root", {"path": "persist", "id": 257}),
+        ("/", "from the top level, not root", {"path": "", "id": 5}),
+        ("root", "", None),
+    ],
     ids=["persist", "top level", "root"],
 )
 def test_status_on_a_system_booted_from_another_subvolume_says_a_boot_so_is_refused(
-    disk: Disk, tmp_path: Path, booted: str, said: str
+    disk: Disk, tmp_path: Path, booted: str, said: str, json_: dict[str, object] | None
 ) -> None:
     """rootflags= forgotten (the top level boots) or naming another subvolume: `status` on the running
     system looked healthy, and the boot after was refused root-options. Shown where / is that
@@ -338,6 +349,9 @@ def test_status_on_a_system_booted_from_another_subvolume_says_a_boot_so_is_refu
         if said
         else []
     ), result.stdout
+    result = _in_chroot(disk, tmp_path / "booted-json", f"subvol={booted}", "status", "", "--json")
+    assert result.returncode == Exit.OK, result.stderr
+    assert json.loads(result.stdout)["booted_from"] == json_, result.stdout  # path and id, not a display string
 
 
 @pytest.mark.parametrize("verb", ["status", "run", "cleanup", "skip-next"])
