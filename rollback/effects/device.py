@@ -119,7 +119,7 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[]
     try:
         if not _flocked(fds[0], 0.0):
             raise Refused(
-                f"another process holds the lock on {device}'s filesystem",
+                f"another process holds the lock on {device}'s filesystem{_holder(fds[0])}",
                 "another rollback is running; wait for it",
                 code="locked",
             )
@@ -127,7 +127,8 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[]
             fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
             if not _flocked(fds[-1], NODE_LOCK_WAIT_S):
                 raise Refused(
-                    f"another process has held the lock on the device node {device} for {NODE_LOCK_WAIT_S:g} s",
+                    f"another process has held the lock on the device node {device} for {NODE_LOCK_WAIT_S:g} s"
+                    + _holder(fds[-1]),
                     "a disk tool (udev processing the disk's events, a partitioning tool) is using it; try again",
                     code="locked",
                 )
@@ -140,6 +141,23 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[]
     finally:
         for fd in fds:  # what release() has not closed
             os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the BSD lock on `fd`'s file, as the kernel says (/proc/locks: pid, device and inode),
+    and its command line: ", pid 1234: rollback cleanup ..."; "" when that cannot be read."""
+    info = os.fstat(fd)
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            held = [line.split() for line in handle.read(1 << 20).splitlines()]
+        pid = next(int(f[4]) for f in held if len(f) > 5 and f[1] == "FLOCK" and f[5] == where and f[4].isdigit())
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read(4096).rstrip(b"\0").split(b"\0")
+    except (OSError, StopIteration, ValueError):
+        return ""
+    shown = " ".join(os.fsdecode(word) for word in argv if word)
+    return f", pid {pid}: {names.shown(shown)}" if pid > 0 and shown else ""
 
 
 def _flocked(fd: int, wait_s: float) -> bool:

@@ -338,7 +338,8 @@ def test_the_lock_is_per_filesystem_not_per_member(raid: Raid) -> None:
     fd = os.open(LOCK_DIR / fsid, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run through the first member holds it
-        assert "holds the lock" in refused(raid[1], reason="locked", readers=raid)
+        said = refused(raid[1], reason="locked", readers=raid)
+        assert f"holds the lock on {raid[1].device}'s filesystem, pid {os.getpid()}: '" in said, said  # who holds it
     finally:
         os.close(fd)
 

@@ -534,7 +534,8 @@ def test_a_lock_held_on_the_device_node_past_the_wait_is_refused(disk: Disk) -> 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         began = time.monotonic()
-        assert f"has held the lock on the device node {disk.device} for 10 s" in refused(disk)
+        said = refused(disk)
+        assert f"has held the lock on the device node {disk.device} for 10 s, pid {os.getpid()}: '" in said, said
         assert time.monotonic() - began >= 10  # waited: udev holds it for as long as an event takes
     finally:
         os.close(fd)
