@@ -201,6 +201,11 @@ def status_lines(report: Status) -> list[str]:
             f"root:       {root['path']} id {root['id']}, created {root['created']} "
             f"({_age(root['age_seconds'])}), {root['nested']} nested"
         )
+    elif root["kind"] == Kind.MISSING.value and not report["next_boot_refused"]:  # (a misspelt name: a new one)
+        lines.append(
+            f"root:       {root['path']} missing: the next run creates it (a first run, a run cut short "
+            "after moving the old root away, or a misspelt name: check the subvolume setting)"
+        )
     else:
         lines.append(f"root:       {root['path']} {root['kind']}")
     ro = ", read-only" if blank["read_only"] else (", WRITABLE" if blank["exists"] else "")

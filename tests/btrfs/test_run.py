@@ -64,6 +64,8 @@ def test_the_new_root_is_0755_whatever_the_callers_umask(disk: Disk, umask: int)
 def test_first_run_without_root(disk: Disk) -> None:
     with disk.top() as top:
         btrfsutil.create_subvolume(str(top / "persist"))
+    status = disk.rollback("status").stdout  # says what the run makes of it, not only "root missing"
+    assert "root:       root missing: the next run creates it (a first run, a run cut short" in status, status
     result = disk.rollback("run")
     assert result.returncode == Exit.OK, result.stderr
     assert disk.state().subvolume_paths() == ["persist", "root"]
