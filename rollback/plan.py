@@ -338,10 +338,10 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
             f"there is no {names.shown(config.subvolume)} to keep: a run was cut short after moving it away, or "
             "that is not the root's name",
             "rollback status shows where the old root is (trash or archive), and rollback run finishes a run cut "
-            "short; else check --subvolume",
+            f"short; else check {config.spelt('subvolume')}",
             code="nothing-to-keep",
         )
-    _check_target(config.subvolume, obs)
+    _check_target(config, obs)
     check_mark(obs)
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     root = obs.get(config.subvolume)
@@ -535,13 +535,13 @@ def check(config: Config, obs: Observation) -> None:
     _check_placeholders([*_used_paths(config), SKIP_MARK], obs)
     _check_state_dir(obs)
     _check_ways(config, obs)
-    _check_target(target, obs)
+    _check_target(config, obs)
     _check_pinned(config, obs)
     if config.from_blank:
-        _check_blank(config.blank, obs)
+        _check_blank(config, obs)
     _check_holder(TRASH_DIR, obs, "trash directory")
     if config.keeping:
-        _check_holder(config.archive, obs, "archive directory")
+        _check_holder(config.archive, obs, "archive directory", config.spelt("archive"))
     doomed = obs.tree(target) + [s for p in prune_paths(config, obs) for s in obs.tree(p)]
     doomed += [s for e in obs.entries(TRASH_DIR) for s in obs.tree(e.path)]
     _check_doomed(config, obs, doomed)
@@ -589,17 +589,20 @@ def _check_ways(config: Config, obs: Observation) -> None:
                 )
 
 
-def _check_target(target: str, obs: Observation) -> None:
+def _check_target(config: Config, obs: Observation) -> None:
+    target = config.subvolume
     kind = obs.kind(target)
     if kind is Kind.DIRECTORY:
         raise Refused(
             f"{names.shown(target)} is a plain directory, not a subvolume",
-            "rollback only replaces subvolumes; check --subvolume",
+            f"rollback only replaces subvolumes; check {config.spelt('subvolume')}",
             code="not-subvolume",
         )
     if kind is Kind.OTHER:
         raise Refused(
-            f"{names.shown(target)} is neither a subvolume nor a directory", "check --subvolume", code="not-subvolume"
+            f"{names.shown(target)} is neither a subvolume nor a directory",
+            f"check {config.spelt('subvolume')}",
+            code="not-subvolume",
         )
 
 
@@ -752,14 +755,19 @@ def _check_state_dir(obs: Observation) -> None:
         )
 
 
-def _check_blank(blank: str, obs: Observation) -> None:
+def _check_blank(config: Config, obs: Observation) -> None:
+    blank = config.blank
     kind = obs.kind(blank)
     if kind is not Kind.SUBVOLUME:  # a link to a snapshot is not followed: a run never follows one
         what = {Kind.MISSING: "does not exist", Kind.DIRECTORY: "is a plain directory, not a snapshot"}
         other = "is not a subvolume (a symbolic link or a file)"
         raise Refused(
             f"the blank snapshot {names.shown(blank)} {what.get(kind, other)}",
-            ("" if kind is Kind.MISSING else f"move {names.shown(blank)} away, or name the snapshot itself (--blank); ")
+            (
+                ""
+                if kind is Kind.MISSING
+                else f"move {names.shown(blank)} away, or name the snapshot itself ({config.spelt('blank')}); "
+            )
             + f"create it once: btrfs subvolume snapshot -r <top>/<empty root> <top>/{blank}",
             code="no-blank",
         )
@@ -782,13 +790,13 @@ def _check_blank(blank: str, obs: Observation) -> None:
         )
 
 
-def _check_holder(directory: str, obs: Observation, what: str) -> None:
+def _check_holder(directory: str, obs: Observation, what: str, setting: str = "") -> None:
     """A trash/archive directory may hold only entries named by rollback (and what they contain)."""
     kind = obs.kind(directory)
     if kind is Kind.OTHER:
         raise Refused(
             f"the {what} {names.shown(directory)} is not a directory",
-            f"move it away or choose another {what} (--archive)"
+            f"move it away or choose another {what} ({setting})"
             if directory != TRASH_DIR
             else "move it away: rollback keeps its trash there",
             code="bad-holder",

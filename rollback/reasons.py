@@ -80,7 +80,7 @@ REASONS: dict[str, Reason] = {
     "bad-holder": _refused("the archive or trash is not a directory", "move it away"),
     "mark-taken": _refused("skip-next, and a mark is already set for another root", "let that root's boot use it"),
     "state-dir": _refused("`.rollback` is not a plain directory, or its skip-next mark not a file", "move it away"),
-    "not-subvolume": _refused("the target is a plain directory or not a directory", "check --subvolume"),
+    "not-subvolume": _refused("the target is a plain directory or not a directory", "check the subvolume setting"),
     "placeholder": _refused(
         "a name the run uses is a snapshot's empty stand-in for a subvolume it did not include", "rmdir it"
     ),

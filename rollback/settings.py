@@ -284,6 +284,20 @@ class Config:
             case _:
                 assert_never(self.cleanup)
 
+    def spelt(self, name: str) -> str:
+        """How a hint names setting `name`: as it was given (a flag, the kernel command line, the config
+        file), or where to set it if it has its default. A hint saying `--subvolume` to someone whose
+        value came from /etc/rollback.toml or rollback.subvolume= sent them looking for a flag."""
+        setting = BY_NAME[name]
+        source = self.sources.get(name, "default").rpartition(" + ")[2]
+        if source == "flag":
+            return setting.flag
+        if source == "kernel command line":
+            return f"rollback.{setting.key}= on the kernel command line"
+        if source == "default":
+            return f"the {setting.key} setting (its default now)"
+        return f"{setting.key} in {source}"
+
     def require_device(self) -> str:
         if not self.device:
             raise ConfigError(

@@ -36,6 +36,7 @@ from rollback.plan import (
     put_back,
     undone_by_put_back,
 )
+from rollback.settings import resolve
 from tests.support.factory import config, observe
 
 STAMP = "20261125T060000Z"
@@ -952,3 +953,24 @@ def test_options_set_in_a_drop_in_count_as_systemd_applies_them(
     (early / "sysroot.mount.d").mkdir(parents=True)
     (early / "sysroot.mount.d" / "50-root.conf").write_text("[Mount]\nOptions=subvol=root,compress=zstd\n")
     assert sysroot.root_mount() == ("/dev/vda", ("subvol=root", "compress=zstd"))
+
+
+@pytest.mark.parametrize(
+    ("layers", "named"),
+    [
+        (({}, {}, {"subvolume": "plain"}), "check --subvolume"),
+        (({}, {"subvolume": "plain"}, {}), "check rollback.subvolume= on the kernel command line"),
+        (({"subvolume": "plain"}, {}, {}), "check subvolume in /etc/rollback.toml"),
+        (({}, {}, {}), "check the subvolume setting (its default now)"),
+    ],
+    ids=["flag", "kernel command line", "config file", "default"],
+)
+def test_a_hint_names_the_setting_as_it_was_given(layers: tuple[dict[str, str], ...], named: str) -> None:
+    """At boot the value comes from the config file or the command line: "check --subvolume" sent the
+    user looking for a flag nobody gave."""
+    file, cmdline, flags = layers
+    target = {**file, **cmdline, **flags}.get("subvolume", "root")
+    cfg = resolve(file, cmdline, {"device": "/dev/test", **flags}, "/etc/rollback.toml")
+    with pytest.raises(Refused) as caught:
+        plan_run(cfg, observe(["persist"], dirs=[target]))
+    assert caught.value.code == "not-subvolume" and named in caught.value.hint, caught.value.hint
