@@ -43,11 +43,11 @@ REASONS: dict[str, Reason] = {
     "cmdline-unreadable": _usage("the kernel command line file cannot be read", "--kernel-cmdline /dev/null"),
     "bad-log-target": _usage("$ROLLBACK_LOG_TARGET is not auto, console or journal", "unset or fix it"),
     # exit 3: refused before the first change; the device is exactly as it was
-    "no-device": _refused("the device does not exist (or cannot be examined)", "check --device"),
+    "no-device": _refused("the device does not exist (or cannot be examined)", "check the device setting"),
     "not-block-device": _refused("the device is not a block device", "pass the device node"),
     "unreadable": _refused("the device cannot be read", "see dmesg"),
     "too-deep": _refused("a subvolume's path from the top level is over 4 KiB: it cannot be listed", "move it up"),
-    "not-btrfs": _refused("the device holds no btrfs filesystem", "check --device"),
+    "not-btrfs": _refused("the device holds no btrfs filesystem", "check the device setting"),
     "not-root": _refused(
         "not root: no private mount namespace, the device or the lock directory not accessible", "run as root"
     ),

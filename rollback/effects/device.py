@@ -33,11 +33,9 @@ def probe(device: str) -> str:
     try:
         mode = os.stat(device).st_mode
     except FileNotFoundError:
-        raise Refused(
-            f"device {named} does not exist", "check --device; in the initrd the unit waits for it", code="no-device"
-        ) from None
+        raise Refused(f"device {named} does not exist", _absent_hint(device), code="no-device") from None
     except OSError as error:
-        raise Refused(f"cannot stat {named}: {error.strerror}", "check --device", code="no-device") from None
+        raise Refused(f"cannot stat {named}: {error.strerror}", "check the device setting", code="no-device") from None
     if not stat.S_ISBLK(mode):
         raise Refused(
             f"{named} is not a block device",
@@ -53,7 +51,7 @@ def probe(device: str) -> str:
     except OSError as error:
         raise Refused(f"cannot read {named}: {error.strerror}", "see dmesg", code="unreadable") from None
     if head[0x40:0x48] != _BTRFS_MAGIC:
-        raise Refused(f"{named} does not hold a btrfs filesystem", "check --device", code="not-btrfs")
+        raise Refused(f"{named} does not hold a btrfs filesystem", "check the device setting", code="not-btrfs")
     if int.from_bytes(head[0x38:0x40], "little") & _SUPER_FLAG_SEEDING:
         # never mounted by us: since 6.7 the last unmount of a single-device filesystem unregisters
         # it, and its sprout (the root) then cannot be mounted (dmesg: failed to find fsid ... seed)
@@ -65,6 +63,27 @@ def probe(device: str) -> str:
             code="seed-device",
         )
     return head[0x20:0x30].hex()
+
+
+def _absent_hint(device: str) -> str:
+    """What to check for a device path that does not exist: a /dev/disk/by-* link (UUID=, LABEL=) where
+    udev made none (a rescue shell, a container), or spelt in capitals where udev's is not."""
+    plain = "check the device setting (lsblk -f lists what there is); in the initrd the unit waits for it"
+    if not device.startswith("/dev/disk/by-"):
+        return plain
+    if not os.path.isdir("/dev/disk"):
+        return (
+            "there is no /dev/disk here: udev has not made its links (a rescue shell, a container); name the "
+            "device node instead (blkid -U UUID, blkid -L LABEL)"
+        )
+    lower = device[: device.rindex("/")] + device[device.rindex("/") :].lower()
+    if (
+        lower != device
+        and device.startswith(("/dev/disk/by-uuid/", "/dev/disk/by-partuuid/"))
+        and os.path.exists(lower)
+    ):
+        return f"udev's link is in lower case: {_named(lower)}"
+    return plain
 
 
 _SUPER_FLAG_SEEDING = 1 << 32  # BTRFS_SUPER_FLAG_SEEDING, in the superblock's flags (offset 0x38)

@@ -8,9 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
 
 from rollback.cli import main
-from rollback.errors import Exit
+from rollback.effects import device as device_effects
+from rollback.errors import Exit, Refused
 from tests.support.cli import rollback_argv
 
 ROOT = Path(__file__).parents[2]
@@ -177,7 +179,7 @@ def test_a_device_that_cannot_be_found_is_named_visibly_with_a_hint(
 ) -> None:
     """A trailing space shown (it read "device /dev/x  does not exist"); ENOTDIR gave an empty hint."""
     code, _, err = run(capsys, "status", "--device", device, "--kernel-cmdline", "/dev/null")
-    assert code == Exit.REFUSED and said in err and "hint='check --device" in err, err
+    assert code == Exit.REFUSED and said in err and "hint='check the device setting" in err, err
 
 
 def test_regular_file_is_not_a_block_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -468,3 +470,29 @@ def test_config_output_the_encoding_cannot_carry_is_escaped(encoding: str, devic
     )
     assert result.returncode == Exit.OK, result.stderr.decode(errors="replace")
     assert shown in result.stdout.decode(encoding)
+
+
+@pytest.mark.parametrize(
+    ("made", "device", "hint"),
+    [
+        ([], "/dev/disk/by-uuid/0f1e", "there is no /dev/disk here: udev has not made its links"),
+        (
+            ["/dev/disk/by-uuid/0a1b-c2d3"],
+            "/dev/disk/by-uuid/0A1B-C2D3",
+            "udev's link is in lower case: /dev/disk/by-uuid/0a1b",
+        ),
+        (["/dev/disk/by-label/x"], "/dev/disk/by-label/X", "check the device setting (lsblk -f"),
+        (["/dev/disk/by-uuid/0a1b"], "/dev/sdz", "check the device setting (lsblk -f"),
+    ],
+    ids=["no udev", "capitals", "a label's case is its own", "a node"],
+)
+def test_a_device_link_that_does_not_exist_gets_a_hint_for_why(
+    fs: FakeFilesystem, made: list[str], device: str, hint: str
+) -> None:
+    """`UUID=` in a rescue shell or a container, where udev made no /dev/disk links; a UUID in capitals,
+    where udev's links are lower case (a label's case is its own)."""
+    for path in made:
+        fs.create_file(path)
+    with pytest.raises(Refused) as caught:
+        device_effects.probe(device)
+    assert caught.value.code == "no-device" and caught.value.hint.startswith(hint), caught.value.hint
