@@ -64,6 +64,7 @@ def _observed(
     unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)
     with device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock, mount.top_level(dev) as top:
         mounted = device.mounts(str(top), fsid)
+        mount.settle(top)
         found = _observe(config, top, mounted, datetime.now(UTC), limits)
         yield top, found, unlock
 

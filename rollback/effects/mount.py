@@ -130,6 +130,22 @@ def _read_only_device(device: str) -> bool:
         os.close(fd)
 
 
+def settle(top: Path) -> None:
+    """Commit what others wrote to the filesystem (syncfs), so that the subvolumes' items read next say
+    what is in them: a root written through another mount (a rescue shell's /mnt) keeps its committed
+    generation for up to 30 s, and a snapshot of the blank then looked untouched, and was deleted
+    rather than archived. Nothing to commit where only our read-only mount has it (the initrd's case):
+    the kernel returns at once. Best effort: an error here is the next step's to report."""
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _libc.syncfs(fd)
+    finally:
+        os.close(fd)
+
+
 def make_writable(top: Path) -> None:
     """Remount our top-level mount read-write (still noatime), in place: no gap between what was
     observed and what is changed."""

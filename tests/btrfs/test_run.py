@@ -592,3 +592,23 @@ def test_a_file_or_link_at_rollbacks_own_names_in_run_is_refused(disk: Disk, sta
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=run-dir" in result.stderr and "is not a directory" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and disk.state() == before
+
+
+def test_a_root_written_through_another_mount_and_not_yet_committed_is_archived(disk: Disk) -> None:
+    """Snapshot mode with an archive deletes a root still as the blank made it and archives a written
+    one. A file written through another mount of the top level (a rescue shell's /mnt) leaves the root's
+    item uncommitted for up to 30 s: the run judged it untouched and deleted it (found by a tester)."""
+    with disk.top() as top:
+        populate(top, blank=True, nested=[])
+    args = ("--mode", "snapshot", "--archive", "old_roots")
+    assert disk.rollback("run", *args).returncode == Exit.OK
+    with disk.top() as top:
+        os.sync()
+        (top / "root" / "etc" / "notes").write_text("written, not committed\n")
+        dry = disk.rollback("run", "--dry-run", *args)
+        result = disk.rollback("run", *args)
+        archived = sorted(entry.name for entry in (top / "old_roots").iterdir())[1:]  # the first run archived one
+        assert [(top / "old_roots" / name / "etc" / "notes").read_text() for name in archived] == [
+            "written, not committed\n"
+        ], (dry.stdout, result.stderr)
+    assert result.returncode == Exit.OK and "-> old_roots/" in dry.stdout, dry.stdout
