@@ -11,6 +11,7 @@ happens here, before step one.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -679,7 +680,35 @@ def _checked(plan: Plan, obs: Observation) -> Plan:
                     f"unmount {where} first",
                     code="mounted",
                 )
+    _check_deletable(plan, obs)
     return _writable(plan, obs)
+
+
+# libbtrfsutil's recursive delete opens each nested subvolume's parent by its path from the deleted one,
+# and a cleared flag is reached by its path from our mount point: both within PATH_MAX (with the mount
+# point and separators), though every lookup the listing made was short
+_PATH_MAX = 4096
+_MOUNT_MARGIN = 64
+
+
+def _check_deletable(plan: Plan, obs: Observation) -> None:
+    """Every subvolume a Delete removes can be reached by path from where it is deleted: else the delete
+    fails after the root was moved (ENAMETOOLONG), and again at every boot, the trash never emptied."""
+    moved = {step.dest: step.source for step in plan.steps if isinstance(step, Rename)}
+    for step in plan.steps:
+        if not isinstance(step, Delete):
+            continue
+        source = moved.get(step.path, step.path)
+        for sub in obs.tree(source):
+            parent = sub.path[len(source) :].rpartition("/")[0]
+            if len(os.fsencode(step.path + parent)) + _MOUNT_MARGIN >= _PATH_MAX:
+                raise Refused(
+                    f"the subvolume {names.shown(sub.path)} lies too deep below {names.shown(source)} to be "
+                    "deleted with it (its path from there is over 4 KiB, though each piece is shorter)",
+                    "find it (the deepest directories) and move it, or what holds it, higher up by hand; "
+                    "nothing was changed",
+                    code="too-deep",
+                )
 
 
 def _writable(plan: Plan, obs: Observation) -> Plan:

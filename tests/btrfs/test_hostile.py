@@ -658,6 +658,28 @@ def test_a_subvolume_deeper_than_the_kernels_lookups_is_refused_not_an_internal_
     assert _device_written(disk.workdir / "disk.img") == before
 
 
+@pytest.mark.parametrize("verb", ["run", "status"])
+def test_a_subvolume_too_deep_to_delete_though_each_piece_is_short_is_refused(disk: Disk, verb: str) -> None:
+    """Two subvolumes, each 11 directories of 200 characters below the other: every lookup the listing
+    makes is short, but the delete opens the deeper one's parent by its path from the deleted root
+    (over 4 KiB): ENAMETOOLONG after the root was moved, exit 1 at every boot, the trash never emptied
+    (found by a code auditor). Refused before any change, as a subvolume the listing cannot reach is."""
+    with disk.top() as top:
+        populate(top, nested=[])
+        _deep_subvolume(top, "root", 11)
+        chain = "/".join(f"{level:03d}" + "d" * 197 for level in range(11))
+        _deep_subvolume(top, f"root/{chain}/deep", 11)
+        btrfsutil.sync(str(top))
+    before = _device_written(disk.workdir / "disk.img")
+    result = disk.rollback(verb)
+    assert "Traceback" not in result.stderr, result.stderr
+    if verb == "status":
+        assert result.returncode == Exit.OK and "(reason too-deep)" in result.stdout, result.stdout
+    else:
+        assert result.returncode == Exit.REFUSED and "reason=too-deep" in result.stderr, result.stderr
+    assert _device_written(disk.workdir / "disk.img") == before
+
+
 def test_a_too_deep_archived_root_met_while_making_room_is_refused_too(disk: Disk) -> None:
     """After-boot deletion lists a pruned archived root bounded (it is only moved); with no room for the
     first change, the run lists it whole to delete it first, and met the deep path there: exit 1
