@@ -11,7 +11,6 @@ happens here, before step one.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -701,7 +700,7 @@ def _check_deletable(plan: Plan, obs: Observation) -> None:
         source = moved.get(step.path, step.path)
         for sub in obs.tree(source):
             parent = sub.path[len(source) :].rpartition("/")[0]
-            if len(os.fsencode(step.path + parent)) + _MOUNT_MARGIN >= _PATH_MAX:
+            if len((step.path + parent).encode("utf-8", "surrogateescape")) + _MOUNT_MARGIN >= _PATH_MAX:
                 raise Refused(
                     f"the subvolume {names.shown(sub.path)} lies too deep below {names.shown(source)} to be "
                     "deleted with it (its path from there is over 4 KiB, though each piece is shorter)",
