@@ -346,19 +346,31 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     root = obs.get(config.subvolume)
     assert root is not None  # a subvolume there: _check_target
-    if obs.skip_mark and not mark_applies(config, obs):
-        raise Refused(
+    if obs.skip_mark and not mark_applies(config, obs) and _marked_subvolume(obs) is not None:
+        raise Refused(  # (a mark for a subvolume no longer there is no boot's: replaced)
             f"a skip-next mark is already set for another root ({_marked(obs)}): one mark at a time",
-            "let that root's next boot use it, or remove .rollback/skip-next at the top level by hand",
+            "let that root's next boot use it; if no boot replaces it (a root moved aside), remove the mark: "
+            "rm <top>/.rollback/skip-next, and run skip-next again",
             code="mark-taken",
         )
     return _checked(Plan((*steps, WriteMark(SKIP_MARK, root.id, root.uuid), Commit())), obs)
 
 
 def _marked(obs: Observation) -> str:
-    """Whom the mark is for, in every message that names it."""
+    """Whom the mark is for, in every message that names it: its id, and its path where it was seen."""
     mark = obs.skip_mark_for
-    return f"subvolume id {mark.id}" if mark else "any root"
+    if not mark:
+        return "any root"
+    found = _marked_subvolume(obs)
+    return f"subvolume id {mark.id}" + (f", {names.shown(found.path)} now" if found else "")
+
+
+def _marked_subvolume(obs: Observation) -> Subvol | None:
+    """The subvolume the mark names, if listed (by id: btrfs does not give an id twice)."""
+    mark = obs.skip_mark_for
+    if mark is None:
+        return None
+    return next((s for s in obs.subvols if s.id == mark.id), None)
 
 
 def mark_applies(config: Config, obs: Observation) -> bool:

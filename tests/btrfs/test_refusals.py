@@ -445,8 +445,27 @@ def test_a_second_skip_next_for_another_root_is_refused_not_a_silent_overwrite(d
     before = disk.state()
     second = disk.rollback("skip-next", "--subvolume", "other")
     assert second.returncode == Exit.REFUSED and "reason=mark-taken" in second.stderr, second.stderr
+    assert "(subvolume id 256, 'root' now)" in second.stderr and "rm <top>/.rollback/skip-next" in second.stderr
     assert disk.state() == before
     assert disk.rollback("run").returncode == Exit.SKIPPED
+
+
+def test_skip_next_replaces_a_mark_for_a_subvolume_no_longer_there(disk: Disk) -> None:
+    """skip-next, then the root replaced by hand and the old one deleted: the mark named a subvolume
+    no boot can keep, and skip-next for the new root was refused mark-taken for ever, its hint ("let
+    that root's next boot use it") impossible (found by a layouts tester). Such a mark is replaced;
+    one for a subvolume still there (moved aside) is refused, named by its path now."""
+    setup(disk, lambda top: None)
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    with disk.top() as top:
+        (top / "root").rename(top / "root-before-restore")
+        btrfsutil.create_subvolume(str(top / "root"))
+    moved = disk.rollback("skip-next")
+    assert moved.returncode == Exit.REFUSED and "'root-before-restore' now" in moved.stderr, moved.stderr
+    with disk.top() as top:
+        btrfsutil.delete_subvolume(str(top / "root-before-restore"), recursive=True)
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    assert disk.rollback("run").returncode == Exit.SKIPPED  # the new root kept
 
 
 def test_a_mark_without_an_id_keeps_no_root_that_is_not_there(disk: Disk) -> None:
