@@ -775,9 +775,13 @@ def _check_mark_is_for_a_boot(config: Config, obs: Observation) -> None:
 
 def _refuse_mounted(sub: Subvol, obs: Observation, why: str = "") -> None:
     if sub.id in obs.mounted:
+        where = obs.mounted[sub.id]
+        running = "run from the initrd or a rescue system, not on the running root"
         raise Refused(
-            f"{names.shown(sub.path)} is mounted at {obs.mounted[sub.id]}{why}",
-            "run from the initrd or a rescue system, not on the running root",
+            f"{names.shown(sub.path)} is mounted at {where}{why}",
+            running
+            if where == "/"
+            else f"unmount {where}" + ("" if sub.path.startswith(TRASH_DIR + "/") else f"; or {running}"),
             code="mounted",
         )
 
@@ -847,7 +851,8 @@ def _check_holder(directory: str, obs: Observation, what: str, setting: str = ""
         raise Refused(
             f"the {what} {names.shown(directory)} holds subvolumes rollback did not put there: "
             f"{', '.join(names.shown(f) for f in foreign[:3])}{' ...' if len(foreign) > 3 else ''}",
-            f"move them out of {names.shown(directory)}: what lies there is rollback's to delete",
+            f"move them out of {names.shown(directory)} (what lies there is rollback's to delete)"
+            + (f", or choose another {what} ({setting})" if directory != TRASH_DIR else ""),
             code="foreign-subvolume",
         )
 

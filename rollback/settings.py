@@ -404,9 +404,11 @@ def _check_overlaps(config: Config) -> None:
             )
     protected = {names.basename(p) for p in config.protect}
     if names.basename(config.subvolume) in protected:
+        given = [p for p in config.protect if names.basename(p) == names.basename(config.subvolume)]
         raise ConfigError(
-            f"the subvolume {config.subvolume!r} is in the protected list",
-            "the target cannot be protected",
+            f"the subvolume {config.subvolume!r} has a protected name: {names.basename(config.subvolume)!r}"
+            + (f" (protect {given[0]!r})" if given[0] != config.subvolume else ""),
+            "protect matches a subvolume by its last name, at any depth: the target's name cannot be one",
             code="conflict",
         )
     if config.archive and names.basename(config.archive) in protected:

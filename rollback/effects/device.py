@@ -143,7 +143,12 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[]
                 code="locked",
             )
         if node:
-            fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
+            try:
+                fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError as error:  # gone since probe() (a disk unplugged, a dm device removed)
+                raise Refused(
+                    f"cannot open {_named(device)}: {error.strerror}", _absent_hint(device), code="no-device"
+                ) from None
             if not _flocked(fds[-1], NODE_LOCK_WAIT_S):
                 raise Refused(
                     f"another process has held the lock on the device node {device} for {NODE_LOCK_WAIT_S:g} s"

@@ -690,3 +690,15 @@ def test_the_mark_is_never_written_or_removed_through_a_swapped_in_link(tmp_path
     with pytest.raises(OSError):
         btrfs.execute(step, top)
     assert (elsewhere / "skip-next").read_text() == "someone else's\n"
+
+
+def test_a_device_gone_between_probe_and_lock_is_refused_not_internal(tmp_path: Path) -> None:
+    """The node is opened for its lock after probe(): a disk unplugged (a dm device removed) between the
+    two raised a bare OSError, exit 1 `internal` "report it", though nothing had changed (found by a
+    code auditor)."""
+    from rollback.effects import device
+    from rollback.errors import Refused
+
+    with pytest.raises(Refused) as caught, device.locked(str(tmp_path / "gone"), "0" * 32):
+        pass
+    assert caught.value.code == "no-device" and "cannot open" in caught.value.reason, caught.value.reason

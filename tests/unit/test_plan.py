@@ -974,3 +974,25 @@ def test_a_hint_names_the_setting_as_it_was_given(layers: tuple[dict[str, str], 
     with pytest.raises(Refused) as caught:
         plan_run(cfg, observe(["persist"], dirs=[target]))
     assert caught.value.code == "not-subvolume" and named in caught.value.hint, caught.value.hint
+
+
+def test_the_mounted_and_foreign_subvolume_hints_fit_where_they_are_met() -> None:
+    """A trash entry mounted (the cleanup on the running system): the hint said "run from the initrd or a
+    rescue system", where unmounting it is the fix; a foreign subvolume in the archive (snapper's in
+    `@snapshots`): only "move them out", which breaks its owner, not "choose another archive" (found by
+    a layouts tester)."""
+    entry = f"{TRASH_DIR}/20260101T000000Z"
+    with pytest.raises(Refused) as caught:
+        plan_cleanup(config(), observe(["root", entry], mounted={entry: "/mnt/x"}))
+    assert caught.value.hint == "unmount /mnt/x", caught.value.hint
+    with pytest.raises(Refused) as caught:
+        plan_run(config(), observe(["root"], mounted={"root": "/"}))
+    assert caught.value.hint == "run from the initrd or a rescue system, not on the running root"
+    with pytest.raises(Refused) as caught:
+        plan_run(config(), observe(["root", "root/srv"], mounted={"root/srv": "/srv"}))
+    assert caught.value.hint == "unmount /srv; or run from the initrd or a rescue system, not on the running root"
+    with pytest.raises(Refused) as caught:
+        plan_run(config(archive="old"), observe(["root", "old/1/snapshot"]))
+    assert caught.value.code == "foreign-subvolume" and "or choose another archive directory (--archive)" in (
+        caught.value.hint
+    ), caught.value.hint

@@ -309,3 +309,13 @@ def test_no_module_branches_on_a_type_name() -> None:
         text = path.read_text()
         for smell in (".label ==", ".label !=", 'kind == "', 'kind != "'):
             assert smell not in text, (path.name, smell)
+
+
+def test_a_protect_entry_matching_the_targets_name_says_it_is_matched_by_its_last_name() -> None:
+    """`--protect persist/root` said "the subvolume 'root' is in the protected list", which it is not:
+    protect matches by the last name, at any depth (found by a layouts tester)."""
+    with pytest.raises(ConfigError) as caught:
+        resolve({}, {}, {"device": "/dev/x", "protect": ("persist/root",)})
+    assert caught.value.code == "conflict"
+    assert "has a protected name: 'root' (protect 'persist/root')" in caught.value.reason, caught.value.reason
+    assert "by its last name, at any depth" in caught.value.hint
