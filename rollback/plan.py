@@ -253,6 +253,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
     warnings = _other_roots_mark(config, obs) + _clock_behind(config, obs) + _quota_left(quota, target)
+    warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
     return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
 
 
@@ -400,8 +401,32 @@ def _other_roots_mark(config: Config, obs: Observation) -> tuple[str, ...]:
 
 def paths_of_interest(config: Config) -> list[str]:
     """Every path whose kind the plan looks at: the configured ones and their parents."""
-    wanted = [config.subvolume, config.blank, SKIP_MARK, *holders(config)]
+    wanted = [config.subvolume, config.blank, SKIP_MARK, *holders(config), *_mount_points(config)]
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
+
+
+def _mount_points(config: Config) -> list[str]:
+    """Where the protected subvolumes are mounted in the root (`/persist`: root/persist), by name."""
+    return [f"{config.subvolume}/{name}" for name in dict.fromkeys(names.basename(p) for p in config.protect)]
+
+
+def _written_under_mount_points(config: Config, obs: Observation) -> tuple[str, ...]:
+    """A protected subvolume's mount point in the root holding something: written while the subvolume
+    was not mounted there (a failed mount, impermanence writing before it): erased with the root, as
+    asked, but the operator should know (found by a layouts tester)."""
+    # only where a subvolume of that name exists outside the root: the mount point of a name that is not
+    # mounted (a `home` kept by impermanence's bind mounts, /home/alice made in the root) is the root's
+    outside = {names.basename(s.path) for s in obs.subvols if not names.is_within(s.path, config.subvolume)}
+    written = [
+        p
+        for p in _mount_points(config)
+        if names.basename(p) in outside and obs.kind(p) is Kind.DIRECTORY and p not in obs.empty
+    ]
+    return tuple(
+        f"{names.shown(path)} is a directory with something in it, not an empty mount point: written while "
+        f"{names.shown(names.basename(path))} was not mounted there? It is erased with the root"
+        for path in written
+    )
 
 
 class Bounds(NamedTuple):

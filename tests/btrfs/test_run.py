@@ -612,3 +612,16 @@ def test_a_root_written_through_another_mount_and_not_yet_committed_is_archived(
             "written, not committed\n"
         ], (dry.stdout, result.stderr)
     assert result.returncode == Exit.OK and "-> old_roots/" in dry.stdout, dry.stdout
+
+
+def test_files_in_a_protected_subvolumes_mount_point_are_warned_of(disk: Disk) -> None:
+    """Written into the root's /persist while persist was not mounted: erased with the root, said."""
+    with disk.top() as top:
+        populate(top)
+    assert "kind=warning" not in disk.rollback("run").stderr  # the empty mount point: nothing to say
+    with disk.top() as top:
+        (top / "root" / "persist").mkdir()
+        (top / "root" / "persist" / "notes").write_text("written while persist was not mounted\n")
+    result = disk.rollback("run")
+    assert result.returncode == Exit.OK, result.stderr
+    assert "'root/persist' is a directory with something in it" in result.stderr, result.stderr

@@ -996,3 +996,23 @@ def test_the_mounted_and_foreign_subvolume_hints_fit_where_they_are_met() -> Non
     assert caught.value.code == "foreign-subvolume" and "or choose another archive directory (--archive)" in (
         caught.value.hint
     ), caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("flags", "layout", "warned"),
+    [
+        ({}, {"subvols": ["root", "persist"], "dirs": ["root/persist", "root/persist/etc"]}, True),
+        ({}, {"subvols": ["root", "persist"], "dirs": ["root/persist"], "empty": ["root/persist"]}, False),
+        ({}, {"subvols": ["root"], "dirs": ["root/home", "root/home/alice"]}, False),  # no `home` to mount there
+        ({"archive": "old"}, {"subvols": ["root", "persist"], "dirs": ["root/persist", "root/persist/x"]}, False),
+    ],
+    ids=["written", "empty mount point", "no such subvolume", "archived, not erased"],
+)
+def test_a_protected_subvolumes_mount_point_with_something_in_it_is_warned_of(
+    flags: dict[str, str], layout: dict[str, list[str]], warned: bool
+) -> None:
+    """/persist failed to mount and something wrote there: the root's directory held it, and the run
+    erased it without a word (found by a layouts tester). Said; the run goes on as asked."""
+    plan = plan_run(config(**flags), observe(**layout))  # type: ignore[arg-type]
+    said = [w for w in plan.warnings if "is a directory with something in it, not an empty mount point" in w]
+    assert bool(said) == warned, plan.warnings
