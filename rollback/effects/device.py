@@ -326,26 +326,18 @@ def read_only_members(top: str) -> list[str]:
     """The member devices (kernel names) of the filesystem mounted at `top` that are read-only, from
     sysfs (devices/<name>/ro): what makes the remount read-write fail, found without trying it."""
     fsid = _kernel_fsid(top)
-    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/devices" if fsid else ""
-    try:
-        listed = os.listdir(base) if base else []
-    except OSError:
-        return []
-    found = []
-    for name in listed:
-        try:
-            with open(f"{base}/{name}/ro", encoding="ascii") as handle:
-                if handle.read().strip() == "1":
-                    found.append(name)
-        except (OSError, ValueError):  # a member going away meanwhile
-            continue
-    return sorted(found)
+    return _flagged(fsid, "devices", "ro") if fsid else []
 
 
 def missing_members(fsid: str) -> list[int]:
     """The device ids of the mounted filesystem `fsid` that the kernel has no device for (mounted
     degraded), from sysfs (devinfo/<id>/missing); [] when none are, or it is not mounted."""
-    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/devinfo"
+    return sorted(int(name) for name in _flagged(fsid, "devinfo", "missing") if name.isdigit())
+
+
+def _flagged(fsid: str, kind: str, flag: str) -> list[str]:
+    """The entries of /sys/fs/btrfs/<fsid>/<kind> whose file `flag` reads 1; [] when it is not mounted."""
+    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/{kind}"
     try:
         listed = os.listdir(base)
     except OSError:
@@ -353,9 +345,9 @@ def missing_members(fsid: str) -> list[int]:
     found = []
     for name in listed:
         try:
-            with open(f"{base}/{name}/missing", encoding="ascii") as handle:
+            with open(f"{base}/{name}/{flag}", encoding="ascii") as handle:
                 if handle.read().strip() == "1":
-                    found.append(int(name))
+                    found.append(name)
         except (OSError, ValueError):  # a kernel without the attribute, or a member going away meanwhile
             continue
     return sorted(found)
