@@ -324,9 +324,16 @@ def _members(fsid: str) -> set[int] | None:
 
 def read_only_members(top: str) -> list[str]:
     """The member devices (kernel names) of the filesystem mounted at `top` that are read-only, from
-    sysfs (devices/<name>/ro): what makes the remount read-write fail, found without trying it."""
+    sysfs (devices/<name>/ro), when all are: what makes the remount read-write fail, found without trying it."""
     fsid = _kernel_fsid(top)
-    return _flagged(fsid, "devices", "ro") if fsid else []
+    if not fsid:
+        return []
+    found = _flagged(fsid, "devices", "ro")
+    try:  # the kernel refuses read-write only when no member is writable (a sprout's seed is read-only)
+        every = os.listdir(f"{SYSFS_BTRFS}/{_uuid(fsid)}/devices")
+    except OSError:
+        return []
+    return found if len(found) == len(every) else []
 
 
 def missing_members(fsid: str) -> list[int]:
