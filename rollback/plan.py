@@ -736,8 +736,11 @@ def _check_deletable(plan: Plan, obs: Observation) -> None:
             continue
         source = moved.get(step.path, step.path)
         for sub in obs.tree(source):
-            parent = sub.path[len(source) :].rpartition("/")[0]
-            if len((step.path + parent).encode("utf-8", "surrogateescape")) + _MOUNT_MARGIN >= _PATH_MAX:
+            # its whole path from our mount point: a flag cleared on a read-only one (after EROFS) is reached so
+            if (
+                len((step.path + sub.path[len(source) :]).encode("utf-8", "surrogateescape")) + _MOUNT_MARGIN
+                >= _PATH_MAX
+            ):
                 raise Refused(
                     f"the subvolume {names.shown(sub.path)} lies too deep below {names.shown(source)} to be "
                     "deleted with it (its path from there is over 4 KiB, though each piece is shorter)",
