@@ -457,7 +457,7 @@ def _as_the_remount_would(top: Path, plan: Plan) -> None:
         shown = ", ".join(f"/dev/{name}" for name in found)
         raise Refused(
             f"cannot write to the filesystem: {shown} is read-only (the run would be refused)",
-            f"blockdev --setrw {shown.split(', ')[0]} (a loop device: attached without -r); nothing was changed",
+            f"blockdev --setrw /dev/{found[0]} (a loop device: attached without -r); nothing was changed",
             code="read-only",
         )
 

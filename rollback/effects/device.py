@@ -326,38 +326,33 @@ def read_only_members(top: str) -> list[str]:
     """The member devices (kernel names) of the filesystem mounted at `top` that are read-only, from
     sysfs (devices/<name>/ro), when all are: what makes the remount read-write fail, found without trying it."""
     fsid = _kernel_fsid(top)
-    if not fsid:
-        return []
-    found = _flagged(fsid, "devices", "ro")
-    try:  # the kernel refuses read-write only when no member is writable (a sprout's seed is read-only)
-        every = os.listdir(f"{SYSFS_BTRFS}/{_uuid(fsid)}/devices")
-    except OSError:
-        return []
-    return found if len(found) == len(every) else []
+    flags = _flags(fsid, "devices", "ro") if fsid else {}
+    # the kernel refuses read-write only when no member is writable (a sprout's seed is read-only)
+    return sorted(flags) if flags and all(flags.values()) else []
 
 
 def missing_members(fsid: str) -> list[int]:
     """The device ids of the mounted filesystem `fsid` that the kernel has no device for (mounted
     degraded), from sysfs (devinfo/<id>/missing); [] when none are, or it is not mounted."""
-    return sorted(int(name) for name in _flagged(fsid, "devinfo", "missing") if name.isdigit())
+    return sorted(int(name) for name, set_ in _flags(fsid, "devinfo", "missing").items() if set_ and name.isdigit())
 
 
-def _flagged(fsid: str, kind: str, flag: str) -> list[str]:
-    """The entries of /sys/fs/btrfs/<fsid>/<kind> whose file `flag` reads 1; [] when it is not mounted."""
+def _flags(fsid: str, kind: str, flag: str) -> dict[str, bool]:
+    """Each entry of /sys/fs/btrfs/<fsid>/<kind>: whether its file `flag` reads 1 (False where it cannot
+    be read: a kernel without the attribute, a member going away meanwhile); {} when it is not mounted."""
     base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/{kind}"
     try:
         listed = os.listdir(base)
     except OSError:
-        return []
-    found = []
+        return {}
+    found = {}
     for name in listed:
         try:
             with open(f"{base}/{name}/{flag}", encoding="ascii") as handle:
-                if handle.read().strip() == "1":
-                    found.append(name)
-        except (OSError, ValueError):  # a kernel without the attribute, or a member going away meanwhile
-            continue
-    return sorted(found)
+                found[name] = handle.read().strip() == "1"
+        except (OSError, ValueError):
+            found[name] = False
+    return found
 
 
 def _of(fsid: str, pid: int | None, mount: mountinfo.Mount) -> bool:
