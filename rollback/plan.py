@@ -367,7 +367,8 @@ def _marked(obs: Observation) -> str:
 
 
 def _marked_subvolume(obs: Observation) -> Subvol | None:
-    """The subvolume the mark names, if listed (by id: btrfs does not give an id twice)."""
+    """The subvolume the mark names, if listed, by id alone (a listed subvolume carries no uuid: an id
+    reused after the marked one was deleted would be taken for it, and the mark kept)."""
     mark = obs.skip_mark_for
     if mark is None:
         return None
