@@ -406,9 +406,11 @@ def paths_of_interest(config: Config) -> list[str]:
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
-def _mount_points(config: Config) -> list[str]:
-    """Where the protected subvolumes are mounted in the root (`/persist`: root/persist), by name."""
-    return [f"{config.subvolume}/{name}" for name in dict.fromkeys(names.basename(p) for p in config.protect)]
+def _mount_points(config: Config, where: str = "") -> list[str]:
+    """Where the protected subvolumes are mounted in the root (`/persist`: root/persist), by name; in
+    snapshot mode, the blank's as well (what a root holds there from the start)."""
+    tops = [where] if where else [config.subvolume, *([config.blank] if config.from_blank else [])]
+    return [f"{top}/{name}" for top in tops for name in dict.fromkeys(names.basename(p) for p in config.protect)]
 
 
 def _written_under_mount_points(config: Config, obs: Observation) -> tuple[str, ...]:
@@ -420,9 +422,12 @@ def _written_under_mount_points(config: Config, obs: Observation) -> tuple[str, 
     outside = {names.basename(s.path) for s in obs.subvols if not names.is_within(s.path, config.subvolume)}
     written = [
         p
-        for p in _mount_points(config)
+        for p in _mount_points(config, config.subvolume)
         if names.basename(p) in outside and obs.kind(p) is Kind.DIRECTORY and p not in obs.empty
     ]
+    if config.from_blank:  # what the blank holds there, every root snapshotted from it holds: said at every boot
+        held = [p for p in _mount_points(config, config.blank) if obs.kind(p) is Kind.DIRECTORY and p not in obs.empty]
+        written = [p for p in written if names.basename(p) not in {names.basename(h) for h in held}]
     return tuple(
         f"{names.shown(path)} is a directory with something in it, not an empty mount point: written while "
         f"{names.shown(names.basename(path))} was not mounted there? It is erased with the root"

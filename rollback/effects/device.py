@@ -180,8 +180,8 @@ def _holder(fd: int) -> str:
             argv = handle.read(4096).rstrip(b"\0").split(b"\0")
     except (OSError, StopIteration, ValueError):
         return ""
-    shown = " ".join(os.fsdecode(word) for word in argv if word)
-    return f", pid {pid}: {names.shown(shown)}" if pid > 0 and shown else ""
+    shown = " ".join(os.fsdecode(word) for word in argv if word)  # none for a kernel thread or a zombie
+    return (f", pid {pid}" + (f": {names.shown(shown)}" if shown else "")) if pid > 0 else ""
 
 
 def _flocked(fd: int, wait_s: float) -> bool:

@@ -625,3 +625,22 @@ def test_files_in_a_protected_subvolumes_mount_point_are_warned_of(disk: Disk) -
     result = disk.rollback("run")
     assert result.returncode == Exit.OK, result.stderr
     assert "'root/persist' is a directory with something in it" in result.stderr, result.stderr
+
+
+def test_files_the_blank_holds_at_a_mount_point_are_not_warned_of_at_every_boot(disk: Disk) -> None:
+    """A blank snapshotted from a root whose /persist held files: every root has them, and said at every
+    boot it would be noise; what a root holds there that the blank's is empty still is said."""
+    with disk.top() as top:
+        for name in ("persist", "nix", "home", "root"):
+            btrfsutil.create_subvolume(str(top / name))
+        (top / "root" / "persist").mkdir()
+        (top / "root" / "persist" / "from-the-installer").write_text("kept in the blank\n")
+        (top / "root" / "home").mkdir()  # empty in the blank
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "root-blank"), read_only=True)
+    assert "kind=warning" not in disk.rollback("run", "--mode", "snapshot").stderr
+    with disk.top() as top:
+        (top / "root" / "persist" / "written").write_text("written while persist was not mounted\n")
+        (top / "root" / "home" / "alice").mkdir()
+    result = disk.rollback("run", "--mode", "snapshot")
+    assert result.returncode == Exit.OK, result.stderr
+    assert "'root/home' is a directory" in result.stderr and "'root/persist'" not in result.stderr, result.stderr

@@ -1005,8 +1005,32 @@ def test_the_mounted_and_foreign_subvolume_hints_fit_where_they_are_met() -> Non
         ({}, {"subvols": ["root", "persist"], "dirs": ["root/persist"], "empty": ["root/persist"]}, False),
         ({}, {"subvols": ["root"], "dirs": ["root/home", "root/home/alice"]}, False),  # no `home` to mount there
         ({"archive": "old"}, {"subvols": ["root", "persist"], "dirs": ["root/persist", "root/persist/x"]}, False),
+        (
+            {"mode": "snapshot"},
+            {"subvols": [("root-blank", True), "root", "persist"], "dirs": ["root/persist/x", "root-blank/persist/x"]},
+            False,
+        ),
+        (
+            {"mode": "snapshot"},
+            {"subvols": [("root-blank", True), "root", "persist"], "dirs": ["root/persist/x", "root-blank/persist"]}
+            | {"empty": ["root-blank/persist"]},
+            True,
+        ),
+        (
+            {"mode": "snapshot"},
+            {"subvols": [("root-blank", True), "root", "persist"], "dirs": ["root/persist/x"]},
+            True,
+        ),
     ],
-    ids=["written", "empty mount point", "no such subvolume", "archived, not erased"],
+    ids=[
+        "written",
+        "empty mount point",
+        "no such subvolume",
+        "archived, not erased",
+        "held by the blank: every root has it",
+        "empty in the blank",
+        "not in the blank",
+    ],
 )
 def test_a_protected_subvolumes_mount_point_with_something_in_it_is_warned_of(
     flags: dict[str, str], layout: dict[str, list[str]], warned: bool
