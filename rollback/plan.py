@@ -212,7 +212,8 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
     first = [*leftovers, *(pruned if make_room else ())]
-    steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in first]
+    stuck = [warning for p in first if (warning := _undeletable(p, p, obs))]
+    steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in first if not _undeletable(p, p, obs)]
     # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
     if first or (obs.pending_cleanup and config.deletes_at_boot):
         steps.append(Reclaim())
@@ -247,12 +248,15 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
     for delete, source in deletes if config.deletes_at_boot else ():
+        if warning := _undeletable(delete.path, source, obs):
+            stuck.append(warning)
+            continue
         steps.append(delete)
         if source in pruning.values():
             pruning[len(steps)] = source
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
-    warnings = _other_roots_mark(config, obs) + _clock_behind(config, obs) + _quota_left(quota, target)
+    warnings = (*stuck, *_other_roots_mark(config, obs), *_clock_behind(config, obs), *_quota_left(quota, target))
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
     return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
 
@@ -314,10 +318,11 @@ def plan_cleanup(config: Config, obs: Observation) -> Plan:
     _check_holder(TRASH_DIR, obs, "trash directory")
     entries = obs.entries(TRASH_DIR)
     _check_doomed(config, obs, [s for e in entries for s in obs.tree(e.path)])
-    deletes = tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries)
+    stuck = tuple(warning for e in entries if (warning := _undeletable(e.path, e.path, obs)))
+    deletes = tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries if not _undeletable(e.path, e.path, obs))
     # and the space back before it ends, so that the next boot has nothing to wait for (a boot that
     # finds deleted subvolumes not yet cleaned would wait for them, on the critical path)
-    return _checked(Plan((*deletes, Reclaim(timeout_s=3600.0)) if deletes else ()), obs)
+    return _checked(Plan((*deletes, Reclaim(timeout_s=3600.0)) if deletes else (), warnings=stuck), obs)
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
@@ -722,7 +727,6 @@ def _checked(plan: Plan, obs: Observation) -> Plan:
                     f"unmount {where} first",
                     code="mounted",
                 )
-    _check_deletable(plan, obs)
     return _writable(plan, obs)
 
 
@@ -733,27 +737,36 @@ _PATH_MAX = 4096
 _MOUNT_MARGIN = 64
 
 
-def _check_deletable(plan: Plan, obs: Observation) -> None:
-    """Every subvolume a Delete removes can be reached by path from where it is deleted: else the delete
-    fails after the root was moved (ENAMETOOLONG), and again at every boot, the trash never emptied."""
-    moved = {step.dest: step.source for step in plan.steps if isinstance(step, Rename)}
-    for step in plan.steps:
-        if not isinstance(step, Delete):
-            continue
-        source = moved.get(step.path, step.path)
-        for sub in obs.tree(source):
-            # its whole path from our mount point: a flag cleared on a read-only one (after EROFS) is reached so
-            if (
-                len((step.path + sub.path[len(source) :]).encode("utf-8", "surrogateescape")) + _MOUNT_MARGIN
-                >= _PATH_MAX
-            ):
-                raise Refused(
-                    f"the subvolume {names.shown(sub.path)} lies too deep below {names.shown(source)} to be "
-                    "deleted with it (its path from there is over 4 KiB, though each piece is shorter)",
-                    "find it (the deepest directories) and move it, or what holds it, higher up by hand; "
-                    "nothing was changed",
-                    code="too-deep",
-                )
+def _undeletable(path: str, source: str, obs: Observation) -> str:
+    """Why the subvolume `source`, deleted as `path` (in the trash), cannot be: a subvolume in it that the
+    delete cannot reach by path (ENAMETOOLONG, at every run); "" when it can. Such an entry is left in
+    the trash, said at every run, and the run goes on: refusing would keep every later boot from
+    replacing the root (an after-boot run moves the root without listing it whole: the cleanup meets it)."""
+    # each one's whole path from our mount point: a flag cleared on a read-only one (after EROFS) is reached so
+    deep = [
+        sub
+        for sub in obs.tree(source)
+        if len((path + sub.path[len(source) :]).encode("utf-8", "surrogateescape")) + _MOUNT_MARGIN >= _PATH_MAX
+    ]
+    # the outermost: what each holds moves with it
+    outer = [
+        sub for sub in deep if not any(names.is_within(sub.path, other.path) for other in deep if other is not sub)
+    ]
+    if outer:
+        where = "in the trash, " if path.startswith(TRASH_DIR + "/") else ""
+        named = ", ".join(
+            f"{names.shown(names.basename(sub.path))} (id {sub.id}, {sub.path.count('/') - source.count('/')} "
+            "directories down)"
+            for sub in outer
+        )
+        return (
+            f"{names.shown(path)} is left {where}not deleted: {len(deep)} subvolume(s) in it lie too deep to be "
+            "deleted with it (their paths from it are over 4 KiB, though each piece is shorter): "
+            f"{named}; move each up by hand (a subvolume moves with what it holds): cd to its parent a directory "
+            f"at a time (the whole path is too long for one command), then mv NAME to {names.shown(path)} on the "
+            "top level, mounted; the next run deletes the rest"
+        )
+    return ""
 
 
 def _writable(plan: Plan, obs: Observation) -> Plan:

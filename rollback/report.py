@@ -76,6 +76,7 @@ class Status(TypedDict):
     skip_next_for: int | None  # the subvolume id a mark names (None: none set, or one for any root)
     skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
+    next_boot_warnings: list[str]  # what the next boot's run would warn of (its plan's warnings), when not refused
     mounted: dict[str, str]  # subvolume id -> where
     missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
     booted_from: BootedFrom | None  # the subvolume at / when of this filesystem and not the target
@@ -112,7 +113,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
     could fake one; a byte that is not UTF-8 reached the JSON as a lone surrogate."""
     blank = obs.get(config.blank)
     protected = {names.basename(p) for p in config.protect}
-    refused = _boot_refused(config, obs)
+    refused, warnings = _next_boot(config, obs)
     kept = mark_applies(config, obs)  # the next boot keeps the root: it prunes nothing either
     return {
         "device": config.device,  # a setting, udev's own escapes (\x20) in it: as given
@@ -140,6 +141,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
         "skip_next_for": obs.skip_mark_for.id if obs.skip_mark and obs.skip_mark_for else None,
         "skip_next_refused": refused if kept else None,
         "next_boot_refused": refused,
+        "next_boot_warnings": list(warnings),
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
         "missing_devices": list(missing),
         "booted_from": _booted_from(config, obs),
@@ -158,20 +160,20 @@ def _booted_from(config: Config, obs: Observation) -> BootedFrom | None:
     return {"path": escape(found.path) if found else "", "id": booted}
 
 
-def _boot_refused(config: Config, obs: Observation) -> str | None:
+def _next_boot(config: Config, obs: Observation) -> tuple[str | None, tuple[str, ...]]:
     """Why the next boot's run would refuse, as that run decides it (its plan: with the mark set, only
-    removing it, after its checks), or None. That run is the boot's: what is mounted now (the running
-    root, what is mounted inside it) is not mounted then."""
+    removing it, after its checks), or None, and else what it would warn of. That run is the boot's:
+    what is mounted now (the running root, what is mounted inside it) is not mounted then."""
     from dataclasses import replace
 
     from rollback.errors import Refused
     from rollback.plan import plan_run
 
     try:
-        plan_run(config, replace(obs, mounted={}, mounted_paths={}))
+        plan = plan_run(config, replace(obs, mounted={}, mounted_paths={}))
     except Refused as refused:
-        return f"{refused.reason} (reason {refused.code})"
-    return None
+        return f"{refused.reason} (reason {refused.code})", ()
+    return None, plan.warnings
 
 
 def _age(seconds: int) -> str:
@@ -235,6 +237,7 @@ def status_lines(report: Status) -> list[str]:
     lines.append(f"skip-next:  {mark}")
     if report["next_boot_refused"] and not report["skip_next_refused"]:
         lines.append(f"next boot:  REFUSED: {report['next_boot_refused']}")
+    lines.extend(f"next boot:  warns: {warning}" for warning in report["next_boot_warnings"])
     if booted := report["booted_from"]:
         where = f"'{booted['path']}' (id {booted['id']})" if booted["path"] else "the top level"
         lines.append(

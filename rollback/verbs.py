@@ -349,10 +349,14 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     # deleted by this run, with a deleting run's checks and counts
     mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
     obs = _observe(config, top, mounted, obs.now)
+    said = plan.warnings
     plan = plan_run(config, obs, make_room=True)
     emit(
         "step", f"no space for the first change, nothing changed: first deleting {len(pruned)} pruned root(s)", **fields
     )
+    for warning in plan.warnings:  # a pruned root too deep to delete now, listed whole
+        if warning not in said:
+            emit("warning", warning, **fields)
     try:
         return _execute(plan, top, fields)
     except Refused as refused:  # the first of them could not go either, and nothing did: say that
@@ -430,6 +434,8 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     began = time.monotonic()
     with _observed(config, lock=not dry_run, lock_node=False) as (top, obs, unlock):
         plan = plan_cleanup(config, obs)
+        for warning in plan.warnings:  # an entry too deep to delete: left, the rest deleted
+            emit("warning", warning, **fields)
         if dry_run:
             _as_the_remount_would(top, plan)
             _print("\n".join(plan.describe()) or "nothing to do")
@@ -438,9 +444,13 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
             roots = sum(isinstance(step, Delete) for step in plan.steps)  # not the wait for the cleaner
             emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
             _execute(plan, top, fields, unlock, partial(_as_checked, config, obs, top))
+    left = f", {len(plan.warnings)} old root(s) left in it (above)" if plan.warnings else ""
+    emptied = (
+        f"trash emptied, {plan.deleted} subvolume(s) deleted" if plan.steps else "the trash is empty: nothing to do"
+    )
     emit(
         "finished",
-        f"trash emptied, {plan.deleted} subvolume(s) deleted" if plan.steps else "the trash is empty: nothing to do",
+        f"{plan.deleted} subvolume(s) deleted from the trash{left}" if plan.warnings else emptied,
         deleted=plan.deleted,
         duration_ms=round((time.monotonic() - began) * 1000, 1),
         **fields,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from hashlib import sha256
@@ -658,26 +659,67 @@ def test_a_subvolume_deeper_than_the_kernels_lookups_is_refused_not_an_internal_
     assert _device_written(disk.workdir / "disk.img") == before
 
 
-@pytest.mark.parametrize("verb", ["run", "status"])
-def test_a_subvolume_too_deep_to_delete_though_each_piece_is_short_is_refused(disk: Disk, verb: str) -> None:
-    """Two subvolumes, each 11 directories of 200 characters below the other: every lookup the listing
-    makes is short, but the delete opens the deeper one's parent by its path from the deleted root
-    (over 4 KiB): ENAMETOOLONG after the root was moved, exit 1 at every boot, the trash never emptied
-    (found by a code auditor). Refused before any change, as a subvolume the listing cannot reach is."""
+def _too_deep_to_delete(top: Path, holder: str) -> None:
+    """Two subvolumes, each 11 directories of 200 characters below the other: every lookup a listing
+    makes is short, but a recursive delete opens the deeper one's parent by its path from the deleted
+    subvolume (over 4 KiB)."""
+    _deep_subvolume(top, holder, 11)
+    chain = "/".join(f"{level:03d}" + "d" * 197 for level in range(11))
+    _deep_subvolume(top, f"{holder}/{chain}/deep", 11)
+    btrfsutil.sync(str(top))
+
+
+_SHAPES = {
+    "delete-at-boot": (),
+    "after-boot": ("--cleanup", "after-boot"),
+    "keep": ("--archive", "old", "--keep-count", "1", "--keep-min", "0"),
+    "keep, after-boot": ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", "after-boot"),
+}
+
+
+@pytest.mark.parametrize("flags", _SHAPES.values(), ids=_SHAPES.keys())
+def test_a_root_too_deep_to_delete_is_left_in_the_trash_and_every_boot_goes_on(
+    disk: Disk, flags: tuple[str, ...]
+) -> None:
+    """ENAMETOOLONG after the root was moved, exit 1 at every boot (found by a code auditor); then refused
+    before any change, which kept every later boot from replacing the root, and an after-boot run, which
+    moves the root without listing it whole, met it in the cleanup and at every boot after (found by a
+    diff reviewer). Now: left in the trash, said at every run with the ids to delete by hand; every boot
+    replaces the root and deletes the rest; once those are deleted as said, the next run deletes it."""
+    after_boot = "after-boot" in flags
     with disk.top() as top:
         populate(top, nested=[])
-        _deep_subvolume(top, "root", 11)
-        chain = "/".join(f"{level:03d}" + "d" * 197 for level in range(11))
-        _deep_subvolume(top, f"root/{chain}/deep", 11)
-        btrfsutil.sync(str(top))
-    before = _device_written(disk.workdir / "disk.img")
-    result = disk.rollback(verb)
-    assert "Traceback" not in result.stderr, result.stderr
-    if verb == "status":
-        assert result.returncode == Exit.OK and "(reason too-deep)" in result.stdout, result.stdout
-    else:
-        assert result.returncode == Exit.REFUSED and "reason=too-deep" in result.stderr, result.stderr
-    assert _device_written(disk.workdir / "disk.img") == before
+        _too_deep_to_delete(top, "root")
+    status = disk.rollback("status", *flags)
+    assert status.returncode == Exit.OK and "REFUSED" not in status.stdout, status.stdout
+    said = ""
+    for boot in range(3):
+        result = disk.rollback("run", *flags)
+        assert result.returncode == Exit.OK and "Traceback" not in result.stderr, result.stderr
+        said += result.stderr
+        if after_boot:
+            cleaned = disk.rollback("cleanup", *flags)
+            assert cleaned.returncode == Exit.OK and "Traceback" not in cleaned.stderr, cleaned.stderr
+            said += cleaned.stderr
+        with disk.top() as top:
+            assert (top / "root").is_dir() and not any((top / "root").iterdir())  # replaced, every boot
+            (top / "root" / "written").write_text(f"boot {boot}\n")
+    assert "lie too deep to be deleted with it" in said, said
+    status = disk.rollback("status", *flags)
+    assert "next boot:  warns: '.rollback/trash/" in status.stdout and "lie too deep" in status.stdout, status.stdout
+    with disk.top() as top:
+        (entry,) = os.listdir(top / TRASH)  # the deep root only: every other one went
+        warned = re.search(
+            rf"'{TRASH}/{entry}' is left in the trash, not deleted: 1 subvolume\(s\) .*: 'deep' \(id ", said
+        )
+        assert warned and "24 directories down" in said, said
+        # as the warning says: cd to its parent a directory at a time, mv it up
+        chain = " && ".join(f"cd {level:03d}{'d' * 197}" for level in range(11))
+        sh("bash", "-c", f"cd {top / TRASH / entry} && {chain} && cd deep && {chain} && mv deep {top / TRASH / entry}/")
+    final = disk.rollback("cleanup" if after_boot else "run", *flags)
+    assert final.returncode == Exit.OK and "kind=warning" not in final.stderr, final.stderr
+    with disk.top() as top:
+        assert os.listdir(top / TRASH) == []
 
 
 def test_a_too_deep_archived_root_met_while_making_room_is_refused_too(disk: Disk) -> None:
@@ -696,6 +738,26 @@ def test_a_too_deep_archived_root_met_while_making_room_is_refused_too(disk: Dis
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=too-deep" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert _device_written(disk.workdir / "disk.img") == before
+
+
+def test_a_too_deep_archived_root_met_while_making_room_is_left_and_said(disk: Disk) -> None:
+    """After-boot deletion lists a pruned archived root bounded (it is only moved); with no room for the
+    first change, the run lists it whole to delete it first, and met the deep path there: exit 1
+    `internal` at every boot (a reviewer's low, constructed), then a refusal at every boot. Now it is
+    left where it is, said, and the run goes on."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / "20200101T000000Z"))
+        _too_deep_to_delete(top, "old/20200101T000000Z")
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", "after-boot")
+    result = disk.rollback("run", *flags, env={FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert result.returncode == Exit.OK and "Traceback" not in result.stderr, result.stderr
+    assert "'old/20200101T000000Z' is left not deleted: 1 subvolume(s) in it lie too deep" in result.stderr, (
+        result.stderr
+    )
+    with disk.top() as top:
+        assert sorted(os.listdir(top / "old"))[0] == "20200101T000000Z" and not any((top / "root").iterdir())
 
 
 @pytest.mark.parametrize("verb", [("status",), ("run",), ("cleanup",), ("skip-next",)])
