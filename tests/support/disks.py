@@ -66,6 +66,16 @@ def attached(image: Path) -> Iterator[str]:
         yield device
     finally:
         sh("losetup", "-d", device)
+        _forget_lock(image)
+
+
+def _forget_lock(image: Path) -> None:
+    """Remove the run lock's file the tool left for the image's filesystem (/run/rollback-locks/<fsid>,
+    kept on a real machine: one per filesystem), so that the tests leave nothing on the host."""
+    with image.open("rb") as handle:
+        superblock = os.pread(handle.fileno(), 0x48, 0x10000)
+    if len(superblock) == 0x48 and superblock[0x40:0x48] == b"_BHRfS_M":
+        Path("/run/rollback-locks", superblock[0x20:0x30].hex()).unlink(missing_ok=True)
 
 
 @contextmanager
