@@ -347,7 +347,7 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
             f"short; else check {config.spelt('subvolume')}",
             code="nothing-to-keep",
         )
-    _check_target(config, obs)
+    check_target(config, obs)
     check_mark(obs)
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     root = obs.get(config.subvolume)
@@ -583,7 +583,7 @@ def check(config: Config, obs: Observation) -> None:
     _check_placeholders([*_used_paths(config), SKIP_MARK], obs)
     _check_state_dir(obs)
     _check_ways(config, obs)
-    _check_target(config, obs)
+    check_target(config, obs)
     _check_pinned(config, obs)
     if config.from_blank:
         _check_blank(config, obs)
@@ -637,7 +637,7 @@ def _check_ways(config: Config, obs: Observation) -> None:
                 )
 
 
-def _check_target(config: Config, obs: Observation) -> None:
+def check_target(config: Config, obs: Observation) -> None:
     target = config.subvolume
     kind = obs.kind(target)
     if kind is Kind.DIRECTORY:

@@ -30,6 +30,7 @@ from rollback.plan import (
     Unlock,
     bounds,
     check_root_default,
+    check_target,
     holders,
     paths_of_interest,
     plan_cleanup,
@@ -523,6 +524,7 @@ def diff(config: Config, *, as_json: bool) -> Exit:
     from rollback.effects.walk import walk
 
     with _observed(config, lock=False) as (top, obs, _unlock):
+        check_target(config, obs)  # a directory there: no run erases it, it refuses (nothing listed said otherwise)
         paths = report.diff(partial(walk, top), config, obs)
     if as_json:
         escaped = [report.escape(p) for p in paths]

@@ -72,6 +72,26 @@ def test_diff_lists_what_the_next_run_erases(disk: Disk) -> None:
     assert not any("ssh_host_key" in line for line in lines)
 
 
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_diff_on_a_target_that_is_no_subvolume_refuses_as_the_run_does(disk: Disk, kind: str) -> None:
+    """A plain directory at the target: diff printed nothing, exit 0 (nothing to lose, it seemed), while
+    the run refuses it (found by a layouts tester). The run's refusal, the device untouched."""
+    with disk.top() as top:
+        populate(top, nested=[])
+        btrfsutil.delete_subvolume(str(top / "root"))
+        if kind == "directory":
+            (top / "root" / "etc").mkdir(parents=True)
+            (top / "root" / "etc" / "hostname").write_text("written\n")
+        else:
+            (top / "root").write_text("a file\n")
+    before = disk.state()
+    for verb in ("diff", "run"):
+        result = disk.rollback(verb)
+        assert result.returncode == Exit.REFUSED and "reason=not-subvolume" in result.stderr, (verb, result.stderr)
+        assert result.stdout == "", result.stdout
+    assert disk.state() == before
+
+
 def test_diff_ignores_persisted_bind_mounts_on_the_live_system(disk: Disk, tmp_path: Path) -> None:
     with disk.top() as top:
         populate(top)
