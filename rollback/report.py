@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import NotRequired, TypedDict
 
 from rollback import names
-from rollback.model import TRASH_DIR, Examined, Kind, Observation
+from rollback.model import TOP_LEVEL_ID, TRASH_DIR, Examined, Kind, Observation
 from rollback.plan import mark_applies, prune_paths
 from rollback.settings import Config
 
@@ -240,6 +240,8 @@ def status_lines(report: Status) -> list[str]:
     lines.extend(f"next boot:  warns: {warning}" for warning in report["next_boot_warnings"])
     if booted := report["booted_from"]:
         where = f"'{booted['path']}' (id {booted['id']})" if booted["path"] else "the top level"
+        if not booted["path"] and booted["id"] != TOP_LEVEL_ID:  # deleted since it was mounted
+            where = f"subvolume id {booted['id']}, no longer listed (deleted while mounted)"
         lines.append(
             f"booted:     from {where}, not {report['root']['path']}: a boot that mounts the root so "
             "again is refused (root-options); boot with rootflags=subvol=" + report["root"]["path"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -496,3 +497,23 @@ def test_a_device_link_that_does_not_exist_gets_a_hint_for_why(
     with pytest.raises(Refused) as caught:
         device_effects.probe(device)
     assert caught.value.code == "no-device" and caught.value.hint.startswith(hint), caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("booted", "said"),
+    [
+        (5, "booted:     from the top level, not root"),
+        (999, "booted:     from subvolume id 999, no longer listed (deleted while mounted), not root"),
+        (257, "booted:     from 'other' (id 257), not root"),
+    ],
+)
+def test_status_names_the_subvolume_booted_from_or_says_it_is_gone(booted: int, said: str) -> None:
+    """A running root deleted while mounted (the kernel lets it) is not listed: status said "the top
+    level" for it (found by a diff reviewer)."""
+    from rollback.report import status, status_lines
+    from tests.support.factory import config, observe
+
+    obs = observe(["root", "other"])
+    obs = dataclasses.replace(obs, mounted={booted: "/"})
+    lines = status_lines(status(config(), obs))
+    assert any(line.startswith(said) for line in lines), lines
