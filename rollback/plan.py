@@ -235,6 +235,8 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
         move_to_trash(target)
     _ensure_parents(steps, obs, target)
     steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
+    if orphaned_mark(obs):
+        steps.append(RemoveMark(SKIP_MARK))
     steps.append(Commit())
     pruning: dict[int, str] = {}
     for path in () if make_room else pruned:
@@ -348,6 +350,8 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
             code="nothing-to-keep",
         )
     check_target(config, obs)
+    # a boot keeping it would run read-only, and every run after it refuses it (a snapshot -r restored)
+    _check_read_only_target(config, obs, "a root kept read-only boots read-only, and every run after refuses it")
     check_mark(obs)
     steps: list[Step] = [] if obs.kind(STATE_DIR) is Kind.DIRECTORY else [MakeDir(STATE_DIR)]
     root = obs.get(config.subvolume)
@@ -395,9 +399,25 @@ def mark_applies(config: Config, obs: Observation) -> bool:
     return mark is None or (root.id == mark.id and mark.uuid in ("", root.uuid))
 
 
+def orphaned_mark(obs: Observation) -> bool:
+    """A mark for a subvolume id no longer listed (the marked root deleted since skip-next): no boot can
+    keep it, and left it would be warned of at every boot. The run removes it, if it can safely. (A run
+    leaving the delete to the cleanup lists what is inside the root bounded: a marked root moved into
+    the root is not seen, and its mark goes; the boot replaces the root it lies in anyway.)"""
+    if not (obs.skip_mark and obs.skip_mark_for) or _marked_subvolume(obs) is not None:
+        return False
+    try:
+        check_mark(obs)
+    except Refused:  # a mark the run cannot remove safely is left, and said
+        return False
+    return True
+
+
 def _other_roots_mark(config: Config, obs: Observation) -> tuple[str, ...]:
     if not obs.skip_mark or mark_applies(config, obs):
         return ()
+    if orphaned_mark(obs):
+        return (f"the skip-next mark is for {_marked(obs)}, which no longer exists (deleted since skip-next): removed",)
     return (
         f"the skip-next mark is for {_marked(obs)}, not {names.shown(config.subvolume)} as it is now "
         f"({'missing' if obs.get(config.subvolume) is None else 'another subvolume'}): it is left, and "
@@ -654,16 +674,20 @@ def check_target(config: Config, obs: Observation) -> None:
         )
 
 
-def _check_pinned(config: Config, obs: Observation) -> None:
-    """What the run renames, or renames or creates in, must be movable: a read-only or immutable root
-    is someone's decision to keep it, and a step failing on it would fail at every boot."""
+def _check_read_only_target(config: Config, obs: Observation, why: str) -> None:
     root = obs.get(config.subvolume)
     if root and root.read_only:
         raise Refused(
             f"the subvolume {names.shown(config.subvolume)} is read-only",
-            f"if it is meant to be replaced: btrfs property set -ts <top>/{config.subvolume} ro false",
+            f"{why}: btrfs property set -ts <top>/{config.subvolume} ro false",
             code="read-only-target",
         )
+
+
+def _check_pinned(config: Config, obs: Observation) -> None:
+    """What the run renames, or renames or creates in, must be movable: a read-only or immutable root
+    is someone's decision to keep it, and a step failing on it would fail at every boot."""
+    _check_read_only_target(config, obs, "if it is meant to be replaced")
     made = [config.subvolume, TRASH_DIR, *([config.archive] if config.keeping else [])]
     used = [*made, STATE_DIR, *(_made_in(path, obs) for path in made)]
     for path in dict.fromkeys(used):

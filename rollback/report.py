@@ -8,7 +8,7 @@ from typing import NotRequired, TypedDict
 
 from rollback import names
 from rollback.model import TOP_LEVEL_ID, TRASH_DIR, Examined, Kind, Observation
-from rollback.plan import mark_applies, prune_paths
+from rollback.plan import mark_applies, orphaned_mark, prune_paths
 from rollback.settings import Config
 
 
@@ -74,6 +74,7 @@ class Status(TypedDict):
     skip_next: bool  # the mark is set for this root: the next boot keeps it
     skip_next_present: bool  # a mark is there, for this root or not
     skip_next_for: int | None  # the subvolume id a mark names (None: none set, or one for any root)
+    skip_next_orphaned: bool  # that subvolume no longer exists: the next run removes the mark
     skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
     next_boot_warnings: list[str]  # what the next boot's run would warn of (its plan's warnings), when not refused
@@ -139,6 +140,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
         "skip_next": kept,
         "skip_next_present": obs.skip_mark,
         "skip_next_for": obs.skip_mark_for.id if obs.skip_mark and obs.skip_mark_for else None,
+        "skip_next_orphaned": orphaned_mark(obs),
         "skip_next_refused": refused if kept else None,
         "next_boot_refused": refused,
         "next_boot_warnings": list(warnings),
@@ -232,6 +234,8 @@ def status_lines(report: Status) -> list[str]:
     if report["skip_next_present"] and not report["skip_next"]:
         whose = f"subvolume id {report['skip_next_for']}" if report["skip_next_for"] is not None else "any root"
         mark = f"set for {whose}, not this root as it is now: left, and the next boot replaces or makes it"
+        if report["skip_next_orphaned"]:
+            mark = f"set for {whose}, which no longer exists: the next run removes it"
     if report["skip_next_refused"]:
         mark = f"set, but the next run refuses: {report['skip_next_refused']}"
     lines.append(f"skip-next:  {mark}")

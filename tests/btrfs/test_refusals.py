@@ -468,6 +468,41 @@ def test_skip_next_replaces_a_mark_for_a_subvolume_no_longer_there(disk: Disk) -
     assert disk.rollback("run").returncode == Exit.SKIPPED  # the new root kept
 
 
+def test_skip_next_for_a_read_only_root_is_refused_before_a_boot_keeps_it(disk: Disk) -> None:
+    """The README's restore done with `snapshot -r`: skip-next set the mark, the kept boot ran on a
+    read-only root and every run after it was refused read-only-target, status silent meanwhile
+    (found by a recovery tester). Refused at once, saying why; nothing written."""
+    setup(disk, lambda top: None)
+    with disk.top() as top:
+        (top / "root").rename(top / "root-before-restore")
+        btrfsutil.create_snapshot(str(top / "root-before-restore"), str(top / "root"), read_only=True)
+    before = disk.state()
+    result = disk.rollback("skip-next")
+    assert result.returncode == Exit.REFUSED and "reason=read-only-target" in result.stderr, result.stderr
+    assert "a root kept read-only boots read-only" in result.stderr, result.stderr
+    assert disk.state() == before
+
+
+def test_a_mark_for_a_root_deleted_since_is_removed_by_the_next_run(disk: Disk) -> None:
+    """skip-next, then a restore by hand and the marked root deleted: every run warned "the mark is for
+    subvolume id N, not 'root' (another subvolume)", for ever, and status said the next boot replaces
+    it (found by a recovery tester). status says the next run removes it; the run does, once."""
+    setup(disk, lambda top: None)
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    with disk.top() as top:
+        btrfsutil.delete_subvolume(str(top / "root"), recursive=True)
+        btrfsutil.create_subvolume(str(top / "root"))
+    status = disk.rollback("status")
+    assert "which no longer exists: the next run removes it" in status.stdout, status.stdout
+    first = disk.rollback("run")
+    assert first.returncode == Exit.OK and "which no longer exists (deleted since skip-next): removed" in first.stderr
+    assert "remove mark .rollback/skip-next" in first.stderr, first.stderr  # a step of the run's
+    with disk.top() as top:
+        assert not (top / ".rollback" / "skip-next").exists()
+    again = disk.rollback("run")
+    assert again.returncode == Exit.OK and "kind=warning" not in again.stderr, again.stderr
+
+
 def test_a_mark_without_an_id_keeps_no_root_that_is_not_there(disk: Disk) -> None:
     """An empty mark (by hand, an older version) and no root: the run said "kept" (exit 77) and the boot
     had no root to mount (found by a sequence fuzzer). It makes the root and leaves the mark."""
