@@ -230,6 +230,8 @@ def status_lines(report: Status) -> list[str]:
         f"pending:    {len(pending['trash'])} in trash, {len(pending['kernel_cleaner'])} "
         "deleted subvolume(s) awaiting the kernel cleaner"
     )
+    # by name: an old root to take back is moved out of the trash before a run or the cleanup deletes it
+    lines.extend(f"trash:      {path}" for path in pending["trash"])
     mark = "set (the next boot keeps the root once)" if report["skip_next"] else "not set"
     if report["skip_next_present"] and not report["skip_next"]:
         whose = f"subvolume id {report['skip_next_for']}" if report["skip_next_for"] is not None else "any root"

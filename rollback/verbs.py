@@ -17,7 +17,7 @@ from typing import Any
 from rollback import names, report
 from rollback.errors import Exit, OutputFailed, Refused, StepFailed
 from rollback.log import emit
-from rollback.model import Mounts, Observation
+from rollback.model import TRASH_DIR, Kind, Mounts, Observation
 from rollback.plan import (
     Bounds,
     Create,
@@ -32,6 +32,7 @@ from rollback.plan import (
     check_root_default,
     check_target,
     holders,
+    mark_applies,
     paths_of_interest,
     plan_cleanup,
     plan_run,
@@ -526,6 +527,22 @@ def diff(config: Config, *, as_json: bool) -> Exit:
     with _observed(config, lock=False) as (top, obs, _unlock):
         check_target(config, obs)  # a directory there: no run erases it, it refuses (nothing listed said otherwise)
         paths = report.diff(partial(walk, top), config, obs)
+        if obs.kind(config.subvolume) is Kind.MISSING and obs.entries(TRASH_DIR):  # a run cut short: said
+            emit(
+                "warning",
+                f"there is no {config.subvolume}: the next run creates it, and first deletes what the trash holds "
+                "(an old root among it: rollback status names them)",
+                device=config.device,
+                subvolume=config.subvolume,
+            )
+        if mark_applies(config, obs):  # nothing listed: said why, or it reads as nothing to lose
+            emit(
+                "warning",
+                "the skip-next mark is set: the next run keeps the root and erases nothing; the boot after it "
+                "erases what the root holds then",
+                device=config.device,
+                subvolume=config.subvolume,
+            )
     if as_json:
         escaped = [report.escape(p) for p in paths]
         _print(

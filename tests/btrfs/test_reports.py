@@ -92,6 +92,44 @@ def test_diff_on_a_target_that_is_no_subvolume_refuses_as_the_run_does(disk: Dis
     assert disk.state() == before
 
 
+def test_diff_with_the_skip_next_mark_set_says_why_it_lists_nothing(disk: Disk) -> None:
+    """The mark set: diff printed nothing, exit 0, no word why; read as nothing to lose after a restore
+    (found by a recovery tester). Still nothing listed (the next run erases nothing), and said why."""
+    with disk.top() as top:
+        populate(top, nested=[])
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    result = disk.rollback("diff")
+    assert result.returncode == Exit.OK and result.stdout == "", result.stdout
+    assert "the skip-next mark is set: the next run keeps the root and erases nothing" in result.stderr
+
+
+def test_after_a_run_cut_short_each_verb_says_where_the_old_root_is(disk: Disk) -> None:
+    """The root moved to the trash, no new one (a run cut short): status said only "1 in trash", diff
+    printed nothing (exit 0) though the next run deletes that root, skip-next's hint pointed at `run`
+    (found by a recovery tester). status names it, diff says the next run deletes it, skip-next says
+    how to take it back; following that hint keeps it."""
+    with disk.top() as top:
+        populate(top, nested=[])
+        (top / "root" / "etc").mkdir()
+        (top / "root" / "etc" / "wanted").write_text("yesterday's\n")
+        (top / ".rollback" / "trash").mkdir(parents=True)
+        (top / "root").rename(top / ".rollback" / "trash" / "20261128T060000Z")
+    before = disk.state()
+    status = disk.rollback("status")
+    assert "trash:      .rollback/trash/20261128T060000Z" in status.stdout, status.stdout
+    diff = disk.rollback("diff")
+    assert diff.returncode == Exit.OK and "there is no root: the next run creates it, and first deletes" in diff.stderr
+    skip = disk.rollback("skip-next")
+    assert skip.returncode == Exit.REFUSED and "mv <top>/.rollback/trash/NAME <top>/root" in skip.stderr, skip.stderr
+    assert disk.state() == before
+    with disk.top() as top:  # as the hint says
+        (top / ".rollback" / "trash" / "20261128T060000Z").rename(top / "root")
+    assert disk.rollback("skip-next").returncode == Exit.OK
+    assert disk.rollback("run").returncode == Exit.SKIPPED
+    with disk.top() as top:
+        assert (top / "root" / "etc" / "wanted").read_text() == "yesterday's\n"
+
+
 def test_diff_ignores_persisted_bind_mounts_on_the_live_system(disk: Disk, tmp_path: Path) -> None:
     with disk.top() as top:
         populate(top)
