@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import btrfsutil
@@ -16,7 +17,7 @@ import pytest
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.disks import Disk, attached
-from tests.support.layout import outside_root, populate
+from tests.support.layout import outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
 
@@ -125,30 +126,72 @@ def test_archive_names_never_collide_within_one_second(disk: Disk) -> None:
     assert len([p for p in disk.state().subvolume_paths() if p.startswith("old/")]) == 3
 
 
+def _readme_block(after: str) -> str:
+    """The README's first shell block after the sentence starting with `after`."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text[text.index(after) :].split("```sh\n", 1)[1].split("```", 1)[0]
+    return block
+
+
 def test_a_root_brought_back_as_the_readme_says_is_archived_as_the_newest(disk: Disk) -> None:
-    """README: snapshot the archived root into place, skip-next. Retention orders by the transaction that
-    created each subvolume: the snapshot is new, so once archived again it is the last to be pruned (a
-    root moved back with mv kept its old transaction, and went first)."""
-    keep = ("--archive", "old", "--keep-count", "3")
+    """README's recipe, its shell lines as written (the device's own paths put in): snapshot the archived
+    root into place, move its nested subvolumes over, skip-next. The snapshot alone left the nested
+    subvolumes behind as empty directories, pruned later with the archived root (found by a recovery
+    tester). Retention orders by the transaction that created each subvolume: the snapshot is new, so
+    once archived again it is the last to be pruned (a root moved back with mv went first)."""
+    keep = ("--archive", "old_roots", "--keep-count", "3")
+    nested = ["root/var/lib/machines", "root/var/lib/machines/guest", "root/srv data"]
     with disk.top() as top:
         populate(top, nested=[])
     for boot in range(3):
         with disk.top() as top:
             (top / "root" / "used").write_text(f"boot {boot}\n")
+            for path in nested:
+                (top / path).parent.mkdir(parents=True, exist_ok=True)
+                btrfsutil.create_subvolume(str(top / path))
+                (top / path / "data").write_text(f"{path} at boot {boot}\n")
         assert disk.rollback("run", *keep).returncode == Exit.OK
-    oldest = sorted(p for p in disk.state().subvolume_paths() if p.startswith("old/"))[0]
+    oldest = sorted(p for p in disk.state().subvolume_paths() if p.startswith("old_roots/") and p.count("/") == 1)[0]
+    lines = _readme_block("Bring an archived root back").replace("old_roots/20261127T060000Z", oldest)
+    assert lines.count("sudo rollback skip-next --device /dev/vda2\n") == 1
     with disk.top() as top:
-        (top / "root").rename(top / "root-before-restore")
-        btrfsutil.create_snapshot(str(top / oldest), str(top / "root"))
+        script = lines.replace("sudo rollback skip-next --device /dev/vda2\n", "").replace("/mnt", str(top))
+        sh("bash", "-e", "-o", "pipefail", "-c", script.replace("sudo ", ""))
     assert disk.rollback("skip-next").returncode == Exit.OK
     assert disk.rollback("run", *keep).returncode == Exit.SKIPPED
+    with disk.top() as top:  # the root as it was, its nested subvolumes too
+        assert (top / "root" / "used").read_text() == "boot 0\n"
+        for path in nested:
+            assert (top / path / "data").read_text() == f"{path} at boot 0\n", path
     for day in ("restored", "next", "after"):
         with disk.top() as top:
             (top / "root" / "used").write_text(f"{day}\n")
         assert disk.rollback("run", *keep).returncode == Exit.OK
     with disk.top(read_only=True) as top:
-        kept = sorted((top / "old" / name / "used").read_text() for name in os.listdir(top / "old"))
+        kept = sorted((top / "old_roots" / name / "used").read_text() for name in os.listdir(top / "old_roots"))
     assert kept == ["after\n", "next\n", "restored\n"], "the restored root was pruned first"
+
+
+def test_a_root_taken_from_the_trash_as_the_readme_says_holds_the_runs_lock(disk: Disk) -> None:
+    """README: take an old root back from the trash holding the run lock. Without it, a cleanup deleting
+    that entry went on deleting its nested subvolumes after the move (found by a recovery tester). The
+    README's command names the tool's own lock: a cleanup meanwhile is refused `locked`, nothing deleted."""
+    with disk.top() as top:
+        populate(top, nested=["root/srv"])
+    assert disk.rollback("run", "--cleanup", "after-boot").returncode == Exit.OK
+    with disk.top() as top:
+        (entry,) = os.listdir(top / ".rollback" / "trash")
+        lines = _readme_block("is rollback's to delete").replace("20261128T060000Z", entry).replace("/mnt", str(top))
+        held = lines.replace("mv ", "sh -c 'sleep 3 && mv ", 1).rstrip("\n") + "'"
+        holder = subprocess.Popen(["bash", "-c", held.replace("sudo ", "")])
+        try:
+            time.sleep(1)
+            cleanup = disk.rollback("cleanup", "--cleanup", "after-boot")
+        finally:
+            assert holder.wait(timeout=30) == 0
+        assert cleanup.returncode == Exit.REFUSED and "reason=locked" in cleanup.stderr, cleanup.stderr
+        assert (top / "root-from-trash" / "srv" / "data").read_text() == "inside root/srv\n"
+        assert os.listdir(top / ".rollback" / "trash") == []
 
 
 def test_rerun_when_keeping_does_not_archive_the_empty_root(disk: Disk) -> None:
