@@ -195,10 +195,14 @@ class Plan:
         return [f"{n}. {step.describe()}" for n, step in enumerate(self.steps, 1)]
 
 
-def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Plan:
+def plan_run(config: Config, obs: Observation, *, make_room: bool = False, by_hand: bool = False) -> Plan:
     """The run's steps. `make_room` (after the first change found no space, and nothing changed): the
     archived roots retention prunes this run are deleted first, straight from the archive, like the
-    trash's leftovers; they went anyway, and without them nothing of rollback's would free space."""
+    trash's leftovers; they went anyway, and without them nothing of rollback's would free space.
+    `by_hand`: run outside the initrd (a rescue shell, the running system), where the settings given
+    need not be the machine's."""
+    if by_hand:
+        _check_archive_unset(config, obs)
     if mark_applies(config, obs):
         check_mark(obs)
         _check_mark_is_for_a_boot(config, obs)
@@ -261,6 +265,33 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False) -> Pl
     warnings = (*stuck, *_other_roots_mark(config, obs), *_clock_behind(config, obs), *_quota_left(quota, target))
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
     return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
+
+
+def _check_archive_unset(config: Config, obs: Observation) -> None:
+    """A run by hand without the machine's settings (a rescue shell has no /etc/rollback.toml) deletes
+    the root its boots would archive (found by a recovery tester). Where a directory holds subvolumes
+    named as rollback names archived roots and `archive` was given nowhere, refused: the settings, or
+    `--archive ''` to delete it all the same."""
+    if config.keeping or config.sources.get("archive", "default") != "default":
+        return
+    held = sorted(
+        {
+            parent
+            for sub in obs.subvols
+            if (parent := sub.path.rpartition("/")[0]) not in ("", TRASH_DIR)
+            and not names.is_within(sub.path, config.subvolume)
+            and names.parse_entry(names.basename(sub.path)) is not None
+        }
+    )
+    if held:
+        raise Refused(
+            f"{names.shown(held[0])} holds subvolumes named as rollback names archived roots, and no archive is "
+            f"set: if this machine's boots keep old roots there, this run would delete {names.shown(config.subvolume)} "
+            "instead",
+            f"give the machine's settings (--config FILE, or --archive {names.shown(held[0])}); to delete the root "
+            "all the same: --archive ''",
+            code="archive-unset",
+        )
 
 
 def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:

@@ -91,6 +91,9 @@ REASONS: dict[str, Reason] = {
         "a place the run changes lies in a read-only subvolume (the top level's included)",
         "btrfs property set ... ro false, if that is not meant",
     ),
+    "archive-unset": _refused(
+        "a run by hand without an archive, and a directory holds archived roots", "give the machine's settings"
+    ),
     "nothing-to-keep": _refused(
         "skip-next, and the root does not exist (a run was cut short after moving it)", "rollback run; rollback status"
     ),

@@ -40,6 +40,7 @@ from rollback.plan import (
     prune_paths,
 )
 from rollback.settings import Config, as_dict, describe
+from rollback.sources import in_initrd
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would ...
 FAIL_ERRNO_ENV = "ROLLBACK_TEST_FAIL_ERRNO"  # ... or with this errno (e.g. 28, ENOSPC)
@@ -397,7 +398,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     with _observed(config, lock=not dry_run, bounded=True) as (top, obs, _unlock):
         if root_options is not None:
             check_root_default(config, root_options, obs)
-        plan = plan_run(config, obs)
+        plan = plan_run(config, obs, by_hand=not in_initrd())
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:

@@ -503,6 +503,29 @@ def test_a_mark_for_a_root_deleted_since_is_removed_by_the_next_run(disk: Disk) 
     assert again.returncode == Exit.OK and "kind=warning" not in again.stderr, again.stderr
 
 
+def test_a_run_by_hand_without_the_machines_archive_is_refused(disk: Disk, tmp_path: Path) -> None:
+    """A rescue shell has no /etc/rollback.toml: `rollback run --device ...` there deleted the root that
+    the machine's boots archive (exit 0, no warning; found by a recovery tester). Refused, nothing
+    written; given the archive it archives; `--archive ''` deletes as asked."""
+    setup(disk, lambda top: None)
+    assert disk.rollback("run", "--archive", "old_roots").returncode == Exit.OK
+    before = disk.state()
+    for dry in ((), ("--dry-run",)):
+        result = disk.rollback("run", *dry)
+        assert result.returncode == Exit.REFUSED and "reason=archive-unset" in result.stderr, result.stderr
+        assert "--archive 'old_roots'" in result.stderr, result.stderr
+    assert disk.state() == before
+    config = tmp_path / "rollback.toml"
+    config.write_text('archive = "old_roots"\n')
+    with disk.top() as top:
+        (top / "root" / "used").write_text("kept by the machine's settings\n")
+    assert disk.rollback("run", "--config", str(config)).returncode == Exit.OK
+    result = disk.rollback("run", "--archive", "")
+    assert result.returncode == Exit.OK and "deleted" in result.stderr, result.stderr
+    archived = [p for p in disk.state().subvolume_paths() if p.startswith("old_roots/") and p.count("/") == 1]
+    assert len(archived) == 2, archived
+
+
 def test_a_mark_without_an_id_keeps_no_root_that_is_not_there(disk: Disk) -> None:
     """An empty mark (by hand, an older version) and no root: the run said "kept" (exit 77) and the boot
     had no root to mount (found by a sequence fuzzer). It makes the root and leaves the mark."""

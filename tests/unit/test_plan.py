@@ -1040,3 +1040,15 @@ def test_a_protected_subvolumes_mount_point_with_something_in_it_is_warned_of(
     plan = plan_run(config(**flags), observe(**layout))  # type: ignore[arg-type]
     said = [w for w in plan.warnings if "is a directory with something in it, not an empty mount point" in w]
     assert bool(said) == warned, plan.warnings
+
+
+def test_only_a_run_by_hand_is_refused_for_an_archive_it_was_not_given() -> None:
+    """The initrd's settings are the machine's: a boot whose archive was turned off goes on (refusing
+    would stop every boot); by hand, without them, refused (archive-unset)."""
+    obs = observe([*LAYOUT, "old_roots/20261120T060000Z"])
+    assert plan_run(config(), obs).steps
+    with pytest.raises(Refused) as refused:
+        plan_run(config(), obs, by_hand=True)
+    assert refused.value.code == "archive-unset"
+    assert plan_run(config(archive=""), obs, by_hand=True).steps  # as asked
+    assert plan_run(config(), observe([*LAYOUT, "20261120T060000Z"]), by_hand=True).steps  # not an archive's
