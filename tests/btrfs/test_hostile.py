@@ -684,8 +684,8 @@ def test_a_root_too_deep_to_delete_is_left_in_the_trash_and_every_boot_goes_on(
     """ENAMETOOLONG after the root was moved, exit 1 at every boot (found by a code auditor); then refused
     before any change, which kept every later boot from replacing the root, and an after-boot run, which
     moves the root without listing it whole, met it in the cleanup and at every boot after (found by a
-    diff reviewer). Now: left in the trash, said at every run with the ids to delete by hand; every boot
-    replaces the root and deletes the rest; once those are deleted as said, the next run deletes it."""
+    diff reviewer). Now: left in the trash, said at every run with how to move it up by hand; every boot
+    replaces the root and deletes the rest; once moved as said, the next run deletes it."""
     after_boot = "after-boot" in flags
     with disk.top() as top:
         populate(top, nested=[])
@@ -743,21 +743,21 @@ def test_a_too_deep_archived_root_met_while_making_room_is_refused_too(disk: Dis
 def test_a_too_deep_archived_root_met_while_making_room_is_left_and_said(disk: Disk) -> None:
     """After-boot deletion lists a pruned archived root bounded (it is only moved); with no room for the
     first change, the run lists it whole to delete it first, and met the deep path there: exit 1
-    `internal` at every boot (a reviewer's low, constructed), then a refusal at every boot. Now it is
-    left where it is, said, and the run goes on."""
+    `internal` at every boot (a reviewer's low, constructed), then a refusal naming the wrong cause.
+    Now it is left where it is and said, and with nothing else to delete the run is refused no-space
+    saying why (it said "first deleting 1 pruned root(s)" and deleted none); nothing written."""
     with disk.top() as top:
         populate(top)
         (top / "old").mkdir()
         btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / "20200101T000000Z"))
         _too_deep_to_delete(top, "old/20200101T000000Z")
+    before = _device_written(disk.workdir / "disk.img")
     flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0", "--cleanup", "after-boot")
     result = disk.rollback("run", *flags, env={FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(errno.ENOSPC)})
-    assert result.returncode == Exit.OK and "Traceback" not in result.stderr, result.stderr
-    assert "'old/20200101T000000Z' is left not deleted: 1 subvolume(s) in it lie too deep" in result.stderr, (
-        result.stderr
-    )
-    with disk.top() as top:
-        assert sorted(os.listdir(top / "old"))[0] == "20200101T000000Z" and not any((top / "root").iterdir())
+    assert result.returncode == Exit.REFUSED and "reason=no-space" in result.stderr, result.stderr
+    assert "'old/20200101T000000Z' is left not deleted: 1 subvolume(s) in it lie too deep" in result.stderr
+    assert "cannot be deleted (too deep: above)" in result.stderr and "first deleting" not in result.stderr
+    assert _device_written(disk.workdir / "disk.img") == before
 
 
 @pytest.mark.parametrize("verb", [("status",), ("run",), ("cleanup",), ("skip-next",)])
