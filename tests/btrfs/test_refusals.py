@@ -560,11 +560,11 @@ def _old_entries(top: Path) -> None:
 @pytest.mark.parametrize(
     ("on", "verb"),
     [
-        ("root", ("run",)),
-        ("root/tmp", ("run",)),
-        ("root/tmp", ("run", "--cleanup", "after-boot")),
+        ("root", ("run", "--archive", "")),  # (an archive there, none configured: as told, row 226)
+        ("root/tmp", ("run", "--archive", "")),
+        ("root/tmp", ("run", "--cleanup", "after-boot", "--archive", "")),
         ("old/20200101T000000Z/var", ("run", "--archive", "old", "--keep-count", "1")),
-        (".rollback/trash/20200101T000000Z/var", ("run",)),
+        (".rollback/trash/20200101T000000Z/var", ("run", "--archive", "")),
         (".rollback/trash/20200101T000000Z/var", ("cleanup",)),
     ],
 )
