@@ -264,7 +264,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, by_ha
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
     warnings = (*stuck.values(), *_other_roots_mark(config, obs), *_clock_behind(config, obs))
-    warnings += _quota_left(quota, target)
+    warnings += _quota_left(quota, target) + _misspelt(config, obs)
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
     return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning, left=tuple(stuck)), obs)
 
@@ -294,6 +294,24 @@ def _check_archive_unset(config: Config, obs: Observation) -> None:
             "all the same: --archive ''",
             code="archive-unset",
         )
+
+
+def _misspelt(config: Config, obs: Observation) -> tuple[str, ...]:
+    """No target, and beside where it would be a subvolume named as it but for case (`Root` for `root`):
+    a misspelt setting creates a new root and leaves the real one as it is, every boot (found by a
+    recovery tester: exit 0 and "created" only)."""
+    parent, _, name = config.subvolume.rpartition("/")
+    if obs.kind(config.subvolume) is not Kind.MISSING:
+        return ()
+    like = [s.path for s in obs.subvols if names.basename(s.path).casefold() == name.casefold()]
+    like = [path for path in like if path.rpartition("/")[0] == parent]
+    if not like:
+        return ()
+    return (
+        f"there is no {names.shown(config.subvolume)}, and there is {names.shown(like[0])}: a misspelt name "
+        f"({config.spelt('subvolume')})? This run makes {names.shown(config.subvolume)} and leaves "
+        f"{names.shown(like[0])} as it is",
+    )
 
 
 def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:

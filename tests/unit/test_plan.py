@@ -1081,3 +1081,12 @@ def test_a_root_too_deep_to_delete_is_moved_and_left_and_the_rest_deleted() -> N
     assert Rename("root", moved) in plan.steps and Delete(_ENTRY, 1) in plan.steps
     assert not any(isinstance(step, Delete) and step.path == moved for step in plan.steps), plan.describe()
     assert plan.left == (moved,) and plan.warnings[0].startswith(f"'root', moved to '{moved}', is left in the trash")
+
+
+@pytest.mark.parametrize(("target", "warned"), [("Root", True), ("ROOT", True), ("root2", False), ("sys/root", False)])
+def test_a_target_misspelt_but_for_case_is_warned_of(target: str, warned: bool) -> None:
+    """`--subvolume Root` made a new root beside `root`, exit 0, "created" only (a recovery tester)."""
+    plan = plan_run(config(subvolume=target), observe(LAYOUT))
+    said = [w for w in plan.warnings if "a misspelt name" in w]
+    assert bool(said) == warned, plan.warnings
+    assert not said or said[0].startswith(f"there is no '{target}', and there is 'root'"), said
