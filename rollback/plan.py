@@ -575,7 +575,7 @@ def prune_paths(config: Config, obs: Observation) -> list[str]:
     """Archived roots retention removes this run (the root archived now counts as the newest)."""
     if not config.keeping:
         return []
-    existing = obs.entries(config.archive)
+    existing = [s for s in obs.entries(config.archive) if not pinned(s.path, obs)]
     stamps = [_entry_stamp(s) for s in existing]
     if archives_root(config, obs):
         stamps.append(obs.now)
@@ -583,6 +583,12 @@ def prune_paths(config: Config, obs: Observation) -> list[str]:
         stamps, obs.now, keep_days=config.keep_days, keep_count=config.keep_count, keep_min=config.keep_min
     )
     return [existing[i].path for i in doomed if i < len(existing)]
+
+
+def pinned(path: str, obs: Observation) -> bool:
+    """An archived root made immutable (chattr +i, or +a) by hand: someone's decision to keep it. Never
+    pruned, nor counted by keep-count (a read-only one is pruned: btrfs send needs it read-only)."""
+    return path in obs.immutable
 
 
 def _entry_stamp(sub: Examined) -> datetime:

@@ -8,7 +8,7 @@ from typing import NotRequired, TypedDict
 
 from rollback import names
 from rollback.model import TOP_LEVEL_ID, TRASH_DIR, Examined, Kind, Observation
-from rollback.plan import mark_applies, orphaned_mark, prune_paths
+from rollback.plan import mark_applies, orphaned_mark, pinned, prune_paths
 from rollback.settings import Config
 
 
@@ -37,6 +37,7 @@ class ArchivedRoot(TypedDict):
     nested: int
     created: str
     age_seconds: int
+    pinned: bool  # chattr +i/+a: never pruned, not counted
 
 
 class ArchiveReport(TypedDict):
@@ -101,6 +102,7 @@ def _root(config: Config, obs: Observation) -> RootReport:
 def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
     when = _when(sub, obs.now)
     return {
+        "pinned": pinned(sub.path, obs),
         "path": escape(sub.path),
         "nested": len(obs.tree(sub.path)) - 1,
         "created": when["created"],
@@ -220,6 +222,7 @@ def status_lines(report: Status) -> list[str]:
         lines += [
             f"            {r['path']} ({_age(r['age_seconds'])}, {r['nested']} nested)"
             + ("  <- due for pruning" if r["path"] in archive["due"] else "")
+            + ("  <- pinned (chattr +i): never pruned" if r["pinned"] else "")
             for r in archive["roots"]
         ]
     for sub in report["protected"]:

@@ -338,9 +338,10 @@ def test_a_pinned_target_or_place_is_refused_untouched(
 
 
 @pytest.mark.parametrize("pin", ["ro", "+i", "+i,ro"])
-def test_pruned_archived_roots_that_are_read_only_or_immutable_are_pruned(disk: Disk, pin: str) -> None:
-    """Both (+i, then read-only): clearing +i first failed with EROFS, exit 1 at every boot, the root
-    never pruned (found by a reviewing helper)."""
+def test_pruned_archived_roots_read_only_are_pruned_immutable_ones_kept(disk: Disk, pin: str) -> None:
+    """Read-only (btrfs send): unlocked and pruned (both +i and read-only: clearing +i first failed with
+    EROFS, exit 1 at every boot; found by a reviewing helper). Immutable, which only a person sets to
+    keep it: kept, never pruned nor counted (it was unlocked and deleted; found by a settings tester)."""
     with disk.top() as top:
         (top / "old").mkdir()
         for stamp in ("20200101T000000Z", "20200102T000000Z"):
@@ -354,7 +355,15 @@ def test_pruned_archived_roots_that_are_read_only_or_immutable_are_pruned(disk: 
     result = disk.rollback("run", "--archive", "old", "--keep-count", "2")
     assert result.returncode == Exit.OK, result.stderr
     archived = [p for p in disk.state().subvolume_paths() if p.startswith("old/") and p.count("/") == 1]
-    assert "old/20200101T000000Z" not in archived and len(archived) == 2
+    if "+i" in pin:  # kept, and not counted: the two newest besides it
+        assert "old/20200101T000000Z" in archived and len(archived) == 3, archived
+        status = disk.rollback("status", "--archive", "old", "--keep-count", "2")
+        assert "old/20200101T000000Z (" in status.stdout and "<- pinned (chattr +i): never pruned" in status.stdout
+        with disk.top() as top:  # (the image's teardown)
+            btrfsutil.set_subvolume_read_only(str(top / "old" / "20200101T000000Z"), False)
+            chattr("-i", top / "old" / "20200101T000000Z")
+    else:
+        assert "old/20200101T000000Z" not in archived and len(archived) == 2
     assert no_leftovers(disk) == []
 
 
