@@ -247,8 +247,8 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, by_ha
     for path in () if make_room else pruned:
         began = len(steps)
         archived = obs.get(path)
-        if path in obs.immutable or (archived and archived.read_only):
-            steps.append(Unlock(path, read_only=bool(archived and archived.read_only)))
+        if archived and archived.read_only:  # (an immutable one is pinned: never pruned)
+            steps.append(Unlock(path, read_only=True))
         move_to_trash(path)
         # not a directory the trash needs made: the next root's pruning needs it too
         pruning.update({n: path for n in range(began + 1, len(steps) + 1) if not isinstance(steps[n - 1], MakeDir)})
