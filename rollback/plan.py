@@ -341,8 +341,11 @@ def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
         return ()
     archived = obs.entries(config.archive)  # by creation, oldest first
     stamps = [_entry_stamp(s) for s in archived]
-    latest = list(itertools.accumulate(stamps, max))  # the latest name up to each (one pass: the boot path)
-    back = sum(stamp <= before for stamp, before in zip(stamps[1:], latest, strict=False))  # named no later
+    # those named no later than an earlier one, among those named before now (one named after it is a clock
+    # that was ahead once: every root after it would count as "back"; found by a settings tester)
+    past = [stamp for stamp in stamps if stamp <= obs.now]
+    latest = list(itertools.accumulate(past, max))  # the latest name up to each (one pass: the boot path)
+    back = sum(stamp <= before for stamp, before in zip(past[1:], latest, strict=False))
     now = f"{obs.now:%Y-%m-%d %H:%M:%S} UTC"
     if back >= 2:  # a pattern, not one wrong clock once
         return (

@@ -265,6 +265,8 @@ T = "old/20261125T05"  # now (the factory's) is 2026-11-25 06:00:00
         ([f"{T}5950Z", f"{T}5940Z"], {}, ""),  # back once: an RTC wrong once, set right since
         # one archived under a clock ahead then, the clock right now: kept until 2099, the rest pruned
         (["old/20261001T000000Z", "old/20990101T000000Z", "old/20261124T000000Z"], {}, "1 archived root(s) are named"),
+        # the same, two boots since: it is still the clock that was ahead once, not one going back
+        ([f"{T}0000Z", "old/20270102T050000Z", f"{T}1000Z", f"{T}2000Z"], {}, "1 archived root(s) are named"),
         (["old/20200101T000000Z", "old/20261125T060000Z"], {}, ""),  # advancing, none after now
         (["old/20200101T000000Z", "old/20270101T000000Z"], {"keep_count": 5}, ""),  # bounded anyway
         (["old/20200101T000000Z", "old/20270101T000000Z"], {"keep_days": 0, "keep_count": 5}, ""),  # no age
