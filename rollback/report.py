@@ -79,6 +79,7 @@ class Status(TypedDict):
     skip_next_refused: str | None  # why the next run would refuse the mark (plan.check_mark)
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
     next_boot_warnings: list[str]  # what the next boot's run would warn of (its plan's warnings), when not refused
+    next_boot_skipped: str | None  # why a boot with these settings keeps the root (skip set), or None
     mounted: dict[str, str]  # subvolume id -> where
     missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
     booted_from: BootedFrom | None  # the subvolume at / when of this filesystem and not the target
@@ -146,10 +147,23 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
         "skip_next_refused": refused if kept else None,
         "next_boot_refused": refused,
         "next_boot_warnings": list(warnings),
+        "next_boot_skipped": _skipped(config),
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
         "missing_devices": list(missing),
         "booted_from": _booted_from(config, obs),
     }
+
+
+def _skipped(config: Config) -> str | None:
+    """skip set: every run keeps the root (exit 77), the boot's included where it is set for it; status
+    said nothing of it (found by a settings tester)."""
+    if not config.skip:
+        return None
+    source = config.sources.get("skip", "default").rpartition(" + ")[2]
+    if source == "kernel command line":
+        return "rollback.skip is on the kernel command line: a boot with it keeps the root"
+    where = "as a flag" if source == "flag" else f"in {source}"
+    return f"skip is set {where}: every run keeps the root while it is"
 
 
 def _booted_from(config: Config, obs: Observation) -> BootedFrom | None:
@@ -247,6 +261,8 @@ def status_lines(report: Status) -> list[str]:
     if report["next_boot_refused"] and not report["skip_next_refused"]:
         lines.append(f"next boot:  REFUSED: {report['next_boot_refused']}")
     lines.extend(f"next boot:  warns: {warning}" for warning in report["next_boot_warnings"])
+    if report["next_boot_skipped"]:
+        lines.append(f"next boot:  SKIPPED: {report['next_boot_skipped']}")
     if booted := report["booted_from"]:
         where = f"'{booted['path']}' (id {booted['id']})" if booted["path"] else "the top level"
         if not booted["path"] and booted["id"] != TOP_LEVEL_ID:  # deleted since it was mounted

@@ -130,6 +130,18 @@ def test_after_a_run_cut_short_each_verb_says_where_the_old_root_is(disk: Disk) 
         assert (top / "root" / "etc" / "wanted").read_text() == "yesterday's\n"
 
 
+def test_status_says_skip_set_in_the_config_file_keeps_the_root(disk: Disk, tmp_path: Path) -> None:
+    """`skip = true` in the file: every boot exit 77 and the root never replaced; status said nothing
+    (found by a settings tester)."""
+    with disk.top() as top:
+        populate(top, nested=[])
+    config = tmp_path / "rollback.toml"
+    config.write_text("skip = true\n")
+    result = disk.rollback("status", "--config", str(config))
+    assert f"next boot:  SKIPPED: skip is set in {config}: every run keeps the root" in result.stdout, result.stdout
+    assert disk.rollback("run", "--config", str(config)).returncode == Exit.SKIPPED
+
+
 def test_diff_ignores_persisted_bind_mounts_on_the_live_system(disk: Disk, tmp_path: Path) -> None:
     with disk.top() as top:
         populate(top)

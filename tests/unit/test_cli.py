@@ -517,3 +517,19 @@ def test_status_names_the_subvolume_booted_from_or_says_it_is_gone(booted: int, 
     obs = dataclasses.replace(obs, mounted={booted: "/"})
     lines = status_lines(status(config(), obs))
     assert any(line.startswith(said) for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ({"skip": True}, "next boot:  SKIPPED: skip is set as a flag: every run keeps the root while it is"),
+        ({}, None),
+    ],
+)
+def test_status_says_when_skip_keeps_the_root(flags: dict[str, bool], said: str | None) -> None:
+    """`skip = true` in the config file: every boot exit 77, status silent (found by a settings tester)."""
+    from rollback.report import status, status_lines
+    from tests.support.factory import config, observe
+
+    lines = status_lines(status(config(**flags), observe(["root"])))
+    assert [line for line in lines if "SKIPPED" in line] == ([said] if said else []), lines
