@@ -668,7 +668,7 @@ def check(config: Config, obs: Observation) -> None:
     check_target(config, obs)
     _check_pinned(config, obs)
     if config.from_blank:
-        _check_blank(config, obs)
+        check_blank(config, obs)
     _check_holder(TRASH_DIR, obs, "trash directory")
     if config.keeping:
         _check_holder(config.archive, obs, "archive directory", config.spelt("archive"))
@@ -936,7 +936,7 @@ def _check_state_dir(obs: Observation) -> None:
         )
 
 
-def _check_blank(config: Config, obs: Observation) -> None:
+def check_blank(config: Config, obs: Observation) -> None:
     blank = config.blank
     kind = obs.kind(blank)
     if kind is not Kind.SUBVOLUME:  # a link to a snapshot is not followed: a run never follows one

@@ -29,6 +29,7 @@ from rollback.plan import (
     Step,
     Unlock,
     bounds,
+    check_blank,
     check_root_default,
     check_target,
     holders,
@@ -534,12 +535,16 @@ def diff(config: Config, *, as_json: bool) -> Exit:
 
     with _observed(config, lock=False) as (top, obs, _unlock):
         check_target(config, obs)  # a directory there: no run erases it, it refuses (nothing listed said otherwise)
+        if config.from_blank:  # no blank (or a writable one): the run refuses; the whole root listed said otherwise
+            check_blank(config, obs)
         paths = report.diff(partial(walk, top), config, obs)
-        if obs.kind(config.subvolume) is Kind.MISSING and obs.entries(TRASH_DIR):  # a run cut short: said
+        if obs.kind(config.subvolume) is Kind.MISSING:  # a run cut short, or a misspelt name: said
+            trash = (
+                ", and first deletes what the trash holds (rollback status names it)" if obs.entries(TRASH_DIR) else ""
+            )
             emit(
                 "warning",
-                f"there is no {config.subvolume}: the next run creates it, and first deletes what the trash holds "
-                "(an old root among it: rollback status names them)",
+                f"there is no {config.subvolume}: the next run creates it{trash}",
                 device=config.device,
                 subvolume=config.subvolume,
             )

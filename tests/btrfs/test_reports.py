@@ -142,6 +142,21 @@ def test_status_says_skip_set_in_the_config_file_keeps_the_root(disk: Disk, tmp_
     assert disk.rollback("run", "--config", str(config)).returncode == Exit.SKIPPED
 
 
+def test_diff_says_what_the_run_would_do_with_no_root_or_no_blank(disk: Disk) -> None:
+    """`diff --subvolume nothere` printed nothing, exit 0; `diff --mode snapshot --blank missing` listed
+    the whole root, while the run refuses no-blank (found by a settings tester)."""
+    with disk.top() as top:
+        populate(top, nested=[])
+    before = disk.state()
+    result = disk.rollback("diff", "--subvolume", "nothere")
+    assert result.returncode == Exit.OK and "there is no nothere: the next run creates it" in result.stderr
+    for verb in ("diff", "run"):
+        result = disk.rollback(verb, "--mode", "snapshot", "--blank", "missing")
+        assert result.returncode == Exit.REFUSED and "reason=no-blank" in result.stderr, (verb, result.stderr)
+        assert result.stdout == "", result.stdout
+    assert disk.state() == before
+
+
 def test_diff_ignores_persisted_bind_mounts_on_the_live_system(disk: Disk, tmp_path: Path) -> None:
     with disk.top() as top:
         populate(top)
