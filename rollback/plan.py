@@ -955,9 +955,12 @@ def check_blank(config: Config, obs: Observation) -> None:
     found = obs.get(blank)
     assert found is not None  # a subvolume the plan looks at is examined
     if not found.read_only:
+        # (a writable subvolume may be no blank at all, `home` named by mistake: made read-only, it would be
+        # the user's home; found by a settings tester)
         raise Refused(
             f"the blank snapshot {names.shown(blank)} is not read-only",
-            f"btrfs property set -ts <top>/{blank} ro true",
+            f"if it is the blank, empty as a new root should be: btrfs property set -ts <top>/{blank} ro true; "
+            f"else check {config.spelt('blank')}",
             code="blank-writable",
         )
     if blank in obs.immutable:  # a snapshot copies its top directory's flags: every root would have them
@@ -999,8 +1002,10 @@ def _move_out_hint(path: str, obs: Observation) -> str:
     that is there, its own name's subvolume say, puts it inside that, and the run passes with it nested)."""
     name = names.basename(path)
     taken = f" ({names.shown(name)} is taken)" if any(s.path == name for s in obs.subvols) else ""
+    # in the trash: moved holding the run lock, or a cleanup deleting that entry goes on inside it (README)
+    lock = "flock /run/rollback-locks/<fsid> " if path.startswith(TRASH_DIR + "/") else ""
     return (
-        f"move it out of the root to a name not taken at the top level{taken}: mv <top>/{path} <top>/NAME; "
+        f"move it out to a name not taken at the top level{taken}: {lock}mv <top>/{path} <top>/NAME; "
         "mv onto a directory that is there puts it inside it"
     )
 

@@ -1097,3 +1097,16 @@ def test_a_target_misspelt_but_for_case_is_warned_of(target: str, warned: bool) 
     said = [w for w in plan.warnings if "a misspelt name" in w]
     assert bool(said) == warned, plan.warnings
     assert not said or said[0].startswith(f"there is no '{target}', and there is 'root'"), said
+
+
+def test_hints_that_would_harm_if_followed_say_when_they_apply() -> None:
+    """`blank = "home"`: "btrfs property set ... home ro true" would make home read-only; a protected
+    subvolume in a trash entry: mv without the run lock races the cleanup (found by a settings tester)."""
+    with pytest.raises(Refused) as writable:
+        plan_run(config(mode="snapshot", blank="home"), observe(LAYOUT))
+    assert writable.value.hint.startswith("if it is the blank, empty as a new root should be: ") and (
+        "else check --blank" in writable.value.hint
+    ), writable.value.hint
+    with pytest.raises(Refused) as inside:
+        plan_cleanup(config(), observe([*LAYOUT, _ENTRY, f"{_ENTRY}/persist"]))
+    assert f"flock /run/rollback-locks/<fsid> mv <top>/{_ENTRY}/persist <top>/NAME" in inside.value.hint
