@@ -380,13 +380,21 @@ def validate(config: Config) -> None:
                 code="bad-choice",
             )
     for name in ("keep_days", "keep_count", "keep_min"):
-        if config.sources[name] != "default" and not config.archive:
+        # an archive turned off above where retention was set (rollback.archive= at the boot menu, --archive ''
+        # by hand, over the file's keep-count) is no conflict: this run keeps no root (found by a settings tester)
+        off_above = _rank(config.sources["archive"]) > _rank(config.sources[name])
+        if config.sources[name] != "default" and not config.archive and not off_above:
             raise ConfigError(
                 f"{BY_NAME[name].key} is set but archive is not",
-                "set --archive DIR to keep old roots, or drop the retention option",
+                f"set {config.spelt('archive')} to keep old roots, or drop {config.spelt(name)}",
                 code="conflict",
             )
     _check_overlaps(config)
+
+
+def _rank(source: str) -> int:
+    """Where a value came from, by precedence: the default, the config file, the kernel command line, a flag."""
+    return {"default": 0, "kernel command line": 2, "flag": 3}.get(source.rpartition(" + ")[2], 1)
 
 
 def _check_overlaps(config: Config) -> None:

@@ -319,3 +319,27 @@ def test_a_protect_entry_matching_the_targets_name_says_it_is_matched_by_its_las
     assert caught.value.code == "conflict"
     assert "has a protected name: 'root' (protect 'persist/root')" in caught.value.reason, caught.value.reason
     assert "by its last name, at any depth" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("file", "cmdline", "flags", "refused"),
+    [
+        ({"archive": "old", "keep-count": 3}, {"archive": ""}, {}, False),  # rollback.archive= at the boot menu
+        ({"archive": "old", "keep-count": 3}, {}, {"archive": ""}, False),  # --archive '' by hand
+        ({"keep-count": 3}, {}, {}, True),  # retention and no archive, in one place
+        ({"archive": "", "keep-count": 3}, {}, {}, True),
+        ({"archive": "old"}, {"archive": ""}, {"keep_count": 3}, True),  # retention set above the archive's off
+    ],
+)
+def test_an_archive_turned_off_above_the_retention_settings_is_no_conflict(
+    file: dict[str, Value], cmdline: dict[str, Value], flags: dict[str, Value], refused: bool
+) -> None:
+    """The file keeps old roots with keep-count; `rollback.archive=` at the boot menu, to keep none this
+    once, was refused `conflict` (exit 2) at that boot (found by a settings tester)."""
+    file_layer = {k.replace("-", "_"): v for k, v in file.items()}
+    if refused:
+        with pytest.raises(ConfigError) as caught:
+            resolve(file_layer, cmdline, {"device": "/dev/x", **flags}, "/etc/rollback.toml")
+        assert caught.value.code == "conflict"
+    else:
+        assert resolve(file_layer, cmdline, {"device": "/dev/x", **flags}, "/etc/rollback.toml").archive == ""
