@@ -269,6 +269,19 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, by_ha
     return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning, left=tuple(stuck)), obs)
 
 
+def archives_elsewhere(config: Config, obs: Observation) -> dict[str, int]:
+    """Directories other than the archive (and the trash) holding subvolumes named as rollback names
+    archived roots, and how many: an archive set before, or on another machine's settings."""
+    found: dict[str, int] = {}
+    for sub in obs.subvols:
+        parent = sub.path.rpartition("/")[0]
+        if parent in ("", TRASH_DIR, config.archive) or names.is_within(sub.path, config.subvolume):
+            continue
+        if names.parse_entry(names.basename(sub.path)) is not None:
+            found[parent] = found.get(parent, 0) + 1
+    return found
+
+
 def _check_archive_unset(config: Config, obs: Observation) -> None:
     """A run by hand without the machine's settings (a rescue shell has no /etc/rollback.toml) deletes
     the root its boots would archive (found by a recovery tester). Where a directory holds subvolumes
@@ -276,15 +289,7 @@ def _check_archive_unset(config: Config, obs: Observation) -> None:
     `--archive ''` to delete it all the same."""
     if config.keeping or config.sources.get("archive", "default") != "default":
         return
-    held = sorted(
-        {
-            parent
-            for sub in obs.subvols
-            if (parent := sub.path.rpartition("/")[0]) not in ("", TRASH_DIR)
-            and not names.is_within(sub.path, config.subvolume)
-            and names.parse_entry(names.basename(sub.path)) is not None
-        }
-    )
+    held = sorted(archives_elsewhere(config, obs))
     if held:
         raise Refused(
             f"{names.shown(held[0])} holds subvolumes named as rollback names archived roots, and no archive is "

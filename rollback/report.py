@@ -8,7 +8,7 @@ from typing import NotRequired, TypedDict
 
 from rollback import names
 from rollback.model import TOP_LEVEL_ID, TRASH_DIR, Examined, Kind, Observation
-from rollback.plan import mark_applies, orphaned_mark, pinned, prune_paths
+from rollback.plan import archives_elsewhere, mark_applies, orphaned_mark, pinned, prune_paths
 from rollback.settings import Config
 
 
@@ -80,6 +80,7 @@ class Status(TypedDict):
     next_boot_refused: str | None  # why the next boot's run would refuse (its plan's checks), the mark's included
     next_boot_warnings: list[str]  # what the next boot's run would warn of (its plan's warnings), when not refused
     next_boot_skipped: str | None  # why a boot with these settings keeps the root (skip set), or None
+    archives_elsewhere: dict[str, int]  # other directories holding archived roots (never pruned): how many
     mounted: dict[str, str]  # subvolume id -> where
     missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
     booted_from: BootedFrom | None  # the subvolume at / when of this filesystem and not the target
@@ -148,6 +149,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
         "next_boot_refused": refused,
         "next_boot_warnings": list(warnings),
         "next_boot_skipped": _skipped(config),
+        "archives_elsewhere": {escape(path): count for path, count in archives_elsewhere(config, obs).items()},
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
         "missing_devices": list(missing),
         "booted_from": _booted_from(config, obs),
@@ -239,6 +241,11 @@ def status_lines(report: Status) -> list[str]:
             + ("  <- pinned (chattr +i): never pruned" if r["pinned"] else "")
             for r in archive["roots"]
         ]
+    lines.extend(
+        f"elsewhere:  {path}: {count} archived root(s), not in the archive setting: never pruned (set the archive "
+        "to it to prune them, or delete them by hand)"
+        for path, count in report["archives_elsewhere"].items()
+    )
     for sub in report["protected"]:
         warning = "  <- INSIDE ROOT: a run would refuse" if sub["inside_root"] else ""
         lines.append(f"protected:  {sub['path']} id {sub['id']}{warning}")

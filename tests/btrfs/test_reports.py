@@ -157,6 +157,20 @@ def test_diff_says_what_the_run_would_do_with_no_root_or_no_blank(disk: Disk) ->
     assert disk.state() == before
 
 
+def test_status_names_an_archive_no_longer_set(disk: Disk) -> None:
+    """archive changed from old_roots to another directory (or unset): the roots left in old_roots were
+    never pruned, never listed, never said (found by a settings tester)."""
+    with disk.top() as top:
+        populate(top, nested=[])
+        (top / "root" / "used").write_text("archived\n")
+    assert disk.rollback("run", "--archive", "old_roots").returncode == Exit.OK
+    for flags in (("--archive", "kept/elsewhere"), ("--archive", "")):
+        result = disk.rollback("status", *flags)
+        assert "elsewhere:  old_roots: 1 archived root(s), not in the archive setting: never pruned" in result.stdout
+        assert parse_json(disk.rollback("status", "--json", *flags))["archives_elsewhere"] == {"old_roots": 1}
+    assert "elsewhere:" not in disk.rollback("status", "--archive", "old_roots").stdout
+
+
 def test_diff_ignores_persisted_bind_mounts_on_the_live_system(disk: Disk, tmp_path: Path) -> None:
     with disk.top() as top:
         populate(top)
