@@ -105,7 +105,15 @@ def fresh_entry(now: datetime, taken: Iterable[str]) -> EntryName:
     return EntryName(stamp, serial)
 
 
-def to_prune(stamps: Sequence[datetime], now: datetime, *, keep_days: int, keep_count: int, keep_min: int) -> list[int]:
+def to_prune(
+    stamps: Sequence[datetime],
+    now: datetime,
+    *,
+    keep_days: int,
+    keep_count: int,
+    keep_min: int,
+    pinned: Sequence[bool] = (),
+) -> list[int]:
     """Which archived roots retention removes: indexes into `stamps`, the entries' clock times listed
     in the order the filesystem created them (oldest first; never sorted by the clock).
 
@@ -116,9 +124,10 @@ def to_prune(stamps: Sequence[datetime], now: datetime, *, keep_days: int, keep_
     future means one of two clocks is wrong. If it is the newest entry's (the root archived by this
     run, stamped `now`, aside), the clock may be behind now: nothing is aged out this run. Otherwise
     it was a clock ahead then: that entry keeps its own stamp but passes it on to no later entry,
-    or one boot with a clock years ahead would stop all pruning by age for years.
+    or one boot with a clock years ahead would stop all pruning by age for years. A `pinned` entry is
+    never pruned nor counted by keep-count and keep-min; its stamp still vouches for those after it.
     """
-    newest_first = list(range(len(stamps)))[::-1]
+    newest_first = [i for i in range(len(stamps))[::-1] if not (i < len(pinned) and pinned[i])]
     doomed: set[int] = set(newest_first[keep_count:]) if keep_count else set()
     earlier = [stamp for stamp in stamps if stamp != now]  # the root archived now carries `now`
     if keep_days and not (earlier and earlier[-1] > now):

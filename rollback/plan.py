@@ -583,12 +583,17 @@ def prune_paths(config: Config, obs: Observation) -> list[str]:
     """Archived roots retention removes this run (the root archived now counts as the newest)."""
     if not config.keeping:
         return []
-    existing = [s for s in obs.entries(config.archive) if not pinned(s.path, obs)]
+    existing = obs.entries(config.archive)
     stamps = [_entry_stamp(s) for s in existing]
     if archives_root(config, obs):
         stamps.append(obs.now)
     doomed = names.to_prune(
-        stamps, obs.now, keep_days=config.keep_days, keep_count=config.keep_count, keep_min=config.keep_min
+        stamps,
+        obs.now,
+        keep_days=config.keep_days,
+        keep_count=config.keep_count,
+        keep_min=config.keep_min,
+        pinned=[pinned(s.path, obs) for s in existing],  # (its stamp still vouches for the roots after it)
     )
     return [existing[i].path for i in doomed if i < len(existing)]
 

@@ -1110,3 +1110,17 @@ def test_hints_that_would_harm_if_followed_say_when_they_apply() -> None:
     with pytest.raises(Refused) as inside:
         plan_cleanup(config(), observe([*LAYOUT, _ENTRY, f"{_ENTRY}/persist"]))
     assert f"flock /run/rollback-locks/<fsid> mv <top>/{_ENTRY}/persist <top>/NAME" in inside.value.hint
+
+
+def test_a_pinned_archived_root_still_vouches_for_the_roots_archived_after_it() -> None:
+    """Pinned (chattr +i) and left out of the list, its stamp no longer kept the roots named after it
+    under a reset clock from being aged out: pinning one root deleted three newer ones (found by a
+    reviewer). Pinned: never pruned nor counted; its stamp counts for the rest as before."""
+    good = "old/20261120T060000Z"
+    reset = [f"old/20200101T00000{n}Z" for n in range(1, 6)]
+    flags: dict[str, str | int] = {"archive": "old", "keep_days": 30}
+    obs = observe([good, *reset, "root"], dirs=[TRASH_DIR])
+    assert prune_paths(config(**flags), obs) == []
+    pinned_obs = replace(obs, immutable=frozenset({good}))
+    assert prune_paths(config(**flags), pinned_obs) == []
+    assert prune_paths(config(**flags, keep_count=2), pinned_obs) == reset[:4]  # the pinned one not counted
