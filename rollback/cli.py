@@ -150,8 +150,12 @@ _JSON = ("--json", "machine-readable output")
 
 def _run(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
+    from rollback.sources import in_initrd
 
-    return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline)
+    # no settings of the machine's: outside the initrd, and no config file (a rescue shell's)
+    given = getattr(args, "config", None)  # (read as load_config reads it)
+    bare = not in_initrd() and given is None and not os.path.lexists(DEFAULT_CONFIG)
+    return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline, bare=bare)
 
 
 def _cleanup(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:

@@ -196,13 +196,13 @@ class Plan:
         return [f"{n}. {step.describe()}" for n, step in enumerate(self.steps, 1)]
 
 
-def plan_run(config: Config, obs: Observation, *, make_room: bool = False, by_hand: bool = False) -> Plan:
+def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare: bool = False) -> Plan:
     """The run's steps. `make_room` (after the first change found no space, and nothing changed): the
     archived roots retention prunes this run are deleted first, straight from the archive, like the
     trash's leftovers; they went anyway, and without them nothing of rollback's would free space.
-    `by_hand`: run outside the initrd (a rescue shell, the running system), where the settings given
-    need not be the machine's."""
-    if by_hand:
+    `bare`: run with none of the machine's settings (no config file, outside the initrd: a rescue
+    shell), where those given need not be the machine's."""
+    if bare:
         _check_archive_unset(config, obs)
     if mark_applies(config, obs):
         check_mark(obs)
@@ -287,16 +287,20 @@ def _check_archive_unset(config: Config, obs: Observation) -> None:
     the root its boots would archive (found by a recovery tester). Where a directory holds subvolumes
     named as rollback names archived roots and `archive` was given nowhere, refused: the settings, or
     `--archive ''` to delete it all the same."""
-    if config.keeping or config.sources.get("archive", "default") != "default":
+    if config.keeping or config.sources.get("archive", "default") != "default" or mark_applies(config, obs):
+        return
+    root = obs.get(config.subvolume)
+    if root is None or untouched(root, config, obs):  # no root this run would delete (a run cut short)
         return
     held = sorted(archives_elsewhere(config, obs))
     if held:
         raise Refused(
-            f"{names.shown(held[0])} holds subvolumes named as rollback names archived roots, and no archive is "
-            f"set: if this machine's boots keep old roots there, this run would delete {names.shown(config.subvolume)} "
-            "instead",
-            f"give the machine's settings (--config FILE, or --archive {names.shown(held[0])}); to delete the root "
-            "all the same: --archive ''",
+            f"{names.shown(held[0])} holds subvolumes named as rollback names archived roots, no config file was "
+            f"read and no archive given: if this machine's boots keep old roots there, this run would delete "
+            f"{names.shown(config.subvolume)} instead",
+            f"give the machine's settings (--config FILE: its /etc/rollback.toml, on the root or /persist); to "
+            f"keep the root there and prune nothing: --archive {names.shown(held[0])} --keep-days 0; to delete "
+            "it all the same: --archive ''",
             code="archive-unset",
         )
 

@@ -94,7 +94,8 @@ REASONS: dict[str, Reason] = {
         "btrfs property set ... ro false, if that is not meant",
     ),
     "archive-unset": _refused(
-        "a run by hand without an archive, and a directory holds archived roots", "give the machine's settings"
+        "a run with no config file (a rescue shell) nor archive, a directory holding archived roots",
+        "--config FILE; --archive '' deletes all the same",
     ),
     "nothing-to-keep": _refused(
         "skip-next, and the root does not exist (a run was cut short after moving it)", "rollback run; rollback status"

@@ -242,8 +242,8 @@ def status_lines(report: Status) -> list[str]:
             for r in archive["roots"]
         ]
     lines.extend(
-        f"elsewhere:  {path}: {count} archived root(s), not in the archive setting: never pruned (set the archive "
-        "to it to prune them, or delete them by hand)"
+        f"elsewhere:  {path}: {count} archived root(s), not this configuration's archive (if no other "
+        "configuration prunes it, it is never pruned)"
         for path, count in report["archives_elsewhere"].items()
     )
     for sub in report["protected"]:

@@ -41,7 +41,6 @@ from rollback.plan import (
     prune_paths,
 )
 from rollback.settings import Config, as_dict, describe
-from rollback.sources import in_initrd
 
 FAIL_AT_ENV = "ROLLBACK_TEST_FAIL_AT"  # test hook: step N fails with EIO, as a dying disk would ...
 FAIL_ERRNO_ENV = "ROLLBACK_TEST_FAIL_ERRNO"  # ... or with this errno (e.g. 28, ENOSPC)
@@ -387,7 +386,9 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         ) from None
 
 
-def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
+def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> Exit:
+    """The boot job. `bare`: run with none of the machine's settings (no config file, outside the
+    initrd: a rescue shell), where plan_run refuses to delete a root the machine's boots may archive."""
     fields: dict[str, Any] = {
         "device": config.require_device(),
         "subvolume": config.subvolume,
@@ -405,7 +406,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str) -> Exit:
     with _observed(config, lock=not dry_run, bounded=True) as (top, obs, _unlock):
         if root_options is not None:
             check_root_default(config, root_options, obs)
-        plan = plan_run(config, obs, by_hand=not in_initrd())
+        plan = plan_run(config, obs, bare=bare)
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:

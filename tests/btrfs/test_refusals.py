@@ -506,9 +506,12 @@ def test_a_mark_for_a_root_deleted_since_is_removed_by_the_next_run(disk: Disk) 
 def test_a_run_by_hand_without_the_machines_archive_is_refused(disk: Disk, tmp_path: Path) -> None:
     """A rescue shell has no /etc/rollback.toml: `rollback run --device ...` there deleted the root that
     the machine's boots archive (exit 0, no warning; found by a recovery tester). Refused, nothing
-    written; given the archive it archives; `--archive ''` deletes as asked."""
+    written; given the archive it archives; `--archive ''` deletes as asked; with a config file (the
+    machine's settings, the archive turned off in them), no refusal."""
     setup(disk, lambda top: None)
     assert disk.rollback("run", "--archive", "old_roots").returncode == Exit.OK
+    with disk.top() as top:
+        (top / "root" / "used").write_text("a day's work\n")  # (an untouched root loses nothing: no refusal)
     before = disk.state()
     for dry in ((), ("--dry-run",)):
         result = disk.rollback("run", *dry)
@@ -524,6 +527,11 @@ def test_a_run_by_hand_without_the_machines_archive_is_refused(disk: Disk, tmp_p
     assert result.returncode == Exit.OK and "deleted" in result.stderr, result.stderr
     archived = [p for p in disk.state().subvolume_paths() if p.startswith("old_roots/") and p.count("/") == 1]
     assert len(archived) == 2, archived
+    with disk.top() as top:
+        (top / "root" / "used").write_text("the machine's settings keep no archive\n")
+    machines = tmp_path / "machines.toml"  # a config file: the machine's settings, archive turned off in them
+    machines.write_text("")
+    assert disk.rollback("run", "--config", str(machines)).returncode == Exit.OK
 
 
 def test_a_mark_without_an_id_keeps_no_root_that_is_not_there(disk: Disk) -> None:

@@ -166,7 +166,7 @@ def test_status_names_an_archive_no_longer_set(disk: Disk) -> None:
     assert disk.rollback("run", "--archive", "old_roots").returncode == Exit.OK
     for flags in (("--archive", "kept/elsewhere"), ("--archive", "")):
         result = disk.rollback("status", *flags)
-        assert "elsewhere:  old_roots: 1 archived root(s), not in the archive setting: never pruned" in result.stdout
+        assert "elsewhere:  old_roots: 1 archived root(s), not this configuration's archive" in result.stdout
         assert parse_json(disk.rollback("status", "--json", *flags))["archives_elsewhere"] == {"old_roots": 1}
     assert "elsewhere:" not in disk.rollback("status", "--archive", "old_roots").stdout
 

@@ -1049,16 +1049,20 @@ def test_a_protected_subvolumes_mount_point_with_something_in_it_is_warned_of(
     assert bool(said) == warned, plan.warnings
 
 
-def test_only_a_run_by_hand_is_refused_for_an_archive_it_was_not_given() -> None:
-    """The initrd's settings are the machine's: a boot whose archive was turned off goes on (refusing
-    would stop every boot); by hand, without them, refused (archive-unset)."""
+def test_only_a_run_without_the_machines_settings_is_refused_for_an_archive_it_was_not_given() -> None:
+    """The initrd's settings are the machine's, and so is a config file: a boot (or a run by hand with the
+    file) whose archive was turned off goes on (refusing would stop every boot); with none of them (a
+    rescue shell), refused (archive-unset), unless no root would be deleted (found by a reviewer)."""
     obs = observe([*LAYOUT, "old_roots/20261120T060000Z"])
     assert plan_run(config(), obs).steps
     with pytest.raises(Refused) as refused:
-        plan_run(config(), obs, by_hand=True)
-    assert refused.value.code == "archive-unset"
-    assert plan_run(config(archive=""), obs, by_hand=True).steps  # as asked
-    assert plan_run(config(), observe([*LAYOUT, "20261120T060000Z"]), by_hand=True).steps  # not an archive's
+        plan_run(config(), obs, bare=True)
+    assert refused.value.code == "archive-unset" and "--archive 'old_roots' --keep-days 0" in refused.value.hint
+    assert plan_run(config(archive=""), obs, bare=True).steps  # as asked
+    assert plan_run(config(), observe([*LAYOUT, "20261120T060000Z"]), bare=True).steps  # not an archive's
+    assert plan_run(config(), observe(["old_roots/20261120T060000Z"]), bare=True).steps  # no root: a run cut short
+    untouched_root = replace(obs, empty=frozenset({"root"}))
+    assert plan_run(config(), untouched_root, bare=True).steps  # nothing used it: nothing lost
 
 
 _DEEP = "/".join(f"{level:03d}" + "d" * 197 for level in range(22)) + "/deep"  # 4.4 KB below what holds it
