@@ -283,10 +283,10 @@ def archives_elsewhere(config: Config, obs: Observation) -> dict[str, int]:
 
 
 def _check_archive_unset(config: Config, obs: Observation) -> None:
-    """A run by hand without the machine's settings (a rescue shell has no /etc/rollback.toml) deletes
-    the root its boots would archive (found by a recovery tester). Where a directory holds subvolumes
-    named as rollback names archived roots and `archive` was given nowhere, refused: the settings, or
-    `--archive ''` to delete it all the same."""
+    """A run with none of the machine's settings (a rescue shell has no /etc/rollback.toml) deletes the
+    root its boots would archive (found by a recovery tester). Where a directory holds subvolumes named
+    as rollback names archived roots, `archive` was given nowhere and a written root would go, refused:
+    the settings, or `--archive ''` to delete it all the same."""
     if config.keeping or config.sources.get("archive", "default") != "default" or mark_applies(config, obs):
         return
     root = obs.get(config.subvolume)
@@ -870,7 +870,6 @@ def _undeletable(path: str, source: str, obs: Observation) -> str:
         f"{names.shown(path).strip(chr(39))}/ (not `btrfs subvolume delete --subvolid`, which crashes on such "
         "paths); the next run deletes the rest"
     )
-    return ""
 
 
 def _writable(plan: Plan, obs: Observation) -> Plan:
