@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import NamedTuple, assert_never
 
@@ -354,7 +354,7 @@ def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
     # that was ahead once: every root after it would count as "back"; found by a settings tester)
     past = [stamp for stamp in stamps if stamp <= obs.now]
     latest = list(itertools.accumulate(past, max))  # the latest name up to each (one pass: the boot path)
-    back = sum(stamp <= before for stamp, before in zip(past[1:], latest, strict=False))
+    back = sum(_went_back(before - stamp) for stamp, before in zip(past[1:], latest, strict=False))
     now = f"{obs.now:%Y-%m-%d %H:%M:%S} UTC"
     if back >= 2:  # a pattern, not one wrong clock once
         return (
@@ -375,6 +375,15 @@ def _clock_behind(config: Config, obs: Observation) -> tuple[str, ...]:
             "the clock passes their names; keep-count would bound them",
         )
     return ()
+
+
+def _went_back(by: timedelta) -> bool:
+    """A root named no later than one before it, as a clock restarting at each boot names them: at the
+    same time again (within minutes: how long the boot took), or far back (a build time, a firmware
+    reset). Not by a time zone's offset (30 min to 14 h): a dual boot with Windows keeps the hardware
+    clock in local time, and each boot after Windows reads it so; keep-days still works there (found
+    by a reviewer: the warning at every boot, "set keep-count")."""
+    return by >= timedelta(0) and not timedelta(minutes=30) <= by <= timedelta(hours=14)
 
 
 def plan_cleanup(config: Config, obs: Observation) -> Plan:

@@ -263,6 +263,14 @@ T = "old/20261125T05"  # now (the factory's) is 2026-11-25 06:00:00
         ([f"{T}5950Z", f"{T}5940Z", f"{T}5945Z", f"{T}5930Z"], {}, "the clock went back between boots 3 times"),
         ([f"{T}5950Z", f"{T}5950Z-1", f"{T}5950Z-2"], {}, "the clock went back between boots 2 times"),
         ([f"{T}5950Z", f"{T}5940Z"], {}, ""),  # back once: an RTC wrong once, set right since
+        # a dual boot with Windows (hardware clock in local time, UTC-5): each boot after Windows 5 h behind
+        (["old/20261120T060000Z", "old/20261120T010100Z", "old/20261122T060000Z", "old/20261122T010100Z"], {}, ""),
+        # a clock far back (a reset to a build time) at two boots among them is still said
+        (
+            ["old/20261120T060000Z", "old/20261120T010100Z", "old/20250101T000000Z", "old/20250101T000010Z"],
+            {},
+            "the clock went back between boots 2 times",
+        ),
         # one archived under a clock ahead then, the clock right now: kept until 2099, the rest pruned
         (["old/20261001T000000Z", "old/20990101T000000Z", "old/20261124T000000Z"], {}, "1 archived root(s) are named"),
         # the same, two boots since: it is still the clock that was ahead once, not one going back
