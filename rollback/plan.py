@@ -101,11 +101,10 @@ class Delete:
 
 @dataclass(frozen=True)
 class Unlock:
-    """Clear the read-only property and +i/+a of an archived root retention removes: it is ours."""
+    """Clear the read-only property (and +i/+a) of a read-only archived root retention removes: it is
+    ours (an immutable one is pinned, never pruned). Put back if no room is left to prune it after all."""
 
     path: str
-    # whether it was read-only (someone's choice): put back if no room is left to prune it after all
-    read_only: bool = field(default=False, compare=False)
 
     def describe(self) -> str:
         return f"clear read-only and immutable flags of {self.path}"
@@ -216,8 +215,9 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
     pruned = prune_paths(config, obs)
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
-    stuck = {p: warning for p in [*leftovers, *(pruned if make_room else ())] if (warning := _undeletable(p, p, obs))}
-    first = [p for p in [*leftovers, *(pruned if make_room else ())] if p not in stuck]
+    due = [*leftovers, *(pruned if make_room else ())]
+    stuck = {p: warning for p in due if (warning := _undeletable(p, p, obs))}
+    first = [p for p in due if p not in stuck]
     steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in first]
     # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
     if first or (obs.pending_cleanup and config.deletes_at_boot):
@@ -248,7 +248,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
         began = len(steps)
         archived = obs.get(path)
         if archived and archived.read_only:  # (an immutable one is pinned: never pruned)
-            steps.append(Unlock(path, read_only=True))
+            steps.append(Unlock(path))
         move_to_trash(path)
         # not a directory the trash needs made: the next root's pruning needs it too
         pruning.update({n: path for n in range(began + 1, len(steps) + 1) if not isinstance(steps[n - 1], MakeDir)})

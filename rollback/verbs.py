@@ -186,7 +186,7 @@ def _pruning_skipped(
         outcome = f"it is left in the trash ({names.shown(moved.dest)}): the next run or rollback cleanup deletes it"
     else:
         outcome = f"the archived root {names.shown(pruned)} is kept, not pruned (the new root is made)"
-        if any(isinstance(s, Unlock) and s.path == pruned and s.read_only for s in ran):
+        if any(isinstance(s, Unlock) and s.path == pruned for s in ran):
             try:
                 btrfs.set_read_only(top / pruned)
                 outcome += ", read-only again"
