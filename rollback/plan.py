@@ -185,7 +185,6 @@ class Plan:
     # for it (a qgroup limit on the subvolume holding the archive) keeps that root, and the run goes on
     pruning: Mapping[int, str] = field(default_factory=dict)
     unpruned: tuple[str, ...] = ()  # set on the plan that ran: the archived roots kept that way
-    left: tuple[str, ...] = ()  # what it leaves undeleted, too deep to delete (_undeletable): said in `warnings`
 
     @property
     def deleted(self) -> int:
@@ -216,11 +215,9 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
     due = [*leftovers, *(pruned if make_room else ())]
-    stuck = {p: warning for p in due if (warning := _undeletable(p, p, obs))}
-    first = [p for p in due if p not in stuck]
-    steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in first]
+    steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in due]
     # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
-    if first or (obs.pending_cleanup and config.deletes_at_boot):
+    if due or (obs.pending_cleanup and config.deletes_at_boot):
         steps.append(Reclaim())
     deletes: list[tuple[Delete, str]] = []  # and what each deletes
 
@@ -253,20 +250,17 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
         # not a directory the trash needs made: the next root's pruning needs it too
         pruning.update({n: path for n in range(began + 1, len(steps) + 1) if not isinstance(steps[n - 1], MakeDir)})
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
-    # it first if the cleanup never ran: the trash holds at most one boot's worth, and what is too deep to delete)
+    # it first if the cleanup never ran: the trash holds at most one boot's worth)
     for delete, source in deletes if config.deletes_at_boot else ():
-        if warning := _undeletable(delete.path, source, obs):
-            stuck[delete.path] = warning
-            continue
         steps.append(delete)
         if source in pruning.values():
             pruning[len(steps)] = source
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
-    warnings = (*stuck.values(), *_other_roots_mark(config, obs), *_clock_behind(config, obs))
+    warnings = (*_other_roots_mark(config, obs), *_clock_behind(config, obs))
     warnings += _quota_left(quota, target) + _misspelt(config, obs)
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
-    return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning, left=tuple(stuck)), obs)
+    return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
 
 
 def archives_elsewhere(config: Config, obs: Observation) -> dict[str, int]:
@@ -392,12 +386,11 @@ def plan_cleanup(config: Config, obs: Observation) -> Plan:
     _check_holder(TRASH_DIR, obs, "trash directory")
     entries = obs.entries(TRASH_DIR)
     _check_doomed(config, obs, [s for e in entries for s in obs.tree(e.path)])
-    stuck = {e.path: warning for e in entries if (warning := _undeletable(e.path, e.path, obs))}
-    deletes = tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries if e.path not in stuck)
+    deletes = tuple(Delete(e.path, len(obs.tree(e.path))) for e in entries)
     # and the space back before it ends, so that the next boot has nothing to wait for (a boot that
     # finds deleted subvolumes not yet cleaned would wait for them, on the critical path)
     steps: tuple[Step, ...] = (*deletes, Reclaim(timeout_s=3600.0)) if deletes else ()
-    return _checked(Plan(steps, warnings=tuple(stuck.values()), left=tuple(stuck)), obs)
+    return _checked(Plan(steps), obs)
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:
@@ -837,48 +830,6 @@ def _checked(plan: Plan, obs: Observation) -> Plan:
                     code="mounted",
                 )
     return _writable(plan, obs)
-
-
-# libbtrfsutil's recursive delete opens each nested subvolume's parent by its path from the deleted one,
-# and a cleared flag is reached by its path from our mount point: both within PATH_MAX (with the mount
-# point and separators), though every lookup the listing made was short
-_PATH_MAX = 4096
-_MOUNT_MARGIN = 64
-
-
-def _undeletable(path: str, source: str, obs: Observation) -> str:
-    """Why the subvolume `source`, deleted as `path` (in the trash), cannot be: a subvolume in it that the
-    delete cannot reach by path (ENAMETOOLONG, at every run); "" when it can. Such an entry is left in
-    the trash, said at every run, and the run goes on: refusing would keep every later boot from
-    replacing the root (an after-boot run moves the root without listing it whole: the cleanup meets it)."""
-    # each one's whole path from our mount point: a flag cleared on a read-only one (after EROFS) is reached so
-    deep = [
-        sub
-        for sub in obs.tree(source)
-        if len((path + sub.path[len(source) :]).encode("utf-8", "surrogateescape")) + _MOUNT_MARGIN >= _PATH_MAX
-    ]
-    # the outermost: what each holds moves with it
-    outer = [
-        sub for sub in deep if not any(names.is_within(sub.path, other.path) for other in deep if other is not sub)
-    ]
-    if not outer:
-        return ""
-    what = names.shown(path) if path == source else f"{names.shown(source)}, moved to {names.shown(path)},"
-    where = "in the trash, " if path.startswith(TRASH_DIR + "/") else ""
-    named = ", ".join(
-        f"{names.shown(names.basename(sub.path))} (id {sub.id}, {sub.path.count('/') - source.count('/')} directories "
-        "down)"
-        for sub in outer[:3]
-    ) + (f" and {len(outer) - 3} more" if len(outer) > 3 else "")
-    return (
-        f"{what} is left {where}not deleted: {len(deep)} subvolume(s) in it lie too deep to be deleted with it "
-        f"(their paths from it are near or over 4 KiB, though each piece is shorter): {named}; move each up by hand, "
-        "to the top of what holds it (a subvolume moves with what it holds): with the top level mounted "
-        "(mount -o subvolid=5 DEVICE /mnt), `btrfs subvolume list /mnt | grep '^ID <id> '` shows its path; cd to its "
-        "parent a directory at a time (the whole path is too long for one command), then mv NAME /mnt/"
-        f"{names.shown(path).strip(chr(39))}/ (not `btrfs subvolume delete --subvolid`, which crashes on such "
-        "paths); the next run deletes the rest"
-    )
 
 
 def _writable(plan: Plan, obs: Observation) -> Plan:

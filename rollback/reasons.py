@@ -46,9 +46,6 @@ REASONS: dict[str, Reason] = {
     "no-device": _refused("the device does not exist (or cannot be examined)", "check the device setting"),
     "not-block-device": _refused("the device is not a block device", "pass the device node"),
     "unreadable": _refused("the device cannot be read", "see dmesg"),
-    "too-deep": _refused(
-        "a directory path inside one subvolume is over 4 KiB: what it holds cannot be listed", "move it up"
-    ),
     "not-btrfs": _refused("the device holds no btrfs filesystem", "check the device setting"),
     "not-root": _refused(
         "not root: no private mount namespace, the device or the lock directory not accessible", "run as root"

@@ -73,22 +73,14 @@ def _observed(
 
 
 def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: Bounds | None = None) -> Observation:
-    """Observe the mounted top level; what reading it answers that would repeat at every boot (a path too
-    deep to look up, a damaged tree) is a refusal. Every observation goes through here (a run that had
-    to make room observes again, unbounded)."""
+    """Observe the mounted top level; what reading it answers that would repeat at every boot (a damaged
+    tree) is a refusal. Every observation goes through here (a run that had to make room observes again,
+    unbounded)."""
     from rollback.effects import btrfs
 
     try:
         return btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
     except OSError as error:
-        if error.errno == errno.ENAMETOOLONG:
-            raise Refused(
-                f"a subvolume on {config.device} lies deeper than the kernel's path lookups reach (its directory's "
-                "path inside the subvolume holding it is over 4 KiB): it cannot be listed, nor deleted by path",
-                "find it (the deepest directories in the root or the trash) and move it, or what holds it, "
-                "higher up by hand; nothing was changed",
-                code="too-deep",
-            ) from None
         if error.errno not in _DAMAGED:
             raise
         raise Refused(
@@ -347,24 +339,13 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
         if refused.code != "no-space" or not pruned or isinstance(plan.steps[0], Delete):
             raise
-        no_room = refused
 
     # listed whole now (a run leaving deletes to the cleanup listed archived roots bounded): these are
     # deleted by this run, with a deleting run's checks and counts
     mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
     obs = _observe(config, top, mounted, obs.now)
-    said = plan.warnings
     plan = plan_run(config, obs, make_room=True)
-    for warning in plan.warnings:  # a pruned root too deep to delete now, listed whole
-        if warning not in said:
-            emit("warning", warning, **fields)
     deleting = sum(isinstance(step, Delete) and step.path in pruned for step in plan.steps)
-    if not deleting:  # every one too deep to delete (said above): no room to make
-        raise Refused(
-            f"{no_room.reason}, and the archived roots retention prunes cannot be deleted (too deep: above)",
-            "move up what the warning names, or free space (btrfs filesystem usage); the old root stays in use",
-            code="no-space",
-        )
     emit("step", f"no space for the first change, nothing changed: first deleting {deleting} pruned root(s)", **fields)
     try:
         return _execute(plan, top, fields)
@@ -424,7 +405,6 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
     moved = any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps)
     done = "replaced" if moved else "created (none was there)"
     unpruned = f", {len(plan.unpruned)} archived root(s) kept for want of room to prune them" if plan.unpruned else ""
-    unpruned += f", {len(plan.left)} left undeleted (too deep: above)" if plan.left else ""
     emit(
         "finished",
         f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted{unpruned}",
@@ -446,8 +426,6 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     began = time.monotonic()
     with _observed(config, lock=not dry_run, lock_node=False) as (top, obs, unlock):
         plan = plan_cleanup(config, obs)
-        for warning in plan.warnings:  # an entry too deep to delete: left, the rest deleted
-            emit("warning", warning, **fields)
         if dry_run:
             _as_the_remount_would(top, plan)
             _print("\n".join(plan.describe()) or "nothing to do")
@@ -456,13 +434,12 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
             roots = sum(isinstance(step, Delete) for step in plan.steps)  # not the wait for the cleaner
             emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
             _execute(plan, top, fields, unlock, partial(_as_checked, config, obs, top))
-    left = f", {len(plan.left)} old root(s) left in it (above)" if plan.left else ""
     emptied = (
         f"trash emptied, {plan.deleted} subvolume(s) deleted" if plan.steps else "the trash is empty: nothing to do"
     )
     emit(
         "finished",
-        f"{plan.deleted} subvolume(s) deleted from the trash{left}" if plan.left else emptied,
+        emptied,
         deleted=plan.deleted,
         duration_ms=round((time.monotonic() - began) * 1000, 1),
         **fields,

@@ -44,22 +44,30 @@ _EMPTY_SUBVOL_DIR = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID: a placeholder's inode 
 _FS_CODEC = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # os.fsdecode's, without its checks
 
 
-def list_subvolumes(top: Path) -> tuple[Subvol, ...]:
-    """Every subvolume, by id and path: no per-subvolume record read (that is what examine() does)."""
-    return tuple(Subvol(i, os.fsdecode(path)) for path, i in btrfsutil.SubvolumeIterator(str(top), top=TOP_LEVEL_ID))
+def list_subvolumes(top: Path, also: Iterable[int] = ()) -> tuple[Subvol, ...]:
+    """Every subvolume, by id and path (of any length): no per-subvolume record read (that is what
+    examine() does)."""
+    return list_bounded(top, lambda path: False, (), also)
 
 
 def ids_within(top: Path, path: str) -> set[int]:
     """The ids of the subvolume at `path` and of every subvolume nested in it, now."""
-    where = str(top / path)
-    return {btrfsutil.subvolume_id(where)} | {i for _, i in btrfsutil.SubvolumeIterator(where)}
+    fd = os.open(top / path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        own = btrfsutil.subvolume_id(fd)
+        return {own} | {ref[1] for ref in refs.below(refs.all_refs(fd), own)}
+    finally:
+        os.close(fd)
 
 
-def list_bounded(top: Path, shallow: Callable[[str], bool], named: Collection[str]) -> tuple[Subvol, ...]:
+def list_bounded(
+    top: Path, shallow: Callable[[str], bool], named: Collection[str], also: Iterable[int] = ()
+) -> tuple[Subvol, ...]:
     """Every subvolume, except that inside a subvolume `shallow` calls (plan.only_moved) only those
     whose name is one of `named` are listed, at any depth (the protected names: the check must see
-    them; nothing else in there is needed at boot). One range search for every subvolume's name and
-    parent (refs.all_refs); a path is built, one inode lookup per directory, only for what is listed."""
+    them; nothing else in there is needed at boot), and those of `also` (mounted, the default: the checks
+    must see them wherever they are). One range search for every subvolume's name and parent
+    (refs.all_refs); a path is built, one inode lookup per directory, only for what is listed."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         every = refs.all_refs(fd)  # in (parent, child) order
@@ -74,11 +82,13 @@ def list_bounded(top: Path, shallow: Callable[[str], bool], named: Collection[st
                 if (path := path_of.of(ref)) is not None:  # None: gone since the search
                     found.append(Subvol(ref[1], path))
                     pending.append(ref[1])
-        listed = {s.id for s in found}
+        listed = {s.id for s in found} | {TOP_LEVEL_ID}
         wanted = {os.fsencode(name) for name in named}
-        for _parent, child, _inode, name in every:  # not listed: inside a `shallow` one
-            if name in wanted and child not in listed and (path := path_of(child)) is not None:
+        extra = [child for _parent, child, _inode, name in every if name in wanted]  # maybe inside a `shallow` one
+        for child in dict.fromkeys([*extra, *also]):  # (a mounted one deleted since has no item: not listed)
+            if child not in listed and (path := path_of(child)) is not None:
                 found.append(Subvol(child, path))
+                listed.add(child)
         return tuple(found)
     finally:
         os.close(fd)
@@ -126,20 +136,6 @@ class _Paths:
             except FileNotFoundError:
                 self._dirs[tree, inode] = None
         return self._dirs[tree, inode]
-
-
-def _by_id(top: Path, ids: Iterable[int], listed: tuple[Subvol, ...]) -> tuple[Subvol, ...]:
-    """Those of `ids` (mounted, the default) the listing left out, by their paths: a bounded listing
-    does not reach every depth, and the checks must see them wherever they are."""
-    known = {s.id for s in listed} | {TOP_LEVEL_ID}
-    extra: list[Subvol] = []
-    for i in dict.fromkeys(i for i in ids if i not in known):
-        try:
-            extra.append(Subvol(i, os.fsdecode(btrfsutil.subvolume_path(str(top), i))))
-        except btrfsutil.BtrfsUtilError as error:
-            if error.errno != errno.ENOENT:  # deleted, still mounted: nothing of it is in any tree
-                raise
-    return tuple(extra)
 
 
 def examine(top: Path, sub: Subvol, quotas: int | None = None) -> Examined | None:
@@ -253,16 +249,6 @@ def set_read_only(path: Path) -> None:
     btrfsutil.set_subvolume_read_only(str(path), True)
 
 
-def unlock_tree(path: Path) -> None:
-    """Everything the recursive delete of `path` could trip on: read-only subvolumes holding nested
-    ones, and +i/+a on a subvolume's top directory or on the directory holding a nested subvolume."""
-    unlock(path)
-    for relative in btrfsutil.SubvolumeIterator(str(path)):
-        nested = path / os.fsdecode(relative[0])
-        _unpin(nested.parent)
-        unlock(nested)
-
-
 def observe(
     top: Path,
     paths: Iterable[str],
@@ -277,8 +263,8 @@ def observe(
     subvolume nested in the root (but, bounded, the directories leading to a protected name): the
     boot's cost barely grows with them."""
     default_id = btrfsutil.get_default_subvolume(str(top))
-    listed = list_subvolumes(top) if bounds is None else list_bounded(top, *bounds)
-    listed += _by_id(top, [*mounted.subvolumes, default_id], listed)
+    also = [*mounted.subvolumes, default_id]
+    listed = list_subvolumes(top, also) if bounds is None else list_bounded(top, *bounds, also)
     subvol_paths = {s.path for s in listed}
     kinds = _kinds(top, paths, subvol_paths)
     dirs = {p for p, k in kinds.items() if k in _DIRS}
@@ -415,24 +401,73 @@ def _in_state_dir(top: Path, path: str) -> Iterator[tuple[int, str]]:
 
 
 def _delete(path: Path) -> None:
-    """Delete recursively. What is in the trash is ours: if a read-only subvolume or an immutable
-    directory inside stops the delete (EROFS, EPERM), clear those flags and delete the rest."""
+    """Delete recursively. What libbtrfsutil's recursive delete stops at is ours too (all of it is in
+    the trash): a read-only subvolume or an immutable directory in the tree (EROFS, EPERM), or a nested
+    subvolume whose path from `path` is over 4 KiB (ENAMETOOLONG): then one subvolume at a time."""
     try:
         btrfsutil.delete_subvolume(str(path), recursive=True)
     except btrfsutil.BtrfsUtilError as error:
-        if error.errno not in (errno.EROFS, errno.EPERM):
+        if error.errno not in (errno.EROFS, errno.EPERM, errno.ENAMETOOLONG):
             raise
-        unlock_tree(path)
-        btrfsutil.delete_subvolume(str(path), recursive=True)
+        _delete_each(path)
+
+
+def _delete_each(path: Path) -> None:
+    """The subvolume at `path` and every one nested in it: first each made deletable (read-only flag, +i/+a
+    on its top directory and on the directory holding it), then each deleted, innermost first. Each is
+    reached by name from its parent directory, opened one name at a time (no path is too long), with the
+    working directory there for libbtrfsutil's calls (which take paths only); put back after."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    home = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        own = btrfsutil.subvolume_id(fd)
+        nested = refs.below(refs.all_refs(fd), own)
+        where = _routes(fd, own, nested)
+        unlock(path)
+        for ref in nested:
+            _chdir(fd, where[ref[1]][:-1])
+            _unpin(Path("."))
+            unlock(Path(os.fsdecode(ref[3])))
+        for ref in reversed(nested):
+            _chdir(fd, where[ref[1]][:-1])
+            btrfsutil.delete_subvolume(ref[3])
+        os.fchdir(home)
+        btrfsutil.delete_subvolume(str(path))
+    finally:
+        os.fchdir(home)
+        os.close(home)
+        os.close(fd)
+
+
+def _routes(fd: int, own: int, nested: list[refs.Ref]) -> dict[int, list[bytes]]:
+    """Each nested subvolume's path from subvolume `own` (open at `fd`), as names; its holder's first."""
+    where: dict[int, list[bytes]] = {own: []}
+    for holder, child, inode, name in nested:
+        inside = refs.directory(fd, holder, inode).split(b"/")[:-1]
+        where[child] = [*where[holder], *inside, name]
+    return where
+
+
+def _chdir(fd: int, names_: list[bytes]) -> None:
+    """Make the directory `names_` below the one open at `fd` the working directory, opening one name at
+    a time, never following a symbolic link."""
+    at = os.dup(fd)
+    try:
+        for name in names_:
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
+            os.close(at)
+            at = below
+        os.fchdir(at)
+    finally:
+        os.close(at)
 
 
 def whole(top: Path, step: Delete) -> bool:
     """Whether the tree a failed delete was deleting still holds every subvolume the plan counted:
     then its first deletion was refused (btrfs reserves before it alters anything) and nothing went."""
-    path = top / step.path
     try:
-        return 1 + sum(1 for _ in btrfsutil.SubvolumeIterator(str(path))) == step.count
-    except btrfsutil.BtrfsUtilError:
+        return len(ids_within(top, step.path)) == step.count
+    except (OSError, btrfsutil.BtrfsUtilError):
         return False
 
 

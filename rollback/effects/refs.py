@@ -11,8 +11,10 @@ is listed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import struct
+from bisect import bisect_left
 from collections.abc import Iterator
 
 _TREE_SEARCH_V2 = 0xC0709411  # _IOWR(0x94, 17, struct btrfs_ioctl_search_args_v2): 104-byte key + u64 buf_size
@@ -20,6 +22,9 @@ _INO_LOOKUP = 0xD0009412  # _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args):
 _ROOT_TREE = 1
 _TOP_LEVEL = 5
 _ROOT_REF = 156
+_INODE_REF = 12
+_NAME_LENGTH = struct.Struct("<H")  # btrfs_inode_ref: u64 index, u16 name_len; the name follows
+_MAX_DEPTH = 1 << 20  # more directories in one path than a filesystem can hold on a sane disk: a loop
 _FIRST_FREE = 256  # the inode of a subvolume's top directory
 _MAX64, _MAX8 = 2**64 - 1, 255
 # btrfs_ioctl_search_key: tree_id, min/max objectid, min/max offset, min/max transid;
@@ -47,6 +52,21 @@ def all_refs(fd: int) -> list[Ref]:
             _transid, objectid, offset, _kind, _length, inode, _sequence, size = _REF_ITEM.unpack_from(args, pos)
             name = pos + _REF_ITEM.size
             found.append((objectid, offset, inode, bytes(args[name : name + size])))
+    return found
+
+
+def below(every: list[Ref], subvolume: int) -> list[Ref]:
+    """The items of the subvolumes nested in `subvolume`, at any depth, each after the one holding it.
+    `every`: all_refs()'s answer (in (parent, child) order)."""
+    found: list[Ref] = []
+    seen, pending = {subvolume}, [subvolume]
+    while pending:
+        holder = pending.pop()
+        for ref in every[bisect_left(every, (holder,)) : bisect_left(every, (holder + 1,))]:
+            if ref[1] not in seen:  # (a damaged tree's loop: each once)
+                seen.add(ref[1])
+                found.append(ref)
+                pending.append(ref[1])
     return found
 
 
@@ -102,10 +122,30 @@ def _after(objectid: int, kind: int, offset: int) -> tuple[int, int, int] | None
 
 def directory(fd: int, tree: int, inode: int) -> bytes:
     """The path of directory `inode` inside subvolume `tree`, relative to its top: b"" for the top
-    directory itself, else ending in b"/" (b"var/lib/"). FileNotFoundError if it is gone."""
+    directory itself, else ending in b"/" (b"var/lib/"), of any length. FileNotFoundError if it is gone."""
     if inode == _FIRST_FREE:
         return b""
     args = bytearray(4096)
     struct.pack_into("=QQ", args, 0, tree, inode)
-    fcntl.ioctl(fd, _INO_LOOKUP, args)
+    try:
+        fcntl.ioctl(fd, _INO_LOOKUP, args)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        return _walked_up(fd, tree, inode)
     return bytes(args[16:]).split(b"\0", 1)[0]
+
+
+def _walked_up(fd: int, tree: int, inode: int) -> bytes:
+    """directory()'s answer where the kernel's lookup stops (a path over 4080 bytes): one name at a time,
+    from each directory's INODE_REF item (keyed (inode, INODE_REF, its parent's inode); a directory has
+    exactly one), up to the subvolume's top directory."""
+    parts: list[bytes] = []
+    while inode != _FIRST_FREE:
+        found = items(fd, tree, inode, _INODE_REF)
+        if not found or len(parts) > _MAX_DEPTH:  # gone since, or a loop (a damaged tree)
+            raise FileNotFoundError(errno.ENOENT, f"directory {inode} of subvolume {tree}")
+        inode, item = found[0]
+        (size,) = _NAME_LENGTH.unpack_from(item, 8)
+        parts.append(item[10 : 10 + size])
+    return b"".join(part + b"/" for part in reversed(parts))

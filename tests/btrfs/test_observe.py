@@ -8,8 +8,10 @@ opened one by one, which on a cold disk with 1000 nested subvolumes cost ~80 ms 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -82,8 +84,8 @@ def test_a_subvolume_deleted_between_listing_and_examining_is_not_there(
         btrfsutil.create_subvolume(str(top / LEFT))
     list_subvolumes = btrfs.list_subvolumes
 
-    def listed_then_deleted(top: Path) -> tuple[Subvol, ...]:
-        found = list_subvolumes(top)
+    def listed_then_deleted(top: Path, also: Iterable[int] = ()) -> tuple[Subvol, ...]:
+        found = list_subvolumes(top, also)
         btrfsutil.delete_subvolume(str(top / LEFT))
         btrfsutil.sync(str(top))
         deadline = time.monotonic() + 30
@@ -121,16 +123,48 @@ def make(top: Path, paths: list[bytes]) -> None:
         btrfsutil.create_subvolume(os.fsencode(top) + b"/" + path)
 
 
-def test_the_bounded_listing_sees_what_the_library_sees(disk: Disk) -> None:
-    """Told to stop nowhere, the hand-read ROOT_REF listing (refs.py) is exactly btrfsutil's iterator."""
+def test_the_listing_sees_what_the_library_sees(disk: Disk) -> None:
+    """The hand-read ROOT_REF listing (refs.py), unbounded or told to stop nowhere, is exactly btrfsutil's
+    iterator."""
     with disk.top() as top:
         populate(top)
         make(top, [*HOSTILE, *WIDE])
     with disk.top(read_only=True) as top:
-        library = btrfs.list_subvolumes(top)
+        library = tuple(Subvol(i, os.fsdecode(p)) for p, i in btrfsutil.SubvolumeIterator(str(top), top=5))
+        listed = btrfs.list_subvolumes(top)
         bounded = btrfs.list_bounded(top, lambda path: False, ())
     assert len(library) == len(set(library)) == 4 + len(NESTED) + len(HOSTILE) + len(WIDE)
-    assert sorted(bounded, key=lambda s: s.id) == sorted(library, key=lambda s: s.id)
+    assert (
+        sorted(bounded, key=lambda s: s.id) == sorted(library, key=lambda s: s.id) == sorted(listed, key=lambda s: s.id)
+    )
+
+
+def test_a_subvolume_below_a_path_longer_than_the_kernels_lookup_is_listed_with_its_path(disk: Disk) -> None:
+    """The kernel's inode lookup answers ENAMETOOLONG past 4080 bytes (btrfsutil's iterator with it): the
+    listing then reads the directories' names one at a time, and a boot can delete such a root."""
+    levels = [f"{level:03d}" + "d" * 197 for level in range(22)]
+    with disk.top() as top:
+        populate(top)
+        fd = os.open(top / "root", os.O_RDONLY | os.O_DIRECTORY)
+        for name in levels:
+            os.mkdir(name, dir_fd=fd)
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        btrfsutil.create_subvolume(f"/proc/self/fd/{fd}/deep")
+        btrfsutil.create_subvolume(f"/proc/self/fd/{fd}/deep/deeper")
+        os.close(fd)
+    with disk.top(read_only=True) as top:
+        library = btrfsutil.SubvolumeIterator(str(top), top=5)
+        try:
+            with pytest.raises(btrfsutil.BtrfsUtilError) as failed:
+                list(library)
+        finally:
+            library.close()  # its open directory would keep the filesystem from being unmounted
+        listed = {s.path for s in btrfs.list_subvolumes(top)}
+    assert failed.value.errno == errno.ENAMETOOLONG
+    deep = "root/" + "/".join(levels) + "/deep"
+    assert {deep, deep + "/deeper"} <= listed and len(listed) == 4 + len(NESTED) + 2
 
 
 def test_a_run_that_only_moves_the_root_lists_inside_it_only_what_its_checks_refuse(disk: Disk) -> None:

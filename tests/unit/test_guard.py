@@ -4,6 +4,7 @@ test here reaches an effect on purpose, so it clears the record (`effects_guard`
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import btrfsutil
@@ -12,12 +13,13 @@ import pytest
 from rollback.cli import main
 from rollback.effects import btrfs, device, mount, priority
 from rollback.errors import Exit
+from rollback.model import Mounts
 
 
 def test_observing_a_directory_reaches_btrfsutil_and_is_refused(tmp_path: Path, effects_guard: list[str]) -> None:
-    with pytest.raises(AssertionError, match=r"a unit test reached btrfsutil\.SubvolumeIterator"):
-        btrfs.list_subvolumes(tmp_path)
-    assert effects_guard == ["btrfsutil.SubvolumeIterator"]
+    with pytest.raises(AssertionError, match=r"a unit test reached btrfsutil\.get_default_subvolume"):
+        btrfs.observe(tmp_path, [], [], Mounts({}, {}), datetime.now(UTC))
+    assert effects_guard == ["btrfsutil.get_default_subvolume"]
     effects_guard.clear()
 
 

@@ -1078,28 +1078,16 @@ _ENTRY = f"{TRASH_DIR}/20261120T060000Z"
 
 
 @pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
-def test_a_trash_entry_too_deep_to_delete_is_left_and_the_boot_goes_on(cleanup: str) -> None:
-    """Refused at every boot (the root never replaced) for a subvolume the delete cannot reach by path;
-    now left, said, and the rest done. Nothing deleted: no wait for the kernel's cleaner either (it
-    sat on the boot's critical path for what it did not delete; found by a diff reviewer)."""
-    obs = observe([*LAYOUT, _ENTRY, f"{_ENTRY}/{_DEEP}"])
+def test_a_tree_deeper_than_a_path_reaches_is_deleted_like_any_other(cleanup: str) -> None:
+    """Such a trash entry was refused at every boot, then left in the trash for good, with a warning at
+    every run (the delete went by paths from the deleted subvolume); the delete now reaches each nested
+    subvolume from its parent directory, so the plan has nothing to leave or say."""
+    obs = observe([*LAYOUT, _ENTRY, f"{_ENTRY}/{_DEEP}", f"root/{_DEEP}"])
     plan = plan_run(config(cleanup=cleanup), obs)
-    assert not any(
-        isinstance(step, Delete | Reclaim) and step != Delete(f"{TRASH_DIR}/20261125T060000Z", 2) for step in plan.steps
-    ), plan.describe()
-    assert plan.left == (_ENTRY,) and "'deep' (id 262, 23 directories down)" in plan.warnings[0], plan.warnings
-    assert Create("root") in plan.steps
-    cleaned = plan_cleanup(config(cleanup=cleanup), replace(obs, subvols=(*obs.subvols,)))
-    assert cleaned.steps == () and cleaned.left == (_ENTRY,)
-
-
-def test_a_root_too_deep_to_delete_is_moved_and_left_and_the_rest_deleted() -> None:
-    obs = observe([*LAYOUT, f"root/{_DEEP}", _ENTRY])
-    plan = plan_run(config(), obs)
-    moved = f"{TRASH_DIR}/20261125T060000Z"
-    assert Rename("root", moved) in plan.steps and Delete(_ENTRY, 1) in plan.steps
-    assert not any(isinstance(step, Delete) and step.path == moved for step in plan.steps), plan.describe()
-    assert plan.left == (moved,) and plan.warnings[0].startswith(f"'root', moved to '{moved}', is left in the trash")
+    assert plan.steps[:2] == (Delete(_ENTRY, 2), Reclaim()) and Create("root") in plan.steps, plan.describe()
+    moved = Delete(f"{TRASH_DIR}/20261125T060000Z", len(obs.tree("root")))
+    assert (moved in plan.steps) is (cleanup == "boot") and plan.warnings == (), plan.describe()
+    assert plan_cleanup(config(cleanup=cleanup), obs).steps == (Delete(_ENTRY, 2), Reclaim(timeout_s=3600.0))
 
 
 @pytest.mark.parametrize(("target", "warned"), [("Root", True), ("ROOT", True), ("root2", False), ("sys/root", False)])
