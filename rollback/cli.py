@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -317,21 +319,26 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
         )
         return int(Exit.USAGE)
     log.configure(target=target)
+    previous = {signum: signal.signal(signum, _stopped) for signum in _STOPPING}
     try:
         return int(call(args, *load_config(args)))
     except BrokenPipeError:  # the reader stopped early (`rollback diff | head`): not an error
         if sys.stdout is not None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(Exit.OK)
-    except KeyboardInterrupt:  # Ctrl-C at a rescue shell: one line, not a traceback; as a kill would
+    except KeyboardInterrupt as stop:  # Ctrl-C at a rescue shell, systemd stopping the unit: one line
+        signum = stop.args[0] if stop.args and isinstance(stop.args[0], signal.Signals) else None
+        by = f"{signum.name}, sent to stop it" if signum else "SIGINT, Ctrl-C"
         log.emit(
             "failed",
-            "failed: interrupted (SIGINT, Ctrl-C) before it ended",
+            f"failed: interrupted ({by}) before it ended",
             hint="a verb that only reads changed nothing; one that writes stopped between crash-consistent "
             "steps: rollback status shows where the device stands (a run: the next one finishes the job)",
             reason="interrupted",
-            exit=int(Exit.FAILED),
+            exit=128 + signum if signum else int(Exit.FAILED),  # as the shell and systemd will see it
         )
+        if signum:
+            die_of(signum)
         return int(Exit.FAILED)
     except RollbackError as error:
         kind = KIND[error.exit_code]
@@ -354,6 +361,28 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
             traceback=traceback.format_exc(),
         )
         return int(Exit.FAILED)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+# what stops a verb but Ctrl-C: systemd stopping the unit (a timeout, a shutdown), a rescue shell's terminal
+# gone. Each died without a word; now it says, as Ctrl-C does, that it stopped midway, then dies of it
+_STOPPING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stopped(signum: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt(signal.Signals(signum))
+
+
+def die_of(signum: signal.Signals) -> None:
+    """End as the signal would have: systemd counts a SIGTERM as a clean stop (rollback-cleanup@ at a
+    shutdown), and a dead early process makes the trigger run the command itself, as before."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # (closed, a reader gone: the line is what mattered)
+            stream.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def run() -> NoReturn:

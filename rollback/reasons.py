@@ -129,7 +129,9 @@ REASONS: dict[str, Reason] = {
         "write it elsewhere",
     ),
     "interrupted": Reason(
-        Exit.FAILED, "stopped by SIGINT (Ctrl-C) before it ended", "rollback status; run it again to finish the job"
+        Exit.FAILED,
+        "stopped by SIGINT (Ctrl-C), SIGTERM (systemd stopping it) or SIGHUP before it ended",
+        "rollback status; run it again to finish the job",
     ),
     "internal": Reason(Exit.FAILED, "an unexpected error (a bug): the traceback is logged", "report it"),
     # exit 77: asked not to run; the root was kept

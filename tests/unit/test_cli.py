@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -247,6 +248,29 @@ def test_ctrl_c_is_one_line_with_its_reason_not_a_traceback(
     code, _, err = run(capsys, "status", "--device", "/dev/test", "--kernel-cmdline", "/dev/null")
     assert code == Exit.FAILED and "Traceback" not in err
     assert "interrupted (SIGINT, Ctrl-C) before it ended" in err and "reason=interrupted" in err and "exit=1" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_stopped_by_systemd_or_a_lost_terminal_is_one_line_with_its_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, signum: signal.Signals
+) -> None:
+    """SIGTERM (systemd stopping the unit: a timeout, a shutdown) and SIGHUP (a rescue shell's terminal
+    gone) ended a run without a word: the journal said only that the unit was stopped. Now the same one
+    line as Ctrl-C, naming the signal, then it dies of the signal as before (die_of: systemd counts a
+    SIGTERM as a clean stop); the handlers are put back after."""
+    import rollback.verbs
+
+    def stopped(*args: object, **kwargs: object) -> Exit:
+        os.kill(os.getpid(), signum)
+        raise AssertionError("not stopped")
+
+    before, died = signal.getsignal(signum), []
+    monkeypatch.setattr(rollback.verbs, "status", stopped)
+    monkeypatch.setattr(rollback.cli, "die_of", died.append)  # (else this test process would die of it)
+    code, _, err = run(capsys, "status", "--device", "/dev/test", "--kernel-cmdline", "/dev/null")
+    assert died == [signum] and code == Exit.FAILED and "Traceback" not in err, err
+    assert f"interrupted ({signum.name}, sent to stop it) before it ended" in err and "reason=interrupted" in err
+    assert f"exit={128 + signum}" in err and signal.getsignal(signum) == before
 
 
 def test_an_error_without_a_hint_of_its_own_gets_the_reasons_table_one(
