@@ -109,6 +109,7 @@ def _execute(
     steps carried out, and the archived roots kept for want of room to prune them (_pruning_skipped)."""
     from rollback.effects import btrfs, mount
 
+    _refuse_read_only_members(top)
     mount.make_writable(top)
     crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
     fail_at, _, later = os.environ.get(FAIL_AT_ENV, "").partition(",")  # "N,M": step N, then M of the next plan
@@ -448,14 +449,22 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
 
 
 def _as_the_remount_would(top: Path, plan: Plan) -> None:
-    """A dry run refuses as the run's remount read-write would (a run with steps writes; it asks the
-    kernel, a dry run must not): a read-only member device."""
+    """A dry run refuses as the run does before its remount read-write (a run with steps writes)."""
+    if plan.steps:
+        _refuse_read_only_members(top, dry_run=True)
+
+
+def _refuse_read_only_members(top: Path, *, dry_run: bool = False) -> None:
+    """Before the first write: no member device read-only. All of them make the kernel refuse the
+    remount; some of them let it succeed, and the writes reach only the others (a stale mirror)."""
     from rollback.effects import device
 
-    if plan.steps and (found := device.read_only_members(str(top))):
+    if found := device.read_only_members(str(top)):
         shown = ", ".join(f"/dev/{name}" for name in found)
         raise Refused(
-            f"cannot write to the filesystem: {shown} is read-only (the run would be refused)",
+            f"cannot write to the filesystem: {shown} is read-only"
+            + (" (the run would be refused)" if dry_run else "")
+            + ": with a member read-only, writes would reach only the others and leave its copy stale",
             f"blockdev --setrw /dev/{found[0]} (a loop device: attached without -r); nothing was changed",
             code="read-only",
         )

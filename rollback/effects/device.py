@@ -324,11 +324,25 @@ def _members(fsid: str) -> set[int] | None:
 
 def read_only_members(top: str) -> list[str]:
     """The member devices (kernel names) of the filesystem mounted at `top` that are read-only, from
-    sysfs (devices/<name>/ro), when all are: what makes the remount read-write fail, found without trying it."""
+    sysfs (devices/<name>/ro), but a seed's (read-only by design: its superblock names its own fsid,
+    not the sprout's). All of them make the remount read-write fail; some of them let it succeed, and
+    every write then reaches only the others: a raid1 mirror left stale without a word (found by a
+    multi-device tester)."""
     fsid = _kernel_fsid(top)
     flags = _flags(fsid, "devices", "ro") if fsid else {}
-    # the kernel refuses read-write only when no member is writable (a sprout's seed is read-only)
-    return sorted(flags) if flags and all(flags.values()) else []
+    seed = [
+        name for name, read_only in flags.items() if read_only and _superblock_fsid(f"/dev/{name}") not in (fsid, None)
+    ]
+    return sorted(name for name, read_only in flags.items() if read_only and name not in seed)
+
+
+def _superblock_fsid(device: str) -> str | None:
+    """The fsid in the device's primary superblock; None where it cannot be read."""
+    try:
+        with open(device, "rb") as handle:
+            return os.pread(handle.fileno(), 0x10, _SUPERBLOCK + 0x20).hex()
+    except OSError:
+        return None
 
 
 def missing_members(fsid: str) -> list[int]:

@@ -354,6 +354,31 @@ def dirty(top: Path) -> None:
         (top / path / "data").write_text(path)
 
 
+@pytest.mark.parametrize(
+    "verb", [("run",), ("run", "--dry-run"), ("cleanup",), ("cleanup", "--dry-run"), ("skip-next",)], ids=" ".join
+)
+@pytest.mark.parametrize("via", [0, 1], ids=["named-the-writable-one", "named-the-read-only-one"])
+def test_one_member_read_only_is_refused_not_written_degraded(raid: Raid, verb: tuple[str, ...], via: int) -> None:
+    """A raid1 whose second member is read-only (`losetup -r`, `blockdev --setro`): the kernel remounts it
+    read-write on the other one, and every run wrote a single copy: the mirror stale, nothing said, `status`
+    silent (found by a multi-device tester). Refused before any write, naming it, through either member;
+    both images byte-identical; once writable again, the run goes on."""
+    with raid[0].top() as top:
+        populate(top)
+    assert raid[0].rollback("run", "--cleanup", "after-boot").returncode == Exit.OK  # something in the trash
+    images = [raid[0].workdir / f"member{n}.img" for n in (1, 2)]
+    before = [image.read_bytes() for image in images]
+    sh("blockdev", "--setro", raid[1].device)
+    try:
+        result = raid[via].rollback(*verb, "--cleanup", "after-boot")
+    finally:
+        sh("blockdev", "--setrw", raid[1].device)
+    assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
+    assert f"{raid[1].device} is read-only" in result.stderr and "stale" in result.stderr, result.stderr
+    assert [image.read_bytes() for image in images] == before
+    assert raid[via].rollback(*verb, "--cleanup", "after-boot").returncode in (Exit.OK, Exit.SKIPPED)
+
+
 def test_concurrent_runs_through_both_members(raid: Raid) -> None:
     with raid[0].top() as top:
         populate(top)
@@ -640,6 +665,14 @@ def test_a_seed_device_is_refused_before_mounting_and_its_sprout_still_mounts(
         sh("btrfs", "device", "scan", seed, sprout)
         try:
             _refused_as_a_seed(tmp_path, mnt, seed, sprout, verb)
+            sh("blockdev", "--setro", seed)  # a seed on read-only media: read-only by design, not a stale mirror
+            try:
+                dry_run = subprocess.run(
+                    rollback_argv("run", "--dry-run", device=sprout), capture_output=True, text=True
+                )
+            finally:
+                sh("blockdev", "--setrw", seed)  # (the loop device keeps the flag for whoever attaches it next)
+            assert dry_run.returncode == Exit.OK and "move root -> .rollback/trash/" in dry_run.stdout, dry_run.stderr
         finally:  # no registration left naming loop devices about to be detached
             subprocess.run(["btrfs", "device", "scan", "--forget", seed, sprout], capture_output=True)
 
