@@ -66,6 +66,7 @@ class Status(TypedDict):
     """What `status` shows; `status --json` prints it as is."""
 
     device: str | None
+    fsid: str  # the filesystem's, as blkid shows it (UUID=)
     default_subvolume_id: int
     root: RootReport
     blank: BlankReport
@@ -83,6 +84,7 @@ class Status(TypedDict):
     archives_elsewhere: dict[str, int]  # other directories holding archived roots (never pruned): how many
     mounted: dict[str, str]  # subvolume id -> where
     missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
+    read_only_devices: list[str]  # member devices read-only: every writing verb refuses (read-only)
     booted_from: BootedFrom | None  # the subvolume at / when of this filesystem and not the target
 
 
@@ -112,8 +114,12 @@ def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
     }
 
 
-def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Status:
-    """What `status` shows; `missing`: the ids of member devices the kernel mounted it without. Names
+def status(
+    config: Config, obs: Observation, missing: Sequence[int] = (), read_only: Sequence[str] = (), fsid: str = ""
+) -> Status:
+    """What `status` shows; `missing`: the ids of member devices the kernel mounted it without;
+    `read_only`: the member devices (kernel names) every writing verb refuses for; `fsid`: which
+    filesystem the device named (a LABEL= can name either of two). Names
     from the device are escaped as `diff` escapes them: a newline in one split a line of the text and
     could fake one; a byte that is not UTF-8 reached the JSON as a lone surrogate."""
     blank = obs.get(config.blank)
@@ -122,6 +128,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
     kept = mark_applies(config, obs)  # the next boot keeps the root: it prunes nothing either
     return {
         "device": config.device,  # a setting, udev's own escapes (\x20) in it: as given
+        "fsid": fsid,
         "default_subvolume_id": obs.default_id,
         "root": _root(config, obs),
         "blank": {"path": config.blank, "exists": blank is not None, "read_only": bool(blank and blank.read_only)},
@@ -152,6 +159,7 @@ def status(config: Config, obs: Observation, missing: Sequence[int] = ()) -> Sta
         "archives_elsewhere": {escape(path): count for path, count in archives_elsewhere(config, obs).items()},
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
         "missing_devices": list(missing),
+        "read_only_devices": [f"/dev/{name}" for name in read_only],
         "booted_from": _booted_from(config, obs),
     }
 
@@ -211,12 +219,21 @@ def _span(seconds: int) -> str:
 
 def status_lines(report: Status) -> list[str]:
     root, blank, archive = report["root"], report["blank"], report["archive"]
-    lines = [f"device:     {report['device']} (default subvolume id {report['default_subvolume_id']})"]
+    lines = [
+        f"device:     {report['device']} (filesystem UUID={report['fsid']}, "
+        f"default subvolume id {report['default_subvolume_id']})"
+    ]
     if report["missing_devices"]:
         lines.append(
             f"DEGRADED:   device id(s) {', '.join(map(str, report['missing_devices']))} missing (mounted degraded): "
             "rollback's own mount at boot fails without them (mount-failed); replace or remove the "
             "missing device (btrfs replace / btrfs device remove missing)"
+        )
+    if report["read_only_devices"]:
+        lines.append(
+            f"READ-ONLY:  {', '.join(report['read_only_devices'])}: every run, cleanup and skip-next is refused "
+            "(read-only) until it is writable (blockdev --setrw): with one member read-only, writes would reach "
+            "only the others"
         )
     if "id" in root:
         lines.append(

@@ -510,9 +510,10 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
 def status(config: Config, *, as_json: bool) -> Exit:
     from rollback.effects import device
 
-    with _observed(config, lock=False) as (_top, obs, _unlock):
-        missing = device.missing_members(device.probe(config.require_device()))  # while mounted
-        found = report.status(config, obs, missing)
+    with _observed(config, lock=False) as (top, obs, _unlock):
+        fsid = device.probe(config.require_device())
+        missing = device.missing_members(fsid)  # while mounted
+        found = report.status(config, obs, missing, device.read_only_members(str(top)), device.uuid(fsid))
     _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 

@@ -232,14 +232,14 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
         return
     if os.stat(device).st_rdev not in members:
         raise Refused(
-            f"the filesystem {_uuid(fsid)} is mounted through another device, and {_named(device)} holds it "
+            f"the filesystem {uuid(fsid)} is mounted through another device, and {_named(device)} holds it "
             "too: this device under another name, or a copy",
             _TWIN_HINT,
             code="mounted",
         )
     if writing and not _in_the_hosts_pid_namespace():
         raise Refused(
-            f"the filesystem {_uuid(fsid)} is mounted, and this process runs in a PID namespace other than "
+            f"the filesystem {uuid(fsid)} is mounted, and this process runs in a PID namespace other than "
             "the host's (a container): the mount tables of the processes outside it cannot be read, so what "
             "is mounted cannot be checked",
             "run rollback on the host (or in the initrd), where every mount can be seen",
@@ -247,7 +247,7 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
         )
     if writing and not _seen(fsid, members):
         raise Refused(
-            f"the filesystem {_uuid(fsid)} is mounted, but in no mount table this process can read: unmounted "
+            f"the filesystem {uuid(fsid)} is mounted, but in no mount table this process can read: unmounted "
             "lazily (umount -l) and still in use, or held by a mount namespace with no process in it, so what "
             "is mounted cannot be checked",
             "end what uses it (fuser -m; the namespace's bind mount), then run rollback again",
@@ -306,7 +306,7 @@ def _seen(fsid: str, members: set[int] | None) -> bool:
 
 def _members(fsid: str) -> set[int] | None:
     """The devices (st_rdev) of the mounted filesystem `fsid`, from sysfs; None if it is not mounted."""
-    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/devices"
+    base = f"{SYSFS_BTRFS}/{uuid(fsid)}/devices"
     try:
         listed = os.listdir(base)
     except FileNotFoundError:
@@ -354,7 +354,7 @@ def missing_members(fsid: str) -> list[int]:
 def _flags(fsid: str, kind: str, flag: str) -> dict[str, bool]:
     """Each entry of /sys/fs/btrfs/<fsid>/<kind>: whether its file `flag` reads 1 (False where it cannot
     be read: a kernel without the attribute, a member going away meanwhile); {} when it is not mounted."""
-    base = f"{SYSFS_BTRFS}/{_uuid(fsid)}/{kind}"
+    base = f"{SYSFS_BTRFS}/{uuid(fsid)}/{kind}"
     try:
         listed = os.listdir(base)
     except OSError:
@@ -417,7 +417,7 @@ def _refuse_twins(top: str, fsid: str, own: str, tables: list[tuple[int | None, 
     if _kernel_fsid(top) not in (fsid, None):
         raise Refused(
             f"the kernel mounted this device under a temporary fsid: another device holding the filesystem "
-            f"{_uuid(fsid)} is mounted (this device under another name, or a copy), and what it has "
+            f"{uuid(fsid)} is mounted (this device under another name, or a copy), and what it has "
             "mounted cannot be seen from here",
             hint,
             code="mounted",
@@ -434,7 +434,7 @@ def _refuse_twins(top: str, fsid: str, own: str, tables: list[tuple[int | None, 
                 continue
             if theirs == fsid:
                 raise Refused(
-                    f"{mount.source}, another device holding the filesystem {_uuid(fsid)}, is mounted at "
+                    f"{mount.source}, another device holding the filesystem {uuid(fsid)}, is mounted at "
                     f"{_where(mount.mount_point, pid)}: this device under another name, or a copy",
                     hint,
                     code="mounted",
@@ -457,7 +457,8 @@ def _kernel_fsid(top: str) -> str | None:
         os.close(fd)
 
 
-def _uuid(fsid: str) -> str:
+def uuid(fsid: str) -> str:
+    """The fsid as blkid and UUID= spell it."""
     return f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
 
 

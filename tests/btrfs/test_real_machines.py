@@ -379,6 +379,24 @@ def test_one_member_read_only_is_refused_not_written_degraded(raid: Raid, verb: 
     assert raid[via].rollback(*verb, "--cleanup", "after-boot").returncode in (Exit.OK, Exit.SKIPPED)
 
 
+def test_status_names_a_read_only_member_and_the_filesystem(raid: Raid) -> None:
+    """`status` said nothing of a read-only member (every writing verb now refuses for it), nor which
+    filesystem the device named (a LABEL= can name either of two; found by a multi-device tester)."""
+    with raid[0].top() as top:
+        populate(top)
+    uuid = sh("blkid", "-o", "value", "-s", "UUID", raid[0].device).strip()
+    sh("blockdev", "--setro", raid[1].device)
+    try:
+        text, as_json = raid[0].rollback("status"), raid[0].rollback("status", "--json")
+    finally:
+        sh("blockdev", "--setrw", raid[1].device)
+    assert f"READ-ONLY:  {raid[1].device}: every run, cleanup and skip-next is refused" in text.stdout, text.stdout
+    assert f"(filesystem UUID={uuid}, " in text.stdout, text.stdout
+    found = json.loads(as_json.stdout)
+    assert found["read_only_devices"] == [raid[1].device] and found["fsid"] == uuid
+    assert json.loads(raid[0].rollback("status", "--json").stdout)["read_only_devices"] == []
+
+
 def test_concurrent_runs_through_both_members(raid: Raid) -> None:
     with raid[0].top() as top:
         populate(top)
