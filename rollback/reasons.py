@@ -46,6 +46,10 @@ REASONS: dict[str, Reason] = {
     "no-device": _refused("the device does not exist (or cannot be examined)", "check the device setting"),
     "not-block-device": _refused("the device is not a block device", "pass the device node"),
     "unreadable": _refused("the device cannot be read", "see dmesg"),
+    "same-label": _refused(
+        "in the initrd, the root is mounted from another btrfs filesystem carrying this one's label",
+        "name both by UUID=, or relabel one",
+    ),
     "not-btrfs": _refused("the device holds no btrfs filesystem", "check the device setting"),
     "not-root": _refused(
         "not root: no private mount namespace, the device or the lock directory not accessible", "run as root"

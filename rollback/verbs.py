@@ -297,13 +297,37 @@ def _check_root_options(config: Config) -> tuple[str, ...] | None:
         return None
     what, options = found
     try:
-        same = bool(what) and device.probe(what) == device.probe(config.require_device())
+        theirs = device.probe(what) if what else None
+        same = theirs == device.probe(config.require_device())
     except Refused:  # not there (yet), or not btrfs: not known to be this filesystem
-        same = False
+        theirs, same = None, False
     if not same:
+        if theirs:
+            _refuse_a_label_for_two(config, what, theirs)
         return None
     check_root_options(config, options)
     return options
+
+
+def _refuse_a_label_for_two(config: Config, what: str, theirs: str) -> None:
+    """The root is another btrfs filesystem carrying this one's label: a copy given a new UUID (as the
+    `mounted` hint for copies says) or a second disk set up alike. A LABEL= (ours or the root's) names
+    whichever udev saw last: the run replaced the other disk's root, and the root booted stayed dirty
+    (found by a multi-device tester)."""
+    from rollback.effects import device
+
+    ours = config.require_device()
+    shared = device.label(ours)
+    if shared and device.label(what) == shared:
+        shown = shared.decode("utf-8", "backslashreplace")
+        raise Refused(
+            f"the initrd mounts the root from {what} (filesystem UUID={device.uuid(theirs)}), another filesystem "
+            f"than {ours}'s, and both carry the label {shown!r}: a LABEL= names either (as udev saw them last), "
+            "so this run would replace the other filesystem's root and leave the booted one as it was",
+            "name both by UUID= (rollback.device=UUID=..., root=UUID=...), or relabel one (btrfs filesystem label); "
+            "nothing was changed",
+            code="same-label",
+        )
 
 
 def _check_hibernation(config: Config, cmdline: str) -> None:

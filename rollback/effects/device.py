@@ -95,6 +95,16 @@ def _not_root(what: str) -> None:
         raise Refused(f"{what} (not root)", "run as root", code="not-root")
 
 
+def label(device: str) -> bytes:
+    """The btrfs filesystem label on `device` (b"" for none, or where it cannot be read)."""
+    try:
+        with open(device, "rb") as handle:
+            head = os.pread(handle.fileno(), 0x22B, _SUPERBLOCK)
+    except OSError:
+        return b""
+    return head[0x12B:0x22B].split(b"\0", 1)[0] if head[0x40:0x48] == _BTRFS_MAGIC else b""
+
+
 def swap_header_tail(device: str, offset_pages: int) -> bytes:
     """The last bytes of the swap header page (where the swap or hibernation signature lives)."""
     from rollback.hibernation import SIGNATURE_SIZE
@@ -404,7 +414,8 @@ def _where(mount_point: str, pid: int | None) -> str:
 
 _TWIN_HINT = (
     "unmount it; if it is a copy of this disk (dd, a snapshot of a VM image), give the copy a new "
-    "UUID (btrfstune -u) so the two can be told apart"
+    "UUID (btrfstune -u, on every member of the copy) and a label of its own (btrfs filesystem label: a "
+    "LABEL= names either) so the two can be told apart"
 )
 
 

@@ -110,7 +110,8 @@ _MOUNT_HINTS = {  # what btrfs's mount answers that is no damage (found by a mul
     _EBUSY: "the device is in use otherwise (a btrfs replace target, a seed in use, held by another filesystem): "
     "lsblk; btrfs filesystem show; dmesg",
     _EEXIST: "another device carries this filesystem's fsid and device id (a copy, or a member back from a "
-    "degraded mount): blkid; btrfs device scan --forget <the other device>; dmesg",
+    "degraded mount): blkid; detach every member of the copy, or give each a new UUID (btrfstune -u) and the "
+    "copy its own label; forgetting one member of a copy lets the kernel join the others' to the original's",
 }
 _BLKROGET = 0x125E  # _IO(0x12, 94): int, whether the block device is read-only
 
