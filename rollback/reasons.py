@@ -46,6 +46,10 @@ REASONS: dict[str, Reason] = {
     "no-device": _refused("the device does not exist (or cannot be examined)", "check the device setting"),
     "not-block-device": _refused("the device is not a block device", "pass the device node"),
     "unreadable": _refused("the device cannot be read", "see dmesg"),
+    "copy-attached": _refused(
+        "a member of a multi-device filesystem is on two devices (a copy of its disks attached, a stale member)",
+        "detach the copy, or renew its UUID and label",
+    ),
     "same-label": _refused(
         "in the initrd, the root is mounted from another btrfs filesystem carrying this one's label",
         "name both by UUID=, or relabel one",

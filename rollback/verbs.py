@@ -62,6 +62,7 @@ def _observed(
 
     dev = config.require_device()
     fsid = device.probe(dev)
+    device.refuse_copies(dev, fsid)
     device.refuse_unseen(dev, fsid, writing=lock)
     limits = bounds(config) if bounded else None
     unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)

@@ -65,6 +65,71 @@ def probe(device: str) -> str:
     return head[0x20:0x30].hex()
 
 
+def refuse_copies(device: str, fsid: str) -> None:
+    """Before our mount, for a filesystem over several devices: no member's device id on two block
+    devices (a copy of the disks attached, dd or a VM image's; a stale member back beside its
+    replacement). The kernel takes each member from whichever device it saw last, and can join the
+    copy's to the original's: a run wrote to both, and the original no longer mounted (found by a
+    multi-device tester). Devices another holds (multipath paths, md members, dm's) are not counted:
+    they show the holder's bytes."""
+    try:
+        with open(device, "rb") as handle:
+            head = os.pread(handle.fileno(), 0x90, _SUPERBLOCK)
+    except OSError:
+        return
+    if int.from_bytes(head[0x88:0x90], "little") < 2:  # num_devices: one device, no members to mix
+        return
+    found: dict[int, list[str]] = {}
+    for name in _unheld_block_devices():
+        member = _member_id(f"/dev/{name.replace('!', '/')}", fsid)
+        if member is not None:
+            found.setdefault(member, []).append(f"/dev/{name.replace('!', '/')}")
+    twins = {member: nodes for member, nodes in sorted(found.items()) if len(nodes) > 1}
+    if twins:
+        shown = "; ".join(f"member {member} on {', '.join(nodes)}" for member, nodes in twins.items())
+        raise Refused(
+            f"the filesystem {uuid(fsid)} spans several devices, and a member is on two of them ({shown}): a copy of "
+            "its disks is attached (or a stale member beside its replacement), and the kernel can join the copy's "
+            "members to the original's: any write would damage both",
+            "detach every member of the copy, or give each a new UUID (btrfstune -u) and the copy its own label "
+            "(a stale member: wipefs -a it); nothing was changed",
+            code="copy-attached",
+        )
+
+
+def _unheld_block_devices() -> list[str]:
+    """The kernel's block devices (/sys/class/block names) that no other device holds."""
+    try:
+        names = os.listdir("/sys/class/block")
+    except OSError:
+        return []
+    return [name for name in names if not _held(name)]
+
+
+def _held(name: str) -> bool:
+    try:
+        return bool(os.listdir(f"/sys/class/block/{name}/holders"))
+    except OSError:
+        return False
+
+
+def _member_id(node: str, fsid: str) -> int | None:
+    """The device id in `node`'s btrfs superblock when it carries the filesystem `fsid`; else None."""
+    try:
+        fd = os.open(node, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # gone, no medium (an empty drive), not a node here
+        return None
+    try:
+        head = os.pread(fd, 0xD1, _SUPERBLOCK)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(head) < 0xD1 or head[0x40:0x48] != _BTRFS_MAGIC or head[0x20:0x30].hex() != fsid:
+        return None
+    return int.from_bytes(head[0xC9:0xD1], "little")  # dev_item.devid
+
+
 def _absent_hint(device: str) -> str:
     """What to check for a device path that does not exist: a /dev/disk/by-* link (UUID=, LABEL=) where
     udev made none (a rescue shell, a container), or spelt in capitals where udev's is not."""

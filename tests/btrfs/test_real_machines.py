@@ -21,7 +21,7 @@ import pytest
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.cli import rollback_argv
-from tests.support.disks import Disk, loop_device
+from tests.support.disks import Disk, attached, loop_device
 from tests.support.environment import require_root
 from tests.support.layout import NESTED, State, outside_root, populate, rolled_back, sh
 
@@ -395,6 +395,35 @@ def test_status_names_a_read_only_member_and_the_filesystem(raid: Raid) -> None:
     found = json.loads(as_json.stdout)
     assert found["read_only_devices"] == [raid[1].device] and found["fsid"] == uuid
     assert json.loads(raid[0].rollback("status", "--json").stdout)["read_only_devices"] == []
+
+
+@pytest.mark.parametrize("verb", [("run",), ("status",)], ids=" ".join)
+def test_a_copy_of_a_multi_device_filesystem_attached_is_refused_before_mounting(
+    raid: Raid, tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    """A copy of both disks attached beside them (dd, a VM image's snapshot): the kernel takes each member
+    from whichever device it saw last, and joined the copy's to the original's; a run wrote to both and the
+    original no longer mounted (a multi-device tester). Refused before any mount, naming each member's two
+    devices, through either member; every image byte-identical; with the copy detached, the run goes on."""
+    with raid[0].top() as top:
+        populate(top)
+    originals = [raid[0].workdir / f"member{n}.img" for n in (1, 2)]
+    copies = [tmp_path / f"copy{n}.img" for n in (1, 2)]
+    for original, copy in zip(originals, copies, strict=True):
+        sh("cp", "--sparse=always", str(original), str(copy))
+    before = [image.read_bytes() for image in [*originals, *copies]]
+    with ExitStack() as stack:
+        attached_copies = [stack.enter_context(attached(copy)) for copy in copies]
+        for member in attached_copies:
+            stack.callback(subprocess.run, ["btrfs", "device", "scan", "--forget", member], capture_output=True)
+        results = [view.rollback(*verb) for view in raid]
+    for result in results:
+        assert result.returncode == Exit.REFUSED and "reason=copy-attached" in result.stderr, result.stderr
+        for member, (original, copy) in enumerate(zip(raid, attached_copies, strict=True), 1):
+            assert f"member {member} on " in result.stderr and original.device in result.stderr, result.stderr
+            assert copy in result.stderr, result.stderr
+    assert [image.read_bytes() for image in [*originals, *copies]] == before
+    assert raid[0].rollback(*verb).returncode == Exit.OK
 
 
 def test_concurrent_runs_through_both_members(raid: Raid) -> None:
