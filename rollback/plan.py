@@ -211,7 +211,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
     target = config.subvolume
     leftovers = [s.path for s in obs.entries(TRASH_DIR)]
     taken = {names.basename(p) for p in leftovers} | obs.names_in.get(TRASH_DIR, frozenset())
-    pruned = prune_paths(config, obs)
+    pruned = prune_paths(config, obs, make_room=make_room)
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
     due = [*leftovers, *(pruned if make_room else ())]
@@ -585,13 +585,15 @@ def _archive_name(config: Config, obs: Observation) -> names.EntryName:
     return names.fresh_entry(obs.now, taken | obs.names_in.get(config.archive, frozenset()))
 
 
-def prune_paths(config: Config, obs: Observation) -> list[str]:
-    """Archived roots retention removes this run (the root archived now counts as the newest)."""
+def prune_paths(config: Config, obs: Observation, *, make_room: bool = False) -> list[str]:
+    """Archived roots retention removes this run (the root archived now counts as the newest, once it is:
+    `make_room` prunes before it, and the archiving may then still fail for want of room: counted, it
+    emptied an archive of keep-count 1 and left the root unarchived (found by a full-disk tester))."""
     if not config.keeping:
         return []
     existing = obs.entries(config.archive)
     stamps = [_entry_stamp(s) for s in existing]
-    if archives_root(config, obs):
+    if archives_root(config, obs) and not make_room:
         stamps.append(obs.now)
     doomed = names.to_prune(
         stamps,

@@ -361,7 +361,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     try:
         return _execute(plan, top, fields)
     except Refused as refused:
-        pruned = prune_paths(config, obs)
+        pruned = prune_paths(config, obs, make_room=True)
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
         if refused.code != "no-space" or not pruned or isinstance(plan.steps[0], Delete):
             raise

@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 
@@ -465,13 +466,25 @@ def test_a_metadata_full_filesystem_converges_at_the_first_boot(small_disk: Disk
     assert state.files["persist/precious"] == outside_root(state)["persist/precious"]
 
 
+_KEEP_ONE = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
+
+
+@pytest.mark.parametrize("keep", [(), _KEEP_ONE], ids=["recreate", "keep-count-1"])
 @pytest.mark.parametrize("full", ["data", "metadata"])
-def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(small_disk: Disk, full: str) -> None:
+def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(
+    small_disk: Disk, full: str, keep: tuple[str, ...]
+) -> None:
     """Nothing of rollback's to free: no room for the first change, which btrfs refuses before altering
     anything, so the run is a refusal (exit 3, the device exactly as it was, generations included) and
-    the old root stays bootable (no root at all would be worse than a dirty one)."""
+    the old root stays bootable (no root at all would be worse than a dirty one). Keep mode: the one
+    archived root keep-count keeps is not deleted to make room (it was, as if today's root were archived
+    already: the archive emptied, exit 1, then refused at every boot; found by a full-disk tester)."""
     with small_disk.top() as top:
         populate(top)
+        if keep:  # yesterday's root: kept by keep-count 1 (today's is not archived until the rename works)
+            (top / "old").mkdir()
+            yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
+            btrfsutil.create_snapshot(str(top / "root"), str(top / "old" / yesterday))
         if full == "data":
             with (top / "persist" / "big").open("wb") as handle:
                 try:
@@ -487,14 +500,14 @@ def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(small_d
                 break
     before = small_disk.state()
     for _ in range(2):  # and the same at the next boot: a refusal, not a failure that repeats
-        result = small_disk.rollback("run")
+        result = small_disk.rollback("run", *keep)
         assert result.returncode == Exit.REFUSED, result.stderr
         assert "reason=no-space" in result.stderr and "before any change" in result.stderr
         assert "free space" in result.stderr
         assert small_disk.state() == before
     marked = small_disk.rollback("skip-next")  # what it says happened: the mark set (and it works), or nothing
     if marked.returncode == Exit.OK:
-        assert small_disk.rollback("run").returncode == Exit.SKIPPED
+        assert small_disk.rollback("run", *keep).returncode == Exit.SKIPPED
     else:
         assert marked.returncode == Exit.REFUSED and "reason=no-space" in marked.stderr, marked.stderr
         assert small_disk.state() == before

@@ -137,7 +137,7 @@ def test_making_room_deletes_the_pruned_archived_roots_first(cleanup: str) -> No
     the archive (read-only ones too: the delete clears what is ours; not an immutable one, pinned by
     hand: never pruned, nor counted), then the run as planned."""
     old = ["old/20261101T000000Z", "old/20261110T000000Z", "old/20261120T000000Z"]
-    flags = {"archive": "old", "keep_count": 2, "cleanup": cleanup}
+    flags = {"archive": "old", "keep_count": 1, "cleanup": cleanup}
     obs = observe(["root", (old[0], True), *old[1:]], dirs=[TRASH_DIR])
     obs = replace(obs, immutable=frozenset({old[1]}))
     plan = plan_run(config(**flags), obs, make_room=True)  # type: ignore[arg-type]
@@ -148,7 +148,23 @@ def test_making_room_deletes_the_pruned_archived_roots_first(cleanup: str) -> No
         Create("root"),
         Commit(),
     )
-    assert {p for p in prune_paths(config(**flags), obs)} == {old[0]}  # type: ignore[arg-type]
+    assert prune_paths(config(**flags), obs, make_room=True) == [old[0]]  # type: ignore[arg-type]
+    assert set(prune_paths(config(**flags), obs)) == {old[0], old[2]}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("keep", [{"keep_count": 1}, {"keep_days": 0, "keep_min": 1}, {}])
+def test_making_room_never_leaves_fewer_archived_roots_than_asked(keep: dict[str, int]) -> None:
+    """Making room counted the root not yet archived as the newest: on a disk full of the machine's own
+    data the deletes freed nothing, the archiving failed, and keep-count 1 (or keep-min) was left with an
+    empty archive, exit 1, then refused at every boot (found by a full-disk tester). Only what is due
+    without it goes: here nothing, so the no-space refusal stands and nothing is deleted."""
+    flags = {"archive": "old", "keep_count": 0, "keep_days": 30, "keep_min": 3, **keep}
+    archived = (
+        ["old/20200101T000000Z"] if keep else ["old/20200101T000000Z", "old/20200102T000000Z", "old/20200103T000000Z"]
+    )
+    obs = observe(["root", *archived])
+    assert prune_paths(config(**flags), obs, make_room=True) == []  # type: ignore[arg-type]
+    assert not any(isinstance(step, Delete) for step in plan_run(config(**flags), obs, make_room=True).steps)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
