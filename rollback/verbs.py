@@ -223,7 +223,9 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
     return error.errno in _NO_ROOM and waited and btrfs.cleaner_busy(top)
 
 
-_NOTHING_OURS = "; nothing of rollback's is due for deletion"
+# (the old root is deleted only once the new one exists: deleting it first to make room left a boot with no
+# root at all where it freed too little, as a full-disk tester's suggestion did when tried)
+_NOTHING_OURS = "; nothing of rollback's can be deleted first (the old root goes only once the new one is made)"
 # the top level's own qgroup over its limit refuses a change of that limit (EDQUOT) too
 _QUOTA_FIX = "raise or remove the limit (btrfs qgroup show -re <top>; if the top level's own is over it, "
 _QUOTA_FIX += "even that is refused: btrfs quota disable <top>)"
@@ -264,7 +266,9 @@ def _failure(
     quota = error.errno == errno.EDQUOT
     free = _QUOTA_FIX if quota else "free space (btrfs filesystem usage)"
     made = any(isinstance(done, Create | Snapshot) for done in plan.steps[: number - 1])
-    free += "" if made else "; the old root stays in use until then"  # else the new root is made: in use
+    # else the new root is made: in use. The old one may be what filled the disk (a runaway log): it is
+    # the booted system's, free to clean up
+    free += "" if made else "; the old root stays in use until then (if it filled the disk, clean it up there)"
     freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free

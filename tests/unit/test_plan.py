@@ -204,7 +204,7 @@ def test_no_space_says_whether_the_kernel_was_still_freeing_and_what_was_deleted
         text = f"{failure.reason} / {failure.hint}"
         assert ("still freeing deleted subvolumes' space" in failure.reason) is still_freeing, text
         assert ("the next boot may find the room" in failure.hint) is still_freeing, text
-        assert ("nothing of rollback's is due for deletion" in text) is (
+        assert ("nothing of rollback's can be deleted first" in text) is (
             failure.code == "no-space" and not still_freeing
         )
         assert ("rollback itself left was deleted first" in text) is any(isinstance(s, Delete) for s in before)
