@@ -136,8 +136,11 @@ Step = MakeDir | Rename | Create | Snapshot | Commit | Reclaim | Delete | Unlock
 
 
 def nothing_changed_before(steps: tuple[Step, ...], failed: int) -> bool:
-    """Only waits for the kernel's cleaner ran before step `failed` (1-based): nothing of the run's."""
-    return all(isinstance(step, Reclaim) for step in steps[: failed - 1])
+    """Only waits for the kernel's cleaner, and directories made (left, empty, for the next run: as
+    undone_by_put_back counts them), ran before step `failed` (1-based): nothing of the run's. With room
+    for two directories but not for the rename after them, a run said "the next run finishes the job",
+    exit 1, and every later run was refused (found by a full-disk tester)."""
+    return all(isinstance(step, Reclaim | MakeDir) for step in steps[: failed - 1])
 
 
 def changes_nothing_on_enospc(step: Step) -> bool:
@@ -247,8 +250,9 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
         if archived and archived.read_only:  # (an immutable one is pinned: never pruned)
             steps.append(Unlock(path))
         move_to_trash(path)
-        # not a directory the trash needs made: the next root's pruning needs it too
-        pruning.update({n: path for n in range(began + 1, len(steps) + 1) if not isinstance(steps[n - 1], MakeDir)})
+        # a directory the trash needs made is this root's too: no room for it keeps every root (the next
+        # one's move needs it as well: verbs._pruning_skipped)
+        pruning.update(dict.fromkeys(range(began + 1, len(steps) + 1), path))
     # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
     # it first if the cleanup never ran: the trash holds at most one boot's worth)
     for delete, source in deletes if config.deletes_at_boot else ():

@@ -22,6 +22,7 @@ from rollback.plan import (
     Bounds,
     Create,
     Delete,
+    MakeDir,
     Plan,
     Reclaim,
     Rename,
@@ -129,8 +130,8 @@ def _execute(
                 recheck(step)
             btrfs.execute(step, top)
         except OSError as error:
-            if _pruning_skipped(plan, number, error, ran, top, fields):
-                kept.append(plan.pruning[number])
+            if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
+                kept += skipped
                 continue
             undone, restored = _put_back(plan, number, top, fields)
             freeing = _still_freeing(plan, number, error, top)
@@ -162,19 +163,32 @@ def _execute(
 
 def _pruning_skipped(
     plan: Plan, number: int, error: OSError, ran: list[Step], top: Path, fields: dict[str, Any]
-) -> bool:
+) -> list[str]:
     """No room to prune an archived root, once the new root is made: the subvolume holding the archive
     at its qgroup limit refuses every rename and delete in it (btrfs charges them to it), at every boot.
     Failing the run there made each boot exit 1 after making its root, the archive one root longer each
     time. The root is kept (more kept than asked, never less), its read-only property put back if this
-    run cleared it; or, moved to the trash already, left there for the next run. Said in a warning."""
+    run cleared it; or, moved to the trash already, left there for the next run. Said in a warning.
+    No room for the trash's directory keeps every root still to prune (each move needs it; it was a
+    failure midway, exit 1, found by a full-disk tester). The roots kept; [] when it is no such step."""
     from rollback.effects import btrfs
 
     pruned = plan.pruning.get(number)
     lack = _NO_ROOM.get(error.errno or 0)
     if pruned is None or lack is None:
-        return False
+        return []
     step = plan.steps[number - 1]
+    if isinstance(step, MakeDir):
+        left = list(dict.fromkeys(p for n, p in plan.pruning.items() if n >= number))
+        emit(
+            "warning",
+            f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: the archived roots retention prunes are "
+            f"kept, not pruned (the new root is made): {', '.join(map(names.shown, left))}; the next run with "
+            "room prunes them",
+            hint=_QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)",
+            **fields,
+        )
+        return left
     moved = next((s for s in ran if isinstance(s, Rename) and s.source == pruned), None)
     if moved is not None:  # its delete: in the trash, which the next run (or rollback cleanup) empties first
         outcome = f"it is left in the trash ({names.shown(moved.dest)}): the next run or rollback cleanup deletes it"
@@ -193,7 +207,7 @@ def _pruning_skipped(
         hint=_QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)",
         **fields,
     )
-    return True
+    return [pruned]
 
 
 def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> tuple[str, bool]:
@@ -274,7 +288,12 @@ def _failure(
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
     unchanged = nothing_changed_before(plan.steps, number) and (changes_nothing_on_enospc(step) or whole)
     if unchanged or (restored and undone_by_put_back(plan.steps, number)):
-        when = ", before any change" if unchanged else undone
+        dirs = (
+            " (but empty directories made for it)"
+            if any(isinstance(d, MakeDir) for d in plan.steps[: number - 1])
+            else ""
+        )
+        when = f", before any change{dirs}" if unchanged else undone
         if quota:
             return Refused(what + lack + when + (freeing if still_freeing else ""), free, code="over-quota")
         ours = freeing if still_freeing else _NOTHING_OURS if not isinstance(step, Delete) else ""

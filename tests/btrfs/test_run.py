@@ -544,6 +544,54 @@ def _making_step(disk: Disk, *flags: str) -> int:
     return next(n for n, line in enumerate(planned, 1) if " subvolume root" in line or "-> root (" in line)
 
 
+def _step(disk: Disk, text: str, *flags: str) -> int:
+    """The number of the first step whose line, as --dry-run prints the plan, holds `text`."""
+    planned = disk.rollback("run", "--dry-run", *flags).stdout.splitlines()
+    return next(n for n, line in enumerate(planned, 1) if text in line)
+
+
+def test_no_room_for_the_trash_of_the_first_prune_keeps_the_archived_roots(disk: Disk) -> None:
+    """Keep mode, the new root made, then no room for the directory the trash needs (its first prune):
+    exit 1 `no-space-midway` (the root was made and in use; stop-boot: emergency mode), since the
+    directory was not counted as the prune's step (found by a full-disk tester). Now every root due is
+    kept, said in a warning, exit 0; the next run with room prunes them."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        for stamp in ("20200101T000000Z", "20200102T000000Z"):
+            btrfsutil.create_subvolume(str(top / "old" / stamp))
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
+    step = _step(disk, ". make directory .rollback", *flags)
+    result = disk.rollback("run", *flags, env={FAIL_AT_ENV: str(step), FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert result.returncode == Exit.OK and "kind=warning" in result.stderr, result.stderr
+    assert "are kept, not pruned (the new root is made)" in result.stderr, result.stderr
+    assert "20200101T000000Z" in result.stderr and "20200102T000000Z" in result.stderr, result.stderr
+    with disk.top() as top:
+        assert len(os.listdir(top / "old")) == 3 and not any((top / "root").iterdir())
+    assert disk.rollback("run", *flags).returncode == Exit.OK
+    with disk.top() as top:
+        assert len(os.listdir(top / "old")) == 1
+
+
+@pytest.mark.parametrize("mode", ["recreate", "keep"])
+def test_no_room_for_the_move_after_its_directories_is_a_refusal(disk: Disk, mode: str) -> None:
+    """Room for the directories a first run makes (.rollback, its trash, the archive) but not for the
+    old root's move: exit 1, "the next run finishes the job", then refused at every boot (found by a
+    full-disk tester). Empty directories change nothing: refused from the first, saying so."""
+    with disk.top() as top:
+        populate(top)
+    flags = MODES[mode]
+    before = disk.state()
+    step = _step(disk, ". move root -> ", *flags)
+    assert step > 1  # directories first
+    result = disk.rollback("run", *flags, env={FAIL_AT_ENV: str(step), FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert result.returncode == Exit.REFUSED and "reason=no-space" in result.stderr, result.stderr
+    assert "before any change (but empty directories made for it)" in result.stderr, result.stderr
+    after = disk.state()  # every subvolume as it was (the top level holds the new directories)
+    assert [s for s in after.subvolumes if s.id != 5] == [s for s in before.subvolumes if s.id != 5]
+    assert outside_root(after) == outside_root(before) and after.under("root") == before.under("root")
+
+
 def test_no_room_for_the_new_root_in_keep_mode_deletes_the_pruned_roots_first(disk: Disk) -> None:
     """Keep mode, archived roots due: a put-back refusal is where deleting them first helps (it never
     ran: the failure was no-space-midway, not the no-space refusal prune-first answers)."""

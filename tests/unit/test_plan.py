@@ -114,13 +114,16 @@ def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
 @pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
 def test_the_steps_that_prune_are_marked_with_the_root_they_prune(cleanup: str) -> None:
     """What the executor keeps (and goes on without) when there is no room to prune: each pruned root's
-    unlock, move and delete; never the directory the trash needs made, nor the old root's own steps."""
+    unlock, move and delete, and the first one's the directories the trash needs made (no room for them
+    keeps every root: verbs._pruning_skipped); never the old root's own steps."""
     old = ["old/20261101T000000Z", "old/20261110T000000Z", "old/20261120T000000Z"]
     flags = {"archive": "old", "keep_count": 2, "cleanup": cleanup}
     plan = plan_run(config(**flags), observe(["root", (old[0], True), *old[1:]]))  # type: ignore[arg-type]
     marked = {plan.steps[n - 1]: path for n, path in plan.pruning.items()}
     trash = [f"{TRASH_DIR}/{STAMP}", f"{TRASH_DIR}/{STAMP}-1"]
     expected: dict[Step, str] = {
+        MakeDir(".rollback"): old[0],
+        MakeDir(TRASH_DIR): old[0],
         Unlock(old[0]): old[0],
         Rename(old[0], trash[0]): old[0],
         Rename(old[1], trash[1]): old[1],
