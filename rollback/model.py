@@ -42,6 +42,7 @@ class Quota:
 
     groups: tuple[int, ...] = ()
     own_limit: bool = False
+    referenced_over: bool = False  # its referenced bytes at or over its own referenced limit
 
 
 @dataclass(frozen=True)

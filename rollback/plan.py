@@ -262,7 +262,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
     warnings = (*_other_roots_mark(config, obs), *_clock_behind(config, obs))
-    warnings += _quota_left(quota, target) + _misspelt(config, obs)
+    warnings += _quota_left(quota, target, _blank_quota(config, obs)) + _misspelt(config, obs)
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
     return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
 
@@ -321,18 +321,29 @@ def _misspelt(config: Config, obs: Observation) -> tuple[str, ...]:
     )
 
 
-def _quota_left(quota: Quota, target: str) -> tuple[str, ...]:
-    """The new root is a new subvolume, with a new qgroup in no higher-level qgroup and without a limit:
-    what the old root's qgroup had does not follow. Making it in the same higher-level qgroups would
-    not do either: the old root stays in them, archived or in the trash (until the kernel's cleaner
-    has freed it), and would use up their limits. Said by the run that leaves them."""
-    if not (quota.groups or quota.own_limit):
+def _blank_quota(config: Config, obs: Observation) -> Quota | None:
+    """The blank's qgroup, in snapshot mode where quotas are on: btrfs copies its limit to each snapshot's."""
+    found = obs.get(config.blank) if config.from_blank and obs.kind(config.blank) is Kind.SUBVOLUME else None
+    return found.quota if found else None
+
+
+def _quota_left(quota: Quota, target: str, blank: Quota | None = None) -> tuple[str, ...]:
+    """The new root is a new subvolume, with a new qgroup in no higher-level qgroup and without a limit
+    (made from the blank: the blank's limit, which btrfs copies): what the old root's qgroup had does not
+    follow. Making it in the same higher-level qgroups would not do either: the old root stays in them,
+    archived or in the trash (until the kernel's cleaner has freed it), and would use up their limits.
+    Said by the run that leaves them (in snapshot mode it said "no limit" of every root, each with the
+    blank's: found by a full-disk tester)."""
+    inherited = bool(blank and blank.own_limit)
+    if not (quota.groups or (quota.own_limit and not inherited)):
         return ()
     groups = ", ".join(f"{group >> 48}/{group & (2**48 - 1)}" for group in sorted(quota.groups))
-    parts = (f"was in qgroup(s) {groups}" if groups else "", "had a limit" if quota.own_limit else "")
+    own = quota.own_limit and not inherited
+    parts = (f"was in qgroup(s) {groups}" if groups else "", "had a limit" if own else "")
     had = " and ".join(part for part in parts if part)
+    limit = "the blank's limit" if inherited else "no limit"
     return (
-        f"the qgroup of the old {names.shown(target)} {had}: the new one is in no higher-level qgroup and has no limit "
+        f"the qgroup of the old {names.shown(target)} {had}: the new one is in no higher-level qgroup and has {limit} "
         "(rollback does not carry qgroups over: an archived or deleted root keeps its own, and would use up "
         "a shared limit); assign and limit the new root after boot if you rely on them",
     )
@@ -950,6 +961,14 @@ def check_blank(config: Config, obs: Observation) -> None:
             f"btrfs property set -ts <top>/{blank} ro false; chattr -i -a <top>/{blank}; "
             f"btrfs property set -ts <top>/{blank} ro true",
             code="blank-immutable",
+        )
+    if found.quota and found.quota.referenced_over:  # btrfs copies the blank's limit to each snapshot's qgroup
+        raise Refused(
+            f"the blank snapshot {names.shown(blank)} references as much as its qgroup's limit allows, or more: "
+            "btrfs gives every snapshot of it the same limit, so every root made from it would start full, "
+            "nothing writable in it (a limit set on the root and copied with the blank, say)",
+            f"btrfs qgroup limit none 0/{found.id} <top> (or raise it); nothing was changed",
+            code="blank-over-quota",
         )
 
 

@@ -50,6 +50,10 @@ REASONS: dict[str, Reason] = {
         "a member of a multi-device filesystem is on two devices (a copy of its disks attached, a stale member)",
         "detach the copy, or renew its UUID and label",
     ),
+    "blank-over-quota": _refused(
+        "the blank's qgroup is at its limit: every snapshot of it gets that limit, and would start full",
+        "remove or raise the blank's qgroup limit",
+    ),
     "same-label": _refused(
         "in the initrd, the root is mounted from another btrfs filesystem carrying this one's label",
         "name both by UUID=, or relabel one",

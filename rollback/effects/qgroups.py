@@ -17,7 +17,8 @@ from rollback.effects import refs
 from rollback.model import Quota
 
 _QUOTA_TREE = 8
-_STATUS, _LIMIT, _RELATION = 240, 244, 246
+_STATUS, _INFO, _LIMIT, _RELATION = 240, 242, 244, 246
+_MAX_RFER = 1  # BTRFS_QGROUP_LIMIT_MAX_RFER, in the limit item's flags
 
 
 def enabled(fd: int) -> bool:
@@ -29,8 +30,14 @@ def enabled(fd: int) -> bool:
 
 
 def of(fd: int, subvolume: int) -> Quota:
-    """The higher-level qgroups subvolume's own qgroup (0/<id>) is in, and whether it has a limit."""
+    """The higher-level qgroups subvolume's own qgroup (0/<id>) is in, whether it has a limit, and whether
+    what it references is at its referenced limit already (the limit item: flags, max_rfer, ...; the
+    info item: generation, rfer, ...)."""
     parents = tuple(offset for offset, _ in refs.items(fd, _QUOTA_TREE, subvolume, _RELATION))
     limits = refs.items(fd, _QUOTA_TREE, 0, _LIMIT, (subvolume, subvolume))
-    flags = struct.unpack_from("<Q", limits[0][1])[0] if limits else 0
-    return Quota(groups=parents, own_limit=bool(flags))
+    flags, max_rfer = struct.unpack_from("<QQ", limits[0][1]) if limits else (0, 0)
+    over = False
+    if flags & _MAX_RFER:
+        info = refs.items(fd, _QUOTA_TREE, 0, _INFO, (subvolume, subvolume))
+        over = bool(info) and struct.unpack_from("<QQ", info[0][1])[1] >= max_rfer
+    return Quota(groups=parents, own_limit=bool(flags), referenced_over=over)

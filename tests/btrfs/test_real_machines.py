@@ -622,6 +622,40 @@ def test_what_the_old_roots_qgroup_had_is_said_once(disk: Disk, args: tuple[str,
     assert outside_root(disk.state()) == outside_root(before)
 
 
+@pytest.mark.parametrize("over", [False, True], ids=["under-its-limit", "at-its-limit"])
+def test_a_limit_on_the_blanks_qgroup_is_every_roots(disk: Disk, over: bool) -> None:
+    """btrfs copies a snapshot's source qgroup limit to the snapshot's own: each root made from a limited
+    blank has its limit. Every run from the second said "the new one ... has no limit" (false, at every
+    boot), and a blank at its limit (the README's `snapshot -r` of a limited root, say) made every root
+    start full, unwritable, exit 0 (found by a full-disk tester). Now: nothing said of a limit the new
+    root gets again; a blank at its limit is refused, the device unchanged."""
+    with disk.top() as top:
+        populate(top, blank=False)
+        btrfsutil.create_subvolume(str(top / "root-blank"))
+        (top / "root-blank" / "etc").mkdir()
+        (top / "root-blank" / "etc" / "os-release").write_bytes(b"x" * (256 << 10))
+        btrfsutil.set_subvolume_read_only(str(top / "root-blank"))
+        sh("btrfs", "quota", "enable", str(top))
+        sh("btrfs", "quota", "rescan", "-w", str(top))
+        sh("btrfs", "qgroup", "limit", "64k" if over else "100M", str(top / "root-blank"), str(top))
+    before = disk.state()
+    said = []
+    for _ in range(1 if over else 2):
+        result = disk.rollback("run", "--mode", "snapshot")
+        said.append(result.stderr)
+        if over:
+            assert result.returncode == Exit.REFUSED and "reason=blank-over-quota" in result.stderr, result.stderr
+            assert disk.state() == before
+            return
+        assert result.returncode == Exit.OK, result.stderr
+    assert "kind=warning" not in said[1], said[1]
+    with disk.top() as top:
+        limits = sh("btrfs", "qgroup", "show", "-re", "--raw", str(top))
+        root = btrfsutil.subvolume_id(str(top / "root"))
+    (line,) = [line for line in limits.splitlines() if line.startswith(f"0/{root} ")]
+    assert str(100 << 20) in line.split(), limits  # the premise: the blank's limit, copied
+
+
 def test_a_filesystem_unmounted_lazily_and_still_in_use_is_refused(disk: Disk, tmp_path: Path) -> None:
     """`umount -l` with a process still inside: the filesystem stays mounted in the kernel and in no
     mount table. A verb that writes waits (a killed run's filesystem outlives its process briefly),
