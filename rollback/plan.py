@@ -102,7 +102,8 @@ class Delete:
 @dataclass(frozen=True)
 class Unlock:
     """Clear the read-only property (and +i/+a) of a read-only archived root retention removes: it is
-    ours (an immutable one is pinned, never pruned). Put back if no room is left to prune it after all."""
+    ours (an immutable one is pinned, never pruned). Put back if no room is left to prune it after all.
+    Needed: btrfs refuses to move a read-only subvolume to another directory (EROFS; tried without it)."""
 
     path: str
 
