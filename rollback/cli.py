@@ -319,7 +319,8 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
         )
         return int(Exit.USAGE)
     log.configure(target=target)
-    previous = {signum: signal.signal(signum, _stopped) for signum in _STOPPING}
+    # (one ignored as inherited stays so: `nohup rollback cleanup` outlives its terminal)
+    previous = {n: signal.signal(n, _stopped) for n in _STOPPING if signal.getsignal(n) is not signal.SIG_IGN}
     try:
         return int(call(args, *load_config(args)))
     except BrokenPipeError:  # the reader stopped early (`rollback diff | head`): not an error
@@ -372,6 +373,8 @@ _STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _stopped(signum: int, _frame: object) -> NoReturn:
+    for number in _STOPPING:  # a second one (the terminal's, then the shell's SIGHUP) must not cut the line short
+        signal.signal(number, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum))
 
 
@@ -394,7 +397,9 @@ def run() -> NoReturn:
     """
     try:
         code = main()
-    except KeyboardInterrupt:  # before the exit boundary (the imports, the parser): nothing begun
+    except KeyboardInterrupt as stop:  # before the exit boundary (the imports, the parser): nothing begun
+        if stop.args and isinstance(stop.args[0], signal.Signals):  # (after it: the verb's end, its line said)
+            die_of(stop.args[0])
         from rollback.entry import INTERRUPTED
         from rollback.log import to_stderr
 

@@ -249,6 +249,7 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
         began = len(steps)
         archived = obs.get(path)
         if archived and archived.read_only:  # (an immutable one is pinned: never pruned)
+            _ensure_parents(steps, obs, f"{TRASH_DIR}/-")  # first: no room for them leaves it read-only, as it was
             steps.append(Unlock(path))
         move_to_trash(path)
         # a directory the trash needs made is this root's too: no room for it keeps every root (the next

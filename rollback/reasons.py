@@ -116,7 +116,9 @@ REASONS: dict[str, Reason] = {
     "blank-immutable": _refused(
         "the blank snapshot's top directory is chattr +i/+a", "ro false; chattr -i -a it; ro true (the hint's commands)"
     ),
-    "read-only": _refused("the filesystem cannot be remounted read-write", "blockdev --getro; dmesg"),
+    "read-only": _refused(
+        "the filesystem cannot be remounted read-write, or a member device is read-only", "blockdev --getro; dmesg"
+    ),
     "no-space": _refused(
         "no room for the first change: the filesystem is full of the machine's own data",
         "free space (btrfs filesystem usage); the old root stays in use until then",
@@ -142,7 +144,8 @@ REASONS: dict[str, Reason] = {
     ),
     "interrupted": Reason(
         Exit.FAILED,
-        "stopped by SIGINT (Ctrl-C), SIGTERM (systemd stopping it) or SIGHUP before it ended",
+        "stopped by SIGINT (Ctrl-C) before it ended; SIGTERM (systemd stopping it) and SIGHUP are said so too, "
+        "then the process dies of them (143, 129)",
         "rollback status; run it again to finish the job",
     ),
     "internal": Reason(Exit.FAILED, "an unexpected error (a bug): the traceback is logged", "report it"),

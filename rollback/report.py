@@ -232,8 +232,7 @@ def status_lines(report: Status) -> list[str]:
     if report["read_only_devices"]:
         lines.append(
             f"READ-ONLY:  {', '.join(report['read_only_devices'])}: every run, cleanup and skip-next is refused "
-            "(read-only) until it is writable (blockdev --setrw): with one member read-only, writes would reach "
-            "only the others"
+            "(read-only) until it is writable (blockdev --setrw)"
         )
     if "id" in root:
         lines.append(

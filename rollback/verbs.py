@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rollback import names, report
+from rollback import devspec, names, report
 from rollback.errors import Exit, OutputFailed, Refused, StepFailed
 from rollback.log import emit
 from rollback.model import TRASH_DIR, Kind, Mounts, Observation
@@ -334,13 +334,16 @@ def _check_root_options(config: Config) -> tuple[str, ...] | None:
 
 
 def _refuse_a_label_for_two(config: Config, what: str, theirs: str) -> None:
-    """The root is another btrfs filesystem carrying this one's label: a copy given a new UUID (as the
-    `mounted` hint for copies says) or a second disk set up alike. A LABEL= (ours or the root's) names
-    whichever udev saw last: the run replaced the other disk's root, and the root booted stayed dirty
-    (found by a multi-device tester)."""
+    """The root is another btrfs filesystem carrying this one's label, and one of them is named by it: a
+    copy given a new UUID (as the `mounted` hint for copies says) or a second disk set up alike. A LABEL=
+    (ours or the root's) names whichever udev saw last: the run replaced the other disk's root, and the
+    root booted stayed dirty (found by a multi-device tester). Both named otherwise (UUID=, as the hint
+    says): none of its business (a reviewer: it refused at every boot after the hint was followed)."""
     from rollback.effects import device
 
     ours = config.require_device()
+    if not any(f"/{devspec.TAGS['LABEL']}/" in path for path in (ours, what)):  # named otherwise: none is ambiguous
+        return
     shared = device.label(ours)
     if shared and device.label(what) == shared:
         shown = shared.decode("utf-8", "backslashreplace")

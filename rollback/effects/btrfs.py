@@ -417,8 +417,12 @@ def _delete_each(path: Path) -> None:
     on its top directory and on the directory holding it), then each deleted, innermost first. Each is
     reached by name from its parent directory, opened one name at a time (no path is too long), with the
     working directory there for libbtrfsutil's calls (which take paths only); put back after."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     home = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        os.close(home)
+        raise
     try:
         own = btrfsutil.subvolume_id(fd)
         nested = refs.below(refs.all_refs(fd), own)

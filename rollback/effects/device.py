@@ -81,9 +81,9 @@ def refuse_copies(device: str, fsid: str) -> None:
         return
     found: dict[int, list[str]] = {}
     for name in _unheld_block_devices():
-        member = _member_id(f"/dev/{name.replace('!', '/')}", fsid)
-        if member is not None:
-            found.setdefault(member, []).append(f"/dev/{name.replace('!', '/')}")
+        node = f"/dev/{name.replace('!', '/')}"
+        if (member := _member_id(node, fsid)) is not None:
+            found.setdefault(member[0], []).append(f"{node} (generation {member[1]})")  # the older: a stale one
     twins = {member: nodes for member, nodes in sorted(found.items()) if len(nodes) > 1}
     if twins:
         shown = "; ".join(f"member {member} on {', '.join(nodes)}" for member, nodes in twins.items())
@@ -91,19 +91,21 @@ def refuse_copies(device: str, fsid: str) -> None:
             f"the filesystem {uuid(fsid)} spans several devices, and a member is on two of them ({shown}): a copy of "
             "its disks is attached (or a stale member beside its replacement), and the kernel can join the copy's "
             "members to the original's: any write would damage both",
-            "detach every member of the copy, or give each a new UUID (btrfstune -u) and the copy its own label "
-            "(a stale member: wipefs -a it); nothing was changed",
+            "detach every member of the copy; or give each a new UUID (btrfstune -u) and the copy its own label; a "
+            "stale member (the older generation, once the others are checked): wipefs -a it; nothing was changed",
             code="copy-attached",
         )
 
 
 def _unheld_block_devices() -> list[str]:
-    """The kernel's block devices (/sys/class/block names) that no other device holds."""
+    """The kernel's block devices (/sys/class/block names) that no other device holds, nor the disk a
+    partition is on (a multipath path's, an md member's), and that udev, where it ran, found btrfs on
+    (so an empty drive, an unconnected nbd, a failing disk is not read at every boot)."""
     try:
         names = os.listdir("/sys/class/block")
     except OSError:
         return []
-    return [name for name in names if not _held(name)]
+    return [name for name in names if not _held(name) and not _held(_disk_of(name)) and _maybe_btrfs(name)]
 
 
 def _held(name: str) -> bool:
@@ -113,8 +115,30 @@ def _held(name: str) -> bool:
         return False
 
 
-def _member_id(node: str, fsid: str) -> int | None:
-    """The device id in `node`'s btrfs superblock when it carries the filesystem `fsid`; else None."""
+def _disk_of(name: str) -> str:
+    """The disk a partition is on (its sysfs directory's parent); the name itself for a disk."""
+    if not os.path.exists(f"/sys/class/block/{name}/partition"):
+        return name
+    return os.path.basename(os.path.dirname(os.path.realpath(f"/sys/class/block/{name}")))
+
+
+_UDEV_DATA = "/run/udev/data"  # b<major>:<minor>, with E:ID_FS_TYPE=... for what blkid found on it
+
+
+def _maybe_btrfs(name: str) -> bool:
+    """False only where udev's database says what is on the device, and it is not btrfs."""
+    try:
+        with open(f"/sys/class/block/{name}/dev", encoding="ascii") as handle:
+            number = handle.read().strip()
+        with open(f"{_UDEV_DATA}/b{number}", encoding="utf-8", errors="replace") as handle:
+            said = handle.read()
+    except OSError:  # no udev (a rescue shell, a container, these tests), or not processed yet: look
+        return True
+    return "E:ID_FS_TYPE=" not in said or "E:ID_FS_TYPE=btrfs\n" in said
+
+
+def _member_id(node: str, fsid: str) -> tuple[int, int] | None:
+    """The device id and generation in `node`'s btrfs superblock when it carries the filesystem `fsid`."""
     try:
         fd = os.open(node, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:  # gone, no medium (an empty drive), not a node here
@@ -127,7 +151,7 @@ def _member_id(node: str, fsid: str) -> int | None:
         os.close(fd)
     if len(head) < 0xD1 or head[0x40:0x48] != _BTRFS_MAGIC or head[0x20:0x30].hex() != fsid:
         return None
-    return int.from_bytes(head[0xC9:0xD1], "little")  # dev_item.devid
+    return int.from_bytes(head[0xC9:0xD1], "little"), int.from_bytes(head[0x48:0x50], "little")  # devid, generation
 
 
 def _absent_hint(device: str) -> str:
@@ -399,25 +423,23 @@ def _members(fsid: str) -> set[int] | None:
 
 def read_only_members(top: str) -> list[str]:
     """The member devices (kernel names) of the filesystem mounted at `top` that are read-only, from
-    sysfs (devices/<name>/ro), but a seed's (read-only by design: its superblock names its own fsid,
-    not the sprout's). All of them make the remount read-write fail; some of them let it succeed, and
+    sysfs (devices/<name>/ro), but a seed's (read-only by design: its superblock has the seeding
+    flag). All of them make the remount read-write fail; some of them let it succeed, and
     every write then reaches only the others: a raid1 mirror left stale without a word (found by a
     multi-device tester)."""
     fsid = _kernel_fsid(top)
     flags = _flags(fsid, "devices", "ro") if fsid else {}
-    seed = [
-        name for name, read_only in flags.items() if read_only and _superblock_fsid(f"/dev/{name}") not in (fsid, None)
-    ]
-    return sorted(name for name, read_only in flags.items() if read_only and name not in seed)
+    return sorted(name for name, read_only in flags.items() if read_only and not _seed(f"/dev/{name}"))
 
 
-def _superblock_fsid(device: str) -> str | None:
-    """The fsid in the device's primary superblock; None where it cannot be read."""
+def _seed(device: str) -> bool:
+    """Whether the device's primary superblock is a btrfs seed's (False where it cannot be read)."""
     try:
         with open(device, "rb") as handle:
-            return os.pread(handle.fileno(), 0x10, _SUPERBLOCK + 0x20).hex()
+            head = os.pread(handle.fileno(), 0x48, _SUPERBLOCK)
     except OSError:
-        return None
+        return False
+    return head[0x40:0x48] == _BTRFS_MAGIC and bool(int.from_bytes(head[0x38:0x40], "little") & _SUPER_FLAG_SEEDING)
 
 
 def missing_members(fsid: str) -> list[int]:

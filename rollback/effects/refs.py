@@ -24,7 +24,6 @@ _TOP_LEVEL = 5
 _ROOT_REF = 156
 _INODE_REF = 12
 _NAME_LENGTH = struct.Struct("<H")  # btrfs_inode_ref: u64 index, u16 name_len; the name follows
-_MAX_DEPTH = 1 << 20  # more directories in one path than a filesystem can hold on a sane disk: a loop
 _FIRST_FREE = 256  # the inode of a subvolume's top directory
 _MAX64, _MAX8 = 2**64 - 1, 255
 # btrfs_ioctl_search_key: tree_id, min/max objectid, min/max offset, min/max transid;
@@ -141,10 +140,12 @@ def _walked_up(fd: int, tree: int, inode: int) -> bytes:
     from each directory's INODE_REF item (keyed (inode, INODE_REF, its parent's inode); a directory has
     exactly one), up to the subvolume's top directory."""
     parts: list[bytes] = []
+    seen = {inode}
     while inode != _FIRST_FREE:
         found = items(fd, tree, inode, _INODE_REF)
-        if not found or len(parts) > _MAX_DEPTH:  # gone since, or a loop (a damaged tree)
+        if not found or found[0][0] in seen:  # gone since, or a loop (a damaged tree)
             raise FileNotFoundError(errno.ENOENT, f"directory {inode} of subvolume {tree}")
+        seen.add(found[0][0])
         inode, item = found[0]
         (size,) = _NAME_LENGTH.unpack_from(item, 8)
         parts.append(item[10 : 10 + size])

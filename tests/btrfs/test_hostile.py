@@ -653,12 +653,6 @@ def _deep_subvolume(top: Path, under: str, levels: int) -> None:
         os.close(fd)
 
 
-def _device_written(image: Path) -> bytes:
-    """The superblock's generation and tree roots: any commit moves them."""
-    with image.open("rb") as handle:
-        return os.pread(handle.fileno(), 0x20, 0x10000 + 0x48)
-
-
 def _too_deep_to_delete(top: Path, holder: str) -> None:
     """Two subvolumes, each 11 directories of 200 characters below the other: every lookup a listing
     makes is short, but a recursive delete opens the deeper one's parent by its path from the deleted

@@ -419,9 +419,9 @@ def test_a_copy_of_a_multi_device_filesystem_attached_is_refused_before_mounting
         results = [view.rollback(*verb) for view in raid]
     for result in results:
         assert result.returncode == Exit.REFUSED and "reason=copy-attached" in result.stderr, result.stderr
-        for member, (original, copy) in enumerate(zip(raid, attached_copies, strict=True), 1):
-            assert f"member {member} on " in result.stderr and original.device in result.stderr, result.stderr
-            assert copy in result.stderr, result.stderr
+        for number, (view, twin) in enumerate(zip(raid, attached_copies, strict=True), 1):
+            assert f"member {number} on " in result.stderr and view.device in result.stderr, result.stderr
+            assert f"{twin} (generation " in result.stderr, result.stderr  # (the older: a stale member)
     assert [image.read_bytes() for image in [*originals, *copies]] == before
     assert raid[0].rollback(*verb).returncode == Exit.OK
 

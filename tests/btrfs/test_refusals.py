@@ -254,12 +254,16 @@ def test_the_root_mount_of_another_filesystem_is_none_of_its_business(disk: Disk
             assert result.returncode == Exit.OK, result.stderr
 
 
+@pytest.mark.parametrize("named", ["ours-by-label", "root-by-label", "neither"])
 @pytest.mark.parametrize("twin", ["copy", "alike"])
-def test_a_root_on_another_filesystem_with_this_ones_label_is_refused(disk: Disk, tmp_path: Path, twin: str) -> None:
+def test_a_root_on_another_filesystem_with_this_ones_label_is_refused(
+    disk: Disk, tmp_path: Path, twin: str, named: str
+) -> None:
     """A copy of the disk given a new UUID (the `mounted` hint for copies said so) keeps its label, and so
     does a second disk set up alike: a LABEL= names whichever udev saw last. The run replaced the other
     filesystem's root, exit 0, and the root booted stayed dirty (a multi-device tester). Refused before
-    any change when the initrd's root is another filesystem carrying this one's label; both unchanged."""
+    any change when the initrd's root is another filesystem carrying this one's label and either is named
+    by it; both unchanged. Named otherwise (UUID=, as the hint says), none of its business (a reviewer)."""
     setup(disk, lambda top: None)
     sh("btrfs", "filesystem", "label", disk.device, "nixos")
     unit = tmp_path / "sysroot.mount"
@@ -270,16 +274,26 @@ def test_a_root_on_another_filesystem_with_this_ones_label_is_refused(disk: Disk
             sh("btrfstune", "-f", "-u", other)
         else:
             sh("mkfs.btrfs", "-q", "-L", "nixos", other)
+        links = tmp_path / "disk" / "by-label"  # as udev names them (none here): the last one seen wins
+        links.mkdir(parents=True)
+        (links / "nixos").symlink_to(other if named == "root-by-label" else disk.device)
+        ours = str(links / "nixos") if named == "ours-by-label" else disk.device
+        what = str(links / "nixos") if named == "root-by-label" else other
         theirs = (tmp_path / "other.img").read_bytes()
         before = disk.state()
-        unit.write_text(f"[Mount]\nWhat={other}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=root,rw\n")
-        result = disk.rollback("run", env={SYSROOT_UNIT_ENV: str(unit)})
+        unit.write_text(f"[Mount]\nWhat={what}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=root,rw\n")
+        argv = rollback_argv("run", device=ours)
+        result = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, SYSROOT_UNIT_ENV: str(unit)})
+        if named == "neither":
+            assert result.returncode == Exit.OK, result.stderr
+            return
         assert result.returncode == Exit.REFUSED and "reason=same-label" in result.stderr, result.stderr
         assert "both carry the label" in result.stderr and "nixos" in result.stderr, result.stderr
         assert "name both by UUID=" in result.stderr
         assert disk.state() == before and (tmp_path / "other.img").read_bytes() == theirs
         sh("btrfs", "filesystem", "label", other, "backup")  # as the hint says: relabelled, none of its business
-        assert disk.rollback("run", env={SYSROOT_UNIT_ENV: str(unit)}).returncode == Exit.OK
+        result = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, SYSROOT_UNIT_ENV: str(unit)})
+        assert result.returncode == Exit.OK, result.stderr
 
 
 def test_a_device_held_exclusively_elsewhere_is_named_in_use_not_damaged(disk: Disk) -> None:

@@ -264,13 +264,35 @@ def test_stopped_by_systemd_or_a_lost_terminal_is_one_line_with_its_reason(
         os.kill(os.getpid(), signum)
         raise AssertionError("not stopped")
 
-    before, died = signal.getsignal(signum), []
+    before, died = signal.getsignal(signum), list[signal.Signals]()
     monkeypatch.setattr(rollback.verbs, "status", stopped)
     monkeypatch.setattr(rollback.cli, "die_of", died.append)  # (else this test process would die of it)
     code, _, err = run(capsys, "status", "--device", "/dev/test", "--kernel-cmdline", "/dev/null")
     assert died == [signum] and code == Exit.FAILED and "Traceback" not in err, err
     assert f"interrupted ({signum.name}, sent to stop it) before it ended" in err and "reason=interrupted" in err
     assert f"exit={128 + signum}" in err and signal.getsignal(signum) == before
+
+
+def test_a_hangup_ignored_as_inherited_stays_ignored(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nohup rollback cleanup` (a wait of up to an hour): the handler replaced the inherited SIG_IGN, and the
+    terminal's hangup stopped it (found by a reviewer)."""
+    import rollback.verbs
+
+    seen = []
+
+    def status(*args: object, **kwargs: object) -> Exit:
+        seen.append(signal.getsignal(signal.SIGHUP))
+        return Exit.OK
+
+    monkeypatch.setattr(rollback.verbs, "status", status)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code, _, _ = run(capsys, "status", "--device", "/dev/test", "--kernel-cmdline", "/dev/null")
+        assert code == Exit.OK and seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_an_error_without_a_hint_of_its_own_gets_the_reasons_table_one(

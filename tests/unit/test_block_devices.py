@@ -1,0 +1,50 @@
+"""Which block devices the pre-mount scan for copies reads (rollback/effects/device.py: refuse_copies)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rollback.effects import device
+
+
+def _a_block_device() -> str:
+    names = sorted(os.listdir("/sys/class/block"))
+    if not names:
+        raise AssertionError("this machine lists no block device in /sys/class/block")
+    return names[0]
+
+
+@pytest.mark.parametrize(
+    ("said", "read"),
+    [
+        (None, True),  # no entry: udev never saw it, or runs nowhere here: look
+        ("E:ID_FS_TYPE=btrfs\n", True),
+        ("E:ID_FS_TYPE=ext4\n", False),
+        ("E:ID_FS_TYPE=\n", False),  # probed, nothing found: an empty drive, a blank disk
+        ("E:ID_SERIAL=x\n", True),  # not probed for a filesystem
+    ],
+)
+def test_only_what_udev_did_not_rule_out_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str | None, read: bool
+) -> None:
+    """Every unheld block device was read at every boot of a multi-device filesystem: an empty CD drive,
+    an unconnected nbd (I/O errors in dmesg), a failing disk's retries (a reviewer)."""
+    name = _a_block_device()
+    number = Path(f"/sys/class/block/{name}/dev").read_text().strip()
+    monkeypatch.setattr(device, "_UDEV_DATA", str(tmp_path))
+    if said is not None:
+        (tmp_path / f"b{number}").write_text(said)
+    assert device._maybe_btrfs(name) is read
+
+
+def test_a_partition_is_on_its_disk_and_a_disk_is_its_own() -> None:
+    """A partition of a held disk (a multipath path's, a whole-disk md member's) shows the holder's bytes."""
+    names = os.listdir("/sys/class/block")
+    partitions = [n for n in names if os.path.exists(f"/sys/class/block/{n}/partition")]
+    disks = [n for n in names if n not in partitions]
+    assert disks and all(device._disk_of(n) == n for n in disks)
+    for partition in partitions:  # (vda1 on vda, loop0p1 on loop0, nvme0n1p2 on nvme0n1)
+        assert partition.startswith(device._disk_of(partition)) and device._disk_of(partition) in disks
