@@ -373,7 +373,9 @@ _STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _stopped(signum: int, _frame: object) -> NoReturn:
-    for number in _STOPPING:  # a second one (the terminal's, then the shell's SIGHUP) must not cut the line short
+    # a second one (the terminal's, then the shell's SIGHUP; a Ctrl-C) must not cut the line short: the
+    # process dies of this one (die_of) once it is said
+    for number in (*_STOPPING, signal.SIGINT):
         signal.signal(number, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum))
 

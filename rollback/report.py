@@ -118,7 +118,7 @@ def status(
     config: Config, obs: Observation, missing: Sequence[int] = (), read_only: Sequence[str] = (), fsid: str = ""
 ) -> Status:
     """What `status` shows; `missing`: the ids of member devices the kernel mounted it without;
-    `read_only`: the member devices (kernel names) every writing verb refuses for; `fsid`: which
+    `read_only`: the member devices (nodes) every writing verb refuses for; `fsid`: which
     filesystem the device named (a LABEL= can name either of two). Names
     from the device are escaped as `diff` escapes them: a newline in one split a line of the text and
     could fake one; a byte that is not UTF-8 reached the JSON as a lone surrogate."""
@@ -159,7 +159,7 @@ def status(
         "archives_elsewhere": {escape(path): count for path, count in archives_elsewhere(config, obs).items()},
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
         "missing_devices": list(missing),
-        "read_only_devices": [f"/dev/{name}" for name in read_only],
+        "read_only_devices": list(read_only),
         "booted_from": _booted_from(config, obs),
     }
 

@@ -342,7 +342,9 @@ def _refuse_a_label_for_two(config: Config, what: str, theirs: str) -> None:
     from rollback.effects import device
 
     ours = config.require_device()
-    if not any(f"/{devspec.TAGS['LABEL']}/" in path for path in (ours, what)):  # named otherwise: none is ambiguous
+    # a dd copy given a new UUID keeps its label and its partition's PARTUUID and PARTLABEL
+    ambiguous = [f"/{devspec.TAGS[tag]}/" for tag in ("LABEL", "PARTLABEL", "PARTUUID")]
+    if not any(link in path for link in ambiguous for path in (ours, what)):  # by UUID= or a node: not ambiguous
         return
     shared = device.label(ours)
     if shared and device.label(what) == shared:
@@ -511,12 +513,13 @@ def _refuse_read_only_members(top: Path, *, dry_run: bool = False) -> None:
     from rollback.effects import device
 
     if found := device.read_only_members(str(top)):
-        shown = ", ".join(f"/dev/{name}" for name in found)
+        shown = ", ".join(found)
         raise Refused(
             f"cannot write to the filesystem: {shown} is read-only"
             + (" (the run would be refused)" if dry_run else "")
-            + ": with a member read-only, writes would reach only the others and leave its copy stale",
-            f"blockdev --setrw /dev/{found[0]} (a loop device: attached without -r); nothing was changed",
+            + ": nothing is written while a member device is (over several devices, writes would reach only the "
+            "others and leave its copy stale)",
+            f"blockdev --setrw {found[0]} (a loop device: attached without -r); nothing was changed",
             code="read-only",
         )
 

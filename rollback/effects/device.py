@@ -81,7 +81,7 @@ def refuse_copies(device: str, fsid: str) -> None:
         return
     found: dict[int, list[str]] = {}
     for name in _unheld_block_devices():
-        node = f"/dev/{name.replace('!', '/')}"
+        node = _node(name)
         if (member := _member_id(node, fsid)) is not None:
             found.setdefault(member[0], []).append(f"{node} (generation {member[1]})")  # the older: a stale one
     twins = {member: nodes for member, nodes in sorted(found.items()) if len(nodes) > 1}
@@ -97,15 +97,40 @@ def refuse_copies(device: str, fsid: str) -> None:
         )
 
 
+def _node(name: str) -> str:
+    """The device node of a /sys/class/block name (`cciss!c0d0` is /dev/cciss/c0d0)."""
+    return f"/dev/{name.replace('!', '/')}"
+
+
 def _unheld_block_devices() -> list[str]:
-    """The kernel's block devices (/sys/class/block names) that no other device holds, nor the disk a
-    partition is on (a multipath path's, an md member's), and that udev, where it ran, found btrfs on
-    (so an empty drive, an unconnected nbd, a failing disk is not read at every boot)."""
+    """The kernel's block devices (/sys/class/block names) that could hold a btrfs superblock and that
+    no other device holds, nor the disk a partition is on (a multipath path's, an md member's), and that
+    udev, where it ran, did not find something else on. Not read: what is too small for a superblock
+    (an empty drive, an unconnected nbd, an unattached loop device: size 0), floppy drives."""
     try:
         names = os.listdir("/sys/class/block")
     except OSError:
         return []
-    return [name for name in names if not _held(name) and not _held(_disk_of(name)) and _maybe_btrfs(name)]
+    return [
+        name
+        for name in names
+        if _big_enough(name) and not _held(name) and not _held(_disk_of(name)) and _maybe_btrfs(name)
+    ]
+
+
+_FLOPPY_MAJOR = 2
+_SUPERBLOCK_END = _SUPERBLOCK + 4096
+
+
+def _big_enough(name: str) -> bool:
+    try:
+        with open(f"/sys/class/block/{name}/size", encoding="ascii") as handle:
+            sectors = int(handle.read())
+        with open(f"/sys/class/block/{name}/dev", encoding="ascii") as handle:
+            major = int(handle.read().partition(":")[0])
+    except (OSError, ValueError):
+        return False
+    return sectors * 512 >= _SUPERBLOCK_END and major != _FLOPPY_MAJOR
 
 
 def _held(name: str) -> bool:
@@ -126,7 +151,8 @@ _UDEV_DATA = "/run/udev/data"  # b<major>:<minor>, with E:ID_FS_TYPE=... for wha
 
 
 def _maybe_btrfs(name: str) -> bool:
-    """False only where udev's database says what is on the device, and it is not btrfs."""
+    """False only where udev's database says what filesystem is on the device, and it is not btrfs
+    (udev writes no ID_FS_TYPE where blkid found nothing: such a device is read)."""
     try:
         with open(f"/sys/class/block/{name}/dev", encoding="ascii") as handle:
             number = handle.read().strip()
@@ -422,14 +448,14 @@ def _members(fsid: str) -> set[int] | None:
 
 
 def read_only_members(top: str) -> list[str]:
-    """The member devices (kernel names) of the filesystem mounted at `top` that are read-only, from
+    """The member devices (their nodes) of the filesystem mounted at `top` that are read-only, from
     sysfs (devices/<name>/ro), but a seed's (read-only by design: its superblock has the seeding
     flag). All of them make the remount read-write fail; some of them let it succeed, and
     every write then reaches only the others: a raid1 mirror left stale without a word (found by a
     multi-device tester)."""
     fsid = _kernel_fsid(top)
     flags = _flags(fsid, "devices", "ro") if fsid else {}
-    return sorted(name for name, read_only in flags.items() if read_only and not _seed(f"/dev/{name}"))
+    return sorted(_node(name) for name, read_only in flags.items() if read_only and not _seed(_node(name)))
 
 
 def _seed(device: str) -> bool:

@@ -254,7 +254,7 @@ def test_the_root_mount_of_another_filesystem_is_none_of_its_business(disk: Disk
             assert result.returncode == Exit.OK, result.stderr
 
 
-@pytest.mark.parametrize("named", ["ours-by-label", "root-by-label", "neither"])
+@pytest.mark.parametrize("named", ["ours-by-label", "root-by-label", "root-by-partuuid", "neither"])
 @pytest.mark.parametrize("twin", ["copy", "alike"])
 def test_a_root_on_another_filesystem_with_this_ones_label_is_refused(
     disk: Disk, tmp_path: Path, twin: str, named: str
@@ -274,11 +274,12 @@ def test_a_root_on_another_filesystem_with_this_ones_label_is_refused(
             sh("btrfstune", "-f", "-u", other)
         else:
             sh("mkfs.btrfs", "-q", "-L", "nixos", other)
-        links = tmp_path / "disk" / "by-label"  # as udev names them (none here): the last one seen wins
+        # as udev names them (none here): the last one seen wins; a dd copy keeps its PARTUUID too
+        links = tmp_path / "disk" / ("by-partuuid" if named == "root-by-partuuid" else "by-label")
         links.mkdir(parents=True)
-        (links / "nixos").symlink_to(other if named == "root-by-label" else disk.device)
+        (links / "nixos").symlink_to(other if named.startswith("root-") else disk.device)
         ours = str(links / "nixos") if named == "ours-by-label" else disk.device
-        what = str(links / "nixos") if named == "root-by-label" else other
+        what = str(links / "nixos") if named.startswith("root-") else other
         theirs = (tmp_path / "other.img").read_bytes()
         before = disk.state()
         unit.write_text(f"[Mount]\nWhat={what}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=root,rw\n")

@@ -23,8 +23,7 @@ def _a_block_device() -> str:
         (None, True),  # no entry: udev never saw it, or runs nowhere here: look
         ("E:ID_FS_TYPE=btrfs\n", True),
         ("E:ID_FS_TYPE=ext4\n", False),
-        ("E:ID_FS_TYPE=\n", False),  # probed, nothing found: an empty drive, a blank disk
-        ("E:ID_SERIAL=x\n", True),  # not probed for a filesystem
+        ("E:ID_SERIAL=x\n", True),  # nothing found, or not probed (udev then writes no ID_FS_TYPE): read
     ],
 )
 def test_only_what_udev_did_not_rule_out_is_read(
@@ -38,6 +37,16 @@ def test_only_what_udev_did_not_rule_out_is_read(
     if said is not None:
         (tmp_path / f"b{number}").write_text(said)
     assert device._maybe_btrfs(name) is read
+
+
+def test_what_cannot_hold_a_superblock_is_not_read() -> None:
+    """An empty drive, an unconnected nbd, an unattached loop device (size 0): udev says nothing of them,
+    and reading one at every boot meant I/O errors or a drive's retries (a second reviewer)."""
+    sizes = {n: int(Path(f"/sys/class/block/{n}/size").read_text()) for n in os.listdir("/sys/class/block")}
+    assert sizes, "this machine lists no block device"
+    for name, sectors in sizes.items():
+        assert device._big_enough(name) is (sectors * 512 >= 0x10000 + 4096), name
+    assert not device._big_enough("no-such-device")
 
 
 def test_a_partition_is_on_its_disk_and_a_disk_is_its_own() -> None:
