@@ -178,6 +178,7 @@ def _pruning_skipped(
     if pruned is None or lack is None:
         return []
     step = plan.steps[number - 1]
+    hint = _QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)"
     if isinstance(step, MakeDir):
         left = list(dict.fromkeys(p for n, p in plan.pruning.items() if n >= number))
         emit(
@@ -185,7 +186,7 @@ def _pruning_skipped(
             f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: the archived roots retention prunes are "
             f"kept, not pruned (the new root is made): {', '.join(map(names.shown, left))}; the next run with "
             "room prunes them",
-            hint=_QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)",
+            hint=hint,
             **fields,
         )
         return left
@@ -204,7 +205,7 @@ def _pruning_skipped(
     emit(
         "warning",
         f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: {outcome}",
-        hint=_QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)",
+        hint=hint,
         **fields,
     )
     return [pruned]

@@ -9,7 +9,6 @@ import stat
 import struct
 import sys
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -78,7 +77,7 @@ def list_bounded(
             tree = pending.pop()
             if tree != TOP_LEVEL_ID and shallow(path_of(tree) or ""):
                 continue
-            for ref in every[bisect_left(every, (tree,)) : bisect_left(every, (tree + 1,))]:  # its children
+            for ref in refs.children(every, tree):
                 if (path := path_of.of(ref)) is not None:  # None: gone since the search
                     found.append(Subvol(ref[1], path))
                     pending.append(ref[1])

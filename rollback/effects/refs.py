@@ -54,6 +54,12 @@ def all_refs(fd: int) -> list[Ref]:
     return found
 
 
+def children(every: list[Ref], holder: int) -> list[Ref]:
+    """The items of the subvolumes directly in subvolume `holder`; `every`: all_refs()'s answer (in
+    (parent, child) order)."""
+    return every[bisect_left(every, (holder,)) : bisect_left(every, (holder + 1,))]
+
+
 def below(every: list[Ref], subvolume: int) -> list[Ref]:
     """The items of the subvolumes nested in `subvolume`, at any depth, each after the one holding it.
     `every`: all_refs()'s answer (in (parent, child) order)."""
@@ -61,7 +67,7 @@ def below(every: list[Ref], subvolume: int) -> list[Ref]:
     seen, pending = {subvolume}, [subvolume]
     while pending:
         holder = pending.pop()
-        for ref in every[bisect_left(every, (holder,)) : bisect_left(every, (holder + 1,))]:
+        for ref in children(every, holder):
             if ref[1] not in seen:  # (a damaged tree's loop: each once)
                 seen.add(ref[1])
                 found.append(ref)
