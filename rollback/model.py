@@ -36,6 +36,17 @@ class Subvol:
 
 
 @dataclass(frozen=True)
+class TreeSize:
+    """A subvolume's own tree, from its ROOT_ITEM: the bytes of metadata its tree blocks take (a
+    snapshot's counts those it shares with its source), and the transactions of its last snapshot
+    (0: never the source of one) and of its creation as a snapshot (its key's offset; 0: not one)."""
+
+    bytes_used: int
+    last_snapshot: int
+    snapshot_of: int
+
+
+@dataclass(frozen=True)
 class Quota:
     """A subvolume's own qgroup (0/<id>), where quotas are on: the higher-level qgroups it is in
     (qgroup ids, level << 48 | id), and whether it has a limit of its own."""

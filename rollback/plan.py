@@ -19,7 +19,7 @@ from typing import NamedTuple, assert_never
 
 from rollback import names
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Examined, Kind, Observation, Quota, Subvol
+from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Examined, Kind, Observation, Quota, Subvol, TreeSize
 from rollback.settings import Config
 
 
@@ -198,12 +198,15 @@ class Plan:
         return [f"{n}. {step.describe()}" for n, step in enumerate(self.steps, 1)]
 
 
-def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare: bool = False) -> Plan:
+def plan_run(
+    config: Config, obs: Observation, *, make_room: bool = False, root_first: bool = False, bare: bool = False
+) -> Plan:
     """The run's steps. `make_room` (after the first change found no space, and nothing changed): the
     archived roots retention prunes this run are deleted first, straight from the archive, like the
     trash's leftovers; they went anyway, and without them nothing of rollback's would free space.
-    `bare`: run with none of the machine's settings (no config file, outside the initrd: a rescue
-    shell), where those given need not be the machine's."""
+    `root_first` (room_from_root said so): the old root is deleted where it is, and its space waited
+    for, before the new one is made. `bare`: run with none of the machine's settings (no config file,
+    outside the initrd: a rescue shell), where those given need not be the machine's."""
     if bare:
         _check_archive_unset(config, obs)
     if mark_applies(config, obs):
@@ -235,7 +238,9 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
         move(source, f"{TRASH_DIR}/{name}")
         deletes.append((Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))), source))
 
-    if archives_root(config, obs):
+    if root_first:  # (not in keep mode: room_from_root)
+        steps += [Delete(target, len(obs.tree(target))), Reclaim(timeout_s=ROOT_RECLAIM_S)]
+    elif archives_root(config, obs):
         move(target, f"{config.archive}/{_archive_name(config, obs)}")
     elif obs.kind(target) is Kind.SUBVOLUME:
         move_to_trash(target)
@@ -267,6 +272,34 @@ def plan_run(config: Config, obs: Observation, *, make_room: bool = False, bare:
     warnings += _quota_left(quota, target, _blank_quota(config, obs)) + _misspelt(config, obs)
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
     return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
+
+
+# Deleting the old root where it is, to make room, only where its own tree gives back this much
+# metadata: a create needs a few tree blocks (btrfs reserves ~2 MiB for one); a root smaller than
+# this on a disk full of other data would leave the boot with no root at all once deleted
+ROOM_FROM_ROOT = 8 << 20
+ROOT_RECLAIM_S = 300.0  # the kernel frees ~10 MiB of a deleted tree per second (a disk's worth of logs)
+
+
+def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSize]) -> int:
+    """The bytes of metadata the old root's own tree would give back if deleted where it is, when a
+    run found no room for its first change (a root that filled the disk itself: a runaway log, a
+    build's temporary files; nothing else of rollback's to delete). 0 where it is not to be deleted so:
+    keep mode (the old root is kept), under ROOM_FROM_ROOT, or shared: snapshotted since it was made
+    (the copy holds its blocks), or a snapshot of anything but the blank (its source's share
+    unknown). `sizes`: the trees of the root and the blank (effects.btrfs.tree_sizes)."""
+    root, blank = obs.get(config.subvolume), obs.get(config.blank)
+    own = sizes.get(root.id) if root and not config.keeping else None
+    if root is None or own is None or own.last_snapshot > own.snapshot_of:
+        return 0
+    shared = 0
+    if own.snapshot_of:  # a snapshot: the blocks of its source it was not written over are shared
+        source = sizes.get(blank.id) if blank and root.parent_uuid == blank.uuid else None
+        if source is None:
+            return 0
+        shared = source.bytes_used
+    freed = own.bytes_used - shared
+    return freed if freed >= ROOM_FROM_ROOT else 0
 
 
 def archives_elsewhere(config: Config, obs: Observation) -> dict[str, int]:

@@ -386,19 +386,23 @@ def _check_hibernation(config: Config, cmdline: str) -> None:
 def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields: dict[str, Any]) -> Plan:
     """Execute a run's plan. No room for its first change (nothing changed) while retention prunes
     archived roots: those are deleted first, then the run goes on (else that refusal would repeat at
-    every boot, with rollback's own archive filling the disk). The plan that ran."""
+    every boot, with rollback's own archive filling the disk); with none, the old root, where it filled
+    the disk itself (_root_first). The plan that ran."""
     try:
         return _execute(plan, top, fields)
     except Refused as refused:
         pruned = prune_paths(config, obs, make_room=True)
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
-        if refused.code != "no-space" or not pruned or isinstance(plan.steps[0], Delete):
+        if refused.code != "no-space" or isinstance(plan.steps[0], Delete):
             raise
+        no_room = refused
 
     # listed whole now (a run leaving deletes to the cleanup listed archived roots bounded): these are
     # deleted by this run, with a deleting run's checks and counts
     mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
     obs = _observe(config, top, mounted, obs.now)
+    if not pruned:
+        return _root_first(config, obs, top, fields, no_room)
     plan = plan_run(config, obs, make_room=True)
     deleting = sum(isinstance(step, Delete) and step.path in pruned for step in plan.steps)
     emit("step", f"no space for the first change, nothing changed: first deleting {deleting} pruned root(s)", **fields)
@@ -418,6 +422,38 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         raise StepFailed(
             f"{failed.reason} (the run had no room, and was making it by deleting the archived roots retention prunes)",
             failed.hint,  # _failure's: whether the old root stays in use depends on the step
+            code="no-space-midway",
+        ) from None
+
+
+def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, Any], no_room: Refused) -> Plan:
+    """No room for the first change, nothing of rollback's to delete, and the old root itself is what
+    filled the disk (plan.room_from_root: recreate and snapshot modes, which delete it anyway): it is
+    deleted where it is, its space waited for, then the new root made. Else the refusal stands, and
+    would at every boot (found by a full-disk tester)."""
+    from rollback.effects import btrfs
+    from rollback.plan import room_from_root
+
+    ids = [s.id for s in (obs.get(config.subvolume), obs.get(config.blank)) if s is not None]
+    freed = room_from_root(config, obs, btrfs.tree_sizes(top, ids))
+    if not freed:
+        raise no_room
+    plan = plan_run(config, obs, make_room=True, root_first=True)
+    emit(
+        "step",
+        f"no space for the first change, nothing changed: the old root's own files take {freed >> 20} MiB of "
+        "metadata; deleting it where it is (not kept for a cleanup after boot), then making the new one",
+        **fields,
+    )
+    try:
+        return _execute(plan, top, fields)
+    except StepFailed as failed:
+        if failed.code != "no-space-midway":
+            raise
+        raise StepFailed(
+            f"{failed.reason} (the old root was deleted where it was, to make room for it)",
+            "the next run makes the new root once the kernel has freed the old one's space (rollback status: "
+            "pending deletions); if it still has no room: free space (btrfs filesystem usage)",
             code="no-space-midway",
         ) from None
 

@@ -19,7 +19,7 @@ import btrfsutil
 
 from rollback import names
 from rollback.effects import qgroups, refs
-from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, MarkFor, Mounts, Observation, Subvol
+from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, MarkFor, Mounts, Observation, Subvol, TreeSize
 from rollback.plan import (
     Bounds,
     Commit,
@@ -55,6 +55,27 @@ def ids_within(top: Path, path: str) -> set[int]:
     try:
         own = btrfsutil.subvolume_id(fd)
         return {own} | {ref[1] for ref in refs.below(refs.all_refs(fd), own)}
+    finally:
+        os.close(fd)
+
+
+_ROOT_ITEM_KEY = 132
+# btrfs_root_item: a btrfs_inode_item (160 bytes), then generation, root_dirid, bytenr, byte_limit,
+# bytes_used, last_snapshot (little-endian u64s)
+_ROOT_ITEM_SIZES = struct.Struct("<160x32xQQ")
+
+
+def tree_sizes(top: Path, ids: Iterable[int]) -> dict[int, TreeSize]:
+    """What each subvolume's tree takes (its ROOT_ITEM): btrfsutil does not give it. One search each;
+    a subvolume gone meanwhile is left out."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        found: dict[int, TreeSize] = {}
+        for number in ids:
+            for offset, item in refs.items(fd, refs.ROOT_TREE, number, _ROOT_ITEM_KEY)[:1]:
+                used, last = _ROOT_ITEM_SIZES.unpack_from(item)
+                found[number] = TreeSize(used, last, offset)
+        return found
     finally:
         os.close(fd)
 

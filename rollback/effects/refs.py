@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 _TREE_SEARCH_V2 = 0xC0709411  # _IOWR(0x94, 17, struct btrfs_ioctl_search_args_v2): 104-byte key + u64 buf_size
 _INO_LOOKUP = 0xD0009412  # _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): u64 treeid, u64 objectid, char[4080]
-_ROOT_TREE = 1
+ROOT_TREE = 1
 _TOP_LEVEL = 5
 _ROOT_REF = 156
 _INODE_REF = 12
@@ -46,7 +46,7 @@ def all_refs(fd: int) -> list[Ref]:
     open file of the filesystem (the top level's)."""
     found: list[Ref] = []
     low, high = (_TOP_LEVEL, _ROOT_REF, 0), (_MAX64, _ROOT_REF, _MAX64)
-    for args, pos, kind in _search(fd, _ROOT_TREE, low, high):  # ROOT_ITEMs, ROOT_BACKREFs between: skipped
+    for args, pos, kind in _search(fd, ROOT_TREE, low, high):  # ROOT_ITEMs, ROOT_BACKREFs between: skipped
         if kind == _ROOT_REF:
             _transid, objectid, offset, _kind, _length, inode, _sequence, size = _REF_ITEM.unpack_from(args, pos)
             name = pos + _REF_ITEM.size

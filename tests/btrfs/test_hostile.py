@@ -396,9 +396,9 @@ def _old_root(top: Path, files: int, where: str = TRASH) -> None:
         btrfsutil.create_subvolume(str(chain))
 
 
-def _fill_metadata(top: Path, round_no: int) -> int:
-    """xattrs (metadata only) on new files in persist until even a 64-byte one does not fit."""
-    fill = top / "persist" / "fill"
+def _fill_metadata(top: Path, round_no: int, where: str = "persist") -> int:
+    """xattrs (metadata only) on new files in `where` until even a 64-byte one does not fit."""
+    fill = top / where / "fill"
     fill.mkdir(exist_ok=True)
     added = number = 0
     for size in (15000, 4000, 1000, 256, 64):
@@ -511,6 +511,74 @@ def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(
     else:
         assert marked.returncode == Exit.REFUSED and "reason=no-space" in marked.stderr, marked.stderr
         assert small_disk.state() == before
+
+
+def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool) -> None:
+    """The old root filled the disk itself (a runaway log, a build's temporary files): metadata full,
+    no room for the root's move. `shared`: a copy of it (a snapshot the user took) holds its blocks."""
+    with disk.top() as top:
+        populate(top, nested=["root/var/lib/machines"], blank=True)
+        (top / "persist" / "precious").write_text("keep me\n")
+    assert disk.rollback("run", *mode).returncode == Exit.OK  # a root as a boot made it
+    assert disk.rollback("cleanup").returncode == Exit.OK  # (after boot: the old one deleted since)
+    with disk.top() as top:
+        (top / "root" / "var").mkdir()
+        if shared:
+            btrfsutil.create_snapshot(str(top / "root"), str(top / "root-copy"), read_only=True)
+        _fill_metadata(top, 0, "root/var")
+    for round_no in range(1, 4):  # a fresh mount may find a little more room
+        with disk.top() as top:
+            if not _fill_metadata(top, round_no, "root/var"):
+                break
+    with disk.top() as top:  # the very problem: the first change of a run has no room
+        (top / ".rollback").mkdir(exist_ok=True)
+        with pytest.raises(OSError) as caught:
+            os.rename(top / "root", top / ".rollback" / "probe")
+        assert caught.value.errno == errno.ENOSPC
+
+
+_MODES = {"recreate": (), "snapshot": ("--mode", "snapshot", "--cleanup", "after-boot")}
+
+
+@pytest.mark.parametrize("mode", _MODES)
+def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: Disk, mode: str) -> None:
+    """Recreate and snapshot modes delete the old root anyway: when it filled the disk itself, it is
+    deleted where it is, its space waited for, then the new root made, everything else untouched (was:
+    refused at every boot, the full root booted again; found by a full-disk tester). After boot too:
+    not left in the trash for the cleanup."""
+    flags = _MODES[mode]
+    _root_fills_the_disk(small_disk, flags, shared=False)
+    before = small_disk.state()
+    result = small_disk.rollback("run", *flags)
+    assert result.returncode == Exit.OK, result.stderr
+    assert "metadata; deleting it where it is" in result.stderr
+    after = small_disk.state()
+    assert after.subvolume_paths() == before.subvolume_paths() == ["home", "nix", "persist", "root", "root-blank"]
+    expected = {"root"} | ({"root/etc", "root/etc/machine-id"} if mode == "snapshot" else set())
+    assert set(after.under("root")) == expected
+    assert outside_root(after) == outside_root(before)
+    # generations included, but the blank's where it was snapshotted (btrfs records that in it)
+    written = ("", "root", "root-blank") if mode == "snapshot" else ("", "root")
+    assert [s for s in after.subvolumes if s.path not in written] == [
+        s for s in before.subvolumes if s.path not in written
+    ]
+    assert [(s.id, s.ctransid) for s in after.subvolumes if s.path == "root-blank"] == [
+        (s.id, s.ctransid) for s in before.subvolumes if s.path == "root-blank"
+    ]
+    again = small_disk.rollback("run", *flags)  # and the next boot is an ordinary one
+    assert again.returncode == Exit.OK, again.stderr
+    assert "deleting it where it is" not in again.stderr
+
+
+def test_a_root_that_filled_the_disk_and_was_copied_is_refused_untouched(small_disk: Disk) -> None:
+    """A snapshot of the old root shares its blocks: deleting it would give back nothing, and the boot
+    would have no root at all. Refused as before, the device exactly as it was."""
+    _root_fills_the_disk(small_disk, (), shared=True)
+    before = small_disk.state()
+    result = small_disk.rollback("run")
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=no-space" in result.stderr and "if it filled the disk, clean it up there" in result.stderr
+    assert small_disk.state() == before
 
 
 # --- 7. a wrong clock ------------------------------------------------------------------------

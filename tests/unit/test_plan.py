@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, TRASH_DIR, MarkFor, Observation, Quota
+from rollback.model import SKIP_MARK, TRASH_DIR, Examined, MarkFor, Observation, Quota, TreeSize
 from rollback.plan import (
     Commit,
     Create,
@@ -34,6 +34,7 @@ from rollback.plan import (
     plan_skip_next,
     prune_paths,
     put_back,
+    room_from_root,
     undone_by_put_back,
 )
 from rollback.settings import resolve
@@ -168,6 +169,53 @@ def test_making_room_never_leaves_fewer_archived_roots_than_asked(keep: dict[str
     obs = observe(["root", *archived])
     assert prune_paths(config(**flags), obs, make_room=True) == []  # type: ignore[arg-type]
     assert not any(isinstance(step, Delete) for step in plan_run(config(**flags), obs, make_room=True).steps)  # type: ignore[arg-type]
+
+
+_MIB = 1 << 20
+
+
+def _from_blank(obs: Observation, source: str = "root-blank") -> Observation:
+    """`obs` with root a snapshot of `source`."""
+
+    def uuids(sub: Examined) -> Examined:
+        made = replace(sub, uuid=f"uuid-{sub.path}")
+        return replace(made, parent_uuid=f"uuid-{source}") if sub.path == "root" else made
+
+    return replace(obs, subvols=tuple(uuids(s) for s in obs.subvols if isinstance(s, Examined)))
+
+
+@pytest.mark.parametrize(
+    ("flags", "root", "blank_used", "source", "freed"),
+    [
+        ({}, TreeSize(233 * _MIB, 0, 0), None, None, 233 * _MIB),  # made by a recreate run, never copied
+        ({}, TreeSize(7 * _MIB, 0, 0), None, None, 0),  # too small to make room: the boot would have no root
+        ({}, TreeSize(233 * _MIB, 40, 0), None, None, 0),  # snapshotted since: the copy holds its blocks
+        ({"mode": "snapshot"}, TreeSize(233 * _MIB, 30, 30), 3 * _MIB, "root-blank", 230 * _MIB),  # the blank's share
+        ({"mode": "snapshot"}, TreeSize(233 * _MIB, 30, 30), 230 * _MIB, "root-blank", 0),  # a big blank's
+        ({"mode": "snapshot"}, TreeSize(233 * _MIB, 40, 30), 3 * _MIB, "root-blank", 0),  # snapshotted since
+        ({}, TreeSize(233 * _MIB, 30, 30), 3 * _MIB, "persist", 0),  # a snapshot of something else: its share unknown
+        ({}, TreeSize(233 * _MIB, 30, 30), None, "root-blank", 0),  # the source's size unread
+        ({"archive": "old", "keep_count": 1}, TreeSize(233 * _MIB, 0, 0), None, None, 0),  # keep: the root is kept
+    ],
+)
+def test_the_old_root_is_deleted_in_place_to_make_room_only_where_its_own_tree_gives_it_back(
+    flags: dict[str, object], root: TreeSize, blank_used: int | None, source: str | None, freed: int
+) -> None:
+    """The root filled the disk itself: in recreate and snapshot modes it is deleted where it is,
+    first, when what its own tree gives back is known and large; never in keep mode."""
+    obs = observe([*LAYOUT, ("root-blank", True)])
+    obs = _from_blank(obs, source) if source else obs
+    ids = {s.path: s.id for s in obs.subvols}
+    sizes = {ids["root"]: root} | ({ids["root-blank"]: TreeSize(blank_used, 9, 0)} if blank_used else {})
+    assert room_from_root(config(**flags), obs, sizes) == freed  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["recreate", "snapshot"])
+def test_deleting_the_old_root_first_waits_for_its_space_then_makes_the_new_one(mode: str) -> None:
+    obs = observe([*LAYOUT, ("root-blank", True)], dirs=[TRASH_DIR])
+    plan = plan_run(config(mode=mode, cleanup="after-boot"), obs, make_room=True, root_first=True)
+    made: Step = Snapshot("root-blank", "root") if mode == "snapshot" else Create("root")
+    assert plan.steps == (Delete("root", 2), Reclaim(timeout_s=300.0), made, Commit())
 
 
 @pytest.mark.parametrize(
