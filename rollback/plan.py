@@ -285,11 +285,12 @@ def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSiz
     """The bytes of metadata the old root's own tree would give back if deleted where it is, when a
     run found no room for its first change (a root that filled the disk itself: a runaway log, a
     build's temporary files; nothing else of rollback's to delete). 0 where it is not to be deleted so:
-    keep mode (the old root is kept), under ROOM_FROM_ROOT, or shared: snapshotted since it was made
-    (the copy holds its blocks), or a snapshot of anything but the blank (its source's share
-    unknown). `sizes`: the trees of the root and the blank (effects.btrfs.tree_sizes)."""
+    keep mode (the old root is kept), a skip-next mark for it (the user keeps it for this boot), under
+    ROOM_FROM_ROOT, or shared: snapshotted since it was made (the copy holds its blocks), or a snapshot
+    of anything but the blank (its source's share unknown). `sizes`: the trees of the root and the blank
+    (effects.btrfs.tree_sizes)."""
     root, blank = obs.get(config.subvolume), obs.get(config.blank)
-    own = sizes.get(root.id) if root and not config.keeping else None
+    own = sizes.get(root.id) if root and not config.keeping and not mark_applies(config, obs) else None
     if root is None or own is None or own.last_snapshot > own.snapshot_of:
         return 0
     shared = 0

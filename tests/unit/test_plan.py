@@ -196,6 +196,7 @@ def _from_blank(obs: Observation, source: str = "root-blank") -> Observation:
         ({}, TreeSize(233 * _MIB, 30, 30), 3 * _MIB, "persist", 0),  # a snapshot of something else: its share unknown
         ({}, TreeSize(233 * _MIB, 30, 30), None, "root-blank", 0),  # the source's size unread
         ({"archive": "old", "keep_count": 1}, TreeSize(233 * _MIB, 0, 0), None, None, 0),  # keep: the root is kept
+        ({}, TreeSize(233 * _MIB, 0, 0), None, "mark", 0),  # skip-next: the user keeps it for this boot
     ],
 )
 def test_the_old_root_is_deleted_in_place_to_make_room_only_where_its_own_tree_gives_it_back(
@@ -203,8 +204,8 @@ def test_the_old_root_is_deleted_in_place_to_make_room_only_where_its_own_tree_g
 ) -> None:
     """The root filled the disk itself: in recreate and snapshot modes it is deleted where it is,
     first, when what its own tree gives back is known and large; never in keep mode."""
-    obs = observe([*LAYOUT, ("root-blank", True)])
-    obs = _from_blank(obs, source) if source else obs
+    obs = observe([*LAYOUT, ("root-blank", True)], skip_mark=source == "mark")
+    obs = _from_blank(obs, source) if source and source != "mark" else obs
     ids = {s.path: s.id for s in obs.subvols}
     sizes = {ids["root"]: root} | ({ids["root-blank"]: TreeSize(blank_used, 9, 0)} if blank_used else {})
     assert room_from_root(config(**flags), obs, sizes) == freed  # type: ignore[arg-type]
