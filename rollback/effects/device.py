@@ -106,7 +106,8 @@ def _unheld_block_devices() -> list[str]:
     """The kernel's block devices (/sys/class/block names) that could hold a btrfs superblock and that
     no other device holds, nor the disk a partition is on (a multipath path's, an md member's), and that
     udev, where it ran, did not find something else on. Not read: what is too small for a superblock
-    (an empty drive, an unconnected nbd, an unattached loop device: size 0), floppy drives."""
+    (an empty drive, an unconnected nbd, an unattached loop device: size 0), floppy drives, DRBD
+    devices (_UNREAD_MAJORS)."""
     try:
         names = os.listdir("/sys/class/block")
     except OSError:
@@ -118,7 +119,10 @@ def _unheld_block_devices() -> list[str]:
     ]
 
 
-_FLOPPY_MAJOR = 2
+# block majors never read: floppy drives (a drive's retries); DRBD, whose device shows its backing
+# device's bytes and which, unlike dm and md, registers no holder of that device (the pair would be
+# a member on two devices at every boot): the backing device is read instead, and is the same bytes
+_UNREAD_MAJORS = {2: "floppy", 147: "drbd"}
 _SUPERBLOCK_END = _SUPERBLOCK + 4096
 
 
@@ -130,7 +134,7 @@ def _big_enough(name: str) -> bool:
             major = int(handle.read().partition(":")[0])
     except (OSError, ValueError):
         return False
-    return sectors * 512 >= _SUPERBLOCK_END and major != _FLOPPY_MAJOR
+    return sectors * 512 >= _SUPERBLOCK_END and major not in _UNREAD_MAJORS
 
 
 def _held(name: str) -> bool:

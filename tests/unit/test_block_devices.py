@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
 
 from rollback.effects import device
 
@@ -57,3 +58,13 @@ def test_a_partition_is_on_its_disk_and_a_disk_is_its_own() -> None:
     assert disks and all(device._disk_of(n) == n for n in disks)
     for partition in partitions:  # (vda1 on vda, loop0p1 on loop0, nvme0n1p2 on nvme0n1)
         assert partition.startswith(device._disk_of(partition)) and device._disk_of(partition) in disks
+
+
+@pytest.mark.parametrize(("number", "read"), [("8:16", True), ("147:0", False), ("2:0", False)])
+def test_a_drbd_device_is_not_read_beside_its_backing_device(fs: FakeFilesystem, number: str, read: bool) -> None:
+    """DRBD (major 147) registers no holder of its backing device, whose bytes /dev/drbdN shows: a
+    multi-device btrfs on DRBD would have been refused copy-attached at every boot (a reviewer). Its
+    backing device is read instead; floppy drives (major 2) are not read at all."""
+    fs.create_file("/sys/class/block/x/size", contents="2097152\n")
+    fs.create_file("/sys/class/block/x/dev", contents=f"{number}\n")
+    assert device._big_enough("x") is read
