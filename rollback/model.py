@@ -39,11 +39,13 @@ class Subvol:
 class TreeSize:
     """A subvolume's own tree, from its ROOT_ITEM: the bytes of metadata its tree blocks take (a
     snapshot's counts those it shares with its source), and the transactions of its last snapshot
-    (0: never the source of one) and of its creation as a snapshot (its key's offset; 0: not one)."""
+    (0: never the source of one), of its creation as a snapshot (its key's offset; 0: not one) and of
+    the last change to its files (ctransid; a snapshot taken of it changes none)."""
 
     bytes_used: int
     last_snapshot: int
     snapshot_of: int
+    changed_at: int = 0
 
 
 @dataclass(frozen=True)

@@ -287,8 +287,8 @@ def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSiz
     build's temporary files; nothing else of rollback's to delete). 0 where it is not to be deleted so:
     keep mode (the old root is kept), a skip-next mark for it (the user keeps it for this boot), under
     ROOM_FROM_ROOT, or shared: snapshotted since it was made (the copy holds its blocks), or a snapshot
-    of anything but the blank (its source's share unknown). `sizes`: the trees of the root and the blank
-    (effects.btrfs.tree_sizes)."""
+    of anything but the blank, or of a blank changed since (its share unknown: a copy of the blank may
+    hold what the root shared). `sizes`: the trees of the root and the blank (effects.btrfs.tree_sizes)."""
     root, blank = obs.get(config.subvolume), obs.get(config.blank)
     own = sizes.get(root.id) if root and not config.keeping and not mark_applies(config, obs) else None
     if root is None or own is None or own.last_snapshot > own.snapshot_of:
@@ -296,7 +296,7 @@ def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSiz
     shared = 0
     if own.snapshot_of:  # a snapshot: the blocks of its source it was not written over are shared
         source = sizes.get(blank.id) if blank and root.parent_uuid == blank.uuid else None
-        if source is None:
+        if source is None or source.changed_at > own.snapshot_of:
             return 0
         shared = source.bytes_used
     freed = own.bytes_used - shared

@@ -390,6 +390,10 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     the disk itself (_root_first). The plan that ran."""
     try:
         return _execute(plan, top, fields)
+    except StepFailed as failed:
+        if failed.code != "no-space-midway" or not isinstance(plan.steps[0], Delete):
+            raise
+        return _after_leftovers(config, obs, top, fields, failed)
     except Refused as refused:
         pruned = prune_paths(config, obs, make_room=True)
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
@@ -424,6 +428,25 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
             failed.hint,  # _failure's: whether the old root stays in use depends on the step
             code="no-space-midway",
         ) from None
+
+
+def _after_leftovers(config: Config, obs: Observation, top: Path, fields: dict[str, Any], failed: StepFailed) -> Plan:
+    """What earlier boots left in the trash was deleted first, then a later step had no room (exit 1,
+    and the next boot, with no leftovers, would make room: a boot lost, under stop-boot in emergency
+    mode; found by a full-disk tester). Where the run is then where the next boot would start, that
+    run goes on now, once; its refusal (no room still) is this run's failure, as before."""
+    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
+    now = _observe(config, top, mounted, obs.now, bounds(config))
+    plan = plan_run(config, now)
+    old, still = obs.get(config.subvolume), now.get(config.subvolume)
+    # the old root not moved yet (else the failure came later: the next run's job); no leftovers again
+    if old is None or still is None or still.id != old.id or not plan.steps or isinstance(plan.steps[0], Delete):
+        raise failed
+    emit("step", "no room after deleting what earlier runs left: going on as the next run would", **fields)
+    try:
+        return _execute_run(plan, config, now, top, fields)
+    except Refused:
+        raise failed from None
 
 
 def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, Any], no_room: Refused) -> Plan:
@@ -494,7 +517,14 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
         return Exit.SKIPPED
     # a first run, a run cut short, or a misspelt name: say so (a misspelt one is no rollback)
     moved = any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps)
-    done = "replaced" if moved else "created (none was there)"
+    in_place = any(isinstance(s, Delete) and s.path == config.subvolume for s in plan.steps)  # (_root_first)
+    done = (
+        "replaced"
+        if moved
+        else "replaced (the old one deleted where it was)"
+        if in_place
+        else "created (none was there)"
+    )
     unpruned = f", {len(plan.unpruned)} archived root(s) kept for want of room to prune them" if plan.unpruned else ""
     emit(
         "finished",
@@ -657,6 +687,16 @@ def skip_next(config: Config) -> Exit:
         plan = plan_skip_next(config, obs)
         try:
             _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
+        except Refused as error:  # no room for the mark: the next boot rolls back, in place if the root filled it
+            if error.code not in ("no-space", "over-quota"):
+                raise
+            raise Refused(
+                f"no room to set the mark ({error.reason}): the next boot replaces {config.subvolume} as every boot "
+                "does, and if the root itself filled the disk, deletes it where it is to make room",
+                "to keep the root at the next boot: rollback.skip on that boot's kernel command line; or free space "
+                "and run skip-next again",
+                code=error.code,
+            ) from None
         except StepFailed as error:  # no job for a next run to finish: whether the mark is set is the question
             raise StepFailed(
                 f"{error.reason}: the mark may be set or not (not committed: a power cut may lose it)",

@@ -61,8 +61,9 @@ def ids_within(top: Path, path: str) -> set[int]:
 
 _ROOT_ITEM_KEY = 132
 # btrfs_root_item: a btrfs_inode_item (160 bytes), then generation, root_dirid, bytenr, byte_limit,
-# bytes_used, last_snapshot (little-endian u64s)
-_ROOT_ITEM_SIZES = struct.Struct("<160x32xQQ")
+# bytes_used, last_snapshot (little-endian u64s); ... ctransid at 295 (after flags, refs, drop_progress,
+# drop_level, level, generation_v2 and three UUIDs)
+_ROOT_ITEM_SIZES = struct.Struct("<160x32xQQ87xQ")
 
 
 def tree_sizes(top: Path, ids: Iterable[int]) -> dict[int, TreeSize]:
@@ -73,8 +74,8 @@ def tree_sizes(top: Path, ids: Iterable[int]) -> dict[int, TreeSize]:
         found: dict[int, TreeSize] = {}
         for number in ids:
             for offset, item in refs.items(fd, refs.ROOT_TREE, number, _ROOT_ITEM_KEY)[:1]:
-                used, last = _ROOT_ITEM_SIZES.unpack_from(item)
-                found[number] = TreeSize(used, last, offset)
+                used, last, changed = _ROOT_ITEM_SIZES.unpack_from(item)
+                found[number] = TreeSize(used, last, offset, changed)
         return found
     finally:
         os.close(fd)

@@ -510,17 +510,20 @@ def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(
         assert small_disk.rollback("run", *keep).returncode == Exit.SKIPPED
     else:
         assert marked.returncode == Exit.REFUSED and "reason=no-space" in marked.stderr, marked.stderr
+        assert "no room to set the mark" in marked.stderr, marked.stderr
         assert small_disk.state() == before
 
 
-def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool) -> None:
+def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool, leftover: bool = False) -> None:
     """The old root filled the disk itself (a runaway log, a build's temporary files): metadata full,
-    no room for the root's move. `shared`: a copy of it (a snapshot the user took) holds its blocks."""
+    no room for the root's move. `shared`: a copy of it (a snapshot the user took) holds its blocks.
+    `leftover`: the root before it still in the trash (after boot, the cleanup never ran)."""
     with disk.top() as top:
         populate(top, nested=["root/var/lib/machines"], blank=True)
         (top / "persist" / "precious").write_text("keep me\n")
     assert disk.rollback("run", *mode).returncode == Exit.OK  # a root as a boot made it
-    assert disk.rollback("cleanup").returncode == Exit.OK  # (after boot: the old one deleted since)
+    if not leftover:
+        assert disk.rollback("cleanup").returncode == Exit.OK  # (after boot: the old one deleted since)
     with disk.top() as top:
         (top / "root" / "var").mkdir()
         if shared:
@@ -537,7 +540,11 @@ def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool) -> Non
         assert caught.value.errno == errno.ENOSPC
 
 
-_MODES = {"recreate": (), "snapshot": ("--mode", "snapshot", "--cleanup", "after-boot")}
+_MODES = {
+    "recreate": (),
+    "snapshot": ("--mode", "snapshot", "--cleanup", "after-boot"),
+    "leftover": ("--cleanup", "after-boot"),  # the cleanup never ran: the root before it in the trash
+}
 
 
 @pytest.mark.parametrize("mode", _MODES)
@@ -545,22 +552,26 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
     """Recreate and snapshot modes delete the old root anyway: when it filled the disk itself, it is
     deleted where it is, its space waited for, then the new root made, everything else untouched (was:
     refused at every boot, the full root booted again; found by a full-disk tester). After boot too:
-    not left in the trash for the cleanup."""
+    not left in the trash for the cleanup. With a leftover in the trash, deleted first, the same run
+    goes on (was: exit 1, and the next boot did it)."""
     flags = _MODES[mode]
-    _root_fills_the_disk(small_disk, flags, shared=False)
+    _root_fills_the_disk(small_disk, flags, shared=False, leftover=mode == "leftover")
     before = small_disk.state()
     result = small_disk.rollback("run", *flags)
     assert result.returncode == Exit.OK, result.stderr
     assert "metadata; deleting it where it is" in result.stderr
+    assert ("going on as the next run would" in result.stderr) is (mode == "leftover")
+    assert "root replaced (the old one deleted where it was), 1 subvolume(s) deleted" in result.stderr
     after = small_disk.state()
-    assert after.subvolume_paths() == before.subvolume_paths() == ["home", "nix", "persist", "root", "root-blank"]
+    assert [p for p in before.subvolume_paths() if not p.startswith(TRASH)] == after.subvolume_paths()
+    assert after.subvolume_paths() == ["home", "nix", "persist", "root", "root-blank"]
     expected = {"root"} | ({"root/etc", "root/etc/machine-id"} if mode == "snapshot" else set())
     assert set(after.under("root")) == expected
     assert outside_root(after) == outside_root(before)
     # generations included, but the blank's where it was snapshotted (btrfs records that in it)
     written = ("", "root", "root-blank") if mode == "snapshot" else ("", "root")
     assert [s for s in after.subvolumes if s.path not in written] == [
-        s for s in before.subvolumes if s.path not in written
+        s for s in before.subvolumes if s.path not in written and not s.path.startswith(TRASH)
     ]
     assert [(s.id, s.ctransid) for s in after.subvolumes if s.path == "root-blank"] == [
         (s.id, s.ctransid) for s in before.subvolumes if s.path == "root-blank"
@@ -568,6 +579,22 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
     again = small_disk.rollback("run", *flags)  # and the next boot is an ordinary one
     assert again.returncode == Exit.OK, again.stderr
     assert "deleting it where it is" not in again.stderr
+
+
+def test_the_trees_sizes_are_read_from_their_root_items(small_disk: Disk) -> None:
+    """What room_from_root decides on, as btrfs itself reports it (btrfsutil has no bytes_used)."""
+    with small_disk.top() as top:
+        btrfsutil.create_subvolume(str(top / "blank"))
+        (top / "blank" / "file").write_text("x" * 3000)  # (inline: metadata)
+        btrfsutil.sync(str(top))
+        btrfsutil.create_snapshot(str(top / "blank"), str(top / "root"))
+        btrfsutil.sync(str(top))
+        blank, root = (btrfsutil.subvolume_info(str(top / n)) for n in ("blank", "root"))
+        sizes = btrfs.tree_sizes(top, [blank.id, root.id, 4242])  # (one gone: left out)
+    assert set(sizes) == {blank.id, root.id}
+    assert sizes[blank.id].snapshot_of == 0 and sizes[blank.id].changed_at == blank.ctransid
+    assert sizes[blank.id].last_snapshot == root.otransid == sizes[root.id].snapshot_of
+    assert sizes[root.id].changed_at == root.ctransid and sizes[root.id].bytes_used >= 16384
 
 
 def test_a_root_that_filled_the_disk_and_was_copied_is_refused_untouched(small_disk: Disk) -> None:
@@ -578,6 +605,12 @@ def test_a_root_that_filled_the_disk_and_was_copied_is_refused_untouched(small_d
     result = small_disk.rollback("run")
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=no-space" in result.stderr and "if it filled the disk, clean it up there" in result.stderr
+    assert small_disk.state() == before
+    marked = small_disk.rollback(
+        "skip-next"
+    )  # no room for the mark either: what the next boot does, and how to keep it
+    assert marked.returncode == Exit.REFUSED, marked.stderr
+    assert "no room to set the mark" in marked.stderr and "rollback.skip on that boot" in marked.stderr
     assert small_disk.state() == before
 
 

@@ -193,6 +193,7 @@ def _from_blank(obs: Observation, source: str = "root-blank") -> Observation:
         ({"mode": "snapshot"}, TreeSize(233 * _MIB, 30, 30), 3 * _MIB, "root-blank", 230 * _MIB),  # the blank's share
         ({"mode": "snapshot"}, TreeSize(233 * _MIB, 30, 30), 230 * _MIB, "root-blank", 0),  # a big blank's
         ({"mode": "snapshot"}, TreeSize(233 * _MIB, 40, 30), 3 * _MIB, "root-blank", 0),  # snapshotted since
+        ({"mode": "snapshot"}, TreeSize(233 * _MIB, 30, 30), 3 * _MIB, "changed blank", 0),  # its share unknown
         ({}, TreeSize(233 * _MIB, 30, 30), 3 * _MIB, "persist", 0),  # a snapshot of something else: its share unknown
         ({}, TreeSize(233 * _MIB, 30, 30), None, "root-blank", 0),  # the source's size unread
         ({"archive": "old", "keep_count": 1}, TreeSize(233 * _MIB, 0, 0), None, None, 0),  # keep: the root is kept
@@ -205,9 +206,12 @@ def test_the_old_root_is_deleted_in_place_to_make_room_only_where_its_own_tree_g
     """The root filled the disk itself: in recreate and snapshot modes it is deleted where it is,
     first, when what its own tree gives back is known and large; never in keep mode."""
     obs = observe([*LAYOUT, ("root-blank", True)], skip_mark=source == "mark")
-    obs = _from_blank(obs, source) if source and source != "mark" else obs
+    obs = (
+        _from_blank(obs, "root-blank" if source == "changed blank" else source) if source not in (None, "mark") else obs
+    )
     ids = {s.path: s.id for s in obs.subvols}
-    sizes = {ids["root"]: root} | ({ids["root-blank"]: TreeSize(blank_used, 9, 0)} if blank_used else {})
+    blank = TreeSize(blank_used or 0, 9, 0, changed_at=31 if source == "changed blank" else 9)
+    sizes = {ids["root"]: root} | ({ids["root-blank"]: blank} if blank_used else {})
     assert room_from_root(config(**flags), obs, sizes) == freed  # type: ignore[arg-type]
 
 
