@@ -20,7 +20,7 @@ import pytest
 
 from rollback.effects import btrfs
 from rollback.errors import Exit
-from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
+from rollback.verbs import CRASH_AFTER_ENV, FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.disks import Disk, single_disk
 from tests.support.environment import unavailable
 from tests.support.layout import outside_root, populate, sh
@@ -525,6 +525,8 @@ def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool, leftov
     if not leftover:
         assert disk.rollback("cleanup").returncode == Exit.OK  # (after boot: the old one deleted since)
     with disk.top() as top:
+        btrfsutil.sync(str(top))  # (a commit starts the kernel's cleaner at once, else within 30 s)
+        sh("btrfs", "subvolume", "sync", str(top))  # the first run's deletes done: no wait planned before its steps
         (top / "root" / "var").mkdir()
         if shared:
             btrfsutil.create_snapshot(str(top / "root"), str(top / "root-copy"), read_only=True)
@@ -579,6 +581,23 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
     again = small_disk.rollback("run", *flags)  # and the next boot is an ordinary one
     assert again.returncode == Exit.OK, again.stderr
     assert "deleting it where it is" not in again.stderr
+
+
+@pytest.mark.parametrize("step", range(1, 6))
+def test_a_root_deleted_where_it_is_converges_after_a_kill_at_any_step(small_disk: Disk, step: int) -> None:
+    """Killed after any step of a run that deletes the old root where it is (the root gone and none
+    made yet, included): the next run finishes, one empty root, the rest as it was."""
+    _root_fills_the_disk(small_disk, (), shared=False)
+    before = small_disk.state()
+    crashed = small_disk.rollback("run", env={CRASH_AFTER_ENV: str(step)})
+    assert crashed.returncode in (-9, Exit.OK), crashed.stderr
+    assert outside_root(small_disk.state()) == outside_root(before)
+    finished = small_disk.rollback("run")
+    assert finished.returncode == Exit.OK, (step, finished.stderr)
+    after = small_disk.state()
+    assert after.subvolume_paths() == ["home", "nix", "persist", "root", "root-blank"]
+    assert set(after.under("root")) == {"root"}
+    assert outside_root(after) == outside_root(before)
 
 
 def test_the_trees_sizes_are_read_from_their_root_items(small_disk: Disk) -> None:
