@@ -362,9 +362,12 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
             traceback=traceback.format_exc(),
         )
         return int(Exit.FAILED)
-    finally:
+    finally:  # (a stop signal now, the verb ended, waits for the handler put back: the early process's
+        # defers it until its status is published, standby.serve)
+        signal.pthread_sigmask(signal.SIG_BLOCK, previous)
         for number, handler in previous.items():
             signal.signal(number, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, previous)
 
 
 # what stops a verb but Ctrl-C: systemd stopping the unit (a timeout, a shutdown), a rescue shell's terminal

@@ -19,6 +19,7 @@ nothing depends on it.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 
 from rollback.errors import Exit
@@ -54,6 +55,11 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
     while not os.read(fds[0], 64):  # a FIFO held read-write never reads EOF; a line means go
         pass
     os.unlink(os.path.join(directory, "pid"))  # triggered once: no later trigger may wait on this pid
+    # a stop signal once the run has ended (the verb's own handler catches one before) waits for the
+    # status: dying first, the trigger would run the command again; a status 1 would fail the boot
+    late: list[int] = []
+    for number in _STOPPING:
+        signal.signal(number, lambda signum, _frame: late.append(signum))
     code = int(Exit.FAILED)  # whatever ends the run (an exception, a SystemExit), a status is published:
     try:  # without one the trigger would run the command again (a second rollback in one boot)
         code = run(argv)
@@ -62,7 +68,13 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
     finally:
         _publish(status, f"{code}\n")
         os.write(fds[1], b"\n")  # the trigger sleeps in a timed read of `wake`: it looks at once
+    if late:  # then ends as the signal would have
+        signal.signal(late[0], signal.SIG_DFL)
+        os.kill(os.getpid(), late[0])
     return code
+
+
+_STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _fifo(path: str) -> int:

@@ -185,6 +185,32 @@ def test_the_exit_status_is_never_lost_and_the_run_never_repeated(tmp_path: Path
         assert (result.returncode, result.stderr) == (code, b"")
 
 
+STOPPED_AT_THE_END = (  # the real early process, whose run is sent a SIGTERM as it ends, then exits 3
+    "import os, signal, sys\n"
+    "from rollback.effects import standby\n"
+    "def run(argv):\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    return 3\n"
+    "sys.exit(standby.serve(sys.argv[1], ['x'], run))\n"
+)
+
+
+def test_a_stop_signal_as_the_run_ends_waits_for_its_status(tmp_path: Path) -> None:
+    """systemd stopping the early unit just as its run ends (the verb's own handler put back): it died
+    before publishing the status, and the trigger ran the command a second time (or, caught a moment
+    earlier, published 1 for a run that had succeeded; a reviewer). The status is published, then it
+    dies of the signal."""
+    directory = tmp_path / "standby"
+    argv = [sys.executable, "-c", STOPPED_AT_THE_END, str(directory)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    with subprocess.Popen(argv, env=env, stderr=subprocess.PIPE) as process:
+        published(directory, process)
+        result = subprocess.run(["bash", str(TRIGGER), str(directory), *FALLBACK], capture_output=True, timeout=60)
+        process.wait(timeout=30)
+    assert (result.returncode, result.stderr) == (3, b"")
+    assert process.returncode == -signal.SIGTERM
+
+
 def test_a_finished_early_process_not_yet_reaped_still_passes_its_status_on(tmp_path: Path) -> None:
     """A zombie answers kill -0 like a live process: the status decides, not the pid."""
     directory = tmp_path / "standby"
