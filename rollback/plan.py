@@ -224,8 +224,11 @@ def plan_run(
     due = [*leftovers, *(pruned if make_room else ())]
     steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in due]
     # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
-    if due or (obs.pending_cleanup and config.deletes_at_boot):
-        steps.append(Reclaim())
+    # no root, deleted subvolumes still being freed: a run cut short after deleting the old root where
+    # it was (root_first) needs that space for the create, in either cleanup setting
+    missing = obs.kind(target) is Kind.MISSING
+    if due or (obs.pending_cleanup and (config.deletes_at_boot or missing)):
+        steps.append(Reclaim(timeout_s=ROOT_RECLAIM_S) if missing and not due else Reclaim())
     deletes: list[tuple[Delete, str]] = []  # and what each deletes
 
     def move(source: str, dest: str) -> None:
@@ -238,7 +241,8 @@ def plan_run(
         move(source, f"{TRASH_DIR}/{name}")
         deletes.append((Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))), source))
 
-    if root_first:  # (not in keep mode: room_from_root)
+    if root_first:  # (room_from_root said so: not in keep mode)
+        assert not config.keeping and obs.kind(target) is Kind.SUBVOLUME, "root_first without a root to delete"
         steps += [Delete(target, len(obs.tree(target))), Reclaim(timeout_s=ROOT_RECLAIM_S)]
     elif archives_root(config, obs):
         move(target, f"{config.archive}/{_archive_name(config, obs)}")
@@ -281,26 +285,38 @@ ROOM_FROM_ROOT = 8 << 20
 ROOT_RECLAIM_S = 300.0  # the kernel frees ~10 MiB of a deleted tree per second (a disk's worth of logs)
 
 
-def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSize]) -> int:
+def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSize]) -> tuple[int, str]:
     """The bytes of metadata the old root's own tree would give back if deleted where it is, when a
     run found no room for its first change (a root that filled the disk itself: a runaway log, a
-    build's temporary files; nothing else of rollback's to delete). 0 where it is not to be deleted so:
+    build's temporary files; nothing else of rollback's to delete); or 0 and why it is not deleted so:
     keep mode (the old root is kept), a skip-next mark for it (the user keeps it for this boot), under
-    ROOM_FROM_ROOT, or shared: snapshotted since it was made (the copy holds its blocks), or a snapshot
-    of anything but the blank, or of a blank changed since (its share unknown: a copy of the blank may
-    hold what the root shared). `sizes`: the trees of the root and the blank (effects.btrfs.tree_sizes)."""
+    ROOM_FROM_ROOT, or shared: snapshotted since it was made (the copy holds its blocks; a balance
+    marks it so too), or a snapshot of anything but the blank, or of a blank changed since (its share
+    unknown: a copy of the blank may hold what the root shared). `sizes`: the trees of the root and the
+    blank (effects.btrfs.tree_sizes)."""
     root, blank = obs.get(config.subvolume), obs.get(config.blank)
-    own = sizes.get(root.id) if root and not config.keeping and not mark_applies(config, obs) else None
-    if root is None or own is None or own.last_snapshot > own.snapshot_of:
-        return 0
+    own = sizes.get(root.id) if root else None
+    if config.keeping:
+        return 0, "keep mode archives it"
+    if root is None or own is None:
+        return 0, "its size could not be read"
+    if mark_applies(config, obs):
+        return 0, "a skip-next mark keeps it for this boot"
+    if own.last_snapshot > own.snapshot_of:
+        return 0, "it was snapshotted (or a balance moved it) since it was made: a copy may hold its blocks"
     shared = 0
     if own.snapshot_of:  # a snapshot: the blocks of its source it was not written over are shared
         source = sizes.get(blank.id) if blank and root.parent_uuid == blank.uuid else None
         if source is None or source.changed_at > own.snapshot_of:
-            return 0
+            return 0, "it is a snapshot of something other than the blank as it is: what it shares is unknown"
         shared = source.bytes_used
     freed = own.bytes_used - shared
-    return freed if freed >= ROOM_FROM_ROOT else 0
+    if freed < ROOM_FROM_ROOT:
+        return (
+            0,
+            f"its own files take {freed >> 20} MiB of metadata, under {ROOM_FROM_ROOT >> 20}: too little to count on",
+        )
+    return freed, ""
 
 
 def archives_elsewhere(config: Config, obs: Observation) -> dict[str, int]:

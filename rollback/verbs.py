@@ -241,6 +241,18 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
 # (the old root is deleted only once the new one exists: deleting it first to make room left a boot with no
 # root at all where it freed too little, as a full-disk tester's suggestion did when tried)
 _NOTHING_OURS = "; nothing of rollback's can be deleted first (the old root goes only once the new one is made)"
+_OLD_ROOT_IN_USE = "; the old root stays in use until then (if it filled the disk, clean it up there)"
+
+
+def _holds_an_old_root(plan: Plan) -> bool:
+    """Whether the run's plan has an old root to move away or delete (not a first run, nor one after a
+    run that deleted it where it was and was cut short)."""
+    made = {s.path if isinstance(s, Create) else s.dest for s in plan.steps if isinstance(s, Create | Snapshot)}
+    return any(
+        (isinstance(s, Rename) and s.source in made) or (isinstance(s, Delete) and s.path in made) for s in plan.steps
+    )
+
+
 # the top level's own qgroup over its limit refuses a change of that limit (EDQUOT) too
 _QUOTA_FIX = "raise or remove the limit (btrfs qgroup show -re <top>; if the top level's own is over it, "
 _QUOTA_FIX += "even that is refused: btrfs quota disable <top>)"
@@ -281,9 +293,11 @@ def _failure(
     quota = error.errno == errno.EDQUOT
     free = _QUOTA_FIX if quota else "free space (btrfs filesystem usage)"
     made = any(isinstance(done, Create | Snapshot) for done in plan.steps[: number - 1])
+    old_root = _holds_an_old_root(plan)
     # else the new root is made: in use. The old one may be what filled the disk (a runaway log): it is
     # the booted system's, free to clean up
-    free += "" if made else "; the old root stays in use until then (if it filled the disk, clean it up there)"
+    if not made:
+        free += _OLD_ROOT_IN_USE if old_root else "; there is no root to boot until then"
     freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
@@ -297,7 +311,8 @@ def _failure(
         when = f", before any change{dirs}" if unchanged else undone
         if quota:
             return Refused(what + lack + when + (freeing if still_freeing else ""), free, code="over-quota")
-        ours = freeing if still_freeing else _NOTHING_OURS if not isinstance(step, Delete) else ""
+        nothing = _NOTHING_OURS if old_root else _NOTHING_OURS.partition(" (")[0]
+        ours = freeing if still_freeing else nothing if not isinstance(step, Delete) else ""
         return Refused(what + lack + when + ours, free, code="no-space")
     deleted = any(isinstance(done, Delete) for done in plan.steps[: number - 1])
     return StepFailed(
@@ -393,7 +408,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     except StepFailed as failed:
         if failed.code != "no-space-midway" or not isinstance(plan.steps[0], Delete):
             raise
-        return _after_leftovers(config, obs, top, fields, failed)
+        return _after_leftovers(plan, config, obs, top, fields, failed)
     except Refused as refused:
         pruned = prune_paths(config, obs, make_room=True)
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
@@ -430,11 +445,14 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         ) from None
 
 
-def _after_leftovers(config: Config, obs: Observation, top: Path, fields: dict[str, Any], failed: StepFailed) -> Plan:
+def _after_leftovers(
+    first: Plan, config: Config, obs: Observation, top: Path, fields: dict[str, Any], failed: StepFailed
+) -> Plan:
     """What earlier boots left in the trash was deleted first, then a later step had no room (exit 1,
     and the next boot, with no leftovers, would make room: a boot lost, under stop-boot in emergency
     mode; found by a full-disk tester). Where the run is then where the next boot would start, that
-    run goes on now, once; its refusal (no room still) is this run's failure, as before."""
+    run goes on now, once; a refusal of it (no room still) is this run's failure, with its reason. The
+    plan that ran: the leftovers' deletes, then that run's."""
     mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
     now = _observe(config, top, mounted, obs.now, bounds(config))
     plan = plan_run(config, now)
@@ -444,23 +462,32 @@ def _after_leftovers(config: Config, obs: Observation, top: Path, fields: dict[s
         raise failed
     emit("step", "no room after deleting what earlier runs left: going on as the next run would", **fields)
     try:
-        return _execute_run(plan, config, now, top, fields)
-    except Refused:
-        raise failed from None
+        ran = _execute_run(plan, config, now, top, fields)
+    except Refused as refused:  # what earlier runs left is gone: the next boot meets this refusal
+        raise StepFailed(
+            f"{failed.reason}; what earlier runs left was deleted, and going on as the next run would: "
+            + refused.reason,
+            refused.hint or failed.hint,
+            code="no-space-midway",
+        ) from None
+    done = tuple(s for s in first.steps if isinstance(s, Delete) and s.path.startswith(TRASH_DIR + "/"))
+    return replace(ran, steps=(*done, *ran.steps), pruning={n + len(done): p for n, p in ran.pruning.items()})
 
 
 def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, Any], no_room: Refused) -> Plan:
     """No room for the first change, nothing of rollback's to delete, and the old root itself is what
     filled the disk (plan.room_from_root: recreate and snapshot modes, which delete it anyway): it is
-    deleted where it is, its space waited for, then the new root made. Else the refusal stands, and
-    would at every boot (found by a full-disk tester)."""
+    deleted where it is, its space waited for, then the new root made. Else the refusal stands, saying
+    why the root was not deleted so, and would at every boot (found by a full-disk tester)."""
     from rollback.effects import btrfs
     from rollback.plan import room_from_root
 
     ids = [s.id for s in (obs.get(config.subvolume), obs.get(config.blank)) if s is not None]
-    freed = room_from_root(config, obs, btrfs.tree_sizes(top, ids))
+    freed, why = room_from_root(config, obs, btrfs.tree_sizes(top, ids))
     if not freed:
-        raise no_room
+        raise Refused(
+            f"{no_room.reason}; the old root is not deleted where it is: {why}", no_room.hint, code="no-space"
+        )
     plan = plan_run(config, obs, make_room=True, root_first=True)
     emit(
         "step",
@@ -473,10 +500,16 @@ def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, A
     except StepFailed as failed:
         if failed.code != "no-space-midway":
             raise
+        gone = not os.path.lexists(top / config.subvolume)
         raise StepFailed(
-            f"{failed.reason} (the old root was deleted where it was, to make room for it)",
-            "the next run makes the new root once the kernel has freed the old one's space (rollback status: "
-            "pending deletions); if it still has no room: free space (btrfs filesystem usage)",
+            failed.reason
+            + (
+                " (the old root was deleted where it was, to make room: there is no root until the new one is made)"
+                if gone
+                else " (the run was deleting the old root where it was, to make room: part of it may be gone)"
+            ),
+            "the next run waits for the kernel to free the old root's space, then makes the new root (rollback "
+            "status: pending deletions); if it still has no room: free space (btrfs filesystem usage)",
             code="no-space-midway",
         ) from None
 
@@ -688,11 +721,12 @@ def skip_next(config: Config) -> Exit:
         try:
             _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})
         except Refused as error:  # no room for the mark: the next boot rolls back, in place if the root filled it
-            if error.code not in ("no-space", "over-quota"):
+            if error.code != "no-space":
                 raise
             raise Refused(
                 f"no room to set the mark ({error.reason}): the next boot replaces {config.subvolume} as every boot "
-                "does, and if the root itself filled the disk, deletes it where it is to make room",
+                "does (in recreate and snapshot modes, if the root itself filled the disk, deleting it where it is "
+                "to make room)",
                 "to keep the root at the next boot: rollback.skip on that boot's kernel command line; or free space "
                 "and run skip-next again",
                 code=error.code,

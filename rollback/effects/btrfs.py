@@ -68,12 +68,14 @@ _ROOT_ITEM_SIZES = struct.Struct("<160x32xQQ87xQ")
 
 def tree_sizes(top: Path, ids: Iterable[int]) -> dict[int, TreeSize]:
     """What each subvolume's tree takes (its ROOT_ITEM): btrfsutil does not give it. One search each;
-    a subvolume gone meanwhile is left out."""
+    a subvolume gone meanwhile, or whose item is too old to say, is left out."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         found: dict[int, TreeSize] = {}
         for number in ids:
             for offset, item in refs.items(fd, refs.ROOT_TREE, number, _ROOT_ITEM_KEY)[:1]:
+                if len(item) < _ROOT_ITEM_SIZES.size:  # an item from before ctransid (kernels < 3.5): unread
+                    continue
                 used, last, changed = _ROOT_ITEM_SIZES.unpack_from(item)
                 found[number] = TreeSize(used, last, offset, changed)
         return found

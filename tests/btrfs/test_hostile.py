@@ -20,6 +20,7 @@ import pytest
 
 from rollback.effects import btrfs
 from rollback.errors import Exit
+from rollback.plan import ROOM_FROM_ROOT
 from rollback.verbs import CRASH_AFTER_ENV, FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.disks import Disk, single_disk
 from tests.support.environment import unavailable
@@ -563,7 +564,8 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
     assert result.returncode == Exit.OK, result.stderr
     assert "metadata; deleting it where it is" in result.stderr
     assert ("going on as the next run would" in result.stderr) is (mode == "leftover")
-    assert "root replaced (the old one deleted where it was), 1 subvolume(s) deleted" in result.stderr
+    deleted = 3 if mode == "leftover" else 1  # (the leftover: the root before it, with a nested subvolume)
+    assert f"root replaced (the old one deleted where it was), {deleted} subvolume(s) deleted" in result.stderr
     after = small_disk.state()
     assert [p for p in before.subvolume_paths() if not p.startswith(TRASH)] == after.subvolume_paths()
     assert after.subvolume_paths() == ["home", "nix", "persist", "root", "root-blank"]
@@ -600,6 +602,41 @@ def test_a_root_deleted_where_it_is_converges_after_a_kill_at_any_step(small_dis
     assert outside_root(after) == outside_root(before)
 
 
+@pytest.mark.parametrize("metadata", ["single", "dup"])
+@pytest.mark.parametrize("mode", ["recreate", "snapshot"])
+def test_a_root_just_over_the_threshold_on_a_disk_full_of_other_data_still_gets_a_new_root(
+    tmp_path: Path, metadata: str, mode: str
+) -> None:
+    """The edge of room_from_root: a root whose own tree is just over ROOM_FROM_ROOT, the rest of the
+    disk full of persist's data. Deleted where it is, the new root must still be made (a root too small
+    for that left the boot with no root at all; a reviewer)."""
+    flags = ("--mode", "snapshot") if mode == "snapshot" else ()
+    with single_disk(tmp_path, 256 << 20, "-m", metadata, "-d", "single") as disk:
+        with disk.top() as top:
+            populate(top, nested=[], blank=True)
+        assert disk.rollback("run", *flags).returncode == Exit.OK
+        with disk.top() as top:
+            btrfsutil.sync(str(top))
+            (top / "root" / "var").mkdir()
+            for number in range(11):  # ~1 MiB of tree each: 64 xattrs of a leaf each
+                (top / "root" / "var" / f"x{number}").touch()
+                for key in range(64):
+                    os.setxattr(top / "root" / "var" / f"x{number}", f"user.f{key}", b"m" * 15000)
+            btrfsutil.sync(str(top))
+            root_id = btrfsutil.subvolume_id(str(top / "root"))
+            own = btrfs.tree_sizes(top, [root_id])[root_id].bytes_used
+            _fill_metadata(top, 0)
+        for round_no in range(1, 4):
+            with disk.top() as top:
+                if not _fill_metadata(top, round_no):
+                    break
+        assert ROOM_FROM_ROOT <= own < ROOM_FROM_ROOT + (4 << 20), own
+        result = disk.rollback("run", *flags)
+        assert result.returncode == Exit.OK, result.stderr
+        assert "deleting it where it is" in result.stderr
+        assert set(disk.state().under("root")) == ({"root", "root/etc", "root/etc/machine-id"} if flags else {"root"})
+
+
 def test_the_trees_sizes_are_read_from_their_root_items(small_disk: Disk) -> None:
     """What room_from_root decides on, as btrfs itself reports it (btrfsutil has no bytes_used)."""
     with small_disk.top() as top:
@@ -624,6 +661,7 @@ def test_a_root_that_filled_the_disk_and_was_copied_is_refused_untouched(small_d
     result = small_disk.rollback("run")
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=no-space" in result.stderr and "if it filled the disk, clean it up there" in result.stderr
+    assert "the old root is not deleted where it is: it was snapshotted (or a balance moved it)" in result.stderr
     assert small_disk.state() == before
     marked = small_disk.rollback(
         "skip-next"

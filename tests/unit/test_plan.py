@@ -212,7 +212,17 @@ def test_the_old_root_is_deleted_in_place_to_make_room_only_where_its_own_tree_g
     ids = {s.path: s.id for s in obs.subvols}
     blank = TreeSize(blank_used or 0, 9, 0, changed_at=31 if source == "changed blank" else 9)
     sizes = {ids["root"]: root} | ({ids["root-blank"]: blank} if blank_used else {})
-    assert room_from_root(config(**flags), obs, sizes) == freed  # type: ignore[arg-type]
+    got, why = room_from_root(config(**flags), obs, sizes)  # type: ignore[arg-type]
+    assert (got, bool(why)) == (freed, not freed)  # and why not, said in the refusal
+
+
+@pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
+def test_no_root_while_the_kernel_still_frees_deleted_ones_waits_before_the_create(cleanup: str) -> None:
+    """A run cut short after deleting the old root where it was (room_from_root): the next one has no
+    root, and the create needs the space the kernel is still freeing, after boot too (a reviewer)."""
+    obs = replace(observe(["persist", "nix", "home"], dirs=[TRASH_DIR]), pending_cleanup=(300,))
+    plan = plan_run(config(cleanup=cleanup), obs)
+    assert plan.steps == (Reclaim(timeout_s=300.0), Create("root"), Commit())
 
 
 @pytest.mark.parametrize("mode", ["recreate", "snapshot"])
