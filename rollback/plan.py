@@ -674,9 +674,16 @@ def prune_paths(config: Config, obs: Observation, *, make_room: bool = False) ->
 
 
 def pinned(path: str, obs: Observation) -> bool:
-    """An archived root made immutable (chattr +i, or +a) by hand: someone's decision to keep it. Never
-    pruned, nor counted by keep-count (a read-only one is pruned: btrfs send needs it read-only)."""
-    return path in obs.immutable
+    """An archived root made immutable (chattr +i, or +a) by hand, or that is (or holds) the default
+    subvolume (`btrfs subvolume set-default`: the btrfs way to choose what boots): someone's decision
+    to keep it. Never pruned, nor counted by keep-count (a read-only one is pruned: btrfs send needs it
+    read-only). Pruning the default one was refused at every boot (found by a coexistence tester)."""
+    return path in obs.immutable or holds_default(path, obs)
+
+
+def holds_default(path: str, obs: Observation) -> bool:
+    """Whether the subvolume at `path`, or one nested in it, is the default subvolume."""
+    return any(s.id == obs.default_id for s in obs.tree(path))
 
 
 def _entry_stamp(sub: Examined) -> datetime:

@@ -8,7 +8,7 @@ from typing import NotRequired, TypedDict
 
 from rollback import names
 from rollback.model import TOP_LEVEL_ID, TRASH_DIR, Examined, Kind, Observation
-from rollback.plan import archives_elsewhere, mark_applies, orphaned_mark, pinned, prune_paths
+from rollback.plan import archives_elsewhere, holds_default, mark_applies, orphaned_mark, pinned, prune_paths
 from rollback.settings import Config
 
 
@@ -37,7 +37,8 @@ class ArchivedRoot(TypedDict):
     nested: int
     created: str
     age_seconds: int
-    pinned: bool  # chattr +i/+a: never pruned, not counted
+    pinned: bool  # chattr +i/+a, or the default subvolume: never pruned, not counted
+    default: bool  # the default subvolume, or holding it
 
 
 class ArchiveReport(TypedDict):
@@ -107,6 +108,7 @@ def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
     when = _when(sub, obs.now)
     return {
         "pinned": pinned(sub.path, obs),
+        "default": holds_default(sub.path, obs),
         "path": escape(sub.path),
         "nested": len(obs.tree(sub.path)) - 1,
         "created": when["created"],
@@ -254,7 +256,13 @@ def status_lines(report: Status) -> list[str]:
         lines += [
             f"            {r['path']} ({_age(r['age_seconds'])}, {r['nested']} nested)"
             + ("  <- due for pruning" if r["path"] in archive["due"] else "")
-            + ("  <- pinned (chattr +i): never pruned" if r["pinned"] else "")
+            + (
+                "  <- the default subvolume (btrfs subvolume set-default): never pruned"
+                if r["default"]
+                else "  <- pinned (chattr +i): never pruned"
+                if r["pinned"]
+                else ""
+            )
             for r in archive["roots"]
         ]
     lines.extend(

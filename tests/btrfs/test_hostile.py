@@ -341,11 +341,13 @@ def test_a_pinned_target_or_place_is_refused_untouched(
                 subprocess.run(["chattr", "-i", "-a", str(path)], capture_output=True)
 
 
-@pytest.mark.parametrize("pin", ["ro", "+i", "+i,ro"])
+@pytest.mark.parametrize("pin", ["ro", "+i", "+i,ro", "default", "default,nested"])
 def test_pruned_archived_roots_read_only_are_pruned_immutable_ones_kept(disk: Disk, pin: str) -> None:
     """Read-only (btrfs send): unlocked and pruned (both +i and read-only: clearing +i first failed with
     EROFS, exit 1 at every boot; found by a reviewing helper). Immutable, which only a person sets to
-    keep it: kept, never pruned nor counted (it was unlocked and deleted; found by a settings tester)."""
+    keep it: kept, never pruned nor counted (it was unlocked and deleted; found by a settings tester).
+    The default subvolume, or holding it (set-default: the btrfs way to choose what boots): kept the
+    same way (every run was refused default-subvolume once it was due; found by a coexistence tester)."""
     with disk.top() as top:
         (top / "old").mkdir()
         for stamp in ("20200101T000000Z", "20200102T000000Z"):
@@ -355,11 +357,20 @@ def test_pruned_archived_roots_read_only_are_pruned_immutable_ones_kept(disk: Di
             chattr("+i", top / "old" / "20200101T000000Z")
         if "ro" in pin:  # e.g. made read-only for btrfs send
             btrfsutil.set_subvolume_read_only(str(top / "old" / "20200101T000000Z"), True)
+        if "default" in pin:
+            chosen = top / "old" / "20200101T000000Z" / ("nested" if "nested" in pin else "")
+            btrfsutil.set_default_subvolume(str(top), btrfsutil.subvolume_id(str(chosen)))
         populate(top)
     result = disk.rollback("run", "--archive", "old", "--keep-count", "2")
     assert result.returncode == Exit.OK, result.stderr
     archived = [p for p in disk.state().subvolume_paths() if p.startswith("old/") and p.count("/") == 1]
-    if "+i" in pin:  # kept, and not counted: the two newest besides it
+    if "default" in pin:  # kept, and not counted
+        assert "old/20200101T000000Z" in archived and len(archived) == 3, archived
+        status = disk.rollback("status", "--archive", "old", "--keep-count", "2")
+        assert "old/20200101T000000Z (" in status.stdout and "<- the default subvolume" in status.stdout
+        with disk.top() as top:  # (the image's teardown)
+            btrfsutil.set_default_subvolume(str(top), 5)
+    elif "+i" in pin:  # kept, and not counted: the two newest besides it
         assert "old/20200101T000000Z" in archived and len(archived) == 3, archived
         status = disk.rollback("status", "--archive", "old", "--keep-count", "2")
         assert "old/20200101T000000Z (" in status.stdout and "<- pinned (chattr +i): never pruned" in status.stdout
