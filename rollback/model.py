@@ -78,6 +78,7 @@ class Mounts(NamedTuple):
 
     subvolumes: dict[int, str]  # subvolume id -> a mount point
     paths: dict[str, str]  # a path inside the filesystem (from its top level) -> what is mounted on it
+    swapfiles: Mapping[int, str] = {}  # subvolume id -> an active swap file in it (as /proc/swaps names it)
 
 
 class MarkFor(NamedTuple):
@@ -96,6 +97,7 @@ class Observation:
     kinds: Mapping[str, Kind]  # for every path the plan asks about
     mounted: Mapping[int, str] = field(default_factory=dict)  # subvolume id -> a mount point
     mounted_paths: Mapping[str, str] = field(default_factory=dict)  # path -> a mount on it (any filesystem)
+    swapfiles: Mapping[int, str] = field(default_factory=dict)  # subvolume id -> an active swap file in it
     skip_mark: bool = False  # .rollback/skip-next exists (as anything, a dangling symlink too)
     skip_mark_regular: bool = True  # ... and is a regular file (lstat: a symlink is not)
     skip_mark_for: MarkFor | None = None  # the subvolume skip-next wrote in it (None: any, an empty or older mark)

@@ -27,7 +27,7 @@ class Mount:
     root: str = "/"  # the path inside its filesystem that is mounted here (btrfs: from the top level)
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
@@ -47,14 +47,14 @@ def parse(text: str) -> list[Mount]:
                 subvolid = int(value)
         mounts.append(
             Mount(
-                _unescape(fields[4]),
+                unescape(fields[4]),
                 fields[2],
                 fstype,
-                _unescape(source),
+                unescape(source),
                 subvolid,
                 fields[0],
                 fields[1],
-                _unescape(fields[3]),
+                unescape(fields[3]),
             )
         )
     return mounts

@@ -833,7 +833,7 @@ def _check_read_only_target(config: Config, obs: Observation, why: str) -> None:
     if root and root.read_only:
         raise Refused(
             f"the subvolume {names.shown(config.subvolume)} is read-only",
-            f"{why}: btrfs property set -ts <top>/{config.subvolume} ro false",
+            f"{why}: btrfs property set -ts <top>/{config.subvolume} ro false (a received one: -f)",
             code="read-only-target",
         )
 
@@ -1083,3 +1083,9 @@ def _check_doomed(config: Config, obs: Observation, doomed: list[Subvol]) -> Non
                 code="default-subvolume",
             )
         _refuse_mounted(sub, obs)
+        if sub.id in obs.swapfiles:  # (the kernel refuses its delete, EPERM: after the root was replaced)
+            raise Refused(
+                f"{names.shown(sub.path)} holds an active swap file ({obs.swapfiles[sub.id]})",
+                f"swapoff {obs.swapfiles[sub.id]}; keep swap in a subvolume of its own, outside what rollback replaces",
+                code="swap-active",
+            )

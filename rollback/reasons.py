@@ -85,6 +85,10 @@ REASONS: dict[str, Reason] = {
         "something to delete or move is mounted (any namespace, any member or alias of the device)",
         "run from the initrd or a rescue system; unmount it",
     ),
+    "swap-active": _refused(
+        "something to delete holds an active swap file (the kernel refuses to delete it)",
+        "swapoff it; keep swap in a subvolume of its own",
+    ),
     "default-subvolume": _refused("something to delete is the default subvolume", "btrfs subvolume set-default 5"),
     "protected-inside": _refused("a protected subvolume lies inside what would be deleted", "move it out"),
     "foreign-subvolume": _refused("the archive or trash holds subvolumes rollback did not put there", "move them"),

@@ -286,7 +286,7 @@ def observe(
     subvolume nested in the root (but, bounded, the directories leading to a protected name): the
     boot's cost barely grows with them."""
     default_id = btrfsutil.get_default_subvolume(str(top))
-    also = [*mounted.subvolumes, default_id]
+    also = [*mounted.subvolumes, *mounted.swapfiles, default_id]
     listed = list_subvolumes(top, also) if bounds is None else list_bounded(top, *bounds, also)
     subvol_paths = {s.path for s in listed}
     kinds = _kinds(top, paths, subvol_paths)
@@ -309,6 +309,7 @@ def observe(
         empty=frozenset(p for p in dirs if _is_empty(top / p)),
         mounted=dict(mounted.subvolumes),
         mounted_paths=dict(mounted.paths),
+        swapfiles=dict(mounted.swapfiles),
         skip_mark=mark is not Kind.MISSING,
         skip_mark_regular=mark is not Kind.OTHER or mark_regular,
         skip_mark_for=_mark_for(top / SKIP_MARK) if mark_regular else None,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rollback import mountinfo, names
-from rollback.effects import rundir
+from rollback.effects import refs, rundir
 from rollback.errors import Refused
 from rollback.model import Mounts
 
@@ -335,7 +335,7 @@ def mounts(top: str, fsid: str) -> Mounts:
     if own is None:
         raise OSError(f"{top} is not in /proc/self/mountinfo")
     _refuse_twins(top, fsid, own, tables)
-    found = Mounts({}, {})
+    found = Mounts({}, {}, _swapfiles(fsid))
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]
@@ -343,6 +343,38 @@ def mounts(top: str, fsid: str) -> Mounts:
             found.subvolumes.setdefault(subvolid, _where(where, pid))
         for path, where in mountinfo.mounted_below(table, own).items():
             found.paths.setdefault(path, _where(where, pid))
+    return found
+
+
+def _swapfiles(fsid: str) -> dict[int, str]:
+    """The active swap files on this filesystem, by the subvolume holding each: the kernel does not
+    let a subvolume holding one be deleted (EPERM), and the run's delete failed at every run while
+    swap was on, after the root was replaced (found by a coexistence tester). /proc/swaps names them
+    as this process sees them; in an initrd none is active yet."""
+    found: dict[int, str] = {}
+    try:
+        with open("/proc/swaps", encoding="utf-8", errors="surrogateescape") as handle:
+            lines = handle.read().splitlines()[1:]
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[1] != "file":
+            continue
+        path = mountinfo.unescape(fields[0])  # (a space is \\040, as in mountinfo)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # (another namespace's path, gone)
+            continue
+        try:
+            args = bytearray(1024)
+            fcntl.ioctl(fd, _FS_INFO, args)
+            if bytes(args[16:32]).hex() == fsid:
+                found[refs.subvolume_of(fd)] = path
+        except OSError:  # not btrfs
+            continue
+        finally:
+            os.close(fd)
     return found
 
 

@@ -125,6 +125,14 @@ def _after(objectid: int, kind: int, offset: int) -> tuple[int, int, int] | None
     return (objectid + 1, 0, 0) if objectid < _MAX64 else None
 
 
+def subvolume_of(fd: int) -> int:
+    """The id of the subvolume holding the open file `fd` (an inode lookup with no tree named)."""
+    args = bytearray(4096)
+    struct.pack_into("=QQ", args, 0, 0, _FIRST_FREE)
+    fcntl.ioctl(fd, _INO_LOOKUP, args)
+    return int(struct.unpack_from("=Q", args)[0])
+
+
 def directory(fd: int, tree: int, inode: int) -> bytes:
     """The path of directory `inode` inside subvolume `tree`, relative to its top: b"" for the top
     directory itself, else ending in b"/" (b"var/lib/"), of any length. FileNotFoundError if it is gone."""

@@ -24,7 +24,7 @@ from rollback.plan import ROOM_FROM_ROOT
 from rollback.verbs import CRASH_AFTER_ENV, FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.disks import Disk, single_disk
 from tests.support.environment import unavailable
-from tests.support.layout import outside_root, populate, sh
+from tests.support.layout import outside_root, populate, sh, snapshot_state
 
 pytestmark = pytest.mark.btrfs
 
@@ -524,6 +524,46 @@ def test_a_filesystem_full_of_the_machines_own_data_is_refused_untouched(
         assert marked.returncode == Exit.REFUSED and "reason=no-space" in marked.stderr, marked.stderr
         assert "no room to set the mark" in marked.stderr, marked.stderr
         assert small_disk.state() == before
+
+
+@pytest.mark.parametrize(
+    ("where", "flags"),
+    [("root", ()), ("root/var/lib/machines/guest", ("--cleanup", "after-boot"))],
+    ids=["root", "nested-after-boot"],
+)
+def test_an_active_swap_file_in_what_is_deleted_is_refused_before_any_change(
+    disk: Disk, where: str, flags: tuple[str, ...]
+) -> None:
+    """A swap file active in the root (Ubuntu's /swap.img in `@`) or a subvolume nested in it, a run by
+    hand on the running system: the kernel refuses to delete the subvolume holding it (EPERM), and the
+    run failed at its delete, exit 1 after the root was replaced, at every run while swap was on (found
+    by a coexistence tester). Refused before any change, naming it; after swapoff, the run goes on."""
+    with disk.top() as top:
+        populate(top)
+        (top / where / "swap.img").touch(mode=0o600)
+        sh("chattr", "+C", str(top / where / "swap.img"))  # (no copy-on-write: what swapon needs on btrfs)
+        sh("fallocate", "-l", "16M", str(top / where / "swap.img"))
+        sh("mkswap", "-q", str(top / where / "swap.img"))
+    with disk.top() as top:
+        sh("mount", "-o", "remount,noatime", str(top))  # (compared through this mount: no reads written)
+        swap = top / where / "swap.img"
+        sh("swapon", str(swap))
+        try:
+            btrfsutil.sync(str(top))
+            before = snapshot_state(top)
+            result = disk.rollback("run", *flags)
+            status = disk.rollback("status", *flags)
+            btrfsutil.sync(str(top))
+            after = snapshot_state(top)
+        finally:  # wherever it is now (a run that moved it: the trash), or the image could not be detached
+            for line in Path("/proc/swaps").read_text().splitlines()[1:]:
+                if line.split()[0].startswith(f"{top}/"):
+                    sh("swapoff", line.split()[0])
+    assert result.returncode == Exit.REFUSED, result.stderr
+    assert "reason=swap-active" in result.stderr and f"holds an active swap file ({swap})" in result.stderr
+    assert "swap-active" in status.stdout, status.stdout
+    assert after == before
+    assert disk.rollback("run", *flags).returncode == Exit.OK
 
 
 def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool, leftover: bool = False) -> None:
