@@ -48,6 +48,15 @@ class TreeSize:
     changed_at: int = 0
 
 
+class Lineage(NamedTuple):
+    """Where a subvolume comes from, from its ROOT_ITEM: its UUID, its source's ("" if not a
+    snapshot) and the transaction that created it."""
+
+    uuid: str
+    parent_uuid: str
+    created: int
+
+
 @dataclass(frozen=True)
 class Quota:
     """A subvolume's own qgroup (0/<id>), where quotas are on: the higher-level qgroups it is in

@@ -19,7 +19,18 @@ from typing import NamedTuple, assert_never
 
 from rollback import names
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, STATE_DIR, TRASH_DIR, Examined, Kind, Observation, Quota, Subvol, TreeSize
+from rollback.model import (
+    SKIP_MARK,
+    STATE_DIR,
+    TRASH_DIR,
+    Examined,
+    Kind,
+    Lineage,
+    Observation,
+    Quota,
+    Subvol,
+    TreeSize,
+)
 from rollback.settings import Config
 
 
@@ -285,15 +296,17 @@ ROOM_FROM_ROOT = 8 << 20
 ROOT_RECLAIM_S = 300.0  # the kernel frees ~10 MiB of a deleted tree per second (a disk's worth of logs)
 
 
-def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSize]) -> tuple[int, str]:
+def room_from_root(
+    config: Config, obs: Observation, sizes: Mapping[int, TreeSize], lineage: Mapping[int, Lineage]
+) -> tuple[int, str]:
     """The bytes of metadata the old root's own tree would give back if deleted where it is, when a
     run found no room for its first change (a root that filled the disk itself: a runaway log, a
     build's temporary files; nothing else of rollback's to delete); or 0 and why it is not deleted so:
     keep mode (the old root is kept), a skip-next mark for it (the user keeps it for this boot), under
-    ROOM_FROM_ROOT, or shared: snapshotted since it was made (the copy holds its blocks; a balance
-    marks it so too), or a snapshot of anything but the blank, or of a blank changed since (its share
-    unknown: a copy of the blank may hold what the root shared). `sizes`: the trees of the root and the
-    blank (effects.btrfs.tree_sizes)."""
+    ROOM_FROM_ROOT, or shared: a copy of it still there (_copied_since), or a snapshot of anything but
+    the blank, or of a blank changed since (its share unknown: a copy of the blank may hold what the
+    root shared). `sizes`: the trees of the root and the blank (effects.btrfs.tree_sizes); `lineage`:
+    every subvolume's (effects.btrfs.lineage)."""
     root, blank = obs.get(config.subvolume), obs.get(config.blank)
     own = sizes.get(root.id) if root else None
     if config.keeping:
@@ -302,8 +315,8 @@ def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSiz
         return 0, "its size could not be read"
     if mark_applies(config, obs):
         return 0, "a skip-next mark keeps it for this boot"
-    if own.last_snapshot > own.snapshot_of:
-        return 0, "it was snapshotted (or a balance moved it) since it was made: a copy may hold its blocks"
+    if own.last_snapshot > own.snapshot_of and (copy := _copied_since(root, obs, lineage)):
+        return 0, copy
     shared = 0
     if own.snapshot_of:  # a snapshot: the blocks of its source it was not written over are shared
         source = sizes.get(blank.id) if blank and root.parent_uuid == blank.uuid else None
@@ -317,6 +330,26 @@ def room_from_root(config: Config, obs: Observation, sizes: Mapping[int, TreeSiz
             f"its own files take {freed >> 20} MiB of metadata, under {ROOM_FROM_ROOT >> 20}: too little to count on",
         )
     return freed, ""
+
+
+def _copied_since(root: Subvol, obs: Observation, lineage: Mapping[int, Lineage]) -> str:
+    """Why a root snapshotted since it was made (its ROOT_ITEM says so; a balance marks it so too) may
+    share its blocks still, or "" where it cannot: no snapshot made since its creation, outside it,
+    of it or of a source no longer there (a copy of a copy), and no deleted one still being freed."""
+    own = lineage.get(root.id)
+    if own is None:
+        return "it was snapshotted since it was made, and what it comes from could not be read"
+    inside = {s.id for s in obs.tree(root.path)}  # (deleted with it)
+    known = {line.uuid for line in lineage.values()}
+    paths = {s.id: s.path for s in obs.subvols}
+    for number, line in sorted(lineage.items()):
+        if number in inside or not line.parent_uuid or line.created < own.created:
+            continue
+        if line.parent_uuid == own.uuid or line.parent_uuid not in known:
+            return f"a snapshot of it may hold its blocks ({names.shown(paths.get(number, f'id {number}'))})"
+    if obs.pending_cleanup:
+        return "it was snapshotted since it was made, and the kernel is still freeing deleted subvolumes"
+    return ""
 
 
 def archives_elsewhere(config: Config, obs: Observation) -> dict[str, int]:

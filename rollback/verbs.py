@@ -483,7 +483,7 @@ def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, A
     from rollback.plan import room_from_root
 
     ids = [s.id for s in (obs.get(config.subvolume), obs.get(config.blank)) if s is not None]
-    freed, why = room_from_root(config, obs, btrfs.tree_sizes(top, ids))
+    freed, why = room_from_root(config, obs, btrfs.tree_sizes(top, ids), btrfs.lineage(top))
     if not freed:
         raise Refused(
             f"{no_room.reason}; the old root is not deleted where it is: {why}", no_room.hint, code="no-space"

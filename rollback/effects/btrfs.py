@@ -19,7 +19,18 @@ import btrfsutil
 
 from rollback import names
 from rollback.effects import qgroups, refs
-from rollback.model import SKIP_MARK, TOP_LEVEL_ID, Examined, Kind, MarkFor, Mounts, Observation, Subvol, TreeSize
+from rollback.model import (
+    SKIP_MARK,
+    TOP_LEVEL_ID,
+    Examined,
+    Kind,
+    Lineage,
+    MarkFor,
+    Mounts,
+    Observation,
+    Subvol,
+    TreeSize,
+)
 from rollback.plan import (
     Bounds,
     Commit,
@@ -78,6 +89,26 @@ def tree_sizes(top: Path, ids: Iterable[int]) -> dict[int, TreeSize]:
                     continue
                 used, last, changed = _ROOT_ITEM_SIZES.unpack_from(item)
                 found[number] = TreeSize(used, last, offset, changed)
+        return found
+    finally:
+        os.close(fd)
+
+
+# ... and uuid at 247, parent_uuid at 263 (16 bytes each), otransid at 303
+_ROOT_ITEM_LINEAGE = struct.Struct("<247x16s16s24xQ")
+_NO_UUID = bytes(16)
+
+
+def lineage(top: Path) -> dict[int, Lineage]:
+    """Every subvolume's UUID, source's UUID and creation (one search over the root tree: what a run
+    that has no room asks, whether a copy of the old root exists)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        found: dict[int, Lineage] = {}
+        for number, _offset, item in refs.root_items(fd):
+            if len(item) >= _ROOT_ITEM_LINEAGE.size:  # (an item from before UUIDs: left out)
+                own, parent, created = _ROOT_ITEM_LINEAGE.unpack_from(item)
+                found[number] = Lineage(own.hex(), "" if parent == _NO_UUID else parent.hex(), created)
         return found
     finally:
         os.close(fd)

@@ -54,6 +54,21 @@ def all_refs(fd: int) -> list[Ref]:
     return found
 
 
+_ROOT_ITEM = 132
+_LAST_FREE = 2**64 - 256  # above: the trees of relocation and the like, not subvolumes
+
+
+def root_items(fd: int) -> list[tuple[int, int, bytes]]:
+    """(subvolume id, key offset, item) of every subvolume's ROOT_ITEM but the top level's: one range
+    search over the root tree (the other items of the range skipped)."""
+    found: list[tuple[int, int, bytes]] = []
+    for args, pos, kind in _search(fd, ROOT_TREE, (_FIRST_FREE, _ROOT_ITEM, 0), (_LAST_FREE, _ROOT_ITEM, _MAX64)):
+        if kind == _ROOT_ITEM:
+            _transid, objectid, offset, _kind, length = _HEADER.unpack_from(args, pos)
+            found.append((objectid, offset, bytes(args[pos + _HEADER.size : pos + _HEADER.size + length])))
+    return found
+
+
 def children(every: list[Ref], holder: int) -> list[Ref]:
     """The items of the subvolumes directly in subvolume `holder`; `every`: all_refs()'s answer (in
     (parent, child) order)."""

@@ -566,10 +566,11 @@ def test_an_active_swap_file_in_what_is_deleted_is_refused_before_any_change(
     assert disk.rollback("run", *flags).returncode == Exit.OK
 
 
-def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool, leftover: bool = False) -> None:
+def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], copy: str = "", leftover: bool = False) -> None:
     """The old root filled the disk itself (a runaway log, a build's temporary files): metadata full,
-    no room for the root's move. `shared`: a copy of it (a snapshot the user took) holds its blocks.
-    `leftover`: the root before it still in the trash (after boot, the cleanup never ran)."""
+    no room for the root's move. `copy`: "kept", a copy of it (a snapshot the user took) holds its
+    blocks; "deleted", one was taken and deleted since; "balance", a balance moved it (which marks it
+    as snapshotted). `leftover`: the root before it still in the trash (after boot, the cleanup never ran)."""
     with disk.top() as top:
         populate(top, nested=["root/var/lib/machines"], blank=True)
         (top / "persist" / "precious").write_text("keep me\n")
@@ -580,9 +581,15 @@ def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], shared: bool, leftov
         btrfsutil.sync(str(top))  # (a commit starts the kernel's cleaner at once, else within 30 s)
         sh("btrfs", "subvolume", "sync", str(top))  # the first run's deletes done: no wait planned before its steps
         (top / "root" / "var").mkdir()
-        if shared:
+        if copy in ("kept", "deleted"):
             btrfsutil.create_snapshot(str(top / "root"), str(top / "root-copy"), read_only=True)
+        if copy == "balance":
+            sh("btrfs", "balance", "start", "-m", str(top))
         _fill_metadata(top, 0, "root/var")
+        if copy == "deleted":
+            btrfsutil.delete_subvolume(str(top / "root-copy"))
+            btrfsutil.sync(str(top))
+            sh("btrfs", "subvolume", "sync", str(top))
     for round_no in range(1, 4):  # a fresh mount may find a little more room
         with disk.top() as top:
             if not _fill_metadata(top, round_no, "root/var"):
@@ -609,7 +616,7 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
     not left in the trash for the cleanup. With a leftover in the trash, deleted first, the same run
     goes on (was: exit 1, and the next boot did it)."""
     flags = _MODES[mode]
-    _root_fills_the_disk(small_disk, flags, shared=False, leftover=mode == "leftover")
+    _root_fills_the_disk(small_disk, flags, leftover=mode == "leftover")
     before = small_disk.state()
     result = small_disk.rollback("run", *flags)
     assert result.returncode == Exit.OK, result.stderr
@@ -640,7 +647,7 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
 def test_a_root_deleted_where_it_is_converges_after_a_kill_at_any_step(small_disk: Disk, step: int) -> None:
     """Killed after any step of a run that deletes the old root where it is (the root gone and none
     made yet, included): the next run finishes, one empty root, the rest as it was."""
-    _root_fills_the_disk(small_disk, (), shared=False)
+    _root_fills_the_disk(small_disk, ())
     before = small_disk.state()
     crashed = small_disk.rollback("run", env={CRASH_AFTER_ENV: str(step)})
     assert crashed.returncode in (-9, Exit.OK), crashed.stderr
@@ -702,17 +709,38 @@ def test_the_trees_sizes_are_read_from_their_root_items(small_disk: Disk) -> Non
     assert sizes[blank.id].snapshot_of == 0 and sizes[blank.id].changed_at == blank.ctransid
     assert sizes[blank.id].last_snapshot == root.otransid == sizes[root.id].snapshot_of
     assert sizes[root.id].changed_at == root.ctransid and sizes[root.id].bytes_used >= 16384
+    with small_disk.top() as top:
+        lineage = btrfs.lineage(top)
+    assert lineage[root.id] == (root.uuid.hex(), blank.uuid.hex(), root.otransid)
+    assert lineage[blank.id] == (blank.uuid.hex(), "", blank.otransid)
+
+
+@pytest.mark.parametrize("copy", ["deleted", "balance"])
+def test_a_root_snapshotted_since_with_no_copy_left_is_deleted_where_it_is(small_disk: Disk, copy: str) -> None:
+    """Its ROOT_ITEM says snapshotted since it was made, for good (a btrbk or snapper snapshot deleted
+    since, a balance): with no copy left, nothing holds its blocks, and it goes as any other (was:
+    refused at every boot once it had ever been copied; found by a coexistence tester)."""
+    _root_fills_the_disk(small_disk, (), copy=copy)
+    with small_disk.top() as top:  # (what makes this case: the mark left on it)
+        root = btrfsutil.subvolume_id(str(top / "root"))
+        mark = btrfs.tree_sizes(top, [root])[root]
+        assert mark.last_snapshot > mark.snapshot_of
+    result = small_disk.rollback("run")
+    assert result.returncode == Exit.OK, result.stderr
+    assert "metadata; deleting it where it is" in result.stderr
 
 
 def test_a_root_that_filled_the_disk_and_was_copied_is_refused_untouched(small_disk: Disk) -> None:
     """A snapshot of the old root shares its blocks: deleting it would give back nothing, and the boot
     would have no root at all. Refused as before, the device exactly as it was."""
-    _root_fills_the_disk(small_disk, (), shared=True)
+    _root_fills_the_disk(small_disk, (), copy="kept")
     before = small_disk.state()
     result = small_disk.rollback("run")
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=no-space" in result.stderr and "if it filled the disk, clean it up there" in result.stderr
-    assert "the old root is not deleted where it is: it was snapshotted (or a balance moved it)" in result.stderr
+    assert (
+        "the old root is not deleted where it is: a snapshot of it may hold its blocks ('root-copy')" in result.stderr
+    )
     assert small_disk.state() == before
     marked = small_disk.rollback(
         "skip-next"

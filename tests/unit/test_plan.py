@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, TRASH_DIR, Examined, MarkFor, Observation, Quota, TreeSize
+from rollback.model import SKIP_MARK, TRASH_DIR, Examined, Lineage, MarkFor, Observation, Quota, TreeSize
 from rollback.plan import (
     Commit,
     Create,
@@ -212,8 +212,35 @@ def test_the_old_root_is_deleted_in_place_to_make_room_only_where_its_own_tree_g
     ids = {s.path: s.id for s in obs.subvols}
     blank = TreeSize(blank_used or 0, 9, 0, changed_at=31 if source == "changed blank" else 9)
     sizes = {ids["root"]: root} | ({ids["root-blank"]: blank} if blank_used else {})
-    got, why = room_from_root(config(**flags), obs, sizes)  # type: ignore[arg-type]
+    got, why = room_from_root(config(**flags), obs, sizes, {})  # type: ignore[arg-type]
     assert (got, bool(why)) == (freed, not freed)  # and why not, said in the refusal
+
+
+@pytest.mark.parametrize(
+    ("others", "pending", "freed"),
+    [
+        ({}, (), 233 * _MIB),  # a balance marked it, or every copy is gone and freed
+        ({"backup": Lineage("b", "r", 20)}, (), 0),  # a snapshot of it still there
+        ({"backup": Lineage("b", "gone", 20)}, (), 0),  # a snapshot of a copy of it, the copy deleted
+        ({"backup": Lineage("b", "gone", 5)}, (), 233 * _MIB),  # ... of something deleted before it was made
+        ({"backup": Lineage("b", "p", 20)}, (), 233 * _MIB),  # a snapshot of persist
+        ({"root/var/lib/machines": Lineage("b", "r", 20)}, (), 233 * _MIB),  # inside it: deleted with it
+        ({}, (300,), 0),  # a deleted copy may still hold its blocks
+    ],
+)
+def test_a_root_snapshotted_since_it_was_made_is_deleted_in_place_only_without_a_copy_left(
+    others: dict[str, Lineage], pending: tuple[int, ...], freed: int
+) -> None:
+    """Its ROOT_ITEM says it was snapshotted since (or a balance moved it, which says the same): the
+    copies still there, or a deletion still being freed, may hold its blocks (found by a coexistence
+    tester: any btrbk or snapper snapshot, deleted since, or a balance turned this off for good)."""
+    obs = replace(observe([*LAYOUT, "backup"]), pending_cleanup=pending)
+    ids = {s.path: s.id for s in obs.subvols}
+    lineage = {ids["root"]: Lineage("r", "", 10), ids["persist"]: Lineage("p", "", 3)}
+    lineage |= {ids[path]: line for path, line in others.items()}
+    sizes = {ids["root"]: TreeSize(233 * _MIB, 40, 0)}
+    got, why = room_from_root(config(), obs, sizes, lineage)
+    assert (got, bool(why)) == (freed, not freed)
 
 
 @pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
