@@ -238,9 +238,9 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
     return error.errno in _NO_ROOM and waited and btrfs.cleaner_busy(top)
 
 
-# (the old root is deleted only once the new one exists: deleting it first to make room left a boot with no
-# root at all where it freed too little, as a full-disk tester's suggestion did when tried)
-_NOTHING_OURS = "; nothing of rollback's can be deleted first (the old root goes only once the new one is made)"
+# (the old root is deleted only once the new one exists, but where its own files filled the disk and
+# nothing may share them (_root_first): deleted first, it left a boot with no root where it freed too little)
+_NOTHING_OURS = "; nothing of rollback's can be deleted first (the old root goes once the new one is made)"
 _OLD_ROOT_IN_USE = "; the old root stays in use until then (if it filled the disk, clean it up there)"
 
 
