@@ -320,9 +320,12 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
         return int(Exit.USAGE)
     log.configure(target=target)
     # (one ignored as inherited stays so: `nohup rollback cleanup` outlives its terminal)
-    previous = {n: signal.signal(n, _stopped) for n in _STOPPING if signal.getsignal(n) is not signal.SIG_IGN}
+    stops = _Stops()
+    previous = {n: signal.signal(n, stops) for n in _STOPPING if signal.getsignal(n) is not signal.SIG_IGN}
     try:
-        return int(call(args, *load_config(args)))
+        code = int(call(args, *load_config(args)))
+        stops.ended = True
+        return code
     except BrokenPipeError:  # the reader stopped early (`rollback diff | head`): not an error
         if sys.stdout is not None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -342,6 +345,7 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
             die_of(signum)
         return int(Exit.FAILED)
     except RollbackError as error:
+        stops.ended = True
         kind = KIND[error.exit_code]
         from rollback.reasons import REASONS
 
@@ -349,6 +353,7 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
         log.emit(kind, f"{kind}: {error.reason}", hint=hint, reason=error.code, exit=int(error.exit_code))
         return int(error.exit_code)
     except Exception as error:  # the boundary: anything unexpected is a failure, with its traceback
+        stops.ended = True
         import traceback
 
         from rollback.reasons import REASONS
@@ -362,17 +367,34 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
             traceback=traceback.format_exc(),
         )
         return int(Exit.FAILED)
-    finally:  # (a stop signal now, the verb ended, waits for the handler put back: the early process's
-        # defers it until its status is published, standby.serve)
-        signal.pthread_sigmask(signal.SIG_BLOCK, previous)
+    finally:
+        stops.ended = True
         for number, handler in previous.items():
             signal.signal(number, handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, previous)
+        for late in stops.late:  # to the handler put back: the early process's defers it (standby.serve)
+            os.kill(os.getpid(), late)
 
 
 # what stops a verb but Ctrl-C: systemd stopping the unit (a timeout, a shutdown), a rescue shell's terminal
 # gone. Each died without a word; now it says, as Ctrl-C does, that it stopped midway, then dies of it
 _STOPPING = (signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stops:
+    """The stop signals' handler around a verb: while it runs, _stopped (one line, then the process dies
+    of it); once it has ended (its outcome known, being said), the signal is kept and sent again once
+    the handlers are put back: raised there, it lost the verb's exit status, and the early process
+    published 1 for a run that had succeeded (a reviewer)."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.late: list[int] = []
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.ended:
+            self.late.append(signum)
+            return
+        _stopped(signum, frame)
 
 
 def _stopped(signum: int, _frame: object) -> NoReturn:

@@ -46,6 +46,7 @@ class TreeSize:
     last_snapshot: int
     snapshot_of: int
     changed_at: int = 0
+    relocating: bool = False  # a balance under way or paused holds a relocation tree of it (its blocks too)
 
 
 class Lineage(NamedTuple):

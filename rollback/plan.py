@@ -315,6 +315,8 @@ def room_from_root(
         return 0, "its size could not be read"
     if mark_applies(config, obs):
         return 0, "a skip-next mark keeps it for this boot"
+    if own.relocating:
+        return 0, "a balance under way or paused holds its blocks too (btrfs balance status)"
     if own.last_snapshot > own.snapshot_of and (copy := _copied_since(root, obs, lineage)):
         return 0, copy
     shared = 0
@@ -334,19 +336,26 @@ def room_from_root(
 
 def _copied_since(root: Subvol, obs: Observation, lineage: Mapping[int, Lineage]) -> str:
     """Why a root snapshotted since it was made (its ROOT_ITEM says so; a balance marks it so too) may
-    share its blocks still, or "" where it cannot: no snapshot made since its creation, outside it,
-    of it or of a source no longer there (a copy of a copy), and no deleted one still being freed."""
+    share its blocks still, or "" where it cannot: no copy of it outside it, nor a copy of a copy (one
+    nested in it, copied out, included: a reviewer), nor a snapshot made since of a source no longer
+    there, and no deleted subvolume still being freed."""
     own = lineage.get(root.id)
     if own is None:
         return "it was snapshotted since it was made, and what it comes from could not be read"
     inside = {s.id for s in obs.tree(root.path)}  # (deleted with it)
     known = {line.uuid for line in lineage.values()}
+    copies = {own.uuid}  # of it, of a copy of it, ...
+    while grown := {c.uuid for c in lineage.values() if c.parent_uuid in copies and c.uuid not in copies}:
+        copies |= grown
     paths = {s.id: s.path for s in obs.subvols}
     for number, line in sorted(lineage.items()):
-        if number in inside or not line.parent_uuid or line.created < own.created:
+        if number in inside or not line.parent_uuid:
             continue
-        if line.parent_uuid == own.uuid or line.parent_uuid not in known:
-            return f"a snapshot of it may hold its blocks ({names.shown(paths.get(number, f'id {number}'))})"
+        shown = names.shown(paths.get(number, f"id {number}"))
+        if line.uuid in copies:
+            return f"a copy of it may hold its blocks ({shown})"
+        if line.parent_uuid not in known and line.created >= own.created:
+            return f"{shown} was made since from a subvolume no longer there: perhaps a copy of it"
     if obs.pending_cleanup:
         return "it was snapshotted since it was made, and the kernel is still freeing deleted subvolumes"
     return ""

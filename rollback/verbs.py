@@ -418,7 +418,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
 
     # listed whole now (a run leaving deletes to the cleanup listed archived roots bounded): these are
     # deleted by this run, with a deleting run's checks and counts
-    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
+    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths), dict(obs.swapfiles))
     obs = _observe(config, top, mounted, obs.now)
     if not pruned:
         return _root_first(config, obs, top, fields, no_room)
@@ -453,7 +453,7 @@ def _after_leftovers(
     mode; found by a full-disk tester). Where the run is then where the next boot would start, that
     run goes on now, once; a refusal of it (no room still) is this run's failure, with its reason. The
     plan that ran: the leftovers' deletes, then that run's."""
-    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths))
+    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths), dict(obs.swapfiles))
     now = _observe(config, top, mounted, obs.now, bounds(config))
     plan = plan_run(config, now)
     old, still = obs.get(config.subvolume), now.get(config.subvolume)
@@ -643,7 +643,8 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
             "rollback cleanup checks it again; " + refused.hint,
             code="step-failed",
         ) from None
-    busy = sorted(now & mounted.subvolumes.keys()) + [p for p in mounted.paths if names.is_within(p, step.path)]
+    held = sorted(now & (mounted.subvolumes.keys() | mounted.swapfiles.keys()))  # (a swap file: EPERM)
+    busy = [*map(str, held), *(p for p in mounted.paths if names.is_within(p, step.path))]
     if now != planned or busy:
         gone, moved_in = sorted(planned - now), sorted(now - planned)
         what = (

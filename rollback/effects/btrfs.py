@@ -71,6 +71,7 @@ def ids_within(top: Path, path: str) -> set[int]:
 
 
 _ROOT_ITEM_KEY = 132
+_TREE_RELOC = 2**64 - 8  # BTRFS_TREE_RELOC_OBJECTID: a balance's relocation tree of subvolume <offset>
 # btrfs_root_item: a btrfs_inode_item (160 bytes), then generation, root_dirid, bytenr, byte_limit,
 # bytes_used, last_snapshot (little-endian u64s); ... ctransid at 295 (after flags, refs, drop_progress,
 # drop_level, level, generation_v2 and three UUIDs)
@@ -88,7 +89,8 @@ def tree_sizes(top: Path, ids: Iterable[int]) -> dict[int, TreeSize]:
                 if len(item) < _ROOT_ITEM_SIZES.size:  # an item from before ctransid (kernels < 3.5): unread
                     continue
                 used, last, changed = _ROOT_ITEM_SIZES.unpack_from(item)
-                found[number] = TreeSize(used, last, offset, changed)
+                moving = bool(refs.items(fd, refs.ROOT_TREE, _TREE_RELOC, _ROOT_ITEM_KEY, (number, number)))
+                found[number] = TreeSize(used, last, offset, changed, moving)
         return found
     finally:
         os.close(fd)

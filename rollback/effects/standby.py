@@ -55,8 +55,8 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
     while not os.read(fds[0], 64):  # a FIFO held read-write never reads EOF; a line means go
         pass
     os.unlink(os.path.join(directory, "pid"))  # triggered once: no later trigger may wait on this pid
-    # a stop signal once the run has ended (the verb's own handler catches one before) waits for the
-    # status: dying first, the trigger would run the command again; a status 1 would fail the boot
+    # a stop signal from here waits for the status (dying first, the trigger would run the command again;
+    # a status 1 would fail the boot), but while the verb runs: its own handler stops it between steps
     late: list[int] = []
     for number in _STOPPING:
         signal.signal(number, lambda signum, _frame: late.append(signum))

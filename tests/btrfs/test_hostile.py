@@ -725,9 +725,13 @@ def test_a_root_snapshotted_since_with_no_copy_left_is_deleted_where_it_is(small
         root = btrfsutil.subvolume_id(str(top / "root"))
         mark = btrfs.tree_sizes(top, [root])[root]
         assert mark.last_snapshot > mark.snapshot_of
+    before = small_disk.state()
     result = small_disk.rollback("run")
     assert result.returncode == Exit.OK, result.stderr
     assert "metadata; deleting it where it is" in result.stderr
+    after = small_disk.state()
+    assert after.subvolume_paths() == before.subvolume_paths() and set(after.under("root")) == {"root"}
+    assert outside_root(after) == outside_root(before)
 
 
 def test_a_root_that_filled_the_disk_and_was_copied_is_refused_untouched(small_disk: Disk) -> None:
@@ -738,9 +742,7 @@ def test_a_root_that_filled_the_disk_and_was_copied_is_refused_untouched(small_d
     result = small_disk.rollback("run")
     assert result.returncode == Exit.REFUSED, result.stderr
     assert "reason=no-space" in result.stderr and "if it filled the disk, clean it up there" in result.stderr
-    assert (
-        "the old root is not deleted where it is: a snapshot of it may hold its blocks ('root-copy')" in result.stderr
-    )
+    assert "the old root is not deleted where it is: a copy of it may hold its blocks ('root-copy')" in result.stderr
     assert small_disk.state() == before
     marked = small_disk.rollback(
         "skip-next"

@@ -225,6 +225,7 @@ def test_the_old_root_is_deleted_in_place_to_make_room_only_where_its_own_tree_g
         ({"backup": Lineage("b", "gone", 5)}, (), 233 * _MIB),  # ... of something deleted before it was made
         ({"backup": Lineage("b", "p", 20)}, (), 233 * _MIB),  # a snapshot of persist
         ({"root/var/lib/machines": Lineage("b", "r", 20)}, (), 233 * _MIB),  # inside it: deleted with it
+        ({"root/var/lib/machines": Lineage("s", "r", 20), "backup": Lineage("b", "s", 21)}, (), 0),  # copied out
         ({}, (300,), 0),  # a deleted copy may still hold its blocks
     ],
 )
@@ -241,6 +242,17 @@ def test_a_root_snapshotted_since_it_was_made_is_deleted_in_place_only_without_a
     sizes = {ids["root"]: TreeSize(233 * _MIB, 40, 0)}
     got, why = room_from_root(config(), obs, sizes, lineage)
     assert (got, bool(why)) == (freed, not freed)
+
+
+def test_a_root_a_balance_is_relocating_is_not_deleted_in_place() -> None:
+    """A balance under way or paused (resumed at the next mount) holds a relocation tree of the root,
+    sharing its blocks (a reviewer)."""
+    obs = observe(LAYOUT)
+    root = obs.get("root")
+    assert root is not None
+    sizes = {root.id: TreeSize(233 * _MIB, 40, 0, relocating=True)}
+    got, why = room_from_root(config(), obs, sizes, {root.id: Lineage("r", "", 10)})
+    assert got == 0 and "balance" in why
 
 
 @pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
