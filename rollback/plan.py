@@ -305,8 +305,8 @@ def room_from_root(
     keep mode (the old root is kept), a skip-next mark for it (the user keeps it for this boot), under
     ROOM_FROM_ROOT, or shared: a copy of it still there (_copied_since), or a snapshot of anything but
     the blank, or of a blank changed since (its share unknown: a copy of the blank may hold what the
-    root shared). `sizes`: the trees of the root and the blank (effects.btrfs.tree_sizes); `lineage`:
-    every subvolume's (effects.btrfs.lineage)."""
+    root shared). `sizes`: the trees of the root, of the subvolumes nested in it and of the blank
+    (effects.btrfs.tree_sizes); `lineage`: every subvolume's (effects.btrfs.lineage)."""
     root, blank = obs.get(config.subvolume), obs.get(config.blank)
     own = sizes.get(root.id) if root else None
     if config.keeping:
@@ -325,11 +325,17 @@ def room_from_root(
         if source is None or source.changed_at > own.snapshot_of:
             return 0, "it is a snapshot of something other than the blank as it is: what it shares is unknown"
         shared = source.bytes_used
-    freed = own.bytes_used - shared
+    # and what subvolumes nested in it give back, deleted with it: those neither snapshots nor copied
+    # (a root filled by /var/lib/docker's; found by a second full-disk tester)
+    nested = [sizes.get(s.id) for s in obs.tree(root.path) if s.id != root.id]
+    freed = (
+        own.bytes_used - shared + sum(n.bytes_used for n in nested if n and not n.last_snapshot and not n.relocating)
+    )
     if freed < ROOM_FROM_ROOT:
-        return (
-            0,
-            f"its own files take {freed >> 20} MiB of metadata, under {ROOM_FROM_ROOT >> 20}: too little to count on",
+        return 0, (
+            f"its files and its nested subvolumes' take {freed >> 20} MiB of metadata, under {ROOM_FROM_ROOT >> 20}: "
+            "too little to count on (file data is not counted: on a disk of mixed block groups it may be what "
+            "filled it)"
         )
     return freed, ""
 

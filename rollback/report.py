@@ -244,7 +244,8 @@ def status_lines(report: Status) -> list[str]:
     elif root["kind"] == Kind.MISSING.value and not report["next_boot_refused"]:  # (a misspelt name: a new one)
         lines.append(
             f"root:       {root['path']} missing: the next run creates it (a first run, a run cut short "
-            "after moving the old root away, or a misspelt name: check the subvolume setting)"
+            "after moving the old root away or deleting it where it was to make room, or a misspelt name: check "
+            "the subvolume setting)"
         )
     else:
         lines.append(f"root:       {root['path']} {root['kind']}")

@@ -482,7 +482,7 @@ def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, A
     from rollback.effects import btrfs
     from rollback.plan import room_from_root
 
-    ids = [s.id for s in (obs.get(config.subvolume), obs.get(config.blank)) if s is not None]
+    ids = [s.id for s in (*obs.tree(config.subvolume), obs.get(config.blank)) if s is not None]
     freed, why = room_from_root(config, obs, btrfs.tree_sizes(top, ids), btrfs.lineage(top))
     if not freed:
         raise Refused(

@@ -566,11 +566,14 @@ def test_an_active_swap_file_in_what_is_deleted_is_refused_before_any_change(
     assert disk.rollback("run", *flags).returncode == Exit.OK
 
 
-def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], copy: str = "", leftover: bool = False) -> None:
+def _root_fills_the_disk(
+    disk: Disk, mode: tuple[str, ...], copy: str = "", leftover: bool = False, nested: bool = False
+) -> None:
     """The old root filled the disk itself (a runaway log, a build's temporary files): metadata full,
     no room for the root's move. `copy`: "kept", a copy of it (a snapshot the user took) holds its
     blocks; "deleted", one was taken and deleted since; "balance", a balance moved it (which marks it
-    as snapshotted). `leftover`: the root before it still in the trash (after boot, the cleanup never ran)."""
+    as snapshotted). `leftover`: the root before it still in the trash (after boot, the cleanup never ran).
+    `nested`: what fills it is a subvolume nested in it (/var, as /var/lib/docker is)."""
     with disk.top() as top:
         populate(top, nested=["root/var/lib/machines"], blank=True)
         (top / "persist" / "precious").write_text("keep me\n")
@@ -580,7 +583,10 @@ def _root_fills_the_disk(disk: Disk, mode: tuple[str, ...], copy: str = "", left
     with disk.top() as top:
         btrfsutil.sync(str(top))  # (a commit starts the kernel's cleaner at once, else within 30 s)
         sh("btrfs", "subvolume", "sync", str(top))  # the first run's deletes done: no wait planned before its steps
-        (top / "root" / "var").mkdir()
+        if nested:
+            btrfsutil.create_subvolume(str(top / "root" / "var"))
+        else:
+            (top / "root" / "var").mkdir()
         if copy in ("kept", "deleted"):
             btrfsutil.create_snapshot(str(top / "root"), str(top / "root-copy"), read_only=True)
         if copy == "balance":
@@ -605,6 +611,7 @@ _MODES = {
     "recreate": (),
     "snapshot": ("--mode", "snapshot", "--cleanup", "after-boot"),
     "leftover": ("--cleanup", "after-boot"),  # the cleanup never ran: the root before it in the trash
+    "nested": ("--cleanup", "after-boot"),  # what filled it: a subvolume nested in it
 }
 
 
@@ -616,16 +623,16 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
     not left in the trash for the cleanup. With a leftover in the trash, deleted first, the same run
     goes on (was: exit 1, and the next boot did it)."""
     flags = _MODES[mode]
-    _root_fills_the_disk(small_disk, flags, leftover=mode == "leftover")
+    _root_fills_the_disk(small_disk, flags, leftover=mode == "leftover", nested=mode == "nested")
     before = small_disk.state()
     result = small_disk.rollback("run", *flags)
     assert result.returncode == Exit.OK, result.stderr
     assert "metadata; deleting it where it is" in result.stderr
     assert ("going on as the next run would" in result.stderr) is (mode == "leftover")
-    deleted = 3 if mode == "leftover" else 1  # (the leftover: the root before it, with a nested subvolume)
+    deleted = {"leftover": 3, "nested": 2}.get(mode, 1)  # (the leftover: the root before it, with a nested one)
     assert f"root replaced (the old one deleted where it was), {deleted} subvolume(s) deleted" in result.stderr
     after = small_disk.state()
-    assert [p for p in before.subvolume_paths() if not p.startswith(TRASH)] == after.subvolume_paths()
+    assert [p for p in before.subvolume_paths() if not p.startswith((TRASH, "root/"))] == after.subvolume_paths()
     assert after.subvolume_paths() == ["home", "nix", "persist", "root", "root-blank"]
     expected = {"root"} | ({"root/etc", "root/etc/machine-id"} if mode == "snapshot" else set())
     assert set(after.under("root")) == expected
@@ -633,7 +640,7 @@ def test_a_root_that_filled_the_disk_itself_is_deleted_where_it_is(small_disk: D
     # generations included, but the blank's where it was snapshotted (btrfs records that in it)
     written = ("", "root", "root-blank") if mode == "snapshot" else ("", "root")
     assert [s for s in after.subvolumes if s.path not in written] == [
-        s for s in before.subvolumes if s.path not in written and not s.path.startswith(TRASH)
+        s for s in before.subvolumes if s.path not in written and not s.path.startswith((TRASH, "root/"))
     ]
     assert [(s.id, s.ctransid) for s in after.subvolumes if s.path == "root-blank"] == [
         (s.id, s.ctransid) for s in before.subvolumes if s.path == "root-blank"

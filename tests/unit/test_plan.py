@@ -244,6 +244,18 @@ def test_a_root_snapshotted_since_it_was_made_is_deleted_in_place_only_without_a
     assert (got, bool(why)) == (freed, not freed)
 
 
+@pytest.mark.parametrize(
+    ("nested", "freed"), [(TreeSize(200 * _MIB, 0, 0), 201 * _MIB), (TreeSize(200 * _MIB, 9, 9), 0)]
+)
+def test_what_subvolumes_nested_in_the_root_give_back_counts_unless_shared(nested: TreeSize, freed: int) -> None:
+    """A root filled by a subvolume nested in it (/var/lib/docker), deleted with it: counted (was: "0 MiB",
+    refused at every boot; found by a second full-disk tester); a snapshot (or one copied) not."""
+    obs = observe(LAYOUT)
+    ids = {s.path: s.id for s in obs.subvols}
+    sizes = {ids["root"]: TreeSize(1 * _MIB, 0, 0), ids["root/var/lib/machines"]: nested}
+    assert room_from_root(config(), obs, sizes, {})[0] == freed
+
+
 def test_a_root_a_balance_is_relocating_is_not_deleted_in_place() -> None:
     """A balance under way or paused (resumed at the next mount) holds a relocation tree of the root,
     sharing its blocks (a reviewer)."""
