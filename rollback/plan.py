@@ -305,8 +305,7 @@ def room_from_root(
     keep mode (the old root is kept), a skip-next mark for it (the user keeps it for this boot), under
     ROOM_FROM_ROOT, or shared: a copy of it still there (_copied_since), or a snapshot of anything but
     the blank, or of a blank changed since (its share unknown: a copy of the blank may hold what the
-    root shared). `sizes`: the trees of the root, of the subvolumes nested in it and of the blank
-    (effects.btrfs.tree_sizes); `lineage`: every subvolume's (effects.btrfs.lineage)."""
+    root shared). `sizes`, `lineage`: every subvolume's (effects.btrfs.trees)."""
     root, blank = obs.get(config.subvolume), obs.get(config.blank)
     own = sizes.get(root.id) if root else None
     if config.keeping:

@@ -418,7 +418,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
 
     # listed whole now (a run leaving deletes to the cleanup listed archived roots bounded): these are
     # deleted by this run, with a deleting run's checks and counts
-    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths), dict(obs.swapfiles))
+    mounted = _mounts_seen(obs)
     obs = _observe(config, top, mounted, obs.now)
     if not pruned:
         return _root_first(config, obs, top, fields, no_room)
@@ -445,6 +445,11 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
         ) from None
 
 
+def _mounts_seen(obs: Observation) -> Mounts:
+    """What `obs` found mounted and in use (an observation made again keeps it: not read twice)."""
+    return Mounts(dict(obs.mounted), dict(obs.mounted_paths), dict(obs.swapfiles))
+
+
 def _after_leftovers(
     first: Plan, config: Config, obs: Observation, top: Path, fields: dict[str, Any], failed: StepFailed
 ) -> Plan:
@@ -453,7 +458,7 @@ def _after_leftovers(
     mode; found by a full-disk tester). Where the run is then where the next boot would start, that
     run goes on now, once; a refusal of it (no room still) is this run's failure, with its reason. The
     plan that ran: the leftovers' deletes, then that run's."""
-    mounted = Mounts(dict(obs.mounted), dict(obs.mounted_paths), dict(obs.swapfiles))
+    mounted = _mounts_seen(obs)
     now = _observe(config, top, mounted, obs.now, bounds(config))
     plan = plan_run(config, now)
     old, still = obs.get(config.subvolume), now.get(config.subvolume)
@@ -482,8 +487,7 @@ def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, A
     from rollback.effects import btrfs
     from rollback.plan import room_from_root
 
-    ids = [s.id for s in (*obs.tree(config.subvolume), obs.get(config.blank)) if s is not None]
-    freed, why = room_from_root(config, obs, btrfs.tree_sizes(top, ids), btrfs.lineage(top))
+    freed, why = room_from_root(config, obs, *btrfs.trees(top))
     if not freed:
         raise Refused(
             f"{no_room.reason}; the old root is not deleted where it is: {why}", no_room.hint, code="no-space"

@@ -70,48 +70,32 @@ def ids_within(top: Path, path: str) -> set[int]:
         os.close(fd)
 
 
-_ROOT_ITEM_KEY = 132
-_TREE_RELOC = 2**64 - 8  # BTRFS_TREE_RELOC_OBJECTID: a balance's relocation tree of subvolume <offset>
 # btrfs_root_item: a btrfs_inode_item (160 bytes), then generation, root_dirid, bytenr, byte_limit,
 # bytes_used, last_snapshot (little-endian u64s); ... ctransid at 295 (after flags, refs, drop_progress,
 # drop_level, level, generation_v2 and three UUIDs)
 _ROOT_ITEM_SIZES = struct.Struct("<160x32xQQ87xQ")
-
-
-def tree_sizes(top: Path, ids: Iterable[int]) -> dict[int, TreeSize]:
-    """What each subvolume's tree takes (its ROOT_ITEM): btrfsutil does not give it. One search each;
-    a subvolume gone meanwhile, or whose item is too old to say, is left out."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        found: dict[int, TreeSize] = {}
-        for number in ids:
-            for offset, item in refs.items(fd, refs.ROOT_TREE, number, _ROOT_ITEM_KEY)[:1]:
-                if len(item) < _ROOT_ITEM_SIZES.size:  # an item from before ctransid (kernels < 3.5): unread
-                    continue
-                used, last, changed = _ROOT_ITEM_SIZES.unpack_from(item)
-                moving = bool(refs.items(fd, refs.ROOT_TREE, _TREE_RELOC, _ROOT_ITEM_KEY, (number, number)))
-                found[number] = TreeSize(used, last, offset, changed, moving)
-        return found
-    finally:
-        os.close(fd)
-
-
 # ... and uuid at 247, parent_uuid at 263 (16 bytes each), otransid at 303
 _ROOT_ITEM_LINEAGE = struct.Struct("<247x16s16s24xQ")
 _NO_UUID = bytes(16)
 
 
-def lineage(top: Path) -> dict[int, Lineage]:
-    """Every subvolume's UUID, source's UUID and creation (one search over the root tree: what a run
-    that has no room asks, whether a copy of the old root exists)."""
+def trees(top: Path) -> tuple[dict[int, TreeSize], dict[int, Lineage]]:
+    """What each subvolume's tree takes and where it comes from (its ROOT_ITEM: btrfsutil gives neither
+    bytes_used nor last_snapshot), for what a run that has no room asks: how much deleting the old root
+    gives back, and whether a copy of it exists. One search over the root tree, and one for the
+    relocation trees of a balance; an item too old to say (kernels < 3.5) is left out."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        found: dict[int, Lineage] = {}
-        for number, _offset, item in refs.root_items(fd):
-            if len(item) >= _ROOT_ITEM_LINEAGE.size:  # (an item from before UUIDs: left out)
+        moving = refs.relocated(fd)
+        sizes: dict[int, TreeSize] = {}
+        lineage: dict[int, Lineage] = {}
+        for number, offset, item in refs.root_items(fd):
+            if len(item) >= _ROOT_ITEM_LINEAGE.size:
+                used, last, changed = _ROOT_ITEM_SIZES.unpack_from(item)
+                sizes[number] = TreeSize(used, last, offset, changed, number in moving)
                 own, parent, created = _ROOT_ITEM_LINEAGE.unpack_from(item)
-                found[number] = Lineage(own.hex(), "" if parent == _NO_UUID else parent.hex(), created)
-        return found
+                lineage[number] = Lineage(own.hex(), "" if parent == _NO_UUID else parent.hex(), created)
+        return sizes, lineage
     finally:
         os.close(fd)
 

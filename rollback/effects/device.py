@@ -367,9 +367,7 @@ def _swapfiles(fsid: str) -> dict[int, str]:
         except OSError:  # (another namespace's path, gone)
             continue
         try:
-            args = bytearray(1024)
-            fcntl.ioctl(fd, _FS_INFO, args)
-            if bytes(args[16:32]).hex() == fsid:
+            if _fsid_of(fd) == fsid:
                 found[refs.subvolume_of(fd)] = path
         except OSError:  # not btrfs
             continue
@@ -608,13 +606,18 @@ def _kernel_fsid(top: str) -> str | None:
     """The fsid the kernel gave the mounted filesystem (None where the ioctl is unavailable)."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        args = bytearray(1024)
-        fcntl.ioctl(fd, _FS_INFO, args)
-        return bytes(args[16:32]).hex()
+        return _fsid_of(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _fsid_of(fd: int) -> str:
+    """The fsid of the btrfs holding the open file `fd` (BTRFS_IOC_FS_INFO; OSError elsewhere)."""
+    args = bytearray(1024)
+    fcntl.ioctl(fd, _FS_INFO, args)
+    return bytes(args[16:32]).hex()
 
 
 def uuid(fsid: str) -> str:

@@ -56,6 +56,7 @@ def all_refs(fd: int) -> list[Ref]:
 
 _ROOT_ITEM = 132
 _LAST_FREE = 2**64 - 256  # above: the trees of relocation and the like, not subvolumes
+_TREE_RELOC = 2**64 - 8  # BTRFS_TREE_RELOC_OBJECTID: a balance's relocation tree of subvolume <offset>
 
 
 def root_items(fd: int) -> list[tuple[int, int, bytes]]:
@@ -67,6 +68,11 @@ def root_items(fd: int) -> list[tuple[int, int, bytes]]:
             _transid, objectid, offset, _kind, length = _HEADER.unpack_from(args, pos)
             found.append((objectid, offset, bytes(args[pos + _HEADER.size : pos + _HEADER.size + length])))
     return found
+
+
+def relocated(fd: int) -> set[int]:
+    """The subvolumes a balance under way or paused holds a relocation tree of (sharing their blocks)."""
+    return {offset for offset, _item in items(fd, ROOT_TREE, _TREE_RELOC, _ROOT_ITEM)}
 
 
 def children(every: list[Ref], holder: int) -> list[Ref]:

@@ -689,7 +689,7 @@ def test_a_root_just_over_the_threshold_on_a_disk_full_of_other_data_still_gets_
                     os.setxattr(top / "root" / "var" / f"x{number}", f"user.f{key}", b"m" * 15000)
             btrfsutil.sync(str(top))
             root_id = btrfsutil.subvolume_id(str(top / "root"))
-            own = btrfs.tree_sizes(top, [root_id])[root_id].bytes_used
+            own = btrfs.trees(top)[0][root_id].bytes_used
             _fill_metadata(top, 0)
         for round_no in range(1, 4):
             with disk.top() as top:
@@ -711,13 +711,12 @@ def test_the_trees_sizes_are_read_from_their_root_items(small_disk: Disk) -> Non
         btrfsutil.create_snapshot(str(top / "blank"), str(top / "root"))
         btrfsutil.sync(str(top))
         blank, root = (btrfsutil.subvolume_info(str(top / n)) for n in ("blank", "root"))
-        sizes = btrfs.tree_sizes(top, [blank.id, root.id, 4242])  # (one gone: left out)
-    assert set(sizes) == {blank.id, root.id}
+        sizes, lineage = btrfs.trees(top)
+    assert set(sizes) == set(lineage) == {blank.id, root.id}  # (every subvolume but the top level)
     assert sizes[blank.id].snapshot_of == 0 and sizes[blank.id].changed_at == blank.ctransid
     assert sizes[blank.id].last_snapshot == root.otransid == sizes[root.id].snapshot_of
     assert sizes[root.id].changed_at == root.ctransid and sizes[root.id].bytes_used >= 16384
-    with small_disk.top() as top:
-        lineage = btrfs.lineage(top)
+    assert not sizes[root.id].relocating and not sizes[blank.id].relocating
     assert lineage[root.id] == (root.uuid.hex(), blank.uuid.hex(), root.otransid)
     assert lineage[blank.id] == (blank.uuid.hex(), "", blank.otransid)
 
@@ -730,7 +729,7 @@ def test_a_root_snapshotted_since_with_no_copy_left_is_deleted_where_it_is(small
     _root_fills_the_disk(small_disk, (), copy=copy)
     with small_disk.top() as top:  # (what makes this case: the mark left on it)
         root = btrfsutil.subvolume_id(str(top / "root"))
-        mark = btrfs.tree_sizes(top, [root])[root]
+        mark = btrfs.trees(top)[0][root]
         assert mark.last_snapshot > mark.snapshot_of
     before = small_disk.state()
     result = small_disk.rollback("run")
