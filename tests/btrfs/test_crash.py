@@ -89,35 +89,51 @@ def test_crash_after_every_step_converges(disk: Disk, mode: str, how: str) -> No
         assert disk.rollback(*args, "--dry-run").returncode == Exit.OK
 
 
+NESTED = [f"root/srv/n{i}" for i in range(300)]
+
+
+def kill_at(disk: Disk, delay: float) -> tuple[float, int | None, int, str]:
+    """One run of a fresh layout killed `delay` s after start, then a normal run that must finish the job.
+    Returns (delay, return code, trash entries left, where the kill landed: before/inside/after the delete)."""
+    sh("mkfs.btrfs", "-q", "-f", disk.device)
+    with disk.top() as top:
+        populate(top, nested=NESTED)
+    before = disk.state()
+    with subprocess.Popen(disk.rollback_argv("run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        time.sleep(delay)
+        process.kill()
+    state = disk.state()
+    assert outside_root(state) == outside_root(before), f"lost data after a kill at {delay:.3f}s"
+    paths = state.subvolume_paths()
+    trash = len([p for p in paths if p.startswith(".rollback/trash/")])
+    where = "inside" if trash else "before" if NESTED[0] in paths else "after"
+    finished = disk.rollback("run")
+    assert finished.returncode == Exit.OK, (delay, finished.stderr)
+    after = disk.state()
+    assert outside_root(after) == outside_root(before)
+    assert after.under("root") == {"root": "dir:40755"}, delay
+    assert not [p for p in after.subvolume_paths() if p.startswith((".rollback/", "root/"))]
+    return round(delay, 3), process.returncode, trash, where
+
+
 def test_kill_at_random_moments_converges(disk: Disk) -> None:
     """SIGKILL at seeded random delays after start: during imports, mounting, renames or in the middle of
-    the recursive delete of 300 nested subvolumes. The next run must finish the job."""
+    the recursive delete of 300 nested subvolumes. The next run must finish the job. The delays are aimed
+    at this machine's uninterrupted run; where none of them landed inside the delete (a machine faster or
+    slower than that first run), more kills are aimed by halving the gap between the latest kill that came
+    before the delete and the earliest that came after it, so that one lands inside it."""
     rng = random.Random(20261125)
-    argv = disk.rollback_argv("run")
     with disk.top() as top:
-        populate(top, nested=[f"root/srv/n{i}" for i in range(300)])
+        populate(top, nested=NESTED)
     began = time.monotonic()
     assert disk.rollback("run").returncode == Exit.OK
     whole = time.monotonic() - began  # this machine's uninterrupted run: aim the kills at all of it
-    outcomes = []
-    for attempt in range(14):
-        sh("mkfs.btrfs", "-q", "-f", disk.device)
-        with disk.top() as top:
-            populate(top, nested=[f"root/srv/n{i}" for i in range(300)])
-        before = disk.state()
-        delay = rng.uniform(0.4, 1.1) * whole
-        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
-            time.sleep(delay)
-            process.kill()
-        state = disk.state()
-        assert outside_root(state) == outside_root(before), f"lost data after a kill at {delay:.3f}s"
-        trash = len([p for p in state.subvolume_paths() if p.startswith(".rollback/trash/")])
-        outcomes.append((round(delay, 3), process.returncode, trash))
-        finished = disk.rollback("run")
-        assert finished.returncode == Exit.OK, (attempt, finished.stderr)
-        after = disk.state()
-        assert outside_root(after) == outside_root(before)
-        assert after.under("root") == {"root": "dir:40755"}, attempt
-        assert not [p for p in after.subvolume_paths() if p.startswith((".rollback/", "root/"))]
-    print("kills (delay s, return code, trash entries left):", outcomes)
-    assert any(trash for _, _, trash in outcomes), f"no kill landed inside the delete: {outcomes}"
+    outcomes = [kill_at(disk, rng.uniform(0.4, 1.1) * whole) for _ in range(14)]
+    for _ in range(12):
+        if any(where == "inside" for *_, where in outcomes):
+            break
+        early = max((delay for delay, *_, where in outcomes if where == "before"), default=0.0)
+        late = min((delay for delay, *_, where in outcomes if where == "after"), default=2 * whole)
+        outcomes.append(kill_at(disk, (early + late) / 2 if late > early else late / 2))
+    print("kills (delay s, return code, trash entries left, where):", outcomes)
+    assert any(trash for _, _, trash, _ in outcomes), f"no kill landed inside the delete: {outcomes}"
