@@ -647,15 +647,18 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
             "rollback cleanup checks it again; " + refused.hint,
             code="step-failed",
         ) from None
-    held = sorted(now & (mounted.subvolumes.keys() | mounted.swapfiles.keys()))  # (a swap file: EPERM)
+    held = sorted(now & mounted.subvolumes.keys())
     busy = [*map(str, held), *(p for p in mounted.paths if names.is_within(p, step.path))]
-    if now != planned or busy:
+    swap = [mounted.swapfiles[i] for i in sorted(now & mounted.swapfiles.keys())]  # (the kernel: EPERM)
+    if now != planned or busy or swap:
         gone, moved_in = sorted(planned - now), sorted(now - planned)
         what = (
             f"subvolume(s) {moved_in} moved in"
             if moved_in
             else f"mounted: {busy[0]}"
             if busy
+            else f"an active swap file: {swap[0]}"
+            if swap
             else f"subvolume(s) {gone} gone"
         )
         raise StepFailed(

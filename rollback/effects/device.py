@@ -7,7 +7,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from rollback import mountinfo, names
@@ -335,7 +335,8 @@ def mounts(top: str, fsid: str) -> Mounts:
     if own is None:
         raise OSError(f"{top} is not in /proc/self/mountinfo")
     _refuse_twins(top, fsid, own, tables)
-    found = Mounts({}, {}, _swapfiles(fsid))
+    roots = ("", "/proc/1/root", *(f"/proc/{pid}/root" for pid, _ in tables if pid is not None))
+    found = Mounts({}, {}, _swapfiles(fsid, roots))
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]
@@ -346,11 +347,14 @@ def mounts(top: str, fsid: str) -> Mounts:
     return found
 
 
-def _swapfiles(fsid: str) -> dict[int, str]:
+def _swapfiles(fsid: str, roots: Sequence[str] = ("",)) -> dict[int, str]:
     """The active swap files on this filesystem, by the subvolume holding each: the kernel does not
     let a subvolume holding one be deleted (EPERM), and the run's delete failed at every run while
-    swap was on, after the root was replaced (found by a coexistence tester). /proc/swaps names them
-    as this process sees them; in an initrd none is active yet."""
+    swap was on, after the root was replaced (found by a coexistence tester). /proc/swaps names each
+    by its path in the mount namespace it was turned on in: looked up in ours, then through each
+    namespace's root (`roots`: /proc/PID/root; a swapon after our private namespace was made, during
+    a long cleanup, is found only so). Every file found counts (more refusals, never fewer). In an
+    initrd none is active yet."""
     found: dict[int, str] = {}
     try:
         with open("/proc/swaps", encoding="utf-8", errors="surrogateescape") as handle:
@@ -362,18 +366,24 @@ def _swapfiles(fsid: str) -> dict[int, str]:
         if len(fields) < 2 or fields[1] != "file":
             continue
         path = mountinfo.unescape(fields[0])  # (a space is \\040, as in mountinfo)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:  # (another namespace's path, gone)
-            continue
-        try:
-            if _fsid_of(fd) == fsid:
-                found[refs.subvolume_of(fd)] = path
-        except OSError:  # not btrfs
-            continue
-        finally:
-            os.close(fd)
+        for root in roots:
+            if (subvolid := _swap_subvolume(root + path, fsid)) is not None:
+                found.setdefault(subvolid, path)
     return found
+
+
+def _swap_subvolume(path: str, fsid: str) -> int | None:
+    """The subvolume holding `path` if it is on the filesystem `fsid`; None if not, or not there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # (not in this namespace, gone)
+        return None
+    try:
+        return refs.subvolume_of(fd) if _fsid_of(fd) == fsid else None
+    except OSError:  # not btrfs
+        return None
+    finally:
+        os.close(fd)
 
 
 SYSFS_BTRFS = "/sys/fs/btrfs"  # a directory per filesystem the kernel has mounted, named by its fsid

@@ -234,11 +234,12 @@ def test_the_cleanup_runs_at_idle_priority() -> None:
     assert result.stdout.split() == ["True", "idle"], result.stderr
 
 
-@pytest.mark.parametrize("change", ["moved-in", "mounted"])
+@pytest.mark.parametrize("change", ["moved-in", "mounted", "swap"])
 def test_an_entry_changed_while_the_cleanup_ran_is_not_deleted(disk: Disk, tmp_path: Path, change: str) -> None:
     """The cleanup checks once, then deletes entry after entry (idle priority, a wait of up to an hour).
     Meanwhile `persist` moved into an entry (a slip of mv), or a subvolume of one mounted (yesterday's
     root, to fetch a file): the recursive delete took them, under their mount too (found by a reviewer).
+    Or a swap file in one turned on (the kernel refuses that delete: a failure halfway through the entry).
     Each entry is compared with what the checks saw just before its delete: not deleted, exit 1, and
     the next cleanup refuses or goes on as its checks say."""
     with disk.top() as top:
@@ -248,6 +249,11 @@ def test_an_entry_changed_while_the_cleanup_ran_is_not_deleted(disk: Disk, tmp_p
             sh("btrfs", "subvolume", "create", str(top / ".rollback" / "trash" / entry))
         sh("btrfs", "subvolume", "create", str(top / ".rollback" / "trash" / "20200102T000000Z" / "var"))
         (top / "persist" / "data").write_text("the machine's own\n")
+        swap = top / ".rollback" / "trash" / "20200102T000000Z" / "var" / "swap.img"
+        swap.touch(mode=0o600)
+        sh("chattr", "+C", str(swap))  # (no copy-on-write: what swapon needs on btrfs)
+        sh("fallocate", "-l", "16M", str(swap))
+        sh("mkswap", "-q", str(swap))
     cleanup = _stopped_cleanup(disk)  # after deleting the first entry
     later = ".rollback/trash/20200102T000000Z"
     live = tmp_path / "live"
@@ -256,18 +262,30 @@ def test_an_entry_changed_while_the_cleanup_ran_is_not_deleted(disk: Disk, tmp_p
         with disk.top() as top:
             if change == "moved-in":
                 os.rename(top / "persist", top / later / "persist")
-            else:
+            elif change == "mounted":
                 sh("mount", "-o", f"subvol={later}/var", disk.device, str(live))
+            else:  # through a mount of the top level (no subvolume of the entry mounted)
+                sh("mount", "-o", "subvolid=5", disk.device, str(live))
+                sh("swapon", str(live / later / "var" / "swap.img"))
         cleanup.send_signal(signal.SIGCONT)
         _, err = cleanup.communicate(timeout=120)
         assert cleanup.returncode == Exit.FAILED, err
         assert "changed since the checks" in err and "reason=step-failed" in err, err
+        assert ("an active swap file" in err) is (change == "swap"), err
         with disk.top() as top:
             assert (top / later).is_dir()
             if change == "moved-in":
                 assert (top / later / "persist" / "data").read_text() == "the machine's own\n"
                 os.rename(top / later / "persist", top / "persist")
+        if change == "swap":  # the next cleanup, swap still on: refused before any change
+            before = disk.state()
+            again = disk.rollback("cleanup")
+            assert again.returncode == Exit.REFUSED and "reason=swap-active" in again.stderr, again.stderr
+            assert disk.state() == before
     finally:
+        for line in Path("/proc/swaps").read_text().splitlines()[1:]:  # (else the image stays attached)
+            if line.split()[0].startswith(f"{live}/"):
+                sh("swapoff", line.split()[0])
         subprocess.run(["umount", str(live)], capture_output=True)
     assert disk.rollback("cleanup").returncode == Exit.OK
     assert "persist" in disk.state().subvolume_paths()

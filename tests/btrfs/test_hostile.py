@@ -478,6 +478,31 @@ def test_a_metadata_full_filesystem_converges_at_the_first_boot(small_disk: Disk
     assert state.files["persist/precious"] == outside_root(state)["persist/precious"]
 
 
+def test_a_small_leftover_deleted_then_still_no_room_fails_once_then_is_refused_untouched(small_disk: Disk) -> None:
+    """After boot, the cleanup never ran: a small leftover in the trash, the disk full of persist's
+    data. The run deletes the leftover first (a change), still has no room, and goes on as the next
+    run would: that run is refused (nothing of rollback's left, the old root too small to give room).
+    This run fails (exit 1: it changed something), saying both; the next is a refusal before any
+    change (exit 3, the device as it was, generations included), not a failure at every boot."""
+    _metadata_full(small_disk, leftover_files=0)
+    flags = ("--cleanup", "after-boot")
+    before = small_disk.state()
+    first = small_disk.rollback("run", *flags)
+    assert first.returncode == Exit.FAILED, first.stderr
+    assert "going on as the next run would" in first.stderr, first.stderr
+    assert "what earlier runs left was deleted" in first.stderr and "not deleted where it is" in first.stderr
+    after = small_disk.state()
+    assert [p for p in after.subvolume_paths() if p.startswith(TRASH)] == []
+    assert outside_root(after) == outside_root(before)
+    untouched = [s for s in before.subvolumes if s.path and not s.path.startswith(TRASH)]  # (the top level
+    assert [s for s in after.subvolumes if s.path] == untouched  # holds the trash: written by the delete)
+    for _ in range(2):
+        again = small_disk.rollback("run", *flags)
+        assert again.returncode == Exit.REFUSED, again.stderr
+        assert "reason=no-space" in again.stderr and "before any change" in again.stderr
+        assert small_disk.state() == after
+
+
 _KEEP_ONE = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
 
 
