@@ -194,7 +194,7 @@ def _config(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
 def _standby(args: argparse.Namespace) -> int:
     from rollback.effects import standby
 
-    return standby.serve(args.directory, args.command, main)
+    return standby.serve(args.directory, args.command, main, _STOPPING, die_of)
 
 
 VERBS = (

@@ -299,9 +299,10 @@ ROOT_RECLAIM_S = 300.0  # the kernel frees ~10 MiB of a deleted tree per second 
 def room_from_root(
     config: Config, obs: Observation, sizes: Mapping[int, TreeSize], lineage: Mapping[int, Lineage]
 ) -> tuple[int, str]:
-    """The bytes of metadata the old root's own tree would give back if deleted where it is, when a
-    run found no room for its first change (a root that filled the disk itself: a runaway log, a
-    build's temporary files; nothing else of rollback's to delete); or 0 and why it is not deleted so:
+    """The bytes of metadata the old root's tree, and the plain subvolumes nested in it (neither
+    snapshots nor copied), would give back if deleted where it is, when a run found no room for its
+    first change (a root that filled the disk itself: a runaway log, a build's temporary files;
+    nothing else of rollback's to delete); or 0 and why it is not deleted so:
     keep mode (the old root is kept), a skip-next mark for it (the user keeps it for this boot), under
     ROOM_FROM_ROOT, or shared: a copy of it still there (_copied_since), or a snapshot of anything but
     the blank, or of a blank changed since (its share unknown: a copy of the blank may hold what the

@@ -42,7 +42,15 @@ def warm() -> None:
     journal.load()
 
 
-def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], int]) -> int:
+def serve(
+    directory: str,
+    argv: Sequence[str],
+    run: Callable[[Sequence[str]], int],
+    stopping: Sequence[signal.Signals],
+    die_of: Callable[[signal.Signals], None],
+) -> int:
+    """The protocol above: `run` runs the command line; a stop signal (`stopping`) that comes once it
+    was triggered is deferred until the status is published, then ended by as `die_of` does."""
     warm()
     os.makedirs(directory, mode=0o700, exist_ok=True)
     status = os.path.join(directory, "status")
@@ -57,9 +65,9 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
     os.unlink(os.path.join(directory, "pid"))  # triggered once: no later trigger may wait on this pid
     # a stop signal from here waits for the status (dying first, the trigger would run the command again;
     # a status 1 would fail the boot), but while the verb runs: its own handler stops it between steps
-    late: list[int] = []
-    for number in _STOPPING:
-        signal.signal(number, lambda signum, _frame: late.append(signum))
+    late: list[signal.Signals] = []
+    for number in stopping:
+        signal.signal(number, lambda signum, _frame: late.append(signal.Signals(signum)))
     code = int(Exit.FAILED)  # whatever ends the run (an exception, a SystemExit), a status is published:
     try:  # without one the trigger would run the command again (a second rollback in one boot)
         code = run(argv)
@@ -69,12 +77,8 @@ def serve(directory: str, argv: Sequence[str], run: Callable[[Sequence[str]], in
         _publish(status, f"{code}\n")
         os.write(fds[1], b"\n")  # the trigger sleeps in a timed read of `wake`: it looks at once
     if late:  # then ends as the signal would have
-        signal.signal(late[0], signal.SIG_DFL)
-        os.kill(os.getpid(), late[0])
+        die_of(late[0])
     return code
-
-
-_STOPPING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _fifo(path: str) -> int:

@@ -187,11 +187,12 @@ def test_the_exit_status_is_never_lost_and_the_run_never_repeated(tmp_path: Path
 
 STOPPED_AT_THE_END = (  # the real early process, whose run is sent a SIGTERM as it ends, then exits 3
     "import os, signal, sys\n"
+    "from rollback.cli import _STOPPING, die_of\n"
     "from rollback.effects import standby\n"
     "def run(argv):\n"
     "    os.kill(os.getpid(), signal.SIGTERM)\n"
     "    return 3\n"
-    "sys.exit(standby.serve(sys.argv[1], ['x'], run))\n"
+    "sys.exit(standby.serve(sys.argv[1], ['x'], run, _STOPPING, die_of))\n"
 )
 
 
