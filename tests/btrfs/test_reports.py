@@ -15,7 +15,7 @@ import pytest
 from rollback.errors import Exit
 from rollback.verbs import CRASH_AFTER_ENV, FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.cli import rollback_argv
-from tests.support.disks import Disk, attached, parse_json
+from tests.support.disks import Disk, attached, parse_json, released
 from tests.support.layout import populate, sh
 
 pytestmark = pytest.mark.btrfs
@@ -269,6 +269,7 @@ def test_skip_next_and_its_consumption_outlive_a_power_cut(disk: Disk) -> None:
         assert disk.rollback("run").returncode == Exit.SKIPPED
         consumed = _after_a_power_cut(disk, disk.workdir / "consumed.img")
     for cut, image, expected in [(marked, "marked.img", Exit.SKIPPED), (consumed, "consumed.img", Exit.OK)]:
+        released(disk.workdir / image)  # (the original, still held by a namespace being torn down)
         with attached(disk.workdir / image) as device:
             cut.device = device
             result = cut.rollback("run")

@@ -16,7 +16,7 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
-from tests.support.disks import Disk, attached
+from tests.support.disks import Disk, attached, released
 from tests.support.layout import outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
@@ -235,6 +235,7 @@ def test_a_root_used_only_up_to_a_power_cut_is_archived(disk: Disk, tmp_path: Pa
         _write_and_sync(top / "root", write)
         shutil.copyfile(tmp_path / "disk.img", image)  # the device as a power cut leaves it
     (tmp_path / "mnt-cut").mkdir()
+    released(image)  # (the original, still held by a namespace being torn down, would make the copy refused)
     with attached(image) as device:
         cut = Disk(device, tmp_path / "mnt-cut", tmp_path)
         result = cut.rollback("run", *flags)  # its own (read-only) mount replays the log

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +68,21 @@ def attached(image: Path) -> Iterator[str]:
     finally:
         sh("losetup", "-d", device)
         _forget_lock(image)
+
+
+def released(image: Path, timeout: float = 30.0) -> None:
+    """Wait until the kernel no longer holds the filesystem whose copy `image` is (/sys/fs/btrfs/<fsid>
+    gone). A run's private mount namespace is torn down after it exits, by the kernel's delayed work, and
+    so is any namespace another process made meanwhile (its copy of our mounts): the filesystem can
+    stay mounted a moment after our last unmount, and a copy attached then is refused `mounted`."""
+    with image.open("rb") as handle:
+        superblock = os.pread(handle.fileno(), 0x48, 0x10000)
+    fsid = superblock[0x20:0x30].hex()
+    held = Path("/sys/fs/btrfs", f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}")
+    deadline = time.monotonic() + timeout
+    while held.exists():
+        assert time.monotonic() < deadline, f"the kernel still holds {held.name} after {timeout:g} s"
+        time.sleep(0.05)
 
 
 def _forget_lock(image: Path) -> None:
