@@ -352,7 +352,7 @@ def execute(step: Step, top: Path) -> None:
     elif isinstance(step, Snapshot):
         btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False)
     elif isinstance(step, Delete):
-        _delete(top / step.path)
+        _delete(top / step.path, step.count)
     elif isinstance(step, Unlock):
         unlock(top / step.path)
     elif isinstance(step, Reclaim):
@@ -441,26 +441,36 @@ def _in_state_dir(top: Path, path: str) -> Iterator[tuple[int, str]]:
         os.close(fd)
 
 
-def _delete(path: Path) -> None:
-    """Delete recursively. What libbtrfsutil's recursive delete stops at is ours too (all of it is in
-    the trash): a read-only subvolume or an immutable directory in the tree (EROFS, EPERM), or a nested
-    subvolume whose path from `path` is over 4 KiB (ENAMETOOLONG): then one subvolume at a time."""
-    try:
-        btrfsutil.delete_subvolume(str(path), recursive=True)
-    except btrfsutil.BtrfsUtilError as error:
-        if error.errno not in (errno.EROFS, errno.EPERM, errno.ENAMETOOLONG):
-            raise
-        _delete_each(path)
+def _delete(path: Path, count: int) -> None:
+    """The subvolume at `path` and every one nested in it (`count` in all, as the checks saw them). In
+    the initrd nothing else acts on the filesystem: libbtrfsutil's recursive delete (the fastest), the
+    walk below where it stops. Elsewhere (the cleanup, a run by hand) the walk, never more than the
+    checks saw."""
+    from rollback.sources import in_initrd
+
+    if in_initrd():
+        try:
+            btrfsutil.delete_subvolume(str(path), recursive=True)
+            return
+        except btrfsutil.BtrfsUtilError as error:
+            if error.errno not in (errno.EROFS, errno.EPERM, errno.ENAMETOOLONG):
+                raise
+    _walk(path, None if in_initrd() else count)
 
 
-def _delete_each(path: Path) -> None:
-    """The subvolume at `path` and every one nested in it, in one walk down its tree of subvolumes: each
-    made deletable on the way down (the directory holding it, then itself: read-only flag, +i/+a; a
-    holder before what it holds), deleted on the way up, innermost first. The working directory moves
-    one name down or `..` up at a time (no path is too long, libbtrfsutil's calls take paths only), each
-    move checked against the directory it must reach; put back after. Linear in the subvolumes and the
-    directories between them (was: every one reached from the top again, quadratic: a chain of 15,000
-    made by any user in /tmp kept every boot's delete from finishing; found by a scale tester)."""
+def _walk(path: Path, count: int | None) -> None:
+    """The subvolume at `path` and every one nested in it (`count` in all where known), in one walk down
+    its tree of subvolumes, innermost first, one subvolume at a time: never more than the checks saw.
+    A subvolume moved in after them (`mv /persist` into the trash, during a cleanup of minutes) was
+    deleted with the rest by libbtrfsutil's recursive delete (found by a concurrency tester); now more
+    than `count` found stops before any delete, and one moved in during the walk makes the kernel
+    refuse its holder's delete (ENOTEMPTY), which stops it too. What a recursive delete stops at is
+    ours (all of it is in the trash): a read-only subvolume holding others, an immutable directory
+    (+i/+a) holding one, a path over 4 KiB: each made deletable on the way down, the working directory
+    moved one name down or `..` up at a time, each move checked; put back after. Linear in the
+    subvolumes and the directories between them (was: every one reached from the top again where paths
+    were too long: a chain of 15,000, which any user can make in /tmp, kept every boot's delete from
+    finishing; found by a scale tester)."""
     home = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -469,12 +479,15 @@ def _delete_each(path: Path) -> None:
         raise
     try:
         own = btrfsutil.subvolume_id(fd)
-        held = _held(fd, refs.below(refs.all_refs(fd), own))
+        nested = refs.below(refs.all_refs(fd), own)
+        if count is not None and 1 + len(nested) != count:
+            raise OSError(errno.ESTALE, f"{1 + len(nested)} subvolume(s) found, {count} checked: changed meanwhile")
+        held = _held(fd, nested)
         unlock(path)
         os.fchdir(fd)
         _walk_and_delete(own, held)
         os.fchdir(home)
-        btrfsutil.delete_subvolume(str(path))
+        _delete_one(str(path))
     finally:
         os.fchdir(home)
         os.close(home)
@@ -494,31 +507,73 @@ def _held(fd: int, nested: list[refs.Ref]) -> _Held:
 
 
 def _walk_and_delete(own: int, held: _Held) -> None:
-    """From the top directory of subvolume `own` (the working directory): see _delete_each."""
+    """From the top directory of subvolume `own` (the working directory): see _walk. A subvolume
+    holding none is deleted from the directory holding it (made deletable only if its delete is
+    refused); one holding others is made deletable, entered, emptied, left and deleted."""
     # a frame per subvolume on the way: what it holds still to visit, its top directory, and how it was
     # reached (its name, the directory holding it, the directories between that and its holder's top)
     stack = [(iter(held.get(own, ())), _here(), b"", (0, 0), 0)]
     while stack:
-        pending, _, name, holding, between = stack[-1]
+        pending, top, name, holding, between = stack[-1]
         step = next(pending, None)
         if step is not None:
             child, inside, child_name = step
+            if child not in held and len(relative := b"/".join([*inside, child_name])) < _SHORT:
+                _delete_leaf(relative)  # (one call by its path from here, as the kernel takes it)
+                continue
             for directory in inside:
                 _move(directory)
+            if child not in held:
+                _delete_leaf(child_name)
+                _climb(len(inside), top)
+                continue
             _unpin(Path("."))
             unlock(Path(os.fsdecode(child_name)))
             holder_dir = _here()
             _move(child_name)
-            stack.append((iter(held.get(child, ())), _here(), child_name, holder_dir, len(inside)))
+            stack.append((iter(held[child]), _here(), child_name, holder_dir, len(inside)))
             continue
         stack.pop()
         if not stack:
             return
         _move(b"..", holding)
+        _delete_one(name)
+        _climb(between, stack[-1][1])
+
+
+_SHORT = 2048  # a path from the working directory short enough to pass as one (the kernel's limit: 4 KiB)
+
+
+def _delete_leaf(relative: bytes) -> None:
+    """A subvolume holding none, by its path from the working directory: made deletable (the directory
+    holding it, then itself) only where refused."""
+    try:
+        _delete_one(relative)
+    except btrfsutil.BtrfsUtilError as error:
+        if error.errno not in (errno.EPERM, errno.EROFS):
+            raise
+        path = Path(os.fsdecode(relative))
+        _unpin(path.parent)
+        unlock(path)
+        _delete_one(relative)
+
+
+def _delete_one(name: str | bytes) -> None:
+    try:
         btrfsutil.delete_subvolume(name)
-        for _ in range(between):
+    except btrfsutil.BtrfsUtilError as error:
+        if error.errno != errno.ENOTEMPTY:
+            raise
+        shown = os.fsdecode(name)
+        raise OSError(errno.ESTALE, f"a subvolume was moved into {shown} meanwhile: not deleted") from None
+
+
+def _climb(levels: int, expected: tuple[int, int]) -> None:
+    """Up `levels` directories (`..`), to the directory `expected` (its device and inode)."""
+    if levels:
+        for _ in range(levels):
             _move(b"..")
-        _expect(stack[-1][1])
+        _expect(expected)
 
 
 def _here() -> tuple[int, int]:

@@ -4,6 +4,7 @@ boot's worth; the cleanup refuses what a run refuses and then changes nothing.""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -12,8 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import btrfsutil
 import pytest
 
+from rollback.effects import btrfs
 from rollback.errors import Exit
 from rollback.verbs import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
 from tests.support.disks import Disk, parse_json
@@ -289,3 +292,52 @@ def test_an_entry_changed_while_the_cleanup_ran_is_not_deleted(disk: Disk, tmp_p
         subprocess.run(["umount", str(live)], capture_output=True)
     assert disk.rollback("cleanup").returncode == Exit.OK
     assert "persist" in disk.state().subvolume_paths()
+
+
+@pytest.mark.parametrize("when", ["before-the-walk", "during-the-walk"])
+def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
+    disk: Disk, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """`mv /persist` into a trash entry while the cleanup deletes that entry (seconds to minutes: idle
+    priority, 20,000 nested subvolumes): libbtrfsutil's recursive delete took it with the rest, exit 0,
+    "trash emptied" (found by a concurrency tester; the re-check before each entry could not see it).
+    The delete now takes only what the checks counted: more found before the walk stops it before any
+    delete; one moved in during the walk makes the kernel refuse its holder's delete. Either way
+    `persist` and its data stay, the delete stops with its reason, and the next cleanup refuses
+    (`persist` is a protected name) until it is moved back."""
+    with disk.top() as top:
+        populate(top)
+        entry = top / ".rollback" / "trash" / "20200101T000000Z"
+        entry.parent.mkdir(parents=True)
+        btrfsutil.create_subvolume(str(entry))
+        for name in ("a", "b", "c"):
+            btrfsutil.create_subvolume(str(entry / name))
+        (top / "persist" / "data").write_text("the machine's own\n")
+        checked = len(btrfs.ids_within(top, ".rollback/trash/20200101T000000Z"))  # what the checks saw: 4
+        real = btrfsutil.delete_subvolume
+        moved: list[bool] = []
+
+        def moving(path: str | bytes, *args: bool) -> None:
+            if not moved:  # the first delete of the walk: persist moved into one not deleted yet
+                os.rename(top / "persist", entry / "c" / "persist")
+                moved.append(True)
+            real(path, *args)
+
+        if when == "before-the-walk":
+            os.rename(top / "persist", entry / "c" / "persist")
+        else:
+            monkeypatch.setattr(btrfsutil, "delete_subvolume", moving)
+        with pytest.raises(OSError) as stopped:
+            btrfs._delete(entry, checked)
+        monkeypatch.undo()
+        assert stopped.value.errno == errno.ESTALE, stopped.value
+        assert (entry / "c" / "persist" / "data").read_text() == "the machine's own\n"
+        assert (entry / "c").is_dir() and (when == "during-the-walk") is not (entry / "a").exists()
+    refused = disk.rollback("cleanup")
+    assert refused.returncode == Exit.REFUSED and "reason=protected-inside" in refused.stderr, refused.stderr
+    with disk.top() as top:
+        os.rename(entry / "c" / "persist", top / "persist")
+    assert disk.rollback("cleanup").returncode == Exit.OK
+    with disk.top() as top:
+        assert (top / "persist" / "data").read_text() == "the machine's own\n"
+        assert not entry.exists()
