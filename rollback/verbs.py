@@ -67,7 +67,11 @@ def _observed(
     device.refuse_unseen(dev, fsid, writing=lock)
     limits = bounds(config) if bounded else None
     unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)
-    with device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock, mount.top_level(dev) as top:
+    shared = device.mounted_anywhere(fsid)
+    with (
+        device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock,
+        mount.top_level(dev, shared=shared) as top,
+    ):
         mounted = device.mounts(str(top), fsid)
         mount.settle(top)
         found = _observe(config, top, mounted, datetime.now(UTC), limits)

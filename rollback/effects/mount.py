@@ -18,6 +18,7 @@ _MS_RDONLY = 1
 _MS_NOSUID = 2
 _MS_NODEV = 4
 _MS_REMOUNT = 32
+_MS_BIND = 4096
 _MS_NOATIME = 1024
 _MS_REC = 16384
 _MS_SLAVE = 1 << 19
@@ -31,6 +32,7 @@ MOUNT_POINT = "/run/rollback"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _private = False
+_shared = False  # whether the filesystem was mounted elsewhere before our top-level mount (top_level)
 
 
 def enter_private_namespace() -> None:
@@ -63,13 +65,16 @@ def enter_private_namespace() -> None:
 
 
 @contextmanager
-def top_level(device: str) -> Iterator[Path]:
-    """Mount subvolid=5 of `device` privately and read-only; yield its path; unmount.
+def top_level(device: str, *, shared: bool = False) -> Iterator[Path]:
+    """Mount subvolid=5 of `device` privately and read-only; yield its path; unmount. `shared`: the
+    kernel had the filesystem mounted already (make_writable then leaves its superblock alone).
 
     Read-only and noatime: observing must not write (reading the root's directory on a relatime
     mount moves its generation, which would make an untouched root look used). make_writable()
     switches it when a plan is about to be carried out.
     """
+    global _shared
+    _shared = shared
     enter_private_namespace()
     # One fixed, empty directory: the mount on it exists only in our namespace, so concurrent
     # processes can share it and a killed process leaves nothing to clean up.
@@ -148,9 +153,24 @@ def settle(top: Path) -> None:
 
 
 def make_writable(top: Path) -> None:
-    """Remount our top-level mount read-write (still noatime), in place: no gap between what was
-    observed and what is changed."""
-    if _libc.mount(None, os.fsencode(top), None, _MS_REMOUNT | _MS_NOSUID | _MS_NODEV | _MS_NOATIME, None) != 0:
+    """Make our top-level mount read-write (still noatime), in place: no gap between what was observed
+    and what is changed. Our mount's own flag first (MS_BIND: the superblock, which every mount of the
+    filesystem shares, untouched); the superblock too only where it is read-only and ours alone (the
+    initrd's case). A plain remount reconfigured the superblock for every mount of it: a filesystem
+    an admin had mounted read-only became writable, and `noacl` on the running system's mounts was
+    dropped at every cleanup (found by a scale tester)."""
+    flags = _MS_REMOUNT | _MS_NOSUID | _MS_NODEV | _MS_NOATIME
+    if _libc.mount(None, os.fsencode(top), None, flags | _MS_BIND, None) == 0:
+        if not os.statvfs(top).f_flag & os.ST_RDONLY:
+            return
+        if _shared:
+            raise Refused(
+                "cannot write to the filesystem: it is mounted read-only elsewhere, and making it writable for "
+                "this run would make every mount of it writable",
+                "remount it read-write where it is mounted (mount -o remount,rw), or unmount it; nothing was changed",
+                code="read-only",
+            )
+    if _libc.mount(None, os.fsencode(top), None, flags, None) != 0:
         errno = ctypes.get_errno()
         raise Refused(
             f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}",

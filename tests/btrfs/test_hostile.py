@@ -592,6 +592,44 @@ def test_an_active_swap_file_in_what_is_deleted_is_refused_before_any_change(
     assert disk.rollback("run", *flags).returncode == Exit.OK
 
 
+def _super_options(where: Path) -> list[str]:
+    """The superblock's options of the mount at `where` (mountinfo's last field), as the kernel says."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(where):
+            return fields[-1].split(",")
+    raise AssertionError(f"{where} is not mounted")
+
+
+@pytest.mark.parametrize("options", ["noacl", "ro"])
+def test_a_filesystem_mounted_elsewhere_keeps_its_options(disk: Disk, tmp_path: Path, options: str) -> None:
+    """The run's read-write remount reconfigured the superblock every mount of the filesystem shares: a
+    filesystem an admin had mounted read-only became writable (exit 0), and the running system's
+    `noacl` was dropped at every cleanup (found by a scale tester). Now only our own mount's flag: the
+    others' options stay; a superblock read-only because of another mount is refused, nothing changed."""
+    with disk.top() as top:
+        populate(top)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sh("mount", "-o", f"{options},subvol=persist", disk.device, str(elsewhere))
+    try:
+        before = disk.state()
+        result = disk.rollback("run")
+        after = disk.state()
+        super_options = _super_options(elsewhere)
+        writable = not os.statvfs(elsewhere).f_flag & os.ST_RDONLY
+    finally:
+        sh("umount", str(elsewhere))
+    assert options in super_options, super_options
+    if options == "ro":
+        assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
+        assert "mounted read-only elsewhere" in result.stderr and not writable
+        assert after == before
+    else:
+        assert result.returncode == Exit.OK, result.stderr
+        assert outside_root(after) == outside_root(before)
+
+
 def _root_fills_the_disk(
     disk: Disk, mode: tuple[str, ...], copy: str = "", leftover: bool = False, nested: bool = False
 ) -> None:
