@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -142,10 +143,19 @@ class Observation:
             held.setdefault(s.path.rpartition("/")[0], []).append(s)
         return held
 
+    @cached_property
+    def _sorted(self) -> tuple[list[str], list[int]]:
+        """Every listed path in sorted order, and each one's place in `subvols`."""
+        order = sorted(range(len(self.subvols)), key=lambda i: self.subvols[i].path)
+        return [self.subvols[i].path for i in order], order
+
     def below(self, path: str) -> Iterator[Subvol]:
-        """Subvolumes strictly inside `path`, at any depth."""
-        inside = path + "/"
-        return (s for s in self.subvols if s.path.startswith(inside))
+        """Subvolumes strictly inside `path`, at any depth, in listing order. A range of the sorted paths
+        (those starting "path/" sort from it to "path0", "0" following "/"): a scan of every subvolume per
+        entry made plans, status and cleanups of 1000 archived roots take 10-40 s (a scale tester)."""
+        paths, order = self._sorted
+        places = order[bisect_left(paths, path + "/") : bisect_left(paths, path + "0")]
+        return (self.subvols[i] for i in sorted(places))
 
     def entries(self, directory: str) -> list[Examined]:
         """Archived roots (or trash entries) directly inside `directory`, oldest first.
@@ -158,6 +168,10 @@ class Observation:
         return sorted(ours, key=lambda s: (s.otransid, s.path))
 
     def tree(self, path: str) -> list[Subvol]:
-        """The subvolume at `path` (if any) and everything nested in it."""
-        inside = path + "/"
-        return [s for s in self.subvols if s.path == path or s.path.startswith(inside)]
+        """The subvolume at `path` (if any) and everything nested in it, in listing order."""
+        paths, order = self._sorted
+        places = order[bisect_left(paths, path + "/") : bisect_left(paths, path + "0")]
+        at = bisect_left(paths, path)
+        if at < len(paths) and paths[at] == path:
+            places = [order[at], *places]
+        return [self.subvols[i] for i in sorted(places)]

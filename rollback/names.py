@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -95,12 +96,12 @@ def parse_entry(name: str) -> EntryName | None:
     return EntryName(stamp, int(match.group(2) or 0))
 
 
-def fresh_entry(now: datetime, taken: Iterable[str]) -> EntryName:
-    """The entry name for `now` that collides with nothing in `taken`."""
+def fresh_entry(now: datetime, taken: AbstractSet[str], first: int = 0) -> EntryName:
+    """The entry name for `now` that collides with nothing in `taken`; its serial from `first` (a run
+    naming many: the one after its last, else each call tried every serial before it again)."""
     stamp = now.astimezone(UTC).replace(microsecond=0)
-    used = set(taken)
-    serial = 0
-    while str(EntryName(stamp, serial)) in used:
+    serial = first
+    while str(EntryName(stamp, serial)) in taken:
         serial += 1
     return EntryName(stamp, serial)
 

@@ -246,8 +246,11 @@ def plan_run(
         _ensure_parents(steps, obs, dest)
         steps.append(Rename(source, dest))
 
+    serials = [0]  # the next serial to try: every name this run gives has the same stamp
+
     def move_to_trash(source: str) -> None:
-        name = str(names.fresh_entry(obs.now, taken))
+        entry = names.fresh_entry(obs.now, taken, serials[0])
+        serials[0], name = entry.serial + 1, str(entry)
         taken.add(name)
         move(source, f"{TRASH_DIR}/{name}")
         deletes.append((Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))), source))
@@ -1090,8 +1093,9 @@ def _check_holder(directory: str, obs: Observation, what: str, setting: str = ""
             else "move it away: rollback keeps its trash there",
             code="bad-holder",
         )
-    ours = [s.path for s in obs.entries(directory)]
-    foreign = [s.path for s in obs.below(directory) if not any(names.is_within(s.path, o) for o in ours)]
+    ours = {s.path for s in obs.entries(directory)}
+    start = len(directory) + 1  # each one's entry: the directory and the first name below it
+    foreign = [s.path for s in obs.below(directory) if s.path[: start + len(s.path[start:].split("/")[0])] not in ours]
     if foreign:
         raise Refused(
             f"the {what} {names.shown(directory)} holds subvolumes rollback did not put there: "

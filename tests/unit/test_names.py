@@ -64,13 +64,13 @@ def test_foreign_names_are_not_entries(foreign: str) -> None:
 
 
 def test_fresh_entry_avoids_every_taken_name() -> None:
-    assert str(fresh_entry(NOW, [])) == "20261125T060000Z"
-    assert str(fresh_entry(NOW, ["20261125T060000Z", "20261125T060000Z-1"])) == "20261125T060000Z-2"
+    assert str(fresh_entry(NOW, set())) == "20261125T060000Z"
+    assert str(fresh_entry(NOW, {"20261125T060000Z", "20261125T060000Z-1"})) == "20261125T060000Z-2"
 
 
 def test_fresh_entry_is_utc() -> None:
     local = NOW.astimezone(__import__("datetime").timezone(timedelta(hours=5)))
-    assert str(fresh_entry(local, [])) == "20261125T060000Z"
+    assert str(fresh_entry(local, set())) == "20261125T060000Z"
 
 
 def stamps(*days: float) -> list[datetime]:

@@ -25,8 +25,8 @@ PURE = [
 ]
 # the standard library's modules that compute without touching the system
 STDLIB_PURE = {
-    "__future__", "collections", "dataclasses", "datetime", "enum", "functools", "itertools", "json", "re", "string",
-    "typing",
+    "__future__", "bisect", "collections", "dataclasses", "datetime", "enum", "functools", "itertools", "json", "re",
+    "string", "typing",
 }  # fmt: skip
 
 
