@@ -84,21 +84,28 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
     unbounded)."""
     from rollback.effects import btrfs
 
-    try:
-        return btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
-    except OSError as error:
-        if error.errno not in _DAMAGED:
-            raise
-        raise Refused(
-            f"cannot read the filesystem on {config.device}: {error.strerror}"
-            + (f" (at {os.fsdecode(error.filename)!r})" if error.filename else ""),
-            "the disk or the filesystem is damaged (nothing was changed): dmesg; btrfs check --readonly",
-            code="unreadable",
-        ) from None
+    for attempt in range(1, _READS + 1):
+        try:
+            return btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
+        except OSError as error:
+            # something gone while it was read (the trash rmdir'd, quotas disabled by hand): read again,
+            # not exit 1 "internal error" (found by a concurrency tester)
+            if error.errno == errno.ENOENT and attempt < _READS:
+                continue
+            if error.errno not in _DAMAGED:
+                raise
+            raise Refused(
+                f"cannot read the filesystem on {config.device}: {error.strerror}"
+                + (f" (at {os.fsdecode(error.filename)!r})" if error.filename else ""),
+                "the disk or the filesystem is damaged (nothing was changed): dmesg; btrfs check --readonly",
+                code="unreadable",
+            ) from None
+    raise AssertionError("unreachable: the last read returns or raises")
 
 
 # what reading a damaged disk or tree answers: the same at every boot, so a refusal (nothing changed)
 _DAMAGED = {errno.EIO, errno.EUCLEAN}
+_READS = 3  # an observation read again at most this often where something vanished while it was read
 
 
 def _execute(

@@ -621,3 +621,33 @@ def test_status_says_when_skip_keeps_the_root(flags: dict[str, bool], said: str 
 
     lines = status_lines(status(config(**flags), observe(["root"])))
     assert [line for line in lines if "SKIPPED" in line] == ([said] if said else []), lines
+
+
+@pytest.mark.parametrize(("gone", "reads"), [(1, 2), (2, 3), (3, 3)])
+def test_an_observation_that_met_something_gone_reads_again(
+    monkeypatch: pytest.MonkeyPatch, gone: int, reads: int
+) -> None:
+    """The trash rmdir'd or quotas disabled by hand while a verb read the filesystem: ENOENT from a
+    listing or the quota tree ended the verb as exit 1 "internal error, report it" (found by a
+    concurrency tester). It reads again, up to three times; gone at every read, the error stands."""
+    from rollback import verbs
+    from rollback.effects import btrfs
+    from rollback.model import Mounts
+    from tests.support.factory import NOW, config, observe
+
+    calls: list[int] = []
+    found = observe(["root"])
+
+    def reading(*args: object) -> object:
+        calls.append(1)
+        if len(calls) <= gone:
+            raise FileNotFoundError(2, "No such file or directory", ".rollback/trash")
+        return found
+
+    monkeypatch.setattr(btrfs, "observe", reading)
+    if gone < 3:
+        assert verbs._observe(config(), Path("/nowhere"), Mounts({}, {}), NOW) is found
+    else:
+        with pytest.raises(FileNotFoundError):
+            verbs._observe(config(), Path("/nowhere"), Mounts({}, {}), NOW)
+    assert len(calls) == reads
