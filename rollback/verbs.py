@@ -6,7 +6,7 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -114,6 +114,7 @@ def _execute(
     fields: dict[str, Any],
     unlock: Callable[[], None] | None = None,
     recheck: Callable[[Step], None] | None = None,
+    in_use: Callable[[], Collection[int]] | None = None,
 ) -> Plan:
     """Carry out the plan's steps in order: the first write to the device happens here. With `unlock`,
     the lock is released once only waits for the kernel's cleaner are left (they change nothing: the
@@ -139,7 +140,7 @@ def _execute(
                 raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
             if recheck:
                 recheck(step)
-            btrfs.execute(step, top)
+            btrfs.execute(step, top, in_use)
         except OSError as error:
             if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
                 kept += skipped
@@ -602,7 +603,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
         if plan.steps:
             roots = sum(isinstance(step, Delete) for step in plan.steps)  # not the wait for the cleaner
             emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
-            _execute(plan, top, fields, unlock, partial(_as_checked, config, obs, top))
+            _execute(plan, top, fields, unlock, partial(_as_checked, config, obs, top), partial(_in_use, config, top))
     emptied = (
         f"trash emptied, {plan.deleted} subvolume(s) deleted" if plan.steps else "the trash is empty: nothing to do"
     )
@@ -637,6 +638,15 @@ def _refuse_read_only_members(top: Path, *, dry_run: bool = False) -> None:
             f"blockdev --setrw {found[0]} (a loop device: attached without -r); nothing was changed",
             code="read-only",
         )
+
+
+def _in_use(config: Config, top: Path) -> set[int]:
+    """The subvolumes mounted anywhere or holding an active swap file, now (read during the cleanup's
+    deletes: the walk deletes none of them)."""
+    from rollback.effects import device
+
+    found = device.mounts(str(top), device.probe(config.require_device()))
+    return {*found.subvolumes, *found.swapfiles}
 
 
 def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None:

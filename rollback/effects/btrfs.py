@@ -339,8 +339,12 @@ def observe(
     )
 
 
-def execute(step: Step, top: Path) -> None:
-    """Carry out one step; every path in a step is relative to the top level."""
+InUse = Callable[[], Collection[int]]  # the ids of the subvolumes in use now: mounted, holding an active swap file
+
+
+def execute(step: Step, top: Path, in_use: InUse | None = None) -> None:
+    """Carry out one step; every path in a step is relative to the top level. `in_use`: looked at during
+    a delete (the cleanup's, which runs beside the live system)."""
     if isinstance(step, MakeDir):
         os.makedirs(top / step.path, mode=0o700, exist_ok=True)
     elif isinstance(step, Rename):
@@ -352,7 +356,7 @@ def execute(step: Step, top: Path) -> None:
     elif isinstance(step, Snapshot):
         btrfsutil.create_snapshot(str(top / step.source), str(top / step.dest), read_only=False)
     elif isinstance(step, Delete):
-        _delete(top / step.path, step.count)
+        _delete(top / step.path, step.count, _Busy(in_use))
     elif isinstance(step, Unlock):
         unlock(top / step.path)
     elif isinstance(step, Reclaim):
@@ -441,7 +445,7 @@ def _in_state_dir(top: Path, path: str) -> Iterator[tuple[int, str]]:
         os.close(fd)
 
 
-def _delete(path: Path, count: int) -> None:
+def _delete(path: Path, count: int, busy: _Busy | None = None) -> None:
     """The subvolume at `path` and every one nested in it (`count` in all, as the checks saw them). In
     the initrd nothing else acts on the filesystem: libbtrfsutil's recursive delete (the fastest), the
     walk below where it stops. Elsewhere (the cleanup, a run by hand) the walk, never more than the
@@ -455,10 +459,10 @@ def _delete(path: Path, count: int) -> None:
         except btrfsutil.BtrfsUtilError as error:
             if error.errno not in (errno.EROFS, errno.EPERM, errno.ENAMETOOLONG):
                 raise
-    _walk(path, None if in_initrd() else count)
+    _walk(path, None if in_initrd() else count, busy or _Busy(None))
 
 
-def _walk(path: Path, count: int | None) -> None:
+def _walk(path: Path, count: int | None, busy: _Busy) -> None:
     """The subvolume at `path` and every one nested in it (`count` in all where known), in one walk down
     its tree of subvolumes, innermost first, one subvolume at a time: never more than the checks saw.
     A subvolume moved in after them (`mv /persist` into the trash, during a cleanup of minutes) was
@@ -485,8 +489,9 @@ def _walk(path: Path, count: int | None) -> None:
         held = _held(fd, nested)
         unlock(path)
         os.fchdir(fd)
-        _walk_and_delete(own, held)
+        _walk_and_delete(own, held, busy)
         os.fchdir(home)
+        busy.check(own)
         _delete_one(str(path))
     finally:
         os.fchdir(home)
@@ -506,24 +511,48 @@ def _held(fd: int, nested: list[refs.Ref]) -> _Held:
     return held
 
 
-def _walk_and_delete(own: int, held: _Held) -> None:
+class _Busy:
+    """Before each delete of a walk: the subvolume is not in use (`in_use`, read again at most every
+    READ_AGAIN_S): one mounted meanwhile was deleted under its mount (yesterday's root mounted to fetch a
+    file while the cleanup deleted it; found by a concurrency tester), and the cleanup then waited up to
+    an hour for the kernel, which cannot free it while mounted."""
+
+    READ_AGAIN_S = 0.25
+
+    def __init__(self, in_use: InUse | None) -> None:
+        self._in_use, self._ids, self._read = in_use, frozenset[int](), -self.READ_AGAIN_S
+
+    def check(self, subvolume: int) -> None:
+        if self._in_use is None:
+            return
+        if time.monotonic() - self._read >= self.READ_AGAIN_S:
+            self._ids, self._read = frozenset(self._in_use()), time.monotonic()
+        if subvolume in self._ids:
+            raise OSError(
+                errno.EBUSY, f"subvolume {subvolume} in it was mounted meanwhile (or a swap file in it turned on)"
+            )
+
+
+def _walk_and_delete(own: int, held: _Held, busy: _Busy) -> None:
     """From the top directory of subvolume `own` (the working directory): see _walk. A subvolume
     holding none is deleted from the directory holding it (made deletable only if its delete is
     refused); one holding others is made deletable, entered, emptied, left and deleted."""
     # a frame per subvolume on the way: what it holds still to visit, its top directory, and how it was
     # reached (its name, the directory holding it, the directories between that and its holder's top)
-    stack = [(iter(held.get(own, ())), _here(), b"", (0, 0), 0)]
+    stack = [(own, iter(held.get(own, ())), _here(), b"", (0, 0), 0)]
     while stack:
-        pending, top, name, holding, between = stack[-1]
+        subvolume, pending, top, name, holding, between = stack[-1]
         step = next(pending, None)
         if step is not None:
             child, inside, child_name = step
             if child not in held and len(relative := b"/".join([*inside, child_name])) < _SHORT:
+                busy.check(child)
                 _delete_leaf(relative)  # (one call by its path from here, as the kernel takes it)
                 continue
             for directory in inside:
                 _move(directory)
             if child not in held:
+                busy.check(child)
                 _delete_leaf(child_name)
                 _climb(len(inside), top)
                 continue
@@ -531,14 +560,15 @@ def _walk_and_delete(own: int, held: _Held) -> None:
             unlock(Path(os.fsdecode(child_name)))
             holder_dir = _here()
             _move(child_name)
-            stack.append((iter(held[child]), _here(), child_name, holder_dir, len(inside)))
+            stack.append((child, iter(held[child]), _here(), child_name, holder_dir, len(inside)))
             continue
         stack.pop()
         if not stack:
             return
         _move(b"..", holding)
+        busy.check(subvolume)
         _delete_one(name)
-        _climb(between, stack[-1][1])
+        _climb(between, stack[-1][2])
 
 
 _SHORT = 2048  # a path from the working directory short enough to pass as one (the kernel's limit: 4 KiB)

@@ -16,7 +16,7 @@ from pathlib import Path
 import btrfsutil
 import pytest
 
-from rollback.effects import btrfs
+from rollback.effects import btrfs, device
 from rollback.errors import Exit
 from rollback.verbs import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
 from tests.support.disks import Disk, parse_json
@@ -340,4 +340,53 @@ def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
     assert disk.rollback("cleanup").returncode == Exit.OK
     with disk.top() as top:
         assert (top / "persist" / "data").read_text() == "the machine's own\n"
+        assert not entry.exists()
+
+
+def test_a_subvolume_mounted_while_its_entry_is_deleted_is_not_deleted(
+    disk: Disk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Yesterday's root (or one nested in it) mounted to fetch a file while the cleanup deletes its trash
+    entry: deleted under its mount (an empty directory there, the file gone), and the cleanup then waited
+    up to an hour for the kernel, which cannot free it while mounted (found by a concurrency tester). The
+    walk reads what is in use again every quarter second: it stops before that delete (exit 1), the file
+    still there; once unmounted, the next cleanup finishes."""
+    with disk.top() as top:
+        populate(top)
+        entry = top / ".rollback" / "trash" / "20200101T000000Z"
+        entry.parent.mkdir(parents=True)
+        btrfsutil.create_subvolume(str(entry))
+        for name in ("a", "b", "c"):
+            btrfsutil.create_subvolume(str(entry / name))
+        (entry / "c" / "wanted").write_text("yesterday's\n")
+        checked = len(btrfs.ids_within(top, ".rollback/trash/20200101T000000Z"))
+        fsid = device.probe(disk.device)
+        live = tmp_path / "fetch"
+        live.mkdir()
+        real = btrfsutil.delete_subvolume
+        mounted: list[bool] = []
+
+        def mounting(path: str | bytes, *args: bool) -> None:
+            if not mounted:  # the first delete of the walk: the user mounts one not deleted yet
+                sh("mount", "-o", "subvol=.rollback/trash/20200101T000000Z/c", disk.device, str(live))
+                mounted.append(True)
+                time.sleep(btrfs._Busy.READ_AGAIN_S)  # (the walk reads the mounts again after this long)
+            real(path, *args)
+
+        def in_use() -> set[int]:
+            found = device.mounts(str(top), fsid)
+            return {*found.subvolumes, *found.swapfiles}
+
+        monkeypatch.setattr(btrfsutil, "delete_subvolume", mounting)
+        try:
+            with pytest.raises(OSError) as stopped:
+                btrfs._delete(entry, checked, btrfs._Busy(in_use))
+            monkeypatch.undo()
+            assert stopped.value.errno == errno.EBUSY, stopped.value
+            assert (live / "wanted").read_text() == "yesterday's\n"
+        finally:
+            monkeypatch.undo()
+            subprocess.run(["umount", str(live)], capture_output=True)
+    assert disk.rollback("cleanup").returncode == Exit.OK
+    with disk.top() as top:
         assert not entry.exists()
