@@ -545,10 +545,6 @@ def _walk_and_delete(own: int, held: _Held, busy: _Busy) -> None:
         step = next(pending, None)
         if step is not None:
             child, inside, child_name = step
-            if child not in held and len(relative := b"/".join([*inside, child_name])) < _SHORT:
-                busy.check(child)
-                _delete_leaf(relative)  # (one call by its path from here, as the kernel takes it)
-                continue
             for directory in inside:
                 _move(directory)
             if child not in held:
@@ -557,7 +553,7 @@ def _walk_and_delete(own: int, held: _Held, busy: _Busy) -> None:
                 _climb(len(inside), top)
                 continue
             _unpin(Path("."))
-            unlock(Path(os.fsdecode(child_name)))
+            _unlock_at(child_name)
             holder_dir = _here()
             _move(child_name)
             stack.append((child, iter(held[child]), _here(), child_name, holder_dir, len(inside)))
@@ -571,21 +567,31 @@ def _walk_and_delete(own: int, held: _Held, busy: _Busy) -> None:
         _climb(between, stack[-1][2])
 
 
-_SHORT = 2048  # a path from the working directory short enough to pass as one (the kernel's limit: 4 KiB)
-
-
-def _delete_leaf(relative: bytes) -> None:
-    """A subvolume holding none, by its path from the working directory: made deletable (the directory
-    holding it, then itself) only where refused."""
+def _delete_leaf(name: bytes) -> None:
+    """A subvolume holding none, by its name in the working directory (a name: nothing followed on the
+    way): made deletable (the directory holding it, then itself) only where refused."""
     try:
-        _delete_one(relative)
+        _delete_one(name)
     except btrfsutil.BtrfsUtilError as error:
         if error.errno not in (errno.EPERM, errno.EROFS):
             raise
-        path = Path(os.fsdecode(relative))
-        _unpin(path.parent)
-        unlock(path)
-        _delete_one(relative)
+        _unpin(Path("."))
+        _unlock_at(name)
+        _delete_one(name)
+
+
+def _unlock_at(name: bytes) -> None:
+    """unlock() the subvolume `name` in the working directory, opened without following a link (swapped
+    in meanwhile, a link would have had its target's flags cleared)."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if btrfsutil.get_subvolume_read_only(fd):
+            btrfsutil.set_subvolume_read_only(fd, False)
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+        if flags & _PINNING:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags & ~_PINNING))
+    finally:
+        os.close(fd)
 
 
 def _delete_one(name: str | bytes) -> None:

@@ -1122,6 +1122,44 @@ def test_a_deep_chain_of_subvolumes_is_deleted_in_one_walk(
     assert after.under("root") == {"root": "dir:40755"}
 
 
+def test_a_link_swapped_in_on_the_way_is_not_followed(disk: Disk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk's delete of a subvolume behind directories, with one of them swapped for a symbolic link
+    to a place outside what is deleted once the tree was read: a delete by the path through it deleted
+    the subvolume of the same name out there (a reviewer). Every name is opened without following a
+    link: the walk stops, and what is outside stays, generations included."""
+    with disk.top() as top:
+        populate(top)
+        (top / "root" / "tmp" / "x").mkdir(parents=True, exist_ok=True)
+        btrfsutil.create_subvolume(str(top / "root" / "tmp" / "x" / "machines"))
+        (top / "outside" / "var" / "lib").mkdir(parents=True)
+        btrfsutil.create_subvolume(str(top / "outside" / "var" / "lib" / "machines"))
+        btrfsutil.set_subvolume_read_only(str(top / "outside" / "var" / "lib" / "machines"), True)
+        (top / "outside" / "var" / "lib" / "machines.keep").write_text("outside\n")
+        count = len(btrfs.ids_within(top, "root"))
+        btrfsutil.sync(str(top))
+        before = snapshot_state(top)
+        real = btrfs._held
+
+        def swapping(fd: int, nested: list[tuple[int, int, int, bytes]]) -> btrfs._Held:
+            held = real(fd, nested)
+            os.rename(top / "root" / "tmp" / "x", top / "root" / "tmp" / "x.moved")
+            os.symlink(top / "outside" / "var" / "lib", top / "root" / "tmp" / "x")
+            return held
+
+        monkeypatch.setattr(btrfs, "_held", swapping)
+        monkeypatch.setattr(sources, "in_initrd", lambda: False)
+        with pytest.raises(OSError):
+            btrfs._delete(top / "root", count)
+        monkeypatch.undo()
+        btrfsutil.sync(str(top))
+        after = snapshot_state(top)
+    outside = [s for s in before.subvolumes if s.path.startswith("outside")]
+    assert outside and [s for s in after.subvolumes if s.path.startswith("outside")] == outside
+    assert {p: d for p, d in after.files.items() if p.startswith("outside")} == {
+        p: d for p, d in before.files.items() if p.startswith("outside")
+    }
+
+
 @pytest.mark.parametrize("verb", [("status",), ("run",), ("cleanup",), ("skip-next",)])
 def test_a_read_only_device_whose_log_must_be_replayed_is_refused_as_read_only(
     tmp_path: Path, verb: tuple[str, ...]
