@@ -335,7 +335,12 @@ def mounts(top: str, fsid: str) -> Mounts:
     if own is None:
         raise OSError(f"{top} is not in /proc/self/mountinfo")
     _refuse_twins(top, fsid, own, tables)
-    roots = ("", "/proc/1/root", *(f"/proc/{pid}/root" for pid, _ in tables if pid is not None))
+    users = _user_namespace("self")  # (another's: an unprivileged user's mounts can put anything at a path)
+    roots = (
+        "",
+        "/proc/1/root",
+        *(f"/proc/{p}/root" for p, _ in tables if p is not None and _user_namespace(p) == users),
+    )
     found = Mounts({}, {}, _swapfiles(fsid, roots))
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
@@ -373,17 +378,34 @@ def _swapfiles(fsid: str, roots: Sequence[str] = ("",)) -> dict[int, str]:
 
 
 def _swap_subvolume(path: str, fsid: str) -> int | None:
-    """The subvolume holding `path` if it is on the filesystem `fsid`; None if not, or not there."""
+    """The subvolume holding `path` if it is a regular file on the filesystem `fsid`; None if not, or
+    not there. Looked at first without opening it (O_PATH): a FIFO or a device node put at that path in
+    another namespace is never opened (a reviewer: a FIFO hung status and the cleanup for good)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        at = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError:  # (not in this namespace, gone)
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(at).st_mode):
+            return None
+        fd = os.open(f"/proc/self/fd/{at}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(at)
     try:
         return refs.subvolume_of(fd) if _fsid_of(fd) == fsid else None
     except OSError:  # not btrfs
         return None
     finally:
         os.close(fd)
+
+
+def _user_namespace(pid: int | str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user")
+    except OSError:  # gone meanwhile
+        return ""
 
 
 SYSFS_BTRFS = "/sys/fs/btrfs"  # a directory per filesystem the kernel has mounted, named by its fsid

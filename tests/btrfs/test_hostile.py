@@ -592,6 +592,36 @@ def test_an_active_swap_file_in_what_is_deleted_is_refused_before_any_change(
     assert disk.rollback("run", *flags).returncode == Exit.OK
 
 
+@pytest.mark.parametrize("unshare", [("-Urm",), ("-m",)], ids=["user-namespace", "same-user-namespace"])
+def test_a_swap_path_shadowed_by_a_fifo_in_another_namespace_is_not_opened(
+    disk: Disk, unshare: tuple[str, ...]
+) -> None:
+    """Any active swap file, and a mount namespace with a FIFO at its path (a tmpfs mounted over the
+    directory; an unprivileged user can make one in a user namespace of their own): the swap lookup
+    through every namespace's root opened the FIFO and hung `status` and the cleanup for good (a
+    reviewer). Other user namespaces are not looked through, and nothing but a regular file is opened
+    (looked at first through O_PATH): `status` answers."""
+    with disk.top() as top:
+        populate(top)
+        (top / "swap").mkdir()
+        swap = top / "swap" / "swap.img"
+        swap.touch(mode=0o600)
+        sh("chattr", "+C", str(swap))
+        sh("fallocate", "-l", "16M", str(swap))
+        sh("mkswap", "-q", str(swap))
+        sh("swapon", str(swap))
+        script = f"mount -t tmpfs none {top / 'swap'} && mkfifo {swap} && echo ready && exec sleep 120"
+        shadow = subprocess.Popen(["unshare", *unshare, "sh", "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert shadow.stdout is not None and shadow.stdout.readline() == "ready\n"
+            status = subprocess.run(disk.rollback_argv("status"), capture_output=True, text=True, timeout=60)
+        finally:
+            shadow.kill()
+            shadow.wait()
+            sh("swapoff", str(swap))
+    assert status.returncode == Exit.OK, status.stderr
+
+
 def _super_options(where: Path) -> list[str]:
     """The superblock's options of the mount at `where` (mountinfo's last field), as the kernel says."""
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
