@@ -33,6 +33,7 @@ MOUNT_POINT = "/run/rollback"
 _libc = ctypes.CDLL(None, use_errno=True)
 _private = False
 _shared = False  # whether the filesystem was mounted elsewhere before our top-level mount (top_level)
+_restore_read_only = False  # make_writable made a superblock others hold read-only writable: put it back
 
 
 def enter_private_namespace() -> None:
@@ -106,6 +107,7 @@ def top_level(device: str, *, shared: bool = False) -> Iterator[Path]:
     try:
         yield Path(where)
     finally:
+        _put_back_read_only(where)
         if _libc.umount2(os.fsencode(where), 0) != 0:
             _libc.umount2(os.fsencode(where), _MNT_DETACH)
 
@@ -154,26 +156,47 @@ def settle(top: Path) -> None:
 
 def make_writable(top: Path) -> None:
     """Make our top-level mount read-write (still noatime), in place: no gap between what was observed
-    and what is changed. Our mount's own flag first (MS_BIND: the superblock, which every mount of the
-    filesystem shares, untouched); the superblock too only where it is read-only and ours alone (the
-    initrd's case). A plain remount reconfigured the superblock for every mount of it: a filesystem
-    an admin had mounted read-only became writable, and `noacl` on the running system's mounts was
-    dropped at every cleanup (found by a scale tester)."""
+    and what is changed. Our mount's own flag (MS_BIND: the superblock every mount of the filesystem
+    shares is untouched) where the superblock is writable already (the running system's); else the
+    superblock too, and where others hold it read-only, made read-only again when we are done
+    (_put_back_read_only). A plain remount reconfigured the superblock for every mount of it: a
+    filesystem mounted read-only elsewhere stayed writable after the run, and the running system's
+    `noacl` was dropped at every cleanup (found by a scale tester)."""
+    global _restore_read_only
     flags = _MS_REMOUNT | _MS_NOSUID | _MS_NODEV | _MS_NOATIME
-    if _libc.mount(None, os.fsencode(top), None, flags | _MS_BIND, None) == 0:
-        if not os.statvfs(top).f_flag & os.ST_RDONLY:
-            return
-        if _shared:
-            raise Refused(
-                "cannot write to the filesystem: it is mounted read-only elsewhere, and making it writable for "
-                "this run would make every mount of it writable",
-                "remount it read-write where it is mounted (mount -o remount,rw), or unmount it; nothing was changed",
-                code="read-only",
-            )
-    if _libc.mount(None, os.fsencode(top), None, flags, None) != 0:
+    own = _libc.mount(None, os.fsencode(top), None, flags | _MS_BIND, None) == 0
+    if own and not os.statvfs(top).f_flag & os.ST_RDONLY:
+        return
+    if _libc.mount(None, os.fsencode(top), None, flags, _kept_options(top)) != 0:
         errno = ctypes.get_errno()
         raise Refused(
             f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}",
             "the device or the filesystem is read-only (blockdev --getro, dmesg); nothing was changed",
             code="read-only",
         )
+    _restore_read_only = _shared
+
+
+def _put_back_read_only(where: str) -> None:
+    """The superblock others held read-only when make_writable made it writable: read-only again (the
+    other mounts kept their own read-only flag meanwhile). Best effort: the run's work is done."""
+    global _restore_read_only
+    if _restore_read_only:
+        _restore_read_only = False
+        flags = _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOATIME
+        _libc.mount(None, os.fsencode(where), None, flags, _kept_options(Path(where)))
+
+
+def _kept_options(top: Path) -> bytes | None:
+    """What a reconfiguration of the superblock would reset and the superblock has now: `noacl` (btrfs
+    turns ACLs on at every reconfiguration from mount(2) unless told)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == str(top) and "noacl" in fields[-1].split(","):
+            return b"noacl"
+    return None

@@ -634,9 +634,10 @@ def _super_options(where: Path) -> list[str]:
 @pytest.mark.parametrize("options", ["noacl", "ro"])
 def test_a_filesystem_mounted_elsewhere_keeps_its_options(disk: Disk, tmp_path: Path, options: str) -> None:
     """The run's read-write remount reconfigured the superblock every mount of the filesystem shares: a
-    filesystem an admin had mounted read-only became writable (exit 0), and the running system's
-    `noacl` was dropped at every cleanup (found by a scale tester). Now only our own mount's flag: the
-    others' options stay; a superblock read-only because of another mount is refused, nothing changed."""
+    filesystem an admin had mounted read-only stayed writable after the run, and the running system's
+    `noacl` was dropped at every cleanup (found by a scale tester). Now our own mount's flag where the
+    superblock is writable; a superblock read-only because of another mount is made writable for the
+    run (row 23: another subvolume mounted read-only is not in the way), then read-only again."""
     with disk.top() as top:
         populate(top)
     elsewhere = tmp_path / "elsewhere"
@@ -651,13 +652,10 @@ def test_a_filesystem_mounted_elsewhere_keeps_its_options(disk: Disk, tmp_path: 
     finally:
         sh("umount", str(elsewhere))
     assert options in super_options, super_options
-    if options == "ro":
-        assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
-        assert "mounted read-only elsewhere" in result.stderr and not writable
-        assert after == before
-    else:
-        assert result.returncode == Exit.OK, result.stderr
-        assert outside_root(after) == outside_root(before)
+    assert not writable if options == "ro" else writable
+    assert result.returncode == Exit.OK, result.stderr
+    assert outside_root(after) == outside_root(before)
+    assert after.under("root") == {"root": "dir:40755"}
 
 
 def _root_fills_the_disk(
