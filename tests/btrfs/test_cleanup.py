@@ -294,6 +294,17 @@ def test_an_entry_changed_while_the_cleanup_ran_is_not_deleted(disk: Disk, tmp_p
     assert "persist" in disk.state().subvolume_paths()
 
 
+def _entry_of_three(top: Path) -> tuple[Path, int]:
+    """The usual layout, and a trash entry holding subvolumes a, b and c; the entry and its subvolume count."""
+    populate(top)
+    entry = top / ".rollback" / "trash" / "20200101T000000Z"
+    entry.parent.mkdir(parents=True)
+    btrfsutil.create_subvolume(str(entry))
+    for name in ("a", "b", "c"):
+        btrfsutil.create_subvolume(str(entry / name))
+    return entry, len(btrfs.ids_within(top, ".rollback/trash/20200101T000000Z"))
+
+
 @pytest.mark.parametrize("when", ["before-the-walk", "during-the-walk"])
 def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
     disk: Disk, monkeypatch: pytest.MonkeyPatch, when: str
@@ -306,14 +317,8 @@ def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
     `persist` and its data stay, the delete stops with its reason, and the next cleanup refuses
     (`persist` is a protected name) until it is moved back."""
     with disk.top() as top:
-        populate(top)
-        entry = top / ".rollback" / "trash" / "20200101T000000Z"
-        entry.parent.mkdir(parents=True)
-        btrfsutil.create_subvolume(str(entry))
-        for name in ("a", "b", "c"):
-            btrfsutil.create_subvolume(str(entry / name))
+        entry, checked = _entry_of_three(top)  # (what the checks saw: 4)
         (top / "persist" / "data").write_text("the machine's own\n")
-        checked = len(btrfs.ids_within(top, ".rollback/trash/20200101T000000Z"))  # what the checks saw: 4
         real = btrfsutil.delete_subvolume
         moved: list[bool] = []
 
@@ -352,14 +357,8 @@ def test_a_subvolume_mounted_while_its_entry_is_deleted_is_not_deleted(
     walk reads what is in use again every quarter second: it stops before that delete (exit 1), the file
     still there; once unmounted, the next cleanup finishes."""
     with disk.top() as top:
-        populate(top)
-        entry = top / ".rollback" / "trash" / "20200101T000000Z"
-        entry.parent.mkdir(parents=True)
-        btrfsutil.create_subvolume(str(entry))
-        for name in ("a", "b", "c"):
-            btrfsutil.create_subvolume(str(entry / name))
+        entry, checked = _entry_of_three(top)
         (entry / "c" / "wanted").write_text("yesterday's\n")
-        checked = len(btrfs.ids_within(top, ".rollback/trash/20200101T000000Z"))
         fsid = device.probe(disk.device)
         live = tmp_path / "fetch"
         live.mkdir()
