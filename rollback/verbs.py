@@ -6,7 +6,7 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -67,11 +67,7 @@ def _observed(
     device.refuse_unseen(dev, fsid, writing=lock)
     limits = bounds(config) if bounded else None
     unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)
-    shared = device.mounted_anywhere(fsid)
-    with (
-        device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock,
-        mount.top_level(dev, shared=shared) as top,
-    ):
+    with device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock, mount.top_level(dev) as top:
         mounted = device.mounts(str(top), fsid)
         mount.settle(top)
         found = _observe(config, top, mounted, datetime.now(UTC), limits)
@@ -114,7 +110,7 @@ def _execute(
     fields: dict[str, Any],
     unlock: Callable[[], None] | None = None,
     recheck: Callable[[Step], None] | None = None,
-    in_use: Callable[[], Collection[int]] | None = None,
+    in_use: Callable[[], Mapping[int, str]] | None = None,
 ) -> Plan:
     """Carry out the plan's steps in order: the first write to the device happens here. With `unlock`,
     the lock is released once only waits for the kernel's cleaner are left (they change nothing: the
@@ -640,13 +636,18 @@ def _refuse_read_only_members(top: Path, *, dry_run: bool = False) -> None:
         )
 
 
-def _in_use(config: Config, top: Path) -> set[int]:
-    """The subvolumes mounted anywhere or holding an active swap file, now (read during the cleanup's
-    deletes: the walk deletes none of them)."""
+def _in_use(config: Config, top: Path) -> dict[int, str]:
+    """The subvolumes mounted anywhere or holding an active swap file, now, and where (read during the
+    cleanup's deletes: the walk deletes none of them, nor what holds one). The device gone or a twin
+    attached meanwhile stops the delete as a failure (exit 1: some of it may be deleted), not as a
+    refusal (exit 3 says nothing was changed; a reviewer)."""
     from rollback.effects import device
 
-    found = device.mounts(str(top), device.probe(config.require_device()))
-    return {*found.subvolumes, *found.swapfiles}
+    try:
+        found = device.mounts(str(top), device.probe(config.require_device()))
+    except Refused as refused:
+        raise OSError(errno.ESTALE, f"what is mounted could not be read again: {refused.reason}") from None
+    return {**{i: f"swap file {p}" for i, p in found.swapfiles.items()}, **found.subvolumes}
 
 
 def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None:

@@ -9,7 +9,7 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -339,7 +339,7 @@ def observe(
     )
 
 
-InUse = Callable[[], Collection[int]]  # the ids of the subvolumes in use now: mounted, holding an active swap file
+InUse = Callable[[], Mapping[int, str]]  # the subvolumes in use now (mounted, holding an active swap file): id -> where
 
 
 def execute(step: Step, top: Path, in_use: InUse | None = None) -> None:
@@ -491,8 +491,8 @@ def _walk(path: Path, count: int | None, busy: _Busy) -> None:
         os.fchdir(fd)
         _walk_and_delete(own, held, busy)
         os.fchdir(home)
-        busy.check(own)
-        _delete_one(str(path))
+        busy.check(own, set())
+        _delete_checked(str(path), own)
     finally:
         os.fchdir(home)
         os.close(home)
@@ -512,34 +512,42 @@ def _held(fd: int, nested: list[refs.Ref]) -> _Held:
 
 
 class _Busy:
-    """Before each delete of a walk: the subvolume is not in use (`in_use`, read again at most every
-    READ_AGAIN_S): one mounted meanwhile was deleted under its mount (yesterday's root mounted to fetch a
-    file while the cleanup deleted it; found by a concurrency tester), and the cleanup then waited up to
-    an hour for the kernel, which cannot free it while mounted."""
+    """Before each delete of a walk: neither the subvolume nor any holding it is in use (`in_use`: id ->
+    where; read again at most every READ_AGAIN_S). One mounted meanwhile was deleted under its mount
+    (yesterday's root mounted to fetch a file while the cleanup deleted it; found by a concurrency
+    tester), and the cleanup then waited up to an hour for the kernel, which cannot free it while
+    mounted; a mount of one holding it shows what it holds (a reviewer)."""
 
     READ_AGAIN_S = 0.25
 
     def __init__(self, in_use: InUse | None) -> None:
-        self._in_use, self._ids, self._read = in_use, frozenset[int](), -self.READ_AGAIN_S
+        self._in_use, self._found, self._read = in_use, dict[int, str](), -self.READ_AGAIN_S
 
-    def check(self, subvolume: int) -> None:
+    def check(self, subvolume: int, holding: set[int]) -> None:
+        """`holding`: the ids of the subvolumes the walk is inside of, down to this one's holder."""
         if self._in_use is None:
             return
         if time.monotonic() - self._read >= self.READ_AGAIN_S:
-            self._ids, self._read = frozenset(self._in_use()), time.monotonic()
-        if subvolume in self._ids:
+            self._found, self._read = dict(self._in_use()), time.monotonic()
+        used = [i for i in self._found if i == subvolume or i in holding]
+        if used:
             raise OSError(
-                errno.EBUSY, f"subvolume {subvolume} in it was mounted meanwhile (or a swap file in it turned on)"
+                errno.EBUSY,
+                f"subvolume {used[0]} mounted meanwhile ({self._found[used[0]]}), holding or being what was to "
+                "be deleted next: stopped",
             )
 
 
 def _walk_and_delete(own: int, held: _Held, busy: _Busy) -> None:
     """From the top directory of subvolume `own` (the working directory): see _walk. A subvolume
     holding none is deleted from the directory holding it (made deletable only if its delete is
-    refused); one holding others is made deletable, entered, emptied, left and deleted."""
+    refused); one holding others is made deletable, entered, emptied, left and deleted. Every name is
+    checked to be the subvolume the tree was read with before it is entered, unlocked or deleted (one
+    renamed into a name the walk had read, `persist` say, was deleted in its place; a reviewer)."""
     # a frame per subvolume on the way: what it holds still to visit, its top directory, and how it was
     # reached (its name, the directory holding it, the directories between that and its holder's top)
     stack = [(own, iter(held.get(own, ())), _here(), b"", (0, 0), 0)]
+    inside_of = {own}
     while stack:
         subvolume, pending, top, name, holding, between = stack[-1]
         step = next(pending, None)
@@ -548,42 +556,46 @@ def _walk_and_delete(own: int, held: _Held, busy: _Busy) -> None:
             for directory in inside:
                 _move(directory)
             if child not in held:
-                busy.check(child)
-                _delete_leaf(child_name)
+                busy.check(child, inside_of)
+                _delete_leaf(child_name, child)
                 _climb(len(inside), top)
                 continue
             _unpin(Path("."))
-            _unlock_at(child_name)
+            _unlock_at(child_name, child)
             holder_dir = _here()
             _move(child_name)
+            if btrfsutil.subvolume_id(".") != child:
+                raise OSError(errno.ESTALE, f"{os.fsdecode(child_name)} changed meanwhile: stopped")
             stack.append((child, iter(held[child]), _here(), child_name, holder_dir, len(inside)))
+            inside_of.add(child)
             continue
         stack.pop()
+        inside_of.discard(subvolume)
         if not stack:
             return
         _move(b"..", holding)
-        busy.check(subvolume)
-        _delete_one(name)
+        busy.check(subvolume, inside_of)
+        _delete_checked(name, subvolume)
         _climb(between, stack[-1][2])
 
 
-def _delete_leaf(name: bytes) -> None:
-    """A subvolume holding none, by its name in the working directory (a name: nothing followed on the
-    way): made deletable (the directory holding it, then itself) only where refused."""
+def _delete_leaf(name: bytes, subvolume: int) -> None:
+    """The subvolume `subvolume`, holding none, by its name in the working directory (a name: nothing
+    followed on the way): made deletable (the directory holding it, then itself) only where refused."""
     try:
-        _delete_one(name)
+        _delete_checked(name, subvolume)
     except btrfsutil.BtrfsUtilError as error:
         if error.errno not in (errno.EPERM, errno.EROFS):
             raise
         _unpin(Path("."))
-        _unlock_at(name)
-        _delete_one(name)
+        _unlock_at(name, subvolume)
+        _delete_checked(name, subvolume)
 
 
-def _unlock_at(name: bytes) -> None:
+def _unlock_at(name: bytes, subvolume: int) -> None:
     """unlock() the subvolume `name` in the working directory, opened without following a link (swapped
-    in meanwhile, a link would have had its target's flags cleared)."""
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    in meanwhile, a link would have had its target's flags cleared), if it is `subvolume`."""
+    fd = _opened_as(name, subvolume)
     try:
         if btrfsutil.get_subvolume_read_only(fd):
             btrfsutil.set_subvolume_read_only(fd, False)
@@ -594,7 +606,25 @@ def _unlock_at(name: bytes) -> None:
         os.close(fd)
 
 
-def _delete_one(name: str | bytes) -> None:
+def _opened_as(name: str | bytes, subvolume: int) -> int:
+    """`name` opened as a directory, no link followed, if it is the top of subvolume `subvolume`."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if btrfsutil.subvolume_id(fd) == subvolume and os.fstat(fd).st_ino == _TOP_INODE:
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    raise OSError(errno.ESTALE, f"{os.fsdecode(name)} is no longer the subvolume read (id {subvolume}): stopped")
+
+
+_TOP_INODE = 256  # every subvolume's top directory (BTRFS_FIRST_FREE_OBJECTID)
+
+
+def _delete_checked(name: str | bytes, subvolume: int) -> None:
+    """Delete the subvolume at `name` (holding none) if it is `subvolume`, checked just before."""
+    os.close(_opened_as(name, subvolume))
     try:
         btrfsutil.delete_subvolume(name)
     except btrfsutil.BtrfsUtilError as error:

@@ -32,8 +32,6 @@ MOUNT_POINT = "/run/rollback"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _private = False
-_shared = False  # whether the filesystem was mounted elsewhere before our top-level mount (top_level)
-_restore_read_only = False  # make_writable made a superblock others hold read-only writable: put it back
 
 
 def enter_private_namespace() -> None:
@@ -66,16 +64,13 @@ def enter_private_namespace() -> None:
 
 
 @contextmanager
-def top_level(device: str, *, shared: bool = False) -> Iterator[Path]:
-    """Mount subvolid=5 of `device` privately and read-only; yield its path; unmount. `shared`: the
-    kernel had the filesystem mounted already (make_writable then leaves its superblock alone).
+def top_level(device: str) -> Iterator[Path]:
+    """Mount subvolid=5 of `device` privately and read-only; yield its path; unmount.
 
     Read-only and noatime: observing must not write (reading the root's directory on a relatime
     mount moves its generation, which would make an untouched root look used). make_writable()
     switches it when a plan is about to be carried out.
     """
-    global _shared
-    _shared = shared
     enter_private_namespace()
     # One fixed, empty directory: the mount on it exists only in our namespace, so concurrent
     # processes can share it and a killed process leaves nothing to clean up.
@@ -107,7 +102,6 @@ def top_level(device: str, *, shared: bool = False) -> Iterator[Path]:
     try:
         yield Path(where)
     finally:
-        _put_back_read_only(where)
         if _libc.umount2(os.fsencode(where), 0) != 0:
             _libc.umount2(os.fsencode(where), _MNT_DETACH)
 
@@ -157,12 +151,11 @@ def settle(top: Path) -> None:
 def make_writable(top: Path) -> None:
     """Make our top-level mount read-write (still noatime), in place: no gap between what was observed
     and what is changed. Our mount's own flag (MS_BIND: the superblock every mount of the filesystem
-    shares is untouched) where the superblock is writable already (the running system's); else the
-    superblock too, and where others hold it read-only, made read-only again when we are done
-    (_put_back_read_only). A plain remount reconfigured the superblock for every mount of it: a
-    filesystem mounted read-only elsewhere stayed writable after the run, and the running system's
-    `noacl` was dropped at every cleanup (found by a scale tester)."""
-    global _restore_read_only
+    shares is untouched) where the superblock is writable already (the running system's: a plain
+    remount reconfigured it, and the running system's `noacl` was dropped at every cleanup; found by a
+    scale tester); else the superblock too, `noacl` kept. A superblock another mount holds read-only
+    stays writable after the run (that mount keeps its own read-only flag): putting it back read-only
+    was tried, and failed the writes of whoever made it writable meanwhile (a reviewer)."""
     flags = _MS_REMOUNT | _MS_NOSUID | _MS_NODEV | _MS_NOATIME
     own = _libc.mount(None, os.fsencode(top), None, flags | _MS_BIND, None) == 0
     if own and not os.statvfs(top).f_flag & os.ST_RDONLY:
@@ -174,29 +167,16 @@ def make_writable(top: Path) -> None:
             "the device or the filesystem is read-only (blockdev --getro, dmesg); nothing was changed",
             code="read-only",
         )
-    _restore_read_only = _shared
-
-
-def _put_back_read_only(where: str) -> None:
-    """The superblock others held read-only when make_writable made it writable: read-only again (the
-    other mounts kept their own read-only flag meanwhile). Best effort: the run's work is done."""
-    global _restore_read_only
-    if _restore_read_only:
-        _restore_read_only = False
-        flags = _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOATIME
-        _libc.mount(None, os.fsencode(where), None, flags, _kept_options(Path(where)))
 
 
 def _kept_options(top: Path) -> bytes | None:
     """What a reconfiguration of the superblock would reset and the superblock has now: `noacl` (btrfs
-    turns ACLs on at every reconfiguration from mount(2) unless told)."""
+    turns ACLs on at every reconfiguration from mount(2) unless told). Our mount is the last line for
+    its mount point (one there before it is hidden by it)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 4 and fields[4] == str(top) and "noacl" in fields[-1].split(","):
-            return b"noacl"
-    return None
+    ours = [fields for fields in map(str.split, lines) if len(fields) > 4 and fields[4] == str(top)]
+    return b"noacl" if ours and "noacl" in ours[-1][-1].split(",") else None

@@ -11,15 +11,18 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import btrfsutil
 import pytest
 
-from rollback.effects import btrfs, device
+from rollback import verbs
+from rollback.effects import btrfs
 from rollback.errors import Exit
 from rollback.verbs import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
 from tests.support.disks import Disk, parse_json
+from tests.support.factory import config
 from tests.support.layout import State, outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
@@ -305,7 +308,7 @@ def _entry_of_three(top: Path) -> tuple[Path, int]:
     return entry, len(btrfs.ids_within(top, ".rollback/trash/20200101T000000Z"))
 
 
-@pytest.mark.parametrize("when", ["before-the-walk", "during-the-walk"])
+@pytest.mark.parametrize("when", ["before-the-walk", "during-the-walk", "in-place-of-one-read"])
 def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
     disk: Disk, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
@@ -313,9 +316,11 @@ def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
     priority, 20,000 nested subvolumes): libbtrfsutil's recursive delete took it with the rest, exit 0,
     "trash emptied" (found by a concurrency tester; the re-check before each entry could not see it).
     The delete now takes only what the checks counted: more found before the walk stops it before any
-    delete; one moved in during the walk makes the kernel refuse its holder's delete. Either way
-    `persist` and its data stay, the delete stops with its reason, and the next cleanup refuses
-    (`persist` is a protected name) until it is moved back."""
+    delete; one moved in during the walk makes the kernel refuse its holder's delete; one renamed into
+    the name of one the walk read (`c` moved aside, `persist` moved to `c`) was deleted in its place (a
+    reviewer): every name is checked to be the subvolume read before it is deleted. Each way `persist`
+    and its data stay, the delete stops with its reason, and the next cleanup refuses (`persist` is a
+    protected name) until it is moved back."""
     with disk.top() as top:
         entry, checked = _entry_of_three(top)  # (what the checks saw: 4)
         (top / "persist" / "data").write_text("the machine's own\n")
@@ -324,7 +329,11 @@ def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
 
         def moving(path: str | bytes, *args: bool) -> None:
             if not moved:  # the first delete of the walk: persist moved into one not deleted yet
-                os.rename(top / "persist", entry / "c" / "persist")
+                if when == "in-place-of-one-read":
+                    os.rename(entry / "c", entry / "c.aside")
+                    os.rename(top / "persist", entry / "c")
+                else:
+                    os.rename(top / "persist", entry / "c" / "persist")
                 moved.append(True)
             real(path, *args)
 
@@ -336,53 +345,59 @@ def test_a_subvolume_moved_into_an_entry_while_it_is_deleted_is_not_deleted(
             btrfs._delete(entry, checked)
         monkeypatch.undo()
         assert stopped.value.errno == errno.ESTALE, stopped.value
-        assert (entry / "c" / "persist" / "data").read_text() == "the machine's own\n"
-        assert (entry / "c").is_dir() and (when == "during-the-walk") is not (entry / "a").exists()
-    refused = disk.rollback("cleanup")
-    assert refused.returncode == Exit.REFUSED and "reason=protected-inside" in refused.stderr, refused.stderr
-    with disk.top() as top:
-        os.rename(entry / "c" / "persist", top / "persist")
+        persist = entry / "c" if when == "in-place-of-one-read" else entry / "c" / "persist"
+        assert (persist / "data").read_text() == "the machine's own\n"
+        assert (entry / "c").is_dir() and (when == "before-the-walk") is (entry / "a").exists()
+    if when == "in-place-of-one-read":  # (named c now: not a protected name; the next cleanup would take it)
+        with disk.top() as top:
+            os.rename(entry / "c", top / "persist")
+            os.rename(entry / "c.aside", entry / "c")
+    else:
+        refused = disk.rollback("cleanup")
+        assert refused.returncode == Exit.REFUSED and "reason=protected-inside" in refused.stderr, refused.stderr
+        with disk.top() as top:
+            os.rename(entry / "c" / "persist", top / "persist")
     assert disk.rollback("cleanup").returncode == Exit.OK
     with disk.top() as top:
         assert (top / "persist" / "data").read_text() == "the machine's own\n"
         assert not entry.exists()
 
 
+@pytest.mark.parametrize("mounted", ["c", ""], ids=["one-it-holds", "the-entry-itself"])
 def test_a_subvolume_mounted_while_its_entry_is_deleted_is_not_deleted(
-    disk: Disk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    disk: Disk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mounted: str
 ) -> None:
     """Yesterday's root (or one nested in it) mounted to fetch a file while the cleanup deletes its trash
     entry: deleted under its mount (an empty directory there, the file gone), and the cleanup then waited
     up to an hour for the kernel, which cannot free it while mounted (found by a concurrency tester). The
-    walk reads what is in use again every quarter second: it stops before that delete (exit 1), the file
-    still there; once unmounted, the next cleanup finishes."""
+    walk reads what is in use again every quarter second (verbs._in_use, as the cleanup does): it stops
+    before deleting what is mounted or held by what is mounted (the entry itself mounted: what it holds
+    is seen through it; a reviewer), exit 1, the file still there; once unmounted, the next cleanup
+    finishes."""
     with disk.top() as top:
         entry, checked = _entry_of_three(top)
         (entry / "c" / "wanted").write_text("yesterday's\n")
-        fsid = device.probe(disk.device)
         live = tmp_path / "fetch"
         live.mkdir()
         real = btrfsutil.delete_subvolume
-        mounted: list[bool] = []
+        done: list[bool] = []
+        source = "/".join(p for p in (".rollback/trash/20200101T000000Z", mounted) if p)
 
         def mounting(path: str | bytes, *args: bool) -> None:
-            if not mounted:  # the first delete of the walk: the user mounts one not deleted yet
-                sh("mount", "-o", "subvol=.rollback/trash/20200101T000000Z/c", disk.device, str(live))
-                mounted.append(True)
+            if not done:  # the first delete of the walk: the user mounts what is not deleted yet
+                sh("mount", "-o", f"subvol={source}", disk.device, str(live))
+                done.append(True)
                 time.sleep(btrfs._Busy.READ_AGAIN_S)  # (the walk reads the mounts again after this long)
             real(path, *args)
-
-        def in_use() -> set[int]:
-            found = device.mounts(str(top), fsid)
-            return {*found.subvolumes, *found.swapfiles}
 
         monkeypatch.setattr(btrfsutil, "delete_subvolume", mounting)
         try:
             with pytest.raises(OSError) as stopped:
-                btrfs._delete(entry, checked, btrfs._Busy(in_use))
+                btrfs._delete(entry, checked, btrfs._Busy(partial(verbs._in_use, config(device=disk.device), top)))
             monkeypatch.undo()
             assert stopped.value.errno == errno.EBUSY, stopped.value
-            assert (live / "wanted").read_text() == "yesterday's\n"
+            assert (live / ("wanted" if mounted else "c/wanted")).read_text() == "yesterday's\n"
+            assert mounted or (live / "b").is_dir()  # (a was deleted before the mount)
         finally:
             monkeypatch.undo()
             subprocess.run(["umount", str(live)], capture_output=True)
