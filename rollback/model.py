@@ -153,9 +153,7 @@ class Observation:
         """Subvolumes strictly inside `path`, at any depth, in listing order. A range of the sorted paths
         (those starting "path/" sort from it to "path0", "0" following "/"): a scan of every subvolume per
         entry made plans, status and cleanups of 1000 archived roots take 10-40 s (a scale tester)."""
-        paths, order = self._sorted
-        places = order[bisect_left(paths, path + "/") : bisect_left(paths, path + "0")]
-        return (self.subvols[i] for i in sorted(places))
+        return (self.subvols[i] for i in sorted(self._inside(path)))
 
     def entries(self, directory: str) -> list[Examined]:
         """Archived roots (or trash entries) directly inside `directory`, oldest first.
@@ -170,8 +168,13 @@ class Observation:
     def tree(self, path: str) -> list[Subvol]:
         """The subvolume at `path` (if any) and everything nested in it, in listing order."""
         paths, order = self._sorted
-        places = order[bisect_left(paths, path + "/") : bisect_left(paths, path + "0")]
+        places = self._inside(path)
         at = bisect_left(paths, path)
         if at < len(paths) and paths[at] == path:
             places = [order[at], *places]
         return [self.subvols[i] for i in sorted(places)]
+
+    def _inside(self, path: str) -> list[int]:
+        """The places in `subvols` of the paths strictly inside `path` (see below)."""
+        paths, order = self._sorted
+        return order[bisect_left(paths, path + "/") : bisect_left(paths, path + "0")]

@@ -1095,7 +1095,7 @@ def _check_holder(directory: str, obs: Observation, what: str, setting: str = ""
         )
     ours = {s.path for s in obs.entries(directory)}
     start = len(directory) + 1  # each one's entry: the directory and the first name below it
-    foreign = [s.path for s in obs.below(directory) if s.path[: start + len(s.path[start:].split("/")[0])] not in ours]
+    foreign = [s.path for s in obs.below(directory) if f"{directory}/{s.path[start:].partition('/')[0]}" not in ours]
     if foreign:
         raise Refused(
             f"the {what} {names.shown(directory)} holds subvolumes rollback did not put there: "

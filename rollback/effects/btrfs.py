@@ -452,14 +452,15 @@ def _delete(path: Path, count: int, busy: _Busy | None = None) -> None:
     checks saw."""
     from rollback.sources import in_initrd
 
-    if in_initrd():
+    alone = in_initrd()
+    if alone:
         try:
             btrfsutil.delete_subvolume(str(path), recursive=True)
             return
         except btrfsutil.BtrfsUtilError as error:
             if error.errno not in (errno.EROFS, errno.EPERM, errno.ENAMETOOLONG):
                 raise
-    _walk(path, None if in_initrd() else count, busy or _Busy(None))
+    _walk(path, None if alone else count, busy or _Busy(None))
 
 
 def _walk(path: Path, count: int | None, busy: _Busy) -> None:

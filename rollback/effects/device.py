@@ -352,7 +352,7 @@ def mounts(top: str, fsid: str) -> Mounts:
     return found
 
 
-def _swapfiles(fsid: str, roots: Sequence[str] = ("",)) -> dict[int, str]:
+def _swapfiles(fsid: str, roots: Sequence[str]) -> dict[int, str]:
     """The active swap files on this filesystem, by the subvolume holding each: the kernel does not
     let a subvolume holding one be deleted (EPERM), and the run's delete failed at every run while
     swap was on, after the root was replaced (found by a coexistence tester). /proc/swaps names each
