@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tests.support.cli import rollback_argv
 
 REPO = Path(__file__).parents[1]
 BASELINE = REPO / "bench" / "baseline.sh"
+INITRD_RELEASE = Path("/etc/initrd-release")  # systemd's mark of an initrd (bench-private: initrd_mark)
 FLOOR_AFTER_BOOT = REPO / "bench" / "floor_after_boot.sh"  # after-boot rows: the same changes, no checks
 # As the initramfs runs it (packaging/dracut/90rollback/module-setup.sh): isolated, no site.
 _PATHS = [str(REPO), *(p for p in sys.path if p.endswith("site-packages"))]
@@ -164,6 +165,30 @@ def private_journal() -> None:
 
     threading.Thread(target=drain, daemon=True).start()
     os.environ["ROLLBACK_LOG_TARGET"] = "journal"  # the project's commands log as the unit does
+    initrd_mark()
+
+
+def initrd_mark() -> None:
+    """systemd's mark of an initrd, /etc/initrd-release, in the same private namespace (an overlay over
+    /etc whose upper layer lives and dies with the namespace's tmpfs): the project then deletes at boot
+    as it does there (libbtrfsutil's recursive delete; elsewhere its checked walk) and reads rd.
+    options, and the host's /etc is never written."""
+    layers = Path("/run/systemd/initrd-etc")
+    (layers / "upper").mkdir(parents=True)
+    (layers / "work").mkdir()
+    options = f"lowerdir=/etc,upperdir={layers / 'upper'},workdir={layers / 'work'}"
+    sh("mount", "-t", "overlay", "overlay", "-o", options, "/etc")
+    INITRD_RELEASE.write_text('NAME="rollback benchmark"\n')
+
+
+@contextmanager
+def running_system() -> Iterator[None]:
+    """Without the initrd's mark for a while: `rollback cleanup` runs on the booted system."""
+    INITRD_RELEASE.unlink()
+    try:
+        yield
+    finally:
+        INITRD_RELEASE.write_text('NAME="rollback benchmark"\n')
 
 
 def timed(argv: list[str]) -> float:
@@ -205,7 +230,8 @@ def load(files_list: list[int], nested: int, archived: int, *, cleanup: bool = F
             if cleanup:
                 timed([*argv, "--cleanup", "after-boot"])
                 argv = rollback_argv("cleanup", device=dev, launcher=ROLLBACK)
-            seconds, rss = run_measured(argv)
+            with running_system() if cleanup else nullcontext():
+                seconds, rss = run_measured(argv)
             with top(dev) as t:
                 left = sorted(os.listdir(t / "old_roots"))
             assert len(left) == 1, left  # all old roots pruned, the new one archived
@@ -397,7 +423,8 @@ def markdown(results: dict[str, Any]) -> str:
         "  btrfs-progs 6.2 has no `delete -R`). Never shipped.",
         "- Project: `rollback run`, started the way the initramfs starts it (`python -I -S`), logging to",
         "  journald as in the initrd (a stand-in socket at journald's path, in the benchmark's own mount",
-        "  namespace, takes the entries; the host's journal never sees them).",
+        "  namespace, takes the entries; the host's journal never sees them), and with systemd's mark of",
+        "  an initrd (`/etc/initrd-release`, on an overlay in that namespace), so it deletes at boot as there.",
         "- Host: one loop-device image. Before every timed command the layout is rebuilt identically (a",
         "  writable snapshot of a template holding the files, then the nested subvolumes, half at depth 1",
         "  and half at depth 2) and the kernel cleaner is waited for. The commands run in every order in",
@@ -537,6 +564,13 @@ def main() -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "btrfs-progs": sh("btrfs", "--version"),
+            # what the project's commands saw: the initrd's mark (initrd_mark), as at boot
+            "project in initrd": sh(
+                *ROLLBACK[:-1],
+                "import sys; sys.path += " + repr(_PATHS) + "\n"
+                "from rollback.sources import in_initrd; print(in_initrd())",
+            )
+            == "True",
         },
         "reps": reps,
         "imports": import_cost(reps),

@@ -44,6 +44,8 @@ def test_quick_benchmark_produces_figures_and_a_chart(tmp_path: Path) -> None:
     ]
     assert [r["mode"] for r in found["host"] if "floor_ms" in r] == ["after-boot"] * 2  # the floor ran, and only there
     assert _journal_dir() == before  # its stand-in journal lived in its own mount namespace only
+    assert found["machine"]["project in initrd"] is True  # the project ran as at boot ...
+    assert not Path("/etc/initrd-release").exists()  # ... with a mark the host never saw
     assert all(r["project_ms"] > 0 and r["baseline_ms"] > 0 and r["ratio"] > 0 for r in found["host"])
     assert all(r["floor_ms"] > 0 for r in found["host"] if r["mode"] == "after-boot")
     assert set(found["imports"]) == {"deferred", "eager"}
