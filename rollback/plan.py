@@ -210,11 +210,19 @@ class Plan:
 
 
 def plan_run(
-    config: Config, obs: Observation, *, make_room: bool = False, root_first: bool = False, bare: bool = False
+    config: Config,
+    obs: Observation,
+    *,
+    make_room: bool = False,
+    root_first: bool = False,
+    bare: bool = False,
+    short_of_room: bool = False,
 ) -> Plan:
     """The run's steps. `make_room` (after the first change found no space, and nothing changed): the
     archived roots retention prunes this run are deleted first, straight from the archive, like the
     trash's leftovers; they went anyway, and without them nothing of rollback's would free space.
+    `short_of_room` (a later step found none once what earlier runs left was deleted): the kernel's
+    cleaner is waited for first.
     `root_first` (room_from_root said so): the old root is deleted where it is, and its space waited
     for, before the new one is made. `bare`: run with none of the machine's settings (no config file,
     outside the initrd: a rescue shell), where those given need not be the machine's."""
@@ -234,11 +242,17 @@ def plan_run(
     # renames and the create need (a delete still works there; a rename may not).
     due = [*leftovers, *(pruned if make_room else ())]
     steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in due]
-    # after boot, the cleanup waits for the kernel's cleaner itself: a boot waits only for what it deleted
-    # no root, deleted subvolumes still being freed: a run cut short after deleting the old root where
-    # it was (root_first) needs that space for the create, in either cleanup setting
+    # The wait for the kernel's cleaner is for room: the moves and the create need a few tree blocks,
+    # which a full disk has only once the cleaner freed what was deleted. Waited for where room is
+    # known to be short (make_room, short_of_room), where without the create there is no root to boot,
+    # and at boot when deleting there, for earlier runs' deletes. What earlier runs left is deleted
+    # without it (a boot with room waited 1.5-2.2 s for a leftover of 1M empty files): no room for the next
+    # step then is verbs._after_leftovers', which waits and goes on. After boot, the cleanup waits for
+    # the cleaner itself. No root while deleted subvolumes are still freed: a run cut short after
+    # deleting the old root where it was (root_first) needs that space for the create, either setting.
     missing = obs.kind(target) is Kind.MISSING
-    if due or (obs.pending_cleanup and (config.deletes_at_boot or missing)):
+    waits = config.deletes_at_boot or missing or short_of_room
+    if (due and (make_room or missing)) or (obs.pending_cleanup and waits):
         steps.append(Reclaim(timeout_s=ROOT_RECLAIM_S) if missing and not due else Reclaim())
     deletes: list[tuple[Delete, str]] = []  # and what each deletes
 

@@ -464,11 +464,12 @@ def _after_leftovers(
     """What earlier boots left in the trash was deleted first, then a later step had no room (exit 1,
     and the next boot, with no leftovers, would make room: a boot lost, under stop-boot in emergency
     mode; found by a full-disk tester). Where the run is then where the next boot would start, that
-    run goes on now, once; a refusal of it (no room still) is this run's failure, with its reason. The
-    plan that ran: the leftovers' deletes, then that run's."""
+    run goes on now, once, after waiting for the kernel's cleaner to free what they held (the leftovers'
+    deletes do not wait: a disk with room does not need it); a refusal of it (no room still) is this
+    run's failure, with its reason. The plan that ran: the leftovers' deletes, then that run's."""
     mounted = _mounts_seen(obs)
     now = _observe(config, top, mounted, obs.now, bounds(config))
-    plan = plan_run(config, now)
+    plan = plan_run(config, now, short_of_room=True)  # (the leftovers' deletes did not wait for the cleaner)
     old, still = obs.get(config.subvolume), now.get(config.subvolume)
     # the old root not moved yet (else the failure came later: the next run's job); no leftovers again
     if old is None or still is None or still.id != old.id or not plan.steps or isinstance(plan.steps[0], Delete):
