@@ -254,6 +254,8 @@ def plan_run(
     waits = config.deletes_at_boot or missing or short_of_room
     if (due and (make_room or missing)) or (obs.pending_cleanup and waits):
         steps.append(Reclaim(timeout_s=ROOT_RECLAIM_S) if missing and not due else Reclaim())
+    elif due:  # their deletes on disk before the first move, as the wait's commit made them: a power cut
+        steps.append(Commit())  # later does not bring back what they freed (nor its delete at the next boot)
     deletes: list[tuple[Delete, str]] = []  # and what each deletes
 
     def move(source: str, dest: str) -> None:

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rollback.log import emit
 from rollback.model import TRASH_DIR, Kind, Mounts, Observation
 from rollback.plan import (
     Bounds,
+    Commit,
     Create,
     Delete,
     MakeDir,
@@ -223,7 +225,7 @@ def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> tup
     """Move the old root back if making the new one failed (plan.put_back): what happened, for the
     message, and whether the old root is back."""
     from rollback.effects import btrfs
-    from rollback.plan import Commit, put_back
+    from rollback.plan import put_back
 
     undo = put_back(plan.steps, failed)
     if undo is None:
@@ -238,12 +240,12 @@ def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> tup
 
 
 def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
-    """No room after a wait for the kernel's cleaner that ended with deleted subvolumes still pending."""
+    """No room while deleted subvolumes are still pending: after a wait for the kernel's cleaner that
+    ended short, or after deletes that did not wait for it (what earlier runs left)."""
     from rollback.effects import btrfs
-    from rollback.plan import Reclaim
 
-    waited = any(isinstance(step, Reclaim) for step in plan.steps[: number - 1])
-    return error.errno in _NO_ROOM and waited and btrfs.cleaner_busy(top)
+    freed = any(isinstance(step, Reclaim | Delete) for step in plan.steps[: number - 1])
+    return error.errno in _NO_ROOM and freed and btrfs.cleaner_busy(top)
 
 
 # (the old root is deleted only once the new one exists, but where its own files filled the disk and
@@ -306,7 +308,8 @@ def _failure(
     # the booted system's, free to clean up
     if not made:
         free += _OLD_ROOT_IN_USE if old_root else "; there is no root to boot until then"
-    freeing = ", and the kernel was still freeing deleted subvolumes' space when the wait for it ended"
+    freeing = ", and the kernel was still freeing deleted subvolumes' space"
+    freeing += " when the wait for it ended" if any(isinstance(s, Reclaim) for s in plan.steps[: number - 1]) else ""
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
     unchanged = nothing_changed_before(plan.steps, number) and (changes_nothing_on_enospc(step) or whole)
@@ -484,7 +487,10 @@ def _after_leftovers(
             refused.hint or failed.hint,
             code="no-space-midway",
         ) from None
-    done = tuple(s for s in first.steps if isinstance(s, Delete) and s.path.startswith(TRASH_DIR + "/"))
+    # the leftovers' deletes, which all ran (else the plan above starts with one): not the first plan's
+    # delete of today's trash entry, which did not (counted twice; a reviewer)
+    leading = takewhile(lambda step: isinstance(step, Delete | Commit | Reclaim), first.steps)
+    done = tuple(step for step in leading if isinstance(step, Delete))
     return replace(ran, steps=(*done, *ran.steps), pruning={n + len(done): p for n, p in ran.pruning.items()})
 
 

@@ -96,7 +96,7 @@ def test_trash_names_never_collide() -> None:
     taken = f"{TRASH_DIR}/{STAMP}"
     plan = plan_run(config(), observe(["root", taken]))
     assert Rename("root", f"{TRASH_DIR}/{STAMP}-1") in plan.steps
-    assert plan.steps[:2] == (Delete(taken, 1), Rename("root", f"{TRASH_DIR}/{STAMP}-1"))  # leftovers first
+    assert plan.steps[:3] == (Delete(taken, 1), Commit(), Rename("root", f"{TRASH_DIR}/{STAMP}-1"))  # leftovers first
     assert plan.steps[-1] == Delete(f"{TRASH_DIR}/{STAMP}-1", 1)
 
 
@@ -306,7 +306,9 @@ def test_no_space_is_a_refusal_only_while_nothing_of_the_runs_changed(
 
 
 @pytest.mark.parametrize("still_freeing", [False, True])
-@pytest.mark.parametrize("before", [(Reclaim(),), (Delete(f"{TRASH_DIR}/x", 1), Reclaim()), ()])
+@pytest.mark.parametrize(
+    "before", [(Reclaim(),), (Delete(f"{TRASH_DIR}/x", 1), Reclaim()), (Delete(f"{TRASH_DIR}/x", 1), Commit()), ()]
+)
 def test_no_space_says_whether_the_kernel_was_still_freeing_and_what_was_deleted(
     before: tuple[Step, ...], still_freeing: bool
 ) -> None:
@@ -320,6 +322,8 @@ def test_no_space_says_whether_the_kernel_was_still_freeing_and_what_was_deleted
         failure = _failure(failed, plan, OSError(28, "No space left on device"), "", still_freeing=still_freeing)
         text = f"{failure.reason} / {failure.hint}"
         assert ("still freeing deleted subvolumes' space" in failure.reason) is still_freeing, text
+        waited = still_freeing and Reclaim() in before
+        assert ("when the wait for it ended" in failure.reason) is waited, text
         assert ("the next boot may find the room" in failure.hint) is still_freeing, text
         assert ("nothing of rollback's can be deleted first" in text) is (
             failure.code == "no-space" and not still_freeing
@@ -344,6 +348,8 @@ def test_still_freeing_asks_the_device_only_after_a_wait_that_ended_short(monkey
     assert not verbs._still_freeing(plan, 2, other, Path("/t"))  # not a matter of room
     assert not verbs._still_freeing(Plan(plan.steps[1:]), 1, full, Path("/t"))  # no wait before it
     assert asked == [Path("/t")]
+    deleted = Plan((Delete(f"{TRASH_DIR}/x", 1), Commit(), *plan.steps[1:]))  # what earlier runs left, not waited for
+    assert verbs._still_freeing(deleted, 3, full, Path("/t")) and asked == [Path("/t")] * 2
 
 
 MOVED = Rename("root", f"{TRASH_DIR}/{STAMP}")
@@ -822,8 +828,8 @@ def test_after_boot_cleanup_still_deletes_what_earlier_boots_left_first() -> Non
     """The cleanup never ran: the boot deletes what earlier boots left (bounded), then moves today's."""
     leftover = f"{TRASH_DIR}/20261124T060000Z"
     plan = plan_run(config(cleanup="after-boot"), observe([*LAYOUT, leftover, f"{leftover}/var"]))
-    assert plan.steps[:1] == (Delete(leftover, 2),)
-    assert plan.steps[1:] == (Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"), Commit())
+    assert plan.steps[:2] == (Delete(leftover, 2), Commit())
+    assert plan.steps[2:] == (Rename("root", f"{TRASH_DIR}/{STAMP}"), Create("root"), Commit())
 
 
 @pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
@@ -843,6 +849,7 @@ def test_the_kernels_cleaner_is_waited_for_only_where_room_is_needed(
     waits = [s for s in plan.steps if isinstance(s, Reclaim)]
     assert plan.steps[0] == Delete(leftover, 2), plan.describe()
     assert waits == ([] if root and not (pending and cleanup == "boot") else [Reclaim()]), plan.describe()
+    assert plan.steps[1] == (waits[0] if waits else Commit())  # on disk before the first move either way
     # the leftover deleted, and still being freed: going on after a step found no room waits first
     after = replace(observe(layout, dirs=[TRASH_DIR]), pending_cleanup=(300,))
     assert [s for s in plan_run(config(cleanup=cleanup), after).steps if isinstance(s, Reclaim)] == (
