@@ -244,8 +244,15 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
     ended short, or after deletes that did not wait for it (what earlier runs left)."""
     from rollback.effects import btrfs
 
-    freed = any(isinstance(step, Reclaim | Delete) for step in plan.steps[: number - 1])
-    return error.errno in _NO_ROOM and freed and btrfs.cleaner_busy(top)
+    before = plan.steps[: number - 1]
+    waited = any(isinstance(step, Reclaim) for step in before)
+    # (a run's: it makes a root, which the space freed is for; the cleanup's own deletes are its job)
+    deleted = any(isinstance(step, Delete) for step in before) and _makes_a_root(plan)
+    return error.errno in _NO_ROOM and (waited or deleted) and btrfs.cleaner_busy(top)
+
+
+def _makes_a_root(plan: Plan) -> bool:
+    return any(isinstance(step, Create | Snapshot) for step in plan.steps)
 
 
 # (the old root is deleted only once the new one exists, but where its own files filled the disk and
@@ -306,7 +313,7 @@ def _failure(
     old_root = _holds_an_old_root(plan)
     # else the new root is made: in use. The old one may be what filled the disk (a runaway log): it is
     # the booted system's, free to clean up
-    if not made:
+    if not made and _makes_a_root(plan):  # (not the cleanup's: no root is at stake there)
         free += _OLD_ROOT_IN_USE if old_root else "; there is no root to boot until then"
     freeing = ", and the kernel was still freeing deleted subvolumes' space"
     freeing += " when the wait for it ended" if any(isinstance(s, Reclaim) for s in plan.steps[: number - 1]) else ""

@@ -23,11 +23,13 @@ MODES = {  # (`prepare` archived a root: a run by hand without an archive says s
     "recreate": ["run", "--archive", ""],
     "snapshot": ["run", "--mode", "snapshot", "--archive", ""],
     "archive": ["run", "--archive", "old", "--keep-count", "1"],
+    # after boot, a cleanup that never ran: what the previous boot left is deleted and committed first
+    "after-boot-leftover": ["run", "--archive", "", "--cleanup", "after-boot"],
 }
 STAMP = re.compile(r"\d{8}T\d{6}Z(-\d+)?")
 
 
-def prepare(disk: Disk) -> None:
+def prepare(disk: Disk, leftover: bool = False) -> None:
     with disk.top() as top:
         populate(top, blank=True)
         (top / "old").mkdir()
@@ -35,6 +37,10 @@ def prepare(disk: Disk) -> None:
     assert disk.rollback("run", "--archive", "old").returncode == Exit.OK
     with disk.top() as top:
         populate_again(top)
+        if leftover:  # the boot before left its old root in the trash
+            (top / ".rollback" / "trash").mkdir(parents=True)
+            btrfsutil.create_subvolume(str(top / ".rollback/trash/20260101T000000Z"))
+            btrfsutil.create_subvolume(str(top / ".rollback/trash/20260101T000000Z/nested"))
 
 
 def populate_again(top: Path) -> None:
@@ -51,6 +57,11 @@ def normalized(state: State) -> tuple[list[str], dict[str, str]]:
     return subvols, files
 
 
+def _outside_trash(found: tuple[list[str], dict[str, str]], drop: bool) -> tuple[list[str], dict[str, str]]:
+    subvols, files = found
+    return [p for p in subvols if not (drop and p.startswith(".rollback/trash/"))], files
+
+
 def steps_of(disk: Disk, args: list[str]) -> int:
     result = disk.rollback(*args, "--dry-run")
     assert result.returncode == Exit.OK, result.stderr
@@ -63,15 +74,15 @@ def test_crash_after_every_step_converges(disk: Disk, mode: str, how: str) -> No
     """KILL: the process dies; TERM: what systemd sends when the unit is stopped (shutdown, a timeout):
     one line with its reason, then it dies of it; INT: Ctrl-C at a rescue shell (exit 1 with its reason,
     not a traceback)."""
-    args = MODES[mode]
-    prepare(disk)
+    args, leftover = MODES[mode], mode == "after-boot-leftover"
+    prepare(disk, leftover)
     steps = steps_of(disk, args)
     assert steps >= 3
     assert disk.rollback(*args).returncode == Exit.OK  # the reference: an uninterrupted run
     reference = normalized(disk.state())
     for step in range(1, steps + 1):
         sh("mkfs.btrfs", "-q", "-f", disk.device)  # the same layout again, from scratch
-        prepare(disk)
+        prepare(disk, leftover)
         before = disk.state()
         crashed = disk.rollback(*args, env={CRASH_AFTER_ENV: str(step), CRASH_SIGNAL_ENV: how})
         if how == "INT":
@@ -85,7 +96,13 @@ def test_crash_after_every_step_converges(disk: Disk, mode: str, how: str) -> No
         assert finished.returncode == Exit.OK, (step, finished.stderr)
         after = disk.state()
         assert outside_root(after) == outside_root(before)
-        assert normalized(after) == reference, f"did not converge after a crash at step {step}"
+        if leftover:  # after boot, today's old root waits in the trash, or, moved by the killed run (no
+            # root made), was what earlier boots left to the run that finished: deleted by it
+            trash = [p for p in after.subvolume_paths() if p.startswith(".rollback/trash/") and p.count("/") == 2]
+            assert len(trash) <= 1, (step, trash)
+        assert _outside_trash(normalized(after), leftover) == _outside_trash(reference, leftover), (
+            f"did not converge after a crash at step {step}"
+        )
         assert disk.rollback(*args, "--dry-run").returncode == Exit.OK
 
 

@@ -331,7 +331,7 @@ def test_no_space_says_whether_the_kernel_was_still_freeing_and_what_was_deleted
         assert ("rollback itself left was deleted first" in text) is any(isinstance(s, Delete) for s in before)
 
 
-def test_still_freeing_asks_the_device_only_after_a_wait_that_ended_short(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_still_freeing_asks_the_device_only_after_a_wait_or_a_runs_deletes(monkeypatch: pytest.MonkeyPatch) -> None:
     from rollback import verbs
     from rollback.effects import btrfs
 
@@ -350,6 +350,23 @@ def test_still_freeing_asks_the_device_only_after_a_wait_that_ended_short(monkey
     assert asked == [Path("/t")]
     deleted = Plan((Delete(f"{TRASH_DIR}/x", 1), Commit(), *plan.steps[1:]))  # what earlier runs left, not waited for
     assert verbs._still_freeing(deleted, 3, full, Path("/t")) and asked == [Path("/t")] * 2
+    made_dirs = Plan((MakeDir(".rollback"), MakeDir(TRASH_DIR), *plan.steps[1:]))  # nothing deleted, nothing waited
+    assert not verbs._still_freeing(made_dirs, 3, full, Path("/t"))
+    cleanup = Plan((Delete(f"{TRASH_DIR}/x", 1), Delete(f"{TRASH_DIR}/y", 1), Reclaim(timeout_s=3600.0)))
+    assert not verbs._still_freeing(cleanup, 2, full, Path("/t"))  # the cleanup's own deletes: its job
+    assert asked == [Path("/t")] * 2
+
+
+def test_a_cleanup_with_no_room_says_nothing_of_a_root_to_boot() -> None:
+    """The cleanup's plan makes no root: no room for one of its deletes said "there is no root to boot
+    until then" (a reviewer), which is false on the running system, and that the next boot may find
+    the room."""
+    from rollback.verbs import _failure
+
+    cleanup = Plan((Delete(f"{TRASH_DIR}/x", 1), Delete(f"{TRASH_DIR}/y", 1), Reclaim(timeout_s=3600.0)))
+    failure = _failure(2, cleanup, OSError(28, "No space left on device"), "", still_freeing=False)
+    text = f"{failure.reason} / {failure.hint}"
+    assert failure.code == "no-space-midway" and "no root" not in text and "next boot" not in text, text
 
 
 MOVED = Rename("root", f"{TRASH_DIR}/{STAMP}")
