@@ -33,8 +33,10 @@ def warm() -> None:
     import rollback.effects.btrfs
     import rollback.effects.device
     import rollback.effects.mount
+    import rollback.effects.sysroot
     import rollback.hibernation
     import rollback.plan
+    import rollback.reasons  # (a refusal's report)
     import rollback.sources
     import rollback.verbs  # noqa: F401
     from rollback.effects import journal
