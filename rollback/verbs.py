@@ -244,11 +244,15 @@ def _still_freeing(plan: Plan, number: int, error: OSError, top: Path) -> bool:
     ended short, or after deletes that did not wait for it (what earlier runs left)."""
     from rollback.effects import btrfs
 
-    before = plan.steps[: number - 1]
-    waited = any(isinstance(step, Reclaim) for step in before)
+    ran = _ran_before(plan, number)
     # (a run's: it makes a root, which the space freed is for; the cleanup's own deletes are its job)
-    deleted = any(isinstance(step, Delete) for step in before) and _makes_a_root(plan)
-    return error.errno in _NO_ROOM and (waited or deleted) and btrfs.cleaner_busy(top)
+    deleted = Delete in ran and _makes_a_root(plan)
+    return error.errno in _NO_ROOM and (Reclaim in ran or deleted) and btrfs.cleaner_busy(top)
+
+
+def _ran_before(plan: Plan, number: int) -> set[type]:
+    """The kinds of step the plan ran before step `number` (1-based)."""
+    return {type(step) for step in plan.steps[: number - 1]}
 
 
 def _makes_a_root(plan: Plan) -> bool:
@@ -309,30 +313,27 @@ def _failure(
         )
     quota = error.errno == errno.EDQUOT
     free = _QUOTA_FIX if quota else "free space (btrfs filesystem usage)"
-    made = any(isinstance(done, Create | Snapshot) for done in plan.steps[: number - 1])
+    ran = _ran_before(plan, number)
+    made = Create in ran or Snapshot in ran
     old_root = _holds_an_old_root(plan)
     # else the new root is made: in use. The old one may be what filled the disk (a runaway log): it is
     # the booted system's, free to clean up
     if not made and _makes_a_root(plan):  # (not the cleanup's: no root is at stake there)
         free += _OLD_ROOT_IN_USE if old_root else "; there is no root to boot until then"
     freeing = ", and the kernel was still freeing deleted subvolumes' space"
-    freeing += " when the wait for it ended" if any(isinstance(s, Reclaim) for s in plan.steps[: number - 1]) else ""
+    freeing += " when the wait for it ended" if Reclaim in ran else ""
     if still_freeing:
         free = "the next boot may find the room (rollback status: pending deletions); else " + free
     unchanged = nothing_changed_before(plan.steps, number) and (changes_nothing_on_enospc(step) or whole)
     if unchanged or (restored and undone_by_put_back(plan.steps, number)):
-        dirs = (
-            " (but empty directories made for it)"
-            if any(isinstance(d, MakeDir) for d in plan.steps[: number - 1])
-            else ""
-        )
+        dirs = " (but empty directories made for it)" if MakeDir in ran else ""
         when = f", before any change{dirs}" if unchanged else undone
         if quota:
             return Refused(what + lack + when + (freeing if still_freeing else ""), free, code="over-quota")
         nothing = _NOTHING_OURS if old_root else _NOTHING_OURS.partition(" (")[0]
         ours = freeing if still_freeing else nothing if not isinstance(step, Delete) else ""
         return Refused(what + lack + when + ours, free, code="no-space")
-    deleted = any(isinstance(done, Delete) for done in plan.steps[: number - 1])
+    deleted = Delete in ran
     return StepFailed(
         what + lack + (freeing if still_freeing else "") + undone,
         ("what rollback itself left was deleted first; the rest is the machine's data: " if deleted else "")
