@@ -37,15 +37,17 @@ from tests.support.cli import rollback_argv
 REPO = Path(__file__).parents[1]
 BASELINE = REPO / "bench" / "baseline.sh"
 INITRD_RELEASE = Path("/etc/initrd-release")  # systemd's mark of an initrd (bench-private: initrd_mark)
+_MARK = 'NAME="rollback benchmark"\n'
 FLOOR_AFTER_BOOT = REPO / "bench" / "floor_after_boot.sh"  # after-boot rows: the same changes, no checks
 # As the initramfs runs it (packaging/dracut/90rollback/module-setup.sh): isolated, no site.
 _PATHS = [str(REPO), *(p for p in sys.path if p.endswith("site-packages"))]
+_ON_PATH = f"import sys; sys.path += {_PATHS!r}; "  # what every `-c` of the project's starts with
 ROLLBACK = [
     os.path.realpath(sys.executable),
     "-I",
     "-S",
     "-c",
-    f"import sys; sys.path += {_PATHS!r}; sys.argv[0] = 'rollback'\nfrom rollback.entry import main; main()",
+    _ON_PATH + "sys.argv[0] = 'rollback'\nfrom rollback.entry import main; main()",
 ]
 MODES = {
     "recreate": ([], "recreate"),
@@ -178,7 +180,7 @@ def initrd_mark() -> None:
     (layers / "work").mkdir()
     options = f"lowerdir=/etc,upperdir={layers / 'upper'},workdir={layers / 'work'}"
     sh("mount", "-t", "overlay", "overlay", "-o", options, "/etc")
-    INITRD_RELEASE.write_text('NAME="rollback benchmark"\n')
+    INITRD_RELEASE.write_text(_MARK)
 
 
 @contextmanager
@@ -188,7 +190,7 @@ def running_system() -> Iterator[None]:
     try:
         yield
     finally:
-        INITRD_RELEASE.write_text('NAME="rollback benchmark"\n')
+        INITRD_RELEASE.write_text(_MARK)
 
 
 def timed(argv: list[str]) -> float:
@@ -320,7 +322,7 @@ def import_cost(reps: int) -> dict[str, object]:
     for label, env in (("deferred", {}), ("eager", {"ROLLBACK_EAGER_IMPORTS": "1"})):
         totals, breakdown = [], {}
         for _ in range(reps):
-            argv = [*ROLLBACK[:3], "-X", "importtime", "-c", f"import sys; sys.path += {_PATHS!r}; {code}"]
+            argv = [*ROLLBACK[:3], "-X", "importtime", "-c", _ON_PATH + code]
             result = subprocess.run(
                 argv, capture_output=True, text=True, env={**os.environ, **env, "NOTIFY_SOCKET": ""}
             )
@@ -566,9 +568,7 @@ def main() -> int:
             "btrfs-progs": sh("btrfs", "--version"),
             # what the project's commands saw: the initrd's mark (initrd_mark), as at boot
             "project in initrd": sh(
-                *ROLLBACK[:-1],
-                "import sys; sys.path += " + repr(_PATHS) + "\n"
-                "from rollback.sources import in_initrd; print(in_initrd())",
+                *ROLLBACK[:-1], _ON_PATH + "from rollback.sources import in_initrd; print(in_initrd())"
             )
             == "True",
         },
