@@ -56,24 +56,29 @@ CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default
 
 @contextmanager
 def _observed(
-    config: Config, *, lock: bool, lock_node: bool = True, bounded: bool = False
+    config: Config, *, lock: bool, lock_node: bool = True, bounded: bool = False, wait: bool = False
 ) -> Iterator[tuple[Path, Observation, Callable[[], None]]]:
-    """Probe, lock the filesystem (when about to write), mount its top level privately, read-only and
-    without atime updates (a run that refuses must not have written anything), and observe it; `bounded`:
-    what a run only moves is listed as plan.bounds() says. Also yields what releases the lock early."""
+    """Probe, lock the filesystem (when about to write; `wait`: for as long as another holds it, else
+    refused), mount its top level privately, read-only and without atime updates (a run that refuses
+    must not have written anything), and observe it; `bounded`: what a run only moves is listed as
+    plan.bounds() says. Also yields what releases the lock early."""
     from rollback.effects import device, mount
 
     dev = config.require_device()
     fsid = device.probe(dev)
-    device.refuse_copies(dev, fsid)
-    device.refuse_unseen(dev, fsid, writing=lock)
     limits = bounds(config) if bounded else None
-    unlocked: AbstractContextManager[Callable[[], None]] = nullcontext(lambda: None)
-    with device.locked(dev, fsid, node=lock_node) if lock else unlocked as unlock, mount.top_level(dev) as top:
-        mounted = device.mounts(str(top), fsid)
-        mount.settle(top)
-        found = _observe(config, top, mounted, datetime.now(UTC), limits)
-        yield top, found, unlock
+    waiting = partial(emit, "warning", device=config.device) if wait else None
+    locking: AbstractContextManager[Callable[[], None]] = (
+        device.locked(dev, fsid, node=lock_node, waiting=waiting) if lock else nullcontext(lambda: None)
+    )
+    with locking as unlock:
+        device.refuse_copies(dev, fsid)  # (after a wait for the lock: what is true now)
+        device.refuse_unseen(dev, fsid, writing=lock)
+        with mount.top_level(dev) as top:
+            mounted = device.mounts(str(top), fsid)
+            mount.settle(top)
+            found = _observe(config, top, mounted, datetime.now(UTC), limits)
+            yield top, found, unlock
 
 
 def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: Bounds | None = None) -> Observation:
@@ -605,7 +610,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     if not dry_run:
         priority.idle()
     began = time.monotonic()
-    with _observed(config, lock=not dry_run, lock_node=False) as (top, obs, unlock):
+    with _observed(config, lock=not dry_run, lock_node=False, wait=True) as (top, obs, unlock):
         plan = plan_cleanup(config, obs)
         if dry_run:
             _as_the_remount_would(top, plan)

@@ -250,9 +250,14 @@ def read_kernel(path: str) -> str:
 
 
 @contextmanager
-def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[], None]]:
+def locked(
+    device: str, fsid: str, *, node: bool = True, waiting: Callable[[str], None] | None = None
+) -> Iterator[Callable[[], None]]:
     """One run per filesystem, whichever member device each was given: an exclusive lock on a file
-    named by the fsid, refused at once if held (another rollback); and (`node`) a BSD lock on the
+    named by the fsid, refused at once if held (another rollback), or with `waiting` (told who holds
+    it) waited for as long as it is held (the cleanup on a running system, which has no deadline:
+    another cleanup of the same filesystem, or a person holding the lock by hand, does the same job or
+    must finish first); and (`node`) a BSD lock on the
     device node, which tells udev not to probe it meanwhile (not for the long cleanup on a running
     system: udev would hold the disk's events). udev holds a shared lock on the node while it
     processes an event of the disk, so that one is waited for, bounded (systemd's
@@ -266,11 +271,11 @@ def locked(device: str, fsid: str, *, node: bool = True) -> Iterator[Callable[[]
         raise
     try:
         if not _flocked(fds[0], 0.0):
-            raise Refused(
-                f"another process holds the lock on {device}'s filesystem{_holder(fds[0])}",
-                "another rollback is running; wait for it",
-                code="locked",
-            )
+            held = f"another process holds the lock on {device}'s filesystem{_holder(fds[0])}"
+            if waiting is None:
+                raise Refused(held, "another rollback is running; wait for it", code="locked")
+            waiting(f"{held}: waiting for it")
+            fcntl.flock(fds[0], fcntl.LOCK_EX)  # (a stop signal's handler interrupts it)
         if node:
             try:
                 fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))

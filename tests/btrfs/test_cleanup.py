@@ -145,6 +145,34 @@ def test_the_cleanups_wait_for_the_kernel_holds_no_lock(disk: Disk) -> None:
     assert trash(disk.state()) == []
 
 
+def test_a_second_cleanup_of_the_same_filesystem_waits_for_the_first(disk: Disk) -> None:
+    """Two cleanups of one filesystem (rollback-cleanup@ enabled under two of its device names, or one by
+    hand while the unit runs): the second was refused `locked`, a failed unit at every boot. It waits
+    while the first holds the lock, then deletes what is left (here: nothing) and ends 0."""
+    with disk.top() as top:
+        populate(top)
+    boot(disk)
+    with disk.top() as top:  # two entries: the first cleanup is stopped after one delete, the lock held
+        sh("btrfs", "subvolume", "create", str(top / TRASH / "20200101T000000Z"))
+    before = disk.state()
+    assert len(trash(before)) == 2
+    first = _stopped_cleanup(disk)
+    try:
+        second = subprocess.Popen(disk.rollback_argv("cleanup"), stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        assert second.poll() is None, f"the second cleanup did not wait: {second.communicate()[1]}"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        _, first_said = first.communicate(timeout=120)
+    _, second_said = second.communicate(timeout=120)
+    assert first.returncode == Exit.OK, first_said
+    assert second.returncode == Exit.OK, second_said
+    assert "waiting for it" in second_said and "pid " in second_said, second_said
+    after = disk.state()
+    assert trash(after) == []
+    assert outside_root(after) == outside_root(before) and after.under("root") == before.under("root")
+
+
 def test_a_filesystem_the_host_unmounts_during_a_cleanup_is_released(disk: Disk, tmp_path: Path) -> None:
     """The cleanup's private mount namespace starts with copies of the host's mounts. Private copies
     kept a filesystem the user unmounted meanwhile mounted (a USB disk, a LUKS volume not released)
@@ -175,7 +203,8 @@ def test_a_filesystem_the_host_unmounts_during_a_cleanup_is_released(disk: Disk,
 
 
 def _stopped_cleanup(disk: Disk) -> subprocess.Popen[str]:
-    """A `rollback cleanup` stopped (SIGSTOP) after its one delete, before its wait for the kernel's cleaner."""
+    """A `rollback cleanup` stopped (SIGSTOP) after its first delete: before its wait for the kernel's
+    cleaner (the lock released) if the trash held one entry, else before its next delete (the lock held)."""
     env = {**os.environ, CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: "STOP"}
     cleanup = subprocess.Popen(disk.rollback_argv("cleanup"), env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
