@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, assert_never
 
 from rollback import __version__
-from rollback.errors import KIND, MEANING, ConfigError, Exit, RollbackError
-from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Layer, Merge, Value, resolve
+from rollback.errors import KIND, MEANING, Exit, RollbackError
+from rollback.settings import DEFAULT_CONFIG, DEFAULT_KERNEL_CMDLINE, SETTINGS, Config, Merge, Value, resolve
 
 
 def _hanging(first: str, text: str, width: int = 88) -> str:
@@ -187,9 +187,8 @@ def _skip_next(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
 
 def _config(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
-    from rollback.sources import in_initrd, initrd_only
 
-    return verbs.show_config(config, as_json=args.json, ignored=() if in_initrd() else initrd_only(cmdline))
+    return verbs.show_config(config, as_json=args.json)
 
 
 def _standby(args: argparse.Namespace) -> int:
@@ -258,14 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> tuple[Config, str]:
     """The resolved settings, and the kernel command line they were read from."""
-    from rollback.sources import in_initrd, load_config_file, parse_cmdline, read_cmdline
+    from rollback.sources import load_config_file, parse_cmdline, read_cmdline
 
     file_layer, file_name = load_config_file(getattr(args, "config", None), DEFAULT_CONFIG)
     cmdline = read_cmdline(getattr(args, "kernel_cmdline", DEFAULT_KERNEL_CMDLINE))
-    initrd = in_initrd()
-    cmdline_layer = parse_cmdline(cmdline, initrd=initrd)
-    if not initrd:  # rd.rollback.* is read at the next boot only, yet refused there at every boot: here too
-        _check_as_the_initrd_reads(file_layer, parse_cmdline(cmdline, initrd=True), cmdline_layer, file_name)
+    cmdline_layer = parse_cmdline(cmdline)
     flags: dict[str, Value] = {}
     for s in SETTINGS:
         given = [v for v in (getattr(args, BEFORE + s.name, None), getattr(args, s.name, None)) if v is not None]
@@ -274,23 +270,6 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str]:
         elif given:  # the flag's last occurrence wins, as within each place
             flags[s.name] = s.parser.from_cli(given[-1])
     return resolve(file_layer, cmdline_layer, flags, file_name), cmdline
-
-
-def _check_as_the_initrd_reads(file_layer: Layer, boot_layer: Layer, cmdline_layer: Layer, file_name: str) -> None:
-    """The settings as the next boot resolves them, rd.rollback.* words included: a value or a
-    combination refused there (rd.rollback.mode=bogus, rd.rollback.keep-days without an archive) is
-    refused at every boot, while the verbs here, not reading those words, said nothing was wrong."""
-    if boot_layer == cmdline_layer:
-        return
-    try:
-        resolve(file_layer, boot_layer, {}, file_name)
-    except ConfigError as error:
-        raise ConfigError(
-            f"{error.reason} (as the initrd reads the kernel command line, rd.rollback.* words included: "
-            "every boot reading it would refuse it)",
-            f"{error.hint}; a verb here for another config than the initrd's: --kernel-cmdline /dev/null",
-            code=error.code,
-        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,13 +18,18 @@ def in_initrd() -> bool:
     return os.path.exists(INITRD_RELEASE)
 
 
-def parse_cmdline(text: str, *, initrd: bool = False) -> dict[str, Value]:
-    """`rollback.<key>[=value]` words, and in the initrd `rd.rollback.<key>[=value]` too (systemd's and
-    dracut's rule for `rd.` options: the initrd's only); `_` and `-` alike in the key, as systemd reads
-    its own. Other words are none of our business."""
+def parse_cmdline(text: str) -> dict[str, Value]:
+    """`rollback.<key>[=value]` words, `rd.rollback.<key>[=value]` alike (dracut users' spelling of an
+    option for the initrd); `_` and `-` alike in the key, as systemd reads its own. Other words are none
+    of our business.
+
+    `rd.` is read outside the initrd too, unlike systemd's own `rd.` options: those configure the
+    initrd's instance of a program apart from the running system's, while every verb of ours on the
+    running system prepares, describes or finishes the boots' work. Ignored there, `status` hid what
+    the next boot refuses or prunes, and `skip-next` marked a root the boot did not keep (a tester)."""
     layer: dict[str, Value] = {}
     for word in split_cmdline(text):
-        option = word.removeprefix("rd.") if initrd else word
+        option = word.removeprefix("rd.")
         if not option.startswith(CMDLINE_PREFIX):
             continue
         if any("\udc80" <= char <= "\udcff" for char in word):
@@ -52,12 +57,6 @@ def parse_cmdline(text: str, *, initrd: bool = False) -> dict[str, Value]:
             value = previous + value
         layer[setting.name] = value
     return layer
-
-
-def initrd_only(text: str) -> tuple[str, ...]:
-    """The `rd.rollback.*` words, which only a run in the initrd reads (`rollback config` elsewhere
-    names them, rather than show settings without them as if they were not there)."""
-    return tuple(word for word in split_cmdline(text) if word.startswith("rd." + CMDLINE_PREFIX))
 
 
 def read_cmdline(path: str) -> str:

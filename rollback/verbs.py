@@ -792,18 +792,15 @@ def skip_next(config: Config) -> Exit:
     return Exit.OK
 
 
-def show_config(config: Config, *, as_json: bool, ignored: tuple[str, ...] = ()) -> Exit:
-    """The settings and where each came from; `ignored`: kernel command line words read elsewhere only."""
+def show_config(config: Config, *, as_json: bool) -> Exit:
+    """The settings and where each came from."""
     if as_json:
         sources = {key: source for key, _, source in describe(config)}  # keyed as the settings are (keep-days)
-        _print(_json({"settings": as_dict(config), "sources": sources, "initrd_only": list(ignored)}))
+        _print(_json({"settings": as_dict(config), "sources": sources}))
     else:
         rows = describe(config)
         width = max(len(key) for key, _, _ in rows)  # the longest key (ignore-hibernation) sets the column
-        lines = [f"{key:<{width}} {value!s:<28} ({source})" for key, value, source in rows]
-        if ignored:
-            lines.append(f"not read here, only in the initrd: {' '.join(ignored)}")
-        _print("\n".join(lines))
+        _print("\n".join(f"{key:<{width}} {value!s:<28} ({source})" for key, value, source in rows))
     return Exit.OK
 
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import btrfsutil
@@ -16,7 +17,7 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
-from tests.support.disks import Disk, attached, released
+from tests.support.disks import Disk, attached, parse_json, released
 from tests.support.layout import outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
@@ -194,6 +195,45 @@ def test_a_root_taken_from_the_trash_as_the_readme_says_holds_the_runs_lock(disk
         assert "the trash is empty: nothing to do" in cleanup.stderr, cleanup.stderr
         assert (top / "root-from-trash" / "srv" / "data").read_text() == "inside root/srv\n"
         assert os.listdir(top / ".rollback" / "trash") == []
+
+
+def _in_an_initrd(argv: list[str], workdir: Path) -> subprocess.CompletedProcess[str]:
+    """`argv` run as the initramfs runs it: systemd's mark /etc/initrd-release, on an overlay over /etc
+    in a mount namespace of its own (the host's /etc is not written)."""
+    layers = [workdir / name for name in ("upper", "work")]
+    for layer in layers:
+        layer.mkdir(parents=True, exist_ok=True)
+    marked = (
+        "mount --make-rprivate / && mount -t overlay overlay -o lowerdir=/etc,upperdir=$1,workdir=$2 /etc "
+        '&& echo NAME=test > /etc/initrd-release && shift 2 && exec "$@"'
+    )
+    command = ["unshare", "-m", "sh", "-c", marked, "sh", *map(str, layers), *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_rd_options_are_read_on_the_running_system_as_the_boot_reads_them(disk: Disk, tmp_path: Path) -> None:
+    """rd.rollback.* on the kernel command line (dracut users' spelling) is read by the boot, in the
+    initrd. On the running system it was ignored (systemd's rule for rd. options): with
+    rd.rollback.subvolume=@root, skip-next said "the next boot keeps root", marked `root`, and the boot
+    replaced @root, its data gone (found by a tester). Now every verb reads it as the boot does."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("quiet rd.rollback.subvolume=@root\n")
+    with disk.top() as top:
+        populate(top)
+    boot = partial(_in_an_initrd, workdir=tmp_path / "initrd")
+    first = boot(disk.rollback_argv("run", cmdline=str(cmdline)))
+    assert first.returncode == Exit.OK, first.stderr
+    with disk.top() as top:
+        (top / "@root" / "important").write_text("keep me\n")
+    skipped = disk.rollback("skip-next", cmdline=str(cmdline))  # the running system
+    assert skipped.returncode == Exit.OK and "keeps @root" in skipped.stdout, skipped.stderr + skipped.stdout
+    status = parse_json(disk.rollback("status", "--json", cmdline=str(cmdline)))
+    assert status["root"]["path"] == "@root" and status["skip_next"] is True, status
+    before = disk.state()
+    kept = boot(disk.rollback_argv("run", cmdline=str(cmdline)))
+    assert kept.returncode == Exit.SKIPPED, kept.stderr
+    after = disk.state()
+    assert after.under("@root") == before.under("@root") and outside_root(after) == outside_root(before)
 
 
 def test_rerun_when_keeping_does_not_archive_the_empty_root(disk: Disk) -> None:
