@@ -622,7 +622,8 @@ def _other_roots_mark(config: Config, obs: Observation) -> tuple[str, ...]:
     return (
         f"the skip-next mark is for {_marked(obs)}, not {names.shown(config.subvolume)} as it is now "
         f"({'missing' if obs.get(config.subvolume) is None else 'another subvolume'}): it is left, and "
-        "this run goes on as usual",
+        "this run goes on as usual; if no boot keeps that root any more (the subvolume setting changed), remove "
+        "the mark (rm <top>/.rollback/skip-next) or it is said at every boot, and skip-next is refused meanwhile",
     )
 
 

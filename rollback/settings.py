@@ -285,18 +285,8 @@ class Config:
                 assert_never(self.cleanup)
 
     def spelt(self, name: str) -> str:
-        """How a hint names setting `name`: as it was given (a flag, the kernel command line, the config
-        file), or where to set it if it has its default. A hint saying `--subvolume` to someone whose
-        value came from /etc/rollback.toml or rollback.subvolume= sent them looking for a flag."""
-        setting = BY_NAME[name]
-        source = self.sources.get(name, "default").rpartition(" + ")[2]
-        if source == "flag":
-            return setting.flag
-        if source == "kernel command line":
-            return f"rollback.{setting.key}= on the kernel command line"
-        if source == "default":
-            return f"the {setting.key} setting (its default now)"
-        return f"{setting.key} in {source}"
+        """How a hint names setting `name`: as it was given (spelt())."""
+        return spelt(BY_NAME[name], self.sources.get(name, "default"))
 
     def require_device(self) -> str:
         if not self.device:
@@ -306,6 +296,21 @@ class Config:
                 code="device-unset",
             )
         return self.device
+
+
+def spelt(setting: Setting, source: str) -> str:
+    """How a hint names `setting`, whose value came from `source` (a flag, the kernel command line, the
+    config file: the last one of an extended list's), or where to set it if it has its default. A hint
+    saying `--subvolume` to someone whose value came from /etc/rollback.toml or rollback.subvolume= sent
+    them looking for a flag (two testers)."""
+    last = source.rpartition(" + ")[2]
+    if last == "flag":
+        return setting.flag
+    if last == "kernel command line":
+        return f"rollback.{setting.key}= on the kernel command line"
+    if last == "default":
+        return f"the {setting.key} setting (its default now)"
+    return f"{setting.key} in {last}"
 
 
 Layer = Mapping[str, Value]
@@ -351,7 +356,7 @@ def _canonical(setting: Setting, value: Value, source: str) -> Value:
             made.append(setting.canonical(one))
         except ValueError as error:  # the one value at fault, not the whole list
             raise ConfigError(
-                f"{setting.key} {names.shown(one)} {error}", f"fix {setting.flag} (from {source})", code="bad-name"
+                f"{setting.key} {names.shown(one)} {error}", f"fix {spelt(setting, source)}", code="bad-name"
             ) from None
     return tuple(dict.fromkeys(made)) if isinstance(value, tuple) else made[0]
 
@@ -365,7 +370,7 @@ def validate(config: Config) -> None:
                 if path and names.is_within(path, STATE_DIR):
                     raise ConfigError(
                         f"{setting.key} {path!r} is inside rollback's own state directory {STATE_DIR}",
-                        f"choose a name outside {STATE_DIR}/ for {setting.flag}",
+                        f"choose a name outside {STATE_DIR}/ for {spelt(setting, config.sources[setting.name])}",
                         code="bad-name",
                     )
         if setting.limits and not setting.limits[0] <= value <= setting.limits[1]:
@@ -376,7 +381,7 @@ def validate(config: Config) -> None:
         if setting.choices and value not in setting.choices:
             raise ConfigError(
                 f"{setting.key} {names.shown(str(value))} is not one of {', '.join(setting.choices)}",
-                f"fix {setting.flag} (from {config.sources[setting.name]})",
+                f"fix {spelt(setting, config.sources[setting.name])}",
                 code="bad-choice",
             )
     for name in ("keep_days", "keep_count", "keep_min"):

@@ -984,6 +984,20 @@ def test_a_mark_for_a_reused_subvolume_id_is_not_this_roots() -> None:
         assert bool(plan_run(config(), marked).skipped) is applies
 
 
+def test_a_mark_left_for_another_root_says_how_to_remove_it() -> None:
+    """The subvolume setting changed after skip-next: the mark for the old name is left, warned of at
+    every boot, and skip-next for the new root refused `mark-taken`; the warning gave no way out (a
+    tester of settings changed between boots)."""
+    obs = observe([*LAYOUT, "@root"], skip_mark=True)
+    found = obs.get("root")
+    assert found is not None
+    marked = replace(obs, skip_mark_for=MarkFor(found.id, ""))
+    plan = plan_run(config(subvolume="@root"), marked)
+    assert not plan.skipped
+    (said,) = [w for w in plan.warnings if "skip-next mark" in w]
+    assert "it is left" in said and "rm <top>/.rollback/skip-next" in said, said
+
+
 def test_a_cleanup_entry_that_cannot_be_checked_again_is_a_failure_not_a_refusal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -343,3 +343,33 @@ def test_an_archive_turned_off_above_the_retention_settings_is_no_conflict(
         assert caught.value.code == "conflict"
     else:
         assert resolve(file_layer, cmdline, {"device": "/dev/x", **flags}, "/etc/rollback.toml").archive == ""
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "reason"),
+    [
+        ("subvolume", "a/../b", "bad-name"),  # no canonical spelling
+        ("archive", ".rollback/x", "bad-name"),  # inside the state directory
+        ("mode", "snap", "bad-choice"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("where", "named"),
+    [
+        ("file", "{key} in /etc/rollback.toml"),
+        ("cmdline", "rollback.{key}= on the kernel command line"),
+        ("flag", "--{key}"),
+    ],
+)
+def test_a_bad_value_s_hint_names_the_setting_where_it_was_given(
+    setting: str, value: str, reason: str, where: str, named: str
+) -> None:
+    """The hint said `fix --subvolume (from /etc/rollback.toml)`: a flag to someone who never passed
+    one (a tester of settings changed between boots). It names the setting as it was given."""
+    layers: dict[str, Layer] = {"file": {}, "cmdline": {}, "flag": {}}
+    layers[where] = {setting: value}
+    with pytest.raises(ConfigError) as raised:
+        resolve(layers["file"], layers["cmdline"], layers["flag"], "/etc/rollback.toml")
+    assert raised.value.code == reason
+    assert raised.value.hint is not None and named.format(key=setting) in raised.value.hint, raised.value.hint
+    assert (where == "flag") == ("--" in raised.value.hint), raised.value.hint
