@@ -170,7 +170,7 @@ def _cleanup(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
 def _status(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
 
-    return verbs.status(config, as_json=args.json)
+    return verbs.status(config, as_json=args.json, cmdline=cmdline)
 
 
 def _diff(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:

@@ -117,16 +117,24 @@ def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
 
 
 def status(
-    config: Config, obs: Observation, missing: Sequence[int] = (), read_only: Sequence[str] = (), fsid: str = ""
+    config: Config,
+    obs: Observation,
+    missing: Sequence[int] = (),
+    read_only: Sequence[str] = (),
+    fsid: str = "",
+    elsewhere: str | None = None,
 ) -> Status:
     """What `status` shows; `missing`: the ids of member devices the kernel mounted it without;
     `read_only`: the member devices (nodes) every writing verb refuses for; `fsid`: which
-    filesystem the device named (a LABEL= can name either of two). Names
+    filesystem the device named (a LABEL= can name either of two); `elsewhere`: what starts the running
+    system from outside its root (plan.check_bootable). Names
     from the device are escaped as `diff` escapes them: a newline in one split a line of the text and
     could fake one; a byte that is not UTF-8 reached the JSON as a lone surrogate."""
     blank = obs.get(config.blank)
     protected = {names.basename(p) for p in config.protect}
-    refused, warnings = _next_boot(config, obs)
+    target = obs.get(config.subvolume)
+    booted = target is not None and _booted(obs) == target.id  # then the boot checks the next root boots too
+    refused, warnings = _next_boot(config, obs, booted=booted, elsewhere=elsewhere)
     kept = mark_applies(config, obs)  # the next boot keeps the root: it prunes nothing either
     return {
         "device": config.device,  # a setting, udev's own escapes (\x20) in it: as given
@@ -178,11 +186,16 @@ def _skipped(config: Config) -> str | None:
     return f"skip is set {where}: every run keeps the root while it is"
 
 
+def _booted(obs: Observation) -> int | None:
+    """The id of the subvolume of this filesystem mounted at / (the running system's root), if one is."""
+    return next((subvol_id for subvol_id, where in obs.mounted.items() if where == "/"), None)
+
+
 def _booted_from(config: Config, obs: Observation) -> BootedFrom | None:
     """The subvolume mounted at / when that is of this filesystem and not the target: this boot's initrd
     mounted another (rootflags= forgotten, or naming another), and a boot that mounts it so again
     refuses (root-options). None otherwise, and in the initrd (/ is not btrfs there)."""
-    booted = next((subvol_id for subvol_id, where in obs.mounted.items() if where == "/"), None)
+    booted = _booted(obs)
     target = obs.get(config.subvolume)
     if booted is None or (target is not None and target.id == booted):
         return None
@@ -190,17 +203,23 @@ def _booted_from(config: Config, obs: Observation) -> BootedFrom | None:
     return {"path": escape(found.path) if found else "", "id": booted}
 
 
-def _next_boot(config: Config, obs: Observation) -> tuple[str | None, tuple[str, ...]]:
+def _next_boot(
+    config: Config, obs: Observation, *, booted: bool = False, elsewhere: str | None = None
+) -> tuple[str | None, tuple[str, ...]]:
     """Why the next boot's run would refuse, as that run decides it (its plan: with the mark set, only
     removing it, after its checks), or None, and else what it would warn of. That run is the boot's:
-    what is mounted now (the running root, what is mounted inside it) is not mounted then."""
+    what is mounted now (the running root, what is mounted inside it) is not mounted then. Where the
+    root is the booted system's, the boot checks it stays bootable (plan.check_bootable, `elsewhere`)."""
     from dataclasses import replace
 
     from rollback.errors import Refused
-    from rollback.plan import plan_run
+    from rollback.plan import check_bootable, plan_run
 
     try:
-        plan = plan_run(config, replace(obs, mounted={}, mounted_paths={}))
+        at_boot = replace(obs, mounted={}, mounted_paths={})
+        plan = plan_run(config, at_boot)
+        if booted and not plan.skipped:
+            check_bootable(config, at_boot, elsewhere)
     except Refused as refused:
         return f"{refused.reason} (reason {refused.code})", ()
     return None, plan.warnings

@@ -33,6 +33,7 @@ from rollback.plan import (
     Unlock,
     bounds,
     check_blank,
+    check_bootable,
     check_root_default,
     check_target,
     holders,
@@ -567,6 +568,10 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
         if root_options is not None:
             check_root_default(config, root_options, obs)
         plan = plan_run(config, obs, bare=bare)
+        if root_options is not None and not plan.skipped:  # the machine boots this subvolume
+            from rollback.effects import sysroot
+
+            check_bootable(config, obs, sysroot.system_elsewhere(cmdline))
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:
@@ -711,13 +716,14 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
         )
 
 
-def status(config: Config, *, as_json: bool) -> Exit:
-    from rollback.effects import device
+def status(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
+    from rollback.effects import device, sysroot
 
     with _observed(config, lock=False) as (top, obs, _unlock):
         fsid = device.probe(config.require_device())
         missing = device.missing_members(fsid)  # while mounted
-        found = report.status(config, obs, missing, device.read_only_members(str(top)), device.uuid(fsid))
+        elsewhere = sysroot.system_elsewhere(cmdline)
+        found = report.status(config, obs, missing, device.read_only_members(str(top)), device.uuid(fsid), elsewhere)
     _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 

@@ -811,3 +811,50 @@ def test_a_device_gone_between_probe_and_lock_is_refused_not_internal(tmp_path: 
     with pytest.raises(Refused) as caught, device.locked(str(tmp_path / "gone"), "0" * 32):
         pass
     assert caught.value.code == "no-device" and "cannot open" in caught.value.reason, caught.value.reason
+
+
+def _system_in_root(top: Path) -> None:
+    (top / "root/usr/lib/systemd").mkdir(parents=True)
+    (top / "root/usr/lib/systemd/systemd").write_text("the system manager\n")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [(), ("--cleanup", "after-boot"), ("--archive", "old"), ("--mode", "snapshot")],
+    ids=["recreate", "after-boot", "keep", "snapshot, a blank without it"],
+)
+def test_a_root_holding_the_system_is_not_replaced_by_one_without_it(
+    disk: Disk, tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    """The installer refuses a root holding the operating system in recreate mode; a config edited since
+    (`mode` dropped, another blank) reached the boot, which made an empty root (the machine did not come
+    up) and, deleting at boot, deleted the system (a tester of settings changed between boots). Refused
+    where the initrd boots this subvolume (its sysroot.mount), unless the system is started from
+    elsewhere (init= on the kernel command line: NixOS)."""
+    setup(disk, _system_in_root, blank=True)
+    unit = tmp_path / "sysroot.mount"
+    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=/root,rw\n")
+    before = disk.state()
+    result = disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)})
+    assert result.returncode == Exit.REFUSED and "reason=holds-system" in result.stderr, result.stderr
+    assert "would not come up" in result.stderr and disk.state() == before
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("quiet init=/nix/store/0000-nixos-system/init\n")
+    started = disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)}, cmdline=str(cmdline))
+    assert started.returncode == Exit.OK, started.stderr
+
+
+def test_a_blank_holding_the_system_makes_roots_that_boot(disk: Disk, tmp_path: Path) -> None:
+    def blank_with_system(top: Path) -> None:
+        _system_in_root(top)
+        btrfsutil.delete_subvolume(str(top / "root-blank"))
+        btrfsutil.create_snapshot(str(top / "root"), str(top / "root-blank"), read_only=True)
+
+    setup(disk, blank_with_system, blank=True)
+    unit = tmp_path / "sysroot.mount"
+    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=/root,rw\n")
+    for _ in range(2):  # the first root a snapshot of the blank, the second too
+        result = disk.rollback("run", "--mode", "snapshot", env={SYSROOT_UNIT_ENV: str(unit)})
+        assert result.returncode == Exit.OK, result.stderr
+    with disk.top(read_only=True) as top:
+        assert (top / "root/usr/lib/systemd/systemd").read_text() == "the system manager\n"

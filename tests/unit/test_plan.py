@@ -12,6 +12,7 @@ import pytest
 from rollback.errors import Refused
 from rollback.model import SKIP_MARK, TRASH_DIR, Examined, Lineage, MarkFor, Observation, Quota, TreeSize
 from rollback.plan import (
+    SYSTEM,
     Commit,
     Create,
     Delete,
@@ -25,6 +26,7 @@ from rollback.plan import (
     Unlock,
     WriteMark,
     bounds,
+    check_bootable,
     mark_applies,
     nothing_changed_before,
     only_moved,
@@ -1321,3 +1323,53 @@ def test_a_pinned_archived_root_still_vouches_for_the_roots_archived_after_it() 
     pinned_obs = replace(obs, immutable=frozenset({good}))
     assert prune_paths(config(**flags), pinned_obs) == []
     assert prune_paths(config(**flags, keep_count=2), pinned_obs) == reset[:4]  # the pinned one not counted
+
+
+OS_ROOT: list[str | tuple[str, bool]] = [*LAYOUT, ("root-blank", True)]
+
+
+@pytest.mark.parametrize(
+    ("flags", "files", "blank_made_root", "elsewhere", "refused"),
+    [
+        ({}, [f"root/{SYSTEM}"], False, None, True),  # recreate: an empty root where the system was
+        ({"archive": "old"}, [f"root/{SYSTEM}"], False, None, True),  # kept, but the new root is empty
+        ({}, [f"root/{SYSTEM}"], False, "init= on the kernel command line", False),  # started from elsewhere
+        ({}, [], False, None, False),  # no system in the root: an impermanence root (NixOS's)
+        ({}, ["root/usr"], False, None, False),  # a link or file on the way: not judged
+        ({"mode": "snapshot"}, [f"root/{SYSTEM}", f"root-blank/{SYSTEM}"], False, None, False),  # the blank has it
+        ({"mode": "snapshot"}, [f"root/{SYSTEM}"], False, None, True),  # another blank, without the system
+        ({"mode": "snapshot"}, [f"root/{SYSTEM}"], True, None, False),  # this blank's root: the system came since
+    ],
+)
+def test_a_new_root_without_the_system_the_old_one_holds_is_refused(
+    flags: dict[str, str], files: list[str], blank_made_root: bool, elsewhere: str | None, refused: bool
+) -> None:
+    """A config edited after the install (`mode` dropped: recreate; another blank) made the boot replace
+    a root holding the operating system with an empty one: the machine did not come up, and deleting at
+    boot the system was gone (a tester of settings changed between boots)."""
+    obs = observe(OS_ROOT, files=files)
+    if blank_made_root:
+        blank, root = obs.get("root-blank"), obs.get("root")
+        assert blank is not None and root is not None
+        made = replace(root, parent_uuid="b1")
+        obs = replace(
+            obs,
+            subvols=tuple(
+                made if s.path == "root" else replace(s, uuid="b1") if s is blank else s for s in obs.subvols
+            ),
+        )
+    settings = config(**flags)
+    assert f"root/{SYSTEM}" in paths_of_interest(settings)
+    if not refused:
+        check_bootable(settings, obs, elsewhere)
+        return
+    with pytest.raises(Refused) as raised:
+        check_bootable(settings, obs, elsewhere)
+    assert raised.value.code == "holds-system" and "would not come up" in raised.value.reason
+
+
+def test_a_blank_holding_the_system_in_a_subvolume_of_its_own_does_not_count() -> None:
+    """A snapshot does not take a nested subvolume: a blank whose /usr is one makes roots without it."""
+    obs = observe([*OS_ROOT, "root-blank/usr"], files=[f"root/{SYSTEM}", f"root-blank/{SYSTEM}"])
+    with pytest.raises(Refused, match="a snapshot of 'root-blank', which does not hold it"):
+        check_bootable(config(mode="snapshot"), obs, None)
