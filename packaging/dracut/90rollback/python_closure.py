@@ -107,6 +107,14 @@ EXCLUDE = (
     "lzma",
     "_lzma",
     "_compression",
+    # imported only inside `try: ... except ImportError` (or `except Exception`), where the importer
+    # goes on without them: platform's macOS-only reader (after a check for a macOS file), warnings'
+    # source-traceback hint, structlog's Twisted and greenlet support, Windows' codec. 0.02 MB
+    "plistlib",
+    "tracemalloc",
+    "structlog.twisted",
+    "structlog._greenlets",
+    "encodings.mbcs",
 )
 
 
