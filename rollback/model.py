@@ -92,6 +92,19 @@ class Mounts(NamedTuple):
     swapfiles: Mapping[int, str] = {}  # subvolume id -> an active swap file in it (as /proc/swaps names it)
 
 
+SYSTEM = "usr/lib/systemd/systemd"  # what the initrd starts in the new root (switch-root with no init=)
+
+
+class SystemSigns(NamedTuple):
+    """What a subvolume holds of an operating system (plan.check_bootable): SYSTEM, found through real
+    directories; whether none of them is a subvolume of its own (a snapshot would leave it out); and
+    whether its etc/fstab mounts /usr from elsewhere (so its own usr/ is not what boots)."""
+
+    found: bool
+    whole: bool
+    usr_in_fstab: bool
+
+
 class MarkFor(NamedTuple):
     """The subvolume a skip-next mark keeps: its id and (marks written since ids were joined by it) uuid."""
 
@@ -119,6 +132,8 @@ class Observation:
     # every name directly inside each holder (the trash, the archive) that is a directory: files and
     # directories too, which a name the run picks there must not meet either
     names_in: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # the root's and (snapshot mode) the blank's signs of an operating system; None: not readable
+    systems: Mapping[str, SystemSigns | None] = field(default_factory=dict)
     now: datetime = datetime.min
 
     @cached_property

@@ -22,6 +22,7 @@ from rollback.errors import Refused
 from rollback.model import (
     SKIP_MARK,
     STATE_DIR,
+    SYSTEM,
     TRASH_DIR,
     Examined,
     Kind,
@@ -630,7 +631,6 @@ def _other_roots_mark(config: Config, obs: Observation) -> tuple[str, ...]:
 def paths_of_interest(config: Config) -> list[str]:
     """Every path whose kind the plan looks at: the configured ones and their parents."""
     wanted = [config.subvolume, config.blank, SKIP_MARK, *holders(config), *_mount_points(config)]
-    wanted += [f"{config.subvolume}/{SYSTEM}", *([f"{config.blank}/{SYSTEM}"] if config.from_blank else [])]
     return list(dict.fromkeys(prefix for path in wanted for prefix in names.prefixes(path)))
 
 
@@ -709,8 +709,7 @@ def archives_root(config: Config, obs: Observation) -> bool:
 def untouched(root: Examined, config: Config, obs: Observation) -> bool:
     """Empty, or a snapshot of the blank not written to since the committed snapshot."""
     blank = obs.get(config.blank)
-    from_blank = blank is not None and bool(root.parent_uuid) and root.parent_uuid == blank.uuid
-    return root.path in obs.empty or (from_blank and not root.changed)
+    return root.path in obs.empty or (blank is not None and made_from(root, blank) and not root.changed)
 
 
 def _archive_name(config: Config, obs: Observation) -> names.EntryName:
@@ -789,25 +788,30 @@ def check_root_options(config: Config, options: tuple[str, ...]) -> None:
         )
 
 
-SYSTEM = "usr/lib/systemd/systemd"  # what the initrd starts in the new root (switch-root with no init=)
+def system_paths(config: Config) -> list[str]:
+    """The subvolumes whose signs of an operating system check_bootable compares: the root, and the
+    blank its successor is made from."""
+    return [config.subvolume, *([config.blank] if config.from_blank else [])]
 
 
 def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> None:
-    """The root the run makes must hold the operating system if the old one does, and the machine
+    """The root the run makes must hold the operating system if the old one does and the machine
     starts it from there: an empty root (recreate), or a snapshot of a blank without it, does not come
     up, and deleting at boot the old one (the system) is gone with no copy. The installer refuses that
     setup; a config edited since (`mode` dropped, so recreate; another blank) reached the boot
     unchecked (a tester of settings changed between boots). Called only where the subvolume is the
-    root the machine boots; `elsewhere`: what starts the system from outside it (init= or mount.usr= on
-    the kernel command line, a /usr mounted on its own), which it does not judge. A root made from this
-    same blank is left as it is (what it holds of the system came since, not from the blank)."""
-    root = obs.get(config.subvolume)
-    if elsewhere is not None or root is None or not _holds_system(obs, config.subvolume, whole=False):
+    root the machine boots; `elsewhere`: what starts the system from outside it (sysroot.system_elsewhere),
+    which it does not judge; nor a root whose fstab mounts /usr (its usr/ is a hidden copy), nor one
+    it could not read. A blank whose fstab mounts /usr, and a root made from this same blank (what it
+    holds of the system came since), are left as they are."""
+    root, signs = obs.get(config.subvolume), obs.systems.get(config.subvolume)
+    if elsewhere is not None or root is None or signs is None or not signs.found or signs.usr_in_fstab:
         return
     if config.from_blank:
-        blank = obs.get(config.blank)
-        from_this_blank = bool(root.parent_uuid) and root.parent_uuid == blank.uuid if blank else False
-        if blank is None or _holds_system(obs, config.blank, whole=True) or from_this_blank:
+        blank, theirs = obs.get(config.blank), obs.systems.get(config.blank)
+        if blank is None or theirs is None or (theirs.found and theirs.whole) or theirs.usr_in_fstab:
+            return
+        if made_from(root, blank):
             return
         made = f"a snapshot of {names.shown(config.blank)}, which does not hold it"
     else:
@@ -815,21 +819,18 @@ def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> N
     raise Refused(
         f"{names.shown(config.subvolume)} holds the operating system (/{SYSTEM}, which the initrd starts after "
         f"the switch to the new root), and the new root would be {made}: the machine would not come up"
-        + ("" if config.keeping or not config.deletes_at_boot else ", and the old root with the system is deleted"),
-        f'mode = "snapshot" with a blank that holds the system (btrfs subvolume snapshot -r <top>/{config.subvolume} '
-        f"<top>/root-blank), or /usr and what must survive in subvolumes that are not replaced; a system started "
-        "from elsewhere: init= or mount.usr= on the kernel command line. Nothing was changed",
+        + ("" if config.keeping or not config.deletes_at_boot else ", and the old root, the system, would be deleted"),
+        f"set {config.spelt('mode')} to snapshot, with a blank that holds the system (from this root: btrfs "
+        f"subvolume snapshot -r <top>/{config.subvolume} <top>/{config.blank}, an existing {config.blank} renamed "
+        "or deleted first), or move /usr and what must survive to subvolumes that are not replaced; nothing was "
+        "changed",
         code="holds-system",
     )
 
 
-def _holds_system(obs: Observation, top: str, *, whole: bool) -> bool:
-    """`top` holds SYSTEM (as anything: a file, a link), every directory on the way a real one; `whole`:
-    none of them a subvolume of its own either (a snapshot of `top` would have an empty stand-in there)."""
-    ways = (Kind.DIRECTORY,) if whole else (Kind.DIRECTORY, Kind.SUBVOLUME)
-    path = f"{top}/{SYSTEM}"
-    on_the_way = names.prefixes(path)[len(names.prefixes(top)) : -1]
-    return obs.kind(path) is Kind.OTHER and all(obs.kind(p) in ways for p in on_the_way)
+def made_from(root: Examined, blank: Examined) -> bool:
+    """`root` is a snapshot of `blank` (its parent uuid is the blank's)."""
+    return bool(root.parent_uuid) and root.parent_uuid == blank.uuid
 
 
 def check_root_default(config: Config, options: tuple[str, ...], obs: Observation) -> None:

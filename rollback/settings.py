@@ -331,14 +331,13 @@ def resolve(file_layer: Layer, cmdline_layer: Layer, flag_layer: Layer, file_nam
         for label, layer, forced in layers:  # the file replaces even an extending setting's default
             if setting.name not in layer:
                 continue
-            value = layer[setting.name]
+            value = _canonical(setting, layer[setting.name], label)  # each layer's: a hint names where it was given
             if (forced or setting.merge) is Merge.EXTEND:
                 current = values[setting.name]
                 assert isinstance(current, tuple) and isinstance(value, tuple)
                 value = current + tuple(v for v in value if v not in current)
                 label = f"{sources[setting.name]} + {label}"
             values[setting.name], sources[setting.name] = value, label
-        values[setting.name] = _canonical(setting, values[setting.name], sources[setting.name])
     config = Config(**values, sources=sources)  # type: ignore[arg-type]
     validate(config)
     return config

@@ -43,6 +43,7 @@ from rollback.plan import (
     plan_run,
     plan_skip_next,
     prune_paths,
+    system_paths,
 )
 from rollback.settings import Config, as_dict, describe
 
@@ -90,7 +91,9 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
 
     for attempt in range(1, _READS + 1):
         try:
-            return btrfs.observe(top, paths_of_interest(config), holders(config), mounted, now, limits)
+            return btrfs.observe(
+                top, paths_of_interest(config), holders(config), mounted, now, limits, system_paths(config)
+            )
         except OSError as error:
             # something gone while it was read (the trash rmdir'd, quotas disabled by hand): read again,
             # not exit 1 "internal error" (found by a concurrency tester)

@@ -21,6 +21,7 @@ from rollback import names
 from rollback.effects import qgroups, refs
 from rollback.model import (
     SKIP_MARK,
+    SYSTEM,
     TOP_LEVEL_ID,
     Examined,
     Kind,
@@ -29,6 +30,7 @@ from rollback.model import (
     Mounts,
     Observation,
     Subvol,
+    SystemSigns,
     TreeSize,
 )
 from rollback.plan import (
@@ -51,6 +53,7 @@ _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # x86_64/arm64 (lon
 _PINNING = 0x10 | 0x20  # FS_IMMUTABLE_FL | FS_APPEND_FL
 _DIRS = (Kind.SUBVOLUME, Kind.DIRECTORY)
 _EMPTY_SUBVOL_DIR = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID: a placeholder's inode number
+_SUBVOLUME_TOP = 256  # BTRFS_FIRST_FREE_OBJECTID: every subvolume's top directory
 _FS_CODEC = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # os.fsdecode's, without its checks
 
 
@@ -296,6 +299,7 @@ def observe(
     mounted: Mounts,
     now: datetime,
     bounds: Bounds | None = None,
+    systems: Iterable[str] = (),
 ) -> Observation:
     """What the plan needs: every subvolume listed (with `bounds`, as list_bounded() bounds it, and the
     mounted and default ones wherever they are); examined (and checked for +i/+a) only the `paths` it
@@ -335,8 +339,52 @@ def observe(
         | frozenset(p for p in [SKIP_MARK] if mark_regular and _pinned_file(top / p)),
         top_read_only=btrfsutil.get_subvolume_read_only(str(top)),
         names_in={h: frozenset(os.listdir(top / h)) for h in holding},
+        systems={p: system_signs(top / p) for p in systems if kinds.get(p) is Kind.SUBVOLUME},
         now=now,
     )
+
+
+def system_signs(where: Path) -> SystemSigns | None:
+    """What the subvolume at `where` holds of an operating system (model.SystemSigns), looked up apart
+    from the observation's paths: an error here (a damaged directory in a root about to be replaced)
+    is None, not judged, never a refusal of its own. A link on the way is not followed: not found."""
+    try:
+        found, whole = _through_directories(where, SYSTEM)
+        fstab, _ = _through_directories(where, FSTAB)
+        return SystemSigns(found, whole, fstab and _mounts_usr(where / FSTAB))
+    except OSError:
+        return None
+
+
+FSTAB = "etc/fstab"
+
+
+def _through_directories(where: Path, path: str) -> tuple[bool, bool]:
+    """Whether `path` exists in `where` (as anything) with each directory on the way a real one, not a
+    link; and whether none of those is the top of a nested subvolume."""
+    parts, whole = path.split("/"), True
+    for depth in range(1, len(parts)):
+        try:
+            found = os.lstat(where.joinpath(*parts[:depth]))
+        except (FileNotFoundError, NotADirectoryError):
+            return False, whole
+        if not stat.S_ISDIR(found.st_mode):
+            return False, whole
+        whole = whole and found.st_ino != _SUBVOLUME_TOP
+    return os.path.lexists(where / path), whole
+
+
+def _mounts_usr(fstab: Path) -> bool:
+    """The fstab (a regular file, not followed if a link) has an entry mounting /usr."""
+    fd = os.open(fstab, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        text = os.read(fd, 1 << 16).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    entries = (line.split() for line in text.splitlines() if not line.lstrip().startswith("#"))
+    return any(len(fields) > 1 and fields[1].rstrip("/") == "/usr" for fields in entries)
 
 
 InUse = Callable[[], Mapping[int, str]]  # the subvolumes in use now (mounted, holding an active swap file): id -> where

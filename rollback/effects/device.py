@@ -276,6 +276,12 @@ def locked(
                 raise Refused(held, "another rollback is running; wait for it", code="locked")
             waiting(f"{held}: waiting for it")
             fcntl.flock(fds[0], fcntl.LOCK_EX)  # (a stop signal's handler interrupts it)
+            if probe(device) != fsid:  # a name (LABEL=) that leads to another filesystem after a long wait
+                raise Refused(
+                    f"{_named(device)} holds another filesystem than when this began waiting for its lock",
+                    "run it again (nothing was changed)",
+                    code="locked",
+                )
         if node:
             try:
                 fds.append(os.open(device, os.O_RDONLY | os.O_CLOEXEC))

@@ -6,10 +6,6 @@ initrd: None then. Options= set in a drop-in (sysroot.mount.d/*.conf) count, as 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from rollback.mountinfo import Mount
 
 # where systemd looks for the unit, first found wins: fstab's generator writes it to the normal generator
 # directory, gpt-auto's (root=gpt-auto, or no root=) to the late one, which anything before it overrides
@@ -68,24 +64,28 @@ def _read(path: str) -> str | None:
 
 def system_elsewhere(cmdline: str) -> str | None:
     """What starts the operating system from outside the root this filesystem's run replaces, as far as
-    can be seen (plan.check_bootable does not judge it): init=, mount.usr= or usrhash= on the kernel
-    command line; in the initrd, a sysroot-usr.mount (its generators write one for mount.usr= and for
-    the initrd's own fstab); on the running system, /usr mounted on its own. None: nothing seen."""
+    the boot can see before the root is mounted (plan.check_bootable does not judge it): on the kernel
+    command line (the settings' and the kernel's own, /proc/cmdline: these are systemd's words, read
+    even with --kernel-cmdline /dev/null or NixOS's kernelCommandLine = false) mount.usr= or usrhash=,
+    or an init= outside the system's own directories (NixOS's /nix/store/...; init=/usr/lib/systemd/systemd
+    is the root's); in the initrd, a sysroot-usr.mount (its generators write one for mount.usr= and the
+    initrd's own fstab). None: nothing seen. The running system's own /usr mount is not counted: the
+    boot does not see it (a root's fstab mounting /usr is, in the observation: model.SystemSigns)."""
     from rollback.cmdline import split_cmdline
+    from rollback.effects.device import read_kernel
     from rollback.sources import in_initrd
 
-    for word in split_cmdline(cmdline):
-        key, given, _ = word.partition("=")
-        if given and key in ("init", "mount.usr", "usrhash"):
-            return f"{key}= on the kernel command line"
+    for word in [*split_cmdline(cmdline), *split_cmdline(read_kernel("/proc/cmdline"))]:
+        key, _, value = word.partition("=")
+        if (key in ("mount.usr", "usrhash") and value) or (key == "init" and _outside_the_system(value)):
+            return f"{word} on the kernel command line"
     if in_initrd():
         found = next((f"{d}/sysroot-usr.mount" for d in UNIT_DIRS if os.path.exists(f"{d}/sysroot-usr.mount")), None)
         return None if found is None else f"{found} in the initrd"
-    return "/usr mounted on its own" if any(m.mount_point == "/usr" for m in _own_mounts()) else None
+    return None
 
 
-def _own_mounts() -> list[Mount]:
-    from rollback import mountinfo
-
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        return mountinfo.parse(table.read())
+def _outside_the_system(init: str) -> bool:
+    """An init= path that is not in the directories a root holding the system has it in."""
+    inside = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc")
+    return init.startswith("/") and not any(init == d or init.startswith(d + "/") for d in inside)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import btrfsutil
@@ -813,35 +814,87 @@ def test_a_device_gone_between_probe_and_lock_is_refused_not_internal(tmp_path: 
     assert caught.value.code == "no-device" and "cannot open" in caught.value.reason, caught.value.reason
 
 
-def _system_in_root(top: Path) -> None:
+def _system_in_root(top: Path, *, nested_usr: bool = False, fstab: bool = False) -> None:
+    if fstab:
+        _fstab(top, "root")
+    if nested_usr:  # /usr a subvolume of its own, nested in the root: it goes with the root
+        btrfsutil.create_subvolume(str(top / "root/usr"))
     (top / "root/usr/lib/systemd").mkdir(parents=True)
     (top / "root/usr/lib/systemd/systemd").write_text("the system manager\n")
 
 
+def _sysroot_unit(disk: Disk, tmp_path: Path) -> dict[str, str]:
+    """The environment of a run whose initrd boots `root` of this device (its sysroot.mount)."""
+    unit = tmp_path / "sysroot.mount"
+    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=/root,rw\n")
+    return {SYSROOT_UNIT_ENV: str(unit)}
+
+
 @pytest.mark.parametrize(
-    "flags",
-    [(), ("--cleanup", "after-boot"), ("--archive", "old"), ("--mode", "snapshot")],
-    ids=["recreate", "after-boot", "keep", "snapshot, a blank without it"],
+    ("flags", "nested_usr"),
+    [
+        ((), False),
+        (("--cleanup", "after-boot"), False),
+        (("--cleanup", "after-boot"), True),
+        (("--archive", "old"), False),
+        (("--mode", "snapshot"), False),
+    ],
+    ids=["recreate", "after-boot", "after-boot, usr nested", "keep", "snapshot, a blank without it"],
 )
 def test_a_root_holding_the_system_is_not_replaced_by_one_without_it(
-    disk: Disk, tmp_path: Path, flags: tuple[str, ...]
+    disk: Disk, tmp_path: Path, flags: tuple[str, ...], nested_usr: bool
 ) -> None:
     """The installer refuses a root holding the operating system in recreate mode; a config edited since
     (`mode` dropped, another blank) reached the boot, which made an empty root (the machine did not come
     up) and, deleting at boot, deleted the system (a tester of settings changed between boots). Refused
-    where the initrd boots this subvolume (its sysroot.mount), unless the system is started from
-    elsewhere (init= on the kernel command line: NixOS)."""
-    setup(disk, _system_in_root, blank=True)
-    unit = tmp_path / "sysroot.mount"
-    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=/root,rw\n")
-    before = disk.state()
-    result = disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)})
-    assert result.returncode == Exit.REFUSED and "reason=holds-system" in result.stderr, result.stderr
-    assert "would not come up" in result.stderr and disk.state() == before
+    where the initrd boots this subvolume (its sysroot.mount), an init= into the root's own /usr too,
+    unless the system is started from elsewhere (init= outside the root's directories: NixOS)."""
+    setup(disk, partial(_system_in_root, nested_usr=nested_usr), blank=True)
+    env = _sysroot_unit(disk, tmp_path)
     cmdline = tmp_path / "cmdline"
+    for words in ("quiet", "quiet init=/usr/lib/systemd/systemd"):
+        cmdline.write_text(words + "\n")
+        before = disk.state()
+        result = disk.rollback("run", *flags, env=env, cmdline=str(cmdline))
+        assert result.returncode == Exit.REFUSED and "reason=holds-system" in result.stderr, result.stderr
+        assert "would not come up" in result.stderr and disk.state() == before
     cmdline.write_text("quiet init=/nix/store/0000-nixos-system/init\n")
-    started = disk.rollback("run", *flags, env={SYSROOT_UNIT_ENV: str(unit)}, cmdline=str(cmdline))
+    started = disk.rollback("run", *flags, env=env, cmdline=str(cmdline))
     assert started.returncode == Exit.OK, started.stderr
+
+
+def _fstab(top: Path, subvolume: str) -> None:
+    (top / subvolume / "etc").mkdir(exist_ok=True)
+    (top / subvolume / "etc/fstab").write_text("# /usr from a subvolume of its own\nUUID=x /usr btrfs subvol=usr 0 0\n")
+
+
+def _blank_mounting_usr(top: Path) -> None:
+    _system_in_root(top)
+    btrfsutil.delete_subvolume(str(top / "root-blank"))
+    btrfsutil.create_subvolume(str(top / "root-blank"))
+    _fstab(top, "root-blank")
+    btrfsutil.set_subvolume_read_only(str(top / "root-blank"))
+
+
+@pytest.mark.parametrize(
+    ("change", "flags", "unit", "words"),
+    [
+        (_system_in_root, (), False, ""),  # the initrd does not boot this subvolume (no sysroot.mount)
+        (_system_in_root, (), True, "mount.usr=/dev/vdb1"),  # /usr from elsewhere
+        (partial(_system_in_root, fstab=True), (), True, ""),  # its usr/ a copy a mount hides
+        (_blank_mounting_usr, ("--mode", "snapshot"), True, ""),  # the new root mounts /usr
+    ],
+    ids=["no sysroot.mount", "mount.usr=", "the root's fstab mounts /usr", "the blank's fstab mounts /usr"],
+)
+def test_the_system_check_leaves_what_it_cannot_judge(
+    disk: Disk, tmp_path: Path, change: Callable[[Path], None], flags: tuple[str, ...], unit: bool, words: str
+) -> None:
+    setup(disk, change, blank=True)
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"quiet {words}\n")
+    env = _sysroot_unit(disk, tmp_path) if unit else {}
+    result = disk.rollback("run", *flags, env=env, cmdline=str(cmdline))
+    assert result.returncode == Exit.OK, result.stderr
 
 
 def test_a_blank_holding_the_system_makes_roots_that_boot(disk: Disk, tmp_path: Path) -> None:
@@ -851,10 +904,8 @@ def test_a_blank_holding_the_system_makes_roots_that_boot(disk: Disk, tmp_path: 
         btrfsutil.create_snapshot(str(top / "root"), str(top / "root-blank"), read_only=True)
 
     setup(disk, blank_with_system, blank=True)
-    unit = tmp_path / "sysroot.mount"
-    unit.write_text(f"[Mount]\nWhat={disk.device}\nWhere=/sysroot\nType=btrfs\nOptions=subvol=/root,rw\n")
     for _ in range(2):  # the first root a snapshot of the blank, the second too
-        result = disk.rollback("run", "--mode", "snapshot", env={SYSROOT_UNIT_ENV: str(unit)})
+        result = disk.rollback("run", "--mode", "snapshot", env=_sysroot_unit(disk, tmp_path))
         assert result.returncode == Exit.OK, result.stderr
     with disk.top(read_only=True) as top:
         assert (top / "root/usr/lib/systemd/systemd").read_text() == "the system manager\n"

@@ -606,18 +606,19 @@ def test_status_names_the_subvolume_booted_from_or_says_it_is_gone(booted: int, 
 
 @pytest.mark.parametrize(
     ("booted", "elsewhere", "refused"),
-    [("/", None, True), ("/", "init= on the kernel command line", False), ("/mnt", None, False)],
+    [("/", None, True), ("/", "init=/nix/store/x/init on the kernel command line", False), ("/mnt", None, False)],
 )
 def test_status_says_the_next_boot_refuses_a_root_without_the_system(
     booted: str, elsewhere: str | None, refused: bool
 ) -> None:
     """The running system's root holds the operating system and the settings make an empty root: the
     next boot refuses it (plan.check_bootable), and status says so where the root is the one booted."""
-    from rollback.plan import SYSTEM
+    from rollback.model import SystemSigns
     from rollback.report import status
     from tests.support.factory import config, observe
 
-    obs = observe(["root", "persist"], files=[f"root/{SYSTEM}"], mounted={"root": booted})
+    obs = observe(["root", "persist"], mounted={"root": booted})
+    obs = dataclasses.replace(obs, systems={"root": SystemSigns(found=True, whole=True, usr_in_fstab=False)})
     said = status(config(), obs, elsewhere=elsewhere)["next_boot_refused"]
     assert (said is not None and "reason holds-system" in said) is refused, said
 

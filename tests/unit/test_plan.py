@@ -10,9 +10,19 @@ from pathlib import Path
 import pytest
 
 from rollback.errors import Refused
-from rollback.model import SKIP_MARK, TRASH_DIR, Examined, Lineage, MarkFor, Observation, Quota, TreeSize
+from rollback.model import (
+    SKIP_MARK,
+    TRASH_DIR,
+    Examined,
+    Lineage,
+    MarkFor,
+    Observation,
+    Quota,
+    Subvol,
+    SystemSigns,
+    TreeSize,
+)
 from rollback.plan import (
-    SYSTEM,
     Commit,
     Create,
     Delete,
@@ -37,6 +47,7 @@ from rollback.plan import (
     prune_paths,
     put_back,
     room_from_root,
+    system_paths,
     undone_by_put_back,
 )
 from rollback.settings import resolve
@@ -1326,50 +1337,56 @@ def test_a_pinned_archived_root_still_vouches_for_the_roots_archived_after_it() 
 
 
 OS_ROOT: list[str | tuple[str, bool]] = [*LAYOUT, ("root-blank", True)]
+HOLDS, WITHOUT = SystemSigns(found=True, whole=True, usr_in_fstab=False), SystemSigns(False, True, False)
 
 
 @pytest.mark.parametrize(
-    ("flags", "files", "blank_made_root", "elsewhere", "refused"),
+    ("flags", "root", "blank", "blank_made_root", "elsewhere", "refused"),
     [
-        ({}, [f"root/{SYSTEM}"], False, None, True),  # recreate: an empty root where the system was
-        ({"archive": "old"}, [f"root/{SYSTEM}"], False, None, True),  # kept, but the new root is empty
-        ({}, [f"root/{SYSTEM}"], False, "init= on the kernel command line", False),  # started from elsewhere
-        ({}, [], False, None, False),  # no system in the root: an impermanence root (NixOS's)
-        ({}, ["root/usr"], False, None, False),  # a link or file on the way: not judged
-        ({"mode": "snapshot"}, [f"root/{SYSTEM}", f"root-blank/{SYSTEM}"], False, None, False),  # the blank has it
-        ({"mode": "snapshot"}, [f"root/{SYSTEM}"], False, None, True),  # another blank, without the system
-        ({"mode": "snapshot"}, [f"root/{SYSTEM}"], True, None, False),  # this blank's root: the system came since
+        ({}, HOLDS, None, False, None, True),  # recreate: an empty root where the system was
+        ({"archive": "old"}, HOLDS, None, False, None, True),  # kept, but the new root is empty
+        ({"cleanup": "after-boot"}, HOLDS, None, False, None, True),
+        ({}, HOLDS._replace(whole=False), None, False, None, True),  # its usr a nested subvolume: goes with it
+        ({}, HOLDS, None, False, "mount.usr=/dev/vda3 on the kernel command line", False),  # started from elsewhere
+        ({}, WITHOUT, None, False, None, False),  # no system in the root: an impermanence root (NixOS's)
+        ({}, HOLDS._replace(usr_in_fstab=True), None, False, None, False),  # its usr/ a copy hidden by a mount
+        ({}, None, None, False, None, False),  # not readable: not judged (a damaged root is replaced as ever)
+        ({"mode": "snapshot"}, HOLDS, HOLDS, False, None, False),  # the blank has it
+        ({"mode": "snapshot"}, HOLDS, WITHOUT, False, None, True),  # another blank, without the system
+        ({"mode": "snapshot"}, HOLDS, HOLDS._replace(whole=False), False, None, True),  # a snapshot leaves it out
+        ({"mode": "snapshot"}, HOLDS, WITHOUT._replace(usr_in_fstab=True), False, None, False),  # mounts it
+        ({"mode": "snapshot"}, HOLDS, WITHOUT, True, None, False),  # this blank's root: the system came since
     ],
 )
 def test_a_new_root_without_the_system_the_old_one_holds_is_refused(
-    flags: dict[str, str], files: list[str], blank_made_root: bool, elsewhere: str | None, refused: bool
+    flags: dict[str, str],
+    root: SystemSigns | None,
+    blank: SystemSigns | None,
+    blank_made_root: bool,
+    elsewhere: str | None,
+    refused: bool,
 ) -> None:
     """A config edited after the install (`mode` dropped: recreate; another blank) made the boot replace
     a root holding the operating system with an empty one: the machine did not come up, and deleting at
     boot the system was gone (a tester of settings changed between boots)."""
-    obs = observe(OS_ROOT, files=files)
+    obs = replace(observe(OS_ROOT), systems={"root": root, "root-blank": blank})
     if blank_made_root:
-        blank, root = obs.get("root-blank"), obs.get("root")
-        assert blank is not None and root is not None
-        made = replace(root, parent_uuid="b1")
-        obs = replace(
-            obs,
-            subvols=tuple(
-                made if s.path == "root" else replace(s, uuid="b1") if s is blank else s for s in obs.subvols
-            ),
-        )
+        obs = replace(obs, subvols=tuple(_with_uuids(s) for s in obs.subvols))
     settings = config(**flags)
-    assert f"root/{SYSTEM}" in paths_of_interest(settings)
+    assert system_paths(settings) == ["root", *(["root-blank"] if settings.from_blank else [])]
     if not refused:
         check_bootable(settings, obs, elsewhere)
         return
     with pytest.raises(Refused) as raised:
         check_bootable(settings, obs, elsewhere)
     assert raised.value.code == "holds-system" and "would not come up" in raised.value.reason
+    deleted = ", and the old root, the system, would be deleted"
+    assert (deleted in raised.value.reason) is (settings.deletes_at_boot and not settings.keeping)
+    assert raised.value.hint is not None and "<top>/root-blank, an existing root-blank renamed" in raised.value.hint
 
 
-def test_a_blank_holding_the_system_in_a_subvolume_of_its_own_does_not_count() -> None:
-    """A snapshot does not take a nested subvolume: a blank whose /usr is one makes roots without it."""
-    obs = observe([*OS_ROOT, "root-blank/usr"], files=[f"root/{SYSTEM}", f"root-blank/{SYSTEM}"])
-    with pytest.raises(Refused, match="a snapshot of 'root-blank', which does not hold it"):
-        check_bootable(config(mode="snapshot"), obs, None)
+def _with_uuids(found: Subvol) -> Subvol:
+    """The blank (uuid b1) and the root made from it."""
+    if isinstance(found, Examined) and found.path in ("root", "root-blank"):
+        return replace(found, uuid="b1") if found.path == "root-blank" else replace(found, parent_uuid="b1")
+    return found

@@ -373,3 +373,11 @@ def test_a_bad_value_s_hint_names_the_setting_where_it_was_given(
     assert raised.value.code == reason
     assert raised.value.hint is not None and named.format(key=setting) in raised.value.hint, raised.value.hint
     assert (where == "flag") == ("--" in raised.value.hint), raised.value.hint
+
+
+def test_a_bad_name_in_a_list_is_named_where_it_was_given() -> None:
+    """protect = ["a/../b"] in the file with rollback.protect=srv on the kernel command line: the hint
+    sent the user to the kernel command line, where the extended list's last part came from (a reviewer)."""
+    with pytest.raises(ConfigError) as raised:
+        resolve({"protect": ("a/../b",)}, {"protect": ("srv",)}, {}, "/etc/rollback.toml")
+    assert raised.value.hint == "fix protect in /etc/rollback.toml", raised.value.hint
