@@ -97,10 +97,11 @@ SYSTEM = "usr/lib/systemd/systemd"  # what the initrd starts in the new root (sw
 
 class SystemSigns(NamedTuple):
     """What a subvolume holds of an operating system (plan.check_bootable): SYSTEM, found through real
-    directories; whether none of them is a subvolume of its own (a snapshot would leave it out); and
-    whether its etc/fstab mounts /usr from elsewhere (so its own usr/ is not what boots)."""
+    directories (None: cannot tell, a link or a file on the way); whether none of them is a subvolume
+    of its own (a snapshot would leave it out); and whether its etc/fstab mounts /usr from a device
+    (not a bind of a path), so its own usr/ is not what boots."""
 
-    found: bool
+    found: bool | None
     whole: bool
     usr_in_fstab: bool
 

@@ -801,29 +801,41 @@ def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> N
     setup; a config edited since (`mode` dropped, so recreate; another blank) reached the boot
     unchecked (a tester of settings changed between boots). Called only where the subvolume is the
     root the machine boots; `elsewhere`: what starts the system from outside it (sysroot.system_elsewhere),
-    which it does not judge; nor a root whose fstab mounts /usr (its usr/ is a hidden copy), nor one
-    it could not read. A blank whose fstab mounts /usr, and a root made from this same blank (what it
-    holds of the system came since), are left as they are."""
+    which it does not judge; nor a root whose fstab mounts /usr from a device (its usr/ a hidden copy;
+    not where that usr/ is a subvolume nested in the root, which goes with it), nor what it could not
+    read. A blank whose fstab mounts /usr, one it cannot tell of, and a root made from this same blank
+    (what it holds of the system came since) are left as they are."""
     root, signs = obs.get(config.subvolume), obs.systems.get(config.subvolume)
-    if elsewhere is not None or root is None or signs is None or not signs.found or signs.usr_in_fstab:
+    if elsewhere is not None or root is None or signs is None or not signs.found:
+        return
+    if signs.usr_in_fstab and signs.whole:
         return
     if config.from_blank:
         blank, theirs = obs.get(config.blank), obs.systems.get(config.blank)
-        if blank is None or theirs is None or (theirs.found and theirs.whole) or theirs.usr_in_fstab:
+        if blank is None or theirs is None or theirs.found is None or theirs.usr_in_fstab or made_from(root, blank):
             return
-        if made_from(root, blank):
+        if theirs.found and theirs.whole:
             return
-        made = f"a snapshot of {names.shown(config.blank)}, which does not hold it"
+        nested = " (only in a subvolume nested in it, which a snapshot leaves out)" if theirs.found else ""
+        made = f"a snapshot of {names.shown(config.blank)}, which does not hold it{nested}"
+        fix = (
+            f"make {names.shown(config.blank)} hold the system (from this root: btrfs subvolume snapshot -r "
+            f"<top>/{config.subvolume} <top>/{config.blank}, the old one renamed or deleted first), or set "
+            f"{config.spelt('blank')} to one that does"
+        )
     else:
         made = "an empty subvolume (mode recreate)"
+        fix = (
+            f"set {config.spelt('mode')} to snapshot, with a blank that holds the system (from this root: btrfs "
+            f"subvolume snapshot -r <top>/{config.subvolume} <top>/{config.blank})"
+        )
     raise Refused(
         f"{names.shown(config.subvolume)} holds the operating system (/{SYSTEM}, which the initrd starts after "
         f"the switch to the new root), and the new root would be {made}: the machine would not come up"
         + ("" if config.keeping or not config.deletes_at_boot else ", and the old root, the system, would be deleted"),
-        f"set {config.spelt('mode')} to snapshot, with a blank that holds the system (from this root: btrfs "
-        f"subvolume snapshot -r <top>/{config.subvolume} <top>/{config.blank}, an existing {config.blank} renamed "
-        "or deleted first), or move /usr and what must survive to subvolumes that are not replaced; nothing was "
-        "changed",
+        f"{fix}; or move /usr and what must survive to subvolumes that are not replaced. The initrd holds a copy "
+        "of /etc/rollback.toml: dracut --force after editing it. Meanwhile rollback.skip on the kernel command "
+        "line boots this root as it is; nothing was changed",
         code="holds-system",
     )
 

@@ -79,7 +79,8 @@ REASONS: dict[str, Reason] = {
     "holds-system": _refused(
         "the root holds the operating system (/usr/lib/systemd/systemd) and the new root would not: empty (recreate), "
         "or a snapshot of a blank without it",
-        'mode = "snapshot" with a blank holding the system, or /usr out of the root',
+        'mode = "snapshot" with a blank holding the system, or /usr out of the root; dracut --force; meanwhile '
+        "rollback.skip",
     ),
     "root-options": _refused(
         "the initrd mounts the root by subvolume id, as the default subvolume, or from another subvolume than the "

@@ -403,6 +403,19 @@ def _refuse_a_label_for_two(config: Config, what: str, theirs: str) -> None:
         )
 
 
+def _kernels_cmdline() -> str:
+    """The kernel's own command line (systemd's words, read whatever --kernel-cmdline names)."""
+    from rollback.effects import device
+
+    return device.read_kernel(os.environ.get(PROC_CMDLINE_ENV, "/proc/cmdline"))
+
+
+def _system_elsewhere(cmdline: str) -> str | None:
+    from rollback.effects import sysroot
+
+    return sysroot.system_elsewhere((cmdline, _kernels_cmdline()))
+
+
 def _check_hibernation(config: Config, cmdline: str) -> None:
     """Refuse while a hibernation image waits: mounting that filesystem now would corrupt it."""
     from rollback import hibernation
@@ -410,7 +423,7 @@ def _check_hibernation(config: Config, cmdline: str) -> None:
 
     if config.ignore_hibernation:
         return
-    kernel = device.read_kernel(os.environ.get(PROC_CMDLINE_ENV, "/proc/cmdline"))
+    kernel = _kernels_cmdline()
     sysfs = device.read_kernel("/sys/power/resume"), device.read_kernel("/sys/power/resume_offset")
     for where, offset in hibernation.resume_locations((cmdline, kernel), *sysfs):
         hint = "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation"
@@ -572,9 +585,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
             check_root_default(config, root_options, obs)
         plan = plan_run(config, obs, bare=bare)
         if root_options is not None and not plan.skipped:  # the machine boots this subvolume
-            from rollback.effects import sysroot
-
-            check_bootable(config, obs, sysroot.system_elsewhere(cmdline))
+            check_bootable(config, obs, _system_elsewhere(cmdline))
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:
@@ -720,12 +731,12 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
 
 
 def status(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
-    from rollback.effects import device, sysroot
+    from rollback.effects import device
 
     with _observed(config, lock=False) as (top, obs, _unlock):
         fsid = device.probe(config.require_device())
         missing = device.missing_members(fsid)  # while mounted
-        elsewhere = sysroot.system_elsewhere(cmdline)
+        elsewhere = _system_elsewhere(cmdline)
         found = report.status(config, obs, missing, device.read_only_members(str(top)), device.uuid(fsid), elsewhere)
     _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK

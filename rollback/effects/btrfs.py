@@ -347,11 +347,11 @@ def observe(
 def system_signs(where: Path) -> SystemSigns | None:
     """What the subvolume at `where` holds of an operating system (model.SystemSigns), looked up apart
     from the observation's paths: an error here (a damaged directory in a root about to be replaced)
-    is None, not judged, never a refusal of its own. A link on the way is not followed: not found."""
+    is None, not judged, never a refusal of its own. A link on the way is not followed."""
     try:
         found, whole = _through_directories(where, SYSTEM)
         fstab, _ = _through_directories(where, FSTAB)
-        return SystemSigns(found, whole, fstab and _mounts_usr(where / FSTAB))
+        return SystemSigns(found, whole, bool(fstab) and _mounts_usr(where / FSTAB))
     except OSError:
         return None
 
@@ -359,32 +359,36 @@ def system_signs(where: Path) -> SystemSigns | None:
 FSTAB = "etc/fstab"
 
 
-def _through_directories(where: Path, path: str) -> tuple[bool, bool]:
-    """Whether `path` exists in `where` (as anything) with each directory on the way a real one, not a
-    link; and whether none of those is the top of a nested subvolume."""
+def _through_directories(where: Path, path: str) -> tuple[bool | None, bool]:
+    """Whether `path` exists in `where` (as anything), each directory on the way a real one (None: a
+    link or a file on the way, cannot tell); and whether none of those is a nested subvolume's top."""
     parts, whole = path.split("/"), True
     for depth in range(1, len(parts)):
         try:
             found = os.lstat(where.joinpath(*parts[:depth]))
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return False, whole
         if not stat.S_ISDIR(found.st_mode):
-            return False, whole
+            return None, whole
         whole = whole and found.st_ino != _SUBVOLUME_TOP
     return os.path.lexists(where / path), whole
 
 
 def _mounts_usr(fstab: Path) -> bool:
-    """The fstab (a regular file, not followed if a link) has an entry mounting /usr."""
+    """The fstab (a regular file, not a link) has an entry mounting a device's filesystem on /usr (a bind
+    of a path, `none` or `bind`, mounts what the root itself holds)."""
+    if not stat.S_ISREG(os.lstat(fstab).st_mode):
+        return False
     fd = os.open(fstab, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
         text = os.read(fd, 1 << 16).decode("utf-8", "replace")
     finally:
         os.close(fd)
-    entries = (line.split() for line in text.splitlines() if not line.lstrip().startswith("#"))
-    return any(len(fields) > 1 and fields[1].rstrip("/") == "/usr" for fields in entries)
+    entries = [line.split() for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return any(
+        len(fields) > 3 and fields[1].rstrip("/") == "/usr" and fields[2] != "none" and "bind" not in fields[3]
+        for fields in entries
+    )
 
 
 InUse = Callable[[], Mapping[int, str]]  # the subvolumes in use now (mounted, holding an active swap file): id -> where

@@ -62,30 +62,52 @@ def _read(path: str) -> str | None:
         return None
 
 
-def system_elsewhere(cmdline: str) -> str | None:
+def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
     """What starts the operating system from outside the root this filesystem's run replaces, as far as
-    the boot can see before the root is mounted (plan.check_bootable does not judge it): on the kernel
-    command line (the settings' and the kernel's own, /proc/cmdline: these are systemd's words, read
-    even with --kernel-cmdline /dev/null or NixOS's kernelCommandLine = false) mount.usr= or usrhash=,
-    or an init= outside the system's own directories (NixOS's /nix/store/...; init=/usr/lib/systemd/systemd
-    is the root's); in the initrd, a sysroot-usr.mount (its generators write one for mount.usr= and the
-    initrd's own fstab). None: nothing seen. The running system's own /usr mount is not counted: the
-    boot does not see it (a root's fstab mounting /usr is, in the observation: model.SystemSigns)."""
+    the boot can see before the root is mounted (plan.check_bootable does not judge it): on the settings'
+    or the kernel's own command line (`cmdlines`: systemd's words, read even with --kernel-cmdline
+    /dev/null or NixOS's kernelCommandLine = false) a mount.usr*= or usrhash= word, a
+    systemd.mount-extra= for /usr, or an init= outside the system's own directories (NixOS's
+    /nix/store/...; init=/usr/lib/systemd/systemd is the root's); in the initrd, a sysroot-usr.mount
+    (its generators write one for those words, gpt-auto's usr partition and the initrd's own fstab);
+    on the running system, a /usr mount that is not an overlay (systemd-sysext's): made in the initrd,
+    which then sees its source too. None: nothing seen. (A root's own fstab mounting /usr is in the
+    observation: model.SystemSigns.)"""
     from rollback.cmdline import split_cmdline
-    from rollback.effects.device import read_kernel
     from rollback.sources import in_initrd
 
-    for word in [*split_cmdline(cmdline), *split_cmdline(read_kernel("/proc/cmdline"))]:
+    for word in [w for text in cmdlines for w in split_cmdline(text)]:
         key, _, value = word.partition("=")
-        if (key in ("mount.usr", "usrhash") and value) or (key == "init" and _outside_the_system(value)):
+        usr = key.startswith("mount.usr") or key == "usrhash" or (key == "systemd.mount-extra" and _mounts_usr(value))
+        if (usr and value) or (key == "init" and _outside_the_system(value)):
             return f"{word} on the kernel command line"
-    if in_initrd():
-        found = next((f"{d}/sysroot-usr.mount" for d in UNIT_DIRS if os.path.exists(f"{d}/sysroot-usr.mount")), None)
+    env = os.environ.get(SYSROOT_UNIT_ENV)
+    if env or in_initrd():
+        units = [f"{d}/sysroot-usr.mount" for d in ([os.path.dirname(env)] if env else UNIT_DIRS)]
+        found = next((unit for unit in units if os.path.exists(unit)), None)
         return None if found is None else f"{found} in the initrd"
-    return None
+    return "/usr mounted on its own" if _usr_mounted() else None
+
+
+def _mounts_usr(extra: str) -> bool:
+    """systemd.mount-extra=WHAT:WHERE[:TYPE[:OPTIONS]] mounts /usr."""
+    fields = extra.split(":")
+    return len(fields) > 1 and fields[1].rstrip("/") == "/usr"
 
 
 def _outside_the_system(init: str) -> bool:
     """An init= path that is not in the directories a root holding the system has it in."""
     inside = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc")
     return init.startswith("/") and not any(init == d or init.startswith(d + "/") for d in inside)
+
+
+def _usr_mounted() -> bool:
+    """/usr is a mount of its own here, not an overlay (systemd-sysext's extensions over the root's)."""
+    from rollback import mountinfo
+
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            mounts = mountinfo.parse(table.read())
+    except OSError:
+        return False
+    return any(m.mount_point == "/usr" and m.fstype != "overlay" for m in mounts)

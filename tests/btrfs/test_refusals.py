@@ -831,25 +831,33 @@ def _sysroot_unit(disk: Disk, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("flags", "nested_usr"),
+    ("flags", "nested_usr", "fstab"),
     [
-        ((), False),
-        (("--cleanup", "after-boot"), False),
-        (("--cleanup", "after-boot"), True),
-        (("--archive", "old"), False),
-        (("--mode", "snapshot"), False),
+        ((), False, False),
+        (("--cleanup", "after-boot"), False, False),
+        (("--cleanup", "after-boot"), True, False),
+        ((), True, True),  # its fstab mounts /usr: its own nested subvolume, which goes with it
+        (("--archive", "old"), False, False),
+        (("--mode", "snapshot"), False, False),
     ],
-    ids=["recreate", "after-boot", "after-boot, usr nested", "keep", "snapshot, a blank without it"],
+    ids=[
+        "recreate",
+        "after-boot",
+        "after-boot, usr nested",
+        "usr nested, in its fstab",
+        "keep",
+        "snapshot, a blank without it",
+    ],
 )
 def test_a_root_holding_the_system_is_not_replaced_by_one_without_it(
-    disk: Disk, tmp_path: Path, flags: tuple[str, ...], nested_usr: bool
+    disk: Disk, tmp_path: Path, flags: tuple[str, ...], nested_usr: bool, fstab: bool
 ) -> None:
     """The installer refuses a root holding the operating system in recreate mode; a config edited since
     (`mode` dropped, another blank) reached the boot, which made an empty root (the machine did not come
     up) and, deleting at boot, deleted the system (a tester of settings changed between boots). Refused
     where the initrd boots this subvolume (its sysroot.mount), an init= into the root's own /usr too,
     unless the system is started from elsewhere (init= outside the root's directories: NixOS)."""
-    setup(disk, partial(_system_in_root, nested_usr=nested_usr), blank=True)
+    setup(disk, partial(_system_in_root, nested_usr=nested_usr, fstab=fstab), blank=True)
     env = _sysroot_unit(disk, tmp_path)
     cmdline = tmp_path / "cmdline"
     for words in ("quiet", "quiet init=/usr/lib/systemd/systemd"):
@@ -881,18 +889,27 @@ def _blank_mounting_usr(top: Path) -> None:
     [
         (_system_in_root, (), False, ""),  # the initrd does not boot this subvolume (no sysroot.mount)
         (_system_in_root, (), True, "mount.usr=/dev/vdb1"),  # /usr from elsewhere
+        (_system_in_root, (), "usr", ""),  # the initrd mounts /usr itself (sysroot-usr.mount)
         (partial(_system_in_root, fstab=True), (), True, ""),  # its usr/ a copy a mount hides
         (_blank_mounting_usr, ("--mode", "snapshot"), True, ""),  # the new root mounts /usr
     ],
-    ids=["no sysroot.mount", "mount.usr=", "the root's fstab mounts /usr", "the blank's fstab mounts /usr"],
+    ids=[
+        "no sysroot.mount",
+        "mount.usr=",
+        "sysroot-usr.mount",
+        "the root's fstab mounts /usr",
+        "the blank's fstab mounts /usr",
+    ],
 )
 def test_the_system_check_leaves_what_it_cannot_judge(
-    disk: Disk, tmp_path: Path, change: Callable[[Path], None], flags: tuple[str, ...], unit: bool, words: str
+    disk: Disk, tmp_path: Path, change: Callable[[Path], None], flags: tuple[str, ...], unit: bool | str, words: str
 ) -> None:
     setup(disk, change, blank=True)
     cmdline = tmp_path / "cmdline"
     cmdline.write_text(f"quiet {words}\n")
     env = _sysroot_unit(disk, tmp_path) if unit else {}
+    if unit == "usr":
+        (tmp_path / "sysroot-usr.mount").write_text("[Mount]\nWhat=/dev/vdb1\nWhere=/sysroot/usr\n")
     result = disk.rollback("run", *flags, env=env, cmdline=str(cmdline))
     assert result.returncode == Exit.OK, result.stderr
 

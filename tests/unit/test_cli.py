@@ -605,6 +605,37 @@ def test_status_names_the_subvolume_booted_from_or_says_it_is_gone(booted: int, 
 
 
 @pytest.mark.parametrize(
+    ("words", "unit", "said"),
+    [
+        ("quiet", False, None),
+        ("init=/usr/lib/systemd/systemd", False, None),  # the root's own: judged
+        ("init=/sbin/init init=", False, None),
+        ("init=/nix/store/abc-nixos-system/init", False, "init=/nix/store/abc-nixos-system/init on the kernel"),
+        ("mount.usr=/dev/vda3", False, "mount.usr=/dev/vda3 on the kernel command line"),
+        ("mount.usrflags=subvol=@usr", False, "mount.usrflags=subvol=@usr on the kernel command line"),
+        ("usrhash=0123abcd", False, "usrhash=0123abcd on the kernel command line"),
+        ("systemd.mount-extra=LABEL=usr:/usr:btrfs", False, "systemd.mount-extra=LABEL=usr:/usr:btrfs on"),
+        ("systemd.mount-extra=LABEL=srv:/srv", False, None),
+        ("rdinit=/process_api", False, None),
+        ("quiet", True, "sysroot-usr.mount in the initrd"),
+    ],
+)
+def test_what_starts_the_system_from_outside_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, words: str, unit: bool, said: str | None
+) -> None:
+    """plan.check_bootable does not judge a system started from elsewhere; init= only outside the root's
+    own system directories (a reviewer: init=/usr/lib/systemd/systemd is the root's)."""
+    from rollback.effects import sysroot
+
+    (tmp_path / "sysroot.mount").write_text("[Mount]\n")  # as the test hook names the initrd's units
+    if unit:
+        (tmp_path / "sysroot-usr.mount").write_text("[Mount]\n")
+    monkeypatch.setenv(sysroot.SYSROOT_UNIT_ENV, str(tmp_path / "sysroot.mount"))
+    found = sysroot.system_elsewhere(("", words))
+    assert (found is None) if said is None else (found is not None and said in found), found
+
+
+@pytest.mark.parametrize(
     ("booted", "elsewhere", "refused"),
     [("/", None, True), ("/", "init=/nix/store/x/init on the kernel command line", False), ("/mnt", None, False)],
 )

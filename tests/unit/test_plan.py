@@ -1350,11 +1350,14 @@ HOLDS, WITHOUT = SystemSigns(found=True, whole=True, usr_in_fstab=False), System
         ({}, HOLDS, None, False, "mount.usr=/dev/vda3 on the kernel command line", False),  # started from elsewhere
         ({}, WITHOUT, None, False, None, False),  # no system in the root: an impermanence root (NixOS's)
         ({}, HOLDS._replace(usr_in_fstab=True), None, False, None, False),  # its usr/ a copy hidden by a mount
+        ({}, HOLDS._replace(usr_in_fstab=True, whole=False), None, False, None, True),  # mounts its own nested usr
+        ({}, HOLDS._replace(found=None), None, False, None, False),  # a link on the way: cannot tell
         ({}, None, None, False, None, False),  # not readable: not judged (a damaged root is replaced as ever)
         ({"mode": "snapshot"}, HOLDS, HOLDS, False, None, False),  # the blank has it
         ({"mode": "snapshot"}, HOLDS, WITHOUT, False, None, True),  # another blank, without the system
         ({"mode": "snapshot"}, HOLDS, HOLDS._replace(whole=False), False, None, True),  # a snapshot leaves it out
         ({"mode": "snapshot"}, HOLDS, WITHOUT._replace(usr_in_fstab=True), False, None, False),  # mounts it
+        ({"mode": "snapshot"}, HOLDS, WITHOUT._replace(found=None), False, None, False),  # usr a link: cannot tell
         ({"mode": "snapshot"}, HOLDS, WITHOUT, True, None, False),  # this blank's root: the system came since
     ],
 )
@@ -1382,7 +1385,9 @@ def test_a_new_root_without_the_system_the_old_one_holds_is_refused(
     assert raised.value.code == "holds-system" and "would not come up" in raised.value.reason
     deleted = ", and the old root, the system, would be deleted"
     assert (deleted in raised.value.reason) is (settings.deletes_at_boot and not settings.keeping)
-    assert raised.value.hint is not None and "<top>/root-blank, an existing root-blank renamed" in raised.value.hint
+    hint = raised.value.hint
+    assert hint is not None and "snapshot -r <top>/root <top>/root-blank" in hint and "rollback.skip" in hint
+    assert ("set the mode setting (its default now) to snapshot" in hint) is (not settings.from_blank), hint
 
 
 def _with_uuids(found: Subvol) -> Subvol:
