@@ -78,7 +78,11 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
 
     for word in [w for text in cmdlines for w in split_cmdline(text)]:
         key, _, value = word.partition("=")
-        usr = key.startswith("mount.usr") or key == "usrhash" or (key == "systemd.mount-extra" and _mounts_usr(value))
+        usr = (
+            key.startswith("mount.usr")
+            or key == "usrhash"
+            or (key == "systemd.mount-extra" and _extra_mounts_usr(value))
+        )
         if (usr and value) or (key == "init" and _outside_the_system(value)):
             return f"{word} on the kernel command line"
     env = os.environ.get(SYSROOT_UNIT_ENV)
@@ -89,7 +93,7 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
     return "/usr mounted on its own" if _usr_mounted() else None
 
 
-def _mounts_usr(extra: str) -> bool:
+def _extra_mounts_usr(extra: str) -> bool:
     """systemd.mount-extra=WHAT:WHERE[:TYPE[:OPTIONS]] mounts /usr."""
     fields = extra.split(":")
     return len(fields) > 1 and fields[1].rstrip("/") == "/usr"
