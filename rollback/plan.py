@@ -795,26 +795,20 @@ def system_paths(config: Config) -> list[str]:
 
 
 def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> None:
-    """The root the run makes must hold the operating system if the old one does and the machine
-    starts it from there: an empty root (recreate), or a snapshot of a blank without it, does not come
-    up, and deleting at boot the old one (the system) is gone with no copy. The installer refuses that
-    setup; a config edited since (`mode` dropped, so recreate; another blank) reached the boot
-    unchecked (a tester of settings changed between boots). Called only where the subvolume is the
-    root the machine boots; `elsewhere`: what starts the system from outside it (sysroot.system_elsewhere),
-    which it does not judge; nor a root whose fstab mounts /usr from a device (its usr/ a hidden copy;
-    not where that usr/ is a subvolume nested in the root, which goes with it), nor what it could not
-    read. A blank whose fstab mounts /usr, one it cannot tell of, and a root made from this same blank
-    (what it holds of the system came since) are left as they are."""
+    """The root the run makes must boot if the old one does: the old root holds the operating system
+    (SYSTEM) or mounts it (its etc/fstab mounting /usr, which the initrd reads from the new root), and an
+    empty root (recreate), or a snapshot of a blank with neither, does not come up; deleting the old
+    one (the system, or the fstab that finds it) leaves no copy. The installer refuses that setup; a
+    config edited since (`mode` dropped, so recreate; another blank) reached the boot unchecked (a
+    tester of settings changed between boots). Called only where the subvolume is the root the machine
+    boots; `elsewhere`: what starts the system from outside it (sysroot.system_elsewhere), which it does
+    not judge; nor what it could not read or tell (a link on the way)."""
     root, signs = obs.get(config.subvolume), obs.systems.get(config.subvolume)
-    if elsewhere is not None or root is None or signs is None or not signs.found:
-        return
-    if signs.usr_in_fstab and signs.whole:
+    if elsewhere is not None or root is None or signs is None or not (signs.found or signs.usr_in_fstab):
         return
     if config.from_blank:
-        blank, theirs = obs.get(config.blank), obs.systems.get(config.blank)
-        if blank is None or theirs is None or theirs.found is None or theirs.usr_in_fstab or made_from(root, blank):
-            return
-        if theirs.found and theirs.whole:
+        theirs = obs.systems.get(config.blank)
+        if theirs is None or theirs.found is None or (theirs.found and theirs.whole) or theirs.usr_in_fstab:
             return
         nested = " (only in a subvolume nested in it, which a snapshot leaves out)" if theirs.found else ""
         made = f"a snapshot of {names.shown(config.blank)}, which does not hold it{nested}"
@@ -829,13 +823,16 @@ def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> N
             f"set {config.spelt('mode')} to snapshot, with a blank that holds the system (from this root: btrfs "
             f"subvolume snapshot -r <top>/{config.subvolume} <top>/{config.blank})"
         )
+    held = (
+        f"holds the operating system (/{SYSTEM})" if signs.found else "mounts the operating system's /usr (etc/fstab)"
+    )
     raise Refused(
-        f"{names.shown(config.subvolume)} holds the operating system (/{SYSTEM}, which the initrd starts after "
-        f"the switch to the new root), and the new root would be {made}: the machine would not come up"
-        + ("" if config.keeping or not config.deletes_at_boot else ", and the old root, the system, would be deleted"),
-        f"{fix}; or move /usr and what must survive to subvolumes that are not replaced. The initrd holds a copy "
-        "of /etc/rollback.toml: dracut --force after editing it. Meanwhile rollback.skip on the kernel command "
-        "line boots this root as it is; nothing was changed",
+        f"{names.shown(config.subvolume)} {held}, which the initrd finds in the new root after the switch to it, "
+        f"and the new root would be {made}: the machine would not come up"
+        + ("" if config.keeping else ", and the old root, the system, would be deleted"),
+        f"{fix}; or have the initrd mount /usr (mount.usr= on the kernel command line, or the initrd's own "
+        "fstab). The initrd holds a copy of /etc/rollback.toml: dracut --force after editing it. Meanwhile "
+        "rollback.skip on the kernel command line boots this root as it is; nothing was changed",
         code="holds-system",
     )
 

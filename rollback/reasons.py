@@ -77,10 +77,10 @@ REASONS: dict[str, Reason] = {
     "hibernated": _refused("a hibernation image waits on the resume device", "resume it, or --ignore-hibernation"),
     "resume-unreadable": _refused("the resume device cannot be read", "fix resume= or --ignore-hibernation"),
     "holds-system": _refused(
-        "the root holds the operating system (/usr/lib/systemd/systemd) and the new root would not: empty (recreate), "
-        "or a snapshot of a blank without it",
-        'mode = "snapshot" with a blank holding the system, or /usr out of the root; dracut --force; meanwhile '
-        "rollback.skip",
+        "the root holds the operating system (/usr/lib/systemd/systemd) or mounts its /usr (fstab), and the new root "
+        "would not: empty (recreate), or a snapshot of a blank without it",
+        'mode = "snapshot" with a blank holding the system, or /usr mounted by the initrd (mount.usr=); dracut '
+        "--force; meanwhile rollback.skip",
     ),
     "root-options": _refused(
         "the initrd mounts the root by subvolume id, as the default subvolume, or from another subvolume than the "

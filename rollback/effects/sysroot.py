@@ -6,6 +6,10 @@ initrd: None then. Options= set in a drop-in (sysroot.mount.d/*.conf) count, as 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rollback.mountinfo import Mount
 
 # where systemd looks for the unit, first found wins: fstab's generator writes it to the normal generator
 # directory, gpt-auto's (root=gpt-auto, or no root=) to the late one, which anything before it overrides
@@ -106,12 +110,20 @@ def _outside_the_system(init: str) -> bool:
 
 
 def _usr_mounted() -> bool:
-    """/usr is a mount of its own here, not an overlay (systemd-sysext's extensions over the root's)."""
+    """/usr is a mount of its own here: not an overlay (systemd-sysext's extensions over the root's), nor
+    a bind of the root's own usr/ (`/usr /usr none bind,ro`, a unit's ProtectSystem=), which the boot
+    does not count either (a tester: status said the next boot goes on, and it refused)."""
     from rollback import mountinfo
 
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-            mounts = mountinfo.parse(table.read())
+            return usr_apart(mountinfo.parse(table.read()))
     except OSError:
         return False
-    return any(m.mount_point == "/usr" and m.fstype != "overlay" for m in mounts)
+
+
+def usr_apart(mounts: list[Mount]) -> bool:
+    """_usr_mounted()'s answer for this mount table."""
+    root = next((m for m in mounts if m.mount_point == "/"), None)
+    own = None if root is None else (root.dev, root.root.rstrip("/") + "/usr")
+    return any(m.mount_point == "/usr" and m.fstype != "overlay" and (m.dev, m.root) != own for m in mounts)

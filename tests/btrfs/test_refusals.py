@@ -837,6 +837,7 @@ def _sysroot_unit(disk: Disk, tmp_path: Path) -> dict[str, str]:
         (("--cleanup", "after-boot"), False, False),
         (("--cleanup", "after-boot"), True, False),
         ((), True, True),  # its fstab mounts /usr: its own nested subvolume, which goes with it
+        ((), False, True),  # its fstab mounts /usr, which the empty new root would not
         (("--archive", "old"), False, False),
         (("--mode", "snapshot"), False, False),
     ],
@@ -845,6 +846,7 @@ def _sysroot_unit(disk: Disk, tmp_path: Path) -> dict[str, str]:
         "after-boot",
         "after-boot, usr nested",
         "usr nested, in its fstab",
+        "usr in its fstab",
         "keep",
         "snapshot, a blank without it",
     ],
@@ -890,14 +892,12 @@ def _blank_mounting_usr(top: Path) -> None:
         (_system_in_root, (), False, ""),  # the initrd does not boot this subvolume (no sysroot.mount)
         (_system_in_root, (), True, "mount.usr=/dev/vdb1"),  # /usr from elsewhere
         (_system_in_root, (), "usr", ""),  # the initrd mounts /usr itself (sysroot-usr.mount)
-        (partial(_system_in_root, fstab=True), (), True, ""),  # its usr/ a copy a mount hides
         (_blank_mounting_usr, ("--mode", "snapshot"), True, ""),  # the new root mounts /usr
     ],
     ids=[
         "no sysroot.mount",
         "mount.usr=",
         "sysroot-usr.mount",
-        "the root's fstab mounts /usr",
         "the blank's fstab mounts /usr",
     ],
 )
@@ -926,3 +926,23 @@ def test_a_blank_holding_the_system_makes_roots_that_boot(disk: Disk, tmp_path: 
         assert result.returncode == Exit.OK, result.stderr
     with disk.top(read_only=True) as top:
         assert (top / "root/usr/lib/systemd/systemd").read_text() == "the system manager\n"
+
+
+def test_a_system_installed_into_a_root_made_from_an_empty_blank_is_not_replaced(disk: Disk, tmp_path: Path) -> None:
+    """An empty blank first, the root a snapshot of it, the system installed into the root, then snapshot
+    mode: the first boot made an empty root and deleted the system (a tester; the root, made from this
+    blank, was taken to have got the system since it last booted)."""
+
+    def installed(top: Path) -> None:
+        btrfsutil.delete_subvolume(str(top / "root-blank"))
+        btrfsutil.create_subvolume(str(top / "root-blank"))
+        btrfsutil.set_subvolume_read_only(str(top / "root-blank"))
+        sh("mv", str(top / "root"), str(top / "root-first"))  # (populate's, with persist's mount point)
+        btrfsutil.create_snapshot(str(top / "root-blank"), str(top / "root"))
+        _system_in_root(top)
+
+    setup(disk, installed, blank=True)
+    before = disk.state()
+    result = disk.rollback("run", "--mode", "snapshot", env=_sysroot_unit(disk, tmp_path))
+    assert result.returncode == Exit.REFUSED and "reason=holds-system" in result.stderr, result.stderr
+    assert disk.state() == before

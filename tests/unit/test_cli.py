@@ -636,6 +636,27 @@ def test_what_starts_the_system_from_outside_the_root(
 
 
 @pytest.mark.parametrize(
+    ("usr", "apart"),
+    [
+        ("", False),
+        ("30 22 0:21 /root/usr /usr ro,relatime shared:3 - btrfs /dev/vda2 ro,subvolid=256,subvol=/root", False),
+        ("30 22 0:21 /@usr /usr ro,relatime shared:3 - btrfs /dev/vda2 ro,subvolid=258,subvol=/@usr", True),
+        ("30 22 0:35 / /usr rw shared:3 - ext4 /dev/vda3 rw", True),
+        ("30 22 0:40 / /usr ro shared:3 - overlay overlay ro,lowerdir=/usr:/run/extensions/usr", False),
+    ],
+    ids=["none", "a bind of the root's own", "a subvolume of its own", "a partition", "sysext's overlay"],
+)
+def test_the_running_systems_usr_counts_as_elsewhere_only_when_it_is_not_the_roots(usr: str, apart: bool) -> None:
+    """status counted a bind of the root's own usr/ (`/usr /usr none bind,ro`, ProtectSystem=) as /usr
+    from elsewhere and said the next boot goes on, while the boot refused holds-system (a tester)."""
+    from rollback import mountinfo
+    from rollback.effects import sysroot
+
+    table = "22 1 0:21 /root / rw,relatime shared:1 - btrfs /dev/vda2 rw,subvolid=256,subvol=/root\n" + usr
+    assert sysroot.usr_apart(mountinfo.parse(table)) is apart
+
+
+@pytest.mark.parametrize(
     ("booted", "elsewhere", "refused"),
     [("/", None, True), ("/", "init=/nix/store/x/init on the kernel command line", False), ("/mnt", None, False)],
 )

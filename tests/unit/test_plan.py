@@ -1349,7 +1349,8 @@ HOLDS, WITHOUT = SystemSigns(found=True, whole=True, usr_in_fstab=False), System
         ({}, HOLDS._replace(whole=False), None, False, None, True),  # its usr a nested subvolume: goes with it
         ({}, HOLDS, None, False, "mount.usr=/dev/vda3 on the kernel command line", False),  # started from elsewhere
         ({}, WITHOUT, None, False, None, False),  # no system in the root: an impermanence root (NixOS's)
-        ({}, HOLDS._replace(usr_in_fstab=True), None, False, None, False),  # its usr/ a copy hidden by a mount
+        ({}, HOLDS._replace(usr_in_fstab=True), None, False, None, True),  # the empty root has no fstab to mount it
+        ({}, WITHOUT._replace(usr_in_fstab=True), None, False, None, True),  # /usr elsewhere, found by its fstab
         ({}, HOLDS._replace(usr_in_fstab=True, whole=False), None, False, None, True),  # mounts its own nested usr
         ({}, HOLDS._replace(found=None), None, False, None, False),  # a link on the way: cannot tell
         ({}, None, None, False, None, False),  # not readable: not judged (a damaged root is replaced as ever)
@@ -1358,7 +1359,7 @@ HOLDS, WITHOUT = SystemSigns(found=True, whole=True, usr_in_fstab=False), System
         ({"mode": "snapshot"}, HOLDS, HOLDS._replace(whole=False), False, None, True),  # a snapshot leaves it out
         ({"mode": "snapshot"}, HOLDS, WITHOUT._replace(usr_in_fstab=True), False, None, False),  # mounts it
         ({"mode": "snapshot"}, HOLDS, WITHOUT._replace(found=None), False, None, False),  # usr a link: cannot tell
-        ({"mode": "snapshot"}, HOLDS, WITHOUT, True, None, False),  # this blank's root: the system came since
+        ({"mode": "snapshot"}, HOLDS, WITHOUT, True, None, True),  # installed into a root made from an empty blank
     ],
 )
 def test_a_new_root_without_the_system_the_old_one_holds_is_refused(
@@ -1384,7 +1385,7 @@ def test_a_new_root_without_the_system_the_old_one_holds_is_refused(
         check_bootable(settings, obs, elsewhere)
     assert raised.value.code == "holds-system" and "would not come up" in raised.value.reason
     deleted = ", and the old root, the system, would be deleted"
-    assert (deleted in raised.value.reason) is (settings.deletes_at_boot and not settings.keeping)
+    assert (deleted in raised.value.reason) is (not settings.keeping)  # after boot: by the cleanup, or the next boot
     hint = raised.value.hint
     assert hint is not None and "snapshot -r <top>/root <top>/root-blank" in hint and "rollback.skip" in hint
     assert ("set the mode setting (its default now) to snapshot" in hint) is (not settings.from_blank), hint
