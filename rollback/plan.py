@@ -803,8 +803,8 @@ def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> N
     tester of settings changed between boots). Called only where the subvolume is the root the machine
     boots; `elsewhere`: what starts the system from outside it (sysroot.system_elsewhere), which it does
     not judge; nor what it could not read or tell (a link on the way)."""
-    root, signs = obs.get(config.subvolume), obs.systems.get(config.subvolume)
-    if elsewhere is not None or root is None or signs is None or not (signs.found or signs.usr_in_fstab):
+    signs = obs.systems.get(config.subvolume)  # (none without a root there)
+    if elsewhere is not None or signs is None or not (signs.found or signs.usr_in_fstab):
         return
     if config.from_blank:
         theirs = obs.systems.get(config.blank)

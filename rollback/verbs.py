@@ -410,22 +410,16 @@ def _kernels_cmdline() -> str:
     return device.read_kernel(os.environ.get(PROC_CMDLINE_ENV, "/proc/cmdline"))
 
 
-def _system_elsewhere(cmdline: str) -> str | None:
-    from rollback.effects import sysroot
-
-    return sysroot.system_elsewhere((cmdline, _kernels_cmdline()))
-
-
-def _check_hibernation(config: Config, cmdline: str) -> None:
-    """Refuse while a hibernation image waits: mounting that filesystem now would corrupt it."""
+def _check_hibernation(config: Config, cmdlines: tuple[str, str]) -> None:
+    """Refuse while a hibernation image waits: mounting that filesystem now would corrupt it. `cmdlines`:
+    the settings' kernel command line and the kernel's own."""
     from rollback import hibernation
     from rollback.effects import device
 
     if config.ignore_hibernation:
         return
-    kernel = _kernels_cmdline()
     sysfs = device.read_kernel("/sys/power/resume"), device.read_kernel("/sys/power/resume_offset")
-    for where, offset in hibernation.resume_locations((cmdline, kernel), *sysfs):
+    for where, offset in hibernation.resume_locations(cmdlines, *sysfs):
         hint = "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation"
         try:
             signature = hibernation.hibernation_signature(device.swap_header_tail(where, offset))
@@ -578,14 +572,17 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
         return Exit.SKIPPED
     began = time.monotonic()
     emit("started", f"replacing {config.subvolume} on {fields['device']}" + (" (dry run)" if dry_run else ""), **fields)
-    _check_hibernation(config, cmdline)
+    cmdlines = cmdline, _kernels_cmdline()  # read once: the hibernation and the bootable checks' systemd words
+    _check_hibernation(config, cmdlines)
     root_options = _check_root_options(config)
     with _observed(config, lock=not dry_run, bounded=True) as (top, obs, _unlock):
         if root_options is not None:
             check_root_default(config, root_options, obs)
         plan = plan_run(config, obs, bare=bare)
         if root_options is not None and not plan.skipped:  # the machine boots this subvolume
-            check_bootable(config, obs, _system_elsewhere(cmdline))
+            from rollback.effects import sysroot
+
+            check_bootable(config, obs, sysroot.system_elsewhere(cmdlines))
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:
@@ -731,12 +728,12 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
 
 
 def status(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
-    from rollback.effects import device
+    from rollback.effects import device, sysroot
 
     with _observed(config, lock=False) as (top, obs, _unlock):
         fsid = device.probe(config.require_device())
         missing = device.missing_members(fsid)  # while mounted
-        elsewhere = _system_elsewhere(cmdline)
+        elsewhere = sysroot.system_elsewhere((cmdline, _kernels_cmdline()))
         found = report.status(config, obs, missing, device.read_only_members(str(top)), device.uuid(fsid), elsewhere)
     _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK

@@ -29,12 +29,12 @@ def root_mount() -> tuple[str, tuple[str, ...]] | None:
     """The unit's What= and Options= (the last of each, as systemd reads them, drop-ins after the unit),
     the options split; None without the unit."""
     env = os.environ.get(SYSROOT_UNIT_ENV)
-    units = [env] if env else [f"{directory}/sysroot.mount" for directory in UNIT_DIRS]
+    units = [env] if env else [f"{directory}/sysroot.mount" for directory in _unit_dirs()]
     text = next((found for found in map(_read, units) if found is not None), None)
     if text is None:
         return None
     found = {"What": "", "Options": ""}
-    for part in [text, *(_read(path) or "" for path in _drop_ins(env))]:
+    for part in [text, *(_read(path) or "" for path in _drop_ins())]:
         for line in part.splitlines():
             key, _, value = line.strip().partition("=")
             if key.strip() in found:
@@ -43,11 +43,17 @@ def root_mount() -> tuple[str, tuple[str, ...]] | None:
     return found["What"].replace("%%", "%"), tuple(option for option in options if option)
 
 
-def _drop_ins(env: str | None) -> list[str]:
+def _unit_dirs() -> tuple[str, ...]:
+    """Where the initrd's units are looked for: systemd's search path, or the test hook's file's directory."""
+    env = os.environ.get(SYSROOT_UNIT_ENV)
+    return (os.path.dirname(env),) if env else UNIT_DIRS
+
+
+def _drop_ins() -> list[str]:
     """sysroot.mount.d/*.conf in systemd's order: by file name, a name in an earlier directory hiding
     the same name in a later one (the test hook's file: the .d directory beside it)."""
     found: dict[str, str] = {}
-    for directory in [os.path.dirname(env)] if env else UNIT_DIRS:
+    for directory in _unit_dirs():
         try:
             names = os.listdir(f"{directory}/sysroot.mount.d")
         except OSError:
@@ -89,10 +95,8 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
         )
         if (usr and value) or (key == "init" and _outside_the_system(value)):
             return f"{word} on the kernel command line"
-    env = os.environ.get(SYSROOT_UNIT_ENV)
-    if env or in_initrd():
-        units = [f"{d}/sysroot-usr.mount" for d in ([os.path.dirname(env)] if env else UNIT_DIRS)]
-        found = next((unit for unit in units if os.path.exists(unit)), None)
+    if os.environ.get(SYSROOT_UNIT_ENV) or in_initrd():
+        found = next((u for u in (f"{d}/sysroot-usr.mount" for d in _unit_dirs()) if os.path.exists(u)), None)
         return None if found is None else f"{found} in the initrd"
     return "/usr mounted on its own" if _usr_mounted() else None
 
