@@ -78,9 +78,9 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
     or the kernel's own command line (`cmdlines`: systemd's words, read even with --kernel-cmdline
     /dev/null or NixOS's kernelCommandLine = false) a mount.usr*= or usrhash= word, a
     [rd.]systemd.mount-extra= for /usr (the rd. one is the initrd's alone: the boot's), or an init=
-    outside the system's own directories (NixOS's
-    /nix/store/...; init=/usr/lib/systemd/systemd is the root's); in the initrd, a sysroot-usr.mount
-    (its generators write one for those words, gpt-auto's usr partition and the initrd's own fstab);
+    outside the system's own directories (NixOS's /nix/store/...; init=/usr/lib/systemd/systemd is
+    the root's); in the initrd, a sysroot-usr.mount (its generators write one for those words,
+    gpt-auto's usr partition and the initrd's own fstab);
     on the running system, a /usr mount that is not an overlay (systemd-sysext's): made in the initrd,
     which then sees its source too. None: nothing seen. (A root's own fstab mounting /usr is in the
     observation: model.SystemSigns.)"""
