@@ -239,7 +239,18 @@ def _span(seconds: int) -> str:
 
 
 def status_lines(report: Status) -> list[str]:
-    root, blank, archive = report["root"], report["blank"], report["archive"]
+    """`status`'s text: one section per part of the report, in this order."""
+    return [
+        *_device_lines(report),
+        *_subvolume_lines(report),
+        *_archive_lines(report),
+        *_pending_lines(report),
+        *_next_boot_lines(report),
+        *_booted_lines(report),
+    ]
+
+
+def _device_lines(report: Status) -> list[str]:
     lines = [
         f"device:     {report['device']} (filesystem UUID={report['fsid']}, "
         f"default subvolume id {report['default_subvolume_id']})"
@@ -255,22 +266,33 @@ def status_lines(report: Status) -> list[str]:
             f"READ-ONLY:  {', '.join(report['read_only_devices'])}: every run, cleanup and skip-next is refused "
             "(read-only) until it is writable (blockdev --setrw)"
         )
+    return lines
+
+
+def _subvolume_lines(report: Status) -> list[str]:
+    """The root and the blank."""
+    root, blank = report["root"], report["blank"]
     if "id" in root:
-        lines.append(
+        line = (
             f"root:       {root['path']} id {root['id']}, created {root['created']} "
             f"({_age(root['age_seconds'])}), {root['nested']} nested"
         )
     elif root["kind"] == Kind.MISSING.value and not report["next_boot_refused"]:  # (a misspelt name: a new one)
-        lines.append(
+        line = (
             f"root:       {root['path']} missing: the next run creates it (a first run, a run cut short "
             "after moving the old root away or deleting it where it was to make room, or a misspelt name: check "
             "the subvolume setting)"
         )
     else:
-        lines.append(f"root:       {root['path']} {root['kind']}")
+        line = f"root:       {root['path']} {root['kind']}"
     ro = ", read-only" if blank["read_only"] else (", WRITABLE" if blank["exists"] else "")
-    lines.append(f"blank:      {blank['path']} {'present' if blank['exists'] else 'missing'}{ro}")
-    if archive is not None:
+    return [line, f"blank:      {blank['path']} {'present' if blank['exists'] else 'missing'}{ro}"]
+
+
+def _archive_lines(report: Status) -> list[str]:
+    """This configuration's archive, root by root, and archives elsewhere."""
+    lines = []
+    if (archive := report["archive"]) is not None:
         due = f", {len(archive['due'])} due for pruning" if archive["due"] else ""
         lines.append(f"archive:    {archive['path']}: {len(archive['roots'])} old root(s){due}")
         lines += [
@@ -290,6 +312,12 @@ def status_lines(report: Status) -> list[str]:
         "configuration prunes it, it is never pruned)"
         for path, count in report["archives_elsewhere"].items()
     )
+    return lines
+
+
+def _pending_lines(report: Status) -> list[str]:
+    """Protected subvolumes, the trash and the kernel cleaner's work."""
+    lines = []
     for sub in report["protected"]:
         warning = "  <- INSIDE ROOT: a run would refuse" if sub["inside_root"] else ""
         lines.append(f"protected:  {sub['path']} id {sub['id']}{warning}")
@@ -300,6 +328,11 @@ def status_lines(report: Status) -> list[str]:
     )
     # by name: an old root to take back is moved out of the trash before a run or the cleanup deletes it
     lines.extend(f"trash:      {path}" for path in pending["trash"])
+    return lines
+
+
+def _next_boot_lines(report: Status) -> list[str]:
+    """The skip-next mark and what the next boot does about it and the rest."""
     mark = "set (the next boot keeps the root once)" if report["skip_next"] else "not set"
     if report["skip_next_present"] and not report["skip_next"]:
         whose = f"subvolume id {report['skip_next_for']}" if report["skip_next_for"] is not None else "any root"
@@ -308,12 +341,18 @@ def status_lines(report: Status) -> list[str]:
             mark = f"set for {whose}, which no longer exists: the next run removes it"
     if report["skip_next_refused"]:
         mark = f"set, but the next run refuses: {report['skip_next_refused']}"
-    lines.append(f"skip-next:  {mark}")
+    lines = [f"skip-next:  {mark}"]
     if report["next_boot_refused"] and not report["skip_next_refused"]:
         lines.append(f"next boot:  REFUSED: {report['next_boot_refused']}")
     lines.extend(f"next boot:  warns: {warning}" for warning in report["next_boot_warnings"])
     if report["next_boot_skipped"]:
         lines.append(f"next boot:  SKIPPED: {report['next_boot_skipped']}")
+    return lines
+
+
+def _booted_lines(report: Status) -> list[str]:
+    """Where the running system booted from, when not the root, and what else is mounted."""
+    lines = []
     if booted := report["booted_from"]:
         where = f"'{booted['path']}' (id {booted['id']})" if booted["path"] else "the top level"
         if not booted["path"] and booted["id"] != TOP_LEVEL_ID:  # deleted since it was mounted
@@ -322,8 +361,7 @@ def status_lines(report: Status) -> list[str]:
             f"booted:     from {where}, not {report['root']['path']}: a boot that mounts the root so "
             "again is refused (root-options); boot with rootflags=subvol=" + report["root"]["path"]
         )
-    for subvol_id, where in report["mounted"].items():
-        lines.append(f"mounted:    subvolume id {subvol_id} at {where}")
+    lines.extend(f"mounted:    subvolume id {subvol_id} at {where}" for subvol_id, where in report["mounted"].items())
     return lines
 
 
