@@ -11,7 +11,7 @@ happens here, before step one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -235,78 +235,115 @@ def plan_run(
         # committed: a power cut right after would otherwise bring the mark back, and skip a second boot
         return _checked(Plan((RemoveMark(SKIP_MARK), Commit()), skipped="the skip-next mark was set"), obs)
     check(config, obs)
-    target = config.subvolume
     leftovers = [s.path for s in obs.entries(TRASH_DIR)]
     taken = {names.basename(p) for p in leftovers} | obs.names_in.get(TRASH_DIR, frozenset())
+    build = _Steps(obs, taken)
     pruned = prune_paths(config, obs, make_room=make_room)
     # What an earlier run left in the trash goes first: on a full filesystem it is the space the
     # renames and the create need (a delete still works there; a rename may not).
     due = [*leftovers, *(pruned if make_room else ())]
+    build.steps += _leftovers_first(config, obs, due, make_room=make_room, short_of_room=short_of_room)
+    _replace_root(build, config, obs, root_first=root_first)
+    pruning = _prune(build, () if make_room else pruned)
+    # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
+    # it first if the cleanup never ran: the trash holds at most one boot's worth)
+    for delete, source in build.deletes if config.deletes_at_boot else ():
+        build.steps.append(delete)
+        if source in pruning.values():
+            pruning[len(build.steps)] = source
+    return _checked(Plan(tuple(build.steps), warnings=_run_warnings(config, obs), pruning=pruning), obs)
+
+
+@dataclass
+class _Steps:
+    """A run's steps as plan_run adds them: the trash's names taken, and what each move to it deletes."""
+
+    obs: Observation
+    taken: set[str]
+    steps: list[Step] = field(default_factory=list)
+    deletes: list[tuple[Delete, str]] = field(default_factory=list)  # and the path each one's subvolume had
+    serial: int = 0  # the next serial to try: every name this run gives has the same stamp
+
+    def move(self, source: str, dest: str) -> None:
+        _ensure_parents(self.steps, self.obs, dest)
+        self.steps.append(Rename(source, dest))
+
+    def move_to_trash(self, source: str) -> None:
+        entry = names.fresh_entry(self.obs.now, self.taken, self.serial)
+        self.serial, name = entry.serial + 1, str(entry)
+        self.taken.add(name)
+        self.move(source, f"{TRASH_DIR}/{name}")
+        self.deletes.append((Delete(f"{TRASH_DIR}/{name}", len(self.obs.tree(source))), source))
+
+
+def _leftovers_first(
+    config: Config, obs: Observation, due: list[str], *, make_room: bool, short_of_room: bool
+) -> list[Step]:
+    """The deletes of what is `due` before the root is touched, and the wait for the kernel's cleaner
+    or a commit after them.
+
+    The wait is for room: the moves and the create need a few tree blocks, which a full disk has only
+    once the cleaner freed what was deleted. Waited for where room is known to be short (make_room,
+    short_of_room), where without the create there is no root to boot, and at boot when deleting
+    there, for earlier runs' deletes. What earlier runs left is deleted without it (a boot with room
+    waited 1.5-2.2 s for a leftover of 1M empty files): no room for the next step then is
+    verbs._after_leftovers', which waits and goes on. After boot, the cleanup waits for the cleaner
+    itself. No root while deleted subvolumes are still freed: a run cut short after deleting the old
+    root where it was (root_first) needs that space for the create, either setting."""
     steps: list[Step] = [Delete(p, len(obs.tree(p))) for p in due]
-    # The wait for the kernel's cleaner is for room: the moves and the create need a few tree blocks,
-    # which a full disk has only once the cleaner freed what was deleted. Waited for where room is
-    # known to be short (make_room, short_of_room), where without the create there is no root to boot,
-    # and at boot when deleting there, for earlier runs' deletes. What earlier runs left is deleted
-    # without it (a boot with room waited 1.5-2.2 s for a leftover of 1M empty files): no room for the next
-    # step then is verbs._after_leftovers', which waits and goes on. After boot, the cleanup waits for
-    # the cleaner itself. No root while deleted subvolumes are still freed: a run cut short after
-    # deleting the old root where it was (root_first) needs that space for the create, either setting.
-    missing = obs.kind(target) is Kind.MISSING
+    missing = obs.kind(config.subvolume) is Kind.MISSING
     waits = config.deletes_at_boot or missing or short_of_room
     if (due and (make_room or missing)) or (obs.pending_cleanup and waits):
         steps.append(Reclaim(timeout_s=ROOT_RECLAIM_S) if missing and not due else Reclaim())
     elif due:  # their deletes on disk before the first move, as the wait's commit made them: a power cut
         steps.append(Commit())  # later does not bring back what they freed (nor its delete at the next boot)
-    deletes: list[tuple[Delete, str]] = []  # and what each deletes
+    return steps
 
-    def move(source: str, dest: str) -> None:
-        _ensure_parents(steps, obs, dest)
-        steps.append(Rename(source, dest))
 
-    serials = [0]  # the next serial to try: every name this run gives has the same stamp
-
-    def move_to_trash(source: str) -> None:
-        entry = names.fresh_entry(obs.now, taken, serials[0])
-        serials[0], name = entry.serial + 1, str(entry)
-        taken.add(name)
-        move(source, f"{TRASH_DIR}/{name}")
-        deletes.append((Delete(f"{TRASH_DIR}/{name}", len(obs.tree(source))), source))
-
+def _replace_root(build: _Steps, config: Config, obs: Observation, *, root_first: bool) -> None:
+    """The old root out of the way (deleted where it is, archived, or to the trash), the new one made,
+    an orphaned mark removed, committed."""
+    target = config.subvolume
     if root_first:  # (room_from_root said so: not in keep mode)
         assert not config.keeping and obs.kind(target) is Kind.SUBVOLUME, "root_first without a root to delete"
-        steps += [Delete(target, len(obs.tree(target))), Reclaim(timeout_s=ROOT_RECLAIM_S)]
+        build.steps += [Delete(target, len(obs.tree(target))), Reclaim(timeout_s=ROOT_RECLAIM_S)]
     elif archives_root(config, obs):
-        move(target, f"{config.archive}/{_archive_name(config, obs)}")
+        build.move(target, f"{config.archive}/{_archive_name(config, obs)}")
     elif obs.kind(target) is Kind.SUBVOLUME:
-        move_to_trash(target)
-    _ensure_parents(steps, obs, target)
-    steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
+        build.move_to_trash(target)
+    _ensure_parents(build.steps, obs, target)
+    build.steps.append(Snapshot(config.blank, target) if config.from_blank else Create(target))
     if orphaned_mark(obs):
-        steps.append(RemoveMark(SKIP_MARK))
-    steps.append(Commit())
+        build.steps.append(RemoveMark(SKIP_MARK))
+    build.steps.append(Commit())
+
+
+def _prune(build: _Steps, pruned: Iterable[str]) -> dict[int, str]:
+    """The archived roots `pruned` moved to the trash (a read-only one unlocked first); each step's
+    number (1-based) mapped to the root it prunes."""
     pruning: dict[int, str] = {}
-    for path in () if make_room else pruned:
-        began = len(steps)
-        archived = obs.get(path)
+    for path in pruned:
+        began = len(build.steps)
+        archived = build.obs.get(path)
         if archived and archived.read_only:  # (an immutable one is pinned: never pruned)
-            _ensure_parents(steps, obs, f"{TRASH_DIR}/-")  # first: no room for them leaves it read-only, as it was
-            steps.append(Unlock(path))
-        move_to_trash(path)
+            # the trash's directories first: no room for them leaves it read-only, as it was
+            _ensure_parents(build.steps, build.obs, f"{TRASH_DIR}/-")
+            build.steps.append(Unlock(path))
+        build.move_to_trash(path)
         # a directory the trash needs made is this root's too: no room for it keeps every root (the next
         # one's move needs it as well: verbs._pruning_skipped)
-        pruning.update(dict.fromkeys(range(began + 1, len(steps) + 1), path))
-    # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
-    # it first if the cleanup never ran: the trash holds at most one boot's worth)
-    for delete, source in deletes if config.deletes_at_boot else ():
-        steps.append(delete)
-        if source in pruning.values():
-            pruning[len(steps)] = source
+        pruning.update(dict.fromkeys(range(began + 1, len(build.steps) + 1), path))
+    return pruning
+
+
+def _run_warnings(config: Config, obs: Observation) -> tuple[str, ...]:
+    target = config.subvolume
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()
     warnings = (*_other_roots_mark(config, obs), *_clock_behind(config, obs))
     warnings += _quota_left(quota, target, _blank_quota(config, obs)) + _misspelt(config, obs)
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
-    return _checked(Plan(tuple(steps), warnings=warnings, pruning=pruning), obs)
+    return warnings
 
 
 # Deleting the old root where it is, to make room, only where its own tree gives back this much
