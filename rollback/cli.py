@@ -315,48 +315,67 @@ def _with_settings(args: argparse.Namespace, call: Callable[[argparse.Namespace,
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(Exit.OK)
     except KeyboardInterrupt as stop:  # Ctrl-C at a rescue shell, systemd stopping the unit: one line
-        signum = stop.args[0] if stop.args and isinstance(stop.args[0], signal.Signals) else None
-        by = f"{signum.name}, sent to stop it" if signum else "SIGINT, Ctrl-C"
-        log.emit(
-            "failed",
-            f"failed: interrupted ({by}) before it ended",
-            hint="a verb that only reads changed nothing; one that writes stopped between crash-consistent "
-            "steps: rollback status shows where the device stands (a run: the next one finishes the job)",
-            reason="interrupted",
-            exit=128 + signum if signum else int(Exit.FAILED),  # as the shell and systemd will see it
-        )
-        if signum:
-            die_of(signum)
-        return int(Exit.FAILED)
+        return _interrupted(stop)
     except RollbackError as error:
         stops.ended = True
-        kind = KIND[error.exit_code]
-        from rollback.reasons import REASONS
-
-        hint = error.hint or REASONS[error.code].action  # the reasons table's, where the error has none of its own
-        log.emit(kind, f"{kind}: {error.reason}", hint=hint, reason=error.code, exit=int(error.exit_code))
-        return int(error.exit_code)
+        return _ended_by(error)
     except Exception as error:  # the boundary: anything unexpected is a failure, with its traceback
         stops.ended = True
-        import traceback
-
-        from rollback.reasons import REASONS
-
-        log.emit(
-            "failed",
-            f"internal error: {error!r}",
-            hint=REASONS["internal"].action,
-            reason="internal",
-            exit=int(Exit.FAILED),
-            traceback=traceback.format_exc(),
-        )
-        return int(Exit.FAILED)
+        return _internal(error)
     finally:
         stops.ended = True
         for number, handler in previous.items():
             signal.signal(number, handler)
         for late in stops.late:  # to the handler put back: the early process's defers it (standby.serve)
             os.kill(os.getpid(), late)
+
+
+def _interrupted(stop: KeyboardInterrupt) -> int:
+    """One line for a verb stopped by a signal; then dies of that signal, as the shell and systemd expect."""
+    from rollback import log
+
+    signum = stop.args[0] if stop.args and isinstance(stop.args[0], signal.Signals) else None
+    by = f"{signum.name}, sent to stop it" if signum else "SIGINT, Ctrl-C"
+    log.emit(
+        "failed",
+        f"failed: interrupted ({by}) before it ended",
+        hint="a verb that only reads changed nothing; one that writes stopped between crash-consistent "
+        "steps: rollback status shows where the device stands (a run: the next one finishes the job)",
+        reason="interrupted",
+        exit=128 + signum if signum else int(Exit.FAILED),  # as the shell and systemd will see it
+    )
+    if signum:
+        die_of(signum)
+    return int(Exit.FAILED)
+
+
+def _ended_by(error: RollbackError) -> int:
+    """A refusal, a usage error or a failure the program knows: its line, hint and exit code."""
+    from rollback import log
+    from rollback.reasons import REASONS
+
+    kind = KIND[error.exit_code]
+    hint = error.hint or REASONS[error.code].action  # the reasons table's, where the error has none of its own
+    log.emit(kind, f"{kind}: {error.reason}", hint=hint, reason=error.code, exit=int(error.exit_code))
+    return int(error.exit_code)
+
+
+def _internal(error: Exception) -> int:
+    """Anything unexpected: a failure, with its traceback."""
+    import traceback
+
+    from rollback import log
+    from rollback.reasons import REASONS
+
+    log.emit(
+        "failed",
+        f"internal error: {error!r}",
+        hint=REASONS["internal"].action,
+        reason="internal",
+        exit=int(Exit.FAILED),
+        traceback=traceback.format_exc(),
+    )
+    return int(Exit.FAILED)
 
 
 # what stops a verb but Ctrl-C: systemd stopping the unit (a timeout, a shutdown), a rescue shell's terminal
