@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import takewhile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rollback import devspec, names, report
 from rollback.errors import Exit, OutputFailed, Refused, StepFailed
@@ -142,9 +142,7 @@ def _execute(
         began = time.monotonic()
         try:
             if str(number) == fail_at:
-                os.environ[FAIL_AT_ENV] = later  # once: a plan made after this failure runs on
-                code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or 0) or errno.EIO
-                raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
+                _inject_failure(later)
             if recheck:
                 recheck(step)
             btrfs.execute(step, top, in_use)
@@ -169,15 +167,29 @@ def _execute(
         if unlock and all(isinstance(rest, Reclaim) for rest in plan.steps[number:]):
             unlock()
         if number == crash_after:
-            import signal  # the crash tests' hook only
-
-            sent = signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")]
-            if sent is signal.SIGINT:  # a Ctrl-C at a terminal, also where a shell started the tests with
-                signal.signal(sent, signal.default_int_handler)  # SIGINT ignored (a background job: CI)
-            os.kill(os.getpid(), sent)
+            _crash()
         ran.append(step)
     unpruned = tuple(p for p in kept if not any(isinstance(s, Rename) and s.source == p for s in ran))
     return replace(plan, steps=tuple(ran), unpruned=unpruned)
+
+
+def _inject_failure(later: str) -> NoReturn:
+    """The fault tests' hook ($ROLLBACK_TEST_FAIL_AT): this step fails with $ROLLBACK_TEST_FAIL_ERRNO
+    (EIO); `later`, the step of the next plan to fail, if any."""
+    os.environ[FAIL_AT_ENV] = later  # once: a plan made after this failure runs on
+    code = int(os.environ.get(FAIL_ERRNO_ENV, "0") or 0) or errno.EIO
+    raise OSError(code, f"{os.strerror(code)} (injected by {FAIL_AT_ENV})")
+
+
+def _crash() -> None:
+    """The crash tests' hook ($ROLLBACK_TEST_CRASH_AFTER): the signal $ROLLBACK_TEST_CRASH_SIGNAL
+    (KILL) to this process, after the step."""
+    import signal
+
+    sent = signal.Signals["SIG" + os.environ.get(CRASH_SIGNAL_ENV, "KILL")]
+    if sent is signal.SIGINT:  # a Ctrl-C at a terminal, also where a shell started the tests with
+        signal.signal(sent, signal.default_int_handler)  # SIGINT ignored (a background job: CI)
+    os.kill(os.getpid(), sent)
 
 
 def _pruning_skipped(
@@ -596,7 +608,19 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
         kept = "would be kept" if dry_run else "is kept"
         emit("skipped", f"{plan.skipped}: the root {kept} this once", reason="skip-next", hint=_AS_ASKED, **fields)
         return Exit.SKIPPED
-    # a first run, a run cut short, or a misspelt name: say so (a misspelt one is no rollback)
+    emit(
+        "finished",
+        _what_the_run_did(config, plan),
+        deleted=plan.deleted,
+        duration_ms=round((time.monotonic() - began) * 1000, 1),
+        **fields,
+    )
+    return Exit.OK
+
+
+def _what_the_run_did(config: Config, plan: Plan) -> str:
+    """The finished line: a first run, a run cut short, or a misspelt name says so (a misspelt one is no
+    rollback)."""
     moved = any(isinstance(s, Rename) and s.source == config.subvolume for s in plan.steps)
     in_place = any(isinstance(s, Delete) and s.path == config.subvolume for s in plan.steps)  # (_root_first)
     done = (
@@ -607,14 +631,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
         else "created (none was there)"
     )
     unpruned = f", {len(plan.unpruned)} archived root(s) kept for want of room to prune them" if plan.unpruned else ""
-    emit(
-        "finished",
-        f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted{unpruned}",
-        deleted=plan.deleted,
-        duration_ms=round((time.monotonic() - began) * 1000, 1),
-        **fields,
-    )
-    return Exit.OK
+    return f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted{unpruned}"
 
 
 def cleanup(config: Config, *, dry_run: bool) -> Exit:
