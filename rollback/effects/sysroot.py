@@ -77,13 +77,16 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
     the boot can see before the root is mounted (plan.check_bootable does not judge it): on the settings'
     or the kernel's own command line (`cmdlines`: systemd's words, read even with --kernel-cmdline
     /dev/null or NixOS's kernelCommandLine = false) a mount.usr*= or usrhash= word, a
-    [rd.]systemd.mount-extra= for /usr (the rd. one is the initrd's alone: the boot's), or an init=
-    outside the system's own directories (NixOS's /nix/store/...; init=/usr/lib/systemd/systemd is
-    the root's); in the initrd, a sysroot-usr.mount (its generators write one for those words,
-    gpt-auto's usr partition and the initrd's own fstab);
+    systemd.mount-extra= for /usr, or an init= outside the system's own directories (NixOS's
+    /nix/store/...; init=/usr/lib/systemd/systemd is the root's); in the initrd, a sysroot-usr.mount
+    (its generators write one for those words, gpt-auto's usr partition and the initrd's own fstab);
     on the running system, a /usr mount that is not an overlay (systemd-sysext's): made in the initrd,
     which then sees its source too. None: nothing seen. (A root's own fstab mounting /usr is in the
-    observation: model.SystemSigns.)"""
+    observation: model.SystemSigns.)
+
+    rd.systemd.mount-extra= is not counted: the initrd prefixes systemd.mount-extra='s mount point
+    with /sysroot, not the rd. spelling's, so rd.systemd.mount-extra=…:/usr mounts the initrd's own
+    /usr, gone at the switch (a reviewer), and one for /sysroot/usr makes the sysroot-usr.mount."""
     from rollback.cmdline import split_cmdline
     from rollback.sources import in_initrd
 
@@ -92,7 +95,7 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
         usr = (
             key.startswith("mount.usr")
             or key == "usrhash"
-            or (key in ("systemd.mount-extra", "rd.systemd.mount-extra") and _extra_mounts_usr(value))
+            or (key == "systemd.mount-extra" and _extra_mounts_usr(value))
         )
         if (usr and value) or (key == "init" and _outside_the_system(value)):
             return f"{word} on the kernel command line"

@@ -616,8 +616,8 @@ def test_status_names_the_subvolume_booted_from_or_says_it_is_gone(booted: int, 
         ("usrhash=0123abcd", False, "usrhash=0123abcd on the kernel command line"),
         ("systemd.mount-extra=LABEL=usr:/usr:btrfs", False, "systemd.mount-extra=LABEL=usr:/usr:btrfs on"),
         ("systemd.mount-extra=LABEL=srv:/srv", False, None),
-        ("rd.systemd.mount-extra=LABEL=usr:/usr/", False, "rd.systemd.mount-extra=LABEL=usr:/usr/ on"),
-        ("rd.systemd.mount-extra=LABEL=srv:/srv", False, None),
+        ("rd.systemd.mount-extra=LABEL=usr:/usr", False, None),  # the initrd's own /usr, gone at the switch
+        ("rd.systemd.mount-extra=LABEL=usr:/sysroot/usr", True, "sysroot-usr.mount in the initrd"),  # its unit
         ("rdinit=/process_api", False, None),
         ("quiet", True, "sysroot-usr.mount in the initrd"),
     ],
