@@ -373,7 +373,7 @@ def _internal(error: Exception) -> int:
         hint=REASONS["internal"].action,
         reason="internal",
         exit=int(Exit.FAILED),
-        traceback=traceback.format_exc(),
+        traceback="".join(traceback.format_exception(error)),
     )
     return int(Exit.FAILED)
 

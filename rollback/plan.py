@@ -243,14 +243,12 @@ def plan_run(
     # renames and the create need (a delete still works there; a rename may not).
     due = [*leftovers, *(pruned if make_room else ())]
     build.steps += _leftovers_first(config, obs, due, make_room=make_room, short_of_room=short_of_room)
-    _replace_root(build, config, obs, root_first=root_first)
+    _replace_root(build, config, root_first=root_first)
     pruning = _prune(build, () if make_room else pruned)
-    # after-boot: what this run moves to the trash waits for `rollback cleanup` (the next boot deletes
-    # it first if the cleanup never ran: the trash holds at most one boot's worth)
-    for delete, source in build.deletes if config.deletes_at_boot else ():
-        build.steps.append(delete)
-        if source in pruning.values():
-            pruning[len(build.steps)] = source
+    if config.deletes_at_boot:
+        # (after boot, what this run moves to the trash waits for `rollback cleanup`; the next boot
+        # deletes it first if the cleanup never ran: the trash holds at most one boot's worth)
+        _delete_the_trashed(build, pruning)
     return _checked(Plan(tuple(build.steps), warnings=_run_warnings(config, obs), pruning=pruning), obs)
 
 
@@ -300,10 +298,10 @@ def _leftovers_first(
     return steps
 
 
-def _replace_root(build: _Steps, config: Config, obs: Observation, *, root_first: bool) -> None:
+def _replace_root(build: _Steps, config: Config, *, root_first: bool) -> None:
     """The old root out of the way (deleted where it is, archived, or to the trash), the new one made,
     an orphaned mark removed, committed."""
-    target = config.subvolume
+    target, obs = config.subvolume, build.obs
     if root_first:  # (room_from_root said so: not in keep mode)
         assert not config.keeping and obs.kind(target) is Kind.SUBVOLUME, "root_first without a root to delete"
         build.steps += [Delete(target, len(obs.tree(target))), Reclaim(timeout_s=ROOT_RECLAIM_S)]
@@ -336,7 +334,17 @@ def _prune(build: _Steps, pruned: Iterable[str]) -> dict[int, str]:
     return pruning
 
 
+def _delete_the_trashed(build: _Steps, pruning: dict[int, str]) -> None:
+    """The deletes of what this run moved to the trash, last; one of a pruned root numbered in
+    `pruning` with the steps _prune gave it (no room for it keeps that root's rest: _pruning_skipped)."""
+    for delete, source in build.deletes:
+        build.steps.append(delete)
+        if source in pruning.values():
+            pruning[len(build.steps)] = source
+
+
 def _run_warnings(config: Config, obs: Observation) -> tuple[str, ...]:
+    """What the run does as asked but the operator should know."""
     target = config.subvolume
     old = obs.get(target)
     quota = old.quota if old and old.quota else Quota()

@@ -251,6 +251,7 @@ def status_lines(report: Status) -> list[str]:
 
 
 def _device_lines(report: Status) -> list[str]:
+    """The device, and its members missing or read-only."""
     lines = [
         f"device:     {report['device']} (filesystem UUID={report['fsid']}, "
         f"default subvolume id {report['default_subvolume_id']})"
