@@ -1152,6 +1152,19 @@ def _check_state_dir(obs: Observation) -> None:
         )
 
 
+def _making_the_blank(config: Config, obs: Observation) -> str:
+    """The no-blank hint's way to make one: from an empty root, or where the root holds the operating
+    system, from a root holding it, as every new root must (an empty blank is refused holds-system next
+    where the initrd boots it: a tester)."""
+    signs = obs.systems.get(config.subvolume)
+    if signs is not None and (signs.found or signs.usr_in_fstab):
+        return (
+            f"create it once, holding the operating system as {names.shown(config.subvolume)} does (a new root "
+            f"is a copy of it): btrfs subvolume snapshot -r <top>/<a root as new ones should be> <top>/{config.blank}"
+        )
+    return f"create it once: btrfs subvolume snapshot -r <top>/<empty root> <top>/{config.blank}"
+
+
 def check_blank(config: Config, obs: Observation) -> None:
     blank = config.blank
     kind = obs.kind(blank)
@@ -1165,7 +1178,7 @@ def check_blank(config: Config, obs: Observation) -> None:
                 if kind is Kind.MISSING
                 else f"move {names.shown(blank)} away, or name the snapshot itself ({config.spelt('blank')}); "
             )
-            + f"create it once: btrfs subvolume snapshot -r <top>/<empty root> <top>/{blank}",
+            + _making_the_blank(config, obs),
             code="no-blank",
         )
     found = obs.get(blank)

@@ -1396,3 +1396,13 @@ def _with_uuids(found: Subvol) -> Subvol:
     if isinstance(found, Examined) and found.path in ("root", "root-blank"):
         return replace(found, uuid="b1") if found.path == "root-blank" else replace(found, parent_uuid="b1")
     return found
+
+
+@pytest.mark.parametrize(("root", "said"), [(WITHOUT, "<empty root>"), (HOLDS, "holding the operating system")])
+def test_the_hint_for_a_missing_blank_says_what_the_blank_needs(root: SystemSigns, said: str) -> None:
+    """The hint said to snapshot an empty root, which holds-system then refused for a root holding the
+    system (a tester of session 22)."""
+    obs = replace(observe([item for item in OS_ROOT if item != ("root-blank", True)]), systems={"root": root})
+    with pytest.raises(Refused) as raised:
+        plan_run(config(mode="snapshot"), obs)
+    assert raised.value.code == "no-blank" and said in (raised.value.hint or ""), raised.value.hint
