@@ -364,6 +364,20 @@ def _failure(
     )
 
 
+def _check_bootable(
+    config: Config, obs: Observation, plan: Plan, root_options: tuple[str, ...] | None, cmdlines: tuple[str, str]
+) -> None:
+    """plan.check_bootable where the machine boots this subvolume: in the initrd, where its sysroot.mount
+    names it (`root_options`); by hand, where nothing tells, always (a rescue shell's run replaced a root
+    holding the system with an empty one: exit 0 and the system deleted, while the boot refused it: a
+    tester)."""
+    from rollback.effects import sysroot
+
+    if plan.skipped or (root_options is None and sysroot.in_the_initrd()):
+        return
+    check_bootable(config, obs, sysroot.system_elsewhere(cmdlines))
+
+
 def _check_root_options(config: Config) -> tuple[str, ...] | None:
     """In an initrd, the root mount's options name the subvolume this run replaces (plan.check_root_options),
     when the root is this filesystem: rollback may be set up for another btrfs than the root's (or an
@@ -591,10 +605,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
         if root_options is not None:
             check_root_default(config, root_options, obs)
         plan = plan_run(config, obs, bare=bare)
-        if root_options is not None and not plan.skipped:  # the machine boots this subvolume
-            from rollback.effects import sysroot
-
-            check_bootable(config, obs, sysroot.system_elsewhere(cmdlines))
+        _check_bootable(config, obs, plan, root_options, cmdlines)
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:

@@ -88,7 +88,6 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
     with /sysroot, not the rd. spelling's, so rd.systemd.mount-extra=…:/usr mounts the initrd's own
     /usr, gone at the switch (a reviewer), and one for /sysroot/usr makes the sysroot-usr.mount."""
     from rollback.cmdline import split_cmdline
-    from rollback.sources import in_initrd
 
     for word in [w for text in cmdlines for w in split_cmdline(text)]:
         key, _, value = word.partition("=")
@@ -99,10 +98,17 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
         )
         if (usr and value) or (key == "init" and _outside_the_system(value)):
             return f"{word} on the kernel command line"
-    if os.environ.get(SYSROOT_UNIT_ENV) or in_initrd():
+    if in_the_initrd():
         found = next((u for u in (f"{d}/sysroot-usr.mount" for d in _unit_dirs()) if os.path.exists(u)), None)
         return None if found is None else f"{found} in the initrd"
     return "/usr mounted on its own" if _usr_mounted() else None
+
+
+def in_the_initrd() -> bool:
+    """Running in the initrd, or as the test hook has it (its units read from the hook's directory)."""
+    from rollback.sources import in_initrd
+
+    return bool(os.environ.get(SYSROOT_UNIT_ENV)) or in_initrd()
 
 
 def _extra_mounts_usr(extra: str) -> bool:
