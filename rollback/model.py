@@ -90,6 +90,7 @@ class Mounts(NamedTuple):
     subvolumes: dict[int, str]  # subvolume id -> a mount point
     paths: dict[str, str]  # a path inside the filesystem (from its top level) -> what is mounted on it
     swapfiles: Mapping[int, str] = {}  # subvolume id -> an active swap file in it (as /proc/swaps names it)
+    forced_read_only: str = ""  # a mount point showing the filesystem forced read-only (mountinfo.forced_read_only)
 
 
 SYSTEM = "usr/lib/systemd/systemd"  # what the initrd starts in the new root (switch-root with no init=)

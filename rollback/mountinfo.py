@@ -25,6 +25,8 @@ class Mount:
     mount_id: str = ""
     parent_id: str = ""
     root: str = "/"  # the path inside its filesystem that is mounted here (btrfs: from the top level)
+    writable: bool = True  # this mount's own flag (rw)
+    super_writable: bool = True  # its superblock's, shared by every mount of the filesystem
 
 
 def unescape(field: str) -> str:
@@ -55,9 +57,19 @@ def parse(text: str) -> list[Mount]:
                 fields[0],
                 fields[1],
                 unescape(fields[3]),
+                fields[5].split(",")[0] == "rw",
+                options.split(",")[0] == "rw",
             )
         )
     return mounts
+
+
+def forced_read_only(mounts: list[Mount], dev: str) -> str | None:
+    """The mount point of a mount of the filesystem `dev` that is read-write while its superblock is
+    read-only: the kernel forced it read-only after an error (a transaction aborted: a failing disk, a
+    damaged tree), and refuses every write, and the remount read-write, until it is unmounted
+    everywhere. None: no such mount (a superblock mounted read-only on purpose has no such mount)."""
+    return next((m.mount_point for m in mounts if m.dev == dev and m.writable and not m.super_writable), None)
 
 
 def subvolumes_of(mounts: list[Mount], dev: str) -> dict[int, str]:

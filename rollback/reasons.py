@@ -127,7 +127,9 @@ REASONS: dict[str, Reason] = {
         "the blank snapshot's top directory is chattr +i/+a", "ro false; chattr -i -a it; ro true (the hint's commands)"
     ),
     "read-only": _refused(
-        "the filesystem cannot be remounted read-write, or a member device is read-only", "blockdev --getro; dmesg"
+        "the filesystem cannot be remounted read-write (forced read-only after an error while mounted elsewhere), "
+        "or a member device is read-only",
+        "blockdev --getro; dmesg",
     ),
     "no-space": _refused(
         "no room for the first change: the filesystem is full of the machine's own data",
@@ -139,6 +141,11 @@ REASONS: dict[str, Reason] = {
     ),
     # exit 1: after changes began; the device is consistent and the next run finishes the job
     "step-failed": Reason(Exit.FAILED, "a step failed (I/O error...)", "see the message; rollback status"),
+    "forced-read-only": Reason(
+        Exit.FAILED,
+        "the kernel forced the filesystem read-only after an error during the run (a failing disk, a damaged tree)",
+        "dmesg; the next run finishes once the disk works; else btrfs check --readonly",
+    ),
     "no-space-midway": Reason(
         Exit.FAILED,
         "space (or a qgroup limit) ran out after changes began",

@@ -78,9 +78,27 @@ def _observed(
         device.refuse_unseen(dev, fsid, writing=lock)
         with mount.top_level(dev) as top:
             mounted = device.mounts(str(top), fsid)
+            _refuse_forced_read_only(mounted)
             mount.settle(top)
             found = _observe(config, top, mounted, datetime.now(UTC), limits)
             yield top, found, unlock
+
+
+def _refuse_forced_read_only(mounted: Mounts) -> None:
+    """The filesystem forced read-only after an error, while mounted somewhere: nothing can be written,
+    and reading it may fail as a damaged disk would (its tree as the aborted transaction left it in
+    memory), for every verb: refused, naming the way out (a tester with failing disks: the run refused
+    "remounting read-write failed: Invalid argument", its dry run and status passed, or "the disk is
+    damaged" of a disk working again)."""
+    if where := mounted.forced_read_only:
+        raise Refused(
+            f"the kernel forced the filesystem read-only after an error, while mounted at {names.shown(where)} "
+            "(read-write over a read-only superblock): no write is possible, and reads may fail, until it is "
+            "unmounted everywhere",
+            f"dmesg says which error; umount {names.shown(where)} (and every other mount of it), then btrfs "
+            "check --readonly on the device; nothing was changed",
+            code="read-only",
+        )
 
 
 def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: Bounds | None = None) -> Observation:
@@ -147,6 +165,8 @@ def _execute(
                 recheck(step)
             btrfs.execute(step, top, in_use)
         except OSError as error:
+            if mount.forced_read_only(top):  # nothing more can be written, nor put back
+                raise _aborted(number, plan, error) from error
             if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
                 kept += skipped
                 continue
@@ -361,6 +381,22 @@ def _failure(
         + free
         + ", and the next run finishes the job",
         code="no-space-midway",
+    )
+
+
+def _aborted(number: int, plan: Plan, error: OSError) -> StepFailed:
+    """A step failed and the kernel forced the filesystem read-only (a transaction aborted after an error:
+    a failing disk, a damaged tree, the kernel's cleaner meeting one): what this run did since its last
+    commit is not on the disk, and whatever the message would say of a move back is unknown (a tester
+    with failing disks: "it is at .rollback/trash/...", while the disk had it in place)."""
+    step = plan.steps[number - 1]
+    return StepFailed(
+        f"step {number}/{len(plan.steps)} failed: {step.describe()}: {error}; the kernel forced the "
+        "filesystem read-only after an error: the disk holds what the last commit wrote",
+        "dmesg says which error; rollback status (once mounted again) shows where the root is. If the disk "
+        "works again the next run finishes the job; if every run ends so, the disk or the filesystem is "
+        "damaged: btrfs check --readonly on the device",
+        code="forced-read-only",
     )
 
 

@@ -352,7 +352,8 @@ def mounts(top: str, fsid: str) -> Mounts:
         "/proc/1/root",
         *(f"/proc/{p}/root" for p, _ in tables if p is not None and _user_namespace(p) == users),
     )
-    found = Mounts({}, {}, _swapfiles(fsid, roots))
+    forced = next((where for _, table in tables if (where := mountinfo.forced_read_only(table, own))), None)
+    found = Mounts({}, {}, _swapfiles(fsid, roots), forced or "")
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]

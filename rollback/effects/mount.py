@@ -169,6 +169,21 @@ def make_writable(top: Path) -> None:
         )
 
 
+def forced_read_only(top: Path) -> str | None:
+    """Where a mount of the filesystem mounted at `top` shows it forced read-only after an error
+    (mountinfo.forced_read_only): another mount, before our remount read-write, or ours, after it (an
+    error during the run). None where the mount table cannot be read."""
+    from rollback import mountinfo
+
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+            mounts = mountinfo.parse(handle.read())
+    except OSError:
+        return None
+    ours = [m for m in mounts if m.mount_point == str(top)]
+    return mountinfo.forced_read_only(mounts, ours[-1].dev) if ours else None
+
+
 def _kept_options(top: Path) -> bytes | None:
     """What a reconfiguration of the superblock would reset and the superblock has now: `noacl` (btrfs
     turns ACLs on at every reconfiguration from mount(2) unless told). Our mount is the last line for

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import btrfsutil
@@ -770,3 +770,116 @@ def _refused_as_a_seed(tmp_path: Path, mnt: Path, seed: str, sprout: str, verb: 
         assert (mnt / "persist" / "after-sprouting").read_text() == "written to the sprout\n"
     finally:
         sh("umount", str(mnt))
+
+
+@contextmanager
+def _on_a_small_tmpfs(tmp_path: Path) -> Iterator[tuple[Disk, Path]]:
+    """A btrfs on a sparse image in a 96 MiB tmpfs, and the path of a file that fills the tmpfs: the
+    loop device's writes into the image's holes then fail (EIO), as a dying disk's do."""
+    require_root("mkfs.btrfs", "losetup", "mount")
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(backing))
+    try:
+        with loop_device(backing / "disk.img", 512 * 1024 * 1024) as device:
+            sh("mkfs.btrfs", "-q", device)
+            mnt = tmp_path / "mnt"
+            mnt.mkdir()
+            try:
+                yield Disk(device, mnt, tmp_path), backing / "fill"
+            finally:
+                subprocess.run(["umount", "-R", str(mnt)], capture_output=True)
+    finally:
+        sh("umount", str(backing))
+
+
+def _trimmed(disk: Disk) -> None:
+    """Every free block of the filesystem a hole in the image (the loop device punches one per discard):
+    with the tmpfs full, any new block written fails."""
+    with disk.top() as top:
+        btrfsutil.sync(str(top))
+        sh("fstrim", str(top))
+
+
+def _fill(path: Path) -> None:
+    with path.open("wb") as handle, suppress(OSError):  # ENOSPC: full
+        while True:
+            handle.write(b"\0" * (1 << 20))
+
+
+def test_a_filesystem_forced_read_only_elsewhere_is_refused_naming_the_way_out(tmp_path: Path) -> None:
+    """Mounted elsewhere, the kernel forced it read-only after a write error (a transaction aborted): the
+    run refused "remounting read-write failed: Invalid argument", its dry run and status passed, or
+    reading it gave "the disk is damaged" of a disk working again (a tester with failing disks). Every
+    verb refuses `read-only` naming the mount and the way out; unmounted, the next run rolls back."""
+    with _on_a_small_tmpfs(tmp_path) as (disk, filler):
+        with disk.top() as top:
+            populate(top)
+        before = disk.state()
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        sh("mount", disk.device, str(elsewhere))
+        try:
+            _fill(filler)
+            with suppress(OSError):  # the write may fail itself, or only the commit
+                (elsewhere / "persist/big").write_bytes(os.urandom(32 << 20))
+            subprocess.run(["sync", "-f", str(elsewhere)], capture_output=True)
+            filler.unlink()  # the disk works again; the filesystem stays read-only while mounted
+            table = Path("/proc/self/mountinfo").read_text()
+            line = next(line for line in table.splitlines() if f" {elsewhere} " in line)
+            assert line.split(" - ")[1].split()[2].startswith("ro,"), f"not forced read-only: {line}"
+            for verb in (("run",), ("run", "--dry-run"), ("skip-next",), ("cleanup",), ("status",), ("diff",)):
+                result = disk.rollback(*verb)
+                assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, (verb, result.stderr)
+                assert (
+                    f"forced the filesystem read-only after an error, while mounted at '{elsewhere}'" in result.stderr
+                )
+        finally:
+            sh("umount", str(elsewhere))
+        assert disk.state() == before  # (what the aborted transaction held never reached the disk)
+        assert disk.rollback("run").returncode == Exit.OK
+
+
+@pytest.mark.parametrize("flags", [(), ("--mode", "snapshot"), ("--archive", "old")])
+def test_a_run_the_kernel_forces_read_only_says_the_disk_holds_the_last_commit(
+    tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    """Writes failing under the run (a dying disk): its commit fails, the kernel aborts the transaction and
+    forces the filesystem read-only. Was `step-failed`, "moving the old root back failed too: it is at
+    .rollback/trash/..." while the disk had it in place (a tester with failing disks): now
+    `forced-read-only`, saying the disk holds what the last commit wrote; it does, and once the disk
+    works the next run rolls back."""
+    require_root("fstrim")
+    with _on_a_small_tmpfs(tmp_path) as (disk, filler):
+        with disk.top() as top:
+            populate(top, blank=True)
+        _trimmed(disk)
+        before = disk.state()
+        _fill(filler)
+        result = disk.rollback("run", *flags)
+        filler.unlink()
+        assert result.returncode == Exit.FAILED and "reason=forced-read-only" in result.stderr, result.stderr
+        assert "the disk holds what the last commit wrote" in result.stderr and "is at" not in result.stderr
+        assert disk.state() == before
+        assert disk.rollback("run", *flags).returncode == Exit.OK
+        after = disk.state()
+        ids = [{s.id for s in state.subvolumes if s.path == "root"} for state in (before, after)]
+        assert outside_root(after) == outside_root(before) and ids[0] != ids[1], "a new root, the rest intact"
+
+
+def test_the_wait_for_the_kernels_cleaner_ends_when_the_filesystem_goes_read_only(
+    disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's cleaner met a bad block and forced the filesystem read-only: the run's wait went on
+    for its whole minute, the cleanup's for up to an hour, for space that never comes (a tester with
+    failing disks). The wait ends at once, as a failing step (here: a cleaner that never finishes, and
+    our mount made read-only under the wait, as the kernel's abort makes it)."""
+    from rollback.effects import btrfs
+    from rollback.plan import Reclaim
+
+    with disk.top() as top:
+        monkeypatch.setattr(btrfsutil, "deleted_subvolumes", lambda _path: [999])
+        sh("mount", "-o", "remount,ro", str(top))
+        with pytest.raises(OSError) as raised:  # (before: no error, once the 20 s were over)
+            btrfs.execute(Reclaim(timeout_s=20.0), top)
+        assert raised.value.errno == errno.EROFS, raised.value
