@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
 def _cleanup(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
 
-    return verbs.cleanup(config, dry_run=args.dry_run)
+    return verbs.cleanup(config, dry_run=args.dry_run, cmdline=cmdline)
 
 
 def _status(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
@@ -176,13 +176,13 @@ def _status(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
 def _diff(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
 
-    return verbs.diff(config, as_json=args.json)
+    return verbs.diff(config, as_json=args.json, cmdline=cmdline)
 
 
 def _skip_next(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     from rollback import verbs
 
-    return verbs.skip_next(config)
+    return verbs.skip_next(config, cmdline=cmdline)
 
 
 def _config(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:

@@ -58,12 +58,20 @@ CRASH_SIGNAL_ENV = "ROLLBACK_TEST_CRASH_SIGNAL"  # ... with this signal (default
 
 @contextmanager
 def _observed(
-    config: Config, *, lock: bool, lock_node: bool = True, bounded: bool = False, wait: bool = False
+    config: Config,
+    *,
+    lock: bool,
+    lock_node: bool = True,
+    bounded: bool = False,
+    wait: bool = False,
+    cmdline: str | None = None,
 ) -> Iterator[tuple[Path, Observation, Callable[[], None]]]:
     """Probe, lock the filesystem (when about to write; `wait`: for as long as another holds it, else
     refused), mount its top level privately, read-only and without atime updates (a run that refuses
     must not have written anything), and observe it; `bounded`: what a run only moves is listed as
-    plan.bounds() says. Also yields what releases the lock early."""
+    plan.bounds() says. Also yields what releases the lock early. With `cmdline` (the settings' kernel
+    command line), a filesystem mounted nowhere yet is not mounted while a hibernation image waits:
+    even a read-only mount replays its log (a run checks it first, wherever the filesystem is)."""
     from rollback.effects import device, mount
 
     dev = config.require_device()
@@ -76,6 +84,8 @@ def _observed(
     with locking as unlock:
         device.refuse_copies(dev, fsid)  # (after a wait for the lock: what is true now)
         device.refuse_unseen(dev, fsid, writing=lock)
+        if cmdline is not None and not device.mounted_anywhere(fsid):
+            _check_hibernation(config, (cmdline, _kernels_cmdline()))
         with mount.top_level(dev) as top:
             mounted = device.mounts(str(top), fsid)
             _refuse_forced_read_only(mounted)
@@ -681,7 +691,7 @@ def _what_the_run_did(config: Config, plan: Plan) -> str:
     return f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted{unpruned}"
 
 
-def cleanup(config: Config, *, dry_run: bool) -> Exit:
+def cleanup(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
     """Delete what boots left in the trash (cleanup = after-boot), on the running system, at idle
     priority: the same checks as a run (nothing mounted anywhere, the lock, a private mount)."""
     from rollback.effects import priority
@@ -690,7 +700,7 @@ def cleanup(config: Config, *, dry_run: bool) -> Exit:
     if not dry_run:
         priority.idle()
     began = time.monotonic()
-    with _observed(config, lock=not dry_run, lock_node=False, wait=True) as (top, obs, unlock):
+    with _observed(config, lock=not dry_run, lock_node=False, wait=True, cmdline=cmdline) as (top, obs, unlock):
         plan = plan_cleanup(config, obs)
         if dry_run:
             _as_the_remount_would(top, plan)
@@ -794,7 +804,7 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
 def status(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
     from rollback.effects import device, sysroot
 
-    with _observed(config, lock=False) as (top, obs, _unlock):
+    with _observed(config, lock=False, cmdline=cmdline) as (top, obs, _unlock):
         fsid = device.probe(config.require_device())
         missing = device.missing_members(fsid)  # while mounted
         elsewhere = sysroot.system_elsewhere((cmdline, _kernels_cmdline()))
@@ -803,10 +813,10 @@ def status(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
     return Exit.OK
 
 
-def diff(config: Config, *, as_json: bool) -> Exit:
+def diff(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
     from rollback.effects.walk import walk
 
-    with _observed(config, lock=False) as (top, obs, _unlock):
+    with _observed(config, lock=False, cmdline=cmdline) as (top, obs, _unlock):
         check_target(config, obs)  # a directory there: no run erases it, it refuses (nothing listed said otherwise)
         if config.from_blank:  # no blank (or a writable one): the run refuses; the whole root listed said otherwise
             check_blank(config, obs)
@@ -846,8 +856,8 @@ _AS_ASKED = "nothing: as asked (the next boot rolls back again)"
 _AS_CONFIGURED = "nothing: as configured (every run skips while skip is set in {})"
 
 
-def skip_next(config: Config) -> Exit:
-    with _observed(config, lock=True) as (top, obs, _unlock):
+def skip_next(config: Config, *, cmdline: str = "") -> Exit:
+    with _observed(config, lock=True, cmdline=cmdline) as (top, obs, _unlock):
         plan = plan_skip_next(config, obs)
         try:
             _execute(plan, top, {"device": config.device, "subvolume": config.subvolume})

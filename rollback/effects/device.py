@@ -507,6 +507,11 @@ def _seen(fsid: str, members: set[int] | None) -> bool:
     return True
 
 
+def mounted_anywhere(fsid: str) -> bool:
+    """The kernel has the filesystem `fsid` mounted (somewhere: any mount namespace)."""
+    return _members(fsid) is not None
+
+
 def _members(fsid: str) -> set[int] | None:
     """The devices (st_rdev) of the mounted filesystem `fsid`, from sysfs; None if it is not mounted."""
     base = f"{SYSFS_BTRFS}/{uuid(fsid)}/devices"

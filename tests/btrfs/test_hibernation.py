@@ -132,3 +132,24 @@ def test_ignoring_the_command_line_does_not_ignore_the_kernels_resume(
     assert result.returncode == Exit.REFUSED, result.stderr
     assert f"a hibernation image (S1SUSPEND) is waiting on {swap[0]}" in result.stderr
     assert disk.state() == before
+
+
+@pytest.mark.parametrize("verb", [("status",), ("diff",), ("skip-next",), ("cleanup",), ("cleanup", "--dry-run")])
+def test_every_verb_leaves_a_hibernated_filesystem_unmounted(
+    disk: Disk, swap: tuple[str, Path], verb: tuple[str, ...]
+) -> None:
+    """Only the run checked: `status` said nothing of the image, `skip-next` mounted the filesystem and
+    committed its mark, `cleanup` ran (a tester walking the docs; a rescue shell's, beside a hibernated
+    system). Even a read-only mount replays the log under the hibernated kernel. Mounted already (the
+    running system's), the mount is not ours to prevent: the verb goes on."""
+    with disk.top() as top:
+        populate(top)
+    write_signature(swap[0], b"S1SUSPEND")
+    path = disk.workdir / "cmdline"
+    path.write_text(f"resume={swap[0]}\n")
+    before = disk.state()
+    result = disk.rollback(*verb, cmdline=str(path))
+    assert result.returncode == Exit.REFUSED and "reason=hibernated" in result.stderr, result.stderr
+    assert disk.state() == before
+    with disk.top():  # mounted by someone else
+        assert disk.rollback(*verb, cmdline=str(path)).returncode in (Exit.OK, Exit.SKIPPED)
