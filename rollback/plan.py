@@ -592,8 +592,9 @@ def plan_skip_next(config: Config, obs: Observation) -> Plan:
             f"there is no {names.shown(config.subvolume)} to keep: a run was cut short after moving it away, or "
             "that is not the root's name",
             "rollback status names the old roots in the trash and the archive: to keep one, move it back first "
-            f"(mv <top>/.rollback/trash/NAME <top>/{config.subvolume}, before a run or the cleanup deletes it), then "
-            f"skip-next; rollback run finishes a run cut short; else check {config.spelt('subvolume')}",
+            f"(one in the trash holding the run lock, as the README shows: flock /run/rollback-locks/<UUID without "
+            f"dashes> mv <top>/.rollback/trash/NAME <top>/{config.subvolume}), then skip-next; rollback run "
+            f"finishes a run cut short; else check {config.spelt('subvolume')}",
             code="nothing-to-keep",
         )
     check_target(config, obs)

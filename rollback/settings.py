@@ -228,7 +228,12 @@ SETTINGS: tuple[Setting, ...] = (
         "rollback-cleanup@ unit of the running system; a boot then deletes only what earlier boots left)",
         choices=get_args(Cleanup),
     ),
-    Setting("skip", BOOLEAN, False, "do nothing and exit 77 (the kernel command line's rollback.skip)"),
+    Setting(
+        "skip",
+        BOOLEAN,
+        False,
+        "the run does nothing and exits 77 (the kernel command line's rollback.skip); other verbs ignore it",
+    ),
     Setting(
         "ignore_hibernation",
         BOOLEAN,
