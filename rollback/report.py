@@ -297,7 +297,7 @@ def _archive_lines(report: Status) -> list[str]:
         due = f", {len(archive['due'])} due for pruning" if archive["due"] else ""
         lines.append(f"archive:    {archive['path']}: {len(archive['roots'])} old root(s){due}")
         lines += [
-            f"            {r['path']} ({_age(r['age_seconds'])}, {r['nested']} nested)"
+            f"            {r['path']} (created {_age(r['age_seconds'])}, {r['nested']} nested)"
             + ("  <- due for pruning" if r["path"] in archive["due"] else "")
             + (
                 "  <- the default subvolume (btrfs subvolume set-default): never pruned"
