@@ -840,15 +840,16 @@ def system_paths(config: Config) -> list[str]:
     return [config.subvolume, *([config.blank] if config.from_blank else [])]
 
 
-def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> None:
+def check_bootable(config: Config, obs: Observation, elsewhere: str | None, *, by_hand: bool = False) -> None:
     """The root the run makes must boot if the old one does: the old root holds the operating system
     (SYSTEM) or mounts it (its etc/fstab mounting /usr, which the initrd reads from the new root), and an
     empty root (recreate), or a snapshot of a blank with neither, does not come up; deleting the old
     one (the system, or the fstab that finds it) leaves no copy. The installer refuses that setup; a
     config edited since (`mode` dropped, so recreate; another blank) reached the boot unchecked (a
-    tester of settings changed between boots). Called only where the subvolume is the root the machine
-    boots; `elsewhere`: what starts the system from outside it (sysroot.system_elsewhere), which it does
-    not judge; nor what it could not read or tell (a link on the way)."""
+    tester of settings changed between boots). Called where the subvolume may be the root the machine
+    boots (in the initrd, where its sysroot.mount says so; `by_hand`, outside it, always); `elsewhere`:
+    what starts the system from outside it (sysroot.system_elsewhere), which it does not judge; nor what
+    it could not read or tell (a link on the way)."""
     signs = obs.systems.get(config.subvolume)  # (none without a root there)
     if elsewhere is not None or signs is None or not (signs.found or signs.usr_in_fstab):
         return
@@ -877,10 +878,20 @@ def check_bootable(config: Config, obs: Observation, elsewhere: str | None) -> N
         f"and the new root would be {made}: the machine would not come up"
         + ("" if config.keeping else ", and the old root, the system, would be deleted"),
         f"{fix}; or have the initrd mount /usr (mount.usr= on the kernel command line, or the initrd's own "
-        "fstab). The initrd holds a copy of /etc/rollback.toml: dracut --force after editing it. Meanwhile "
-        "rollback.skip on the kernel command line boots this root as it is; nothing was changed",
+        "fstab). " + (_BY_HAND if by_hand else _AT_BOOT) + "; nothing was changed",
         code="holds-system",
     )
+
+
+_AT_BOOT = (
+    "The initrd holds a copy of /etc/rollback.toml: dracut --force after editing it. Meanwhile rollback.skip "
+    "on the kernel command line boots this root as it is"
+)
+# (a rescue system's own command line and /usr say nothing of how the machine boots: sysroot.system_elsewhere)
+_BY_HAND = (
+    "A run by hand: give it the machine's settings (--config <the root>/etc/rollback.toml) and, where the machine "
+    "boots with mount.usr= or another /usr, its kernel command line (--kernel-cmdline FILE)"
+)
 
 
 def made_from(root: Examined, blank: Examined) -> bool:

@@ -416,12 +416,20 @@ def _check_bootable(
     """plan.check_bootable where the machine boots this subvolume: in the initrd, where its sysroot.mount
     names it (`root_options`); by hand, where nothing tells, always (a rescue shell's run replaced a root
     holding the system with an empty one: exit 0 and the system deleted, while the boot refused it: a
-    tester)."""
+    tester). By hand, what starts the system from elsewhere is read only from a kernel command line given
+    (--kernel-cmdline FILE): the running kernel's, and its /usr, are the rescue system's (a NixOS
+    installer's init= let the run delete a Debian root's system: a reviewer)."""
     from rollback.effects import sysroot
 
-    if plan.skipped or (root_options is None and sysroot.in_the_initrd()):
+    if plan.skipped:
         return
-    check_bootable(config, obs, sysroot.system_elsewhere(cmdlines))
+    if sysroot.in_the_initrd():
+        if root_options is not None:
+            check_bootable(config, obs, sysroot.system_elsewhere(cmdlines))
+        return
+    given, kernels = cmdlines
+    elsewhere = sysroot.system_elsewhere(("" if given == kernels else given, ""), usr_mount=False)
+    check_bootable(config, obs, elsewhere, by_hand=True)
 
 
 def _check_root_options(config: Config) -> tuple[str, ...] | None:

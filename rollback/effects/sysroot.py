@@ -72,7 +72,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
+def system_elsewhere(cmdlines: tuple[str, str], *, usr_mount: bool = True) -> str | None:
     """What starts the operating system from outside the root this filesystem's run replaces, as far as
     the boot can see before the root is mounted (plan.check_bootable does not judge it): on the settings'
     or the kernel's own command line (`cmdlines`: systemd's words, read even with --kernel-cmdline
@@ -81,7 +81,8 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
     /nix/store/...; init=/usr/lib/systemd/systemd is the root's); in the initrd, a sysroot-usr.mount
     (its generators write one for those words, gpt-auto's usr partition and the initrd's own fstab);
     on the running system, a /usr mount that is not an overlay (systemd-sysext's): made in the initrd,
-    which then sees its source too. None: nothing seen. (A root's own fstab mounting /usr is in the
+    which then sees its source too (not `usr_mount`: a run by hand, where this system's /usr is not the
+    machine's). None: nothing seen. (A root's own fstab mounting /usr is in the
     observation: model.SystemSigns.)
 
     rd.systemd.mount-extra= is not counted: the initrd prefixes systemd.mount-extra='s mount point
@@ -101,7 +102,7 @@ def system_elsewhere(cmdlines: tuple[str, str]) -> str | None:
     if in_the_initrd():
         found = next((u for u in (f"{d}/sysroot-usr.mount" for d in _unit_dirs()) if os.path.exists(u)), None)
         return None if found is None else f"{found} in the initrd"
-    return "/usr mounted on its own" if _usr_mounted() else None
+    return "/usr mounted on its own" if usr_mount and _usr_mounted() else None
 
 
 def in_the_initrd() -> bool:

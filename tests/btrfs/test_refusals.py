@@ -22,6 +22,7 @@ from rollback.effects.sysroot import SYSROOT_UNIT_ENV
 from rollback.errors import Exit
 from rollback.model import SKIP_MARK
 from rollback.plan import RemoveMark, Step, WriteMark
+from rollback.verbs import PROC_CMDLINE_ENV
 from tests.support.cli import rollback_argv
 from tests.support.disks import Disk, loop_device
 from tests.support.layout import outside_root, populate, sh
@@ -918,17 +919,22 @@ def test_the_system_check_leaves_what_it_cannot_judge(
 def test_a_run_by_hand_keeps_a_root_holding_the_system(disk: Disk, tmp_path: Path, flags: tuple[str, ...]) -> None:
     """Outside the initrd nothing says which subvolume the machine boots: a run by hand (a rescue shell)
     replaced a root holding the system with an empty one, exit 0, the system deleted, while the boot
-    refused it (a tester walking the docs). Judged as the boot's is, /usr from elsewhere included."""
+    refused it (a tester walking the docs). Judged as the boot's is, /usr from elsewhere read only from a
+    command line given: the running kernel's is the rescue system's (a reviewer)."""
     setup(disk, _system_in_root, blank=True)
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("quiet\n")
+    # the rescue system's own command line (a NixOS installer's init=) says nothing of the machine's boot
+    rescue = tmp_path / "proc-cmdline"
+    rescue.write_text("init=/nix/store/0000-nixos-system/init mount.usr=/dev/sr0\n")
     before = disk.state()
-    for verb in (("run", "--dry-run"), ("run",)):
-        result = disk.rollback(*verb, *flags, cmdline=str(cmdline))
+    for verb, given in ((("run", "--dry-run"), cmdline), (("run",), cmdline), (("run",), rescue)):
+        result = disk.rollback(*verb, *flags, env={PROC_CMDLINE_ENV: str(rescue)}, cmdline=str(given))
         assert result.returncode == Exit.REFUSED and "reason=holds-system" in result.stderr, result.stderr
+        assert "A run by hand: give it the machine's settings (--config" in result.stderr
         assert disk.state() == before
-    cmdline.write_text("quiet mount.usr=/dev/vdb1\n")
-    started = disk.rollback("run", *flags, cmdline=str(cmdline))
+    cmdline.write_text("quiet mount.usr=/dev/vdb1\n")  # the machine's, given
+    started = disk.rollback("run", *flags, env={PROC_CMDLINE_ENV: str(rescue)}, cmdline=str(cmdline))
     assert started.returncode == Exit.OK, started.stderr
 
 
