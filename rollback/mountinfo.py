@@ -64,11 +64,12 @@ def parse(text: str) -> list[Mount]:
     return mounts
 
 
-def forced_read_only(mounts: list[Mount], dev: str) -> str | None:
+def read_only_under(mounts: list[Mount], dev: str) -> str | None:
     """The mount point of a mount of the filesystem `dev` that is read-write while its superblock is
-    read-only: the kernel forced it read-only after an error (a transaction aborted: a failing disk, a
-    damaged tree), and refuses every write, and the remount read-write, until it is unmounted
-    everywhere. None: no such mount (a superblock mounted read-only on purpose has no such mount)."""
+    read-only. The kernel forces the superblock so after an error (a transaction aborted: a failing
+    disk, a damaged tree), refusing every write, and the remount read-write, until it is unmounted
+    everywhere; a plain `mount -o remount,ro` of another mount makes it so too, writable again by a
+    remount. None: no such mount."""
     return next((m.mount_point for m in mounts if m.dev == dev and m.writable and not m.super_writable), None)
 
 

@@ -351,7 +351,19 @@ def _run_warnings(config: Config, obs: Observation) -> tuple[str, ...]:
     warnings = (*_other_roots_mark(config, obs), *_clock_behind(config, obs))
     warnings += _quota_left(quota, target, _blank_quota(config, obs)) + _misspelt(config, obs)
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
-    return warnings
+    return warnings + _read_only_under(obs)
+
+
+def _read_only_under(obs: Observation) -> tuple[str, ...]:
+    """A read-write mount over the read-only superblock: a remount makes it writable, unless the kernel
+    forced it so after an error, which the run meets only at its remount (a dry run does not remount)."""
+    if not obs.read_only_under:
+        return ()
+    return (
+        f"the filesystem is read-write at {obs.read_only_under} over a read-only superblock: remounted read-only "
+        "there, or forced so by the kernel after an error (dmesg), and then the run is refused at its remount "
+        "read-write (read-only) until it is unmounted everywhere",
+    )
 
 
 # Deleting the old root where it is, to make room, only where its own tree gives back this much

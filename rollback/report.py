@@ -86,6 +86,7 @@ class Status(TypedDict):
     mounted: dict[str, str]  # subvolume id -> where
     missing_devices: list[int]  # member device ids the kernel mounted it without (degraded)
     read_only_devices: list[str]  # member devices read-only: every writing verb refuses (read-only)
+    read_only_under: str | None  # a read-write mount over the read-only superblock: forced so after an error?
     booted_from: BootedFrom | None  # the subvolume at / when of this filesystem and not the target
 
 
@@ -170,6 +171,7 @@ def status(
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
         "missing_devices": list(missing),
         "read_only_devices": list(read_only),
+        "read_only_under": obs.read_only_under or None,
         "booted_from": _booted_from(config, obs),
     }
 
@@ -216,7 +218,7 @@ def _next_boot(
     from rollback.plan import check_bootable, plan_run
 
     try:
-        at_boot = replace(obs, mounted={}, mounted_paths={})
+        at_boot = replace(obs, mounted={}, mounted_paths={}, read_only_under="")
         plan = plan_run(config, at_boot)
         if booted and not plan.skipped:
             check_bootable(config, at_boot, elsewhere)
@@ -261,6 +263,12 @@ def _device_lines(report: Status) -> list[str]:
             f"DEGRADED:   device id(s) {', '.join(map(str, report['missing_devices']))} missing (mounted degraded): "
             "rollback's own mount at boot fails without them (mount-failed); replace or remove the "
             "missing device (btrfs replace / btrfs device remove missing)"
+        )
+    if report["read_only_under"]:
+        lines.append(
+            f"READ-ONLY:  the superblock, under the read-write mount at {report['read_only_under']}: remounted "
+            "read-only, or forced so by the kernel after an error (dmesg), and then every run, cleanup and "
+            "skip-next is refused (read-only) until it is unmounted everywhere"
         )
     if report["read_only_devices"]:
         lines.append(

@@ -232,13 +232,15 @@ SETTINGS: tuple[Setting, ...] = (
         "skip",
         BOOLEAN,
         False,
-        "the run does nothing and exits 77 (the kernel command line's rollback.skip); other verbs ignore it",
+        "the run does nothing and exits 77 (the kernel command line's rollback.skip); status says so, other "
+        "verbs ignore it",
     ),
     Setting(
         "ignore_hibernation",
         BOOLEAN,
         False,
-        "roll back even when a hibernation image waits on the resume device (that session is lost)",
+        "roll back (and mount the filesystem, any verb) even when a hibernation image waits on the resume "
+        "device (that session is lost)",
     ),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

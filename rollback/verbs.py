@@ -88,27 +88,9 @@ def _observed(
             _check_hibernation(config, (cmdline, _kernels_cmdline()))
         with mount.top_level(dev) as top:
             mounted = device.mounts(str(top), fsid)
-            _refuse_forced_read_only(mounted)
             mount.settle(top)
             found = _observe(config, top, mounted, datetime.now(UTC), limits)
             yield top, found, unlock
-
-
-def _refuse_forced_read_only(mounted: Mounts) -> None:
-    """The filesystem forced read-only after an error, while mounted somewhere: nothing can be written,
-    and reading it may fail as a damaged disk would (its tree as the aborted transaction left it in
-    memory), for every verb: refused, naming the way out (a tester with failing disks: the run refused
-    "remounting read-write failed: Invalid argument", its dry run and status passed, or "the disk is
-    damaged" of a disk working again)."""
-    if where := mounted.forced_read_only:
-        raise Refused(
-            f"the kernel forced the filesystem read-only after an error, while mounted at {names.shown(where)} "
-            "(read-write over a read-only superblock): no write is possible, and reads may fail, until it is "
-            "unmounted everywhere",
-            f"dmesg says which error; umount {names.shown(where)} (and every other mount of it), then btrfs "
-            "check --readonly on the device; nothing was changed",
-            code="read-only",
-        )
 
 
 def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: Bounds | None = None) -> Observation:
@@ -129,6 +111,14 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
                 continue
             if error.errno not in _DAMAGED:
                 raise
+            if mounted.read_only_under:  # the tree as an aborted transaction left it in memory
+                raise Refused(
+                    f"cannot read the filesystem on {config.device}: {error.strerror}; mounted at "
+                    f"{mounted.read_only_under}, it is read-write over a read-only superblock: the kernel "
+                    "forced it so after an error",
+                    _UNMOUNT_IT + "; nothing was changed",
+                    code="read-only",
+                ) from None
             raise Refused(
                 f"cannot read the filesystem on {config.device}: {error.strerror}"
                 + (f" (at {os.fsdecode(error.filename)!r})" if error.filename else ""),
@@ -138,6 +128,11 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
     raise AssertionError("unreachable: the last read returns or raises")
 
 
+# the way out of a filesystem forced read-only after an error (a failing disk, a damaged tree)
+_UNMOUNT_IT = (
+    "dmesg says which error; it stays so until unmounted everywhere (the running system's root: reboot), "
+    "then btrfs check --readonly on the device"
+)
 # what reading a damaged disk or tree answers: the same at every boot, so a refusal (nothing changed)
 _DAMAGED = {errno.EIO, errno.EUCLEAN}
 _READS = 3  # an observation read again at most this often where something vanished while it was read
@@ -175,7 +170,7 @@ def _execute(
                 recheck(step)
             btrfs.execute(step, top, in_use)
         except OSError as error:
-            if mount.forced_read_only(top):  # nothing more can be written, nor put back
+            if mount.read_only_under(top):  # nothing more can be written, nor put back
                 raise _aborted(number, plan, error) from error
             if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
                 kept += skipped
@@ -395,17 +390,25 @@ def _failure(
 
 
 def _aborted(number: int, plan: Plan, error: OSError) -> StepFailed:
-    """A step failed and the kernel forced the filesystem read-only (a transaction aborted after an error:
-    a failing disk, a damaged tree, the kernel's cleaner meeting one): what this run did since its last
-    commit is not on the disk, and whatever the message would say of a move back is unknown (a tester
+    """A step failed and the superblock went read-only under our read-write mount: the kernel aborted a
+    transaction after an error (a failing disk, a damaged tree, the kernel's cleaner meeting one; no
+    room for its metadata), or someone remounted it read-only meanwhile. What this run did since its
+    last commit is not on the disk, and what a message would say of a move back is unknown (a tester
     with failing disks: "it is at .rollback/trash/...", while the disk had it in place)."""
     step = plan.steps[number - 1]
+    full = error.errno in _NO_ROOM
     return StepFailed(
-        f"step {number}/{len(plan.steps)} failed: {step.describe()}: {error}; the kernel forced the "
-        "filesystem read-only after an error: the disk holds what the last commit wrote",
-        "dmesg says which error; rollback status (once mounted again) shows where the root is. If the disk "
-        "works again the next run finishes the job; if every run ends so, the disk or the filesystem is "
-        "damaged: btrfs check --readonly on the device",
+        f"step {number}/{len(plan.steps)} failed: {step.describe()}: {error}; the filesystem went read-only "
+        + (
+            "for want of room (the kernel aborted the transaction)"
+            if full
+            else "(forced so after an error, or remounted)"
+        )
+        + ": the disk holds what the last commit wrote",
+        ("free space (btrfs filesystem usage) once it is unmounted everywhere; " if full else "")
+        + "dmesg says which error; rollback status (once mounted again) shows where the root is. The next run "
+        "finishes the job once the disk works; if every run ends so, the disk or the filesystem is damaged: "
+        "btrfs check --readonly on the device",
         code="forced-read-only",
     )
 
@@ -500,7 +503,10 @@ def _check_hibernation(config: Config, cmdlines: tuple[str, str]) -> None:
         return
     sysfs = device.read_kernel("/sys/power/resume"), device.read_kernel("/sys/power/resume_offset")
     for where, offset in hibernation.resume_locations(cmdlines, *sysfs):
-        hint = "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation"
+        hint = (
+            "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation, which "
+            "loses the hibernated session (a mount replays the filesystem's log under it)"
+        )
         try:
             signature = hibernation.hibernation_signature(device.swap_header_tail(where, offset))
         except OSError as error:

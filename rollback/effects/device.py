@@ -352,8 +352,8 @@ def mounts(top: str, fsid: str) -> Mounts:
         "/proc/1/root",
         *(f"/proc/{p}/root" for p, _ in tables if p is not None and _user_namespace(p) == users),
     )
-    forced = next((where for _, table in tables if (where := mountinfo.forced_read_only(table, own))), None)
-    found = Mounts({}, {}, _swapfiles(fsid, roots), forced or "")
+    under = next((_where(m, pid) for pid, table in tables if (m := mountinfo.read_only_under(table, own))), "")
+    found = Mounts({}, {}, _swapfiles(fsid, roots), under)
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]

@@ -162,17 +162,26 @@ def make_writable(top: Path) -> None:
         return
     if _libc.mount(None, os.fsencode(top), None, flags, _kept_options(top)) != 0:
         errno = ctypes.get_errno()
+        # (btrfs refuses it so after an error forced the filesystem read-only, until unmounted everywhere)
+        forced = errno == _EINVAL
         raise Refused(
-            f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}",
-            "the device or the filesystem is read-only (blockdev --getro, dmesg); nothing was changed",
+            f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}"
+            + ("; the kernel refuses it after an error forced the filesystem read-only" if forced else ""),
+            (
+                "dmesg says which error; it stays so until unmounted everywhere (the running system's root: "
+                "reboot), then btrfs check --readonly on the device"
+                if forced
+                else "the device or the filesystem is read-only (blockdev --getro, dmesg)"
+            )
+            + "; nothing was changed",
             code="read-only",
         )
 
 
-def forced_read_only(top: Path) -> str | None:
-    """Where a mount of the filesystem mounted at `top` shows it forced read-only after an error
-    (mountinfo.forced_read_only): another mount, before our remount read-write, or ours, after it (an
-    error during the run). None where the mount table cannot be read."""
+def read_only_under(top: Path) -> str | None:
+    """A mount of the filesystem mounted at `top` read-write over its read-only superblock
+    (mountinfo.read_only_under): another mount, before our remount read-write, or ours, after it (the
+    kernel forcing it so under the run). None where the mount table cannot be read."""
     from rollback import mountinfo
 
     try:
@@ -181,7 +190,10 @@ def forced_read_only(top: Path) -> str | None:
     except OSError:
         return None
     ours = [m for m in mounts if m.mount_point == str(top)]
-    return mountinfo.forced_read_only(mounts, ours[-1].dev) if ours else None
+    return mountinfo.read_only_under(mounts, ours[-1].dev) if ours else None
+
+
+_EINVAL = 22
 
 
 def _kept_options(top: Path) -> bytes | None:

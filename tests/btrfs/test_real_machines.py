@@ -811,7 +811,8 @@ def test_a_filesystem_forced_read_only_elsewhere_is_refused_naming_the_way_out(t
     """Mounted elsewhere, the kernel forced it read-only after a write error (a transaction aborted): the
     run refused "remounting read-write failed: Invalid argument", its dry run and status passed, or
     reading it gave "the disk is damaged" of a disk working again (a tester with failing disks). Every
-    verb refuses `read-only` naming the mount and the way out; unmounted, the next run rolls back."""
+    writing verb refuses `read-only` saying an error forced it so, and how to get out; what only looks
+    refuses so where it cannot read, else says it; unmounted, the next run rolls back."""
     with _on_a_small_tmpfs(tmp_path) as (disk, filler):
         with disk.top() as top:
             populate(top)
@@ -828,16 +829,52 @@ def test_a_filesystem_forced_read_only_elsewhere_is_refused_naming_the_way_out(t
             table = Path("/proc/self/mountinfo").read_text()
             line = next(line for line in table.splitlines() if f" {elsewhere} " in line)
             assert line.split(" - ")[1].split()[2].startswith("ro,"), f"not forced read-only: {line}"
-            for verb in (("run",), ("run", "--dry-run"), ("skip-next",), ("cleanup",), ("status",), ("diff",)):
+            for verb in (("run",), ("skip-next",), ("cleanup",), ("run", "--dry-run"), ("status",), ("diff",)):
                 result = disk.rollback(*verb)
-                assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, (verb, result.stderr)
-                assert (
-                    f"forced the filesystem read-only after an error, while mounted at '{elsewhere}'" in result.stderr
-                )
+                said = result.stderr + result.stdout
+                if result.returncode == Exit.OK and verb in (
+                    ("cleanup",),
+                    ("run", "--dry-run"),
+                    ("status",),
+                    ("diff",),
+                ):
+                    # it could read, and wrote nothing: said so (the cleanup: its trash is empty; diff lists)
+                    assert f"read-write at {elsewhere} over a read-only superblock" in said or (
+                        f"the superblock, under the read-write mount at {elsewhere}" in said
+                        or verb in (("cleanup",), ("diff",))
+                    ), (verb, said)
+                    continue
+                assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, (verb, said)
+                assert "forced" in result.stderr and "after an error" in result.stderr, (verb, result.stderr)
         finally:
             sh("umount", str(elsewhere))
         assert disk.state() == before  # (what the aborted transaction held never reached the disk)
         assert disk.rollback("run").returncode == Exit.OK
+
+
+def test_a_superblock_remounted_read_only_elsewhere_is_said_and_the_run_goes_on(disk: Disk, tmp_path: Path) -> None:
+    """`mount -o remount,ro` of one of two mounts makes the superblock read-only under the other's
+    read-write flag, as an error does: not refused (a reviewer: refusing named an error that was not);
+    status and the run say it, the run's remount makes it writable and it rolls back."""
+    with disk.top() as top:
+        populate(top)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    sh("mount", "-o", "subvol=persist", disk.device, str(first))
+    try:
+        sh("mount", "-o", "subvol=home", disk.device, str(second))
+        try:
+            sh("mount", "-o", "remount,ro", str(second))
+            found = json.loads(disk.rollback("status", "--json").stdout)
+            assert found["read_only_under"] == str(first), found
+            result = disk.rollback("run")
+            assert result.returncode == Exit.OK, result.stderr
+            assert f"read-write at {first} over a read-only superblock" in result.stderr
+        finally:
+            sh("umount", str(second))
+    finally:
+        sh("umount", str(first))
 
 
 @pytest.mark.parametrize("flags", [(), ("--mode", "snapshot"), ("--archive", "old")])
@@ -874,12 +911,19 @@ def test_the_wait_for_the_kernels_cleaner_ends_when_the_filesystem_goes_read_onl
     for its whole minute, the cleanup's for up to an hour, for space that never comes (a tester with
     failing disks). The wait ends at once, as a failing step (here: a cleaner that never finishes, and
     our mount made read-only under the wait, as the kernel's abort makes it)."""
-    from rollback.effects import btrfs
+    from rollback.effects import btrfs, mount
     from rollback.plan import Reclaim
 
+    other = disk.workdir / "other"
+    other.mkdir()
     with disk.top() as top:
         monkeypatch.setattr(btrfsutil, "deleted_subvolumes", lambda _path: [999])
-        sh("mount", "-o", "remount,ro", str(top))
-        with pytest.raises(OSError) as raised:  # (before: no error, once the 20 s were over)
-            btrfs.execute(Reclaim(timeout_s=20.0), top)
-        assert raised.value.errno == errno.EROFS, raised.value
+        sh("mount", "-o", "subvolid=5", disk.device, str(other))
+        try:  # the superblock read-only under our read-write mount, as the kernel's abort leaves it
+            sh("mount", "-o", "remount,ro", str(other))
+            with pytest.raises(OSError) as raised:  # (before: no error, once the 20 s were over)
+                btrfs.execute(Reclaim(timeout_s=20.0), top)
+            assert raised.value.errno == errno.EROFS, raised.value
+            assert mount.read_only_under(top) == str(top)  # what the run's failure then says (verbs._aborted)
+        finally:
+            sh("umount", str(other))

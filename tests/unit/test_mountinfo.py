@@ -53,10 +53,10 @@ def test_what_is_mounted_on_paths_inside_the_filesystem() -> None:
     assert mounted_below(parse(table), "0:5") == {}
 
 
-def test_a_mount_over_a_superblock_forced_read_only_is_found() -> None:
-    """Read-write over a read-only superblock: the kernel forced it so after an error; a mount read-only
-    on purpose (its own flag and the superblock's) is not."""
-    from rollback.mountinfo import forced_read_only
+def test_a_read_write_mount_over_a_read_only_superblock_is_found() -> None:
+    """Read-write over a read-only superblock: the kernel forced it so after an error, or another mount
+    was remounted read-only (a reviewer); a mount read-only of its own (and its superblock) is not."""
+    from rollback.mountinfo import read_only_under
 
     table = """\
 30 1 0:40 / /mnt/ro ro,relatime - btrfs /dev/loop0 ro,subvolid=5,subvol=/
@@ -64,6 +64,6 @@ def test_a_mount_over_a_superblock_forced_read_only_is_found() -> None:
 32 1 0:41 / /mnt/other rw,relatime - btrfs /dev/loop1 ro,subvolid=5,subvol=/
 """
     mounts = parse(table)
-    assert forced_read_only(mounts, "0:40") == "/mnt/p"
-    assert forced_read_only(mounts[:1], "0:40") is None
-    assert forced_read_only(parse(SAMPLE), "0:21") is None
+    assert read_only_under(mounts, "0:40") == "/mnt/p"
+    assert read_only_under(mounts[:1], "0:40") is None
+    assert read_only_under(parse(SAMPLE), "0:21") is None
