@@ -582,7 +582,7 @@ def plan_cleanup(config: Config, obs: Observation) -> Plan:
     # and the space back before it ends, so that the next boot has nothing to wait for (a boot that
     # finds deleted subvolumes not yet cleaned would wait for them, on the critical path)
     steps: tuple[Step, ...] = (*deletes, Reclaim(timeout_s=3600.0)) if deletes else ()
-    return _checked(Plan(steps), obs)
+    return _checked(Plan(steps, warnings=_read_only_under(obs)), obs)
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:

@@ -267,8 +267,8 @@ def _device_lines(report: Status) -> list[str]:
     if report["read_only_under"]:
         lines.append(
             f"READ-ONLY:  the superblock, under the read-write mount at {report['read_only_under']}: remounted "
-            "read-only, or forced so by the kernel after an error (dmesg), and then every run, cleanup and "
-            "skip-next is refused (read-only) until it is unmounted everywhere"
+            "read-only (a run makes it writable again), or forced so by the kernel after an error (dmesg: then "
+            "every run, cleanup and skip-next is refused, read-only, until it is unmounted everywhere)"
         )
     if report["read_only_devices"]:
         lines.append(

@@ -742,5 +742,5 @@ def _reclaim(top: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while btrfsutil.deleted_subvolumes(str(top)) and time.monotonic() < deadline:
         if os.statvfs(top).f_flag & os.ST_RDONLY:  # forced so after an error (the cleaner met a bad block):
-            raise OSError(errno.EROFS, "the filesystem went read-only while the kernel freed space")  # no wait
+            raise OSError(errno.EROFS, "the kernel's cleaner stopped")  # no wait
         time.sleep(0.01)

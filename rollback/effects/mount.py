@@ -162,13 +162,23 @@ def make_writable(top: Path) -> None:
         return
     if _libc.mount(None, os.fsencode(top), None, flags, _kept_options(top)) != 0:
         errno = ctypes.get_errno()
-        # (btrfs refuses it so after an error forced the filesystem read-only, until unmounted everywhere)
-        forced = errno == _EINVAL
+        rescue = [o for o in _super_options(top) if o.startswith("rescue=") or o == "nologreplay"]
+        # (btrfs refuses it so after an error forced the filesystem read-only, until unmounted everywhere,
+        # and where it is mounted elsewhere with rescue options, read-only by design: a tester)
+        forced = errno == _EINVAL and not rescue
+        why = (
+            f"; it is mounted elsewhere with {','.join(rescue)}, which keeps it read-only"
+            if rescue
+            else "; the kernel refuses it after an error forced the filesystem read-only"
+            if forced
+            else ""
+        )
         raise Refused(
-            f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}"
-            + ("; the kernel refuses it after an error forced the filesystem read-only" if forced else ""),
+            f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}{why}",
             (
-                "dmesg says which error; it stays so until unmounted everywhere (the running system's root: "
+                "unmount it everywhere first (findmnt --source <device>)"
+                if rescue
+                else "dmesg says which error; it stays so until unmounted everywhere (the running system's root: "
                 "reboot), then btrfs check --readonly on the device"
                 if forced
                 else "the device or the filesystem is read-only (blockdev --getro, dmesg)"
@@ -198,12 +208,17 @@ _EINVAL = 22
 
 def _kept_options(top: Path) -> bytes | None:
     """What a reconfiguration of the superblock would reset and the superblock has now: `noacl` (btrfs
-    turns ACLs on at every reconfiguration from mount(2) unless told). Our mount is the last line for
-    its mount point (one there before it is hidden by it)."""
+    turns ACLs on at every reconfiguration from mount(2) unless told)."""
+    return b"noacl" if "noacl" in _super_options(top) else None
+
+
+def _super_options(top: Path) -> list[str]:
+    """The superblock's options, as our mount's line shows them (the last for its mount point: one there
+    before it is hidden by it); [] where the mount table cannot be read."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
             lines = handle.read().splitlines()
     except OSError:
-        return None
+        return []
     ours = [fields for fields in map(str.split, lines) if len(fields) > 4 and fields[4] == str(top)]
-    return b"noacl" if ours and "noacl" in ours[-1][-1].split(",") else None
+    return ours[-1][-1].split(",") if ours else []

@@ -927,3 +927,23 @@ def test_the_wait_for_the_kernels_cleaner_ends_when_the_filesystem_goes_read_onl
             assert mount.read_only_under(top) == str(top)  # what the run's failure then says (verbs._aborted)
         finally:
             sh("umount", str(other))
+
+
+def test_a_filesystem_mounted_elsewhere_with_rescue_options_is_refused_saying_so(disk: Disk, tmp_path: Path) -> None:
+    """Mounted elsewhere `-o ro,rescue=nologreplay` (an admin looking at a suspect disk), the remount
+    read-write fails EINVAL as after an error: the refusal named an error there was not (a tester with
+    failing disks). It names the rescue option, and unmounted, the run rolls back."""
+    with disk.top() as top:
+        populate(top)
+    before = disk.state()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sh("mount", "-o", "ro,rescue=nologreplay", disk.device, str(elsewhere))
+    try:
+        result = disk.rollback("run")
+        assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
+        assert "mounted elsewhere with rescue=nologreplay" in result.stderr and "after an error" not in result.stderr
+    finally:
+        sh("umount", str(elsewhere))
+    assert disk.state() == before
+    assert disk.rollback("run").returncode == Exit.OK

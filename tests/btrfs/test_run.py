@@ -782,3 +782,29 @@ def test_files_the_blank_holds_at_a_mount_point_are_not_warned_of_at_every_boot(
     result = disk.rollback("run", "--mode", "snapshot")
     assert result.returncode == Exit.OK, result.stderr
     assert "'root/home' is a directory" in result.stderr and "'root/persist'" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EUCLEAN])
+def test_a_leftover_that_cannot_be_read_is_left_and_the_root_still_replaced(disk: Disk, code: int) -> None:
+    """A damaged block in a subvolume nested in what the trash holds (no observation reads it before the
+    delete does): the delete failed at step 1 of every boot, exit 1, and no root was replaced again (a
+    reviewer). Left in the trash with a warning, the run goes on; the cleanup alike; once readable, the
+    next run deletes it."""
+    with disk.top() as top:
+        populate(top)
+    assert disk.rollback("run", "--cleanup", "after-boot").returncode == Exit.OK  # the old root in the trash
+    before = disk.state()
+    trashed = [p for p in before.subvolume_paths() if p.count("/") == 2 and p.startswith(".rollback/trash/")]
+    env = {FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(code)}
+    result = disk.rollback("run", env=env)
+    assert result.returncode == Exit.OK, result.stderr
+    assert "part of it cannot be read" in result.stderr and "left in the trash" in result.stderr
+    after = disk.state()
+    assert set(trashed) <= set(after.subvolume_paths()) and outside_root(after) == outside_root(before)
+    roots = [{s.id for s in state.subvolumes if s.path == "root"} for state in (before, after)]
+    assert roots[0] != roots[1], "the root replaced"
+    cleanup = disk.rollback("cleanup", env=env)
+    assert cleanup.returncode == Exit.OK and "left in the trash" in cleanup.stderr, cleanup.stderr
+    assert set(trashed) <= set(disk.state().subvolume_paths())
+    assert disk.rollback("cleanup").returncode == Exit.OK
+    assert [p for p in disk.state().subvolume_paths() if p.startswith(".rollback/trash/")] == []
