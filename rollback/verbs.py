@@ -181,7 +181,7 @@ def _execute(
         except OSError as error:
             if mount.read_only_under(top):  # nothing more can be written, nor put back
                 raise _aborted(number, plan, error) from error
-            if _left_unreadable(plan, number, error, fields):
+            if _left_in_trash(plan, number, error, ran, fields):
                 continue
             if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
                 kept += skipped
@@ -228,20 +228,30 @@ def _crash() -> None:
     os.kill(os.getpid(), sent)
 
 
-def _left_unreadable(plan: Plan, number: int, error: OSError, fields: dict[str, Any]) -> bool:
+def _left_in_trash(plan: Plan, number: int, error: OSError, ran: list[Step], fields: dict[str, Any]) -> bool:
     """A delete of what the trash holds that cannot read part of it (a damaged block in a nested
-    subvolume, which no observation reads before the delete does): left there, said in a warning, and
-    the run goes on. Failing there, every boot failed at that step and no root was replaced again (a
-    reviewer); what is left is the trash's, which the next run or rollback cleanup tries first again.
-    False: not such a step."""
+    subvolume, which no observation reads before the delete does), or, once the new root is made, finds
+    no room to delete this run's old root: left there, said in a warning, and the run goes on. Failing
+    there, every boot failed at that step and no root was replaced again; or a boot whose new root was
+    made failed, and stopped under stop-boot (a reviewer). What is left is the trash's, which the next
+    run or rollback cleanup tries first again. (A pruned root's: _pruning_skipped.) False: no such step."""
     step = plan.steps[number - 1]
-    if not (isinstance(step, Delete) and step.path.startswith(TRASH_DIR + "/") and error.errno in _DAMAGED):
+    if not (isinstance(step, Delete) and step.path.startswith(TRASH_DIR + "/")):
+        return False
+    made = any(isinstance(s, Create | Snapshot) for s in ran)
+    if error.errno in _DAMAGED:
+        why = "part of it cannot be read (the disk or the filesystem is damaged)"
+        hint = "dmesg; btrfs check --readonly on the device; the next run and rollback cleanup try it again"
+    elif error.errno in _NO_ROOM and made and number not in plan.pruning:
+        why = "no room to delete it (the new root is made)"
+        hint = "free space (btrfs filesystem usage); the next run or rollback cleanup deletes it first"
+    else:
         return False
     emit(
         "warning",
-        f"step {number}/{len(plan.steps)}: {step.describe()}: {error.strerror}: part of it cannot be read (the "
-        f"disk or the filesystem is damaged): left in the trash ({names.shown(step.path)}); the run goes on",
-        hint="dmesg; btrfs check --readonly on the device; the next run and rollback cleanup try it again",
+        f"step {number}/{len(plan.steps)}: {step.describe()}: {error.strerror}: {why}: left in the trash "
+        f"({names.shown(step.path)}); the run goes on",
+        hint=hint,
         **fields,
     )
     return True
@@ -765,7 +775,7 @@ def cleanup(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
             emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
             checked = partial(_as_checked, config, obs, top)
             plan = _execute(plan, top, fields, unlock, checked, partial(_in_use, config, top))
-    left = roots - sum(isinstance(step, Delete) for step in plan.steps)  # (_left_unreadable)
+    left = roots - sum(isinstance(step, Delete) for step in plan.steps)  # (_left_in_trash)
     emptied = (
         "the trash is empty: nothing to do"
         if not work

@@ -808,3 +808,19 @@ def test_a_leftover_that_cannot_be_read_is_left_and_the_root_still_replaced(disk
     assert set(trashed) <= set(disk.state().subvolume_paths())
     assert disk.rollback("cleanup").returncode == Exit.OK
     assert [p for p in disk.state().subvolume_paths() if p.startswith(".rollback/trash/")] == []
+
+
+def test_no_room_to_delete_the_old_root_once_the_new_one_is_made_leaves_it_in_the_trash(disk: Disk) -> None:
+    """ENOSPC at the delete of this run's own old root, at boot, the new root made: exit 1
+    `no-space-midway` (stop-boot: a boot whose root was fine stopped), while a pruned root there was left
+    with a warning (a reviewer). Left in the trash alike, exit 0; the next run deletes it first."""
+    with disk.top() as top:
+        populate(top)
+    planned = disk.rollback("run", "--dry-run").stdout.splitlines()
+    assert "delete .rollback/trash/" in planned[-1], planned
+    result = disk.rollback("run", env={FAIL_AT_ENV: str(len(planned)), FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert result.returncode == Exit.OK, result.stderr
+    assert "no room to delete it (the new root is made): left in the trash" in result.stderr, result.stderr
+    assert [p for p in disk.state().subvolume_paths() if p.startswith(".rollback/trash/")]
+    assert disk.rollback("run").returncode == Exit.OK
+    assert [p for p in disk.state().subvolume_paths() if p.startswith(".rollback/trash/")] == []

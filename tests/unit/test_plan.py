@@ -1406,3 +1406,14 @@ def test_the_hint_for_a_missing_blank_says_what_the_blank_needs(root: SystemSign
     with pytest.raises(Refused) as raised:
         plan_run(config(mode="snapshot"), obs)
     assert raised.value.code == "no-blank" and said in (raised.value.hint or ""), raised.value.hint
+
+
+def test_no_room_to_remove_the_skip_next_mark_is_a_refusal() -> None:
+    """An unlink reserves its room before it changes anything: the kept boot's removal of the mark failing
+    for room changed nothing (was: no-space-midway, "the next run finishes the job", at every boot: a
+    reviewer)."""
+    from rollback.verbs import _failure
+
+    plan = Plan((RemoveMark(SKIP_MARK), Commit()), skipped="the skip-next mark was set")
+    failure = _failure(1, plan, OSError(28, os.strerror(28)), "")
+    assert failure.code == "no-space" and "before any change" in failure.reason, failure.reason
