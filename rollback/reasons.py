@@ -127,8 +127,8 @@ REASONS: dict[str, Reason] = {
         "the blank snapshot's top directory is chattr +i/+a", "ro false; chattr -i -a it; ro true (the hint's commands)"
     ),
     "read-only": _refused(
-        "the filesystem cannot be remounted read-write (forced read-only after an error while mounted elsewhere), "
-        "or a member device is read-only",
+        "the filesystem cannot be remounted read-write (forced read-only after an error while mounted elsewhere, "
+        "or mounted elsewhere with rescue options), or a member device is read-only",
         "blockdev --getro; dmesg",
     ),
     "no-space": _refused(

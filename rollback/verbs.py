@@ -97,7 +97,7 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
     """Observe the mounted top level; what reading it answers that would repeat at every boot (a damaged
     tree) is a refusal. Every observation goes through here (a run that had to make room observes again,
     unbounded)."""
-    from rollback.effects import btrfs
+    from rollback.effects import btrfs, mount
 
     for attempt in range(1, _READS + 1):
         try:
@@ -119,7 +119,8 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
                     _UNMOUNT_IT + "; nothing was changed",
                     code="read-only",
                 ) from None
-            if elsewhere := next(iter(mounted.subvolumes.values()), None):  # (all its mounts read-only now)
+            elsewhere = next(iter(mounted.subvolumes.values()), None)
+            if elsewhere and mount.superblock_read_only(top):  # (every mount of it read-only now)
                 raise Refused(
                     f"cannot read the filesystem on {config.device}: {error.strerror}; it is mounted at "
                     f"{elsewhere}: if the kernel forced it read-only after an error there (dmesg), reads fail "
@@ -182,6 +183,8 @@ def _execute(
             if mount.read_only_under(top):  # nothing more can be written, nor put back
                 raise _aborted(number, plan, error) from error
             if _left_in_trash(plan, number, error, ran, fields):
+                if unlock and all(isinstance(rest, Reclaim) for rest in plan.steps[number:]):
+                    unlock()  # (as after a step done: only waits for the kernel's cleaner are left)
                 continue
             if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
                 kept += skipped
@@ -242,9 +245,10 @@ def _left_in_trash(plan: Plan, number: int, error: OSError, ran: list[Step], fie
     if error.errno in _DAMAGED:
         why = "part of it cannot be read (the disk or the filesystem is damaged)"
         hint = "dmesg; btrfs check --readonly on the device; the next run and rollback cleanup try it again"
-    elif error.errno in _NO_ROOM and made and number not in plan.pruning:
-        why = "no room to delete it (the new root is made)"
-        hint = "free space (btrfs filesystem usage); the next run or rollback cleanup deletes it first"
+    elif (lack := _NO_ROOM.get(error.errno or 0)) and made and number not in plan.pruning:
+        why = f"{lack} to delete it (the new root is made)"
+        free = _QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)"
+        hint = f"{free}; the next run or rollback cleanup deletes it first"
     else:
         return False
     emit(
@@ -578,6 +582,14 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
             raise
         return _after_leftovers(plan, config, obs, top, fields, failed)
     except Refused as refused:
+        if plan.skipped and refused.code == "no-space":  # (no root is made: nothing to make room for)
+            raise Refused(
+                f"no room to remove the skip-next mark ({refused.reason}): the root is kept, and the mark stays, "
+                "so the next boot keeps it too",
+                "free space (btrfs filesystem usage; rollback cleanup empties the trash), or remove "
+                "<top>/.rollback/skip-next by hand",
+                code="no-space",
+            ) from None
         pruned = prune_paths(config, obs, make_room=True)
         # a leftover's delete that had no room comes first in the next plan too: nothing to gain
         if refused.code != "no-space" or isinstance(plan.steps[0], Delete):
@@ -943,8 +955,9 @@ def skip_next(config: Config, *, cmdline: str = "") -> Exit:
                 code=error.code,
             ) from None
         except StepFailed as error:  # no job for a next run to finish: whether the mark is set is the question
-            if error.code == "forced-read-only":  # its transaction never reached the disk
-                raise StepFailed(f"{error.reason}: the mark is not set", error.hint, code=error.code) from None
+            if error.code == "forced-read-only":  # its transaction never reached the disk: the mark as it was
+                was = "set (as it was)" if mark_applies(config, obs) else "not set"
+                raise StepFailed(f"{error.reason}: the mark is {was}", error.hint, code=error.code) from None
             raise StepFailed(
                 f"{error.reason}: the mark may be set or not (not committed: a power cut may lose it)",
                 "rollback status shows whether the next boot keeps the root; run skip-next again to be sure",

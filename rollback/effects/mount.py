@@ -212,6 +212,12 @@ def _kept_options(top: Path) -> bytes | None:
     return b"noacl" if "noacl" in _super_options(top) else None
 
 
+def superblock_read_only(top: Path) -> bool:
+    """The superblock of the filesystem mounted at `top` is read-only (every mount of it read-only, or
+    forced so after an error)."""
+    return _super_options(top)[:1] == ["ro"]
+
+
 def _super_options(top: Path) -> list[str]:
     """The superblock's options, as our mount's line shows them (the last for its mount point: one there
     before it is hidden by it); [] where the mount table cannot be read."""
