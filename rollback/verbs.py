@@ -125,7 +125,7 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
                     f"cannot read the filesystem on {config.device}: {error.strerror}; it is mounted at "
                     f"{elsewhere}: if the kernel forced it read-only after an error there (dmesg), reads fail "
                     "until it is unmounted everywhere",
-                    f"unmount it everywhere and run again; if it still cannot be read: {_UNMOUNT_IT.split('; ')[0]}, "
+                    f"unmount it everywhere and run again; if it still cannot be read: {_WHICH_ERROR}, "
                     "btrfs check --readonly on the device; nothing was changed",
                     code="unreadable",
                 ) from None
@@ -139,9 +139,10 @@ def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: 
 
 
 # the way out of a filesystem forced read-only after an error (a failing disk, a damaged tree)
+_WHICH_ERROR = "dmesg says which error"
 _UNMOUNT_IT = (
-    "dmesg says which error; it stays so until unmounted everywhere (the running system's root: reboot), "
-    "then btrfs check --readonly on the device"
+    f"{_WHICH_ERROR}; it stays so until unmounted everywhere (the running system's root: reboot), then btrfs "
+    "check --readonly on the device"
 )
 # what reading a damaged disk or tree answers: the same at every boot, so a refusal (nothing changed)
 _DAMAGED = {errno.EIO, errno.EUCLEAN}
