@@ -91,8 +91,10 @@ def global_flags() -> tuple[tuple[str, dict[str, Any]], ...]:
             "--kernel-cmdline",
             {
                 "metavar": "FILE",
-                "help": f"where to read rollback.* options (default: {DEFAULT_KERNEL_CMDLINE}; /dev/null ignores "
-                "them; the hibernation check reads resume= from /proc/cmdline as well)",
+                "help": f"where to read rollback.* options and, for a run outside the initrd, the machine's "
+                f"mount.usr=/usrhash=/init= (default: {DEFAULT_KERNEL_CMDLINE}, whose boot words a run by hand "
+                "ignores: a rescue system's; /dev/null ignores them; the hibernation check reads resume= from "
+                "/proc/cmdline as well)",
             },
         ),
         (

@@ -360,9 +360,9 @@ def _read_only_under(obs: Observation) -> tuple[str, ...]:
     if not obs.read_only_under:
         return ()
     return (
-        f"the filesystem is read-write at {obs.read_only_under} over a read-only superblock: remounted read-only "
-        "there, or forced so by the kernel after an error (dmesg), and then the run is refused at its remount "
-        "read-write (read-only) until it is unmounted everywhere",
+        f"the filesystem is read-write at {obs.read_only_under} over a read-only superblock: another mount of it "
+        "was remounted read-only (this verb's remount makes it writable again), or the kernel forced it so after "
+        "an error (dmesg), and then every writing verb is refused (read-only) until it is unmounted everywhere",
     )
 
 

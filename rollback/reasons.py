@@ -45,7 +45,9 @@ REASONS: dict[str, Reason] = {
     # exit 3: refused before the first change; the device is exactly as it was
     "no-device": _refused("the device does not exist (or cannot be examined)", "check the device setting"),
     "not-block-device": _refused("the device is not a block device", "pass the device node"),
-    "unreadable": _refused("the device cannot be read", "see dmesg"),
+    "unreadable": _refused(
+        "the device cannot be read", "see dmesg; mounted elsewhere (read-only since an error): unmount it everywhere"
+    ),
     "copy-attached": _refused(
         "a member of a multi-device filesystem is on two devices (a copy of its disks attached, a stale member)",
         "detach the copy, or renew its UUID and label",
@@ -80,7 +82,7 @@ REASONS: dict[str, Reason] = {
         "the root holds the operating system (/usr/lib/systemd/systemd) or mounts its /usr (fstab), and the new root "
         "would not: empty (recreate), or a snapshot of a blank without it",
         'mode = "snapshot" with a blank holding the system, or /usr mounted by the initrd (mount.usr=); dracut '
-        "--force; meanwhile rollback.skip",
+        "--force; meanwhile rollback.skip; by hand: the machine's --config and --kernel-cmdline FILE",
     ),
     "root-options": _refused(
         "the initrd mounts the root by subvolume id, as the default subvolume, or from another subvolume than the "
@@ -127,9 +129,10 @@ REASONS: dict[str, Reason] = {
         "the blank snapshot's top directory is chattr +i/+a", "ro false; chattr -i -a it; ro true (the hint's commands)"
     ),
     "read-only": _refused(
-        "the filesystem cannot be remounted read-write (forced read-only after an error while mounted elsewhere, "
-        "or mounted elsewhere with rescue options), or a member device is read-only",
-        "blockdev --getro; dmesg",
+        "the filesystem cannot be written: a member device is read-only; it is mounted elsewhere with rescue "
+        "options; or the kernel forced it read-only after an error while mounted elsewhere (any verb, where reading "
+        "it then fails)",
+        "blockdev --getro; dmesg; rescue or forced: unmount it everywhere (the running root: reboot)",
     ),
     "no-space": _refused(
         "no room for the first change: the filesystem is full of the machine's own data",
@@ -143,8 +146,9 @@ REASONS: dict[str, Reason] = {
     "step-failed": Reason(Exit.FAILED, "a step failed (I/O error...)", "see the message; rollback status"),
     "forced-read-only": Reason(
         Exit.FAILED,
-        "the kernel forced the filesystem read-only after an error during the run (a failing disk, a damaged tree)",
-        "dmesg; the next run finishes once the disk works; else btrfs check --readonly",
+        "the filesystem went read-only under a run, cleanup or skip-next: the kernel forced it after an error (a "
+        "failing disk, a damaged tree, no room for its metadata), or another mount was remounted read-only",
+        "dmesg; the disk holds the last commit: the next run finishes once the disk works; else btrfs check --readonly",
     ),
     "no-space-midway": Reason(
         Exit.FAILED,

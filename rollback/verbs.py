@@ -244,18 +244,18 @@ def _left_in_trash(plan: Plan, number: int, error: OSError, ran: list[Step], fie
         return False
     made = any(isinstance(s, Create | Snapshot) for s in ran)
     if error.errno in _DAMAGED:
-        why = "part of it cannot be read (the disk or the filesystem is damaged)"
+        why = f"part of it cannot be read ({error.strerror}: the disk or the filesystem is damaged)"
         hint = "dmesg; btrfs check --readonly on the device; the next run and rollback cleanup try it again"
     elif (lack := _NO_ROOM.get(error.errno or 0)) and made and number not in plan.pruning:
-        why = f"{lack} to delete it (the new root is made)"
+        why = f"no room to delete it ({lack}; the new root is made)"
         free = _QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)"
         hint = f"{free}; the next run or rollback cleanup deletes it first"
     else:
         return False
+    goes = "the cleanup" if fields.get("mode") == "cleanup" else "the run"
     emit(
         "warning",
-        f"step {number}/{len(plan.steps)}: {step.describe()}: {error.strerror}: {why}: left in the trash "
-        f"({names.shown(step.path)}); the run goes on",
+        f"step {number}/{len(plan.steps)}: {step.describe()}: {why}: left in the trash; {goes} goes on",
         hint=hint,
         **fields,
     )
@@ -556,8 +556,8 @@ def _check_hibernation(config: Config, cmdlines: tuple[str, str]) -> None:
     sysfs = device.read_kernel("/sys/power/resume"), device.read_kernel("/sys/power/resume_offset")
     for where, offset in hibernation.resume_locations(cmdlines, *sysfs):
         hint = (
-            "fix resume= (or the initrd's resume support) and boot again, or pass --ignore-hibernation, which "
-            "loses the hibernated session (a mount replays the filesystem's log under it)"
+            "boot the machine to resume it (if it did not resume: fix resume= or the initrd's resume support), or "
+            "pass --ignore-hibernation, which loses the hibernated session (a mount replays the filesystem's log)"
         )
         try:
             signature = hibernation.hibernation_signature(device.swap_header_tail(where, offset))
@@ -585,10 +585,10 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     except Refused as refused:
         if plan.skipped and refused.code == "no-space":  # (no root is made: nothing to make room for)
             raise Refused(
-                f"no room to remove the skip-next mark ({refused.reason}): the root is kept, and the mark stays, "
-                "so the next boot keeps it too",
-                "free space (btrfs filesystem usage; rollback cleanup empties the trash), or remove "
-                "<top>/.rollback/skip-next by hand",
+                "no room to remove the skip-next mark (no space left on the filesystem; nothing changed): the root "
+                "is kept and the mark stays, so every boot keeps it until there is room",
+                "free space on the running system (btrfs filesystem usage; rollback cleanup deletes what the trash "
+                "holds); under stop-boot, boot with rollback.skip meanwhile",
                 code="no-space",
             ) from None
         pruned = prune_paths(config, obs, make_room=True)
@@ -958,7 +958,12 @@ def skip_next(config: Config, *, cmdline: str = "") -> Exit:
         except StepFailed as error:  # no job for a next run to finish: whether the mark is set is the question
             if error.code == "forced-read-only":  # its transaction never reached the disk: the mark as it was
                 was = "set (as it was)" if mark_applies(config, obs) else "not set"
-                raise StepFailed(f"{error.reason}: the mark is {was}", error.hint, code=error.code) from None
+                raise StepFailed(
+                    f"{error.reason}: the mark is {was}",
+                    "dmesg says which error; once it is unmounted everywhere and the disk works, run skip-next again "
+                    "(rollback status shows whether the mark is set)",
+                    code=error.code,
+                ) from None
             raise StepFailed(
                 f"{error.reason}: the mark may be set or not (not committed: a power cut may lose it)",
                 "rollback status shows whether the next boot keeps the root; run skip-next again to be sure",
