@@ -160,7 +160,8 @@ def _run(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:
     # no settings of the machine's: outside the initrd, and no config file (a rescue shell's)
     given = getattr(args, "config", None)  # (read as load_config reads it)
     bare = not in_initrd() and given is None and not os.path.lexists(DEFAULT_CONFIG)
-    return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline, bare=bare)
+    # (--kernel-cmdline given: the machine's, even a copy of this kernel's; else a run by hand's is a rescue system's)
+    return verbs.run(config, dry_run=args.dry_run, cmdline=cmdline, bare=bare, given=hasattr(args, "kernel_cmdline"))
 
 
 def _cleanup(args: argparse.Namespace, config: Config, cmdline: str) -> Exit:

@@ -466,14 +466,21 @@ def _aborted(number: int, plan: Plan, error: OSError) -> StepFailed:
 
 
 def _check_bootable(
-    config: Config, obs: Observation, plan: Plan, root_options: tuple[str, ...] | None, cmdlines: tuple[str, str]
+    config: Config,
+    obs: Observation,
+    plan: Plan,
+    root_options: tuple[str, ...] | None,
+    cmdlines: tuple[str, str],
+    *,
+    given: bool,
 ) -> None:
     """plan.check_bootable where the machine boots this subvolume: in the initrd, where its sysroot.mount
     names it (`root_options`); by hand, where nothing tells, always (a rescue shell's run replaced a root
     holding the system with an empty one: exit 0 and the system deleted, while the boot refused it: a
-    tester). By hand, what starts the system from elsewhere is read only from a kernel command line given
-    (--kernel-cmdline FILE): the running kernel's, and its /usr, are the rescue system's (a NixOS
-    installer's init= let the run delete a Debian root's system: a reviewer)."""
+    tester). By hand, what starts the system from elsewhere is read only from a kernel command line
+    `given` (--kernel-cmdline FILE, a copy of this kernel's too): the running kernel's own, and its
+    /usr, are the rescue system's (a NixOS installer's init= let the run delete a Debian root's system:
+    a reviewer)."""
     from rollback.effects import sysroot
 
     if plan.skipped:
@@ -482,8 +489,7 @@ def _check_bootable(
         if root_options is not None:
             check_bootable(config, obs, sysroot.system_elsewhere(cmdlines))
         return
-    given, kernels = cmdlines
-    elsewhere = sysroot.system_elsewhere(("" if given == kernels else given, ""), usr_mount=False)
+    elsewhere = sysroot.system_elsewhere((cmdlines[0] if given else "", ""), usr_mount=False)
     check_bootable(config, obs, elsewhere, by_hand=True)
 
 
@@ -703,9 +709,10 @@ def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, A
         ) from None
 
 
-def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> Exit:
+def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False, given: bool = True) -> Exit:
     """The boot job. `bare`: run with none of the machine's settings (no config file, outside the
-    initrd: a rescue shell), where plan_run refuses to delete a root the machine's boots may archive."""
+    initrd: a rescue shell), where plan_run refuses to delete a root the machine's boots may archive.
+    `given`: `cmdline` was read from a --kernel-cmdline FILE given (the machine's, for _check_bootable)."""
     fields: dict[str, Any] = {
         "device": config.require_device(),
         "subvolume": config.subvolume,
@@ -725,7 +732,7 @@ def run(config: Config, *, dry_run: bool, cmdline: str, bare: bool = False) -> E
         if root_options is not None:
             check_root_default(config, root_options, obs)
         plan = plan_run(config, obs, bare=bare)
-        _check_bootable(config, obs, plan, root_options, cmdlines)
+        _check_bootable(config, obs, plan, root_options, cmdlines, given=given)
         for warning in plan.warnings:
             emit("warning", warning, **fields)
         if dry_run:

@@ -928,8 +928,11 @@ def test_a_run_by_hand_keeps_a_root_holding_the_system(disk: Disk, tmp_path: Pat
     rescue = tmp_path / "proc-cmdline"
     rescue.write_text("init=/nix/store/0000-nixos-system/init mount.usr=/dev/sr0\n")
     before = disk.state()
-    for verb, given in ((("run", "--dry-run"), cmdline), (("run",), cmdline), (("run",), rescue)):
-        result = disk.rollback(*verb, *flags, env={PROC_CMDLINE_ENV: str(rescue)}, cmdline=str(given))
+    env = {**os.environ, PROC_CMDLINE_ENV: str(rescue)}
+    unset = rollback_argv("run", *flags, device=disk.device, cmdline=None)  # no --kernel-cmdline: the running one
+    runs = [disk.rollback_argv(*verb, *flags, cmdline=str(cmdline)) for verb in (("run", "--dry-run"), ("run",))]
+    for argv in (*runs, unset):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == Exit.REFUSED and "reason=holds-system" in result.stderr, result.stderr
         assert "A run by hand: give it the machine's settings (--config" in result.stderr
         assert disk.state() == before
