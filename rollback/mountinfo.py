@@ -26,7 +26,11 @@ class Mount:
     parent_id: str = ""
     root: str = "/"  # the path inside its filesystem that is mounted here (btrfs: from the top level)
     writable: bool = True  # this mount's own flag (rw)
-    super_writable: bool = True  # its superblock's, shared by every mount of the filesystem
+    super_options: tuple[str, ...] = ("rw",)  # its superblock's (rw or ro first), shared by every mount of it
+
+    @property
+    def super_writable(self) -> bool:
+        return self.super_options[:1] == ("rw",)
 
 
 def unescape(field: str) -> str:
@@ -58,7 +62,7 @@ def parse(text: str) -> list[Mount]:
                 fields[1],
                 unescape(fields[3]),
                 fields[5].split(",")[0] == "rw",
-                options.split(",")[0] == "rw",
+                tuple(options.split(",")),
             )
         )
     return mounts

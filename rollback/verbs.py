@@ -184,8 +184,7 @@ def _execute(
             if mount.read_only_under(top):  # nothing more can be written, nor put back
                 raise _aborted(number, plan, error) from error
             if _left_in_trash(plan, number, error, ran, fields):
-                if unlock and all(isinstance(rest, Reclaim) for rest in plan.steps[number:]):
-                    unlock()  # (as after a step done: only waits for the kernel's cleaner are left)
+                _unlock_for_waits(plan, number, unlock)  # (as after a step done)
                 continue
             if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
                 kept += skipped
@@ -204,13 +203,18 @@ def _execute(
             duration_ms=round((time.monotonic() - began) * 1000, 1),
             **fields,
         )
-        if unlock and all(isinstance(rest, Reclaim) for rest in plan.steps[number:]):
-            unlock()
+        _unlock_for_waits(plan, number, unlock)
         if number == crash_after:
             _crash()
         ran.append(step)
     unpruned = tuple(p for p in kept if not any(isinstance(s, Rename) and s.source == p for s in ran))
     return replace(plan, steps=tuple(ran), unpruned=unpruned)
+
+
+def _unlock_for_waits(plan: Plan, number: int, unlock: Callable[[], None] | None) -> None:
+    """After step `number`, release the lock when only waits for the kernel's cleaner are left."""
+    if unlock and all(isinstance(rest, Reclaim) for rest in plan.steps[number:]):
+        unlock()
 
 
 def _inject_failure(later: str) -> NoReturn:

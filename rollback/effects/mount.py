@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import sys
@@ -10,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rollback import mountinfo
 from rollback.effects import rundir
 from rollback.errors import Refused
+from rollback.mountinfo import Mount
 
 _CLONE_NEWNS = 0x00020000
 _MS_RDONLY = 1
@@ -161,11 +164,11 @@ def make_writable(top: Path) -> None:
     if own and not os.statvfs(top).f_flag & os.ST_RDONLY:
         return
     if _libc.mount(None, os.fsencode(top), None, flags, _kept_options(top)) != 0:
-        errno = ctypes.get_errno()
+        code = ctypes.get_errno()
         rescue = [o for o in _super_options(top) if o.startswith("rescue=") or o == "nologreplay"]
         # (btrfs refuses it so after an error forced the filesystem read-only, until unmounted everywhere,
         # and where it is mounted elsewhere with rescue options, read-only by design: a tester)
-        forced = errno == _EINVAL and not rescue
+        forced = code == errno.EINVAL and not rescue
         why = (
             f"; it is mounted elsewhere with {','.join(rescue)}, which keeps it read-only"
             if rescue
@@ -174,7 +177,7 @@ def make_writable(top: Path) -> None:
             else ""
         )
         raise Refused(
-            f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(errno)}{why}",
+            f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(code)}{why}",
             (
                 "unmount it everywhere first (findmnt --source <device>)"
                 if rescue
@@ -192,18 +195,8 @@ def read_only_under(top: Path) -> str | None:
     """A mount of the filesystem mounted at `top` read-write over its read-only superblock
     (mountinfo.read_only_under): another mount, before our remount read-write, or ours, after it (the
     kernel forcing it so under the run). None where the mount table cannot be read."""
-    from rollback import mountinfo
-
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
-            mounts = mountinfo.parse(handle.read())
-    except OSError:
-        return None
-    ours = [m for m in mounts if m.mount_point == str(top)]
-    return mountinfo.read_only_under(mounts, ours[-1].dev) if ours else None
-
-
-_EINVAL = 22
+    mounts, ours = _table(top)
+    return mountinfo.read_only_under(mounts, ours.dev) if ours else None
 
 
 def _kept_options(top: Path) -> bytes | None:
@@ -215,16 +208,22 @@ def _kept_options(top: Path) -> bytes | None:
 def superblock_read_only(top: Path) -> bool:
     """The superblock of the filesystem mounted at `top` is read-only (every mount of it read-only, or
     forced so after an error)."""
-    return _super_options(top)[:1] == ["ro"]
+    return _super_options(top)[:1] == ("ro",)
 
 
-def _super_options(top: Path) -> list[str]:
-    """The superblock's options, as our mount's line shows them (the last for its mount point: one there
-    before it is hidden by it); [] where the mount table cannot be read."""
+def _super_options(top: Path) -> tuple[str, ...]:
+    """The superblock's options, as our mount's line shows them; () where the mount table cannot be read."""
+    ours = _table(top)[1]
+    return ours.super_options if ours else ()
+
+
+def _table(top: Path) -> tuple[list[Mount], Mount | None]:
+    """This namespace's mount table, and our mount in it: the last line for its mount point (one there
+    before it is hidden by it); ([], None) where the table cannot be read."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
-            lines = handle.read().splitlines()
+            mounts = mountinfo.parse(handle.read())
     except OSError:
-        return []
-    ours = [fields for fields in map(str.split, lines) if len(fields) > 4 and fields[4] == str(top)]
-    return ours[-1][-1].split(",") if ours else []
+        return [], None
+    ours = [m for m in mounts if m.mount_point == str(top)]
+    return mounts, ours[-1] if ours else None
