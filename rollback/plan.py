@@ -249,6 +249,12 @@ def plan_run(
         # (after boot, what this run moves to the trash waits for `rollback cleanup`; the next boot
         # deletes it first if the cleanup never ran: the trash holds at most one boot's worth)
         _delete_the_trashed(build, pruning)
+    if not isinstance(build.steps[-1], Commit):
+        # what ran after the new root's commit (prunes, deletes) on the disk before the run says it was
+        # done: the unmount commits it too, but says nothing when that fails (a dying disk: exit 0 and
+        # "N deleted" while no delete reached it; a failing-hardware tester). Costs the boot nothing the
+        # unmount would not
+        build.steps.append(Commit())
     return _checked(Plan(tuple(build.steps), warnings=_run_warnings(config, obs), pruning=pruning), obs)
 
 

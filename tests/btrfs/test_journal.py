@@ -61,13 +61,13 @@ def test_a_run_logs_every_event_to_the_journal_with_fields(disk: Disk) -> None:
     entries: list[Entry] = found["entries"]  # type: ignore[assignment]
     started, finished = by_event(entries, "started"), by_event(entries, "finished")
     steps = by_event(entries, "step")
-    assert len(entries) == 8 and len(started) == 1 and len(finished) == 1 and len(steps) == 6
+    assert len(entries) == 9 and len(started) == 1 and len(finished) == 1 and len(steps) == 7
     assert finished[0]["ROLLBACK_DELETED"] == "4" and float(finished[0]["ROLLBACK_DURATION_MS"]) > 0
     for entry in started + steps + finished:
         assert entry["SYSLOG_IDENTIFIER"] == "rollback" and entry["PRIORITY"] == "6"
         assert entry["ROLLBACK_DEVICE"] == disk.device and entry["ROLLBACK_SUBVOLUME"] == "root"
         assert entry["CODE_FILE"].endswith("rollback/verbs.py"), entry["CODE_FILE"]  # the caller, not log.emit
-    assert [s["ROLLBACK_STEP"] for s in steps] == ["1", "2", "3", "4", "5", "6"]
+    assert [s["ROLLBACK_STEP"] for s in steps] == ["1", "2", "3", "4", "5", "6", "7"]
 
 
 def test_a_refusal_reaches_the_journal_as_an_error(disk: Disk, tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_status_updates_reach_the_notify_socket(disk: Disk, tmp_path: Path) -> N
                 break
     assert messages[0].startswith("STATUS=replacing root on")
     assert messages[-1] == "STATUS=root replaced, 4 subvolume(s) deleted"
-    assert len(messages) == 8
+    assert len(messages) == 9
 
 
 def test_a_manual_run_piped_on_a_journald_host_prints_everything(disk: Disk) -> None:
@@ -127,7 +127,7 @@ def test_a_manual_run_piped_on_a_journald_host_prints_everything(disk: Disk) -> 
     assert found["entries"] == []
     stderr = str(found["stderr"])
     assert "replacing root on" in stderr and "root replaced, 4 subvolume(s) deleted" in stderr
-    assert stderr.count("\n") == 8  # started, 6 steps (commit included), finished
+    assert stderr.count("\n") == 9  # started, 7 steps (both commits included), finished
 
 
 @pytest.mark.parametrize(

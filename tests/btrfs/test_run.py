@@ -327,7 +327,7 @@ def test_a_failing_step_exits_1_and_the_next_run_finishes(disk: Disk, step: int)
     before = disk.state()
     failed = disk.rollback("run", env={FAIL_AT_ENV: str(step)})
     assert failed.returncode == Exit.FAILED, failed.stderr
-    assert f"failed: step {step}/6 failed:" in failed.stderr and "the next run finishes the job" in failed.stderr
+    assert f"failed: step {step}/7 failed:" in failed.stderr and "the next run finishes the job" in failed.stderr
     assert disk.rollback("run").returncode == Exit.OK
     after = disk.state()
     assert outside_root(after) == outside_root(before) and after.under("root") == {"root": "dir:40755"}
@@ -817,8 +817,8 @@ def test_no_room_to_delete_the_old_root_once_the_new_one_is_made_leaves_it_in_th
     with disk.top() as top:
         populate(top)
     planned = disk.rollback("run", "--dry-run").stdout.splitlines()
-    assert "delete .rollback/trash/" in planned[-1], planned
-    result = disk.rollback("run", env={FAIL_AT_ENV: str(len(planned)), FAIL_ERRNO_ENV: str(errno.ENOSPC)})
+    assert "delete .rollback/trash/" in planned[-2] and planned[-1].endswith(". commit the transaction"), planned
+    result = disk.rollback("run", env={FAIL_AT_ENV: str(len(planned) - 1), FAIL_ERRNO_ENV: str(errno.ENOSPC)})
     assert result.returncode == Exit.OK, result.stderr
     assert (
         "no room to delete it (no space left on the filesystem; the new root is made): left in the trash; the run"

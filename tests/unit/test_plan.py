@@ -72,6 +72,7 @@ def test_recreate_moves_aside_first_creates_then_deletes_last() -> None:
         Create("root"),
         Commit(),  # the new root durable before the long part
         Delete(f"{TRASH_DIR}/{STAMP}", 2),
+        Commit(),  # the deletes on the disk before the run says they were done
     )
     assert plan.deleted == 2
 
@@ -83,6 +84,7 @@ def test_snapshot_mode_snapshots_the_blank() -> None:
         Snapshot("root-blank", "root"),
         Commit(),
         Delete(f"{TRASH_DIR}/{STAMP}", 2),
+        Commit(),
     )
 
 
@@ -110,7 +112,7 @@ def test_trash_names_never_collide() -> None:
     plan = plan_run(config(), observe(["root", taken]))
     assert Rename("root", f"{TRASH_DIR}/{STAMP}-1") in plan.steps
     assert plan.steps[:3] == (Delete(taken, 1), Commit(), Rename("root", f"{TRASH_DIR}/{STAMP}-1"))  # leftovers first
-    assert plan.steps[-1] == Delete(f"{TRASH_DIR}/{STAMP}-1", 1)
+    assert plan.steps[-2:] == (Delete(f"{TRASH_DIR}/{STAMP}-1", 1), Commit())
 
 
 def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
@@ -122,6 +124,7 @@ def test_keeping_archives_and_prunes_by_count_through_the_trash() -> None:
         Commit(),
         Rename(old[0], f"{TRASH_DIR}/{STAMP}"),
         Delete(f"{TRASH_DIR}/{STAMP}", 1),
+        Commit(),
     )
 
 
@@ -517,6 +520,7 @@ def test_an_empty_root_is_not_archived_and_does_not_count() -> None:
         Create("root"),
         Commit(),
         Delete(f"{TRASH_DIR}/{STAMP}", 1),
+        Commit(),
     )
 
 
@@ -843,6 +847,23 @@ def test_a_read_only_root_is_refused() -> None:
 
 
 # --- cleanup after boot --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cleanup", ["boot", "after-boot"])
+@pytest.mark.parametrize("mode", ["recreate", "snapshot"])
+@pytest.mark.parametrize("archive", [{}, {"archive": "old", "keep_count": 1}, {"archive": "old", "keep_count": 3}])
+@pytest.mark.parametrize("leftover", [False, True])
+def test_every_run_ends_with_what_it_changed_committed(
+    cleanup: str, mode: str, archive: dict[str, str | int], leftover: bool
+) -> None:
+    """The run says what it did only once it is on the disk: after its last change comes a commit (the
+    unmount's own commit says nothing when it fails: a dying disk, exit 0 and "N deleted" while no
+    delete reached it). One commit: none where nothing changed since the last."""
+    layout: list[str | tuple[str, bool]] = [*LAYOUT, ("root-blank", True), "old/20261101T000000Z"]
+    layout += [f"{TRASH_DIR}/20261124T060000Z"] if leftover else []
+    plan = plan_run(config(cleanup=cleanup, mode=mode, **archive), observe(layout, dirs=[TRASH_DIR]))
+    assert plan.steps[-1] == Commit()
+    assert plan.steps[-2] != Commit()
 
 
 @pytest.mark.parametrize("mode", ["recreate", "snapshot"])
