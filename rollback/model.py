@@ -91,6 +91,7 @@ class Mounts(NamedTuple):
     paths: dict[str, str]  # a path inside the filesystem (from its top level) -> what is mounted on it
     swapfiles: Mapping[int, str] = {}  # subvolume id -> an active swap file in it (as /proc/swaps names it)
     read_only_under: str = ""  # a read-write mount over the read-only superblock (mountinfo.read_only_under)
+    degraded: tuple[int, ...] = ()  # the member device ids the kernel has it mounted without (mounted degraded)
 
 
 SYSTEM = "usr/lib/systemd/systemd"  # what the initrd starts in the new root (switch-root with no init=)
@@ -125,6 +126,7 @@ class Observation:
     mounted_paths: Mapping[str, str] = field(default_factory=dict)  # path -> a mount on it (any filesystem)
     swapfiles: Mapping[int, str] = field(default_factory=dict)  # subvolume id -> an active swap file in it
     read_only_under: str = ""  # a read-write mount over the read-only superblock: forced so after an error?
+    degraded: tuple[int, ...] = ()  # the member device ids it is mounted without (mounted degraded elsewhere)
     skip_mark: bool = False  # .rollback/skip-next exists (as anything, a dangling symlink too)
     skip_mark_regular: bool = True  # ... and is a regular file (lstat: a symlink is not)
     skip_mark_for: MarkFor | None = None  # the subvolume skip-next wrote in it (None: any, an empty or older mark)

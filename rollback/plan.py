@@ -357,7 +357,7 @@ def _run_warnings(config: Config, obs: Observation) -> tuple[str, ...]:
     warnings = (*_other_roots_mark(config, obs), *_clock_behind(config, obs))
     warnings += _quota_left(quota, target, _blank_quota(config, obs)) + _misspelt(config, obs)
     warnings += () if archives_root(config, obs) else _written_under_mount_points(config, obs)
-    return warnings + _read_only_under(obs)
+    return warnings + _read_only_under(obs) + _degraded(obs)
 
 
 def _read_only_under(obs: Observation) -> tuple[str, ...]:
@@ -369,6 +369,18 @@ def _read_only_under(obs: Observation) -> tuple[str, ...]:
         f"the filesystem is read-write at {obs.read_only_under} over a read-only superblock: another mount of it "
         "was remounted read-only (this verb's remount makes it writable again), or the kernel forced it so after "
         "an error (dmesg), and then every writing verb is refused (read-only) until it is unmounted everywhere",
+    )
+
+
+def _degraded(obs: Observation) -> tuple[str, ...]:
+    """Mounted degraded elsewhere (a member missing): what is written may go to block groups of one copy
+    (a multi-device tester; a read-only one is refused: verbs._before_writing)."""
+    if not obs.degraded:
+        return ()
+    return (
+        f"the filesystem is mounted degraded (device id(s) {', '.join(map(str, obs.degraded))} missing): what this "
+        "verb writes may go to block groups with a single copy; once the member is back or replaced: btrfs scrub "
+        "start, and btrfs balance start -dconvert=PROFILE,soft -mconvert=PROFILE,soft to the profiles it had",
     )
 
 
@@ -588,7 +600,7 @@ def plan_cleanup(config: Config, obs: Observation) -> Plan:
     # and the space back before it ends, so that the next boot has nothing to wait for (a boot that
     # finds deleted subvolumes not yet cleaned would wait for them, on the critical path)
     steps: tuple[Step, ...] = (*deletes, Reclaim(timeout_s=3600.0)) if deletes else ()
-    return _checked(Plan(steps, warnings=_read_only_under(obs)), obs)
+    return _checked(Plan(steps, warnings=_read_only_under(obs) + _degraded(obs)), obs)
 
 
 def _ensure_parents(steps: list[Step], obs: Observation, path: str) -> None:

@@ -72,7 +72,10 @@ REASONS: dict[str, Reason] = {
         "a plain chroot: / is not a mount point, or /proc or /sys is not mounted",
         "mount --bind DIR DIR; mount /proc and /sys",
     ),
-    "mount-failed": _refused("the top level cannot be mounted", "btrfs check --readonly; dmesg"),
+    "mount-failed": _refused(
+        "the top level cannot be mounted (a member device missing, or attached but not registered)",
+        "btrfs device scan; btrfs check --readonly; dmesg",
+    ),
     "locked": _refused(
         "another run holds the filesystem's lock, or a disk tool the device node's for over 10 s", "wait for it"
     ),
@@ -90,7 +93,8 @@ REASONS: dict[str, Reason] = {
         "rootflags=subvol=<subvolume>",
     ),
     "mounted": _refused(
-        "something to delete or move is mounted (any namespace, any member or alias of the device)",
+        "something to delete or move is mounted (any namespace, any member or alias of the device), or the device is "
+        "a member the filesystem is mounted degraded without",
         "run from the initrd or a rescue system; unmount it",
     ),
     "swap-active": _refused(
@@ -130,8 +134,8 @@ REASONS: dict[str, Reason] = {
     ),
     "read-only": _refused(
         "the filesystem cannot be written: a member device is read-only; it is mounted elsewhere with rescue "
-        "options; or the kernel forced it read-only after an error while mounted elsewhere (any verb, where reading "
-        "it then fails)",
+        "options, or degraded and read-only; or the kernel forced it read-only after an error while mounted "
+        "elsewhere (any verb, where reading it then fails)",
         "blockdev --getro; dmesg; rescue or forced: unmount it everywhere (the running root: reboot)",
     ),
     "no-space": _refused(

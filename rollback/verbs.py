@@ -82,15 +82,24 @@ def _observed(
         device.locked(dev, fsid, node=lock_node, waiting=waiting) if lock else nullcontext(lambda: None)
     )
     with locking as unlock:
-        device.refuse_copies(dev, fsid)  # (after a wait for the lock: what is true now)
+        members = device.refuse_copies(dev, fsid)  # (after a wait for the lock: what is true now)
         device.refuse_unseen(dev, fsid, writing=lock)
-        if cmdline is not None and not device.mounted_anywhere(fsid):
-            _check_hibernation(config, (cmdline, _kernels_cmdline()))
+        if not device.mounted_anywhere(fsid):
+            if cmdline is not None:
+                _check_hibernation(config, (cmdline, _kernels_cmdline()))
+            for stale in device.behind(members):
+                emit("warning", stale, hint=_SCRUB, device=config.device)
         with mount.top_level(dev) as top:
             mounted = device.mounts(str(top), fsid)
             mount.settle(top)
             found = _observe(config, top, mounted, datetime.now(UTC), limits)
             yield top, found, unlock
+
+
+_SCRUB = (
+    "once mounted: btrfs scrub start (it rewrites the stale copies); until then, losing another member loses what "
+    "it missed"
+)
 
 
 def _observe(config: Config, top: Path, mounted: Mounts, now: datetime, limits: Bounds | None = None) -> Observation:
@@ -164,12 +173,13 @@ def _execute(
     steps carried out, and the archived roots kept for want of room to prune them (_pruning_skipped)."""
     from rollback.effects import btrfs, mount
 
-    _refuse_read_only_members(top)
+    _before_writing(top)
     mount.make_writable(top)
     crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
     fail_at, _, later = os.environ.get(FAIL_AT_ENV, "").partition(",")  # "N,M": step N, then M of the next plan
     ran: list[Step] = []
     kept: list[str] = []
+    left = 0  # trash entries left where they are (_left_in_trash)
     for number, step in enumerate(plan.steps, 1):
         if plan.pruning.get(number) in kept:
             continue
@@ -185,6 +195,7 @@ def _execute(
                 raise _aborted(number, plan, error) from error
             if _left_in_trash(plan, number, error, ran, fields):
                 _unlock_for_waits(plan, number, unlock)  # (as after a step done)
+                left += 1
                 continue
             if skipped := _pruning_skipped(plan, number, error, ran, top, fields):
                 kept += skipped
@@ -193,7 +204,7 @@ def _execute(
             freeing = _still_freeing(plan, number, error, top)
             whole = isinstance(step, Delete) and error.errno in _NO_ROOM and btrfs.whole(top, step)
             raise _failure(
-                number, plan, error, undone, restored=restored, still_freeing=freeing, whole=whole
+                number, plan, error, undone, restored=restored, still_freeing=freeing, whole=whole, left=left
             ) from error
         emit(
             "step",
@@ -387,6 +398,7 @@ def _failure(
     restored: bool = False,
     still_freeing: bool = False,
     whole: bool = False,
+    left: int = 0,
 ) -> Refused | StepFailed:
     """What a failing step means. No room for the very first change (no space, or a qgroup limit), when
     that change is one system call (btrfs reserves its space before it alters anything), leaves the
@@ -394,7 +406,8 @@ def _failure(
     does no room to make the new root once the old one is back (`restored`) and nothing else changed:
     the next run would meet the same, so there is no job for it to finish.
     `still_freeing`: the wait for the kernel's cleaner before this step ended with deleted
-    subvolumes' space not yet free. `whole`: a failed delete deleted none of its tree."""
+    subvolumes' space not yet free. `whole`: a failed delete deleted none of its tree. `left`: trash
+    entries left where they were before it (_left_in_trash), whose space is not freed."""
     from rollback.plan import changes_nothing_on_enospc, nothing_changed_before, undone_by_put_back
 
     step = plan.steps[number - 1]
@@ -428,14 +441,21 @@ def _failure(
         nothing = _NOTHING_OURS if old_root else _NOTHING_OURS.partition(" (")[0]
         ours = freeing if still_freeing else nothing if not isinstance(step, Delete) else ""
         return Refused(what + lack + when + ours, free, code="no-space")
-    deleted = Delete in ran
     return StepFailed(
         what + lack + (freeing if still_freeing else "") + undone,
-        ("what rollback itself left was deleted first; the rest is the machine's data: " if deleted else "")
-        + free
-        + ", and the next run finishes the job",
+        _what_was_deleted(plan, number, left) + free + ", and the next run finishes the job",
         code="no-space-midway",
     )
+
+
+def _what_was_deleted(plan: Plan, failed: int, left: int) -> str:
+    """What of rollback's own was deleted before step `failed` had no room, for its hint: `left` of its
+    deletes were left in the trash (a damaged entry: it frees nothing; the hint said it was deleted,
+    found by an exit-1 hunter)."""
+    deleted = sum(isinstance(step, Delete) for step in plan.steps[: failed - 1]) - left
+    said = f"{left} trash entr{'y' if left == 1 else 'ies'} could not be deleted (the warning above); " if left else ""
+    said += ("the rest of " if left else "") + "what rollback itself left was deleted first; " if deleted > 0 else ""
+    return said + "the rest is the machine's data: " if said else ""
 
 
 def _aborted(number: int, plan: Plan, error: OSError) -> StepFailed:
@@ -638,7 +658,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
 
 def _mounts_seen(obs: Observation) -> Mounts:
     """What `obs` found mounted and in use (an observation made again keeps it: not read twice)."""
-    return Mounts(dict(obs.mounted), dict(obs.mounted_paths), dict(obs.swapfiles))
+    return Mounts(dict(obs.mounted), dict(obs.mounted_paths), dict(obs.swapfiles), obs.read_only_under, obs.degraded)
 
 
 def _after_leftovers(
@@ -820,14 +840,30 @@ def cleanup(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
 def _as_the_remount_would(top: Path, plan: Plan) -> None:
     """A dry run refuses as the run does before its remount read-write (a run with steps writes)."""
     if plan.steps:
-        _refuse_read_only_members(top, dry_run=True)
+        _before_writing(top, dry_run=True)
 
 
-def _refuse_read_only_members(top: Path, *, dry_run: bool = False) -> None:
-    """Before the first write: no member device read-only. All of them make the kernel refuse the
-    remount; some of them let it succeed, and the writes reach only the others (a stale mirror)."""
-    from rollback.effects import device
+def _before_writing(top: Path, *, dry_run: bool = False) -> None:
+    """Before the first write (and a dry run, which does not remount, as the run would): no member
+    device read-only. All of them make the kernel refuse the remount; some of them let it succeed, and
+    the writes reach only the others (a stale mirror). Not mounted elsewhere with rescue options, nor
+    degraded and read-only: our remount made it read-write degraded, where a user had chosen not to
+    write (new block groups there have a single copy; found by a multi-device tester)."""
+    from rollback.effects import device, mount
 
+    would = " (the run would be refused)" if dry_run else ""
+    fsid = device.fsid_at(str(top))
+    missing = device.missing_members(fsid) if fsid else []
+    if missing and mount.superblock_read_only(top):
+        raise Refused(
+            f"cannot write to the filesystem: it is mounted degraded (device id(s) {', '.join(map(str, missing))} "
+            f"missing) and read-only{would}: writing makes it read-write degraded, where new block groups have a "
+            "single copy",
+            "attach the missing member and mount it again with every member, or btrfs replace it; to write to it "
+            "degraded all the same, remount it read-write yourself first; nothing was changed",
+            code="read-only",
+        )
+    mount.refuse_rescue_mounts(top, dry_run=dry_run)
     if found := device.read_only_members(str(top)):
         shown = ", ".join(found)
         raise Refused(

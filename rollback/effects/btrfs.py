@@ -332,6 +332,7 @@ def observe(
         mounted_paths=dict(mounted.paths),
         swapfiles=dict(mounted.swapfiles),
         read_only_under=mounted.read_only_under,
+        degraded=mounted.degraded,
         skip_mark=mark is not Kind.MISSING,
         skip_mark_regular=mark is not Kind.OTHER or mark_regular,
         skip_mark_for=_mark_for(top / SKIP_MARK) if mark_regular else None,

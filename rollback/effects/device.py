@@ -65,26 +65,19 @@ def probe(device: str) -> str:
     return head[0x20:0x30].hex()
 
 
-def refuse_copies(device: str, fsid: str) -> None:
+def refuse_copies(device: str, fsid: str) -> dict[int, list[tuple[str, int]]]:
     """Before our mount, for a filesystem over several devices: no member's device id on two block
     devices (a copy of the disks attached, dd or a VM image's; a stale member back beside its
     replacement). The kernel takes each member from whichever device it saw last, and can join the
     copy's to the original's: a run wrote to both, and the original no longer mounted (found by a
     multi-device tester). Devices another holds (multipath paths, md members, dm's) are not counted:
-    they show the holder's bytes."""
-    try:
-        with open(device, "rb") as handle:
-            head = os.pread(handle.fileno(), 0x90, _SUPERBLOCK)
-    except OSError:
-        return
-    if int.from_bytes(head[0x88:0x90], "little") < 2:  # num_devices: one device, no members to mix
-        return
-    found: dict[int, list[str]] = {}
-    for name in _unheld_block_devices():
-        node = _node(name)
-        if (member := _member_id(node, fsid)) is not None:
-            found.setdefault(member[0], []).append(f"{node} (generation {member[1]})")  # the older: a stale one
-    twins = {member: nodes for member, nodes in sorted(found.items()) if len(nodes) > 1}
+    they show the holder's bytes. The members found (members_attached)."""
+    _, found = members_attached(device, fsid)
+    twins = {
+        member: [f"{node} (generation {generation})" for node, generation in nodes]  # the older: a stale one
+        for member, nodes in sorted(found.items())
+        if len(nodes) > 1
+    }
     if twins:
         shown = "; ".join(f"member {member} on {', '.join(nodes)}" for member, nodes in twins.items())
         raise Refused(
@@ -95,6 +88,41 @@ def refuse_copies(device: str, fsid: str) -> None:
             "stale member (the older generation, once the others are checked): wipefs -a it; nothing was changed",
             code="copy-attached",
         )
+    return found
+
+
+def behind(found: dict[int, list[tuple[str, int]]]) -> list[str]:
+    """What to say of the members (refuse_copies') whose superblock is more than one transaction older
+    than the newest (a power cut between members' writes leaves one): away while it was mounted degraded
+    without them. Read before a mount: the first commit writes every member's superblock, and the stale
+    one looks current while its blocks are not (a multi-device tester)."""
+    newest = max((generation for nodes in found.values() for _, generation in nodes), default=0)
+    return [
+        f"member {member} on {node} is at generation {generation}, the filesystem at {newest}: it missed what was "
+        "written while it was away (mounted degraded without it); the kernel reads the newest copies, and the "
+        "first commit makes its superblock look current"
+        for member, nodes in sorted(found.items())
+        for node, generation in nodes
+        if generation < newest - 1
+    ]
+
+
+def members_attached(device: str, fsid: str) -> tuple[int, dict[int, list[tuple[str, int]]]]:
+    """How many devices the filesystem `fsid` spans (its superblock's num_devices, as `device` has it),
+    and the block devices carrying each member's superblock, by device id: (node, generation) each; not
+    read for a filesystem on one device ({}), nor where `device` cannot be read (0, {})."""
+    try:
+        with open(device, "rb") as handle:
+            head = os.pread(handle.fileno(), 0x90, _SUPERBLOCK)
+    except OSError:
+        return 0, {}
+    spans = int.from_bytes(head[0x88:0x90], "little")
+    found: dict[int, list[tuple[str, int]]] = {}
+    for name in _unheld_block_devices() if spans > 1 else ():
+        node = _node(name)
+        if (member := _member_id(node, fsid)) is not None:
+            found.setdefault(member[0], []).append((node, member[1]))
+    return spans, found
 
 
 def _node(name: str) -> str:
@@ -353,7 +381,7 @@ def mounts(top: str, fsid: str) -> Mounts:
         *(f"/proc/{p}/root" for p, _ in tables if p is not None and _user_namespace(p) == users),
     )
     under = next((_where(m, pid) for pid, table in tables if (m := mountinfo.read_only_under(table, own))), "")
-    found = Mounts({}, {}, _swapfiles(fsid, roots), under)
+    found = Mounts({}, {}, _swapfiles(fsid, roots), under, tuple(missing_members(fsid)))
     for pid, table in tables:
         if pid is None:  # our own top-level mount is not in anybody's way
             table = [m for m in table if m.mount_point != top]
@@ -434,6 +462,7 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
     if members is None:  # mounted nowhere
         return
     if os.stat(device).st_rdev not in members:
+        _refuse_a_member_back(device, fsid)
         raise Refused(
             f"the filesystem {uuid(fsid)} is mounted through another device, and {_named(device)} holds it "
             "too: this device under another name, or a copy",
@@ -456,6 +485,22 @@ def refuse_unseen(device: str, fsid: str, *, writing: bool) -> None:
             "end what uses it (fuser -m; the namespace's bind mount), then run rollback again",
             code="mounted",
         )
+
+
+def _refuse_a_member_back(device: str, fsid: str) -> None:
+    """`device` carries a member the mounted filesystem is missing (mounted degraded, and the device
+    attached again): it was called another name for the device, or a copy, whose hint (btrfstune -u)
+    would cut a real member off its filesystem (a multi-device tester)."""
+    member = _member_id(device, fsid)
+    if member is None or member[0] not in missing_members(fsid):
+        return
+    raise Refused(
+        f"{_named(device)} is member {member[0]} of the filesystem {uuid(fsid)}, which is mounted degraded "
+        "without it: the kernel does not take a member back into a mounted filesystem",
+        "unmount it everywhere and mount it again with every member (then btrfs scrub start: the member "
+        "missed what was written meanwhile), or btrfs replace the missing member; nothing was changed",
+        code="mounted",
+    )
 
 
 def _require_kernel_views() -> None:
@@ -536,7 +581,7 @@ def read_only_members(top: str) -> list[str]:
     flag). All of them make the remount read-write fail; some of them let it succeed, and
     every write then reaches only the others: a raid1 mirror left stale without a word (found by a
     multi-device tester)."""
-    fsid = _kernel_fsid(top)
+    fsid = fsid_at(top)
     flags = _flags(fsid, "devices", "ro") if fsid else {}
     return sorted(_node(name) for name, read_only in flags.items() if read_only and not _seed(_node(name)))
 
@@ -552,9 +597,19 @@ def _seed(device: str) -> bool:
 
 
 def missing_members(fsid: str) -> list[int]:
-    """The device ids of the mounted filesystem `fsid` that the kernel has no device for (mounted
-    degraded), from sysfs (devinfo/<id>/missing); [] when none are, or it is not mounted."""
-    return sorted(int(name) for name, set_ in _flags(fsid, "devinfo", "missing").items() if set_ and name.isdigit())
+    """The device ids of the mounted filesystem `fsid` that the kernel has no device open for (mounted
+    degraded), from sysfs; [] when none are, or it is not mounted. devinfo/<id>/missing says so until the
+    member is registered again (btrfs device scan, udev: a disk back), which clears it while the device
+    stays unopened (a multi-device tester): then the member ids of the devices open (devices/<name>)
+    tell, read where the two lists differ in length."""
+    missing = _flags(fsid, "devinfo", "missing")
+    ids = {int(n) for n, target in _flags(fsid, "devinfo", "replace_target").items() if n.isdigit() and not target}
+    flagged = {int(n) for n, set_ in missing.items() if set_ and n.isdigit()}
+    opened = _flags(fsid, "devices", "ro")  # (any attribute: the names)
+    if len(opened) >= len(ids):
+        return sorted(flagged)
+    ids_open = {member[0] for name in opened if (member := _member_id(_node(name), fsid))}
+    return sorted(flagged | (ids - ids_open))
 
 
 def _flags(fsid: str, kind: str, flag: str) -> dict[str, bool]:
@@ -649,6 +704,11 @@ def _refuse_twins(top: str, fsid: str, own: str, tables: list[tuple[int | None, 
 
 
 _FS_INFO = 0x8400941F  # BTRFS_IOC_FS_INFO: struct btrfs_ioctl_fs_info_args (1024 bytes), fsid at 16
+
+
+def fsid_at(top: str) -> str:
+    """The fsid of the filesystem mounted at `top`, as the kernel has it ("" where it cannot be read)."""
+    return _kernel_fsid(top) or ""
 
 
 def _kernel_fsid(top: str) -> str | None:

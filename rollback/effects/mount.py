@@ -84,13 +84,7 @@ def top_level(device: str) -> Iterator[Path]:
     if result != 0:
         errno = ctypes.get_errno()
         if errno == _ENOENT and os.path.exists(device):  # btrfs's answer when a member is not there
-            raise Refused(
-                f"cannot mount {device}: a device of its btrfs filesystem is missing ({os.strerror(errno)})",
-                f"btrfs filesystem show {device}; dmesg names what is missing; a degraded filesystem is "
-                "repaired by hand (mount -o degraded), not rolled back (booted with rootflags=degraded on purpose: "
-                "add rollback.skip)",
-                code="mount-failed",
-            )
+            raise _member_missing(device)
         if errno == _EIO and _read_only_device(device):  # btrfs: "log replay required on RO media"
             raise Refused(
                 f"cannot mount {device}: {os.strerror(errno)}: the device is read-only, and a filesystem "
@@ -107,6 +101,34 @@ def top_level(device: str) -> Iterator[Path]:
     finally:
         if _libc.umount2(os.fsencode(where), 0) != 0:
             _libc.umount2(os.fsencode(where), _MNT_DETACH)
+
+
+def _member_missing(device: str) -> Refused:
+    """The mount's ENOENT: a member the kernel knows no device for. Either it is not attached, or (every
+    member attached) the kernel was not told of it: no udev to run btrfs device scan (a rescue shell;
+    `btrfs device scan --forget`), where the hint to mount degraded made a real member stale (a
+    multi-device tester)."""
+    from rollback.effects import device as devices
+
+    spans, found = devices.members_attached(device, devices.probe(device))
+    shown = ", ".join(f"{n} on {nodes[0][0]}" for n, nodes in sorted(found.items()))
+    if spans > 1 and len(found) >= spans:
+        return Refused(
+            f"cannot mount {device}: the kernel knows no device for a member of its btrfs filesystem, while all "
+            f"{spans} are attached (member {shown}): they were not registered (udev runs btrfs device scan: none ran "
+            "here, or a scan --forget undid it)",
+            "btrfs device scan, then run again; nothing was changed",
+            code="mount-failed",
+        )
+    attached = f": {len(found)} of its {spans} members attached (member {shown})" if found else ""
+    return Refused(
+        f"cannot mount {device}: a device of its btrfs filesystem is missing ({os.strerror(_ENOENT)}){attached}",
+        f"btrfs filesystem show {device}; dmesg names what is missing (a seed device: attach it, then btrfs device "
+        "scan). A degraded filesystem is repaired by hand (mount -o degraded, where every block group has a copy "
+        "elsewhere: not raid0 nor single), not rolled back (booted with rootflags=degraded on purpose: add "
+        "rollback.skip); nothing was changed",
+        code="mount-failed",
+    )
 
 
 _DAMAGE = "check the device with btrfs check --readonly; see dmesg"
@@ -163,30 +185,35 @@ def make_writable(top: Path) -> None:
     own = _libc.mount(None, os.fsencode(top), None, flags | _MS_BIND, None) == 0
     if own and not os.statvfs(top).f_flag & os.ST_RDONLY:
         return
+    refuse_rescue_mounts(top)
     if _libc.mount(None, os.fsencode(top), None, flags, _kept_options(top)) != 0:
         code = ctypes.get_errno()
-        rescue = [o for o in _super_options(top) if o.startswith("rescue=") or o == "nologreplay"]
-        # (btrfs refuses it so after an error forced the filesystem read-only, until unmounted everywhere,
-        # and where it is mounted elsewhere with rescue options, read-only by design: a tester)
-        forced = code == errno.EINVAL and not rescue
-        why = (
-            f"; it is mounted elsewhere with {','.join(rescue)}, which keeps it read-only"
-            if rescue
-            else "; the kernel refuses it after an error forced the filesystem read-only"
-            if forced
-            else ""
-        )
+        # (btrfs refuses it so after an error forced the filesystem read-only, until unmounted everywhere)
+        forced = code == errno.EINVAL
+        why = "; the kernel refuses it after an error forced the filesystem read-only" if forced else ""
         raise Refused(
             f"cannot write to the filesystem: remounting it read-write failed: {os.strerror(code)}{why}",
             (
-                "unmount it everywhere first (findmnt --source <device>)"
-                if rescue
-                else "dmesg says which error; it stays so until unmounted everywhere (the running system's root: "
+                "dmesg says which error; it stays so until unmounted everywhere (the running system's root: "
                 "reboot), then btrfs check --readonly on the device"
                 if forced
                 else "the device or the filesystem is read-only (blockdev --getro, dmesg)"
             )
             + "; nothing was changed",
+            code="read-only",
+        )
+
+
+def refuse_rescue_mounts(top: Path, *, dry_run: bool = False) -> None:
+    """Mounted elsewhere with rescue options (`-o ro,rescue=nologreplay`: an admin looking at a suspect
+    disk), the superblock is read-only by design, and the remount read-write fails EINVAL as after an
+    error (a tester with failing disks); a dry run, which does not remount, said exit 0 and its plan."""
+    rescue = [o for o in _super_options(top) if o.startswith("rescue=") or o == "nologreplay"]
+    if rescue:
+        raise Refused(
+            f"cannot write to the filesystem: it is mounted elsewhere with {','.join(rescue)}, which keeps it "
+            "read-only" + (" (the run would be refused)" if dry_run else ""),
+            "unmount it everywhere first (findmnt --source <device>); nothing was changed",
             code="read-only",
         )
 

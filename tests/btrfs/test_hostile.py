@@ -516,6 +516,22 @@ def test_a_metadata_full_filesystem_converges_at_the_first_boot(small_disk: Disk
     assert state.files["persist/precious"] == outside_root(state)["persist/precious"]
 
 
+@pytest.mark.parametrize("code", [errno.EIO, errno.EUCLEAN])
+def test_a_damaged_leftover_on_a_full_disk_is_not_said_to_be_deleted(small_disk: Disk, code: int) -> None:
+    """Metadata full, and the leftover in the trash cannot be read in part (a damaged block: injected):
+    it is left with a warning, the move then finds no room. The failure's hint said what rollback left
+    was deleted first, which freed nothing (an exit-1 hunter): it says the entry could not be deleted.
+    Nothing changed; once the entry reads again, the next run converges."""
+    _metadata_full(small_disk, leftover_files=20_000)
+    before = small_disk.state()
+    failed = small_disk.rollback("run", env={FAIL_AT_ENV: "1", FAIL_ERRNO_ENV: str(code)})
+    assert failed.returncode == Exit.FAILED and "reason=no-space-midway" in failed.stderr, failed.stderr
+    assert "1 trash entry could not be deleted (the warning above); the rest is the machine's data" in failed.stderr
+    assert "was deleted first" not in failed.stderr, failed.stderr
+    assert small_disk.state() == before
+    assert small_disk.rollback("run").returncode == Exit.OK
+
+
 def test_a_small_leftover_deleted_then_still_no_room_fails_once_then_is_refused_untouched(small_disk: Disk) -> None:
     """After boot, the cleanup never ran: a small leftover in the trash, the disk full of persist's
     data. The run deletes the leftover first (a change), still has no room, and goes on as the next

@@ -18,6 +18,7 @@ from pathlib import Path
 import btrfsutil
 import pytest
 
+from rollback import mountinfo
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
 from tests.support.cli import rollback_argv
@@ -483,20 +484,45 @@ def test_no_room_for_the_first_change_on_two_members_deletes_the_pruned_roots_fi
     assert after.under("root") == {"root": "dir:40755"} and outside_root(after) == outside_root(before)
 
 
+_MAGIC_AT = 0x10040  # the primary superblock's magic: without it, no tool nor kernel scan sees the member
+
+
+@contextmanager
+def member_away(member: Disk, how: str) -> Iterator[None]:
+    """One member the kernel has no device for: `forgotten` (attached, but no udev registered it: a rescue
+    shell), or `absent` (its superblock unreadable as btrfs, as if not attached); back on the way out."""
+    with open(member.device, "r+b") as handle:
+        magic = os.pread(handle.fileno(), 8, _MAGIC_AT)
+        if how == "absent":
+            os.pwrite(handle.fileno(), b"\0" * 8, _MAGIC_AT)
+    sh("btrfs", "device", "scan", "--forget", member.device)
+    try:
+        yield
+    finally:
+        with open(member.device, "r+b") as handle:
+            os.pwrite(handle.fileno(), magic, _MAGIC_AT)
+        sh("btrfs", "device", "scan", member.device)
+
+
 @pytest.mark.parametrize("verb", ["run", "status", "cleanup"])
-def test_a_member_missing_is_refused_saying_so(raid: Raid, verb: str) -> None:
-    """btrfs answers ENOENT when a member is not there: the refusal said "No such file or directory"
-    of a device node that exists."""
+@pytest.mark.parametrize("how", ["forgotten", "absent"])
+def test_a_member_missing_is_refused_saying_so(raid: Raid, verb: str, how: str) -> None:
+    """btrfs answers ENOENT when it has no device for a member: the refusal said "No such file or
+    directory" of a device node that exists; then, for a member attached that no udev registered (a
+    rescue shell), that a device is missing, and to mount degraded, which makes the member left out
+    stale (a multi-device tester). Each case says which it is."""
     with raid[0].top() as top:
         populate(top)
     before = states(*raid)
-    sh("btrfs", "device", "scan", "--forget", raid[1].device)  # as if that disk had not appeared
-    try:
+    with member_away(raid[1], how):
         result = raid[0].rollback(verb)
-    finally:
-        sh("btrfs", "device", "scan", raid[1].device)
-    assert result.returncode == Exit.REFUSED, result.stderr
-    assert "reason=mount-failed" in result.stderr and "a device of its btrfs filesystem is missing" in result.stderr
+    assert result.returncode == Exit.REFUSED and "reason=mount-failed" in result.stderr, result.stderr
+    if how == "forgotten":
+        assert "while all 2 are attached (member 1 on " in result.stderr and "degraded" not in result.stderr
+        assert "hint='btrfs device scan, then run again; nothing was changed'" in result.stderr, result.stderr
+    else:
+        assert "a device of its btrfs filesystem is missing" in result.stderr, result.stderr
+        assert f"1 of its 2 members attached (member 1 on {raid[0].device})" in result.stderr, result.stderr
     assert states(*raid) == before
 
 
@@ -524,6 +550,103 @@ def test_status_of_a_filesystem_mounted_degraded_names_the_missing_member(raid: 
     assert "DEGRADED:   device id(s) 2 missing (mounted degraded)" in result.stdout, result.stdout
     assert json.loads(as_json.stdout)["missing_devices"] == [2]
     assert states(*raid) == before
+
+
+@contextmanager
+def mounted_degraded(raid: Raid, where: Path, options: str) -> Iterator[None]:
+    """The filesystem mounted through the first member only, `options` (degraded,...), the second
+    member registered again while it is: a disk back in a running rescue system."""
+    where.mkdir(exist_ok=True)
+    sh("btrfs", "device", "scan", "--forget", raid[1].device)
+    try:
+        sh("mount", "-o", options, raid[0].device, str(where))
+        try:
+            sh("btrfs", "device", "scan", raid[1].device)
+            yield
+        finally:
+            sh("umount", str(where))
+    finally:
+        sh("btrfs", "device", "scan", raid[1].device)
+
+
+def test_a_member_back_while_mounted_degraded_is_not_called_a_copy(raid: Raid, tmp_path: Path) -> None:
+    """The missing member attached again while the filesystem is mounted degraded without it: refused as
+    "this device under another name, or a copy", whose hint (btrfstune -u on the copy) cuts a real
+    member off its filesystem (a multi-device tester). Says which member it is and what to do."""
+    with raid[0].top() as top:
+        populate(top)
+    before = states(*raid)
+    with mounted_degraded(raid, tmp_path / "held", "degraded,ro"):
+        results = [raid[1].rollback(verb) for verb in ("status", "run")]
+    for result in results:
+        assert result.returncode == Exit.REFUSED and "reason=mounted" in result.stderr, result.stderr
+        assert f"{raid[1].device} is member 2 of the filesystem" in result.stderr, result.stderr
+        assert "mounted degraded without it" in result.stderr and "btrfstune" not in result.stderr, result.stderr
+    assert states(*raid) == before
+
+
+def test_a_member_back_from_a_degraded_mount_is_said_to_be_stale_before_the_commit_hides_it(
+    raid: Raid, tmp_path: Path
+) -> None:
+    """Written to while mounted degraded without a member, then mounted with it again: the member's blocks
+    are stale, and the run's commit writes its superblock as current, the last sign of it gone (a
+    multi-device tester: nothing said). Said before the mount, with what to do; a healthy one says nothing."""
+    with raid[0].top() as top:
+        populate(top)
+    healthy = raid[0].rollback("status")
+    assert healthy.returncode == Exit.OK and "missed what was written" not in healthy.stderr, healthy.stderr
+    held = tmp_path / "held"
+    with mounted_degraded(raid, held, "degraded,subvolid=5"):
+        for n in range(3):  # a commit each
+            (held / "persist" / f"while-away-{n}").write_text("written without the second member\n")
+            sh("btrfs", "filesystem", "sync", str(held))
+    results = [raid[0].rollback("status"), raid[1].rollback("run")]
+    for result in results:
+        assert result.returncode == Exit.OK, result.stderr
+        assert f"member 2 on {raid[1].device} is at generation " in result.stderr, result.stderr
+        assert "it missed what was written while it was away" in result.stderr and "btrfs scrub start" in result.stderr
+    assert "missed what was written" not in raid[0].rollback("status").stderr  # (the run's commit hid it)
+
+
+@pytest.mark.parametrize(
+    "verb", [("run",), ("run", "--dry-run"), ("cleanup",), ("cleanup", "--dry-run"), ("skip-next",)], ids=" ".join
+)
+def test_a_filesystem_mounted_degraded_and_read_only_is_not_written(
+    raid: Raid, tmp_path: Path, verb: tuple[str, ...]
+) -> None:
+    """Mounted `-o ro,degraded` (a user who chose not to write to it): a run made it read-write degraded,
+    where new block groups have a single copy, without a word (a multi-device tester). Every writing
+    verb and its dry run refuse, nothing written."""
+    with raid[0].top() as top:
+        populate(top)
+    assert raid[0].rollback("run", "--cleanup", "after-boot").returncode == Exit.OK  # (the cleanup's work)
+    before = states(*raid)
+    held = tmp_path / "held"
+    with mounted_degraded(raid, held, "degraded,ro"):
+        result = raid[0].rollback(*verb)
+        table = mountinfo.parse(Path("/proc/self/mountinfo").read_text())
+        still = [m.super_options for m in table if m.mount_point == str(held)]
+    assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
+    assert "it is mounted degraded (device id(s) 2 missing) and read-only" in result.stderr, result.stderr
+    assert ("the run would be refused" in result.stderr) == ("--dry-run" in verb), result.stderr
+    assert still and still[0][:1] == ("ro",), still  # the superblock still read-only
+    assert states(*raid) == before
+
+
+def test_a_run_on_a_filesystem_mounted_degraded_read_write_warns(raid: Raid, tmp_path: Path) -> None:
+    """Mounted read-write degraded on purpose: the run goes on (the user writes to it already), saying
+    that what it writes may have a single copy, and what to do once the member is back."""
+    with raid[0].top() as top:
+        populate(top)
+    with mounted_degraded(raid, tmp_path / "held", "degraded"):
+        dry_run = raid[0].rollback("run", "--dry-run")
+        result = raid[0].rollback("run")
+    for ran in (dry_run, result):
+        assert ran.returncode == Exit.OK, ran.stderr
+        assert (
+            "mounted degraded (device id(s) 2 missing): what this verb writes may go to block groups with a single copy"
+            in ran.stderr
+        )
 
 
 # --- observing writes nothing, not even an atime ---------------------------------------------
@@ -929,21 +1052,29 @@ def test_the_wait_for_the_kernels_cleaner_ends_when_the_filesystem_goes_read_onl
             sh("umount", str(other))
 
 
-def test_a_filesystem_mounted_elsewhere_with_rescue_options_is_refused_saying_so(disk: Disk, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "verb", [("run",), ("run", "--dry-run"), ("cleanup",), ("cleanup", "--dry-run"), ("skip-next",)], ids=" ".join
+)
+def test_a_filesystem_mounted_elsewhere_with_rescue_options_is_refused_saying_so(
+    disk: Disk, tmp_path: Path, verb: tuple[str, ...]
+) -> None:
     """Mounted elsewhere `-o ro,rescue=nologreplay` (an admin looking at a suspect disk), the remount
-    read-write fails EINVAL as after an error: the refusal named an error there was not (a tester with
-    failing disks). It names the rescue option, and unmounted, the run rolls back."""
+    read-write fails EINVAL as after an error: the refusal named an error there was not, and the dry
+    runs, which do not remount, said exit 0 and their plan (testers with failing disks). Every writing
+    verb and its dry run names the rescue option, and unmounted, the verb does its job."""
     with disk.top() as top:
         populate(top)
+    assert disk.rollback("run", "--cleanup", "after-boot").returncode == Exit.OK  # (the cleanup's work)
     before = disk.state()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     sh("mount", "-o", "ro,rescue=nologreplay", disk.device, str(elsewhere))
     try:
-        result = disk.rollback("run")
+        result = disk.rollback(*verb)
         assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
         assert "mounted elsewhere with rescue=nologreplay" in result.stderr and "after an error" not in result.stderr
+        assert ("the run would be refused" in result.stderr) == ("--dry-run" in verb), result.stderr
     finally:
         sh("umount", str(elsewhere))
     assert disk.state() == before
-    assert disk.rollback("run").returncode == Exit.OK
+    assert disk.rollback(*verb).returncode == Exit.OK
