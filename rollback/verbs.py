@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import takewhile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict
 
 from rollback import devspec, names, report
 from rollback.errors import Exit, OutputFailed, Refused, StepFailed
@@ -189,7 +189,7 @@ def _execute(
                 _inject_failure(later)
             if recheck:
                 recheck(step)
-            btrfs.execute(step, top, in_use)
+            btrfs.execute(step, top, in_use, partial(_waiting, f"step {number}/{len(plan.steps)}", fields))
         except OSError as error:
             if mount.read_only_under(top):  # nothing more can be written, nor put back
                 raise _aborted(number, plan, error) from error
@@ -220,6 +220,11 @@ def _execute(
         ran.append(step)
     unpruned = tuple(p for p in kept if not any(isinstance(s, Rename) and s.source == p for s in ran))
     return replace(plan, steps=tuple(ran), unpruned=unpruned)
+
+
+def _waiting(which: str, fields: dict[str, Any], text: str) -> None:
+    """A wait of a step that has gone on for long (btrfs.execute's `waiting`), said as a warning."""
+    emit("warning", f"{which}: {text}", **fields)
 
 
 def _unlock_for_waits(plan: Plan, number: int, unlock: Callable[[], None] | None) -> None:
@@ -286,22 +291,25 @@ def _pruning_skipped(
     time. The root is kept (more kept than asked, never less), its read-only property put back if this
     run cleared it; or, moved to the trash already, left there for the next run. Said in a warning.
     No room for the trash's directory keeps every root still to prune (each move needs it; it was a
-    failure midway, exit 1, found by a full-disk tester). The roots kept; [] when it is no such step."""
+    failure midway, exit 1, found by a full-disk tester). So for any other error of a step pruning a
+    root: a btrfs send of a read-only one (btrbk's) makes the kernel refuse its unlock, one deleted, made
+    read-only or its archive renamed by hand meanwhile fails its move; each was exit 1 after the new
+    root was made, the rest of the pruning not done (a concurrency tester). The roots kept; [] when it
+    is no such step."""
     from rollback.effects import btrfs
 
     pruned = plan.pruning.get(number)
-    lack = _NO_ROOM.get(error.errno or 0)
-    if pruned is None or lack is None:
+    if pruned is None:
         return []
     step = plan.steps[number - 1]
-    hint = _QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)"
+    lack, hint = _why_not_pruned(step, error)
     if isinstance(step, MakeDir):
         left = list(dict.fromkeys(p for n, p in plan.pruning.items() if n >= number))
         emit(
             "warning",
             f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: the archived roots retention prunes are "
-            f"kept, not pruned (the new root is made): {', '.join(map(names.shown, left))}; the next run with "
-            "room prunes them",
+            f"kept, not pruned (the new root is made): {', '.join(map(names.shown, left))}; the next run prunes "
+            "them",
             hint=hint,
             **fields,
         )
@@ -317,7 +325,7 @@ def _pruning_skipped(
                 outcome += ", read-only again"
             except OSError as again:
                 outcome += f"; its read-only property could not be put back ({again.strerror})"
-        outcome += "; the next run with room prunes it"
+        outcome += "; the next run prunes it"
     emit(
         "warning",
         f"step {number}/{len(plan.steps)}: {step.describe()}: {lack}: {outcome}",
@@ -325,6 +333,18 @@ def _pruning_skipped(
         **fields,
     )
     return [pruned]
+
+
+def _why_not_pruned(step: Step, error: OSError) -> tuple[str, str]:
+    """What a warning says of a step pruning an archived root that failed with `error`, and its hint."""
+    if lack := _NO_ROOM.get(error.errno or 0):
+        return lack, _QUOTA_FIX if error.errno == errno.EDQUOT else "free space (btrfs filesystem usage)"
+    if error.errno == errno.EPERM and isinstance(step, Unlock):
+        why = "the kernel refuses to make it writable: a btrfs send of it is under way (btrbk, snapper's backups)"
+        return f"{error.strerror} ({why})", "nothing to do: the next run prunes it, once the send is done"
+    if error.errno == errno.ENOENT:
+        return f"{error.strerror} (moved or deleted meanwhile)", "rollback status shows the archive as it is now"
+    return str(error), "rollback status shows the archive as it is now; dmesg if it fails again"
 
 
 def _put_back(plan: Plan, failed: int, top: Path, fields: dict[str, Any]) -> tuple[str, bool]:
@@ -607,7 +627,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     every boot, with rollback's own archive filling the disk); with none, the old root, where it filled
     the disk itself (_root_first). The plan that ran."""
     try:
-        return _execute(plan, top, fields)
+        return _execute(plan, top, fields, **_checked_again(config, obs, plan, top))
     except StepFailed as failed:
         if failed.code != "no-space-midway" or not isinstance(plan.steps[0], Delete):
             raise
@@ -637,7 +657,7 @@ def _execute_run(plan: Plan, config: Config, obs: Observation, top: Path, fields
     deleting = sum(isinstance(step, Delete) and step.path in pruned for step in plan.steps)
     emit("step", f"no space for the first change, nothing changed: first deleting {deleting} pruned root(s)", **fields)
     try:
-        return _execute(plan, top, fields)
+        return _execute(plan, top, fields, **_checked_again(config, obs, plan, top))
     except Refused as refused:  # the first of them could not go either, and nothing did: say that
         if refused.code != "no-space":  # (a Delete first: the reason does not say "nothing is due")
             raise
@@ -715,7 +735,7 @@ def _root_first(config: Config, obs: Observation, top: Path, fields: dict[str, A
         **fields,
     )
     try:
-        return _execute(plan, top, fields)
+        return _execute(plan, top, fields, **_checked_again(config, obs, plan, top))
     except StepFailed as failed:
         if failed.code != "no-space-midway":
             raise
@@ -817,8 +837,7 @@ def cleanup(config: Config, *, dry_run: bool, cmdline: str = "") -> Exit:
         work = bool(plan.steps)
         if work:
             emit("started", f"deleting {roots} old root(s) from the trash on {fields['device']}", **fields)
-            checked = partial(_as_checked, config, obs, top)
-            plan = _execute(plan, top, fields, unlock, checked, partial(_in_use, config, top))
+            plan = _execute(plan, top, fields, unlock, **_checked_again(config, obs, plan, top))
     left = roots - sum(isinstance(step, Delete) for step in plan.steps)  # (_left_in_trash)
     emptied = (
         "the trash is empty: nothing to do"
@@ -890,27 +909,49 @@ def _in_use(config: Config, top: Path) -> dict[int, str]:
     return {**{i: f"swap file {p}" for i, p in found.swapfiles.items()}, **found.subvolumes}
 
 
-def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None:
-    """Before a cleanup deletes a trash entry: it holds exactly the subvolumes the checks saw, none of
-    them mounted. The cleanup runs on the live system, at idle priority, with a wait of up to an hour:
-    meanwhile a subvolume can be moved into an entry (mv /persist there) or one of its subvolumes
-    mounted (yesterday's root, to fetch a file), and the recursive delete takes what is there."""
+class _Guards(TypedDict, total=False):
+    recheck: Callable[[Step], None]
+    in_use: Callable[[], Mapping[int, str]]
+
+
+def _checked_again(config: Config, obs: Observation, plan: Plan, top: Path) -> _Guards:
+    """Outside the initrd (the cleanup, a run by hand: other processes act on the filesystem), what a
+    delete takes is checked again before it (_as_checked) and during its walk (_in_use). A run by hand
+    did neither: a subvolume of its old root mounted while it ran was deleted under its mount, one
+    moved into the trash entry stopped it as "changed meanwhile" and the next run took it without a
+    word (a concurrency tester). In the initrd nothing else acts on it: not read (the boot's path)."""
+    from rollback.sources import in_initrd
+
+    if in_initrd():
+        return {}
+    return {"recheck": partial(_as_checked, config, obs, top, plan), "in_use": partial(_in_use, config, top)}
+
+
+def _as_checked(config: Config, obs: Observation, top: Path, plan: Plan, step: Step) -> None:
+    """Before a delete outside the initrd: what it deletes holds exactly the subvolumes the checks saw
+    (where the plan moved it from: a run's old root, a pruned root), none of them mounted. The cleanup
+    runs on the live system, at idle priority, with a wait of up to an hour: meanwhile a subvolume can be
+    moved into an entry (mv /persist there) or one of its subvolumes mounted (yesterday's root, to fetch
+    a file), and the recursive delete takes what is there."""
     from rollback.effects import btrfs, device
 
     if not isinstance(step, Delete):
         return
-    planned = {s.id for s in obs.tree(step.path)}
+    source = next((s.source for s in plan.steps if isinstance(s, Rename) and s.dest == step.path), step.path)
+    planned = {s.id for s in obs.tree(source)}
+    again = "rollback cleanup checks it again" if not _makes_a_root(plan) else "the next run checks it again"
     now = btrfs.ids_within(top, step.path)
     try:
         mounted = device.mounts(str(top), device.probe(config.require_device()))
     except Refused as refused:  # the device gone, a twin appeared: an earlier entry may be deleted already
         raise StepFailed(
             f"{step.describe()}: {names.shown(step.path)} could not be checked again ({refused.reason}): not deleted",
-            "rollback cleanup checks it again; " + refused.hint,
+            f"{again}; " + refused.hint,
             code="step-failed",
         ) from None
     held = sorted(now & mounted.subvolumes.keys())
-    busy = [*map(str, held), *(p for p in mounted.paths if names.is_within(p, step.path))]
+    busy = [f"subvolume {i} at {mounted.subvolumes[i]}" for i in held]  # (was its id alone)
+    busy += [p for p in mounted.paths if names.is_within(p, step.path)]
     swap = [mounted.swapfiles[i] for i in sorted(now & mounted.swapfiles.keys())]  # (the kernel: EPERM)
     if now != planned or busy or swap:
         gone, moved_in = sorted(planned - now), sorted(now - planned)
@@ -925,8 +966,8 @@ def _as_checked(config: Config, obs: Observation, top: Path, step: Step) -> None
         )
         raise StepFailed(
             f"{step.describe()}: {names.shown(step.path)} changed since the checks ({what}): not deleted",
-            "rollback cleanup checks it again (rollback status shows what is mounted); move what belongs "
-            "elsewhere back",
+            f"{again} (rollback status shows what is mounted); move what belongs elsewhere back (a read-only "
+            "one: btrfs property set -ts PATH ro false first)",
             code="step-failed",
         )
 

@@ -396,9 +396,10 @@ def _mounts_usr(fstab: Path) -> bool:
 InUse = Callable[[], Mapping[int, str]]  # the subvolumes in use now (mounted, holding an active swap file): id -> where
 
 
-def execute(step: Step, top: Path, in_use: InUse | None = None) -> None:
+def execute(step: Step, top: Path, in_use: InUse | None = None, waiting: Callable[[str], None] | None = None) -> None:
     """Carry out one step; every path in a step is relative to the top level. `in_use`: looked at during
-    a delete (the cleanup's, which runs beside the live system)."""
+    a delete (the cleanup's, which runs beside the live system). `waiting`: told once when a wait for
+    the kernel's cleaner has gone on for long."""
     if isinstance(step, MakeDir):
         os.makedirs(top / step.path, mode=0o700, exist_ok=True)
     elif isinstance(step, Rename):
@@ -414,7 +415,7 @@ def execute(step: Step, top: Path, in_use: InUse | None = None) -> None:
     elif isinstance(step, Unlock):
         unlock(top / step.path)
     elif isinstance(step, Reclaim):
-        _reclaim(top, step.timeout_s)
+        _reclaim(top, step.timeout_s, waiting)
     elif isinstance(step, Commit):
         btrfsutil.sync(str(top))
     elif isinstance(step, WriteMark):
@@ -736,12 +737,24 @@ def cleaner_busy(top: Path) -> bool:
         return False
 
 
-def _reclaim(top: Path, timeout_s: float) -> None:
+SLOW_RECLAIM_S = 10.0  # a wait for the kernel's cleaner this long is said (once)
+
+
+def _reclaim(top: Path, timeout_s: float, waiting: Callable[[str], None] | None = None) -> None:
     """A commit starts the cleaner at once (else up to 30 s); then poll until nothing is pending. On
-    timeout go on: a step that still lacks space fails, and the next run starts from here again."""
+    timeout go on: a step that still lacks space fails, and the next run starts from here again. A wait
+    past SLOW_RECLAIM_S is told to `waiting`: a file held open in a deleted subvolume keeps the kernel
+    from freeing it, and the cleanup waited minutes without a word (a concurrency tester)."""
     btrfsutil.sync(str(top))
-    deadline = time.monotonic() + timeout_s
-    while btrfsutil.deleted_subvolumes(str(top)) and time.monotonic() < deadline:
+    began = time.monotonic()
+    while (pending := btrfsutil.deleted_subvolumes(str(top))) and time.monotonic() < began + timeout_s:
         if os.statvfs(top).f_flag & os.ST_RDONLY:  # forced so after an error (the cleaner met a bad block):
             raise OSError(errno.EROFS, "the kernel's cleaner stopped")  # no wait
+        if waiting and time.monotonic() >= began + SLOW_RECLAIM_S:
+            waiting(
+                f"the kernel has not freed {len(pending)} deleted subvolume(s) after {SLOW_RECLAIM_S:g} s (this waits "
+                f"{timeout_s:g} s at most): a file open in one, or a process's working directory there, keeps it "
+                "until closed (lsof lists what is open)"
+            )
+            waiting = None
         time.sleep(0.01)

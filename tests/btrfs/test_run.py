@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from rollback.errors import Exit
 from rollback.verbs import FAIL_AT_ENV, FAIL_ERRNO_ENV
-from tests.support.disks import Disk, attached, parse_json, released
+from tests.support.disks import Disk, attached, parse_json, released, stopped
 from tests.support.layout import outside_root, populate, sh
 
 pytestmark = pytest.mark.btrfs
@@ -843,3 +844,116 @@ def test_no_room_to_remove_the_skip_next_mark_keeps_the_root_and_says_the_mark_s
     assert "pruned" not in result.stderr
     assert disk.state() == before
     assert disk.rollback("run").returncode == Exit.SKIPPED
+
+
+# --- a run by hand while others act on the filesystem ------------------------------------------
+
+
+def _trashed(disk: Disk) -> str:
+    """The one entry of the trash (a run stopped before its delete)."""
+    with disk.top(read_only=True) as top:
+        (entry,) = os.listdir(top / ".rollback" / "trash")
+    return f".rollback/trash/{entry}"
+
+
+@pytest.mark.parametrize("act", ["mount", "move-in"])
+def test_a_run_by_hand_checks_its_old_root_again_before_deleting_it(disk: Disk, tmp_path: Path, act: str) -> None:
+    """A run by hand (deleting at boot) stopped after its new root's commit; meanwhile one of the old
+    root's nested subvolumes is mounted (to fetch a file), or a read-only snapshot is put into it. The
+    mount was deleted under its user, exit 0 (the cleanup stopped; the run never looked again), and the
+    snapshot stopped it as "changed meanwhile" without naming it (a concurrency tester). Not deleted,
+    named, exit 1; once undone, the next run deletes what is rollback's."""
+    with disk.top() as top:
+        populate(top)
+    committed = _step(disk, ". commit the transaction", "--cleanup", "boot")
+    run = stopped(disk, "run", "--cleanup", "boot", after=committed)
+    entry, held = _trashed(disk), tmp_path / "held"
+    held.mkdir()
+    try:
+        if act == "mount":
+            sh("mount", "-o", f"subvol={entry}/var/lib/machines", disk.device, str(held))
+        else:
+            with disk.top() as top:
+                btrfsutil.create_snapshot(str(top / "persist"), str(top / entry / "backup"), read_only=True)
+        before = disk.state()
+    finally:
+        os.kill(run.pid, signal.SIGCONT)
+        _, errors = run.communicate(timeout=120)
+    try:
+        assert run.returncode == Exit.FAILED and "changed since the checks" in errors, errors
+        said = f" at {held}" if act == "mount" else "moved in"
+        assert said in errors and "the next run checks it again" in errors and "not deleted" in errors, errors
+        assert disk.state().subvolumes == before.subvolumes
+        if act == "mount":
+            assert (held / "data").read_text() == "inside root/var/lib/machines\n"
+    finally:
+        if act == "mount":
+            sh("umount", str(held))
+    if act == "move-in":
+        with disk.top() as top:
+            sh("btrfs", "subvolume", "delete", str(top / entry / "backup"))
+    assert disk.rollback("run", "--cleanup", "boot").returncode == Exit.OK
+    assert [p for p in disk.state().subvolume_paths() if p.startswith(".rollback/")] == []
+
+
+@pytest.mark.parametrize(
+    ("at", "code"),
+    [("clear read-only", errno.EPERM), ("move old/", errno.ENOENT), ("move old/", errno.EROFS)],
+)
+def test_a_pruning_step_failing_keeps_that_root_and_the_run_goes_on(disk: Disk, at: str, code: int) -> None:
+    """A step pruning an archived root fails, the new root made: a btrfs send of it under way (the
+    kernel refuses its unlock, EPERM), deleted or made read-only by hand meanwhile (its move: ENOENT,
+    EROFS). Each was exit 1 after the root was made (stop-boot: emergency mode), the rest of the
+    pruning not done (a concurrency tester). That root is kept with a warning, exit 0; the next run
+    prunes it."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        for stamp in ("20200101T000000Z", "20200102T000000Z"):
+            btrfsutil.create_subvolume(str(top / "old" / stamp))
+            btrfsutil.set_subvolume_read_only(str(top / "old" / stamp))
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
+    step = _step(disk, f". {at}", *flags)
+    result = disk.rollback("run", *flags, env={FAIL_AT_ENV: str(step), FAIL_ERRNO_ENV: str(code)})
+    assert result.returncode == Exit.OK and "kind=warning" in result.stderr, result.stderr
+    assert f"{os.strerror(code)}" in result.stderr and "is kept, not pruned" in result.stderr, result.stderr
+    if code == errno.EPERM:
+        assert "a btrfs send of it is under way" in result.stderr, result.stderr
+    with disk.top() as top:
+        kept = sorted(os.listdir(top / "old"))
+        assert len(kept) == 2 and "20200101T000000Z" in kept, kept  # the other pruned, today's archived
+        assert btrfsutil.get_subvolume_read_only(str(top / "old" / "20200101T000000Z"))
+    assert disk.rollback("run", *flags).returncode == Exit.OK
+    with disk.top() as top:
+        assert len(os.listdir(top / "old")) == 1
+
+
+def test_a_btrfs_send_of_an_archived_root_under_way_keeps_it_from_this_runs_pruning(disk: Disk) -> None:
+    """btrbk's use of a read-only archive: a send of the oldest root runs while the boot prunes it. The
+    kernel refuses to make it writable; the run keeps it with a warning, exit 0 (was exit 1 after the
+    new root was made: a concurrency tester)."""
+    with disk.top() as top:
+        populate(top)
+        (top / "old").mkdir()
+        oldest = top / "old" / "20200101T000000Z"
+        btrfsutil.create_subvolume(str(oldest))
+        (oldest / "big").write_bytes(os.urandom(4 << 20))  # (more than a pipe holds: the send waits)
+        btrfsutil.set_subvolume_read_only(str(oldest))
+    flags = ("--archive", "old", "--keep-count", "1", "--keep-min", "0")
+    with disk.top(read_only=True) as top:
+        send = subprocess.Popen(
+            ["btrfs", "send", str(top / "old" / "20200101T000000Z")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)  # (it fills the pipe, then waits for a reader)
+            result = disk.rollback("run", *flags)
+        finally:
+            send.kill()
+            send.wait()
+    assert result.returncode == Exit.OK, result.stderr
+    assert "a btrfs send of it is under way" in result.stderr and "is kept, not pruned" in result.stderr
+    assert disk.rollback("run", *flags).returncode == Exit.OK
+    with disk.top() as top:
+        assert len(os.listdir(top / "old")) == 1

@@ -19,6 +19,26 @@ from tests.support.environment import require_root
 from tests.support.layout import State, sh, snapshot_state
 
 
+def stopped(disk: Disk, *args: str, after: int) -> subprocess.Popen[str]:
+    """`rollback ARGS` stopped (SIGSTOP, the crash tests' hook) after its step `after`: a run or a
+    cleanup in the middle of its plan, for a test to act on the filesystem; SIGCONT lets it go on."""
+    from rollback.verbs import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
+
+    env = {**os.environ, CRASH_AFTER_ENV: str(after), CRASH_SIGNAL_ENV: "STOP"}
+    process = subprocess.Popen(disk.rollback_argv(*args), env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while process_state(process.pid) != "T":
+        assert process.poll() is None and time.monotonic() < deadline, f"rollback {args} never stopped"
+        time.sleep(0.05)
+    return process
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter (T: stopped)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
+
+
 @dataclass
 class Disk:
     device: str
