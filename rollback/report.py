@@ -88,6 +88,7 @@ class Status(TypedDict):
     read_only_devices: list[str]  # member devices read-only: every writing verb refuses (read-only)
     read_only_under: str | None  # a read-write mount over the read-only superblock: forced so after an error?
     booted_from: BootedFrom | None  # the subvolume at / when of this filesystem and not the target
+    locked_by: str | None  # another rollback holding the filesystem's lock ("pid N: command"): a run under way
 
 
 def _when(sub: Examined, now: datetime) -> When:
@@ -173,6 +174,7 @@ def status(
         "read_only_devices": list(read_only),
         "read_only_under": obs.read_only_under or None,
         "booted_from": _booted_from(config, obs),
+        "locked_by": None,  # (verbs.status: the lock's holder is the effects' to read)
     }
 
 
@@ -258,6 +260,11 @@ def _device_lines(report: Status) -> list[str]:
         f"device:     {report['device']} (filesystem UUID={report['fsid']}, "
         f"default subvolume id {report['default_subvolume_id']})"
     ]
+    if report["locked_by"]:
+        lines.append(
+            f"RUNNING:    another rollback holds the filesystem's lock ({report['locked_by']}): what follows may be "
+            "its work half done (a root missing, an entry in the trash); look again once it has ended"
+        )
     if report["missing_devices"]:
         lines.append(
             f"DEGRADED:   device id(s) {', '.join(map(str, report['missing_devices']))} missing (mounted degraded): "

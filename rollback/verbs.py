@@ -977,9 +977,11 @@ def status(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
 
     with _observed(config, lock=False, cmdline=cmdline) as (top, obs, _unlock):
         fsid = device.probe(config.require_device())
-        missing = device.missing_members(fsid)  # while mounted
         elsewhere = sysroot.system_elsewhere((cmdline, _kernels_cmdline()))
-        found = report.status(config, obs, missing, device.read_only_members(str(top)), device.uuid(fsid), elsewhere)
+        read_only = device.read_only_members(str(top))
+        found = report.status(config, obs, obs.degraded, read_only, device.uuid(fsid), elsewhere)
+        # (a run under way: a root missing is its move, not one cut short; a concurrency tester)
+        found["locked_by"] = device.lock_holder(fsid)
     _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 

@@ -335,6 +335,20 @@ def locked(
             os.close(fd)
 
 
+def lock_holder(fsid: str) -> str | None:
+    """Who holds the run lock of the filesystem `fsid` ("pid 1234: rollback run ..."), read from
+    /proc/locks without taking it (a lock taken to look would refuse a boot's run starting then as
+    `locked`); None when nobody does, or it cannot be read."""
+    try:
+        fd = os.open(f"{LOCK_DIR}/{fsid}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _holder(fd).removeprefix(", ") or None
+    finally:
+        os.close(fd)
+
+
 def _holder(fd: int) -> str:
     """Who holds the BSD lock on `fd`'s file, as the kernel says (/proc/locks: pid, device and inode),
     and its command line: ", pid 1234: rollback cleanup ..."; "" when that cannot be read."""

@@ -957,3 +957,25 @@ def test_a_btrfs_send_of_an_archived_root_under_way_keeps_it_from_this_runs_prun
     assert disk.rollback("run", *flags).returncode == Exit.OK
     with disk.top() as top:
         assert len(os.listdir(top / "old")) == 1
+
+
+def test_status_during_a_run_says_a_run_holds_the_lock(disk: Disk) -> None:
+    """`status` while a run is half done (stopped after its old root's move): it said "root missing: the
+    next run creates it (a run cut short...)" and nothing of the run under way (a concurrency tester).
+    Names the lock's holder, read without taking the lock (which would refuse a boot's run then)."""
+    with disk.top() as top:
+        populate(top)
+    moved = _step(disk, ". move root -> ")
+    run = stopped(disk, "run", after=moved)
+    try:
+        shown = disk.rollback("status")
+        as_json = parse_json(disk.rollback("status", "--json"))
+    finally:
+        os.kill(run.pid, signal.SIGCONT)
+        _, errors = run.communicate(timeout=120)
+    assert run.returncode == Exit.OK, errors
+    assert shown.returncode == Exit.OK, shown.stderr
+    assert f"RUNNING:    another rollback holds the filesystem's lock (pid {run.pid}: " in shown.stdout, shown.stdout
+    assert str(as_json["locked_by"]).startswith(f"pid {run.pid}: "), as_json
+    after = disk.rollback("status")
+    assert after.returncode == Exit.OK and "RUNNING" not in after.stdout, after.stdout
