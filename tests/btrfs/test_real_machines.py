@@ -975,18 +975,26 @@ def test_a_filesystem_forced_read_only_elsewhere_is_refused_naming_the_way_out(t
         assert disk.rollback("run").returncode == Exit.OK
 
 
-def test_a_superblock_remounted_read_only_elsewhere_is_said_and_the_run_goes_on(disk: Disk, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["one device", "raid1"])
+def test_a_superblock_remounted_read_only_elsewhere_is_said_and_the_run_goes_on(
+    request: pytest.FixtureRequest, tmp_path: Path, layout: str
+) -> None:
     """`mount -o remount,ro` of one of two mounts makes the superblock read-only under the other's
     read-write flag, as an error does: not refused (a reviewer: refusing named an error that was not);
-    status and the run say it, the run's remount makes it writable and it rolls back."""
+    status and the run say it, the run's remount makes it writable and it rolls back. On a raid1 the
+    mounts are through one member, the run through the other (every member shares the superblock)."""
+    members: list[Disk] = (
+        [request.getfixturevalue("disk")] if layout == "one device" else [*request.getfixturevalue("raid")]
+    )
+    disk, mounted_through = members[-1], members[0].device
     with disk.top() as top:
         populate(top)
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
-    sh("mount", "-o", "subvol=persist", disk.device, str(first))
+    sh("mount", "-o", "subvol=persist", mounted_through, str(first))
     try:
-        sh("mount", "-o", "subvol=home", disk.device, str(second))
+        sh("mount", "-o", "subvol=home", mounted_through, str(second))
         try:
             sh("mount", "-o", "remount,ro", str(second))
             found = json.loads(disk.rollback("status", "--json").stdout)
