@@ -36,7 +36,19 @@ def device_path(spec: str) -> str:
         return f"/dev/disk/{TAGS[tag.upper()]}/{udev_escape(value)}"
     if not spec.startswith("/"):
         raise ValueError("is neither a device path (/dev/...) nor UUID=, LABEL=, PARTUUID= or PARTLABEL=")
+    if any(_control(char) for char in spec):  # (printed as given, an ESC or a newline forged lines: a tester)
+        raise ValueError(
+            "holds a control character or a byte that is not UTF-8, which no device node's name has (udev writes "
+            "them \\xNN in its links; LABEL= takes the label as it is)"
+        )
     return spec
+
+
+def _control(char: str) -> bool:
+    """A control character (C0, DEL, C1, a line or paragraph separator) or a byte that is not UTF-8 (a
+    surrogate escape), none of which a device node's name (udev's, escaped) has."""
+    point = ord(char)
+    return point < 0x20 or 0x7F <= point < 0xA0 or point in (0x2028, 0x2029) or 0xDC80 <= point <= 0xDCFF
 
 
 _UNIT_PLAIN = set(string.ascii_letters + string.digits + ":_.")

@@ -31,6 +31,7 @@ def parse_cmdline(text: str) -> dict[str, Value]:
     for word in split_cmdline(text):
         option = word.removeprefix("rd.")
         if not option.startswith(CMDLINE_PREFIX):
+            _refuse_a_look_alike(word)
             continue
         if any("\udc80" <= char <= "\udcff" for char in word):
             raise ConfigError(
@@ -57,6 +58,31 @@ def parse_cmdline(text: str) -> dict[str, Value]:
             value = previous + value
         layer[setting.name] = value
     return layer
+
+
+def _refuse_a_look_alike(word: str) -> None:
+    """A word that is ours but for its spelling: capitals (Rollback.skip), an invisible character pasted
+    with it (a byte-order mark, a zero-width space), another dot (U+2024). Taken for another program's,
+    it was ignored, and rollback.skip with it: the root the user asked to keep was replaced (a tester of
+    locales). systemd matches its own words so too, but a misspelt key of ours is refused (exit 2): so
+    is this."""
+    shown = "".join(char for char in word if char.isprintable()).lower()  # (invisible: format characters)
+    for prefix in ("rd.", ""):
+        rest = shown.removeprefix(prefix)
+        name = CMDLINE_PREFIX.rstrip(".")
+        if rest.startswith(name) and len(rest) > len(name) and not _word_char(rest[len(name)]):
+            raise ConfigError(
+                f"kernel command line: {names.shown(word)} looks like a rollback option but is not spelt as one "
+                "(rollback.KEY, lower case, nothing invisible in it)",
+                "spell it as the README does (a word copied from a web page or a document can carry invisible "
+                "characters or typographic dots)",
+                code="unknown-key",
+            )
+
+
+def _word_char(char: str) -> bool:
+    """A character another program's word can go on with after "rollback": rollbackd=, rollback_x."""
+    return (char.isascii() and char.isalnum()) or char in "-_="
 
 
 def read_cmdline(path: str) -> str:

@@ -79,6 +79,8 @@ def test_describe_lists_every_setting_with_its_source() -> None:
         ({"device": "UUID="}, "bad-name"),
         ({"device": 'UUID=""'}, "bad-name"),
         ({"device": "/dev/vda\0"}, "bad-name"),
+        ({"device": "/tmp/d\x1b[31mRED\nfsid: fake"}, "bad-name"),  # printed as given: forged lines (a tester)
+        ({"device": "/dev/dev\udce9"}, "bad-name"),  # a byte that is not UTF-8
         ({"keep_count": 3}, "conflict"),
         ({"archive": "root/old"}, "conflict"),
         ({"archive": "old", "subvolume": "old/root"}, "conflict"),
@@ -170,6 +172,35 @@ def test_kernel_cmdline_booleans(value: str) -> None:
 def test_kernel_cmdline_garbage_is_a_config_error(garbage: str) -> None:
     with pytest.raises(ConfigError):
         parse_cmdline(f"quiet {garbage}")
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "Rollback.skip",
+        "ROLLBACK.SKIP",
+        "rd.Rollback.skip",
+        "RD.rollback.skip",
+        "\ufeffrollback.skip",  # a byte-order mark at the start of a file
+        "\u200brollback.skip",  # a zero-width space pasted with it
+        "rollback\u2024skip",  # a typographic dot (one dot leader)
+        "rollback\u00b7skip",
+        "\u00adrollback.skip",  # a soft hyphen
+    ],
+)
+def test_a_rollback_word_spelt_otherwise_is_refused_not_ignored(word: str) -> None:
+    """Taken for another program's word, it was ignored, rollback.skip with it: the root the user asked
+    to keep was replaced, while a misspelt key (rollback.SKIP) is refused (a tester of locales)."""
+    with pytest.raises(ConfigError, match="looks like a rollback option but is not spelt as one") as refused:
+        parse_cmdline(f"quiet {word} ro")
+    assert refused.value.code == "unknown-key"
+
+
+@pytest.mark.parametrize(
+    "word", ["rollbackd=1", "rollback_x=2", "rollback-tool.y", "rollback=3", "rollback", "xrollback.skip"]
+)
+def test_other_programs_words_starting_so_are_theirs(word: str) -> None:
+    assert parse_cmdline(f"quiet {word} ro") == {}
 
 
 def test_read_cmdline_rejects_non_utf8(fs: FakeFilesystem) -> None:
