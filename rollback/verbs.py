@@ -170,7 +170,7 @@ def _execute(
     the lock is released once only waits for the kernel's cleaner are left (they change nothing: the
     cleanup's wait of up to an hour would refuse skip-next and a manual run as `locked` meanwhile).
     `recheck` is called before each step, and may stop the run (StepFailed). The plan that ran: its
-    steps carried out, and the archived roots kept for want of room to prune them (_pruning_skipped)."""
+    steps carried out, and the archived roots its pruning kept (_pruning_skipped)."""
     from rollback.effects import btrfs, mount
 
     _before_writing(top)
@@ -187,8 +187,9 @@ def _execute(
         try:
             if str(number) == fail_at:
                 _inject_failure(later)
-            if recheck:
-                recheck(step)
+            if recheck and _changed_since(plan, number, recheck, fields):
+                kept.append(plan.pruning[number])
+                continue
             btrfs.execute(step, top, in_use, partial(_waiting, f"step {number}/{len(plan.steps)}", fields))
         except OSError as error:
             if mount.read_only_under(top):  # nothing more can be written, nor put back
@@ -220,6 +221,25 @@ def _execute(
         ran.append(step)
     unpruned = tuple(p for p in kept if not any(isinstance(s, Rename) and s.source == p for s in ran))
     return replace(plan, steps=tuple(ran), unpruned=unpruned)
+
+
+def _changed_since(plan: Plan, number: int, recheck: Callable[[Step], None], fields: dict[str, Any]) -> bool:
+    """Check step `number` again (_as_checked): changed since the checks stops the run, but where it
+    deletes a pruned root, that root is left in the trash with a warning, the run going on as for any
+    failure pruning one (a reviewer). True: left so."""
+    try:
+        recheck(plan.steps[number - 1])
+    except StepFailed as changed:
+        if number not in plan.pruning:
+            raise
+        emit(
+            "warning",
+            f"step {number}/{len(plan.steps)}: {changed.reason}; the run goes on",
+            hint=changed.hint,
+            **fields,
+        )
+        return True
+    return False
 
 
 def _waiting(which: str, fields: dict[str, Any], text: str) -> None:
@@ -315,14 +335,18 @@ def _pruning_skipped(
         )
         return left
     moved = next((s for s in ran if isinstance(s, Rename) and s.source == pruned), None)
-    if moved is not None:  # its delete: in the trash, which the next run (or rollback cleanup) empties first
+    if moved is not None and error.errno in (errno.ESTALE, errno.EBUSY):  # (the walk: changed under it)
+        outcome = f"it is left in the trash ({names.shown(moved.dest)}): {_MOVE_OUT}"
+    elif moved is not None:  # its delete: in the trash, which the next run (or rollback cleanup) empties first
         outcome = f"it is left in the trash ({names.shown(moved.dest)}): the next run or rollback cleanup deletes it"
+    elif not os.path.lexists(top / pruned):  # (deleted or moved by hand meanwhile: nothing kept; a reviewer)
+        outcome = f"the archived root {names.shown(pruned)} is gone from there: not pruned by this run"
     else:
         outcome = f"the archived root {names.shown(pruned)} is kept, not pruned (the new root is made)"
-        if any(isinstance(s, Unlock) and s.path == pruned for s in ran):
+        # this run's unlock done, or failing halfway (the flag cleared, the immutable one not)
+        if isinstance(step, Unlock) or any(isinstance(s, Unlock) and s.path == pruned for s in ran):
             try:
-                btrfs.set_read_only(top / pruned)
-                outcome += ", read-only again"
+                outcome += ", read-only again" if btrfs.set_read_only(top / pruned) else ""
             except OSError as again:
                 outcome += f"; its read-only property could not be put back ({again.strerror})"
         outcome += "; the next run prunes it"
@@ -333,6 +357,13 @@ def _pruning_skipped(
         **fields,
     )
     return [pruned]
+
+
+_MOVE_OUT = (
+    "the next run deletes what the entry holds, at boot without checking it again: unmount what is mounted from it, "
+    "and move what belongs elsewhere out of it (a read-only subvolume: btrfs property set -ts PATH ro false first) "
+    "before then (rollback status shows what is mounted)"
+)
 
 
 def _why_not_pruned(step: Step, error: OSError) -> tuple[str, str]:
@@ -812,7 +843,7 @@ def _what_the_run_did(config: Config, plan: Plan) -> str:
         if in_place
         else "created (none was there)"
     )
-    unpruned = f", {len(plan.unpruned)} archived root(s) kept for want of room to prune them" if plan.unpruned else ""
+    unpruned = f", {len(plan.unpruned)} archived root(s) not pruned (see the warnings)" if plan.unpruned else ""
     return f"{config.subvolume} {done}, {plan.deleted} subvolume(s) deleted{unpruned}"
 
 
@@ -872,8 +903,12 @@ def _before_writing(top: Path, *, dry_run: bool = False) -> None:
 
     would = " (the run would be refused)" if dry_run else ""
     fsid = device.fsid_at(str(top))
-    missing = device.missing_members(fsid) if fsid else []
-    if missing and mount.superblock_read_only(top):
+    # (read-only after an error is make_writable's to say: no remount by hand gets past it; a reviewer)
+    if fsid and mount.superblock_read_only(top) and not mount.read_only_under(top):
+        missing = device.missing_members(fsid)
+    else:
+        missing = []
+    if missing:
         raise Refused(
             f"cannot write to the filesystem: it is mounted degraded (device id(s) {', '.join(map(str, missing))} "
             f"missing) and read-only{would}: writing makes it read-write degraded, where new block groups have a "
@@ -937,16 +972,17 @@ def _as_checked(config: Config, obs: Observation, top: Path, plan: Plan, step: S
 
     if not isinstance(step, Delete):
         return
-    source = next((s.source for s in plan.steps if isinstance(s, Rename) and s.dest == step.path), step.path)
+    before = reversed(plan.steps[: plan.steps.index(step)])  # (where the plan moved it from, if it did)
+    source = next((s.source for s in before if isinstance(s, Rename) and s.dest == step.path), step.path)
     planned = {s.id for s in obs.tree(source)}
-    again = "rollback cleanup checks it again" if not _makes_a_root(plan) else "the next run checks it again"
+    by_cleanup = not _makes_a_root(plan)
     now = btrfs.ids_within(top, step.path)
     try:
         mounted = device.mounts(str(top), device.probe(config.require_device()))
     except Refused as refused:  # the device gone, a twin appeared: an earlier entry may be deleted already
         raise StepFailed(
             f"{step.describe()}: {names.shown(step.path)} could not be checked again ({refused.reason}): not deleted",
-            f"{again}; " + refused.hint,
+            ("rollback cleanup checks it again; " if by_cleanup else "") + refused.hint,
             code="step-failed",
         ) from None
     held = sorted(now & mounted.subvolumes.keys())
@@ -966,8 +1002,10 @@ def _as_checked(config: Config, obs: Observation, top: Path, plan: Plan, step: S
         )
         raise StepFailed(
             f"{step.describe()}: {names.shown(step.path)} changed since the checks ({what}): not deleted",
-            f"{again} (rollback status shows what is mounted); move what belongs elsewhere back (a read-only "
-            "one: btrfs property set -ts PATH ro false first)",
+            "rollback cleanup checks it again (rollback status shows what is mounted); move what belongs elsewhere "
+            "back (a read-only one: btrfs property set -ts PATH ro false first)"
+            if by_cleanup
+            else _MOVE_OUT,
             code="step-failed",
         )
 

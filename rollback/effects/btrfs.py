@@ -287,9 +287,13 @@ def unlock(path: Path) -> None:
     _unpin(path)
 
 
-def set_read_only(path: Path) -> None:
-    """Make the subvolume at `path` read-only again (a pruning that had no room after its unlock)."""
+def set_read_only(path: Path) -> bool:
+    """Make the subvolume at `path` read-only again (a pruning that failed after its unlock, or in it);
+    whether it was not."""
+    if btrfsutil.get_subvolume_read_only(str(path)):
+        return False
     btrfsutil.set_subvolume_read_only(str(path), True)
+    return True
 
 
 def observe(
@@ -752,9 +756,10 @@ def _reclaim(top: Path, timeout_s: float, waiting: Callable[[str], None] | None 
             raise OSError(errno.EROFS, "the kernel's cleaner stopped")  # no wait
         if waiting and time.monotonic() >= began + SLOW_RECLAIM_S:
             waiting(
-                f"the kernel has not freed {len(pending)} deleted subvolume(s) after {SLOW_RECLAIM_S:g} s (this waits "
-                f"{timeout_s:g} s at most): a file open in one, or a process's working directory there, keeps it "
-                "until closed (lsof lists what is open)"
+                f"the kernel is still freeing {len(pending)} deleted subvolume(s) after {SLOW_RECLAIM_S:g} s (this "
+                f"waits {timeout_s:g} s at most): a big tree on a slow disk takes minutes; if their count does not "
+                "go down (rollback status: pending deletions), a file open in one, or a process's working "
+                "directory there, keeps it until closed (lsof lists what is open)"
             )
             waiting = None
         time.sleep(0.01)

@@ -622,8 +622,24 @@ def missing_members(fsid: str) -> list[int]:
     opened = _flags(fsid, "devices", "ro")  # (any attribute: the names)
     if len(opened) >= len(ids):
         return sorted(flagged)
-    ids_open = {member[0] for name in opened if (member := _member_id(_node(name), fsid))}
+    ids_open = {_open_member_id(_node(name), fsid) for name in opened}
+    if None in ids_open:  # a superblock that cannot be read: which member it is, unknown (a reviewer)
+        return sorted(flagged)
     return sorted(flagged | (ids - ids_open))
+
+
+def _open_member_id(node: str, fsid: str) -> int | None:
+    """The device id of a device the mounted filesystem `fsid` has open: a member's, or a seed's (a
+    sprout lists its seeds' devices, whose superblocks carry the seed's fsid: a reviewer)."""
+    if (member := _member_id(node, fsid)) is not None:
+        return member[0]
+    if _seed(node):
+        try:
+            with open(node, "rb") as handle:
+                return int.from_bytes(os.pread(handle.fileno(), 8, _SUPERBLOCK + 0xC9), "little")
+        except OSError:
+            return None
+    return None
 
 
 def _flags(fsid: str, kind: str, flag: str) -> dict[str, bool]:

@@ -111,8 +111,13 @@ def _member_missing(device: str) -> Refused:
     from rollback.effects import device as devices
 
     spans, found = devices.members_attached(device, devices.probe(device))
-    shown = ", ".join(f"{n} on {nodes[0][0]}" for n, nodes in sorted(found.items()))
-    if spans > 1 and len(found) >= spans:
+    # not a replace target's (device id 0, not counted in the superblock's), nor a member left behind (a
+    # disk removed, or away during a degraded mount: its superblock older): those are no member's device
+    # the kernel lacks, and a scan cannot help (a reviewer)
+    newest = max((generation for nodes in found.values() for _, generation in nodes), default=0)
+    current = {n: nodes for n, nodes in found.items() if n and any(g >= newest - 1 for _, g in nodes)}
+    shown = ", ".join(f"{n} on {nodes[0][0]}" for n, nodes in sorted(current.items()))
+    if spans > 1 and len(current) >= spans:
         return Refused(
             f"cannot mount {device}: the kernel knows no device for a member of its btrfs filesystem, while all "
             f"{spans} are attached (member {shown}): they were not registered (udev runs btrfs device scan: none ran "
@@ -120,7 +125,7 @@ def _member_missing(device: str) -> Refused:
             "btrfs device scan, then run again; nothing was changed",
             code="mount-failed",
         )
-    attached = f": {len(found)} of its {spans} members attached (member {shown})" if found else ""
+    attached = f": {len(current)} of its {spans} members attached (member {shown})" if current else ""
     return Refused(
         f"cannot mount {device}: a device of its btrfs filesystem is missing ({os.strerror(_ENOENT)}){attached}",
         f"btrfs filesystem show {device}; dmesg names what is missing (a seed device: attach it, then btrfs device "
@@ -185,8 +190,7 @@ def make_writable(top: Path) -> None:
     own = _libc.mount(None, os.fsencode(top), None, flags | _MS_BIND, None) == 0
     if own and not os.statvfs(top).f_flag & os.ST_RDONLY:
         return
-    refuse_rescue_mounts(top)
-    if _libc.mount(None, os.fsencode(top), None, flags, _kept_options(top)) != 0:
+    if _libc.mount(None, os.fsencode(top), None, flags, _kept_options(top)) != 0:  # (rescue mounts: verbs' check)
         code = ctypes.get_errno()
         # (btrfs refuses it so after an error forced the filesystem read-only, until unmounted everywhere)
         forced = code == errno.EINVAL

@@ -491,7 +491,7 @@ _MAGIC_AT = 0x10040  # the primary superblock's magic: without it, no tool nor k
 def member_away(member: Disk, how: str) -> Iterator[None]:
     """One member the kernel has no device for: `forgotten` (attached, but no udev registered it: a rescue
     shell), or `absent` (its superblock unreadable as btrfs, as if not attached); back on the way out."""
-    with open(member.device, "r+b") as handle:
+    with open(member.device, "r+b" if how == "absent" else "rb") as handle:  # (a close after writing: udev probes)
         magic = os.pread(handle.fileno(), 8, _MAGIC_AT)
         if how == "absent":
             os.pwrite(handle.fileno(), b"\0" * 8, _MAGIC_AT)
@@ -499,8 +499,9 @@ def member_away(member: Disk, how: str) -> Iterator[None]:
     try:
         yield
     finally:
-        with open(member.device, "r+b") as handle:
-            os.pwrite(handle.fileno(), magic, _MAGIC_AT)
+        if how == "absent":
+            with open(member.device, "r+b") as handle:
+                os.pwrite(handle.fileno(), magic, _MAGIC_AT)
         sh("btrfs", "device", "scan", member.device)
 
 

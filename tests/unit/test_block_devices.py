@@ -68,3 +68,67 @@ def test_a_drbd_device_is_not_read_beside_its_backing_device(fs: FakeFilesystem,
     fs.create_file("/sys/class/block/x/size", contents="2097152\n")
     fs.create_file("/sys/class/block/x/dev", contents=f"{number}\n")
     assert device._big_enough("x") is read
+
+
+_FSID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("devinfo", "opened", "missing"),
+    [
+        ({"1": (False, False), "2": (False, False)}, {"loop0": 1, "loop1": 2}, []),  # every member open
+        ({"1": (False, False), "2": (True, False)}, {"loop0": 1}, [2]),  # the kernel's flag
+        ({"1": (False, False), "2": (False, False)}, {"loop0": 1}, [2]),  # registered again, still unopened
+        ({"1": (False, False), "2": (False, False)}, {"loop0": None}, []),  # unreadable: unknown, not missing
+        ({"1": (False, False), "2": (False, False), "3": (False, False)}, {"loop0": 1, "loop1": 2}, [3]),
+        ({"1": (False, False), "0": (False, True), "2": (False, False)}, {"loop0": 1, "loop1": 2}, []),  # target
+    ],
+)
+def test_missing_members_are_those_the_kernel_has_no_device_open_for(
+    monkeypatch: pytest.MonkeyPatch,
+    devinfo: dict[str, tuple[bool, bool]],
+    opened: dict[str, int | None],
+    missing: list[int],
+) -> None:
+    """devinfo/<id>/missing, and, where fewer devices are open than members listed (a member registered
+    again by a scan while mounted degraded: the flag cleared, the device unopened), the ids of the open
+    devices' superblocks; a seed's by its own (_open_member_id); one unreadable leaves only the flag; a
+    replace target (id 0) is no member (reviewers)."""
+
+    def flags(fsid: str, kind: str, flag: str) -> dict[str, bool]:
+        assert fsid == _FSID
+        if kind == "devices":
+            return dict.fromkeys(opened, False)
+        return {n: pair[0 if flag == "missing" else 1] for n, pair in devinfo.items()}
+
+    monkeypatch.setattr(device, "_flags", flags)
+    monkeypatch.setattr(device, "_open_member_id", lambda node, fsid: opened[node.removeprefix("/dev/")])
+    assert device.missing_members(_FSID) == missing
+
+
+@pytest.mark.parametrize(
+    ("found", "says"),
+    [
+        ({1: [("/dev/a", 11)], 2: [("/dev/b", 11)]}, "while all 2 are attached (member 1 on /dev/a, 2 on /dev/b)"),
+        (
+            {1: [("/dev/a", 11)]},
+            "is missing (No such file or directory): 1 of its 2 members attached (member 1 on /dev/a)",
+        ),
+        ({1: [("/dev/a", 11)], 0: [("/dev/new", 11)]}, "1 of its 2 members attached (member 1 on /dev/a)"),  # a target
+        ({1: [("/dev/a", 11)], 2: [("/dev/b", 4)]}, "1 of its 2 members attached (member 1 on /dev/a)"),  # left behind
+        ({}, "is missing (No such file or directory)"),
+    ],
+)
+def test_a_mount_missing_a_member_says_whether_a_scan_would_help(
+    monkeypatch: pytest.MonkeyPatch, found: dict[int, list[tuple[str, int]]], says: str
+) -> None:
+    """btrfs's ENOENT: every member attached (a scan registers them) or not; a replace target's superblock
+    (device id 0) and a member left behind (an older generation) are no member the kernel lacks: a scan
+    cannot help, and saying it could sent a user in circles (a reviewer)."""
+    from rollback.effects import mount
+
+    monkeypatch.setattr(device, "probe", lambda dev: _FSID)
+    monkeypatch.setattr(device, "members_attached", lambda dev, fsid: (2, found))
+    refused = mount._member_missing("/dev/a")
+    assert refused.code == "mount-failed" and says in refused.reason, refused.reason
+    assert ("btrfs device scan, then run again" in refused.hint) == ("while all" in says), refused.hint

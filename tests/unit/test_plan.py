@@ -1048,7 +1048,8 @@ def test_a_cleanup_entry_that_cannot_be_checked_again_is_a_failure_not_a_refusal
     monkeypatch.setattr(btrfs, "ids_within", lambda top, path: {257})
     monkeypatch.setattr(device, "probe", gone)
     with pytest.raises(StepFailed) as failed:
-        _as_checked(config(), obs, Path("/nonexistent"), Plan(()), Delete(f"{TRASH_DIR}/{STAMP}", 1))
+        doomed = Delete(f"{TRASH_DIR}/{STAMP}", 1)
+        _as_checked(config(), obs, Path("/nonexistent"), Plan((doomed,)), doomed)
     assert failed.value.code == "step-failed" and "could not be checked again" in failed.value.reason
     assert "does not exist" in failed.value.reason and "check --device" in failed.value.hint
 
