@@ -33,13 +33,16 @@ def device_path(spec: str) -> str:
             value = value[1:-1]
         if not value:
             raise ValueError(f"names no {tag.upper()}")
+        # (a byte that is not UTF-8, a tab: udev escapes them in the link; the NixOS module maps them so)
+        if any(_control(char) and char != "\t" and not "\udc80" <= char <= "\udcff" for char in value):
+            raise ValueError("holds a control character (an ESC, a newline, a line separator), printed as given")
         return f"/dev/disk/{TAGS[tag.upper()]}/{udev_escape(value)}"
     if not spec.startswith("/"):
         raise ValueError("is neither a device path (/dev/...) nor UUID=, LABEL=, PARTUUID= or PARTLABEL=")
     if any(_control(char) for char in spec):  # (printed as given, an ESC or a newline forged lines: a tester)
         raise ValueError(
             "holds a control character or a byte that is not UTF-8, which no device node's name has (udev writes "
-            "them \\xNN in its links; LABEL= takes the label as it is)"
+            "such bytes \\xNN in its links; LABEL= takes a label as it is)"
         )
     return spec
 

@@ -28,12 +28,19 @@ REASONS: dict[str, Reason] = {
     # exit 2: the command line, the config file or the kernel command line; nothing was touched
     "usage": _usage("the command line does not parse: an unknown verb or flag, a value missing or malformed", "--help"),
     "device-unset": _usage("no device given anywhere", "set --device, `device =` or rollback.device="),
-    "bad-name": _usage("a subvolume name is malformed, or inside `.rollback/`", "fix the name the message quotes"),
+    "bad-name": _usage(
+        "a subvolume name is malformed, or inside `.rollback/`; a device path holds a control character",
+        "fix the name the message quotes",
+    ),
     "bad-value": _usage("a setting has the wrong type (a word for a number, a string for a list)", "fix it"),
     "bad-number": _usage("a number is out of its range", "use a value in the range the hint gives"),
     "bad-choice": _usage("`mode` or `cleanup` is not one of its choices", "use one the message lists"),
     "conflict": _usage("two settings contradict each other", "change one of the two the message names"),
-    "unknown-key": _usage("an unknown key in the config file or rollback.* option", "fix the spelling"),
+    "unknown-key": _usage(
+        "an unknown key in the config file or rollback.* option, or a kernel command line word spelt like one "
+        "(Rollback.skip, rollback_skip, an invisible character in it)",
+        "fix the spelling",
+    ),
     "bad-encoding": _usage(
         "a rollback.* word of the kernel command line is not UTF-8 (or the file given holds a NUL byte)",
         "fix the boot entry",

@@ -67,10 +67,17 @@ def _refuse_a_look_alike(word: str) -> None:
     locales). systemd matches its own words so too, but a misspelt key of ours is refused (exit 2): so
     is this."""
     shown = "".join(char for char in word if char.isprintable()).lower()  # (invisible: format characters)
+    shown = shown.strip(_QUOTES)
+    name = CMDLINE_PREFIX.rstrip(".")
     for prefix in ("rd.", ""):
         rest = shown.removeprefix(prefix)
-        name = CMDLINE_PREFIX.rstrip(".")
-        if rest.startswith(name) and len(rest) > len(name) and not _word_char(rest[len(name)]):
+        if not rest.startswith(name) or len(rest) == len(name):
+            continue
+        after = rest[len(name) :]
+        # another separator before a key of ours (rollback_skip, rollback=skip, rollbackskip), or no ASCII
+        # one at all; not ZFS's rollback=1, nor another program's rollbackd=, rollback_x= (a reviewer)
+        key = after.lstrip("-_=").partition("=")[0].replace("_", "-")
+        if not _word_char(after[0]) or key in BY_KEY:
             raise ConfigError(
                 f"kernel command line: {names.shown(word)} looks like a rollback option but is not spelt as one "
                 "(rollback.KEY, lower case, nothing invisible in it)",
@@ -78,6 +85,9 @@ def _refuse_a_look_alike(word: str) -> None:
                 "characters or typographic dots)",
                 code="unknown-key",
             )
+
+
+_QUOTES = "'\"\u2018\u2019\u201c\u201d\u00ab\u00bb"  # around a word pasted from a document
 
 
 def _word_char(char: str) -> bool:

@@ -360,7 +360,7 @@ def _pruning_skipped(
 
 
 _MOVE_OUT = (
-    "the next run deletes what the entry holds, at boot without checking it again: unmount what is mounted from it, "
+    "the next run deletes all it holds, at boot without checking it again: unmount what is mounted from it, "
     "and move what belongs elsewhere out of it (a read-only subvolume: btrfs property set -ts PATH ro false first) "
     "before then (rollback status shows what is mounted)"
 )
@@ -903,18 +903,19 @@ def _before_writing(top: Path, *, dry_run: bool = False) -> None:
 
     would = " (the run would be refused)" if dry_run else ""
     fsid = device.fsid_at(str(top))
-    # (read-only after an error is make_writable's to say: no remount by hand gets past it; a reviewer)
-    if fsid and mount.superblock_read_only(top) and not mount.read_only_under(top):
-        missing = device.missing_members(fsid)
-    else:
-        missing = []
+    missing = device.missing_members(fsid) if fsid and mount.superblock_read_only(top) else []
     if missing:
+        # (a read-write mount over it: another remounted read-only (/ on a degraded system, its /nix still
+        # read-write), or an error forced it so, which no remount gets past: both said; a reviewer)
+        forced = " (if an error forced it so, dmesg: no remount gets past that until it is unmounted everywhere)"
         raise Refused(
             f"cannot write to the filesystem: it is mounted degraded (device id(s) {', '.join(map(str, missing))} "
             f"missing) and read-only{would}: writing makes it read-write degraded, where new block groups have a "
             "single copy",
             "attach the missing member and mount it again with every member, or btrfs replace it; to write to it "
-            "degraded all the same, remount it read-write yourself first; nothing was changed",
+            "degraded all the same, remount it read-write yourself first"
+            + (forced if mount.read_only_under(top) else "")
+            + "; nothing was changed",
             code="read-only",
         )
     mount.refuse_rescue_mounts(top, dry_run=dry_run)

@@ -634,6 +634,41 @@ def test_a_filesystem_mounted_degraded_and_read_only_is_not_written(
     assert states(*raid) == before
 
 
+def test_a_degraded_filesystem_remounted_read_only_under_another_mount_is_not_written(
+    raid: Raid, tmp_path: Path
+) -> None:
+    """Degraded, `mount -o remount,ro /` by an admin to stop writes while /persist (a mount of the same
+    filesystem) still shows read-write: the superblock is read-only under a read-write mount, as after
+    an error, and the refusal was skipped for it: the run's remount made it read-write degraded (a
+    reviewer). Refused, saying both ways it can be so; nothing written."""
+    with raid[0].top() as top:
+        populate(top)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    sh("btrfs", "device", "scan", "--forget", raid[1].device)
+    try:
+        sh("mount", "-o", "degraded,subvol=persist", raid[0].device, str(first))
+        try:
+            sh("mount", "-o", "degraded,subvol=home", raid[0].device, str(second))
+            try:
+                sh("mount", "-o", "remount,ro", str(second))
+                before = raid[0].state()
+                result = raid[0].rollback("run")
+                assert raid[0].state() == before
+                table = mountinfo.parse(Path("/proc/self/mountinfo").read_text())
+                assert [m.super_options[:1] for m in table if m.mount_point == str(first)] == [("ro",)]
+            finally:
+                sh("umount", str(second))
+        finally:
+            sh("umount", str(first))
+    finally:
+        sh("btrfs", "device", "scan", raid[1].device)
+    assert result.returncode == Exit.REFUSED and "reason=read-only" in result.stderr, result.stderr
+    assert "mounted degraded (device id(s) 2 missing) and read-only" in result.stderr, result.stderr
+    assert "if an error forced it so" in result.stderr, result.stderr
+
+
 def test_a_run_on_a_filesystem_mounted_degraded_read_write_warns(raid: Raid, tmp_path: Path) -> None:
     """Mounted read-write degraded on purpose: the run goes on (the user writes to it already), saying
     that what it writes may have a single copy, and what to do once the member is back."""

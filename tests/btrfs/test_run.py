@@ -883,7 +883,7 @@ def test_a_run_by_hand_checks_its_old_root_again_before_deleting_it(disk: Disk, 
         assert run.returncode == Exit.FAILED and "changed since the checks" in errors, errors
         said = f" at {held}" if act == "mount" else "moved in"
         assert said in errors and "not deleted" in errors, errors
-        assert "the next run deletes what the entry holds, at boot without checking it again" in errors, errors
+        assert "the next run deletes all it holds, at boot without checking it again" in errors, errors
         assert disk.state().subvolumes == before.subvolumes
         if act == "mount":
             assert (held / "data").read_text() == "inside root/var/lib/machines\n"

@@ -81,6 +81,7 @@ def test_describe_lists_every_setting_with_its_source() -> None:
         ({"device": "/dev/vda\0"}, "bad-name"),
         ({"device": "/tmp/d\x1b[31mRED\nfsid: fake"}, "bad-name"),  # printed as given: forged lines (a tester)
         ({"device": "/dev/dev\udce9"}, "bad-name"),  # a byte that is not UTF-8
+        ({"device": "LABEL=a\x9b31mRED\u2028fsid:x"}, "bad-name"),  # a C1 escape and a line separator
         ({"keep_count": 3}, "conflict"),
         ({"archive": "root/old"}, "conflict"),
         ({"archive": "old", "subvolume": "old/root"}, "conflict"),
@@ -186,6 +187,14 @@ def test_kernel_cmdline_garbage_is_a_config_error(garbage: str) -> None:
         "rollback\u2024skip",  # a typographic dot (one dot leader)
         "rollback\u00b7skip",
         "\u00adrollback.skip",  # a soft hyphen
+        "rollback_skip",  # another separator before a key of ours (a reviewer)
+        "rollback-skip",
+        "rollback=skip",
+        "rollbackskip",
+        "rollback_keep_days=3",
+        "'rollback.skip'",  # quoted as in a document
+        "\u201crollback.skip\u201d",
+        "rollback\u00a0skip",  # a no-break space for the dot
     ],
 )
 def test_a_rollback_word_spelt_otherwise_is_refused_not_ignored(word: str) -> None:
@@ -197,7 +206,8 @@ def test_a_rollback_word_spelt_otherwise_is_refused_not_ignored(word: str) -> No
 
 
 @pytest.mark.parametrize(
-    "word", ["rollbackd=1", "rollback_x=2", "rollback-tool.y", "rollback=3", "rollback", "xrollback.skip"]
+    "word",
+    ["rollbackd=1", "rollback_x=2", "rollback-tool.y", "rollback=1", "ROLLBACK=yes", "rollback", "zfs.rollback=1"],
 )
 def test_other_programs_words_starting_so_are_theirs(word: str) -> None:
     assert parse_cmdline(f"quiet {word} ro") == {}
