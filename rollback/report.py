@@ -121,15 +121,15 @@ def _archived(sub: Examined, obs: Observation) -> ArchivedRoot:
 def status(
     config: Config,
     obs: Observation,
-    missing: Sequence[int] = (),
     read_only: Sequence[str] = (),
     fsid: str = "",
     elsewhere: str | None = None,
+    locked_by: str | None = None,
 ) -> Status:
-    """What `status` shows; `missing`: the ids of member devices the kernel mounted it without;
-    `read_only`: the member devices (nodes) every writing verb refuses for; `fsid`: which
+    """What `status` shows; `read_only`: the member devices (nodes) every writing verb refuses for; `fsid`: which
     filesystem the device named (a LABEL= can name either of two); `elsewhere`: what starts the running
-    system from outside its root (plan.check_bootable). Names
+    system from outside its root (plan.check_bootable); `locked_by`: another rollback holding the
+    filesystem's lock (a run under way). The members it is mounted without: obs.degraded. Names
     from the device are escaped as `diff` escapes them: a newline in one split a line of the text and
     could fake one; a byte that is not UTF-8 reached the JSON as a lone surrogate."""
     blank = obs.get(config.blank)
@@ -170,11 +170,11 @@ def status(
         "next_boot_skipped": _skipped(config),
         "archives_elsewhere": {escape(path): count for path, count in archives_elsewhere(config, obs).items()},
         "mounted": {str(k): v for k, v in sorted(obs.mounted.items())},
-        "missing_devices": list(missing),
+        "missing_devices": list(obs.degraded),
         "read_only_devices": list(read_only),
         "read_only_under": obs.read_only_under or None,
         "booted_from": _booted_from(config, obs),
-        "locked_by": None,  # (verbs.status: the lock's holder is the effects' to read)
+        "locked_by": locked_by,
     }
 
 

@@ -1018,9 +1018,9 @@ def status(config: Config, *, as_json: bool, cmdline: str = "") -> Exit:
         fsid = device.probe(config.require_device())
         elsewhere = sysroot.system_elsewhere((cmdline, _kernels_cmdline()))
         read_only = device.read_only_members(str(top))
-        found = report.status(config, obs, obs.degraded, read_only, device.uuid(fsid), elsewhere)
         # (a run under way: a root missing is its move, not one cut short; a concurrency tester)
-        found["locked_by"] = device.lock_holder(fsid)
+        running = device.lock_holder(fsid)
+        found = report.status(config, obs, read_only, device.uuid(fsid), elsewhere, running)
     _print(_json(found) if as_json else "\n".join(report.status_lines(found)))
     return Exit.OK
 

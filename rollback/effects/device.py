@@ -96,7 +96,7 @@ def behind(found: dict[int, list[tuple[str, int]]]) -> list[str]:
     than the newest (a power cut between members' writes leaves one): away while it was mounted degraded
     without them. Read before a mount: the first commit writes every member's superblock, and the stale
     one looks current while its blocks are not (a multi-device tester)."""
-    newest = max((generation for nodes in found.values() for _, generation in nodes), default=0)
+    newest = _newest(found)
     return [
         f"member {member} on {node} is at generation {generation}, the filesystem at {newest}: it missed what was "
         "written while it was away (mounted degraded without it); the kernel reads the newest copies, and the "
@@ -105,6 +105,18 @@ def behind(found: dict[int, list[tuple[str, int]]]) -> list[str]:
         for node, generation in nodes
         if generation < newest - 1
     ]
+
+
+def current_members(found: dict[int, list[tuple[str, int]]]) -> dict[int, list[tuple[str, int]]]:
+    """The members (members_attached') with a device not left behind (behind's sense: more than one
+    transaction older than the newest), and not a replace target's (device id 0, which the superblock's
+    device count leaves out)."""
+    newest = _newest(found)
+    return {n: nodes for n, nodes in found.items() if n and any(g >= newest - 1 for _, g in nodes)}
+
+
+def _newest(found: dict[int, list[tuple[str, int]]]) -> int:
+    return max((generation for nodes in found.values() for _, generation in nodes), default=0)
 
 
 def members_attached(device: str, fsid: str) -> tuple[int, dict[int, list[tuple[str, int]]]]:

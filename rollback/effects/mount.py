@@ -114,8 +114,7 @@ def _member_missing(device: str) -> Refused:
     # not a replace target's (device id 0, not counted in the superblock's), nor a member left behind (a
     # disk removed, or away during a degraded mount: its superblock older): those are no member's device
     # the kernel lacks, and a scan cannot help (a reviewer)
-    newest = max((generation for nodes in found.values() for _, generation in nodes), default=0)
-    current = {n: nodes for n, nodes in found.items() if n and any(g >= newest - 1 for _, g in nodes)}
+    current = devices.current_members(found)
     shown = ", ".join(f"{n} on {nodes[0][0]}" for n, nodes in sorted(current.items()))
     if spans > 1 and len(current) >= spans:
         return Refused(
